@@ -1,0 +1,19 @@
+//! Compiles `proto/` with protox (pure Rust, so no `protoc` is needed on the build machine) and
+//! emits the file descriptor set that server reflection serves.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/clip/v1/clip.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let fds = protox::compile([proto], ["proto"])?;
+    let descriptor_path = out_dir.join("clip_descriptor.bin");
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

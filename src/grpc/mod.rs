@@ -1,0 +1,21 @@
+//! The protocol layer: generated code, one file per service, proto <-> domain conversion and the
+//! single mapping from [`ServiceError`](crate::ServiceError) to `tonic::Status`. tonic and prost
+//! types do not leave this module.
+
+pub mod bench;
+pub mod embed;
+pub mod info;
+pub mod status;
+
+/// Generated protobuf and gRPC code for `proto/clip/v1/clip.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("clip.v1");
+
+    /// Encoded file descriptor set, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/clip_descriptor.bin"));
+}
+
+/// Fully qualified service names, as health checking and reflection know them.
+pub const SERVICE_NAMES: [&str; 2] = ["clip.v1.Embed", "clip.v1.Info"];

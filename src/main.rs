@@ -1,0 +1,60 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use clip_serve::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("clip-serve: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(clip_serve::grpc::bench::run(*args)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("clip-serve bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve(args) => {
+            if let Err(e) = clip_serve::telemetry::init(args.log_format, &args.log_filter) {
+                eprintln!("clip-serve: {e}");
+                return ExitCode::FAILURE;
+            }
+            let config = match args.validate() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("clip-serve: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("clip-serve: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(clip_serve::server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("clip-serve: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

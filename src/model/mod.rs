@@ -1,0 +1,275 @@
+//! The model directory (DESIGN.md §3, the layout Immich publishes) and its ONNX towers.
+//!
+//! ```text
+//! <model>/config.json                 open_clip model config (+ model_name, pretrained, weights, logit_scale)
+//! <model>/visual/model.onnx
+//! <model>/visual/preprocess_cfg.json  size, mean, std, interpolation, resize_mode, fill_color
+//! <model>/textual/model.onnx
+//! <model>/textual/tokenizer.json      Hugging Face tokenizers format
+//! ```
+//! A directory with only one tower serves that tower.
+
+pub mod config;
+pub mod runtime;
+pub mod tower;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{ModelConfig, WeightsKind};
+pub use runtime::ProviderOptions;
+pub use tower::{ImageLayout, InputKind, TokenType, Tower, TowerSpec};
+
+use crate::{
+    config::Provider,
+    preprocess::{
+        image::{self as image_pre, PreprocessConfig},
+        text::ClipTokenizer,
+    },
+};
+use tower::{BatchInput, Expected, ExpectedKind};
+
+/// Why a model cannot be served. Start-up errors: each names the file and the mismatch.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "ONNX Runtime library not found at {}: run scripts/setup.sh (downloads it from the onnxruntime wheel on PyPI) \
+         or set ORT_DYLIB_PATH / --ort-dylib-path to a libonnxruntime.so of version 1.31 or newer",
+        path.display()
+    )]
+    OrtLibraryMissing { path: PathBuf },
+    #[error("could not load ONNX Runtime: {0}")]
+    OrtLoad(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{}: no tower found: expected visual/model.onnx and/or textual/model.onnx", dir.display())]
+    NoTowers { dir: PathBuf },
+    #[error("{0}")]
+    Provider(String),
+    #[error("warm-up failed: {0}")]
+    WarmUp(String),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The files of a model directory, parsed and checked, before any ONNX session exists.
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub visual: Option<(PathBuf, PreprocessConfig)>,
+    pub textual: Option<(PathBuf, ClipTokenizer)>,
+}
+
+impl ModelFiles {
+    /// Reads config.json, the preprocess config and the tokenizer: cheap checks that fail fast.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::Invalid {
+                path: dir.to_path_buf(),
+                reason: "model directory not found (scripts/serve.sh exports the default model; \
+                         scripts/export_onnx.py exports others)"
+                    .into(),
+            });
+        }
+        let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+        let config = ModelConfig::from_file(&dir.join("config.json"), dir_name)?;
+        let visual_model = dir.join("visual").join("model.onnx");
+        let visual = if visual_model.is_file() {
+            let cfg_path = dir.join("visual").join("preprocess_cfg.json");
+            let cfg =
+                PreprocessConfig::from_json_file(&cfg_path).map_err(|e| ModelError::Invalid {
+                    path: cfg_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            Some((visual_model, cfg))
+        } else {
+            None
+        };
+        let textual_model = dir.join("textual").join("model.onnx");
+        let textual =
+            if textual_model.is_file() {
+                let tok_path = dir.join("textual").join("tokenizer.json");
+                let tokenizer = ClipTokenizer::from_file(&tok_path, config.context_length)
+                    .map_err(|e| ModelError::Invalid {
+                        path: tok_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Some((textual_model, tokenizer))
+            } else {
+                None
+            };
+        if visual.is_none() && textual.is_none() {
+            return Err(ModelError::NoTowers {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(ModelFiles {
+            dir: dir.to_path_buf(),
+            config,
+            visual,
+            textual,
+        })
+    }
+}
+
+/// The visual tower and how to prepare its pixels.
+pub struct ImageModel {
+    pub tower: Tower,
+    pub preprocess: PreprocessConfig,
+}
+
+/// The textual tower and its tokenizer.
+pub struct TextModel {
+    pub tower: Tower,
+    pub tokenizer: ClipTokenizer,
+}
+
+/// A model ready to run.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub image: Option<ImageModel>,
+    pub text: Option<TextModel>,
+    pub provider: Provider,
+}
+
+impl LoadedModel {
+    /// Creates the ONNX sessions (the slow part: seconds for the full-size model).
+    pub fn load(
+        files: ModelFiles,
+        env: &ort::environment::Environment,
+        providers: &ProviderOptions,
+        intra_op_threads: usize,
+    ) -> Result<Self, ModelError> {
+        let embed_dim = files.config.embed_dim;
+        let image = match files.visual {
+            Some((path, preprocess)) => {
+                let (height, width) = (preprocess.size.0 as usize, preprocess.size.1 as usize);
+                let expected = Expected {
+                    kind: ExpectedKind::Image { height, width },
+                    embed_dim,
+                };
+                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads)?;
+                Some(ImageModel { tower, preprocess })
+            }
+            None => None,
+        };
+        let text = match files.textual {
+            Some((path, tokenizer)) => {
+                let expected = Expected {
+                    kind: ExpectedKind::Text {
+                        context_length: files.config.context_length,
+                    },
+                    embed_dim,
+                };
+                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads)?;
+                Some(TextModel { tower, tokenizer })
+            }
+            None => None,
+        };
+        Ok(LoadedModel {
+            dir: files.dir,
+            config: files.config,
+            image,
+            text,
+            provider: providers.provider,
+        })
+    }
+
+    /// Runs one input through each tower and checks the result, so the first request is not the one
+    /// that pays for lazy initialization, and a model that produces garbage never reports SERVING.
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let check = |what: &str, out: Result<Vec<Vec<f32>>, String>| -> Result<(), ModelError> {
+            let out = out.map_err(|e| ModelError::WarmUp(format!("{what}: {e}")))?;
+            match out.as_slice() {
+                [v] if v.len() == self.config.embed_dim && v.iter().all(|x| x.is_finite()) => {
+                    Ok(())
+                }
+                _ => Err(ModelError::WarmUp(format!(
+                    "{what}: output is not one finite vector of embed_dim values"
+                ))),
+            }
+        };
+        if let Some(image) = &self.image {
+            let (h, w) = (
+                image.preprocess.size.0 as usize,
+                image.preprocess.size.1 as usize,
+            );
+            let gray = vec![128u8; h * w * 3];
+            check("visual tower", self.embed_pixels(&[gray]))?;
+        }
+        if let Some(text) = &self.text {
+            let tokens = text.tokenizer.encode("a photo of a cat.");
+            check("textual tower", self.embed_token_ids(&[tokens.ids]))?;
+        }
+        Ok(())
+    }
+
+    /// Embeds preprocessed images (HWC RGB levels of the preprocess size), one vector per image.
+    pub fn embed_pixels(&self, crops: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, String> {
+        let image = self
+            .image
+            .as_ref()
+            .ok_or("this model has no visual tower")?;
+        let rows = crops.len();
+        let row_len = image.tower.row_len();
+        if let Some(bad) = crops.iter().position(|c| c.len() != row_len) {
+            return Err(format!(
+                "image {bad} has {} values; {row_len} expected",
+                crops[bad].len()
+            ));
+        }
+        let input = match image.tower.spec.input {
+            InputKind::Image {
+                layout: ImageLayout::NchwF32,
+                ..
+            } => {
+                let mut data = vec![0f32; rows * row_len];
+                for (crop, out) in crops.iter().zip(data.chunks_exact_mut(row_len)) {
+                    image_pre::normalize_into_nchw(crop, &image.preprocess, out);
+                }
+                BatchInput::F32(data)
+            }
+            InputKind::Image {
+                layout: ImageLayout::NhwcU8,
+                ..
+            } => BatchInput::U8(crops.concat()),
+            InputKind::Text { .. } => return Err("visual tower has a text input".into()),
+        };
+        image.tower.run(input, rows)
+    }
+
+    /// Embeds token id rows (context_length ids each), one vector per row.
+    pub fn embed_token_ids(&self, rows: &[Vec<i64>]) -> Result<Vec<Vec<f32>>, String> {
+        let text = self
+            .text
+            .as_ref()
+            .ok_or("this model has no textual tower")?;
+        let input = match text.tower.spec.input {
+            InputKind::Text {
+                dtype: TokenType::I64,
+                ..
+            } => BatchInput::I64(rows.concat()),
+            InputKind::Text {
+                dtype: TokenType::I32,
+                ..
+            } => {
+                // Token ids are < vocab size (49408), so they always fit.
+                BatchInput::I32(rows.iter().flatten().map(|&id| id as i32).collect())
+            }
+            InputKind::Image { .. } => return Err("textual tower has an image input".into()),
+        };
+        text.tower.run(input, rows.len())
+    }
+}

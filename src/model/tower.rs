@@ -1,0 +1,464 @@
+//! One ONNX tower (visual or textual): its session, the input/output layout discovered from the
+//! session metadata, and batched execution.
+//!
+//! Exports in the wild differ (DESIGN.md §3): float32 NCHW normalized or uint8 NHWC raw pixels,
+//! int64 or int32 token ids, dynamic or static batch 1, outputs normalized in the graph or not. The
+//! layout is read from the model, checked against the model directory's configuration, and anything
+//! that cannot work is a start-up error naming the file and the mismatch.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use ort::{
+    environment::Environment,
+    session::{Session, builder::GraphOptimizationLevel},
+    value::{Outlet, Tensor, TensorElementType, ValueType},
+};
+
+use super::{ModelError, runtime::ProviderOptions};
+
+/// How a visual tower takes its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageLayout {
+    /// float32 `[N, 3, H, W]`, scaled to 0..1 and normalized with the preprocess mean/std.
+    NchwF32,
+    /// uint8 `[N, H, W, 3]` raw RGB levels; normalization is part of the graph.
+    NhwcU8,
+}
+
+/// Element type of a textual tower's token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    I64,
+    I32,
+}
+
+/// The layout of a tower's single input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Image {
+        layout: ImageLayout,
+        height: usize,
+        width: usize,
+    },
+    Text {
+        dtype: TokenType,
+        context_length: usize,
+    },
+}
+
+/// What the tower expects, for Info and logs.
+#[derive(Debug, Clone)]
+pub struct TowerSpec {
+    pub path: PathBuf,
+    pub input_name: String,
+    pub input: InputKind,
+    pub input_desc: String,
+    pub output_name: String,
+    pub output_desc: String,
+    pub dynamic_batch: bool,
+    pub embed_dim: usize,
+}
+
+/// A loaded tower. `Session::run` needs `&mut`, so runs are serialized by a mutex; ONNX Runtime
+/// parallelizes inside a run with its intra-op threads.
+pub struct Tower {
+    session: Mutex<Session>,
+    pub spec: TowerSpec,
+}
+
+/// Input data for one batch, already in the tower's layout and element type.
+pub enum BatchInput {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+}
+
+impl BatchInput {
+    fn len(&self) -> usize {
+        match self {
+            BatchInput::F32(v) => v.len(),
+            BatchInput::U8(v) => v.len(),
+            BatchInput::I64(v) => v.len(),
+            BatchInput::I32(v) => v.len(),
+        }
+    }
+}
+
+/// What a tower should look like, from the model directory's configuration.
+pub struct Expected {
+    pub kind: ExpectedKind,
+    pub embed_dim: usize,
+}
+
+pub enum ExpectedKind {
+    Image { height: usize, width: usize },
+    Text { context_length: usize },
+}
+
+impl Tower {
+    /// Loads `path` and checks its input and output against `expected`.
+    pub fn load(
+        env: &Environment,
+        path: &Path,
+        expected: &Expected,
+        providers: &ProviderOptions,
+        intra_op_threads: usize,
+    ) -> Result<Self, ModelError> {
+        let ort_err = |e: &dyn std::fmt::Display| ModelError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("ONNX Runtime could not load it: {e}"),
+        };
+        if !path.is_file() {
+            return Err(ModelError::Invalid {
+                path: path.to_path_buf(),
+                reason: "file not found".into(),
+            });
+        }
+        let eps = super::runtime::execution_providers(providers)?;
+        let mut builder = Session::builder(env)
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Into::into)
+            })
+            .and_then(|b| b.with_intra_threads(intra_op_threads).map_err(Into::into))
+            .map_err(|e| ort_err(&e))?;
+        if !eps.is_empty() {
+            builder = builder.with_execution_providers(eps).map_err(|e| {
+                ModelError::Provider(format!(
+                    "{} provider could not be registered for {}: {e}",
+                    providers.provider.as_str(),
+                    path.display()
+                ))
+            })?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| ort_err(&e))?;
+        let spec = discover(path, session.inputs(), session.outputs(), expected)?;
+        Ok(Tower {
+            session: Mutex::new(session),
+            spec,
+        })
+    }
+
+    /// Runs `rows` rows of `input` (laid out row-major, `row_len` elements each) and returns one
+    /// L2-normalized embedding per row. Static-batch models run row by row.
+    pub fn run(&self, input: BatchInput, rows: usize) -> Result<Vec<Vec<f32>>, String> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let row_len = input.len() / rows;
+        if row_len * rows != input.len() || row_len != self.row_len() {
+            return Err(format!(
+                "batch of {rows} rows has {} elements; {} per row expected",
+                input.len(),
+                self.row_len()
+            ));
+        }
+        if self.spec.dynamic_batch {
+            return self.run_batch(input, rows);
+        }
+        let mut out = Vec::with_capacity(rows);
+        for i in 0..rows {
+            let row = match &input {
+                BatchInput::F32(v) => BatchInput::F32(row_of(v, i, row_len)),
+                BatchInput::U8(v) => BatchInput::U8(row_of(v, i, row_len)),
+                BatchInput::I64(v) => BatchInput::I64(row_of(v, i, row_len)),
+                BatchInput::I32(v) => BatchInput::I32(row_of(v, i, row_len)),
+            };
+            out.extend(self.run_batch(row, 1)?);
+        }
+        Ok(out)
+    }
+
+    /// Elements per input row.
+    pub fn row_len(&self) -> usize {
+        match self.spec.input {
+            InputKind::Image { height, width, .. } => 3 * height * width,
+            InputKind::Text { context_length, .. } => context_length,
+        }
+    }
+
+    fn shape(&self, rows: usize) -> Vec<i64> {
+        match self.spec.input {
+            InputKind::Image {
+                layout: ImageLayout::NchwF32,
+                height,
+                width,
+            } => {
+                vec![rows as i64, 3, height as i64, width as i64]
+            }
+            InputKind::Image {
+                layout: ImageLayout::NhwcU8,
+                height,
+                width,
+            } => {
+                vec![rows as i64, height as i64, width as i64, 3]
+            }
+            InputKind::Text { context_length, .. } => vec![rows as i64, context_length as i64],
+        }
+    }
+
+    fn run_batch(&self, input: BatchInput, rows: usize) -> Result<Vec<Vec<f32>>, String> {
+        let shape = self.shape(rows);
+        let value: ort::value::DynValue = match input {
+            BatchInput::F32(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
+            BatchInput::U8(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
+            BatchInput::I64(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
+            BatchInput::I32(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        }
+        .map_err(|e| format!("could not create the input tensor: {e}"))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| "session mutex poisoned by an earlier panic".to_string())?;
+        let outputs = session
+            .run(ort::inputs![self.spec.input_name.as_str() => value])
+            .map_err(|e| format!("{}: inference failed: {e}", self.spec.path.display()))?;
+        let output = outputs.get(&self.spec.output_name).ok_or_else(|| {
+            format!(
+                "output `{}` missing from the run's results",
+                self.spec.output_name
+            )
+        })?;
+        let (out_shape, data) = output.try_extract_tensor::<f32>().map_err(|e| {
+            format!(
+                "output `{}` is not a float32 tensor: {e}",
+                self.spec.output_name
+            )
+        })?;
+        let dim = self.spec.embed_dim;
+        if out_shape.len() != 2 || out_shape[0] != rows as i64 || out_shape[1] != dim as i64 {
+            return Err(format!(
+                "output `{}` has shape {out_shape:?}; expected [{rows}, {dim}]",
+                self.spec.output_name
+            ));
+        }
+        Ok(data.chunks_exact(dim).map(l2_normalized).collect())
+    }
+}
+
+fn row_of<T: Copy>(v: &[T], i: usize, row_len: usize) -> Vec<T> {
+    v[i * row_len..(i + 1) * row_len].to_vec()
+}
+
+/// `v / ||v||`, computed in f64 for the norm. A zero vector stays zero.
+pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        v.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
+    } else {
+        v.to_vec()
+    }
+}
+
+/// `image: float32[batch,3,224,224]`: the ONNX view of an input or output, for messages and Info.
+fn describe(outlet: &Outlet) -> String {
+    match outlet.dtype() {
+        ValueType::Tensor {
+            ty,
+            shape,
+            dimension_symbols,
+        } => {
+            let dims: Vec<String> = shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match dimension_symbols.get(i) {
+                    _ if d >= 0 => d.to_string(),
+                    Some(sym) if !sym.is_empty() => sym.to_string(),
+                    _ => "?".to_string(),
+                })
+                .collect();
+            format!(
+                "{}: {}[{}]",
+                outlet.name(),
+                element_name(*ty),
+                dims.join(",")
+            )
+        }
+        other => format!("{}: {other}", outlet.name()),
+    }
+}
+
+fn element_name(ty: TensorElementType) -> String {
+    match ty {
+        TensorElementType::Float32 => "float32".into(),
+        TensorElementType::Float16 => "float16".into(),
+        TensorElementType::Float64 => "float64".into(),
+        TensorElementType::Uint8 => "uint8".into(),
+        TensorElementType::Int8 => "int8".into(),
+        TensorElementType::Int32 => "int32".into(),
+        TensorElementType::Int64 => "int64".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn tensor_parts(outlet: &Outlet) -> Option<(TensorElementType, Vec<i64>)> {
+    match outlet.dtype() {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
+        _ => None,
+    }
+}
+
+/// Checks a tower's inputs and outputs against what the model directory says it should be.
+fn discover(
+    path: &Path,
+    inputs: &[Outlet],
+    outputs: &[Outlet],
+    expected: &Expected,
+) -> Result<TowerSpec, ModelError> {
+    let invalid = |reason: String| ModelError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let [input] = inputs else {
+        let names: Vec<String> = inputs.iter().map(describe).collect();
+        return Err(invalid(format!(
+            "has {} inputs ({}); exactly one is supported",
+            inputs.len(),
+            names.join(", ")
+        )));
+    };
+    let Some((ty, shape)) = tensor_parts(input) else {
+        return Err(invalid(format!(
+            "input {} is not a tensor",
+            describe(input)
+        )));
+    };
+    let batch_ok = |b: i64| b == -1 || b == 1;
+    let dim_ok = |d: i64, want: usize| d == -1 || d == want as i64;
+    let (kind, dynamic_batch, layout_desc) = match expected.kind {
+        ExpectedKind::Image { height, width } => {
+            let layout = match (ty, shape.as_slice()) {
+                (TensorElementType::Float32, [b, 3, h, w])
+                    if batch_ok(*b) && dim_ok(*h, height) && dim_ok(*w, width) =>
+                {
+                    ImageLayout::NchwF32
+                }
+                (TensorElementType::Uint8, [b, h, w, 3])
+                    if batch_ok(*b) && dim_ok(*h, height) && dim_ok(*w, width) =>
+                {
+                    ImageLayout::NhwcU8
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "image input {} is not float32[N,3,{height},{width}] (normalized NCHW) or uint8[N,{height},{width},3] \
+                         (raw NHWC) with N dynamic or 1; the size comes from visual/preprocess_cfg.json",
+                        describe(input)
+                    )));
+                }
+            };
+            let desc = match layout {
+                ImageLayout::NchwF32 => "normalized NCHW",
+                ImageLayout::NhwcU8 => "raw uint8 NHWC, normalized in the graph",
+            };
+            (
+                InputKind::Image {
+                    layout,
+                    height,
+                    width,
+                },
+                shape[0] == -1,
+                desc,
+            )
+        }
+        ExpectedKind::Text { context_length } => {
+            let dtype = match (ty, shape.as_slice()) {
+                (TensorElementType::Int64, [b, c])
+                    if batch_ok(*b) && dim_ok(*c, context_length) =>
+                {
+                    TokenType::I64
+                }
+                (TensorElementType::Int32, [b, c])
+                    if batch_ok(*b) && dim_ok(*c, context_length) =>
+                {
+                    TokenType::I32
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "text input {} is not int64 or int32 [N,{context_length}] with N dynamic or 1; the context length \
+                         comes from config.json text_cfg.context_length",
+                        describe(input)
+                    )));
+                }
+            };
+            let desc = match dtype {
+                TokenType::I64 => "int64 token ids",
+                TokenType::I32 => "int32 token ids",
+            };
+            (
+                InputKind::Text {
+                    dtype,
+                    context_length,
+                },
+                shape[0] == -1,
+                desc,
+            )
+        }
+    };
+
+    // The embedding output: float32 [N, D]. Several candidates: prefer a name that says "embed".
+    let dim = expected.embed_dim as i64;
+    let candidates: Vec<&Outlet> = outputs
+        .iter()
+        .filter(|o| {
+            matches!(tensor_parts(o), Some((TensorElementType::Float32, s)) if s.len() == 2 && (s[1] == dim || s[1] == -1))
+        })
+        .collect();
+    let output = match candidates.as_slice() {
+        [one] => *one,
+        [] => {
+            let names: Vec<String> = outputs.iter().map(describe).collect();
+            return Err(invalid(format!(
+                "no output is float32[N,{dim}] (embed_dim from config.json); outputs are: {}",
+                names.join(", ")
+            )));
+        }
+        many => {
+            let named: Vec<&&Outlet> = many
+                .iter()
+                .filter(|o| o.name().to_ascii_lowercase().contains("embed"))
+                .collect();
+            match named.as_slice() {
+                [one] => **one,
+                _ => {
+                    let names: Vec<&str> = many.iter().map(|o| o.name()).collect();
+                    return Err(invalid(format!(
+                        "several outputs could be the embedding ({}); name one of them `*embed*`",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    Ok(TowerSpec {
+        path: path.to_path_buf(),
+        input_name: input.name().to_string(),
+        input: kind,
+        input_desc: format!("{} ({layout_desc})", describe(input)),
+        output_name: output.name().to_string(),
+        output_desc: describe(output),
+        dynamic_batch,
+        embed_dim: expected.embed_dim,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_normalization() {
+        let v = l2_normalized(&[3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
+        assert_eq!(l2_normalized(&[0.0, 0.0]), vec![0.0, 0.0]);
+        let again = l2_normalized(&v);
+        assert!(v.iter().zip(&again).all(|(a, b)| (a - b).abs() < 1e-7));
+    }
+}

@@ -1,0 +1,271 @@
+//! Wiring: load the model -> warm up -> gRPC services + health + reflection -> graceful shutdown.
+//!
+//! The listener is bound first so that health checks answer NOT_SERVING while the model loads
+//! (seconds for the full-size model); the services turn SERVING once the model is warmed up.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::Config,
+    grpc::{
+        self, SERVICE_NAMES,
+        embed::EmbedApi,
+        info::InfoApi,
+        pb::{embed_server::EmbedServer, info_server::InfoServer},
+    },
+    model::{LoadedModel, ModelFiles, ProviderOptions, WeightsKind, runtime},
+    service::EmbedService,
+};
+
+/// Hooks for tests and embedders.
+#[derive(Default)]
+pub struct StartOptions {
+    /// When set, model loading waits for this signal, so a test can observe NOT_SERVING.
+    pub hold_model_load: Option<oneshot::Receiver<()>>,
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub service: EmbedService,
+    shutdown: Option<oneshot::Sender<()>>,
+    ready: watch::Receiver<Readiness>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Model loading progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+impl RunningServer {
+    /// Waits until the model is loaded and warmed up, or returns its loading error.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let state = self
+            .ready
+            .wait_for(|r| *r != Readiness::Loading)
+            .await
+            .context("server stopped while loading")?;
+        match &*state {
+            Readiness::Ready => Ok(()),
+            Readiness::Failed(e) => Err(anyhow::anyhow!("{e}")),
+            Readiness::Loading => unreachable!("wait_for returned while loading"),
+        }
+    }
+
+    /// Starts a graceful shutdown and waits for the server to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Validates the model directory, binds the gRPC listener, starts serving health checks, and loads
+/// the model in the background.
+pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<RunningServer> {
+    // Cheap checks first, so a wrong path or a missing library fails before anything is bound.
+    let env = runtime::environment(&config.ort_dylib_path)?;
+    let files = ModelFiles::open(&config.model_dir)?;
+    match files.config.weights {
+        WeightsKind::RandomInit => tracing::warn!(
+            model = %files.config.display_name(),
+            "THIS MODEL HAS RANDOM WEIGHTS: its vectors are meaningless; use it for speed measurements only"
+        ),
+        WeightsKind::Test => {
+            tracing::warn!(model = %files.config.display_name(), "serving a tiny TEST model")
+        }
+        WeightsKind::Unspecified => tracing::info!(
+            model = %files.config.display_name(),
+            "config.json does not say what the weights are (no `weights` field)"
+        ),
+        WeightsKind::Pretrained => {}
+    }
+
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", config.grpc_addr))?;
+    let grpc_addr = listener.local_addr()?;
+
+    let service = EmbedService::new(&config);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&health_reporter, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max_message = config.limits.max_message_bytes;
+    let embed = EmbedServer::new(EmbedApi::new(service.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let info = InfoServer::new(InfoApi::new(service.clone()));
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
+
+    // Load and warm up in the background; health turns SERVING when done.
+    let loader = {
+        let service = service.clone();
+        let reporter = health_reporter.clone();
+        let providers = ProviderOptions {
+            provider: config.provider,
+            device_id: config.device_id,
+        };
+        let threads = config.intra_op_threads;
+        let skip_warmup = config.skip_warmup;
+        let hold = options.hold_model_load;
+        tokio::spawn(async move {
+            if let Some(hold) = hold {
+                let _ = hold.await;
+            }
+            let started = Instant::now();
+            let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
+                let model = LoadedModel::load(files, env, &providers, threads)?;
+                if !skip_warmup {
+                    model.warm_up()?;
+                }
+                Ok(model)
+            })
+            .await;
+            match loaded {
+                Ok(Ok(model)) => {
+                    tracing::info!(
+                        model = %model.config.display_name(),
+                        weights = model.config.weights.as_str(),
+                        provider = model.provider.as_str(),
+                        image_tower = model.image.is_some(),
+                        text_tower = model.text.is_some(),
+                        onnxruntime = %runtime::onnxruntime_version(),
+                        load_ms = started.elapsed().as_millis() as u64,
+                        "model loaded and warmed up; SERVING"
+                    );
+                    service.set_model(Arc::new(model));
+                    set_health(&reporter, ServingStatus::Serving).await;
+                    let _ = ready_tx.send(Readiness::Ready);
+                }
+                Ok(Err(e)) => {
+                    let _ = ready_tx.send(Readiness::Failed(format!("{e:#}")));
+                }
+                Err(e) => {
+                    let _ =
+                        ready_tx.send(Readiness::Failed(format!("model loading panicked: {e}")));
+                }
+            }
+        })
+    };
+
+    let shutdown_service = service.clone();
+    let shutdown_reporter = health_reporter.clone();
+    let grace = config.shutdown_grace;
+    let (draining_tx, mut draining_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            let _ = shutdown_rx.await;
+            shutdown_service.begin_shutdown();
+            set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: NOT_SERVING, finishing calls in flight"
+            );
+            let _ = draining_tx.send(true);
+        };
+        // Streams that never end (a client's Health.Watch, an idle EmbedStream) must not hold the
+        // process forever: after the grace period the remaining connections are dropped.
+        let grace_over = async move {
+            let _ = draining_rx.wait_for(|draining| *draining).await;
+            tokio::time::sleep(grace).await;
+        };
+        let serve = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(embed)
+            .add_service(info)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        let result = tokio::select! {
+            result = serve => result,
+            () = grace_over => {
+                tracing::warn!("shutdown grace period over; closing the connections still open");
+                Ok(())
+            }
+        };
+        loader.abort();
+        result.context("gRPC server failed")
+    });
+
+    tracing::info!(%grpc_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
+    Ok(RunningServer {
+        grpc_addr,
+        service,
+        shutdown: Some(shutdown_tx),
+        ready: ready_rx,
+        task,
+    })
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. A model that fails to load
+/// stops the server with that error.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut server = start(config, StartOptions::default()).await?;
+    tokio::select! {
+        ready = server.wait_ready() => {
+            if let Err(e) = ready {
+                let _ = server.shutdown().await;
+                return Err(e);
+            }
+        }
+        () = shutdown_signal() => return server.shutdown().await,
+    }
+    shutdown_signal().await;
+    server.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,421 @@
+//! The embedding service in domain terms: validation, limits, preprocessing off the async threads,
+//! inference. The gRPC layer (`grpc/`) converts messages to these calls and errors to statuses;
+//! nothing here knows about the wire.
+
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{
+    config::{Config, Limits, Provider},
+    error::{Modality, ServiceError},
+    model::{LoadedModel, TowerSpec, WeightsKind, runtime},
+    preprocess::image::{self as image_pre, ImageOptions},
+};
+
+/// One embedding, L2-normalized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub values: Vec<f32>,
+    /// Texts only: the text did not fit the context length.
+    pub truncated: bool,
+    /// Texts only: tokens including start and end markers, before truncation.
+    pub token_count: u32,
+}
+
+/// One item of a stream.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Image(Vec<u8>),
+    Text(String),
+}
+
+/// A tower as Info reports it.
+#[derive(Debug, Clone, Default)]
+pub struct TowerInfo {
+    pub loaded: bool,
+    pub path: String,
+    pub input: String,
+    pub output: String,
+    pub dynamic_batch: bool,
+}
+
+/// What is being served.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub model_name: String,
+    pub pretrained: Option<String>,
+    pub weights: WeightsKind,
+    pub display_name: String,
+    pub embedding_dim: usize,
+    pub image_size: u32,
+    pub context_length: usize,
+    pub image: TowerInfo,
+    pub text: TowerInfo,
+    pub execution_provider: Provider,
+    pub onnxruntime_version: String,
+    pub server_version: &'static str,
+    pub limits: Limits,
+    pub logit_scale: f32,
+    pub logit_scale_defaulted: bool,
+    pub apply_exif_orientation: bool,
+    pub model_dir: String,
+}
+
+struct State {
+    model: OnceLock<Arc<LoadedModel>>,
+    shutting_down: AtomicBool,
+    limits: Limits,
+    /// Requests in flight: unary calls try-acquire, streams wait.
+    requests: Arc<Semaphore>,
+    /// Images being decoded at once. Bounds decode memory to cores x max_image_pixels x 4 bytes.
+    decoders: Arc<Semaphore>,
+    image_options: ImageOptions,
+    max_stream_in_flight: usize,
+}
+
+/// Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct EmbedService {
+    state: Arc<State>,
+}
+
+/// Whether a call waits for a request permit (streams) or is refused at once (unary calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    TryNow,
+    Wait,
+}
+
+impl EmbedService {
+    pub fn new(config: &Config) -> Self {
+        let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
+        EmbedService {
+            state: Arc::new(State {
+                model: OnceLock::new(),
+                shutting_down: AtomicBool::new(false),
+                limits: config.limits,
+                requests: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+                decoders: Arc::new(Semaphore::new(decoders)),
+                image_options: ImageOptions {
+                    max_pixels: config.limits.max_image_pixels,
+                    apply_exif_orientation: config.apply_exif_orientation,
+                },
+                max_stream_in_flight: config.max_stream_in_flight,
+            }),
+        }
+    }
+
+    /// Makes the model available to requests (after loading and warm-up).
+    pub fn set_model(&self, model: Arc<LoadedModel>) {
+        let _ = self.state.model.set(model);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.model.get().is_some() && !self.state.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// New calls get UNAVAILABLE from now on; calls already admitted finish.
+    pub fn begin_shutdown(&self) {
+        self.state.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.state.limits
+    }
+
+    pub fn max_stream_in_flight(&self) -> usize {
+        self.state.max_stream_in_flight
+    }
+
+    fn model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        if self.state.shutting_down.load(Ordering::Acquire) {
+            return Err(ServiceError::Unavailable("server is shutting down".into()));
+        }
+        self.state.model.get().cloned().ok_or_else(|| {
+            ServiceError::Unavailable("model is loading; retry when health reports SERVING".into())
+        })
+    }
+
+    /// Takes a request permit.
+    pub async fn admit(&self, admission: Admission) -> Result<OwnedSemaphorePermit, ServiceError> {
+        let requests = Arc::clone(&self.state.requests);
+        match admission {
+            Admission::TryNow => requests.try_acquire_owned().map_err(|_| {
+                ServiceError::ResourceExhausted(format!(
+                    "server is at its limit of {} concurrent requests (--max-concurrent-requests); retry later",
+                    self.state.limits.max_concurrent_requests
+                ))
+            }),
+            Admission::Wait => requests
+                .acquire_owned()
+                .await
+                .map_err(|_| ServiceError::Unavailable("server is shutting down".into())),
+        }
+    }
+
+    fn check_count(&self, field: &str, n: usize) -> Result<(), ServiceError> {
+        let max = self.state.limits.max_items_per_request;
+        if n == 0 {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{field}: empty request; send at least one item"
+            )));
+        }
+        if n > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{field}: {n} items, over the limit of {max} per request (--max-items-per-request)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_image(&self, bytes: &[u8]) -> Result<(), String> {
+        let max = self.state.limits.max_image_bytes;
+        if bytes.is_empty() {
+            return Err("empty image (0 bytes)".into());
+        }
+        if bytes.len() > max {
+            return Err(format!(
+                "image is {} bytes, over the limit of {max} (--max-image-bytes)",
+                bytes.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), String> {
+        let max = self.state.limits.max_text_bytes;
+        if text.len() > max {
+            return Err(format!(
+                "text is {} bytes, over the limit of {max} (--max-text-bytes)",
+                text.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn image_model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        let model = self.model()?;
+        if model.image.is_none() {
+            return Err(not_served(Modality::Image));
+        }
+        Ok(model)
+    }
+
+    fn text_model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        let model = self.model()?;
+        if model.text.is_none() {
+            return Err(not_served(Modality::Text));
+        }
+        Ok(model)
+    }
+
+    /// Decodes and preprocesses one image on the blocking pool, at most one per core at a time.
+    async fn preprocess_image(
+        &self,
+        model: &Arc<LoadedModel>,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let _decoder = Arc::clone(&self.state.decoders)
+            .acquire_owned()
+            .await
+            .map_err(|_| "server is shutting down".to_string())?;
+        let model = Arc::clone(model);
+        let options = self.state.image_options;
+        tokio::task::spawn_blocking(move || {
+            let Some(image) = model.image.as_ref() else {
+                return Err("this model has no visual tower".to_string());
+            };
+            image_pre::preprocess(&bytes, &image.preprocess, &options).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("preprocessing task failed: {e}"))?
+    }
+
+    /// Embeds encoded images, in order. The caller holds a request permit.
+    pub async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Embedding>, ServiceError> {
+        let model = self.image_model()?;
+        self.check_count("images", images.len())?;
+        for (i, bytes) in images.iter().enumerate() {
+            self.check_image(bytes)
+                .map_err(|reason| ServiceError::invalid_item("images", i, reason))?;
+        }
+        // One task per image, so a request's images decode in parallel (bounded by `decoders`). The
+        // set aborts the remaining tasks if this future is dropped (the caller went away).
+        let n = images.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, bytes) in images.into_iter().enumerate() {
+            let service = self.clone();
+            let model = Arc::clone(&model);
+            tasks.spawn(async move { (i, service.preprocess_image(&model, bytes).await) });
+        }
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, crop) = joined
+                .map_err(|e| ServiceError::Internal(format!("preprocessing task failed: {e}")))?;
+            slots[i] =
+                Some(crop.map_err(|reason| ServiceError::invalid_item("images", i, reason))?);
+        }
+        let pixels: Vec<Vec<u8>> = slots.into_iter().flatten().collect();
+        if pixels.len() != n {
+            return Err(ServiceError::Internal(
+                "an image went missing during preprocessing".into(),
+            ));
+        }
+        let vectors = run_blocking(move || model.embed_pixels(&pixels)).await?;
+        Ok(vectors
+            .into_iter()
+            .map(|values| Embedding {
+                values,
+                truncated: false,
+                token_count: 0,
+            })
+            .collect())
+    }
+
+    /// Embeds texts, in order. Empty texts are valid (open_clip encodes them). The caller holds a
+    /// request permit.
+    pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Embedding>, ServiceError> {
+        let model = self.text_model()?;
+        self.check_count("texts", texts.len())?;
+        for (i, text) in texts.iter().enumerate() {
+            self.check_text(text)
+                .map_err(|reason| ServiceError::invalid_item("texts", i, reason))?;
+        }
+        run_blocking(move || {
+            let Some(text_model) = model.text.as_ref() else {
+                return Err("this model has no textual tower".to_string());
+            };
+            let tokenized: Vec<_> = texts
+                .iter()
+                .map(|t| text_model.tokenizer.encode(t))
+                .collect();
+            let meta: Vec<(bool, u32)> = tokenized
+                .iter()
+                .map(|t| {
+                    (
+                        t.truncated,
+                        u32::try_from(t.token_count).unwrap_or(u32::MAX),
+                    )
+                })
+                .collect();
+            let ids: Vec<Vec<i64>> = tokenized.into_iter().map(|t| t.ids).collect();
+            let vectors = model.embed_token_ids(&ids)?;
+            Ok(vectors
+                .into_iter()
+                .zip(meta)
+                .map(|(values, (truncated, token_count))| Embedding {
+                    values,
+                    truncated,
+                    token_count,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Embeds one stream item. Errors name the item as `image` or `text`.
+    pub async fn embed_item(&self, item: Item) -> Result<Embedding, ServiceError> {
+        let rename = |e: ServiceError, field: &str| match e {
+            ServiceError::InvalidArgument(m) => {
+                ServiceError::InvalidArgument(m.replacen(&format!("{field}s[0]"), field, 1))
+            }
+            other => other,
+        };
+        match item {
+            Item::Image(bytes) => self
+                .embed_images(vec![bytes])
+                .await
+                .map_err(|e| rename(e, "image")),
+            Item::Text(text) => self
+                .embed_texts(vec![text])
+                .await
+                .map_err(|e| rename(e, "text")),
+        }
+        .and_then(|mut v| {
+            v.pop()
+                .ok_or_else(|| ServiceError::Internal("no embedding returned".into()))
+        })
+    }
+
+    /// What is served, or UNAVAILABLE while loading.
+    pub fn info(&self) -> Result<ModelInfo, ServiceError> {
+        let model = self.model()?;
+        let tower = |spec: Option<&TowerSpec>| match spec {
+            Some(s) => TowerInfo {
+                loaded: true,
+                path: s.path.display().to_string(),
+                input: s.input_desc.clone(),
+                output: s.output_desc.clone(),
+                dynamic_batch: s.dynamic_batch,
+            },
+            None => TowerInfo::default(),
+        };
+        let config = &model.config;
+        Ok(ModelInfo {
+            model_name: config.model_name.clone(),
+            pretrained: config.pretrained.clone(),
+            weights: config.weights,
+            display_name: config.display_name(),
+            embedding_dim: config.embed_dim,
+            image_size: model
+                .image
+                .as_ref()
+                .map_or(config.image_size.unwrap_or(0), |i| i.preprocess.size.0),
+            context_length: config.context_length,
+            image: tower(model.image.as_ref().map(|i| &i.tower.spec)),
+            text: tower(model.text.as_ref().map(|t| &t.tower.spec)),
+            execution_provider: model.provider,
+            onnxruntime_version: runtime::onnxruntime_version(),
+            server_version: env!("CARGO_PKG_VERSION"),
+            limits: self.state.limits,
+            logit_scale: config.logit_scale,
+            logit_scale_defaulted: config.logit_scale_defaulted,
+            apply_exif_orientation: self.state.image_options.apply_exif_orientation,
+            model_dir: model.dir.display().to_string(),
+        })
+    }
+
+    /// The served model's display name, for responses.
+    pub fn model_name(&self) -> String {
+        self.state
+            .model
+            .get()
+            .map(|m| m.config.display_name())
+            .unwrap_or_default()
+    }
+}
+
+fn not_served(modality: Modality) -> ServiceError {
+    let (file, other) = match modality {
+        Modality::Image => ("visual/model.onnx", "texts"),
+        Modality::Text => ("textual/model.onnx", "images"),
+    };
+    ServiceError::FailedPrecondition(format!(
+        "this model serves no {modality} tower (its directory has no {file}); it embeds {other} only"
+    ))
+}
+
+/// Runs inference on the blocking pool; failures are logged and become INTERNAL.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, ServiceError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "inference failed");
+            Err(ServiceError::Internal(
+                "inference failed; the server logged the details".into(),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "inference task panicked");
+            Err(ServiceError::Internal(
+                "inference failed; the server logged the details".into(),
+            ))
+        }
+    }
+}
