@@ -107,6 +107,12 @@ def make_images(out: str) -> list:
     save("rocket_panorama_2000x120.jpg", pano, "rocket", "very wide panorama 2000x120 (aspect 16.7:1), JPEG",
          quality=85)
 
+    # Tall portrait: Pillow >= 13 resizes vertically first when the height shrinks much more than the
+    # width (python-pillow/Pillow#9549); the pass order changes results, since the pass between is 8-bit.
+    portrait = astronaut.crop((150, 0, 342, 512)).resize((600, 1600), Image.Resampling.LANCZOS)
+    save("astronaut_portrait_600x1600.jpg", portrait, "astronaut",
+         "tall portrait JPEG 600x1600: Pillow resizes it vertical pass first", quality=88, subsampling=2)
+
     # PNG family
     save("astronaut_rgb.png", astronaut, "astronaut", "8-bit RGB PNG (lossless: decoders must agree exactly); "
          "keeps the source's embedded ICC profile, which open_clip (and PIL's convert) ignore",

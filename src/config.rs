@@ -136,7 +136,7 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info,clip_serve=debug`.
-    #[arg(long, env = "CLIP_SERVE_LOG", default_value = "info")]
+    #[arg(long, env = "CLIP_SERVE_LOG", default_value = "info,ort=warn")]
     pub log_filter: String,
 }
 

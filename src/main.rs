@@ -50,8 +50,8 @@ fn main() -> ExitCode {
             match runtime.block_on(clip_serve::server::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("clip-serve: {e:#}");
+                    // The one line that says why the server stopped (logs go to stderr too).
+                    tracing::error!("clip-serve: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -11,8 +11,7 @@ use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
 };
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -100,6 +99,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .await
         .with_context(|| format!("binding {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
+    // Without TCP_NODELAY, small replies wait on delayed ACKs (Nagle): tens of ms per call.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
 
     let service = EmbedService::new(&config);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -201,7 +204,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             .add_service(reflection_v1alpha)
             .add_service(embed)
             .add_service(info)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            .serve_with_incoming_shutdown(incoming, signal);
         let result = tokio::select! {
             result = serve => result,
             () = grace_over => {

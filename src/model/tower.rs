@@ -125,6 +125,7 @@ impl Tower {
                     .map_err(Into::into)
             })
             .and_then(|b| b.with_intra_threads(intra_op_threads).map_err(Into::into))
+            .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
             .map_err(|e| ort_err(&e))?;
         if !eps.is_empty() {
             builder = builder.with_execution_providers(eps).map_err(|e| {

@@ -1,4 +1,4 @@
-//! Logging set-up: `tracing` with an EnvFilter, human-readable or JSON lines.
+//! Logging set-up: `tracing` with an EnvFilter, human-readable or JSON lines, on stderr.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -9,7 +9,9 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-filter {filter:?}: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()

@@ -1,0 +1,60 @@
+//! Image preprocessing speed: decode + resize + crop + RGB for each file given, single thread,
+//! median of N runs. A program that measures (run with `cargo bench --bench preprocess -- FILES`),
+//! not a test. scripts/bench_embed.sh runs it beside open_clip's PIL pipeline on the same files.
+//!
+//! Usage: cargo bench --bench preprocess -- [--runs N] [--cfg preprocess_cfg.json] [--json OUT] FILE...
+
+use std::{path::PathBuf, time::Instant};
+
+use clip_serve::preprocess::image::{ImageOptions, PreprocessConfig, preprocess};
+
+fn main() {
+    let mut runs = 21usize;
+    let mut cfg_path = PathBuf::from("tests/fixtures/model/visual/preprocess_cfg.json");
+    let mut json_out: Option<PathBuf> = None;
+    let mut files = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--cfg" => cfg_path = args.next().map(PathBuf::from).expect("--cfg FILE"),
+            "--json" => json_out = args.next().map(PathBuf::from),
+            "--bench" => {} // passed by `cargo bench`
+            _ => files.push(PathBuf::from(arg)),
+        }
+    }
+    if files.is_empty() {
+        files.push(PathBuf::from("tests/fixtures/images/coffee_4000x3000.jpg"));
+    }
+    let cfg = PreprocessConfig::from_json_file(&cfg_path).expect("preprocess config");
+    let options = ImageOptions {
+        max_pixels: 100_000_000,
+        apply_exif_orientation: false,
+    };
+    let mut results = Vec::new();
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        preprocess(&bytes, &cfg, &options).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let out = preprocess(&bytes, &cfg, &options);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                assert!(out.is_ok());
+                ms
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{:60} median {median:8.2} ms  min {:8.2} ms  ({runs} runs)",
+            file.display(),
+            times[0]
+        );
+        results.push(serde_json::json!({"file": file, "median_ms": median, "min_ms": times[0], "runs": runs}));
+    }
+    if let Some(out) = json_out {
+        std::fs::write(&out, serde_json::to_string_pretty(&results).expect("json"))
+            .expect("write --json");
+    }
+}
