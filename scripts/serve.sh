@@ -23,12 +23,27 @@ banner() {
   printf '%s\n\n' "################################################################################" >&2
 }
 
-if [[ ! -f "$MODEL_DIR/config.json" ]]; then
+model_complete() {
+  local f
+  for f in config.json visual/model.onnx visual/preprocess_cfg.json textual/model.onnx textual/tokenizer.json; do
+    [[ -s "$1/$f" ]] || return 1
+  done
+}
+
+if ! model_complete "$MODEL_DIR"; then
+  if [[ -e "$MODEL_DIR" ]]; then
+    echo "serve: $MODEL_DIR is incomplete (an interrupted export?); exporting it again" >&2
+    rm -rf "$MODEL_DIR"
+  fi
   PYTHON="${CLIP_SERVE_PYTHON:-}"
   if [[ -z "$PYTHON" ]]; then
     if [[ ! -x .cache/export-venv/bin/python ]]; then
       echo "serve: installing the exporter's Python packages into .cache/export-venv (torch, open_clip; once)" >&2
-      python3 -m venv .cache/export-venv
+      python3 -m venv .cache/export-venv 2>/dev/null || {
+        # Debian splits venv out of python3.
+        SUDO=""; [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
+        $SUDO apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .cache/export-venv
+      }
       .cache/export-venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-export.txt
     fi
     PYTHON=.cache/export-venv/bin/python

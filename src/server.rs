@@ -26,6 +26,9 @@ use crate::{
     service::EmbedService,
 };
 
+/// Concurrent HTTP/2 streams (calls) per client connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Hooks for tests and embedders.
 #[derive(Default)]
 pub struct StartOptions {
@@ -199,6 +202,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             tokio::time::sleep(grace).await;
         };
         let serve = Server::builder()
+            // hyper's default (200) is lifted when tonic passes None: bound calls per connection.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

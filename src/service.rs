@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::{
     config::{Config, Limits, Provider},
@@ -68,10 +68,13 @@ pub struct ModelInfo {
 struct State {
     model: OnceLock<Arc<LoadedModel>>,
     shutting_down: AtomicBool,
+    /// Flips to true when shutdown begins, for streams and waiters.
+    shutdown: watch::Sender<bool>,
     limits: Limits,
     /// Requests in flight: unary calls try-acquire, streams wait.
     requests: Arc<Semaphore>,
-    /// Images being decoded at once. Bounds decode memory to cores x max_image_pixels x 4 bytes.
+    /// Images being decoded at once (one per core). Bounds decode memory to cores x max_image_pixels
+    /// x the decoder's bytes per pixel (up to ~16 for 16-bit RGBA, plus conversion buffers).
     decoders: Arc<Semaphore>,
     image_options: ImageOptions,
     max_stream_in_flight: usize,
@@ -97,6 +100,7 @@ impl EmbedService {
             state: Arc::new(State {
                 model: OnceLock::new(),
                 shutting_down: AtomicBool::new(false),
+                shutdown: watch::Sender::new(false),
                 limits: config.limits,
                 requests: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
                 decoders: Arc::new(Semaphore::new(decoders)),
@@ -121,6 +125,13 @@ impl EmbedService {
     /// New calls get UNAVAILABLE from now on; calls already admitted finish.
     pub fn begin_shutdown(&self) {
         self.state.shutting_down.store(true, Ordering::Release);
+        self.state.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_started(&self) {
+        let mut rx = self.state.shutdown.subscribe();
+        let _ = rx.wait_for(|started| *started).await;
     }
 
     pub fn limits(&self) -> Limits {
@@ -150,10 +161,13 @@ impl EmbedService {
                     self.state.limits.max_concurrent_requests
                 ))
             }),
-            Admission::Wait => requests
-                .acquire_owned()
-                .await
-                .map_err(|_| ServiceError::Unavailable("server is shutting down".into())),
+            Admission::Wait => {
+                let shutting_down = || ServiceError::Unavailable("server is shutting down".into());
+                tokio::select! {
+                    permit = requests.acquire_owned() => permit.map_err(|_| shutting_down()),
+                    () = self.shutdown_started() => Err(shutting_down()),
+                }
+            }
         }
     }
 
@@ -214,29 +228,42 @@ impl EmbedService {
     }
 
     /// Decodes and preprocesses one image on the blocking pool, at most one per core at a time.
+    /// The decoder permit moves into the blocking task, so work that outlives a cancelled call
+    /// still counts against the bound. `Ok(Err(reason))` is the client's fault.
     async fn preprocess_image(
         &self,
         model: &Arc<LoadedModel>,
         bytes: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
-        let _decoder = Arc::clone(&self.state.decoders)
+    ) -> Result<Result<Vec<u8>, String>, ServiceError> {
+        let decoder = Arc::clone(&self.state.decoders)
             .acquire_owned()
             .await
-            .map_err(|_| "server is shutting down".to_string())?;
+            .map_err(|_| ServiceError::Unavailable("server is shutting down".into()))?;
         let model = Arc::clone(model);
         let options = self.state.image_options;
         tokio::task::spawn_blocking(move || {
+            let _decoder = decoder;
             let Some(image) = model.image.as_ref() else {
                 return Err("this model has no visual tower".to_string());
             };
             image_pre::preprocess(&bytes, &image.preprocess, &options).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| format!("preprocessing task failed: {e}"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "image preprocessing task panicked");
+            ServiceError::Internal(
+                "image preprocessing failed; the server logged the details".into(),
+            )
+        })
     }
 
-    /// Embeds encoded images, in order. The caller holds a request permit.
-    pub async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Embedding>, ServiceError> {
+    /// Embeds encoded images, in order. `permit` (from [`Self::admit`]) is held until inference
+    /// ends, even when the caller goes away first.
+    pub async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<Embedding>, ServiceError> {
         let model = self.image_model()?;
         self.check_count("images", images.len())?;
         for (i, bytes) in images.iter().enumerate() {
@@ -254,10 +281,14 @@ impl EmbedService {
         }
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];
         while let Some(joined) = tasks.join_next().await {
-            let (i, crop) = joined
-                .map_err(|e| ServiceError::Internal(format!("preprocessing task failed: {e}")))?;
+            let (i, crop) = joined.map_err(|e| {
+                tracing::error!(error = %e, "image preprocessing task failed");
+                ServiceError::Internal(
+                    "image preprocessing failed; the server logged the details".into(),
+                )
+            })?;
             slots[i] =
-                Some(crop.map_err(|reason| ServiceError::invalid_item("images", i, reason))?);
+                Some(crop?.map_err(|reason| ServiceError::invalid_item("images", i, reason))?);
         }
         let pixels: Vec<Vec<u8>> = slots.into_iter().flatten().collect();
         if pixels.len() != n {
@@ -265,7 +296,11 @@ impl EmbedService {
                 "an image went missing during preprocessing".into(),
             ));
         }
-        let vectors = run_blocking(move || model.embed_pixels(&pixels)).await?;
+        let vectors = run_blocking(move || {
+            let _permit = permit;
+            model.embed_pixels(&pixels)
+        })
+        .await?;
         Ok(vectors
             .into_iter()
             .map(|values| Embedding {
@@ -276,9 +311,13 @@ impl EmbedService {
             .collect())
     }
 
-    /// Embeds texts, in order. Empty texts are valid (open_clip encodes them). The caller holds a
-    /// request permit.
-    pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Embedding>, ServiceError> {
+    /// Embeds texts, in order. Empty texts are valid (open_clip encodes them). `permit` is held
+    /// until inference ends.
+    pub async fn embed_texts(
+        &self,
+        texts: Vec<String>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<Embedding>, ServiceError> {
         let model = self.text_model()?;
         self.check_count("texts", texts.len())?;
         for (i, text) in texts.iter().enumerate() {
@@ -286,6 +325,7 @@ impl EmbedService {
                 .map_err(|reason| ServiceError::invalid_item("texts", i, reason))?;
         }
         run_blocking(move || {
+            let _permit = permit;
             let Some(text_model) = model.text.as_ref() else {
                 return Err("this model has no textual tower".to_string());
             };
@@ -318,7 +358,11 @@ impl EmbedService {
     }
 
     /// Embeds one stream item. Errors name the item as `image` or `text`.
-    pub async fn embed_item(&self, item: Item) -> Result<Embedding, ServiceError> {
+    pub async fn embed_item(
+        &self,
+        item: Item,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Embedding, ServiceError> {
         let rename = |e: ServiceError, field: &str| match e {
             ServiceError::InvalidArgument(m) => {
                 ServiceError::InvalidArgument(m.replacen(&format!("{field}s[0]"), field, 1))
@@ -327,11 +371,11 @@ impl EmbedService {
         };
         match item {
             Item::Image(bytes) => self
-                .embed_images(vec![bytes])
+                .embed_images(vec![bytes], permit)
                 .await
                 .map_err(|e| rename(e, "image")),
             Item::Text(text) => self
-                .embed_texts(vec![text])
+                .embed_texts(vec![text], permit)
                 .await
                 .map_err(|e| rename(e, "text")),
         }

@@ -539,3 +539,28 @@ async fn shutdown_turns_health_off_and_refuses_new_calls() {
     assert_eq!(err.code(), Code::Unavailable);
     server.server.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn shutdown_ends_an_idle_stream_with_unavailable() {
+    let server = serve(config(&tiny_model())).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = server
+        .embed()
+        .embed_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    tx.send(pb::EmbedStreamRequest {
+        id: "1".into(),
+        item: Some(pb::embed_stream_request::Item::Text("a cat".into())),
+    })
+    .await
+    .expect("send");
+    let first = replies.next().await.expect("a reply").expect("ok");
+    assert_eq!(first.id, "1");
+    // The client keeps its side open; shutdown must still end the stream.
+    server.server.service.begin_shutdown();
+    let end = replies.next().await.expect("the stream ends with a status");
+    assert_eq!(end.expect_err("an error status").code(), Code::Unavailable);
+    drop(tx);
+}

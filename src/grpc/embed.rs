@@ -83,9 +83,9 @@ impl Embed for EmbedApi {
         &self,
         request: Request<pb::EmbedImagesRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let _permit = self.service.admit(Admission::TryNow).await?;
+        let permit = self.service.admit(Admission::TryNow).await?;
         let pb::EmbedImagesRequest { images } = request.into_inner();
-        let embeddings = self.service.embed_images(images).await?;
+        let embeddings = self.service.embed_images(images, permit).await?;
         Ok(Response::new(self.response(embeddings)))
     }
 
@@ -93,17 +93,21 @@ impl Embed for EmbedApi {
         &self,
         request: Request<pb::EmbedTextsRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let _permit = self.service.admit(Admission::TryNow).await?;
+        let permit = self.service.admit(Admission::TryNow).await?;
         let pb::EmbedTextsRequest { texts } = request.into_inner();
-        let embeddings = self.service.embed_texts(texts).await?;
+        let embeddings = self.service.embed_texts(texts, permit).await?;
         Ok(Response::new(self.response(embeddings)))
     }
 
     type EmbedStreamStream = ReplyStream;
 
     /// Items are processed concurrently, up to `--max-stream-in-flight` per stream; past that the
-    /// server stops reading, so HTTP/2 flow control pushes back on the client. Replies go out as
-    /// items finish, each carrying its request's id.
+    /// server stops reading and HTTP/2 flow control pushes back on the client. Each item then waits
+    /// for a request permit (an idle stream holds none, so open streams cannot starve unary
+    /// calls while they wait for input). Replies go out as items finish, each with its request's
+    /// id. A message that is not valid protobuf (e.g. a `text` that is not UTF-8) cannot be tied to
+    /// an id: the stream ends with INVALID_ARGUMENT. On shutdown the server stops reading, finishes
+    /// the items it has, and ends the stream with UNAVAILABLE.
     async fn embed_stream(
         &self,
         request: Request<Streaming<pb::EmbedStreamRequest>>,
@@ -115,6 +119,7 @@ impl Embed for EmbedApi {
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(in_flight));
             let mut tasks = tokio::task::JoinSet::new();
+            let mut end: Option<Status> = None;
             loop {
                 while tasks.try_join_next().is_some() {}
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -123,13 +128,16 @@ impl Embed for EmbedApi {
                 let message = tokio::select! {
                     message = inbound.message() => message,
                     () = tx.closed() => break,
+                    () = service.shutdown_started() => {
+                        end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
+                        break;
+                    }
                 };
                 let request = match message {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(status) => {
-                        // A malformed or oversized message: the stream cannot go on reliably.
-                        let _ = tx.send(Err(status)).await;
+                        end = Some(client_decode_error(status));
                         break;
                     }
                 };
@@ -138,28 +146,41 @@ impl Embed for EmbedApi {
                 tasks.spawn(async move {
                     let reply = match <(String, Item)>::try_from(request) {
                         Err((id, error)) => item_error(id, &error),
-                        Ok((id, item)) => {
-                            let result = match service.admit(Admission::Wait).await {
-                                Ok(_permit) => service.embed_item(item).await,
-                                Err(e) => Err(e),
-                            };
-                            match result {
-                                Ok(embedding) => pb::EmbedStreamResponse {
-                                    id,
-                                    result: Some(pb::embed_stream_response::Result::Embedding(
-                                        embedding.into(),
-                                    )),
-                                },
-                                Err(error) => item_error(id, &error),
-                            }
-                        }
+                        Ok((id, item)) => match embed_admitted(&service, item).await {
+                            Ok(embedding) => pb::EmbedStreamResponse {
+                                id,
+                                result: Some(pb::embed_stream_response::Result::Embedding(
+                                    embedding.into(),
+                                )),
+                            },
+                            Err(error) => item_error(id, &error),
+                        },
                     };
                     let _ = tx.send(Ok(reply)).await;
                     drop(slot);
                 });
             }
             while tasks.join_next().await.is_some() {}
+            if let Some(status) = end {
+                let _ = tx.send(Err(status)).await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Stream items wait for a request permit (unary calls are refused instead).
+async fn embed_admitted(service: &EmbedService, item: Item) -> Result<Embedding, ServiceError> {
+    let permit = service.admit(Admission::Wait).await?;
+    service.embed_item(item, permit).await
+}
+
+/// tonic reports a request message it cannot decode as INTERNAL; it is the client's message that is
+/// wrong, so say INVALID_ARGUMENT. Transport errors keep their code.
+fn client_decode_error(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal && status.message().contains("decode") {
+        Status::invalid_argument(format!("malformed stream message: {}", status.message()))
+    } else {
+        status
     }
 }

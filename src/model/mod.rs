@@ -190,15 +190,21 @@ impl LoadedModel {
     /// Runs one input through each tower and checks the result, so the first request is not the one
     /// that pays for lazy initialization, and a model that produces garbage never reports SERVING.
     pub fn warm_up(&self) -> Result<(), ModelError> {
-        let check = |what: &str, out: Result<Vec<Vec<f32>>, String>| -> Result<(), ModelError> {
+        // Two rows when the batch axis is dynamic: exports with a symbolic batch axis but batch-1
+        // reshapes baked in fail here rather than on the first multi-item request.
+        let check = |what: &str, rows: usize, out: Result<Vec<Vec<f32>>, String>| {
             let out = out.map_err(|e| ModelError::WarmUp(format!("{what}: {e}")))?;
-            match out.as_slice() {
-                [v] if v.len() == self.config.embed_dim && v.iter().all(|x| x.is_finite()) => {
-                    Ok(())
-                }
-                _ => Err(ModelError::WarmUp(format!(
-                    "{what}: output is not one finite vector of embed_dim values"
-                ))),
+            let dim = self.config.embed_dim;
+            if out.len() == rows
+                && out
+                    .iter()
+                    .all(|v| v.len() == dim && v.iter().all(|x| x.is_finite()))
+            {
+                Ok(())
+            } else {
+                Err(ModelError::WarmUp(format!(
+                    "{what}: output is not {rows} finite vectors of {dim} values"
+                )))
             }
         };
         if let Some(image) = &self.image {
@@ -206,12 +212,20 @@ impl LoadedModel {
                 image.preprocess.size.0 as usize,
                 image.preprocess.size.1 as usize,
             );
-            let gray = vec![128u8; h * w * 3];
-            check("visual tower", self.embed_pixels(&[gray]))?;
+            let rows = if image.tower.spec.dynamic_batch { 2 } else { 1 };
+            let crops: Vec<Vec<u8>> = (0..rows)
+                .map(|r| vec![96 + 64 * r as u8; h * w * 3])
+                .collect();
+            check("visual tower", rows, self.embed_pixels(&crops))?;
         }
         if let Some(text) = &self.text {
-            let tokens = text.tokenizer.encode("a photo of a cat.");
-            check("textual tower", self.embed_token_ids(&[tokens.ids]))?;
+            let rows = if text.tower.spec.dynamic_batch { 2 } else { 1 };
+            let ids: Vec<Vec<i64>> = ["a photo of a cat.", "a diagram"]
+                .iter()
+                .take(rows)
+                .map(|t| text.tokenizer.encode(t).ids)
+                .collect();
+            check("textual tower", rows, self.embed_token_ids(&ids))?;
         }
         Ok(())
     }

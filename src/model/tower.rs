@@ -211,10 +211,11 @@ impl Tower {
             BatchInput::I32(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
         }
         .map_err(|e| format!("could not create the input tensor: {e}"))?;
+        // A panic in an earlier run leaves the session itself intact: keep serving.
         let mut session = self
             .session
             .lock()
-            .map_err(|_| "session mutex poisoned by an earlier panic".to_string())?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session
             .run(ort::inputs![self.spec.input_name.as_str() => value])
             .map_err(|e| format!("{}: inference failed: {e}", self.spec.path.display()))?;
@@ -237,7 +238,22 @@ impl Tower {
                 self.spec.output_name
             ));
         }
-        Ok(data.chunks_exact(dim).map(l2_normalized).collect())
+        let mut rows_out = Vec::with_capacity(rows);
+        for (i, row) in data.chunks_exact(dim).enumerate() {
+            let norm = row
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt();
+            if !norm.is_finite() || norm == 0.0 {
+                return Err(format!(
+                    "{}: output row {i} has norm {norm}: not a usable embedding (NaN, infinite or zero values)",
+                    self.spec.path.display()
+                ));
+            }
+            rows_out.push(l2_normalized(row));
+        }
+        Ok(rows_out)
     }
 }
 

@@ -61,6 +61,16 @@ pub enum ImageError {
     },
     #[error("image too large: {width} x {height} pixels exceeds the limit of {limit} pixels")]
     TooManyPixels { width: u64, height: u64, limit: u64 },
+    #[error(
+        "image is {width} x {height} pixels: resizing it as open_clip does would make one side {resized} pixels, \
+         over the limit of {limit} (aspect ratio too extreme)"
+    )]
+    ExtremeAspectRatio {
+        width: u64,
+        height: u64,
+        resized: u64,
+        limit: u64,
+    },
     #[error("unsupported {format} image: {reason}")]
     Unsupported {
         format: &'static str,
@@ -82,7 +92,28 @@ pub fn preprocess(
     {
         img = exif_transpose(img, o);
     }
+    check_resized_size(&img, cfg)?;
     Ok(transform(&img, cfg))
+}
+
+/// Longest side of the resized (pre-crop) image, in multiples of the output size. The resampler's
+/// coefficient tables span the whole resized axis, so a 1 x 40,000,000 strip (within the pixel limit)
+/// would ask for 9 billion output positions: refuse such aspect ratios (over 100:1) up front.
+pub const MAX_RESIZED_SIDE_FACTOR: u64 = 100;
+
+fn check_resized_size(img: &Decoded, cfg: &PreprocessConfig) -> Result<(), ImageError> {
+    let p = plan(cfg, img.width, img.height);
+    let limit = MAX_RESIZED_SIDE_FACTOR * u64::from(cfg.size.0.max(cfg.size.1));
+    let resized = p.resized.0.max(p.resized.1) as u64;
+    if resized > limit {
+        return Err(ImageError::ExtremeAspectRatio {
+            width: img.width as u64,
+            height: img.height as u64,
+            resized,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// Decode only, reporting (width, height, PIL mode): a debugging aid.
@@ -568,6 +599,28 @@ mod tests {
             preprocess(&tiny_jpeg(), &CFG(), &small),
             Err(ImageError::TooManyPixels { .. })
         ));
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_refused_before_resizing() {
+        // A 1 x 30,000 gray strip: few pixels, but open_clip's resize would make it 224 x 6,720,000
+        // (a 1 x 40,000,000 strip, 78 KB as a PNG, used to ask the resampler for 358 GB).
+        let tall = png(1, 30_000, 8, 0, &vec![vec![128u8]; 30_000]);
+        let err = preprocess(&tall, &PreprocessConfig::default(), &opts()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::ExtremeAspectRatio {
+                    resized: 6_720_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("aspect ratio"), "{err}");
+        // 100:1 still works (2000 x 20 -> 22400 x 224).
+        let wide = png(2000, 20, 8, 0, &vec![vec![7u8; 2000]; 20]);
+        assert!(preprocess(&wide, &PreprocessConfig::default(), &opts()).is_ok());
     }
 
     #[test]
