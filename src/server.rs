@@ -11,23 +11,13 @@ use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
 };
-use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::Config,
-    grpc::{
-        self, SERVICE_NAMES,
-        embed::EmbedApi,
-        info::InfoApi,
-        pb::{embed_server::EmbedServer, info_server::InfoServer},
-    },
+    grpc,
     model::{LoadedModel, ModelFiles, ProviderOptions, WeightsKind, runtime},
     service::EmbedService,
 };
-
-/// Concurrent HTTP/2 streams (calls) per client connection.
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Hooks for tests and embedders.
 #[derive(Default)]
@@ -102,29 +92,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .await
         .with_context(|| format!("binding {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
-    // Without TCP_NODELAY, small replies wait on delayed ACKs (Nagle): tens of ms per call.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
 
     let service = EmbedService::new(&config);
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    set_health(&health_reporter, ServingStatus::NotServing).await;
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    let max_message = config.limits.max_message_bytes;
-    let embed = EmbedServer::new(EmbedApi::new(service.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let info = InfoServer::new(InfoApi::new(service.clone()));
+    let (endpoint, health) =
+        grpc::transport::endpoint(service.clone(), config.limits.max_message_bytes).await?;
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -132,7 +103,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     // Load and warm up in the background; health turns SERVING when done.
     let loader = {
         let service = service.clone();
-        let reporter = health_reporter.clone();
+        let health = health.clone();
         let providers = ProviderOptions {
             provider: config.provider,
             device_id: config.device_id,
@@ -166,7 +137,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                         "model loaded and warmed up; SERVING"
                     );
                     service.set_model(Arc::new(model));
-                    set_health(&reporter, ServingStatus::Serving).await;
+                    health.set_serving(true).await;
                     let _ = ready_tx.send(Readiness::Ready);
                 }
                 Ok(Err(e)) => {
@@ -181,14 +152,14 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     };
 
     let shutdown_service = service.clone();
-    let shutdown_reporter = health_reporter.clone();
+    let shutdown_health = health.clone();
     let grace = config.shutdown_grace;
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let signal = async move {
             let _ = shutdown_rx.await;
             shutdown_service.begin_shutdown();
-            set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+            shutdown_health.set_serving(false).await;
             tracing::info!(
                 grace_ms = grace.as_millis() as u64,
                 "shutting down: NOT_SERVING, finishing calls in flight"
@@ -201,15 +172,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             let _ = draining_rx.wait_for(|draining| *draining).await;
             tokio::time::sleep(grace).await;
         };
-        let serve = Server::builder()
-            // hyper's default (200) is lifted when tonic passes None: bound calls per connection.
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(embed)
-            .add_service(info)
-            .serve_with_incoming_shutdown(incoming, signal);
+        let serve = endpoint.serve(listener, signal);
         let result = tokio::select! {
             result = serve => result,
             () = grace_over => {
@@ -229,13 +192,6 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         ready: ready_rx,
         task,
     })
-}
-
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    for name in SERVICE_NAMES {
-        reporter.set_service_status(name, status).await;
-    }
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. A model that fails to load

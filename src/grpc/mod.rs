@@ -6,6 +6,7 @@ pub mod bench;
 pub mod embed;
 pub mod info;
 pub mod status;
+pub mod transport;
 
 /// Generated protobuf and gRPC code for `proto/clip/v1/clip.proto`.
 pub mod pb {

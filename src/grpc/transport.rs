@@ -1,0 +1,93 @@
+//! The gRPC endpoint: tonic's server with our services, health checking and reflection (v1 and
+//! v1alpha, so grpcurl needs no .proto file). `server.rs` drives its lifecycle without touching tonic.
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use super::{
+    SERVICE_NAMES,
+    embed::EmbedApi,
+    info::InfoApi,
+    pb::{self, embed_server::EmbedServer, info_server::InfoServer},
+};
+use crate::service::EmbedService;
+
+/// Concurrent HTTP/2 streams (calls) per client connection. tonic passes no limit to hyper unless
+/// told, which lifts hyper's own default of 200.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// The `grpc.health.v1.Health` status of the server ("") and of each service.
+#[derive(Clone)]
+pub struct Health(HealthReporter);
+
+impl Health {
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.0.set_service_status("", status).await;
+        for name in SERVICE_NAMES {
+            self.0.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// Everything that answers on the gRPC port, not yet listening.
+pub struct Endpoint {
+    router: tonic::transport::server::Router,
+}
+
+/// Builds the endpoint; health starts NOT_SERVING.
+pub async fn endpoint(
+    service: EmbedService,
+    max_message_bytes: usize,
+) -> anyhow::Result<(Endpoint, Health)> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health(reporter);
+    health.set_serving(false).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let embed = EmbedServer::new(EmbedApi::new(service.clone()))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let info = InfoServer::new(InfoApi::new(service));
+
+    let router = Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(embed)
+        .add_service(info);
+    Ok((Endpoint { router }, health))
+}
+
+impl Endpoint {
+    /// Serves on `listener` until `shutdown` resolves, then lets calls in flight finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        // Without TCP_NODELAY, small replies wait on delayed ACKs (Nagle): tens of ms per call.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        self.router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
