@@ -5,26 +5,24 @@ use clip_serve::config::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Bench(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("clip-serve: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(clip_serve::grpc::bench::run(*args)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("clip-serve bench: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clip-serve: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    match cli.command {
+        Command::Bench(args) => match runtime.block_on(clip_serve::grpc::bench::run(*args)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("clip-serve bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             if let Err(e) = clip_serve::telemetry::init(args.log_format, &args.log_filter) {
                 eprintln!("clip-serve: {e}");
@@ -34,16 +32,6 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("clip-serve: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("clip-serve: cannot start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
