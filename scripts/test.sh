@@ -12,6 +12,8 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy -D warnings" >&2
 cargo clippy --locked --all-targets -- -D warnings
+echo "test: cargo clippy --features cuda,tensorrt (GPU providers compile; they run only with onnxruntime-gpu)" >&2
+cargo clippy --locked --features cuda,tensorrt -- -D warnings
 echo "test: cargo test" >&2
 cargo test --locked
 echo "test: grpcurl smoke test" >&2

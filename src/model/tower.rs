@@ -130,7 +130,8 @@ impl Tower {
         if !eps.is_empty() {
             builder = builder.with_execution_providers(eps).map_err(|e| {
                 ModelError::Provider(format!(
-                    "{} provider could not be registered for {}: {e}",
+                    "{} provider could not be registered for {}: {e} (GPU providers need the ONNX Runtime \
+                     library of the onnxruntime-gpu wheel in ORT_DYLIB_PATH, and a visible GPU)",
                     providers.provider.as_str(),
                     path.display()
                 ))

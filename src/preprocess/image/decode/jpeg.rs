@@ -1,0 +1,202 @@
+//! JPEG: libjpeg-turbo's decoder (the one PIL uses), through the TurboJPEG API of mozjpeg-sys.
+
+use super::{
+    Decoded, Format, ImageError, Pixels, check_dims, corrupt, exif_orientation, unsupported,
+};
+use std::ffi::{CStr, c_char, c_int, c_ulong, c_void};
+
+// Make sure the static library providing the tj* symbols is linked.
+use mozjpeg_sys as _;
+
+type TjHandle = *mut c_void;
+const TJPF_RGB: c_int = 0;
+const TJPF_GRAY: c_int = 6;
+const TJPF_CMYK: c_int = 11;
+const TJCS_GRAY: c_int = 2;
+const TJCS_CMYK: c_int = 3;
+const TJCS_YCCK: c_int = 4;
+const TJERR_WARNING: c_int = 0;
+/// Refuse progressive JPEGs with more than 500 scans (a known CPU exhaustion vector).
+const TJFLAG_LIMITSCANS: c_int = 32768;
+
+unsafe extern "C" {
+    fn tjInitDecompress() -> TjHandle;
+    fn tjDecompressHeader3(
+        handle: TjHandle,
+        jpeg_buf: *const u8,
+        jpeg_size: c_ulong,
+        width: *mut c_int,
+        height: *mut c_int,
+        jpeg_subsamp: *mut c_int,
+        jpeg_colorspace: *mut c_int,
+    ) -> c_int;
+    fn tjDecompress2(
+        handle: TjHandle,
+        jpeg_buf: *const u8,
+        jpeg_size: c_ulong,
+        dst_buf: *mut u8,
+        width: c_int,
+        pitch: c_int,
+        height: c_int,
+        pixel_format: c_int,
+        flags: c_int,
+    ) -> c_int;
+    fn tjGetErrorStr2(handle: TjHandle) -> *mut c_char;
+    fn tjGetErrorCode(handle: TjHandle) -> c_int;
+    fn tjDestroy(handle: TjHandle) -> c_int;
+}
+
+/// Owns a TurboJPEG decompressor. Errors inside libjpeg are handled by TurboJPEG
+/// (setjmp/longjmp in C) and reported as return codes; nothing unwinds through Rust.
+struct Handle(TjHandle);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tjInitDecompress and is destroyed once.
+        unsafe { tjDestroy(self.0) };
+    }
+}
+
+impl Handle {
+    fn message(&self) -> String {
+        // SAFETY: tjGetErrorStr2 returns a NUL-terminated string owned by the handle or
+        // by TurboJPEG's thread-local buffer; we copy it immediately.
+        unsafe {
+            let p = tjGetErrorStr2(self.0);
+            if p.is_null() {
+                "unknown libjpeg error".to_string()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        }
+    }
+}
+
+/// EXIF orientation from the first APP1 "Exif" segment (what PIL's `info["exif"]` holds).
+fn jpeg_exif_orientation(b: &[u8]) -> Option<u16> {
+    let mut i = 2;
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return None;
+        }
+        let marker = b[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            return None;
+        }
+        if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
+            i += 2;
+            continue;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        if len < 2 {
+            return None;
+        }
+        let seg = b.get(i + 4..(i + 2 + len).min(b.len()))?;
+        if marker == 0xE1 && seg.starts_with(b"Exif\0\0") {
+            return exif_orientation(seg);
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// True when no EOI marker follows the last start-of-scan: the data was cut short.
+fn looks_truncated(b: &[u8]) -> bool {
+    let last_sos = b.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        None => true,
+        Some(p) => !b[p..].windows(2).any(|w| w == [0xFF, 0xD9]),
+    }
+}
+
+pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
+    let f = Format::Jpeg;
+    let size = c_ulong::try_from(bytes.len()).map_err(|_| corrupt(f, "file too large"))?;
+    // SAFETY: plain constructor; NULL on failure.
+    let h = unsafe { tjInitDecompress() };
+    if h.is_null() {
+        return Err(corrupt(f, "cannot initialize the JPEG decoder"));
+    }
+    let h = Handle(h);
+    let (mut w, mut ht, mut subsamp, mut cs) = (0, 0, 0, 0);
+    // SAFETY: buffer pointer/length are valid for the call; out-params are valid.
+    let rc = unsafe {
+        tjDecompressHeader3(
+            h.0,
+            bytes.as_ptr(),
+            size,
+            &mut w,
+            &mut ht,
+            &mut subsamp,
+            &mut cs,
+        )
+    };
+    if rc != 0 {
+        let msg = h.message();
+        if msg.contains("Unsupported color conversion")
+            || msg.contains("Unsupported JPEG process")
+            || msg.contains("precision")
+        {
+            return Err(unsupported(f, msg));
+        }
+        return Err(corrupt(f, msg));
+    }
+    let (width, height) = check_dims(f, w.max(0) as u64, ht.max(0) as u64, max_pixels)?;
+    let (pf, channels) = match cs {
+        TJCS_GRAY => (TJPF_GRAY, 1),
+        TJCS_CMYK | TJCS_YCCK => (TJPF_CMYK, 4),
+        _ => (TJPF_RGB, 3),
+    };
+    let mut buf = vec![0u8; width * height * channels];
+    // SAFETY: `buf` holds exactly width*height*channels bytes and pitch = width*channels.
+    let rc = unsafe {
+        tjDecompress2(
+            h.0,
+            bytes.as_ptr(),
+            size,
+            buf.as_mut_ptr(),
+            w,
+            (width * channels) as c_int,
+            ht,
+            pf,
+            TJFLAG_LIMITSCANS,
+        )
+    };
+    if rc != 0 {
+        // SAFETY: valid handle.
+        let code = unsafe { tjGetErrorCode(h.0) };
+        let msg = h.message();
+        // PIL ignores libjpeg warnings (e.g. "Corrupt JPEG data: extraneous bytes") but
+        // refuses truncated files ("image file is truncated").
+        if code != TJERR_WARNING || msg.contains("Premature end") || looks_truncated(bytes) {
+            if code == TJERR_WARNING || msg.contains("Premature end") {
+                return Err(corrupt(f, format!("truncated file ({msg})")));
+            }
+            if msg.contains("more than 500 scans") {
+                return Err(unsupported(f, msg));
+            }
+            return Err(corrupt(f, msg));
+        }
+    }
+    let pixels = match channels {
+        1 => Pixels::L(buf),
+        3 => Pixels::Rgb(buf),
+        _ => {
+            // PIL opens 4-component JPEGs with rawmode "CMYK;I" (Adobe inverted values).
+            for v in buf.iter_mut() {
+                *v = !*v;
+            }
+            Pixels::Cmyk(buf)
+        }
+    };
+    Ok(Decoded {
+        width,
+        height,
+        pixels,
+        orientation: jpeg_exif_orientation(bytes),
+    })
+}
