@@ -4,6 +4,7 @@
 //! with [`server::start`]. tonic and prost types stop at [`grpc`]: everything below speaks domain
 //! types ([`service`], [`model`], [`preprocess`]).
 
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod grpc;

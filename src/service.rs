@@ -7,9 +7,12 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use std::time::Instant;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::{
+    batch::{BatchError, Batcher, BatcherConfig, Engine},
     config::{Config, Limits, Provider},
     error::{Modality, ServiceError},
     model::{LoadedModel, TowerSpec, WeightsKind, runtime},
@@ -67,6 +70,8 @@ pub struct ModelInfo {
 
 struct State {
     model: OnceLock<Arc<LoadedModel>>,
+    batchers: OnceLock<Batchers>,
+    batch_config: BatcherConfig,
     shutting_down: AtomicBool,
     /// Flips to true when shutdown begins, for streams and waiters.
     shutdown: watch::Sender<bool>,
@@ -99,6 +104,8 @@ impl EmbedService {
         EmbedService {
             state: Arc::new(State {
                 model: OnceLock::new(),
+                batchers: OnceLock::new(),
+                batch_config: config.batch,
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::Sender::new(false),
                 limits: config.limits,
@@ -115,7 +122,25 @@ impl EmbedService {
 
     /// Makes the model available to requests (after loading and warm-up).
     pub fn set_model(&self, model: Arc<LoadedModel>) {
+        let config = self.state.batch_config;
+        let batchers = Batchers {
+            image: model
+                .image
+                .is_some()
+                .then(|| Batcher::start(ImageEngine(Arc::clone(&model)), config)),
+            text: model
+                .text
+                .is_some()
+                .then(|| Batcher::start(TextEngine(Arc::clone(&model)), config)),
+        };
+        let _ = self.state.batchers.set(batchers);
         let _ = self.state.model.set(model);
+    }
+
+    fn batchers(&self) -> Result<&Batchers, ServiceError> {
+        self.state.batchers.get().ok_or_else(|| {
+            ServiceError::Unavailable("model is loading; retry when health reports SERVING".into())
+        })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -262,9 +287,12 @@ impl EmbedService {
     pub async fn embed_images(
         &self,
         images: Vec<Vec<u8>>,
+        deadline: Option<Instant>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<Embedding>, ServiceError> {
+        let _permit = permit;
         let model = self.image_model()?;
+        check_deadline(deadline)?;
         self.check_count("images", images.len())?;
         for (i, bytes) in images.iter().enumerate() {
             self.check_image(bytes)
@@ -296,11 +324,15 @@ impl EmbedService {
                 "an image went missing during preprocessing".into(),
             ));
         }
-        let vectors = run_blocking(move || {
-            let _permit = permit;
-            model.embed_pixels(&pixels)
-        })
-        .await?;
+        let batcher = self
+            .batchers()?
+            .image
+            .as_ref()
+            .ok_or_else(|| not_served(Modality::Image))?;
+        let vectors = batcher
+            .submit(pixels, deadline)
+            .await
+            .map_err(batch_error)?;
         Ok(vectors
             .into_iter()
             .map(|values| Embedding {
@@ -316,16 +348,19 @@ impl EmbedService {
     pub async fn embed_texts(
         &self,
         texts: Vec<String>,
+        deadline: Option<Instant>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<Embedding>, ServiceError> {
+        let _permit = permit;
         let model = self.text_model()?;
+        check_deadline(deadline)?;
         self.check_count("texts", texts.len())?;
         for (i, text) in texts.iter().enumerate() {
             self.check_text(text)
                 .map_err(|reason| ServiceError::invalid_item("texts", i, reason))?;
         }
-        run_blocking(move || {
-            let _permit = permit;
+        // Tokenizing is microseconds per text; a whole request goes in one blocking task.
+        let (ids, meta) = run_blocking(move || {
             let Some(text_model) = model.text.as_ref() else {
                 return Err("this model has no textual tower".to_string());
             };
@@ -342,25 +377,37 @@ impl EmbedService {
                     )
                 })
                 .collect();
-            let ids: Vec<Vec<i64>> = tokenized.into_iter().map(|t| t.ids).collect();
-            let vectors = model.embed_token_ids(&ids)?;
-            Ok(vectors
-                .into_iter()
-                .zip(meta)
-                .map(|(values, (truncated, token_count))| Embedding {
-                    values,
-                    truncated,
-                    token_count,
-                })
-                .collect())
+            Ok((
+                tokenized
+                    .into_iter()
+                    .map(|t| t.ids)
+                    .collect::<Vec<Vec<i64>>>(),
+                meta,
+            ))
         })
-        .await
+        .await?;
+        let batcher = self
+            .batchers()?
+            .text
+            .as_ref()
+            .ok_or_else(|| not_served(Modality::Text))?;
+        let vectors = batcher.submit(ids, deadline).await.map_err(batch_error)?;
+        Ok(vectors
+            .into_iter()
+            .zip(meta)
+            .map(|(values, (truncated, token_count))| Embedding {
+                values,
+                truncated,
+                token_count,
+            })
+            .collect())
     }
 
     /// Embeds one stream item. Errors name the item as `image` or `text`.
     pub async fn embed_item(
         &self,
         item: Item,
+        deadline: Option<Instant>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Embedding, ServiceError> {
         let rename = |e: ServiceError, field: &str| match e {
@@ -371,11 +418,11 @@ impl EmbedService {
         };
         match item {
             Item::Image(bytes) => self
-                .embed_images(vec![bytes], permit)
+                .embed_images(vec![bytes], deadline, permit)
                 .await
                 .map_err(|e| rename(e, "image")),
             Item::Text(text) => self
-                .embed_texts(vec![text], permit)
+                .embed_texts(vec![text], deadline, permit)
                 .await
                 .map_err(|e| rename(e, "text")),
         }
@@ -443,7 +490,58 @@ fn not_served(modality: Modality) -> ServiceError {
     ))
 }
 
-/// Runs inference on the blocking pool; failures are logged and become INTERNAL.
+/// The per-modality batchers, started with the model.
+struct Batchers {
+    image: Option<Batcher<Vec<u8>, Vec<f32>>>,
+    text: Option<Batcher<Vec<i64>, Vec<f32>>>,
+}
+
+/// The visual tower as the batcher sees it: rows are preprocessed crops.
+struct ImageEngine(Arc<LoadedModel>);
+
+impl Engine for ImageEngine {
+    type Row = Vec<u8>;
+    type Output = Vec<f32>;
+    fn run(&mut self, rows: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, String> {
+        self.0.embed_pixels(&rows)
+    }
+}
+
+/// The textual tower as the batcher sees it: rows are padded token ids.
+struct TextEngine(Arc<LoadedModel>);
+
+impl Engine for TextEngine {
+    type Row = Vec<i64>;
+    type Output = Vec<f32>;
+    fn run(&mut self, rows: Vec<Vec<i64>>) -> Result<Vec<Vec<f32>>, String> {
+        self.0.embed_token_ids(&rows)
+    }
+}
+
+fn check_deadline(deadline: Option<Instant>) -> Result<(), ServiceError> {
+    match deadline {
+        Some(d) if d <= Instant::now() => Err(ServiceError::DeadlineExceeded(
+            "the call's deadline passed before its work started".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn batch_error(error: BatchError) -> ServiceError {
+    match error {
+        BatchError::QueueFull { .. } => {
+            ServiceError::ResourceExhausted(format!("{error} (--max-queue-rows); retry later"))
+        }
+        BatchError::DeadlineExceeded => ServiceError::DeadlineExceeded(error.to_string()),
+        BatchError::Stopped => ServiceError::Unavailable("server is shutting down".into()),
+        BatchError::Engine(e) => {
+            tracing::error!(error = %e, "inference failed");
+            ServiceError::Internal("inference failed; the server logged the details".into())
+        }
+    }
+}
+
+/// Runs work on the blocking pool; failures are logged and become INTERNAL.
 async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, ServiceError> {

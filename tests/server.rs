@@ -564,3 +564,73 @@ async fn shutdown_ends_an_idle_stream_with_unavailable() {
     assert_eq!(end.expect_err("an error status").code(), Code::Unavailable);
     drop(tx);
 }
+
+#[tokio::test]
+async fn an_expired_deadline_is_deadline_exceeded_and_costs_nothing() {
+    let server = serve(config(&tiny_model())).await;
+    let mut request = tonic::Request::new(pb::EmbedTextsRequest {
+        texts: vec!["a cat".into()],
+    });
+    request.set_timeout(std::time::Duration::from_nanos(1));
+    let err = server.embed().embed_texts(request).await.unwrap_err();
+    // Whichever notices first answers: our handler (DEADLINE_EXCEEDED, rows never queued) or tonic's
+    // own timeout layer on either side (CANCELLED, "Timeout expired").
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // A generous deadline works, and the server is unharmed.
+    let mut request = tonic::Request::new(pb::EmbedTextsRequest {
+        texts: vec!["a cat".into()],
+    });
+    request.set_timeout(std::time::Duration::from_secs(30));
+    let ok = server
+        .embed()
+        .embed_texts(request)
+        .await
+        .expect("within the deadline");
+    assert_eq!(ok.into_inner().embeddings.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_vectors() {
+    let server = serve(config(&tiny_model())).await;
+    let texts: Vec<String> = (0..40).map(|i| format!("photo number {i}")).collect();
+    // The reference: each text alone.
+    let mut alone = Vec::new();
+    for t in &texts {
+        let r = server
+            .embed()
+            .embed_texts(pb::EmbedTextsRequest {
+                texts: vec![t.clone()],
+            })
+            .await
+            .unwrap();
+        alone.push(r.into_inner().embeddings.remove(0).values);
+    }
+    // The same texts from 40 concurrent calls, batched together by the server.
+    let calls = texts.iter().map(|t| {
+        let mut client = server.embed();
+        let t = t.clone();
+        tokio::spawn(async move {
+            client
+                .embed_texts(pb::EmbedTextsRequest { texts: vec![t] })
+                .await
+        })
+    });
+    let calls: Vec<_> = calls.collect();
+    for (call, want) in calls.into_iter().zip(&alone) {
+        let got = call
+            .await
+            .expect("join")
+            .expect("call")
+            .into_inner()
+            .embeddings
+            .remove(0)
+            .values;
+        assert!(
+            cosine(&got, want) > 0.99999,
+            "a caller got someone else's vector"
+        );
+    }
+}

@@ -1,10 +1,14 @@
 //! `clip.v1.Embed`: unary batch calls and the bidirectional stream.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 
 use super::{
     pb::{self, embed_server::Embed},
@@ -84,8 +88,9 @@ impl Embed for EmbedApi {
         request: Request<pb::EmbedImagesRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let permit = self.service.admit(Admission::TryNow).await?;
+        let deadline = deadline_of(request.metadata());
         let pb::EmbedImagesRequest { images } = request.into_inner();
-        let embeddings = self.service.embed_images(images, permit).await?;
+        let embeddings = self.service.embed_images(images, deadline, permit).await?;
         Ok(Response::new(self.response(embeddings)))
     }
 
@@ -94,8 +99,9 @@ impl Embed for EmbedApi {
         request: Request<pb::EmbedTextsRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let permit = self.service.admit(Admission::TryNow).await?;
+        let deadline = deadline_of(request.metadata());
         let pb::EmbedTextsRequest { texts } = request.into_inner();
-        let embeddings = self.service.embed_texts(texts, permit).await?;
+        let embeddings = self.service.embed_texts(texts, deadline, permit).await?;
         Ok(Response::new(self.response(embeddings)))
     }
 
@@ -112,6 +118,7 @@ impl Embed for EmbedApi {
         &self,
         request: Request<Streaming<pb::EmbedStreamRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
+        let deadline = deadline_of(request.metadata());
         let mut inbound = request.into_inner();
         let in_flight = self.service.max_stream_in_flight();
         let (tx, rx) = mpsc::channel::<Result<pb::EmbedStreamResponse, Status>>(in_flight);
@@ -146,7 +153,7 @@ impl Embed for EmbedApi {
                 tasks.spawn(async move {
                     let reply = match <(String, Item)>::try_from(request) {
                         Err((id, error)) => item_error(id, &error),
-                        Ok((id, item)) => match embed_admitted(&service, item).await {
+                        Ok((id, item)) => match embed_admitted(&service, item, deadline).await {
                             Ok(embedding) => pb::EmbedStreamResponse {
                                 id,
                                 result: Some(pb::embed_stream_response::Result::Embedding(
@@ -170,9 +177,37 @@ impl Embed for EmbedApi {
 }
 
 /// Stream items wait for a request permit (unary calls are refused instead).
-async fn embed_admitted(service: &EmbedService, item: Item) -> Result<Embedding, ServiceError> {
+async fn embed_admitted(
+    service: &EmbedService,
+    item: Item,
+    deadline: Option<Instant>,
+) -> Result<Embedding, ServiceError> {
     let permit = service.admit(Admission::Wait).await?;
-    service.embed_item(item, permit).await
+    service.embed_item(item, deadline, permit).await
+}
+
+/// The call's deadline from its `grpc-timeout` header (`100m`, `5S`, ...; gRPC over HTTP/2 spec).
+/// A malformed header is ignored, as if the client had set no deadline.
+fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(value).map(|timeout| Instant::now() + timeout)
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// tonic reports a request message it cannot decode as INTERNAL; it is the client's message that is
@@ -182,5 +217,21 @@ fn client_decode_error(status: Status) -> Status {
         Status::invalid_argument(format!("malformed stream message: {}", status.message()))
     } else {
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None, "at most 8 digits");
     }
 }

@@ -1,0 +1,590 @@
+//! The dynamic batcher (groundwork for the batching issue; not wired into the request path yet).
+//!
+//! Shape borrowed from text-embeddings-inference: callers submit *jobs* (one request's rows) into a
+//! bounded queue; a batching thread packs rows into batches of at most `max_batch_size`; an engine
+//! thread runs them, with one batch prefetched so the engine never waits for packing. Each job gets
+//! its rows back, in order, through a oneshot channel.
+//!
+//! - Continuous batching: whatever queued while the engine ran forms the next batch. With
+//!   `max_batch_delay` > 0 the packer waits up to that long for a batch to fill (useful on GPUs).
+//! - Fairness: rows are taken round-robin across queued jobs, one row per job per turn, so a job of
+//!   1,000 rows queued first delays a later 1-row job by at most one batch, not by 1,000 rows.
+//! - Dropped callers (their receiver is gone) and jobs whose deadline passed are removed before
+//!   their rows cost compute, and counted.
+//! - Bounded: the queue holds at most `max_queue_rows` rows; a job that does not fit is refused at
+//!   once ([`BatchError::QueueFull`]).
+//!
+//! The batcher knows nothing of images or text: the engine's input and output are opaque rows.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::oneshot;
+
+/// Runs batches. Implemented by the ONNX towers and, in tests, by fakes.
+pub trait Engine: Send + 'static {
+    type Row: Send + 'static;
+    type Output: Send + 'static;
+    /// Returns one output per input row, in order.
+    fn run(&mut self, rows: Vec<Self::Row>) -> Result<Vec<Self::Output>, String>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub max_queue_rows: usize,
+}
+
+/// Why a job got no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error(
+        "queue full: {queued} rows queued, {requested} more would pass the limit of {limit} rows"
+    )]
+    QueueFull {
+        queued: usize,
+        requested: usize,
+        limit: usize,
+    },
+    #[error("deadline passed before the rows were computed")]
+    DeadlineExceeded,
+    #[error("engine failed: {0}")]
+    Engine(String),
+    #[error("the batcher has stopped")]
+    Stopped,
+}
+
+/// Counters, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: AtomicU64,
+    pub rows_computed: AtomicU64,
+    pub rows_dropped_cancelled: AtomicU64,
+    pub rows_dropped_deadline: AtomicU64,
+    pub jobs_rejected_full: AtomicU64,
+}
+
+type Reply<O> = oneshot::Sender<Result<Vec<O>, BatchError>>;
+
+/// One caller's rows. `results` fills as batches finish; the reply goes out when all are in.
+struct Job<R, O> {
+    pending: VecDeque<R>,
+    next_row: usize,
+    results: Arc<Mutex<JobResults<O>>>,
+    deadline: Option<Instant>,
+}
+
+struct JobResults<O> {
+    slots: Vec<Option<O>>,
+    filled: usize,
+    reply: Option<Reply<O>>,
+}
+
+impl<O> JobResults<O> {
+    fn is_closed(&self) -> bool {
+        self.reply.as_ref().is_none_or(|r| r.is_closed())
+    }
+
+    fn fail(&mut self, error: BatchError) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+struct Queue<R, O> {
+    jobs: VecDeque<Job<R, O>>,
+    rows: usize,
+    stopped: bool,
+}
+
+struct Shared<R, O> {
+    queue: Mutex<Queue<R, O>>,
+    wake: Condvar,
+    config: BatcherConfig,
+    stats: BatchStats,
+}
+
+/// A batch on its way to the engine: rows plus where each result goes.
+struct Batch<R, O> {
+    rows: Vec<R>,
+    targets: Vec<(Arc<Mutex<JobResults<O>>>, usize)>,
+}
+
+/// Handle to a running batcher; cheap to clone. Dropping the last handle stops its threads.
+pub struct Batcher<R: Send + 'static, O: Send + 'static> {
+    shared: Arc<Shared<R, O>>,
+    _stop: Arc<StopOnDrop<R, O>>,
+}
+
+impl<R: Send + 'static, O: Send + 'static> Clone for Batcher<R, O> {
+    fn clone(&self) -> Self {
+        Batcher {
+            shared: Arc::clone(&self.shared),
+            _stop: Arc::clone(&self._stop),
+        }
+    }
+}
+
+struct StopOnDrop<R, O>(Arc<Shared<R, O>>);
+
+impl<R, O> Drop for StopOnDrop<R, O> {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.stopped = true;
+        for job in q.jobs.drain(..) {
+            job.results
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .fail(BatchError::Stopped);
+        }
+        q.rows = 0;
+        self.0.wake.notify_all();
+    }
+}
+
+impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
+    /// Starts the packing and engine threads.
+    pub fn start<E: Engine<Row = R, Output = O>>(engine: E, config: BatcherConfig) -> Self {
+        assert!(
+            config.max_batch_size > 0 && config.max_queue_rows > 0,
+            "batch and queue sizes must be positive"
+        );
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                rows: 0,
+                stopped: false,
+            }),
+            wake: Condvar::new(),
+            config,
+            stats: BatchStats::default(),
+        });
+        // Capacity 1: one batch waits, prefetched, while the engine runs the current one.
+        let (batches_tx, batches_rx) = std_mpsc::sync_channel::<Batch<R, O>>(1);
+        let packer = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("batch-packer".into())
+            .spawn(move || pack_loop(&packer, &batches_tx))
+            .expect("spawning the batch packer thread");
+        let stats_owner = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("batch-engine".into())
+            .spawn(move || engine_loop(engine, &batches_rx, &stats_owner))
+            .expect("spawning the engine thread");
+        Batcher {
+            _stop: Arc::new(StopOnDrop(Arc::clone(&shared))),
+            shared,
+        }
+    }
+
+    pub fn stats(&self) -> &BatchStats {
+        &self.shared.stats
+    }
+
+    /// Rows waiting in the queue.
+    pub fn queued_rows(&self) -> usize {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rows
+    }
+
+    /// Queues `rows` and returns their outputs, in order. Dropping the returned future before it
+    /// resolves withdraws the rows that have not been computed yet.
+    pub async fn submit(
+        &self,
+        rows: Vec<R>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<O>, BatchError> {
+        let n = rows.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = enqueue(
+                &mut q,
+                rows,
+                deadline,
+                tx,
+                self.shared.config.max_queue_rows,
+            ) {
+                if matches!(e, BatchError::QueueFull { .. }) {
+                    self.shared
+                        .stats
+                        .jobs_rejected_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        }
+        self.shared.wake.notify_all();
+        rx.await.unwrap_or(Err(BatchError::Stopped))
+    }
+}
+
+/// Adds a job unless it would take the queue past `limit` rows.
+fn enqueue<R, O>(
+    q: &mut Queue<R, O>,
+    rows: Vec<R>,
+    deadline: Option<Instant>,
+    reply: Reply<O>,
+    limit: usize,
+) -> Result<(), BatchError> {
+    if q.stopped {
+        return Err(BatchError::Stopped);
+    }
+    let n = rows.len();
+    if q.rows + n > limit {
+        return Err(BatchError::QueueFull {
+            queued: q.rows,
+            requested: n,
+            limit,
+        });
+    }
+    q.rows += n;
+    q.jobs.push_back(Job {
+        pending: rows.into(),
+        next_row: 0,
+        results: Arc::new(Mutex::new(JobResults {
+            slots: (0..n).map(|_| None).collect(),
+            filled: 0,
+            reply: Some(reply),
+        })),
+        deadline,
+    });
+    Ok(())
+}
+
+/// Packs batches until stopped.
+fn pack_loop<R, O>(shared: &Shared<R, O>, batches: &std_mpsc::SyncSender<Batch<R, O>>) {
+    let config = shared.config;
+    loop {
+        let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        while q.rows == 0 && !q.stopped {
+            q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        if q.stopped {
+            return;
+        }
+        if !config.max_batch_delay.is_zero() && q.rows < config.max_batch_size {
+            let until = Instant::now() + config.max_batch_delay;
+            while q.rows < config.max_batch_size && !q.stopped {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                q = shared
+                    .wake
+                    .wait_timeout(q, until - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        let batch = take_batch(&mut q, shared);
+        drop(q);
+        if batch.rows.is_empty() {
+            continue;
+        }
+        if batches.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// Takes up to `max_batch_size` rows round-robin across jobs, dropping dead jobs first.
+fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
+    let now = Instant::now();
+    let stats = &shared.stats;
+    let mut kept = VecDeque::with_capacity(q.jobs.len());
+    for job in q.jobs.drain(..) {
+        let mut results = job.results.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = job.pending.len() as u64;
+        if results.is_closed() {
+            stats
+                .rows_dropped_cancelled
+                .fetch_add(left, Ordering::Relaxed);
+            q.rows -= job.pending.len();
+        } else if job.deadline.is_some_and(|d| d <= now) {
+            stats
+                .rows_dropped_deadline
+                .fetch_add(left, Ordering::Relaxed);
+            q.rows -= job.pending.len();
+            results.fail(BatchError::DeadlineExceeded);
+        } else {
+            drop(results);
+            kept.push_back(job);
+        }
+    }
+    q.jobs = kept;
+
+    let max = shared.config.max_batch_size;
+    let mut batch = Batch {
+        rows: Vec::with_capacity(max.min(q.rows)),
+        targets: Vec::with_capacity(max.min(q.rows)),
+    };
+    while batch.rows.len() < max && q.rows > 0 {
+        for job in q.jobs.iter_mut() {
+            if batch.rows.len() >= max {
+                break;
+            }
+            if let Some(row) = job.pending.pop_front() {
+                batch.rows.push(row);
+                batch.targets.push((Arc::clone(&job.results), job.next_row));
+                job.next_row += 1;
+                q.rows -= 1;
+            }
+        }
+        q.jobs.retain(|job| !job.pending.is_empty());
+    }
+    batch
+}
+
+/// Runs batches and hands each job its rows.
+fn engine_loop<E: Engine>(
+    mut engine: E,
+    batches: &std_mpsc::Receiver<Batch<E::Row, E::Output>>,
+    shared: &Shared<E::Row, E::Output>,
+) {
+    while let Ok(Batch { rows, targets }) = batches.recv() {
+        let n = rows.len();
+        let outcome = engine.run(rows);
+        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(outputs) if outputs.len() == n => {
+                shared
+                    .stats
+                    .rows_computed
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                for ((job, index), output) in targets.into_iter().zip(outputs) {
+                    let mut results = job.lock().unwrap_or_else(PoisonError::into_inner);
+                    if results.slots[index].is_none() {
+                        results.slots[index] = Some(output);
+                        results.filled += 1;
+                    }
+                    if results.filled == results.slots.len()
+                        && let Some(reply) = results.reply.take()
+                    {
+                        let slots = std::mem::take(&mut results.slots);
+                        let _ = reply.send(Ok(slots.into_iter().flatten().collect()));
+                    }
+                }
+            }
+            Ok(outputs) => {
+                let error = BatchError::Engine(format!("{} outputs for {n} rows", outputs.len()));
+                for (job, _) in targets {
+                    job.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .fail(error.clone());
+                }
+            }
+            Err(e) => {
+                for (job, _) in targets {
+                    job.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .fail(BatchError::Engine(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_batch_size: usize, max_queue_rows: usize) -> Shared<u32, u32> {
+        Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                rows: 0,
+                stopped: false,
+            }),
+            wake: Condvar::new(),
+            config: BatcherConfig {
+                max_batch_size,
+                max_batch_delay: Duration::ZERO,
+                max_queue_rows,
+            },
+            stats: BatchStats::default(),
+        }
+    }
+
+    fn push(
+        s: &Shared<u32, u32>,
+        rows: Vec<u32>,
+        deadline: Option<Instant>,
+    ) -> oneshot::Receiver<Result<Vec<u32>, BatchError>> {
+        let (tx, rx) = oneshot::channel();
+        let mut q = s.queue.lock().unwrap();
+        enqueue(&mut q, rows, deadline, tx, s.config.max_queue_rows).unwrap();
+        rx
+    }
+
+    #[test]
+    fn batches_respect_the_size_and_interleave_jobs() {
+        let s = shared(4, 100);
+        let _big = push(&s, (100..110).collect(), None);
+        let _small = push(&s, vec![7], None);
+        let mut q = s.queue.lock().unwrap();
+        let first = take_batch(&mut q, &s);
+        // Round robin: the 1-row job rides in the first batch instead of waiting behind 10 rows.
+        assert_eq!(first.rows, vec![100, 7, 101, 102]);
+        let second = take_batch(&mut q, &s);
+        assert_eq!(second.rows, vec![103, 104, 105, 106]);
+        let third = take_batch(&mut q, &s);
+        assert_eq!(third.rows, vec![107, 108, 109]);
+        assert_eq!(q.rows, 0);
+        assert!(take_batch(&mut q, &s).rows.is_empty());
+    }
+
+    #[test]
+    fn the_queue_refuses_what_does_not_fit() {
+        let s = shared(4, 5);
+        let _a = push(&s, vec![1, 2, 3], None);
+        let (tx, _rx) = oneshot::channel();
+        let mut q = s.queue.lock().unwrap();
+        let err = enqueue(&mut q, vec![4, 5, 6], None, tx, 5).unwrap_err();
+        assert_eq!(
+            err,
+            BatchError::QueueFull {
+                queued: 3,
+                requested: 3,
+                limit: 5
+            }
+        );
+        let (tx, _rx) = oneshot::channel();
+        enqueue(&mut q, vec![4, 5], None, tx, 5).expect("exactly fits");
+    }
+
+    #[test]
+    fn dropped_callers_and_expired_deadlines_cost_no_compute() {
+        let s = shared(8, 100);
+        let gone = push(&s, vec![1, 2, 3], None);
+        drop(gone);
+        let late = push(
+            &s,
+            vec![4, 5],
+            Some(Instant::now() - Duration::from_millis(1)),
+        );
+        let mut live = push(&s, vec![6], Some(Instant::now() + Duration::from_secs(60)));
+        let mut late = late;
+        let mut q = s.queue.lock().unwrap();
+        let batch = take_batch(&mut q, &s);
+        assert_eq!(batch.rows, vec![6]);
+        assert_eq!(s.stats.rows_dropped_cancelled.load(Ordering::Relaxed), 3);
+        assert_eq!(s.stats.rows_dropped_deadline.load(Ordering::Relaxed), 2);
+        assert_eq!(late.try_recv().unwrap(), Err(BatchError::DeadlineExceeded));
+        assert!(
+            live.try_recv().is_err(),
+            "the live job is still waiting for its row"
+        );
+        assert_eq!(q.rows, 0);
+    }
+
+    /// Doubles each row; optionally waits for a go signal before each batch and reports batch sizes.
+    struct Doubler {
+        sizes: std_mpsc::Sender<usize>,
+        fail_on: Option<u32>,
+    }
+
+    impl Engine for Doubler {
+        type Row = u32;
+        type Output = u32;
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+            let _ = self.sizes.send(rows.len());
+            if let Some(bad) = self.fail_on
+                && rows.contains(&bad)
+            {
+                return Err(format!("row {bad} is poison"));
+            }
+            Ok(rows.into_iter().map(|r| r * 2).collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_caller_gets_exactly_its_own_rows_in_order() {
+        let (sizes_tx, sizes_rx) = std_mpsc::channel();
+        let config = BatcherConfig {
+            max_batch_size: 8,
+            max_batch_delay: Duration::ZERO,
+            max_queue_rows: 100_000,
+        };
+        let batcher = Batcher::start(
+            Doubler {
+                sizes: sizes_tx,
+                fail_on: None,
+            },
+            config,
+        );
+        let mut tasks = Vec::new();
+        // A deterministic pseudo-random mix of job sizes, submitted concurrently.
+        let mut seed = 0x9E37_79B9u32;
+        for job in 0..200u32 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let n = seed % 20 + 1;
+            let rows: Vec<u32> = (0..n).map(|i| job * 1000 + i).collect();
+            let b = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                let want: Vec<u32> = rows.iter().map(|r| r * 2).collect();
+                let got = b.submit(rows, None).await.expect("computed");
+                assert_eq!(got, want);
+                n as u64
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("task");
+        }
+        assert_eq!(batcher.stats().rows_computed.load(Ordering::Relaxed), total);
+        let sizes: Vec<usize> = sizes_rx.try_iter().collect();
+        assert!(sizes.iter().all(|&n| (1..=8).contains(&n)), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>() as u64, total);
+        assert_eq!(batcher.queued_rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_engine_failure_fails_only_the_jobs_in_that_batch() {
+        let (sizes_tx, _sizes_rx) = std_mpsc::channel();
+        let config = BatcherConfig {
+            max_batch_size: 1,
+            max_batch_delay: Duration::ZERO,
+            max_queue_rows: 100,
+        };
+        let batcher = Batcher::start(
+            Doubler {
+                sizes: sizes_tx,
+                fail_on: Some(13),
+            },
+            config,
+        );
+        let err = batcher.submit(vec![13], None).await.unwrap_err();
+        assert!(
+            matches!(err, BatchError::Engine(ref m) if m.contains("poison")),
+            "{err:?}"
+        );
+        assert_eq!(batcher.submit(vec![1, 2], None).await.unwrap(), vec![2, 4]);
+        assert_eq!(
+            batcher.submit(Vec::new(), None).await.unwrap(),
+            Vec::<u32>::new()
+        );
+    }
+}
