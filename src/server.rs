@@ -154,7 +154,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let shutdown_service = service.clone();
     let shutdown_health = health.clone();
     let grace = config.shutdown_grace;
-    let (draining_tx, mut draining_rx) = watch::channel(false);
+    let grace_service = service.clone();
     let task = tokio::spawn(async move {
         let signal = async move {
             let _ = shutdown_rx.await;
@@ -164,12 +164,11 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 grace_ms = grace.as_millis() as u64,
                 "shutting down: NOT_SERVING, finishing calls in flight"
             );
-            let _ = draining_tx.send(true);
         };
         // Streams that never end (a client's Health.Watch, an idle EmbedStream) must not hold the
         // process forever: after the grace period the remaining connections are dropped.
         let grace_over = async move {
-            let _ = draining_rx.wait_for(|draining| *draining).await;
+            grace_service.shutdown_started().await;
             tokio::time::sleep(grace).await;
         };
         let serve = endpoint.serve(listener, signal);

@@ -2,12 +2,10 @@
 //! inference. The gRPC layer (`grpc/`) converts messages to these calls and errors to statuses;
 //! nothing here knows about the wire.
 
-use std::sync::{
-    Arc, OnceLock,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
 };
-
-use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -69,11 +67,10 @@ pub struct ModelInfo {
 }
 
 struct State {
-    model: OnceLock<Arc<LoadedModel>>,
-    batchers: OnceLock<Batchers>,
+    /// Set once the model is loaded and warmed up.
+    loaded: OnceLock<Loaded>,
     batch_config: BatcherConfig,
-    shutting_down: AtomicBool,
-    /// Flips to true when shutdown begins, for streams and waiters.
+    /// Flips to true when shutdown begins; calls and streams read or wait on it.
     shutdown: watch::Sender<bool>,
     limits: Limits,
     /// Requests in flight: unary calls try-acquire, streams wait.
@@ -103,10 +100,8 @@ impl EmbedService {
         let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
         EmbedService {
             state: Arc::new(State {
-                model: OnceLock::new(),
-                batchers: OnceLock::new(),
+                loaded: OnceLock::new(),
                 batch_config: config.batch,
-                shutting_down: AtomicBool::new(false),
                 shutdown: watch::Sender::new(false),
                 limits: config.limits,
                 requests: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
@@ -120,36 +115,31 @@ impl EmbedService {
         }
     }
 
-    /// Makes the model available to requests (after loading and warm-up).
+    /// Makes the model available to requests (after loading and warm-up), starting one batcher per
+    /// tower.
     pub fn set_model(&self, model: Arc<LoadedModel>) {
         let config = self.state.batch_config;
-        let batchers = Batchers {
-            image: model
-                .image
-                .is_some()
-                .then(|| Batcher::start(ImageEngine(Arc::clone(&model)), config)),
-            text: model
-                .text
-                .is_some()
-                .then(|| Batcher::start(TextEngine(Arc::clone(&model)), config)),
-        };
-        let _ = self.state.batchers.set(batchers);
-        let _ = self.state.model.set(model);
+        let image = model
+            .image
+            .is_some()
+            .then(|| Batcher::start(ImageEngine(Arc::clone(&model)), config));
+        let text = model
+            .text
+            .is_some()
+            .then(|| Batcher::start(TextEngine(Arc::clone(&model)), config));
+        let _ = self.state.loaded.set(Loaded { model, image, text });
     }
 
-    fn batchers(&self) -> Result<&Batchers, ServiceError> {
-        self.state.batchers.get().ok_or_else(|| {
-            ServiceError::Unavailable("model is loading; retry when health reports SERVING".into())
-        })
+    fn is_shutting_down(&self) -> bool {
+        *self.state.shutdown.borrow()
     }
 
     pub fn is_ready(&self) -> bool {
-        self.state.model.get().is_some() && !self.state.shutting_down.load(Ordering::Acquire)
+        self.state.loaded.get().is_some() && !self.is_shutting_down()
     }
 
     /// New calls get UNAVAILABLE from now on; calls already admitted finish.
     pub fn begin_shutdown(&self) {
-        self.state.shutting_down.store(true, Ordering::Release);
         self.state.shutdown.send_replace(true);
     }
 
@@ -167,11 +157,11 @@ impl EmbedService {
         self.state.max_stream_in_flight
     }
 
-    fn model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
-        if self.state.shutting_down.load(Ordering::Acquire) {
+    fn loaded(&self) -> Result<&Loaded, ServiceError> {
+        if self.is_shutting_down() {
             return Err(ServiceError::Unavailable("server is shutting down".into()));
         }
-        self.state.model.get().cloned().ok_or_else(|| {
+        self.state.loaded.get().ok_or_else(|| {
             ServiceError::Unavailable("model is loading; retry when health reports SERVING".into())
         })
     }
@@ -236,20 +226,24 @@ impl EmbedService {
         Ok(())
     }
 
-    fn image_model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
-        let model = self.model()?;
-        if model.image.is_none() {
-            return Err(not_served(Modality::Image));
-        }
-        Ok(model)
+    /// The model and the image batcher, or why images cannot be served.
+    fn image_tower(&self) -> Result<(Arc<LoadedModel>, ImageBatcher), ServiceError> {
+        let loaded = self.loaded()?;
+        let batcher = loaded
+            .image
+            .clone()
+            .ok_or_else(|| not_served(Modality::Image))?;
+        Ok((Arc::clone(&loaded.model), batcher))
     }
 
-    fn text_model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
-        let model = self.model()?;
-        if model.text.is_none() {
-            return Err(not_served(Modality::Text));
-        }
-        Ok(model)
+    /// The model and the text batcher, or why texts cannot be served.
+    fn text_tower(&self) -> Result<(Arc<LoadedModel>, TextBatcher), ServiceError> {
+        let loaded = self.loaded()?;
+        let batcher = loaded
+            .text
+            .clone()
+            .ok_or_else(|| not_served(Modality::Text))?;
+        Ok((Arc::clone(&loaded.model), batcher))
     }
 
     /// Decodes and preprocesses one image on the blocking pool, at most one per core at a time.
@@ -291,7 +285,7 @@ impl EmbedService {
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<Embedding>, ServiceError> {
         let _permit = permit;
-        let model = self.image_model()?;
+        let (model, batcher) = self.image_tower()?;
         check_deadline(deadline)?;
         self.check_count("images", images.len())?;
         for (i, bytes) in images.iter().enumerate() {
@@ -324,11 +318,6 @@ impl EmbedService {
                 "an image went missing during preprocessing".into(),
             ));
         }
-        let batcher = self
-            .batchers()?
-            .image
-            .as_ref()
-            .ok_or_else(|| not_served(Modality::Image))?;
         let vectors = batcher
             .submit(pixels, deadline)
             .await
@@ -352,7 +341,7 @@ impl EmbedService {
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<Embedding>, ServiceError> {
         let _permit = permit;
-        let model = self.text_model()?;
+        let (model, batcher) = self.text_tower()?;
         check_deadline(deadline)?;
         self.check_count("texts", texts.len())?;
         for (i, text) in texts.iter().enumerate() {
@@ -360,7 +349,7 @@ impl EmbedService {
                 .map_err(|reason| ServiceError::invalid_item("texts", i, reason))?;
         }
         // Tokenizing is microseconds per text; a whole request goes in one blocking task.
-        let (ids, meta) = run_blocking(move || {
+        let (ids, meta) = run_blocking("tokenization", move || {
             let Some(text_model) = model.text.as_ref() else {
                 return Err("this model has no textual tower".to_string());
             };
@@ -386,11 +375,6 @@ impl EmbedService {
             ))
         })
         .await?;
-        let batcher = self
-            .batchers()?
-            .text
-            .as_ref()
-            .ok_or_else(|| not_served(Modality::Text))?;
         let vectors = batcher.submit(ids, deadline).await.map_err(batch_error)?;
         Ok(vectors
             .into_iter()
@@ -434,7 +418,7 @@ impl EmbedService {
 
     /// What is served, or UNAVAILABLE while loading.
     pub fn info(&self) -> Result<ModelInfo, ServiceError> {
-        let model = self.model()?;
+        let model = &self.loaded()?.model;
         let tower = |spec: Option<&TowerSpec>| match spec {
             Some(s) => TowerInfo {
                 loaded: true,
@@ -473,9 +457,9 @@ impl EmbedService {
     /// The served model's display name, for responses.
     pub fn model_name(&self) -> String {
         self.state
-            .model
+            .loaded
             .get()
-            .map(|m| m.config.display_name())
+            .map(|l| l.model.config.display_name())
             .unwrap_or_default()
     }
 }
@@ -490,10 +474,16 @@ fn not_served(modality: Modality) -> ServiceError {
     ))
 }
 
-/// The per-modality batchers, started with the model.
-struct Batchers {
-    image: Option<Batcher<Vec<u8>, Vec<f32>>>,
-    text: Option<Batcher<Vec<i64>, Vec<f32>>>,
+/// Preprocessed crops in, embeddings out.
+type ImageBatcher = Batcher<Vec<u8>, Vec<f32>>;
+/// Padded token ids in, embeddings out.
+type TextBatcher = Batcher<Vec<i64>, Vec<f32>>;
+
+/// The loaded model and one batcher per tower it has.
+struct Loaded {
+    model: Arc<LoadedModel>,
+    image: Option<ImageBatcher>,
+    text: Option<TextBatcher>,
 }
 
 /// The visual tower as the batcher sees it: rows are preprocessed crops.
@@ -541,23 +531,18 @@ fn batch_error(error: BatchError) -> ServiceError {
     }
 }
 
-/// Runs work on the blocking pool; failures are logged and become INTERNAL.
+/// Runs `what` on the blocking pool; failures and panics are logged and become INTERNAL.
 async fn run_blocking<T: Send + 'static>(
+    what: &'static str,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, ServiceError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "inference failed");
-            Err(ServiceError::Internal(
-                "inference failed; the server logged the details".into(),
-            ))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "inference task panicked");
-            Err(ServiceError::Internal(
-                "inference failed; the server logged the details".into(),
-            ))
-        }
-    }
+    let error = match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => e,
+        Err(e) => format!("task panicked: {e}"),
+    };
+    tracing::error!(error = %error, "{what} failed");
+    Err(ServiceError::Internal(format!(
+        "{what} failed; the server logged the details"
+    )))
 }

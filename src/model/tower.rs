@@ -241,18 +241,14 @@ impl Tower {
         }
         let mut rows_out = Vec::with_capacity(rows);
         for (i, row) in data.chunks_exact(dim).enumerate() {
-            let norm = row
-                .iter()
-                .map(|&x| f64::from(x) * f64::from(x))
-                .sum::<f64>()
-                .sqrt();
+            let norm = l2_norm(row);
             if !norm.is_finite() || norm == 0.0 {
                 return Err(format!(
                     "{}: output row {i} has norm {norm}: not a usable embedding (NaN, infinite or zero values)",
                     self.spec.path.display()
                 ));
             }
-            rows_out.push(l2_normalized(row));
+            rows_out.push(scaled(row, norm));
         }
         Ok(rows_out)
     }
@@ -262,15 +258,23 @@ fn row_of<T: Copy>(v: &[T], i: usize, row_len: usize) -> Vec<T> {
     v[i * row_len..(i + 1) * row_len].to_vec()
 }
 
-/// `v / ||v||`, computed in f64 for the norm. A zero vector stays zero.
-pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
-    let norm = v
-        .iter()
+/// `||v||`, accumulated in f64.
+fn l2_norm(v: &[f32]) -> f64 {
+    v.iter()
         .map(|&x| f64::from(x) * f64::from(x))
         .sum::<f64>()
-        .sqrt();
+        .sqrt()
+}
+
+fn scaled(v: &[f32], norm: f64) -> Vec<f32> {
+    v.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
+}
+
+/// `v / ||v||`, computed in f64 for the norm. A zero vector stays zero.
+pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
+    let norm = l2_norm(v);
     if norm > 0.0 && norm.is_finite() {
-        v.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
+        scaled(v, norm)
     } else {
         v.to_vec()
     }
