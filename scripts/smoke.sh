@@ -18,12 +18,14 @@ if [[ ! -x "$GRPCURL" ]]; then
   exit 0
 fi
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-ADDR="127.0.0.1:$PORT"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+ADDR="127.0.0.1:$(free_port)"
+HTTP="127.0.0.1:$(free_port)"
 LOG="$(mktemp)"
-"$BIN" serve --model-dir "$MODEL" --grpc-addr "$ADDR" --intra-op-threads 1 >"$LOG" 2>&1 &
+DATA="$(mktemp -d)"
+"$BIN" serve --model-dir "$MODEL" --grpc-addr "$ADDR" --http-addr "$HTTP" --data-dir "$DATA" --intra-op-threads 1 >"$LOG" 2>&1 &
 PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; rm -f "$LOG"; }
+cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$LOG" "$DATA"; }
 trap cleanup EXIT
 
 fail() { echo "smoke: FAILED: $*" >&2; echo "--- server log ---" >&2; cat "$LOG" >&2; exit 1; }
@@ -40,7 +42,7 @@ done
 grep -q '"SERVING"' <<<"${out:-}" || fail "server never reported SERVING"
 
 services="$(call "$ADDR" list)"
-for s in clip.v1.Embed clip.v1.Info grpc.health.v1.Health; do
+for s in clip.v1.Embed clip.v1.Classify clip.v1.Info grpc.health.v1.Health; do
   grep -qx "$s" <<<"$services" || fail "reflection does not list $s: $services"
 done
 call "$ADDR" describe clip.v1.Embed | grep -q 'rpc EmbedStream' || fail "describe clip.v1.Embed"
@@ -78,8 +80,27 @@ assert out["c"]["error"]["codeName"] == "INVALID_ARGUMENT", out["c"]
 if bad="$(call -d '{"texts":[]}' "$ADDR" clip.v1.Embed/EmbedTexts 2>&1)"; then fail "empty request accepted"; fi
 grep -q "InvalidArgument" <<<"$bad" || fail "empty request: $bad"
 
+classified="$(printf '{"images":["%s"],"labels":["cat","dog","car"],"topK":2}' "$B64" | call -d @ "$ADDR" clip.v1.Classify/Classify)"
+python3 -c '
+import json, sys
+r = json.load(sys.stdin)["results"]
+assert len(r) == 1 and len(r[0]["scores"]) == 2, r
+assert {s["label"] for s in r[0]["scores"]} <= {"cat", "dog", "car"}, r
+' <<<"$classified" || fail "Classify: $classified"
+call "$ADDR" clip.v1.Classify/ListLabelSets | grep -q '"name": "imagenet-1k"' || fail "ListLabelSets"
+
+# The HTTP side: readiness and Prometheus metrics.
+python3 - "$HTTP" <<'PY' || fail "HTTP /readyz or /metrics"
+import sys, urllib.request
+base = "http://" + sys.argv[1]
+assert urllib.request.urlopen(base + "/readyz").read() == b"ready\n"
+metrics = urllib.request.urlopen(base + "/metrics").read().decode()
+assert 'clip_requests_total{code="OK",method="EmbedTexts",service="Embed"} 1' in metrics, metrics
+assert 'clip_requests_total{code="OK",method="Classify",service="Classify"} 1' in metrics, metrics
+PY
+
 kill -TERM "$PID"
 wait "$PID" || fail "server did not exit 0 on SIGTERM"
 trap - EXIT
-rm -f "$LOG"
+rm -rf "$LOG" "$DATA"
 echo "smoke: all RPCs answered through reflection" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything CI checks: set-up, formatting, clippy with warnings as errors, the tests, the grpcurl smoke
-# test. Needs no torch: the fixtures under tests/fixtures are committed.
+# test, and the Dockerfiles and Kubernetes manifests under deploy/. Needs no torch: the fixtures under tests/fixtures are committed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,4 +18,6 @@ echo "test: cargo test" >&2
 cargo test --locked
 echo "test: grpcurl smoke test" >&2
 scripts/smoke.sh
+echo "test: deployment files (hadolint, kustomize, Kubernetes schemas; offline)" >&2
+scripts/validate_deploy.sh
 echo "test: all passed" >&2

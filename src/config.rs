@@ -64,6 +64,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// HTTP listen address for /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "CLIP_SERVE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
     /// Path of libonnxruntime.so (scripts/setup.sh fetches it into .cache/onnxruntime/lib/).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -127,6 +131,27 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_STREAM_IN_FLIGHT", default_value_t = 16)]
     pub max_stream_in_flight: u32,
 
+    /// Where label sets (and later collections) persist.
+    #[arg(long, env = "CLIP_SERVE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Most labels in a Classify request or a label set.
+    #[arg(long, env = "CLIP_SERVE_MAX_LABELS", default_value_t = 1000)]
+    pub max_labels: u32,
+
+    /// Most prompt templates in a Classify request or a label set.
+    #[arg(long, env = "CLIP_SERVE_MAX_TEMPLATES", default_value_t = 100)]
+    pub max_templates: u32,
+
+    /// Most label x template texts one Classify request with inline labels may embed (larger
+    /// ensembles belong in a stored label set, computed once).
+    #[arg(long, env = "CLIP_SERVE_MAX_INLINE_PROMPTS", default_value_t = 2048)]
+    pub max_inline_prompts: u32,
+
+    /// Size of the text-embedding cache that spares repeated inline labels, in bytes (0: off).
+    #[arg(long, env = "CLIP_SERVE_TEXT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub text_cache_bytes: u64,
+
     /// Apply EXIF orientation before preprocessing. open_clip does not, so the default does not either.
     #[arg(
         long,
@@ -158,6 +183,7 @@ pub struct ServeArgs {
 pub struct Config {
     pub model_dir: PathBuf,
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub ort_dylib_path: PathBuf,
     pub provider: Provider,
     pub device_id: i32,
@@ -165,6 +191,8 @@ pub struct Config {
     pub limits: Limits,
     pub max_stream_in_flight: usize,
     pub batch: crate::batch::BatcherConfig,
+    pub data_dir: PathBuf,
+    pub classify: crate::classify::ClassifyConfig,
     pub apply_exif_orientation: bool,
     pub skip_warmup: bool,
     pub shutdown_grace: Duration,
@@ -227,6 +255,15 @@ impl ServeArgs {
                 batch.max_queue_rows, limits.max_items_per_request
             ));
         }
+        let classify = crate::classify::ClassifyConfig {
+            prompts: crate::classify::PromptLimits {
+                max_labels: to_usize("max-labels", self.max_labels.into())?,
+                max_templates: to_usize("max-templates", self.max_templates.into())?,
+                max_text_bytes: limits.max_text_bytes,
+            },
+            max_inline_prompts: to_usize("max-inline-prompts", self.max_inline_prompts.into())?,
+            text_cache_bytes: self.text_cache_bytes,
+        };
         let intra_op_threads = match self.intra_op_threads {
             Some(n) => n.get(),
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
@@ -234,6 +271,7 @@ impl ServeArgs {
         Ok(Config {
             model_dir: self.model_dir,
             grpc_addr: self.grpc_addr,
+            http_addr: self.http_addr,
             ort_dylib_path: self
                 .ort_dylib_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),
@@ -243,6 +281,8 @@ impl ServeArgs {
             limits,
             max_stream_in_flight,
             batch,
+            data_dir: self.data_dir,
+            classify,
             apply_exif_orientation: self.apply_exif_orientation,
             skip_warmup: self.skip_warmup,
             shutdown_grace: self.shutdown_grace,
@@ -259,6 +299,7 @@ impl Config {
         };
         args.model_dir = model_dir.into();
         args.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        args.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         // The defaults are valid by construction; the unit test below keeps them so.
         match args.validate() {
             Ok(config) => config,
@@ -308,6 +349,7 @@ mod tests {
     fn defaults_are_valid() {
         let config = parse(&[]).expect("defaults validate");
         assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(config.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(config.model_dir, PathBuf::from(DEFAULT_MODEL_DIR));
         assert_eq!(config.provider, Provider::Cpu);
         assert!(config.intra_op_threads >= 1);

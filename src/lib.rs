@@ -5,6 +5,7 @@
 //! types ([`service`], [`model`], [`preprocess`]).
 
 pub mod batch;
+pub mod classify;
 pub mod config;
 pub mod error;
 pub mod grpc;

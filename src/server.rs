@@ -1,7 +1,10 @@
-//! Wiring: load the model -> warm up -> gRPC services + health + reflection -> graceful shutdown.
+//! Wiring: load the model -> warm up -> gRPC services + health + reflection, the HTTP side
+//! (metrics, health) -> graceful shutdown.
 //!
-//! The listener is bound first so that health checks answer NOT_SERVING while the model loads
-//! (seconds for the full-size model); the services turn SERVING once the model is warmed up.
+//! The listeners are bound first so that health checks answer NOT_SERVING (and /readyz 503) while
+//! the model loads (seconds for the full-size model); the services turn SERVING once the model is
+//! warmed up. On shutdown the HTTP side stays up until the gRPC calls have drained, so the drain
+//! can be watched in the metrics.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -13,10 +16,12 @@ use tokio::{
 };
 
 use crate::{
+    classify::ClassifyService,
     config::Config,
     grpc,
     model::{LoadedModel, ModelFiles, ProviderOptions, WeightsKind, runtime},
     service::EmbedService,
+    telemetry::{http, metrics::Metrics},
 };
 
 /// Hooks for tests and embedders.
@@ -29,7 +34,9 @@ pub struct StartOptions {
 /// A server running in this process.
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub service: EmbedService,
+    pub classify: ClassifyService,
     shutdown: Option<oneshot::Sender<()>>,
     ready: watch::Receiver<Readiness>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -92,10 +99,26 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .await
         .with_context(|| format!("binding {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
 
-    let service = EmbedService::new(&config);
-    let (endpoint, health) =
-        grpc::transport::endpoint(service.clone(), config.limits.max_message_bytes).await?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let classify_metrics = metrics.classify();
+    let service = EmbedService::new(&config, metrics);
+    let classify = ClassifyService::open(
+        service.clone(),
+        &config.data_dir,
+        config.classify,
+        classify_metrics,
+    )?;
+    let (endpoint, health) = grpc::transport::endpoint(
+        service.clone(),
+        classify.clone(),
+        config.limits.max_message_bytes,
+    )
+    .await?;
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -103,6 +126,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     // Load and warm up in the background; health turns SERVING when done.
     let loader = {
         let service = service.clone();
+        let classify = classify.clone();
         let health = health.clone();
         let providers = ProviderOptions {
             provider: config.provider,
@@ -126,6 +150,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             .await;
             match loaded {
                 Ok(Ok(model)) => {
+                    let model = Arc::new(model);
+                    service.set_model(Arc::clone(&model));
+                    classify.model_ready().await;
+                    health.set_serving(true).await;
                     tracing::info!(
                         model = %model.config.display_name(),
                         weights = model.config.weights.as_str(),
@@ -136,8 +164,6 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                         load_ms = started.elapsed().as_millis() as u64,
                         "model loaded and warmed up; SERVING"
                     );
-                    service.set_model(Arc::new(model));
-                    health.set_serving(true).await;
                     let _ = ready_tx.send(Readiness::Ready);
                 }
                 Ok(Err(e)) => {
@@ -155,7 +181,11 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let shutdown_health = health.clone();
     let grace = config.shutdown_grace;
     let grace_service = service.clone();
+    let http_service = service.clone();
     let task = tokio::spawn(async move {
+        // The listener stays open while admitted calls finish, so that a client calling on its open
+        // connection meanwhile gets a clear UNAVAILABLE (retry elsewhere) rather than a reset
+        // connection; then it closes and tonic waits for the remaining connections.
         let signal = async move {
             let _ = shutdown_rx.await;
             shutdown_service.begin_shutdown();
@@ -164,6 +194,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 grace_ms = grace.as_millis() as u64,
                 "shutting down: NOT_SERVING, finishing calls in flight"
             );
+            shutdown_service.drained().await;
+            tracing::info!("calls in flight finished; closing the listener");
         };
         // Streams that never end (a client's Health.Watch, an idle EmbedStream) must not hold the
         // process forever: after the grace period the remaining connections are dropped.
@@ -171,6 +203,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             grace_service.shutdown_started().await;
             tokio::time::sleep(grace).await;
         };
+        let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+        let http_task = tokio::spawn(http::serve(http_listener, http_service, async move {
+            let _ = http_stop_rx.await;
+        }));
         let serve = endpoint.serve(listener, signal);
         let result = tokio::select! {
             result = serve => result,
@@ -180,13 +216,21 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             }
         };
         loader.abort();
+        let _ = http_stop_tx.send(());
+        match http_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener failed"),
+            Err(e) => tracing::warn!(error = %e, "HTTP listener panicked"),
+        }
         result.context("gRPC server failed")
     });
 
-    tracing::info!(%grpc_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
+    tracing::info!(%grpc_addr, %http_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
     Ok(RunningServer {
         grpc_addr,
+        http_addr,
         service,
+        classify,
         shutdown: Some(shutdown_tx),
         ready: ready_rx,
         task,

@@ -4,17 +4,19 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::Instrument;
 
 use crate::{
-    batch::{BatchError, Batcher, BatcherConfig, Engine},
+    batch::{BatchError, BatchOutput, Batcher, BatcherConfig, Engine},
     config::{Config, Limits, Provider},
     error::{Modality, ServiceError},
     model::{LoadedModel, TowerSpec, WeightsKind, runtime},
     preprocess::image::{self as image_pre, ImageOptions},
+    telemetry::metrics::Metrics,
 };
 
 /// One embedding, L2-normalized.
@@ -25,6 +27,22 @@ pub struct Embedding {
     pub truncated: bool,
     /// Texts only: tokens including start and end markers, before truncation.
     pub token_count: u32,
+}
+
+/// Where a request's time went: preprocessing (wall time, images decode in parallel), waiting in
+/// the batch queue, and inference (of the batches that carried its rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub preprocess: Duration,
+    pub queue: Duration,
+    pub inference: Duration,
+}
+
+/// A request's embeddings, in order, and its timings.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub embeddings: Vec<Embedding>,
+    pub timings: Timings,
 }
 
 /// One item of a stream.
@@ -75,9 +93,15 @@ struct State {
     limits: Limits,
     /// Requests in flight: unary calls try-acquire, streams wait.
     requests: Arc<Semaphore>,
-    /// Images being decoded at once (one per core). Bounds decode memory to cores x max_image_pixels
-    /// x the decoder's bytes per pixel (up to ~16 for 16-bit RGBA, plus conversion buffers).
+    /// The share of `requests` that stream items may hold at once (3/4): streams wait for permits
+    /// while unary calls are refused at once, so without a cap a few busy streams would take every
+    /// permit as it frees and unary callers would only ever see RESOURCE_EXHAUSTED.
+    stream_share: Arc<Semaphore>,
+    /// Preprocessing jobs (an image decode + resize, or a request's tokenization) running at once:
+    /// one per core. Bounds decode memory to cores x max_image_pixels x the decoder's bytes per
+    /// pixel (up to ~16 for 16-bit RGBA, plus conversion buffers).
     decoders: Arc<Semaphore>,
+    metrics: Metrics,
     image_options: ImageOptions,
     max_stream_in_flight: usize,
 }
@@ -95,17 +119,33 @@ pub enum Admission {
     Wait,
 }
 
+/// A request permit; counted in `clip_requests_in_flight` while held.
+pub struct Permit {
+    _request: OwnedSemaphorePermit,
+    _stream_share: Option<OwnedSemaphorePermit>,
+    in_flight: prometheus::IntGauge,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
 impl EmbedService {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, metrics: Metrics) -> Self {
         let decoders = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let max_requests = config.limits.max_concurrent_requests;
         EmbedService {
             state: Arc::new(State {
                 loaded: OnceLock::new(),
                 batch_config: config.batch,
                 shutdown: watch::Sender::new(false),
                 limits: config.limits,
-                requests: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+                requests: Arc::new(Semaphore::new(max_requests)),
+                stream_share: Arc::new(Semaphore::new((max_requests * 3 / 4).max(1))),
                 decoders: Arc::new(Semaphore::new(decoders)),
+                metrics,
                 image_options: ImageOptions {
                     max_pixels: config.limits.max_image_pixels,
                     apply_exif_orientation: config.apply_exif_orientation,
@@ -119,14 +159,27 @@ impl EmbedService {
     /// tower.
     pub fn set_model(&self, model: Arc<LoadedModel>) {
         let config = self.state.batch_config;
-        let image = model
-            .image
-            .is_some()
-            .then(|| Batcher::start(ImageEngine(Arc::clone(&model)), config));
-        let text = model
-            .text
-            .is_some()
-            .then(|| Batcher::start(TextEngine(Arc::clone(&model)), config));
+        let metrics = &self.state.metrics;
+        let image = model.image.is_some().then(|| {
+            Batcher::start(
+                ImageEngine(Arc::clone(&model)),
+                config,
+                metrics.batch(Modality::Image),
+            )
+        });
+        let text = model.text.is_some().then(|| {
+            Batcher::start(
+                TextEngine(Arc::clone(&model)),
+                config,
+                metrics.batch(Modality::Text),
+            )
+        });
+        metrics.set_model_info(
+            &model.config.display_name(),
+            model.config.weights.as_str(),
+            model.provider.as_str(),
+            &runtime::onnxruntime_version(),
+        );
         let _ = self.state.loaded.set(Loaded { model, image, text });
     }
 
@@ -134,13 +187,39 @@ impl EmbedService {
         *self.state.shutdown.borrow()
     }
 
+    /// The loaded model, or UNAVAILABLE while it loads or the server shuts down.
+    pub fn loaded_model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        Ok(Arc::clone(&self.loaded()?.model))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.state.loaded.get().is_some() && !self.is_shutting_down()
+        self.readiness().is_ok()
+    }
+
+    /// Ready to serve, or why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.is_shutting_down() {
+            Err("shutting down")
+        } else if self.state.loaded.get().is_none() {
+            Err("the model is loading")
+        } else {
+            Ok(())
+        }
     }
 
     /// New calls get UNAVAILABLE from now on; calls already admitted finish.
     pub fn begin_shutdown(&self) {
         self.state.shutdown.send_replace(true);
+    }
+
+    /// Resolves when no request permit is held (every admitted call and stream item has finished).
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.state.limits.max_concurrent_requests).unwrap_or(u32::MAX);
+        let _ = self.state.requests.acquire_many(all).await;
     }
 
     /// Resolves once shutdown has begun.
@@ -166,24 +245,41 @@ impl EmbedService {
         })
     }
 
-    /// Takes a request permit.
-    pub async fn admit(&self, admission: Admission) -> Result<OwnedSemaphorePermit, ServiceError> {
+    /// Takes a request permit: unary calls at once or RESOURCE_EXHAUSTED, stream items wait (for a
+    /// place in the streams' share first, so unary calls keep a quarter of the permits).
+    pub async fn admit(&self, admission: Admission) -> Result<Permit, ServiceError> {
         let requests = Arc::clone(&self.state.requests);
-        match admission {
-            Admission::TryNow => requests.try_acquire_owned().map_err(|_| {
-                ServiceError::ResourceExhausted(format!(
-                    "server is at its limit of {} concurrent requests (--max-concurrent-requests); retry later",
-                    self.state.limits.max_concurrent_requests
-                ))
-            }),
+        let (request, stream_share) = match admission {
+            Admission::TryNow => {
+                self.loaded()?;
+                let permit = requests.try_acquire_owned().map_err(|_| {
+                    ServiceError::ResourceExhausted(format!(
+                        "server is at its limit of {} concurrent requests (--max-concurrent-requests); retry later",
+                        self.state.limits.max_concurrent_requests
+                    ))
+                })?;
+                (permit, None)
+            }
             Admission::Wait => {
                 let shutting_down = || ServiceError::Unavailable("server is shutting down".into());
+                let share = Arc::clone(&self.state.stream_share);
                 tokio::select! {
-                    permit = requests.acquire_owned() => permit.map_err(|_| shutting_down()),
-                    () = self.shutdown_started() => Err(shutting_down()),
+                    permits = async {
+                        let share = share.acquire_owned().await.map_err(|_| shutting_down())?;
+                        let request = requests.acquire_owned().await.map_err(|_| shutting_down())?;
+                        Ok::<_, ServiceError>((request, Some(share)))
+                    } => permits?,
+                    () = self.shutdown_started() => return Err(shutting_down()),
                 }
             }
-        }
+        };
+        let in_flight = self.state.metrics.requests_in_flight().clone();
+        in_flight.inc();
+        Ok(Permit {
+            _request: request,
+            _stream_share: stream_share,
+            in_flight,
+        })
     }
 
     fn check_count(&self, field: &str, n: usize) -> Result<(), ServiceError> {
@@ -260,12 +356,19 @@ impl EmbedService {
             .map_err(|_| ServiceError::Unavailable("server is shutting down".into()))?;
         let model = Arc::clone(model);
         let options = self.state.image_options;
+        let histogram = self.state.metrics.preprocess(Modality::Image);
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _decoder = decoder;
+            let _span = span.enter();
             let Some(image) = model.image.as_ref() else {
                 return Err("this model has no visual tower".to_string());
             };
-            image_pre::preprocess(&bytes, &image.preprocess, &options).map_err(|e| e.to_string())
+            let started = Instant::now();
+            let crop = image_pre::preprocess(&bytes, &image.preprocess, &options)
+                .map_err(|e| e.to_string());
+            histogram.observe(started.elapsed().as_secs_f64());
+            crop
         })
         .await
         .map_err(|e| {
@@ -282,9 +385,10 @@ impl EmbedService {
         &self,
         images: Vec<Vec<u8>>,
         deadline: Option<Instant>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Vec<Embedding>, ServiceError> {
+        permit: Permit,
+    ) -> Result<Embedded, ServiceError> {
         let _permit = permit;
+        let started = Instant::now();
         let (model, batcher) = self.image_tower()?;
         check_deadline(deadline)?;
         self.check_count("images", images.len())?;
@@ -299,7 +403,9 @@ impl EmbedService {
         for (i, bytes) in images.into_iter().enumerate() {
             let service = self.clone();
             let model = Arc::clone(&model);
-            tasks.spawn(async move { (i, service.preprocess_image(&model, bytes).await) });
+            tasks.spawn(
+                async move { (i, service.preprocess_image(&model, bytes).await) }.in_current_span(),
+            );
         }
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];
         while let Some(joined) = tasks.join_next().await {
@@ -318,18 +424,30 @@ impl EmbedService {
                 "an image went missing during preprocessing".into(),
             ));
         }
-        let vectors = batcher
+        let preprocess = started.elapsed();
+        let BatchOutput {
+            outputs,
+            queue,
+            inference,
+        } = batcher
             .submit(pixels, deadline)
             .await
             .map_err(batch_error)?;
-        Ok(vectors
-            .into_iter()
-            .map(|values| Embedding {
-                values,
-                truncated: false,
-                token_count: 0,
-            })
-            .collect())
+        Ok(Embedded {
+            embeddings: outputs
+                .into_iter()
+                .map(|values| Embedding {
+                    values,
+                    truncated: false,
+                    token_count: 0,
+                })
+                .collect(),
+            timings: Timings {
+                preprocess,
+                queue,
+                inference,
+            },
+        })
     }
 
     /// Embeds texts, in order. Empty texts are valid (open_clip encodes them). `permit` is held
@@ -338,24 +456,50 @@ impl EmbedService {
         &self,
         texts: Vec<String>,
         deadline: Option<Instant>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Vec<Embedding>, ServiceError> {
+        permit: Permit,
+    ) -> Result<Embedded, ServiceError> {
         let _permit = permit;
-        let (model, batcher) = self.text_tower()?;
+        self.text_tower()?;
         check_deadline(deadline)?;
         self.check_count("texts", texts.len())?;
+        self.encode_texts(texts, deadline).await
+    }
+
+    /// Embeds texts for work already admitted (a Classify call, a label-set build): no request
+    /// permit and no per-request item limit, the per-text checks still apply. The caller keeps
+    /// the batch small enough for the queue (`max_items_per_request` always fits).
+    pub async fn encode_texts(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Embedded, ServiceError> {
+        let started = Instant::now();
+        let (model, batcher) = self.text_tower()?;
+        check_deadline(deadline)?;
         for (i, text) in texts.iter().enumerate() {
             self.check_text(text)
                 .map_err(|reason| ServiceError::invalid_item("texts", i, reason))?;
         }
-        // Tokenizing is microseconds per text; a whole request goes in one blocking task.
+        // Tokenizing is microseconds per text; a whole request goes in one blocking task, counted
+        // against the preprocessing bound like an image.
+        let worker = Arc::clone(&self.state.decoders)
+            .acquire_owned()
+            .await
+            .map_err(|_| ServiceError::Unavailable("server is shutting down".into()))?;
+        let histogram = self.state.metrics.preprocess(Modality::Text);
         let (ids, meta) = run_blocking("tokenization", move || {
+            let _worker = worker;
             let Some(text_model) = model.text.as_ref() else {
                 return Err("this model has no textual tower".to_string());
             };
             let tokenized: Vec<_> = texts
                 .iter()
-                .map(|t| text_model.tokenizer.encode(t))
+                .map(|t| {
+                    let started = Instant::now();
+                    let tokens = text_model.tokenizer.encode(t);
+                    histogram.observe(started.elapsed().as_secs_f64());
+                    tokens
+                })
                 .collect();
             let meta: Vec<(bool, u32)> = tokenized
                 .iter()
@@ -375,16 +519,28 @@ impl EmbedService {
             ))
         })
         .await?;
-        let vectors = batcher.submit(ids, deadline).await.map_err(batch_error)?;
-        Ok(vectors
-            .into_iter()
-            .zip(meta)
-            .map(|(values, (truncated, token_count))| Embedding {
-                values,
-                truncated,
-                token_count,
-            })
-            .collect())
+        let preprocess = started.elapsed();
+        let BatchOutput {
+            outputs,
+            queue,
+            inference,
+        } = batcher.submit(ids, deadline).await.map_err(batch_error)?;
+        Ok(Embedded {
+            embeddings: outputs
+                .into_iter()
+                .zip(meta)
+                .map(|(values, (truncated, token_count))| Embedding {
+                    values,
+                    truncated,
+                    token_count,
+                })
+                .collect(),
+            timings: Timings {
+                preprocess,
+                queue,
+                inference,
+            },
+        })
     }
 
     /// Embeds one stream item. Errors name the item as `image` or `text`.
@@ -392,7 +548,7 @@ impl EmbedService {
         &self,
         item: Item,
         deadline: Option<Instant>,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
     ) -> Result<Embedding, ServiceError> {
         let rename = |e: ServiceError, field: &str| match e {
             ServiceError::InvalidArgument(m) => {
@@ -411,7 +567,8 @@ impl EmbedService {
                 .map_err(|e| rename(e, "text")),
         }
         .and_then(|mut v| {
-            v.pop()
+            v.embeddings
+                .pop()
                 .ok_or_else(|| ServiceError::Internal("no embedding returned".into()))
         })
     }

@@ -1,4 +1,4 @@
-//! The dynamic batcher (groundwork for the batching issue; not wired into the request path yet).
+//! The dynamic batcher, one per modality.
 //!
 //! Shape borrowed from text-embeddings-inference: callers submit *jobs* (one request's rows) into a
 //! bounded queue; a batching thread packs rows into batches of at most `max_batch_size`; an engine
@@ -14,20 +14,22 @@
 //! - Bounded: the queue holds at most `max_queue_rows` rows; a job that does not fit is refused at
 //!   once ([`BatchError::QueueFull`]).
 //!
-//! The batcher knows nothing of images or text: the engine's input and output are opaque rows.
+//! The batcher knows nothing of images or text: the engine's input and output are opaque rows. Each
+//! job carries its caller's `tracing` span (with the request id) into the engine thread: the batch
+//! span follows from every job span in it, and each job logs its queue and inference time in its own
+//! span.
 
 use std::{
     collections::VecDeque,
-    sync::{
-        Arc, Condvar, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
-    },
+    sync::{Arc, Condvar, Mutex, PoisonError, mpsc as std_mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
+use tracing::Span;
+
+pub use crate::telemetry::metrics::BatchMetrics;
 
 /// Runs batches. Implemented by the ONNX towers and, in tests, by fakes.
 pub trait Engine: Send + 'static {
@@ -63,17 +65,17 @@ pub enum BatchError {
     Stopped,
 }
 
-/// Counters, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct BatchStats {
-    pub batches: AtomicU64,
-    pub rows_computed: AtomicU64,
-    pub rows_dropped_cancelled: AtomicU64,
-    pub rows_dropped_deadline: AtomicU64,
-    pub jobs_rejected_full: AtomicU64,
+/// A job's outputs, in order, and where its time went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutput<O> {
+    pub outputs: Vec<O>,
+    /// From queueing to the last batch with its rows being formed, less inference time.
+    pub queue: Duration,
+    /// Total inference time of the batches that carried its rows (shared with the other jobs in them).
+    pub inference: Duration,
 }
 
-type Reply<O> = oneshot::Sender<Result<Vec<O>, BatchError>>;
+type Reply<O> = oneshot::Sender<Result<BatchOutput<O>, BatchError>>;
 
 /// One caller's rows. `results` fills as batches finish; the reply goes out when all are in.
 struct Job<R, O> {
@@ -81,12 +83,18 @@ struct Job<R, O> {
     next_row: usize,
     results: Arc<Mutex<JobResults<O>>>,
     deadline: Option<Instant>,
+    enqueued: Instant,
 }
 
 struct JobResults<O> {
     slots: Vec<Option<O>>,
     filled: usize,
     reply: Option<Reply<O>>,
+    enqueued: Instant,
+    inference: Duration,
+    /// Sequence number of the last batch whose time was added to `inference`.
+    last_batch: u64,
+    span: Span,
 }
 
 impl<O> JobResults<O> {
@@ -98,6 +106,33 @@ impl<O> JobResults<O> {
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(Err(error));
         }
+    }
+
+    /// Sends the outputs (all slots are filled) with the job's timings.
+    fn finish(&mut self) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let total = self.enqueued.elapsed();
+        let queue = total.saturating_sub(self.inference);
+        let inference = self.inference;
+        self.span.in_scope(|| {
+            tracing::debug!(
+                rows = self.slots.len(),
+                queue_ms = queue.as_secs_f64() * 1e3,
+                inference_ms = inference.as_secs_f64() * 1e3,
+                "rows computed"
+            )
+        });
+        let outputs = std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect();
+        let _ = reply.send(Ok(BatchOutput {
+            outputs,
+            queue,
+            inference,
+        }));
     }
 }
 
@@ -111,7 +146,7 @@ struct Shared<R, O> {
     queue: Mutex<Queue<R, O>>,
     wake: Condvar,
     config: BatcherConfig,
-    stats: BatchStats,
+    metrics: BatchMetrics,
 }
 
 /// A batch on its way to the engine: rows plus where each result goes.
@@ -148,13 +183,18 @@ impl<R, O> Drop for StopOnDrop<R, O> {
                 .fail(BatchError::Stopped);
         }
         q.rows = 0;
+        self.0.metrics.queue_depth.set(0);
         self.0.wake.notify_all();
     }
 }
 
 impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
     /// Starts the packing and engine threads.
-    pub fn start<E: Engine<Row = R, Output = O>>(engine: E, config: BatcherConfig) -> Self {
+    pub fn start<E: Engine<Row = R, Output = O>>(
+        engine: E,
+        config: BatcherConfig,
+        metrics: BatchMetrics,
+    ) -> Self {
         assert!(
             config.max_batch_size > 0 && config.max_queue_rows > 0,
             "batch and queue sizes must be positive"
@@ -167,7 +207,7 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             }),
             wake: Condvar::new(),
             config,
-            stats: BatchStats::default(),
+            metrics,
         });
         // Capacity 1: one batch waits, prefetched, while the engine runs the current one.
         let (batches_tx, batches_rx) = std_mpsc::sync_channel::<Batch<R, O>>(1);
@@ -187,8 +227,8 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
         }
     }
 
-    pub fn stats(&self) -> &BatchStats {
-        &self.shared.stats
+    pub fn metrics(&self) -> &BatchMetrics {
+        &self.shared.metrics
     }
 
     /// Rows waiting in the queue.
@@ -201,15 +241,20 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
     }
 
     /// Queues `rows` and returns their outputs, in order. Dropping the returned future before it
-    /// resolves withdraws the rows that have not been computed yet.
+    /// resolves withdraws the rows that have not been computed yet. The current span follows the
+    /// rows into the engine thread.
     pub async fn submit(
         &self,
         rows: Vec<R>,
         deadline: Option<Instant>,
-    ) -> Result<Vec<O>, BatchError> {
+    ) -> Result<BatchOutput<O>, BatchError> {
         let n = rows.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(BatchOutput {
+                outputs: Vec::new(),
+                queue: Duration::ZERO,
+                inference: Duration::ZERO,
+            });
         }
         let (tx, rx) = oneshot::channel();
         {
@@ -218,18 +263,17 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
                 .queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = enqueue(
+            let queued = enqueue(
                 &mut q,
                 rows,
                 deadline,
                 tx,
                 self.shared.config.max_queue_rows,
-            ) {
+            );
+            self.shared.metrics.queue_depth.set(q.rows as i64);
+            if let Err(e) = queued {
                 if matches!(e, BatchError::QueueFull { .. }) {
-                    self.shared
-                        .stats
-                        .jobs_rejected_full
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.rejected.inc_by(n as u64);
                 }
                 return Err(e);
             }
@@ -259,6 +303,7 @@ fn enqueue<R, O>(
         });
     }
     q.rows += n;
+    let enqueued = Instant::now();
     q.jobs.push_back(Job {
         pending: rows.into(),
         next_row: 0,
@@ -266,8 +311,13 @@ fn enqueue<R, O>(
             slots: (0..n).map(|_| None).collect(),
             filled: 0,
             reply: Some(reply),
+            enqueued,
+            inference: Duration::ZERO,
+            last_batch: 0,
+            span: Span::current(),
         })),
         deadline,
+        enqueued,
     });
     Ok(())
 }
@@ -298,6 +348,7 @@ fn pack_loop<R, O>(shared: &Shared<R, O>, batches: &std_mpsc::SyncSender<Batch<R
             }
         }
         let batch = take_batch(&mut q, shared);
+        shared.metrics.queue_depth.set(q.rows as i64);
         drop(q);
         if batch.rows.is_empty() {
             continue;
@@ -311,21 +362,23 @@ fn pack_loop<R, O>(shared: &Shared<R, O>, batches: &std_mpsc::SyncSender<Batch<R
 /// Takes up to `max_batch_size` rows round-robin across jobs, dropping dead jobs first.
 fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
     let now = Instant::now();
-    let stats = &shared.stats;
+    let metrics = &shared.metrics;
     let mut kept = VecDeque::with_capacity(q.jobs.len());
     for job in q.jobs.drain(..) {
         let mut results = job.results.lock().unwrap_or_else(PoisonError::into_inner);
         let left = job.pending.len() as u64;
         if results.is_closed() {
-            stats
-                .rows_dropped_cancelled
-                .fetch_add(left, Ordering::Relaxed);
+            metrics.dropped_cancelled.inc_by(left);
             q.rows -= job.pending.len();
+            results
+                .span
+                .in_scope(|| tracing::debug!(rows = left, "caller went away; rows dropped"));
         } else if job.deadline.is_some_and(|d| d <= now) {
-            stats
-                .rows_dropped_deadline
-                .fetch_add(left, Ordering::Relaxed);
+            metrics.dropped_deadline.inc_by(left);
             q.rows -= job.pending.len();
+            results.span.in_scope(|| {
+                tracing::debug!(rows = left, "deadline passed in the queue; rows dropped")
+            });
             results.fail(BatchError::DeadlineExceeded);
         } else {
             drop(results);
@@ -345,6 +398,9 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
                 break;
             }
             if let Some(row) = job.pending.pop_front() {
+                metrics
+                    .queue_wait
+                    .observe(now.duration_since(job.enqueued).as_secs_f64());
                 batch.rows.push(row);
                 batch.targets.push((Arc::clone(&job.results), job.next_row));
                 job.next_row += 1;
@@ -362,45 +418,56 @@ fn engine_loop<E: Engine>(
     batches: &std_mpsc::Receiver<Batch<E::Row, E::Output>>,
     shared: &Shared<E::Row, E::Output>,
 ) {
+    let metrics = &shared.metrics;
+    let mut seq: u64 = 0;
     while let Ok(Batch { rows, targets }) = batches.recv() {
+        seq += 1;
         let n = rows.len();
-        let outcome = engine.run(rows);
-        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        match outcome {
+        // The jobs in this batch, each once (rows of one job are interleaved with others').
+        let mut jobs: Vec<Arc<Mutex<JobResults<E::Output>>>> = Vec::new();
+        for (job, _) in &targets {
+            if !jobs.iter().any(|j| Arc::ptr_eq(j, job)) {
+                jobs.push(Arc::clone(job));
+            }
+        }
+        let span = tracing::debug_span!("batch", rows = n, jobs = jobs.len());
+        for job in &jobs {
+            span.follows_from(&job.lock().unwrap_or_else(PoisonError::into_inner).span);
+        }
+        let started = Instant::now();
+        let outcome = span.in_scope(|| engine.run(rows));
+        let took = started.elapsed();
+        metrics.batch_size.observe(n as f64);
+        metrics.inference.observe(took.as_secs_f64());
+        for job in &jobs {
+            let mut results = job.lock().unwrap_or_else(PoisonError::into_inner);
+            if results.last_batch != seq {
+                results.last_batch = seq;
+                results.inference += took;
+            }
+        }
+        let error = match outcome {
             Ok(outputs) if outputs.len() == n => {
-                shared
-                    .stats
-                    .rows_computed
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                metrics.rows_computed.inc_by(n as u64);
                 for ((job, index), output) in targets.into_iter().zip(outputs) {
                     let mut results = job.lock().unwrap_or_else(PoisonError::into_inner);
                     if results.slots[index].is_none() {
                         results.slots[index] = Some(output);
                         results.filled += 1;
                     }
-                    if results.filled == results.slots.len()
-                        && let Some(reply) = results.reply.take()
-                    {
-                        let slots = std::mem::take(&mut results.slots);
-                        let _ = reply.send(Ok(slots.into_iter().flatten().collect()));
+                    if results.filled == results.slots.len() {
+                        results.finish();
                     }
                 }
+                continue;
             }
-            Ok(outputs) => {
-                let error = BatchError::Engine(format!("{} outputs for {n} rows", outputs.len()));
-                for (job, _) in targets {
-                    job.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .fail(error.clone());
-                }
-            }
-            Err(e) => {
-                for (job, _) in targets {
-                    job.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .fail(BatchError::Engine(e.clone()));
-                }
-            }
+            Ok(outputs) => BatchError::Engine(format!("{} outputs for {n} rows", outputs.len())),
+            Err(e) => BatchError::Engine(e),
+        };
+        for job in jobs {
+            job.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .fail(error.clone());
         }
     }
 }
@@ -422,7 +489,7 @@ mod tests {
                 max_batch_delay: Duration::ZERO,
                 max_queue_rows,
             },
-            stats: BatchStats::default(),
+            metrics: BatchMetrics::unregistered(),
         }
     }
 
@@ -430,7 +497,7 @@ mod tests {
         s: &Shared<u32, u32>,
         rows: Vec<u32>,
         deadline: Option<Instant>,
-    ) -> oneshot::Receiver<Result<Vec<u32>, BatchError>> {
+    ) -> oneshot::Receiver<Result<BatchOutput<u32>, BatchError>> {
         let (tx, rx) = oneshot::channel();
         let mut q = s.queue.lock().unwrap();
         enqueue(&mut q, rows, deadline, tx, s.config.max_queue_rows).unwrap();
@@ -488,8 +555,8 @@ mod tests {
         let mut q = s.queue.lock().unwrap();
         let batch = take_batch(&mut q, &s);
         assert_eq!(batch.rows, vec![6]);
-        assert_eq!(s.stats.rows_dropped_cancelled.load(Ordering::Relaxed), 3);
-        assert_eq!(s.stats.rows_dropped_deadline.load(Ordering::Relaxed), 2);
+        assert_eq!(s.metrics.dropped_cancelled.get(), 3);
+        assert_eq!(s.metrics.dropped_deadline.get(), 2);
         assert_eq!(late.try_recv().unwrap(), Err(BatchError::DeadlineExceeded));
         assert!(
             live.try_recv().is_err(),
@@ -532,6 +599,7 @@ mod tests {
                 fail_on: None,
             },
             config,
+            BatchMetrics::unregistered(),
         );
         let mut tasks = Vec::new();
         // A deterministic pseudo-random mix of job sizes, submitted concurrently.
@@ -546,7 +614,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let want: Vec<u32> = rows.iter().map(|r| r * 2).collect();
                 let got = b.submit(rows, None).await.expect("computed");
-                assert_eq!(got, want);
+                assert_eq!(got.outputs, want);
                 n as u64
             }));
         }
@@ -554,7 +622,7 @@ mod tests {
         for t in tasks {
             total += t.await.expect("task");
         }
-        assert_eq!(batcher.stats().rows_computed.load(Ordering::Relaxed), total);
+        assert_eq!(batcher.metrics().rows_computed.get(), total);
         let sizes: Vec<usize> = sizes_rx.try_iter().collect();
         assert!(sizes.iter().all(|&n| (1..=8).contains(&n)), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>() as u64, total);
@@ -575,16 +643,149 @@ mod tests {
                 fail_on: Some(13),
             },
             config,
+            BatchMetrics::unregistered(),
         );
         let err = batcher.submit(vec![13], None).await.unwrap_err();
         assert!(
             matches!(err, BatchError::Engine(ref m) if m.contains("poison")),
             "{err:?}"
         );
-        assert_eq!(batcher.submit(vec![1, 2], None).await.unwrap(), vec![2, 4]);
         assert_eq!(
-            batcher.submit(Vec::new(), None).await.unwrap(),
+            batcher.submit(vec![1, 2], None).await.unwrap().outputs,
+            vec![2, 4]
+        );
+        assert_eq!(
+            batcher.submit(Vec::new(), None).await.unwrap().outputs,
             Vec::<u32>::new()
         );
+    }
+
+    /// Waits for a go signal before each batch, so tests control when the engine is busy.
+    struct Gated {
+        go: std_mpsc::Receiver<()>,
+        sizes: std_mpsc::Sender<usize>,
+    }
+
+    impl Engine for Gated {
+        type Row = u32;
+        type Output = u32;
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+            let _ = self.sizes.send(rows.len());
+            self.go.recv().map_err(|e| e.to_string())?;
+            Ok(rows.into_iter().map(|r| r + 1).collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_delay_waits_for_rows_to_fill_the_batch() {
+        let (go_tx, go) = std_mpsc::channel();
+        let (sizes, sizes_rx) = std_mpsc::channel();
+        let config = BatcherConfig {
+            max_batch_size: 4,
+            // Long enough that three separate submissions land in the same batch.
+            max_batch_delay: Duration::from_secs(2),
+            max_queue_rows: 100,
+        };
+        let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
+        for _ in 0..3 {
+            go_tx.send(()).unwrap();
+        }
+        let started = Instant::now();
+        let a = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(vec![1], None).await }
+        });
+        let b = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(vec![2, 3], None).await }
+        });
+        let c = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(vec![4, 5], None).await }
+        });
+        let (a, b, c) = (a.await.unwrap(), b.await.unwrap(), c.await.unwrap());
+        assert_eq!(a.unwrap().outputs, vec![2]);
+        assert_eq!(b.unwrap().outputs, vec![3, 4]);
+        assert_eq!(c.unwrap().outputs, vec![5, 6]);
+        // 5 rows, batches of at most 4: the first batch filled to 4 before its delay ran out (it ran
+        // as soon as it was full, not after 2 s), then the last row waited out the delay alone.
+        let sizes: Vec<usize> = sizes_rx.try_iter().collect();
+        assert_eq!(sizes, vec![4, 1]);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        assert_eq!(batcher.metrics().batch_size.get_sample_count(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once_and_counts_the_rows() {
+        let (go_tx, go) = std_mpsc::channel();
+        let (sizes, sizes_rx) = std_mpsc::channel();
+        let config = BatcherConfig {
+            max_batch_size: 2,
+            max_batch_delay: Duration::ZERO,
+            max_queue_rows: 4,
+        };
+        let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
+        // Jobs of 2 rows: the first goes to the engine (which blocks), the second is prefetched,
+        // the packer holds the third while it waits to hand it over, the last two fill the queue.
+        let mut waiting = Vec::new();
+        for r in 0..5u32 {
+            let b = batcher.clone();
+            waiting.push(tokio::spawn(async move {
+                b.submit(vec![r * 2, r * 2 + 1], None).await
+            }));
+            if r < 3 {
+                // Rows are counted as they leave the queue.
+                let taken = u64::from(2 * (r + 1));
+                while batcher.metrics().queue_wait.get_sample_count() < taken {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        while batcher.queued_rows() < 4 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(sizes_rx.recv().unwrap(), 2, "the engine holds one batch");
+        let err = batcher.submit(vec![99], None).await.unwrap_err();
+        assert!(
+            matches!(err, BatchError::QueueFull { limit: 4, .. }),
+            "{err:?}"
+        );
+        assert_eq!(batcher.metrics().rejected.get(), 1);
+        assert_eq!(batcher.metrics().queue_depth.get(), 4);
+        for _ in 0..5 {
+            go_tx.send(()).unwrap();
+        }
+        for (r, w) in waiting.into_iter().enumerate() {
+            let r = r as u32;
+            let out = w.await.unwrap().unwrap();
+            assert_eq!(out.outputs, vec![r * 2 + 1, r * 2 + 2]);
+            assert!(out.queue + out.inference <= Duration::from_secs(60));
+        }
+        assert_eq!(batcher.metrics().queue_depth.get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timings_split_queue_wait_from_inference() {
+        struct Slow;
+        impl Engine for Slow {
+            type Row = u32;
+            type Output = u32;
+            fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+                thread::sleep(Duration::from_millis(30));
+                Ok(rows)
+            }
+        }
+        let config = BatcherConfig {
+            max_batch_size: 1,
+            max_batch_delay: Duration::ZERO,
+            max_queue_rows: 10,
+        };
+        let batcher = Batcher::start(Slow, config, BatchMetrics::unregistered());
+        let out = batcher.submit(vec![1, 2, 3], None).await.unwrap();
+        // Three batches of one row, 30 ms each, all of them this job's.
+        assert!(out.inference >= Duration::from_millis(90), "{out:?}");
+        assert!(out.queue < out.inference, "{out:?}");
+        assert_eq!(batcher.metrics().batch_size.get_sample_count(), 3);
+        assert_eq!(batcher.metrics().queue_wait.get_sample_count(), 3);
     }
 }

@@ -3,6 +3,7 @@
 //! per second) and latency percentiles, and writes them as JSON. A program that measures, not a test.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -56,6 +57,10 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// How long a client waits after RESOURCE_EXHAUSTED before its next request (a well-behaved
+    /// client backs off; 0 retries at once).
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub refusal_backoff: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +71,8 @@ pub struct BenchReport {
     pub duration_s: f64,
     pub requests: usize,
     pub errors: usize,
+    /// Failed requests by gRPC code (RESOURCE_EXHAUSTED: refused at the door under overload).
+    pub errors_by_code: BTreeMap<String, usize>,
     pub items_per_s: f64,
     pub latency_ms_p50: f64,
     pub latency_ms_p90: f64,
@@ -92,7 +99,7 @@ async fn one_request(
     payload: &Payload,
     items: usize,
     n: usize,
-) -> Result<(), String> {
+) -> Result<(), (String, String)> {
     let result = match payload {
         Payload::Images(files) => {
             let images = (0..items)
@@ -109,11 +116,17 @@ async fn one_request(
     };
     match result {
         Ok(r) if r.get_ref().embeddings.len() == items => Ok(()),
-        Ok(r) => Err(format!(
-            "{} embeddings for {items} items",
-            r.get_ref().embeddings.len()
+        Ok(r) => Err((
+            "WRONG_COUNT".into(),
+            format!(
+                "{} embeddings for {items} items",
+                r.get_ref().embeddings.len()
+            ),
         )),
-        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Err(status) => Err((
+            super::status::code_name(status.code()).to_string(),
+            status.message().to_string(),
+        )),
     }
 }
 
@@ -156,10 +169,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     for (c, mut client) in clients.into_iter().enumerate() {
         let payload = Arc::clone(&payload);
         let (items, warmup, duration) = (args.items, args.warmup, args.duration);
+        let backoff = args.refusal_backoff;
         let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut errors = 0usize;
+            let mut errors: BTreeMap<String, usize> = BTreeMap::new();
             let mut first_error = None;
             for w in 0..warmup {
                 let _ = one_request(&mut client, &payload, items, c * 1_000_000 + w).await;
@@ -173,9 +187,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
                 let t = Instant::now();
                 match one_request(&mut client, &payload, items, c * 1_000_000 + 1000 + n).await {
                     Ok(()) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
-                    Err(e) => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
+                    Err((code, message)) => {
+                        let refused = code == "RESOURCE_EXHAUSTED";
+                        *errors.entry(code.clone()).or_default() += 1;
+                        first_error.get_or_insert(format!("{code}: {message}"));
+                        if refused && !backoff.is_zero() {
+                            tokio::time::sleep(backoff).await;
+                        }
                     }
                 }
                 n += 1;
@@ -184,13 +202,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         }));
     }
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut errors_by_code: BTreeMap<String, usize> = BTreeMap::new();
     let mut first_error = None;
     let mut measured = Duration::ZERO;
     for task in tasks {
         let (l, e, f, d) = task.await?;
         latencies.extend(l);
-        errors += e;
+        for (code, n) in e {
+            *errors_by_code.entry(code).or_default() += n;
+        }
         if first_error.is_none() {
             first_error = f;
         }
@@ -205,7 +225,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         items_per_request: args.items,
         duration_s,
         requests,
-        errors,
+        errors: errors_by_code.values().sum(),
+        errors_by_code,
         items_per_s: (requests * args.items) as f64 / duration_s,
         latency_ms_p50: percentile(&latencies, 50.0),
         latency_ms_p90: percentile(&latencies, 90.0),
@@ -214,7 +235,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         first_error,
     };
     println!(
-        "{:?} c={} items={}: {:.1} items/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, {} requests, {} errors",
+        "{:?} c={} items={}: {:.1} items/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, {} requests, {} errors {:?}",
         report.modality,
         report.concurrency,
         report.items_per_request,
@@ -223,7 +244,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         report.latency_ms_p90,
         report.latency_ms_p99,
         report.requests,
-        report.errors
+        report.errors,
+        report.errors_by_code
     );
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)

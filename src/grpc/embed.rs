@@ -8,16 +8,20 @@ use std::{
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+use tonic::{Code, Request, Response, Status, Streaming, metadata::MetadataMap};
+use tracing::Instrument;
 
 use super::{
+    context::{CallContext, add_timings},
     pb::{self, embed_server::Embed},
     status::{code_name, code_of},
 };
 use crate::{
     ServiceError,
-    service::{Admission, EmbedService, Embedding, Item},
+    service::{Admission, EmbedService, Embedded, Embedding, Item},
 };
+
+const SERVICE: &str = "Embed";
 
 pub struct EmbedApi {
     service: EmbedService,
@@ -28,11 +32,18 @@ impl EmbedApi {
         EmbedApi { service }
     }
 
-    fn response(&self, embeddings: Vec<Embedding>) -> pb::EmbedResponse {
-        pb::EmbedResponse {
+    /// The reply, with the timings in its metadata.
+    fn response(&self, embedded: Embedded) -> Response<pb::EmbedResponse> {
+        let Embedded {
+            embeddings,
+            timings,
+        } = embedded;
+        let mut response = Response::new(pb::EmbedResponse {
             embeddings: embeddings.into_iter().map(Into::into).collect(),
             model: self.service.model_name(),
-        }
+        });
+        add_timings(response.metadata_mut(), &timings);
+        response
     }
 }
 
@@ -87,22 +98,44 @@ impl Embed for EmbedApi {
         &self,
         request: Request<pb::EmbedImagesRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let permit = self.service.admit(Admission::TryNow).await?;
-        let deadline = deadline_of(request.metadata());
-        let pb::EmbedImagesRequest { images } = request.into_inner();
-        let embeddings = self.service.embed_images(images, deadline, permit).await?;
-        Ok(Response::new(self.response(embeddings)))
+        let ctx = CallContext::begin(
+            self.service.metrics(),
+            SERVICE,
+            "EmbedImages",
+            request.metadata(),
+        );
+        let result = async {
+            let permit = self.service.admit(Admission::TryNow).await?;
+            let deadline = deadline_of(request.metadata());
+            let pb::EmbedImagesRequest { images } = request.into_inner();
+            let embedded = self.service.embed_images(images, deadline, permit).await?;
+            Ok(self.response(embedded))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
     }
 
     async fn embed_texts(
         &self,
         request: Request<pb::EmbedTextsRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let permit = self.service.admit(Admission::TryNow).await?;
-        let deadline = deadline_of(request.metadata());
-        let pb::EmbedTextsRequest { texts } = request.into_inner();
-        let embeddings = self.service.embed_texts(texts, deadline, permit).await?;
-        Ok(Response::new(self.response(embeddings)))
+        let ctx = CallContext::begin(
+            self.service.metrics(),
+            SERVICE,
+            "EmbedTexts",
+            request.metadata(),
+        );
+        let result = async {
+            let permit = self.service.admit(Admission::TryNow).await?;
+            let deadline = deadline_of(request.metadata());
+            let pb::EmbedTextsRequest { texts } = request.into_inner();
+            let embedded = self.service.embed_texts(texts, deadline, permit).await?;
+            Ok(self.response(embedded))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
     }
 
     type EmbedStreamStream = ReplyStream;
@@ -118,12 +151,22 @@ impl Embed for EmbedApi {
         &self,
         request: Request<Streaming<pb::EmbedStreamRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
+        let mut ctx = CallContext::begin(
+            self.service.metrics(),
+            SERVICE,
+            "EmbedStream",
+            request.metadata(),
+        );
         let deadline = deadline_of(request.metadata());
         let mut inbound = request.into_inner();
         let in_flight = self.service.max_stream_in_flight();
         let (tx, rx) = mpsc::channel::<Result<pb::EmbedStreamResponse, Status>>(in_flight);
         let service = self.service.clone();
-        tokio::spawn(async move {
+        let span = ctx.span().clone();
+        let mut response: Response<Self::EmbedStreamStream> =
+            Response::new(Box::pin(ReceiverStream::new(rx)));
+        ctx.tag(response.metadata_mut());
+        let stream = async move {
             let slots = Arc::new(Semaphore::new(in_flight));
             let mut tasks = tokio::task::JoinSet::new();
             let mut end: Option<Status> = None;
@@ -150,29 +193,43 @@ impl Embed for EmbedApi {
                 };
                 let service = service.clone();
                 let tx = tx.clone();
-                tasks.spawn(async move {
-                    let reply = match <(String, Item)>::try_from(request) {
-                        Err((id, error)) => item_error(id, &error),
-                        Ok((id, item)) => match embed_admitted(&service, item, deadline).await {
-                            Ok(embedding) => pb::EmbedStreamResponse {
-                                id,
-                                result: Some(pb::embed_stream_response::Result::Embedding(
-                                    embedding.into(),
-                                )),
-                            },
-                            Err(error) => item_error(id, &error),
-                        },
-                    };
-                    let _ = tx.send(Ok(reply)).await;
-                    drop(slot);
-                });
+                let item_span = tracing::debug_span!("item", id = %request.id);
+                tasks.spawn(
+                    async move {
+                        let reply = match <(String, Item)>::try_from(request) {
+                            Err((id, error)) => item_error(id, &error),
+                            Ok((id, item)) => {
+                                match embed_admitted(&service, item, deadline).await {
+                                    Ok(embedding) => pb::EmbedStreamResponse {
+                                        id,
+                                        result: Some(pb::embed_stream_response::Result::Embedding(
+                                            embedding.into(),
+                                        )),
+                                    },
+                                    Err(error) => item_error(id, &error),
+                                }
+                            }
+                        };
+                        let _ = tx.send(Ok(reply)).await;
+                        drop(slot);
+                    }
+                    .instrument(item_span),
+                );
             }
             while tasks.join_next().await.is_some() {}
-            if let Some(status) = end {
-                let _ = tx.send(Err(status)).await;
+            match end {
+                Some(status) => {
+                    ctx.record(status.code(), status.message());
+                    let _ = tx.send(Err(status)).await;
+                }
+                None if tx.is_closed() => {
+                    ctx.record(Code::Cancelled, "the client went away");
+                }
+                None => ctx.record(Code::Ok, ""),
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        };
+        tokio::spawn(stream.instrument(span));
+        Ok(response)
     }
 }
 
@@ -188,7 +245,7 @@ async fn embed_admitted(
 
 /// The call's deadline from its `grpc-timeout` header (`100m`, `5S`, ...; gRPC over HTTP/2 spec).
 /// A malformed header is ignored, as if the client had set no deadline.
-fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
+pub(super) fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     parse_grpc_timeout(value).map(|timeout| Instant::now() + timeout)
 }

@@ -2,7 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, info_server::Info};
+use super::{
+    context::CallContext,
+    pb::{self, info_server::Info},
+};
 use crate::{
     model::WeightsKind,
     service::{EmbedService, ModelInfo, TowerInfo},
@@ -24,8 +27,19 @@ impl Info for InfoApi {
         &self,
         request: Request<pb::GetInfoRequest>,
     ) -> Result<Response<pb::GetInfoResponse>, Status> {
+        let ctx = CallContext::begin(
+            self.service.metrics(),
+            "Info",
+            "GetInfo",
+            request.metadata(),
+        );
         let pb::GetInfoRequest {} = request.into_inner();
-        Ok(Response::new(self.service.info()?.into()))
+        let result = self
+            .service
+            .info()
+            .map(|info| Response::new(info.into()))
+            .map_err(Status::from);
+        ctx.finish(result)
     }
 }
 

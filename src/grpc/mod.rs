@@ -3,6 +3,8 @@
 //! types do not leave this module.
 
 pub mod bench;
+pub mod classify;
+pub mod context;
 pub mod embed;
 pub mod info;
 pub mod status;
@@ -19,4 +21,4 @@ pub mod pb {
 }
 
 /// Fully qualified service names, as health checking and reflection know them.
-pub const SERVICE_NAMES: [&str; 2] = ["clip.v1.Embed", "clip.v1.Info"];
+pub const SERVICE_NAMES: [&str; 3] = ["clip.v1.Embed", "clip.v1.Info", "clip.v1.Classify"];

@@ -9,11 +9,14 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::{
     SERVICE_NAMES,
+    classify::ClassifyApi,
     embed::EmbedApi,
     info::InfoApi,
-    pb::{self, embed_server::EmbedServer, info_server::InfoServer},
+    pb::{
+        self, classify_server::ClassifyServer, embed_server::EmbedServer, info_server::InfoServer,
+    },
 };
-use crate::service::EmbedService;
+use crate::{classify::ClassifyService, service::EmbedService};
 
 /// Concurrent HTTP/2 streams (calls) per client connection. tonic passes no limit to hyper unless
 /// told, which lifts hyper's own default of 200.
@@ -45,6 +48,7 @@ pub struct Endpoint {
 /// Builds the endpoint; health starts NOT_SERVING.
 pub async fn endpoint(
     service: EmbedService,
+    classify: ClassifyService,
     max_message_bytes: usize,
 ) -> anyhow::Result<(Endpoint, Health)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -62,6 +66,9 @@ pub async fn endpoint(
     let embed = EmbedServer::new(EmbedApi::new(service.clone()))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
+    let classify = ClassifyServer::new(ClassifyApi::new(service.clone(), classify))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
     let info = InfoServer::new(InfoApi::new(service));
 
     let router = Server::builder()
@@ -70,6 +77,7 @@ pub async fn endpoint(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(embed)
+        .add_service(classify)
         .add_service(info);
     Ok((Endpoint { router }, health))
 }

@@ -189,6 +189,42 @@ impl LoadedModel {
 
     /// Runs one input through each tower and checks the result, so the first request is not the one
     /// that pays for lazy initialization, and a model that produces garbage never reports SERVING.
+    /// The first 16 hex digits of the SHA-256 of config.json and every file under textual/ (name
+    /// and contents, in name order): identifies the text tower a cached classifier was computed with.
+    pub fn text_fingerprint(&self) -> Result<String, String> {
+        use sha2::{Digest, Sha256};
+        let mut files = vec![self.dir.join("config.json")];
+        let textual = self.dir.join("textual");
+        if let Ok(entries) = std::fs::read_dir(&textual) {
+            let mut names: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            names.sort();
+            files.extend(names);
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for path in files {
+            let at = |e: std::io::Error| format!("{}: {e}", path.display());
+            hasher.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+            let mut file = std::fs::File::open(&path).map_err(at)?;
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf).map_err(at)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        Ok(crate::classify::classifier::hex(&hasher.finalize()[..8]))
+    }
+
     pub fn warm_up(&self) -> Result<(), ModelError> {
         // Two rows when the batch axis is dynamic: exports with a symbolic batch axis but batch-1
         // reshapes baked in fail here rather than on the first multi-item request.

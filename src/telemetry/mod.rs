@@ -1,4 +1,8 @@
-//! Logging set-up: `tracing` with an EnvFilter, human-readable or JSON lines, on stderr.
+//! Logging set-up (`tracing` with an EnvFilter, human-readable or JSON lines, on stderr), the
+//! Prometheus metrics and the HTTP listener that serves them with the health routes.
+
+pub mod http;
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -17,7 +21,9 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
     }

@@ -1,0 +1,664 @@
+//! Zero-shot classification in domain terms: label sets (built-in, precomputed by the exporter,
+//! created by clients and persisted in `--data-dir`), their classifiers (computed in the background
+//! through the text batcher), a bounded text-embedding cache for inline labels, and the scoring of
+//! images. Nothing here knows about gRPC.
+
+pub mod classifier;
+pub mod prompts;
+mod store;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, OnceLock, PoisonError, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+pub use classifier::{Classifier, LabelScore};
+pub use prompts::{LabelSetSpec, PromptLimits};
+use store::Store;
+use tokio::sync::Semaphore;
+
+use crate::{ServiceError, service::EmbedService, telemetry::metrics::ClassifyMetrics};
+
+/// Texts per submission to the text batcher while computing a classifier: small enough that live
+/// requests interleave with a long build (the batcher packs jobs round-robin).
+const BUILD_CHUNK: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassifyConfig {
+    pub prompts: PromptLimits,
+    /// Most label x template texts an inline-label request may embed.
+    pub max_inline_prompts: usize,
+    /// Text-embedding cache size, in bytes (0 disables it).
+    pub text_cache_bytes: u64,
+}
+
+/// Where a ready classifier came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifierSource {
+    ModelDir,
+    DataDir,
+    Computed,
+}
+
+impl ClassifierSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClassifierSource::ModelDir => "model-dir",
+            ClassifierSource::DataDir => "data-dir",
+            ClassifierSource::Computed => "computed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SetState {
+    NotBuilt,
+    Building { done: u64, total: u64 },
+    Ready(ClassifierSource),
+    Failed(String),
+}
+
+/// A label set as clients see it.
+#[derive(Debug, Clone)]
+pub struct LabelSetInfo {
+    pub spec: Arc<LabelSetSpec>,
+    pub builtin: bool,
+    pub state: SetState,
+}
+
+/// Classify's input, as the protocol layer hands it over.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifyInput {
+    pub images: Vec<Vec<u8>>,
+    pub labels: Vec<String>,
+    pub label_set: String,
+    pub templates: Vec<String>,
+    pub top_k: usize,
+}
+
+enum Stage {
+    NotBuilt,
+    Building(Arc<AtomicU64>),
+    Ready(Arc<Classifier>, ClassifierSource),
+    Failed(String),
+}
+
+struct Entry {
+    spec: Arc<LabelSetSpec>,
+    builtin: bool,
+    stage: Stage,
+    /// Changes when a set is deleted and created again, so a stale build does not publish.
+    generation: u64,
+}
+
+type TextCache = quick_cache::sync::Cache<String, Arc<[f32]>, TextWeight>;
+
+#[derive(Clone)]
+struct TextWeight;
+
+impl quick_cache::Weighter<String, Arc<[f32]>> for TextWeight {
+    fn weight(&self, key: &String, value: &Arc<[f32]>) -> u64 {
+        // Key and value bytes plus the entry's bookkeeping.
+        (key.len() + value.len() * 4 + 64) as u64
+    }
+}
+
+struct Inner {
+    embed: EmbedService,
+    config: ClassifyConfig,
+    store: Store,
+    sets: RwLock<BTreeMap<String, Entry>>,
+    cache: Option<TextCache>,
+    /// One classifier is computed at a time.
+    builds: Semaphore,
+    generation: AtomicU64,
+    /// Set once the model is loaded: the text tower's fingerprint keys the data-dir cache.
+    fingerprint: OnceLock<String>,
+    metrics: ClassifyMetrics,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ClassifyService {
+    inner: Arc<Inner>,
+}
+
+impl ClassifyService {
+    /// Opens `data_dir` (creating it) and reads the stored label sets. Their classifiers are found
+    /// or computed once the model is loaded ([`Self::model_ready`]).
+    pub fn open(
+        embed: EmbedService,
+        data_dir: &std::path::Path,
+        config: ClassifyConfig,
+        metrics: ClassifyMetrics,
+    ) -> anyhow::Result<Self> {
+        let store = Store::open(data_dir)?;
+        let mut sets = BTreeMap::new();
+        let generation = AtomicU64::new(1);
+        for spec in prompts::builtin_sets() {
+            sets.insert(
+                spec.name.clone(),
+                Entry {
+                    spec: Arc::new(spec),
+                    builtin: true,
+                    stage: Stage::NotBuilt,
+                    generation: generation.fetch_add(1, Ordering::Relaxed),
+                },
+            );
+        }
+        for spec in store.load_definitions() {
+            if sets.contains_key(&spec.name) {
+                tracing::warn!(name = %spec.name, "a stored label set has a built-in's name; ignored");
+                continue;
+            }
+            sets.insert(
+                spec.name.clone(),
+                Entry {
+                    spec: Arc::new(spec),
+                    builtin: false,
+                    stage: Stage::NotBuilt,
+                    generation: generation.fetch_add(1, Ordering::Relaxed),
+                },
+            );
+        }
+        let cache = (config.text_cache_bytes > 0).then(|| {
+            let estimated = (config.text_cache_bytes / 2200).max(16) as usize;
+            TextCache::with_weighter(estimated, config.text_cache_bytes, TextWeight)
+        });
+        Ok(ClassifyService {
+            inner: Arc::new(Inner {
+                embed,
+                config,
+                store,
+                sets: RwLock::new(sets),
+                cache,
+                builds: Semaphore::new(1),
+                generation,
+                fingerprint: OnceLock::new(),
+                metrics,
+            }),
+        })
+    }
+
+    /// Called once the model is loaded: fingerprints the text tower, loads the classifiers that
+    /// exist (model directory first, then the data-dir cache) and starts computing the classifiers
+    /// of client-created sets that have none. Built-in sets without one are computed on first use.
+    pub async fn model_ready(&self) {
+        let inner = Arc::clone(&self.inner);
+        let Ok(model) = inner.embed.loaded_model() else {
+            return;
+        };
+        let started = Instant::now();
+        let model_for_hash = Arc::clone(&model);
+        let fingerprint = tokio::task::spawn_blocking(move || model_for_hash.text_fingerprint())
+            .await
+            .unwrap_or_else(|e| Err(format!("fingerprinting panicked: {e}")));
+        let fingerprint = match fingerprint {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot fingerprint the model; label sets computed now will not be cached");
+                "unknown".to_string()
+            }
+        };
+        let _ = inner.fingerprint.set(fingerprint.clone());
+        let dim = model.config.embed_dim;
+        let model_classifiers = model.dir.join("classifiers");
+        let cache_dir = inner.store.cache_dir(&fingerprint);
+        let specs: Vec<(Arc<LabelSetSpec>, bool)> = inner
+            .read_sets()
+            .values()
+            .map(|e| (Arc::clone(&e.spec), e.builtin))
+            .collect();
+        let mut to_build = Vec::new();
+        for (spec, builtin) in specs {
+            let found = {
+                let (spec, model_classifiers, cache_dir) = (
+                    Arc::clone(&spec),
+                    model_classifiers.clone(),
+                    cache_dir.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let mut errors = Vec::new();
+                    for (dir, source) in [
+                        (model_classifiers, ClassifierSource::ModelDir),
+                        (cache_dir, ClassifierSource::DataDir),
+                    ] {
+                        match classifier::read(&dir, &spec, dim) {
+                            Ok(Some(c)) => return (Some((c, source)), errors),
+                            Ok(None) => {}
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    (None, errors)
+                })
+                .await
+                .unwrap_or((None, vec!["reading classifiers panicked".into()]))
+            };
+            let (found, errors) = found;
+            for e in errors {
+                tracing::warn!(label_set = %spec.name, error = %e, "stored classifier not used");
+            }
+            match found {
+                Some((c, source)) => {
+                    tracing::info!(label_set = %spec.name, labels = c.labels.len(), source = source.as_str(), "label set ready");
+                    inner.set_stage(&spec.name, None, Stage::Ready(Arc::new(c), source));
+                }
+                None if !builtin => to_build.push(spec.name.clone()),
+                None => {}
+            }
+        }
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "label sets loaded"
+        );
+        for name in to_build {
+            self.start_build(&name);
+        }
+    }
+
+    fn config(&self) -> &ClassifyConfig {
+        &self.inner.config
+    }
+
+    /// Classifies images against inline labels or a stored set. `permit` is the caller's request
+    /// permit (from [`EmbedService::admit`]).
+    pub async fn classify(
+        &self,
+        input: ClassifyInput,
+        deadline: Option<Instant>,
+        permit: crate::service::Permit,
+    ) -> Result<Vec<Vec<LabelScore>>, ServiceError> {
+        let model = self.inner.embed.loaded_model()?;
+        let ClassifyInput {
+            images,
+            labels,
+            label_set,
+            templates,
+            top_k,
+        } = input;
+        let classifier = if !label_set.is_empty() {
+            if !labels.is_empty() {
+                return Err(ServiceError::InvalidArgument(
+                    "set either `labels` or `label_set`, not both".into(),
+                ));
+            }
+            if !templates.is_empty() {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "templates: label set {label_set:?} has its own templates; templates go with inline labels only"
+                )));
+            }
+            None
+        } else {
+            let limits = &self.config().prompts;
+            prompts::check_labels(&labels, limits)?;
+            let templates = prompts::check_templates(templates, limits)?;
+            let n = labels.len() * templates.len();
+            if n > self.config().max_inline_prompts {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "{} labels x {} templates = {n} texts to embed, over the limit of {} (--max-inline-prompts); store them as a label set instead",
+                    labels.len(),
+                    templates.len(),
+                    self.config().max_inline_prompts
+                )));
+            }
+            Some((labels, templates))
+        };
+        let classifier = async {
+            match classifier {
+                None => self.ready_set(&label_set),
+                Some((labels, templates)) => {
+                    let texts = prompts::prompts(&labels, &templates);
+                    let embeddings = self.text_embeddings(texts, deadline, false).await?;
+                    Classifier::from_prompt_embeddings(labels, templates.len(), &embeddings)
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "building an inline classifier failed");
+                            ServiceError::Internal(
+                                "building the classifier failed; the server logged the details"
+                                    .into(),
+                            )
+                        })
+                }
+            }
+        };
+        // The labels' texts and the images are embedded concurrently; both go through the batchers.
+        let (classifier, images) = tokio::try_join!(
+            classifier,
+            self.inner.embed.embed_images(images, deadline, permit)
+        )?;
+        let logit_scale = model.config.logit_scale;
+        Ok(images
+            .embeddings
+            .iter()
+            .map(|e| classifier.classify(&e.values, logit_scale, top_k))
+            .collect())
+    }
+
+    /// The classifier of a stored set, or why it cannot be used now.
+    fn ready_set(&self, name: &str) -> Result<Arc<Classifier>, ServiceError> {
+        let sets = self.inner.read_sets();
+        let entry = sets.get(name).ok_or_else(|| not_found(name))?;
+        match &entry.stage {
+            Stage::Ready(c, _) => Ok(Arc::clone(c)),
+            Stage::Building(done) => Err(building(name, done.load(Ordering::Relaxed), &entry.spec)),
+            Stage::Failed(e) => Err(ServiceError::FailedPrecondition(format!(
+                "label set {name:?}: computing its classifier failed ({e}); delete it and create it again"
+            ))),
+            Stage::NotBuilt => {
+                let spec = Arc::clone(&entry.spec);
+                drop(sets);
+                self.start_build(name);
+                Err(building(name, 0, &spec))
+            }
+        }
+    }
+
+    /// Embeds texts through the cache; misses go to the text batcher in chunks.
+    async fn text_embeddings(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+        background: bool,
+    ) -> Result<Vec<Arc<[f32]>>, ServiceError> {
+        let metrics = &self.inner.metrics;
+        let mut out: Vec<Option<Arc<[f32]>>> = vec![None; texts.len()];
+        let mut missing = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            match self.inner.cache.as_ref().and_then(|c| c.get(t)) {
+                Some(v) => {
+                    metrics.cache_hits.inc();
+                    out[i] = Some(v);
+                }
+                None => missing.push(i),
+            }
+        }
+        metrics.cache_misses.inc_by(missing.len() as u64);
+        let chunk_size = BUILD_CHUNK.min(self.inner.embed.limits().max_items_per_request);
+        for chunk in missing.chunks(chunk_size) {
+            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            let vectors = if background {
+                self.encode_patiently(batch).await?
+            } else {
+                self.inner.embed.encode_texts(batch, deadline).await?
+            };
+            for (&i, v) in chunk.iter().zip(vectors.embeddings) {
+                let v: Arc<[f32]> = v.values.into();
+                if let Some(cache) = &self.inner.cache {
+                    cache.insert(texts[i].clone(), Arc::clone(&v));
+                }
+                out[i] = Some(v);
+            }
+        }
+        if let Some(cache) = &self.inner.cache {
+            metrics.cache_bytes.set(cache.weight() as i64);
+        }
+        out.into_iter()
+            .map(|v| {
+                v.ok_or_else(|| ServiceError::Internal("a text embedding went missing".into()))
+            })
+            .collect()
+    }
+
+    /// A background build waits out a full queue instead of failing: live traffic comes first.
+    async fn encode_patiently(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<crate::service::Embedded, ServiceError> {
+        loop {
+            match self.inner.embed.encode_texts(texts.clone(), None).await {
+                Err(ServiceError::ResourceExhausted(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts computing a set's classifier in the background unless it is ready or underway.
+    fn start_build(&self, name: &str) {
+        let (spec, generation, done) = {
+            let mut sets = self.inner.write_sets();
+            let Some(entry) = sets.get_mut(name) else {
+                return;
+            };
+            if matches!(entry.stage, Stage::Building(_) | Stage::Ready(..)) {
+                return;
+            }
+            let done = Arc::new(AtomicU64::new(0));
+            entry.stage = Stage::Building(Arc::clone(&done));
+            (Arc::clone(&entry.spec), entry.generation, done)
+        };
+        let service = self.clone();
+        tokio::spawn(async move {
+            let name = spec.name.clone();
+            let outcome = service.build(&spec, generation, &done).await;
+            let stage = match outcome {
+                Ok(Some(classifier)) => Stage::Ready(classifier, ClassifierSource::Computed),
+                Ok(None) => return, // deleted meanwhile
+                Err(ServiceError::Unavailable(e)) => {
+                    tracing::info!(label_set = %name, reason = %e, "classifier build stopped");
+                    Stage::NotBuilt
+                }
+                Err(e) => {
+                    tracing::error!(label_set = %name, error = %e, "classifier build failed");
+                    Stage::Failed(e.to_string())
+                }
+            };
+            service.inner.set_stage(&name, Some(generation), stage);
+        });
+    }
+
+    async fn build(
+        &self,
+        spec: &LabelSetSpec,
+        generation: u64,
+        done: &AtomicU64,
+    ) -> Result<Option<Arc<Classifier>>, ServiceError> {
+        let _lane = self
+            .inner
+            .builds
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
+        let texts = spec.prompts();
+        let total = texts.len();
+        let progress = self.inner.metrics.build_progress(&spec.name);
+        tracing::info!(label_set = %spec.name, labels = spec.labels.len(), templates = spec.templates.len(), texts = total, "computing classifier");
+        let started = Instant::now();
+        let mut embeddings = Vec::with_capacity(total);
+        let mut next_log = total / 10;
+        for chunk in texts.chunks(BUILD_CHUNK) {
+            if !self.inner.is_current(&spec.name, generation) {
+                return Ok(None);
+            }
+            embeddings.extend(self.text_embeddings(chunk.to_vec(), None, true).await?);
+            let n = embeddings.len();
+            done.store(n as u64, Ordering::Relaxed);
+            progress.set(n as f64 / total as f64);
+            if n >= next_log && n < total {
+                let rate = n as f64 / started.elapsed().as_secs_f64();
+                tracing::info!(label_set = %spec.name, done = n, total, texts_per_s = rate, eta_s = ((total - n) as f64 / rate) as u64, "computing classifier");
+                next_log = n + total / 10;
+            }
+        }
+        let classifier = Classifier::from_prompt_embeddings(
+            spec.labels.clone(),
+            spec.templates.len(),
+            &embeddings,
+        )
+        .map_err(ServiceError::Internal)?;
+        tracing::info!(label_set = %spec.name, texts = total, s = started.elapsed().as_secs_f64(), "classifier ready");
+        if let Some(fingerprint) = self.inner.fingerprint.get() {
+            let dir = self.inner.store.cache_dir(fingerprint);
+            let model_name = self.inner.embed.model_name();
+            let (spec, c) = (spec.clone(), classifier.clone());
+            let fingerprint = fingerprint.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                classifier::write(&dir, &spec, &c, &fingerprint, &model_name)
+            })
+            .await;
+            match written {
+                Ok(Ok(path)) => tracing::info!(path = %path.display(), "classifier cached"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not cache the classifier"),
+                Err(e) => tracing::warn!(error = %e, "caching the classifier panicked"),
+            }
+        }
+        Ok(Some(Arc::new(classifier)))
+    }
+
+    /// Stores a new set (durably, before answering) and starts computing its classifier.
+    pub async fn create(
+        &self,
+        name: String,
+        labels: Vec<String>,
+        templates: Vec<String>,
+    ) -> Result<LabelSetInfo, ServiceError> {
+        let model = self.inner.embed.loaded_model()?;
+        prompts::check_name(&name)?;
+        let limits = &self.config().prompts;
+        prompts::check_labels(&labels, limits)?;
+        let templates = prompts::check_templates(templates, limits)?;
+        if model.text.is_none() {
+            return Err(ServiceError::FailedPrecondition(
+                "this model has no textual tower, so it cannot compute a label set's classifier"
+                    .into(),
+            ));
+        }
+        let spec = Arc::new(LabelSetSpec {
+            name: name.clone(),
+            labels,
+            templates,
+        });
+        {
+            let mut sets = self.inner.write_sets();
+            if sets.contains_key(&name) {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "label set {name:?} already exists"
+                )));
+            }
+            // Reserve the name while the definition is written.
+            sets.insert(
+                name.clone(),
+                Entry {
+                    spec: Arc::clone(&spec),
+                    builtin: false,
+                    stage: Stage::NotBuilt,
+                    generation: self.inner.generation.fetch_add(1, Ordering::Relaxed),
+                },
+            );
+        }
+        let store_spec = Arc::clone(&spec);
+        let inner = Arc::clone(&self.inner);
+        let saved = tokio::task::spawn_blocking(move || inner.store.save_definition(&store_spec))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            self.inner.write_sets().remove(&name);
+            tracing::error!(label_set = %name, error = %e, "could not store a label set");
+            return Err(ServiceError::Internal(
+                "could not store the label set; the server logged the details".into(),
+            ));
+        }
+        self.start_build(&name);
+        self.get(&name)
+    }
+
+    pub fn get(&self, name: &str) -> Result<LabelSetInfo, ServiceError> {
+        let sets = self.inner.read_sets();
+        let entry = sets.get(name).ok_or_else(|| not_found(name))?;
+        Ok(info(entry))
+    }
+
+    pub fn list(&self) -> Vec<LabelSetInfo> {
+        self.inner.read_sets().values().map(info).collect()
+    }
+
+    /// Deletes a client-created set (its definition and cached classifiers).
+    pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
+        {
+            let sets = self.inner.read_sets();
+            let entry = sets.get(name).ok_or_else(|| not_found(name))?;
+            if entry.builtin {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "label set {name:?} is built in and cannot be deleted"
+                )));
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        let owned = name.to_string();
+        let removed = tokio::task::spawn_blocking(move || inner.store.delete(&owned))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = removed {
+            tracing::error!(label_set = %name, error = %e, "could not delete a label set");
+            return Err(ServiceError::Internal(
+                "could not delete the label set; the server logged the details".into(),
+            ));
+        }
+        self.inner.write_sets().remove(name);
+        self.inner.metrics.forget(name);
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn read_sets(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.sets.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_sets(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.sets.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_current(&self, name: &str, generation: u64) -> bool {
+        self.read_sets()
+            .get(name)
+            .is_some_and(|e| e.generation == generation)
+    }
+
+    /// Sets a set's stage, if it still exists (and is still the same generation, when given).
+    fn set_stage(&self, name: &str, generation: Option<u64>, stage: Stage) {
+        let mut sets = self.write_sets();
+        if let Some(entry) = sets.get_mut(name)
+            && generation.is_none_or(|g| g == entry.generation)
+        {
+            entry.stage = stage;
+        }
+    }
+}
+
+fn info(entry: &Entry) -> LabelSetInfo {
+    let total = entry.spec.text_count() as u64;
+    LabelSetInfo {
+        spec: Arc::clone(&entry.spec),
+        builtin: entry.builtin,
+        state: match &entry.stage {
+            Stage::NotBuilt => SetState::NotBuilt,
+            Stage::Building(done) => SetState::Building {
+                done: done.load(Ordering::Relaxed),
+                total,
+            },
+            Stage::Ready(_, source) => SetState::Ready(*source),
+            Stage::Failed(e) => SetState::Failed(e.clone()),
+        },
+    }
+}
+
+fn not_found(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!(
+        "no label set named {name:?} (ListLabelSets shows them)"
+    ))
+}
+
+fn building(name: &str, done: u64, spec: &LabelSetSpec) -> ServiceError {
+    ServiceError::Unavailable(format!(
+        "label set {name:?}: its classifier is being computed ({done} of {} texts embedded); retry later",
+        spec.text_count()
+    ))
+}

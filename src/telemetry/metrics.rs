@@ -1,0 +1,313 @@
+//! Prometheus metrics (the `prometheus` crate), one registry per server so that servers started by
+//! tests in one process do not share counters. Names follow Prometheus conventions: `clip_` prefix,
+//! base units in the suffix (`_seconds`, `_rows`, `_total`).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::Modality;
+
+/// Latency buckets from 0.5 ms to 60 s: CPU text inference is tens of ms, a large batch of images
+/// on CPU takes seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Everything the server measures.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    requests_in_flight: IntGauge,
+    preprocess_duration: HistogramVec,
+    model_info: IntGaugeVec,
+    image: BatchMetrics,
+    text: BatchMetrics,
+    classify: ClassifyMetrics,
+}
+
+/// Classify's instruments: the text-embedding cache and label-set builds.
+#[derive(Clone)]
+pub struct ClassifyMetrics {
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_bytes: IntGauge,
+    build_progress: GaugeVec,
+}
+
+impl ClassifyMetrics {
+    /// Fraction (0-1) of a label set's texts embedded by its running or last build.
+    pub fn build_progress(&self, label_set: &str) -> Gauge {
+        self.build_progress.with_label_values(&[label_set])
+    }
+
+    /// Drops a deleted label set's series.
+    pub fn forget(&self, label_set: &str) {
+        let _ = self.build_progress.remove_label_values(&[label_set]);
+    }
+
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(ClassifyMetrics {
+            cache_hits: IntCounter::new(
+                "clip_text_cache_hits_total",
+                "Label prompts whose embedding came from the text cache",
+            )?,
+            cache_misses: IntCounter::new(
+                "clip_text_cache_misses_total",
+                "Label prompts that had to be embedded",
+            )?,
+            cache_bytes: IntGauge::new(
+                "clip_text_cache_bytes",
+                "Bytes held by the text-embedding cache",
+            )?,
+            build_progress: GaugeVec::new(
+                Opts::new(
+                    "clip_label_set_build_progress_ratio",
+                    "Fraction of a label set's texts embedded while its classifier is computed",
+                ),
+                &["label_set"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.cache_hits.clone()))?;
+        registry.register(Box::new(self.cache_misses.clone()))?;
+        registry.register(Box::new(self.cache_bytes.clone()))?;
+        registry.register(Box::new(self.build_progress.clone()))
+    }
+
+    /// Instruments registered nowhere, for tests.
+    pub fn unregistered() -> Self {
+        ClassifyMetrics::new().expect("valid metric names")
+    }
+}
+
+/// The batcher's instruments for one modality. Prometheus handles are cheap clones of shared atomics.
+#[derive(Clone)]
+pub struct BatchMetrics {
+    pub queue_depth: IntGauge,
+    pub queue_wait: Histogram,
+    pub batch_size: Histogram,
+    pub inference: Histogram,
+    pub rows_computed: IntCounter,
+    pub dropped_deadline: IntCounter,
+    pub dropped_cancelled: IntCounter,
+    pub rejected: IntCounter,
+}
+
+impl BatchMetrics {
+    /// Instruments registered nowhere, for tests and batchers outside a server.
+    pub fn unregistered() -> Self {
+        let counter = |name: &str| IntCounter::new(name, name).expect("valid metric name");
+        let histogram = |name: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, name)).expect("valid metric name")
+        };
+        BatchMetrics {
+            queue_depth: IntGauge::new("queue_depth", "queue depth").expect("valid metric name"),
+            queue_wait: histogram("queue_wait"),
+            batch_size: histogram("batch_size"),
+            inference: histogram("inference"),
+            rows_computed: counter("rows_computed"),
+            dropped_deadline: counter("dropped_deadline"),
+            dropped_cancelled: counter("dropped_cancelled"),
+            rejected: counter("rejected"),
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric. Fails only on a programming error (a bad name or a
+    /// duplicate), which the unit test below catches.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "clip_requests_total",
+                "gRPC calls finished, by service, method and status code",
+            ),
+            &["service", "method", "code"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "clip_request_duration_seconds",
+                "Time from receiving a call to its reply, by service and method",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["service", "method"],
+        )?;
+        let requests_in_flight = IntGauge::new(
+            "clip_requests_in_flight",
+            "Calls (and stream items) holding a request permit",
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "clip_queue_depth_rows",
+                "Rows waiting in the batcher's queue",
+            ),
+            &["modality"],
+        )?;
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "clip_queue_wait_seconds",
+                "Time a row waited in the queue before its batch was formed",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["modality"],
+        )?;
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("clip_batch_size_rows", "Rows per inference batch")
+                .buckets(BATCH_BUCKETS.to_vec()),
+            &["modality"],
+        )?;
+        let inference = HistogramVec::new(
+            HistogramOpts::new(
+                "clip_inference_duration_seconds",
+                "Time the model took per batch",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["modality"],
+        )?;
+        let preprocess_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "clip_preprocess_duration_seconds",
+                "Time to decode and resize one image, or to tokenize one text",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["modality"],
+        )?;
+        let rows_computed = IntCounterVec::new(
+            Opts::new("clip_rows_computed_total", "Rows run through the model"),
+            &["modality"],
+        )?;
+        let rows_dropped = IntCounterVec::new(
+            Opts::new(
+                "clip_rows_dropped_total",
+                "Rows not computed: deadline (passed while queued), cancelled (caller went away), \
+                 rejected (queue full)",
+            ),
+            &["modality", "reason"],
+        )?;
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "clip_model_info",
+                "The served model (value 1 once loaded); weights=random-init or test means \
+                 meaningless vectors",
+            ),
+            &["model", "weights", "provider", "onnxruntime"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(queue_wait.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(inference.clone()))?;
+        registry.register(Box::new(preprocess_duration.clone()))?;
+        registry.register(Box::new(rows_computed.clone()))?;
+        registry.register(Box::new(rows_dropped.clone()))?;
+        registry.register(Box::new(model_info.clone()))?;
+        let classify = ClassifyMetrics::new()?;
+        classify.register(&registry)?;
+
+        let batch = |modality: Modality| {
+            let m = modality.as_str();
+            BatchMetrics {
+                queue_depth: queue_depth.with_label_values(&[m]),
+                queue_wait: queue_wait.with_label_values(&[m]),
+                batch_size: batch_size.with_label_values(&[m]),
+                inference: inference.with_label_values(&[m]),
+                rows_computed: rows_computed.with_label_values(&[m]),
+                dropped_deadline: rows_dropped.with_label_values(&[m, "deadline"]),
+                dropped_cancelled: rows_dropped.with_label_values(&[m, "cancelled"]),
+                rejected: rows_dropped.with_label_values(&[m, "rejected"]),
+            }
+        };
+        Ok(Metrics {
+            image: batch(Modality::Image),
+            text: batch(Modality::Text),
+            classify,
+            registry,
+            requests,
+            request_duration,
+            requests_in_flight,
+            preprocess_duration,
+            model_info,
+        })
+    }
+
+    pub fn batch(&self, modality: Modality) -> BatchMetrics {
+        match modality {
+            Modality::Image => self.image.clone(),
+            Modality::Text => self.text.clone(),
+        }
+    }
+
+    pub fn classify(&self) -> ClassifyMetrics {
+        self.classify.clone()
+    }
+
+    /// Records a finished call.
+    pub fn observe_call(&self, service: &str, method: &str, code: &str, seconds: f64) {
+        self.requests
+            .with_label_values(&[service, method, code])
+            .inc();
+        self.request_duration
+            .with_label_values(&[service, method])
+            .observe(seconds);
+    }
+
+    pub fn requests_in_flight(&self) -> &IntGauge {
+        &self.requests_in_flight
+    }
+
+    pub fn preprocess(&self, modality: Modality) -> Histogram {
+        self.preprocess_duration
+            .with_label_values(&[modality.as_str()])
+    }
+
+    pub fn set_model_info(&self, model: &str, weights: &str, provider: &str, onnxruntime: &str) {
+        self.model_info.reset();
+        self.model_info
+            .with_label_values(&[model, weights, provider, onnxruntime])
+            .set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_render_with_their_labels() {
+        let metrics = Metrics::new().expect("metrics register");
+        metrics.observe_call("Embed", "EmbedTexts", "OK", 0.02);
+        metrics.batch(Modality::Text).dropped_deadline.inc_by(3);
+        metrics.batch(Modality::Image).batch_size.observe(8.0);
+        metrics.set_model_info("ViT-B-32", "random-init", "cpu", "1.32.0");
+        let text = metrics.render();
+        for line in [
+            r#"clip_requests_total{code="OK",method="EmbedTexts",service="Embed"} 1"#,
+            r#"clip_rows_dropped_total{modality="text",reason="deadline"} 3"#,
+            r#"clip_batch_size_rows_count{modality="image"} 1"#,
+            r#"clip_model_info{model="ViT-B-32",onnxruntime="1.32.0",provider="cpu",weights="random-init"} 1"#,
+            r#"clip_request_duration_seconds_bucket{method="EmbedTexts",service="Embed",le="0.025"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

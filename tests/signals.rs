@@ -1,0 +1,252 @@
+//! SIGTERM to a real server process with calls in flight: every admitted call completes, new calls
+//! are refused, and the process exits 0 within its grace period.
+#![cfg(unix)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use clip_serve::grpc::pb::{self, embed_client::EmbedClient};
+use common::*;
+use tonic::Code;
+
+struct ChildServer {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `clip-serve serve` on ephemeral ports and reads the addresses from its JSON logs.
+fn spawn_server(extra: &[&str]) -> ChildServer {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clip-serve"))
+        .arg("serve")
+        .arg("--model-dir")
+        .arg(tiny_model())
+        .arg("--data-dir")
+        .arg(fresh_data_dir())
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--intra-op-threads",
+            "1",
+            "--log-format",
+            "json",
+            "--log-filter",
+            "info",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn clip-serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, logs) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Owned by the guard from here on, so a failed start kills the process.
+    let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut server = ChildServer {
+        child,
+        grpc: unbound,
+        http: unbound,
+        logs,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = server
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs its addresses");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let (Some(grpc), Some(http)) = (event["grpc_addr"].as_str(), event["http_addr"].as_str())
+        {
+            server.grpc = grpc.parse().expect("grpc addr");
+            server.http = http.parse().expect("http addr");
+            return server;
+        }
+    }
+}
+
+impl ChildServer {
+    fn wait_for_log(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let line = self
+                .logs
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}; saw {seen:#?}"));
+            let found = line.contains(needle);
+            seen.push(line);
+            if found {
+                return seen;
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+async fn client(addr: SocketAddr) -> EmbedClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    EmbedClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_calls_in_flight_and_exits_zero() {
+    // A long batch delay keeps the rows of every call in the queue when the signal arrives (the
+    // batch waits up to 3 s to fill, from its first row).
+    let mut server = spawn_server(&[
+        "--max-batch-delay",
+        "3s",
+        "--max-batch-size",
+        "1024",
+        "--shutdown-grace",
+        "15s",
+    ]);
+    server.wait_for_log("SERVING");
+    let embed = client(server.grpc).await;
+
+    const CALLS: usize = 24;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let mut embed = embed.clone();
+            tokio::spawn(async move {
+                embed
+                    .embed_texts(pb::EmbedTextsRequest {
+                        texts: vec![format!("call {i}"), format!("call {i} again")],
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Wait until every call is admitted and queued.
+    let waiting_since = Instant::now();
+    let mut metrics = String::new();
+    let admitted = loop {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(30),
+            "the calls were not all queued:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("clip_") && !l.contains("_bucket"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        metrics = http_get(server.http, "/metrics").await.1;
+        let queued = metric_value(&metrics, r#"clip_queue_depth_rows{modality="text"}"#);
+        if queued == Some((2 * CALLS) as f64) {
+            break metrics.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(
+        metric_value(&admitted, "clip_requests_in_flight"),
+        Some(CALLS as f64)
+    );
+
+    server.signal("-TERM");
+    server.wait_for_log("shutting down");
+    // New calls are refused while the admitted ones finish (on the open connection: UNAVAILABLE;
+    // new connections are no longer accepted).
+    let refused = embed
+        .clone()
+        .embed_texts(pb::EmbedTextsRequest {
+            texts: vec!["too late".into()],
+        })
+        .await;
+    assert_eq!(
+        refused.map_err(|e| e.code()).unwrap_err(),
+        Code::Unavailable
+    );
+
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = call
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("admitted call {i} failed during shutdown: {e:?}"));
+        assert_eq!(reply.into_inner().embeddings.len(), 2, "call {i}");
+    }
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// Whether this process ignores SIGINT (a shell starts background jobs that way, and children
+/// inherit it: the server then never sees Ctrl-C, by POSIX convention).
+fn sigint_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_with_nothing_in_flight_exits_zero_at_once() {
+    let mut server = spawn_server(&["--shutdown-grace", "30s"]);
+    server.wait_for_log("SERVING");
+    let signal = if sigint_ignored() {
+        eprintln!("SKIPPED the SIGINT variant: this test process ignores SIGINT; sending SIGTERM");
+        "-TERM"
+    } else {
+        "-INT"
+    };
+    let started = Instant::now();
+    server.signal(signal);
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an idle server does not wait out its grace period"
+    );
+}
