@@ -81,6 +81,19 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_DEVICE_ID", default_value_t = 0)]
     pub device_id: i32,
 
+    /// TensorRT: build fp16 engines (faster; embeddings differ from fp32 in the 3rd-4th decimal).
+    #[arg(long, env = "CLIP_SERVE_TRT_FP16", default_value_t = false)]
+    pub trt_fp16: bool,
+
+    /// TensorRT: directory for built engines and the timing cache, so they are built once (minutes)
+    /// and loaded on later starts (seconds). Keep it on a volume that outlives the process.
+    #[arg(long, env = "CLIP_SERVE_TRT_ENGINE_CACHE_DIR")]
+    pub trt_engine_cache_dir: Option<PathBuf>,
+
+    /// TensorRT: the engine builder's workspace limit in bytes [default: ONNX Runtime's].
+    #[arg(long, env = "CLIP_SERVE_TRT_WORKSPACE_BYTES")]
+    pub trt_workspace_bytes: Option<u64>,
+
     /// ONNX Runtime intra-op threads per session [default: the cores available].
     #[arg(long, env = "CLIP_SERVE_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<NonZeroUsize>,
@@ -148,6 +161,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_INLINE_PROMPTS", default_value_t = 2048)]
     pub max_inline_prompts: u32,
 
+    /// Most label sets clients may create (built-in ones do not count).
+    #[arg(long, env = "CLIP_SERVE_MAX_LABEL_SETS", default_value_t = 100)]
+    pub max_label_sets: u32,
+
     /// Size of the text-embedding cache that spares repeated inline labels, in bytes (0: off).
     #[arg(long, env = "CLIP_SERVE_TEXT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub text_cache_bytes: u64,
@@ -187,6 +204,7 @@ pub struct Config {
     pub ort_dylib_path: PathBuf,
     pub provider: Provider,
     pub device_id: i32,
+    pub gpu: GpuOptions,
     pub intra_op_threads: usize,
     pub limits: Limits,
     pub max_stream_in_flight: usize,
@@ -196,6 +214,14 @@ pub struct Config {
     pub apply_exif_orientation: bool,
     pub skip_warmup: bool,
     pub shutdown_grace: Duration,
+}
+
+/// TensorRT options (the optimization profiles follow `--max-batch-size`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    pub trt_fp16: bool,
+    pub trt_engine_cache_dir: Option<PathBuf>,
+    pub trt_workspace_bytes: Option<u64>,
 }
 
 /// Request limits; each one answers a client with INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never a crash.
@@ -263,7 +289,17 @@ impl ServeArgs {
             },
             max_inline_prompts: to_usize("max-inline-prompts", self.max_inline_prompts.into())?,
             text_cache_bytes: self.text_cache_bytes,
+            max_label_sets: to_usize("max-label-sets", self.max_label_sets.into())?,
         };
+        let trt_set = self.trt_fp16
+            || self.trt_engine_cache_dir.is_some()
+            || self.trt_workspace_bytes.is_some();
+        if trt_set && self.provider != Provider::Tensorrt {
+            return Err(format!(
+                "--trt-fp16, --trt-engine-cache-dir and --trt-workspace-bytes apply to --provider tensorrt, not {}",
+                self.provider.as_str()
+            ));
+        }
         let intra_op_threads = match self.intra_op_threads {
             Some(n) => n.get(),
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
@@ -277,6 +313,11 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),
             provider: self.provider,
             device_id: self.device_id,
+            gpu: GpuOptions {
+                trt_fp16: self.trt_fp16,
+                trt_engine_cache_dir: self.trt_engine_cache_dir,
+                trt_workspace_bytes: self.trt_workspace_bytes,
+            },
             intra_op_threads,
             limits,
             max_stream_in_flight,
@@ -384,6 +425,24 @@ mod tests {
         assert_eq!(config.intra_op_threads, 3);
         assert!(config.apply_exif_orientation);
         assert!(parse(&["--provider", "tpu"]).is_err());
+        let gpu = parse(&[
+            "--provider",
+            "tensorrt",
+            "--trt-fp16",
+            "--trt-engine-cache-dir",
+            "/cache",
+            "--trt-workspace-bytes",
+            "4294967296",
+            "--max-batch-size",
+            "128",
+        ])
+        .unwrap();
+        assert!(gpu.gpu.trt_fp16);
+        assert_eq!(gpu.gpu.trt_engine_cache_dir, Some(PathBuf::from("/cache")));
+        assert_eq!(gpu.gpu.trt_workspace_bytes, Some(1 << 32));
+        assert_eq!(gpu.batch.max_batch_size, 128);
+        let err = parse(&["--provider", "cuda", "--trt-fp16"]).unwrap_err();
+        assert!(err.contains("--provider tensorrt"), "{err}");
     }
 
     #[test]

@@ -35,7 +35,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(clip_serve::server::run(config)) {
+            let result = runtime.block_on(clip_serve::server::run(config));
+            // Blocking work still running (a model load, a TensorRT engine build) must not hold
+            // the exit past the shutdown grace: give it a moment, then leave it behind.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // The one line that says why the server stopped (logs go to stderr too).

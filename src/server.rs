@@ -131,6 +131,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         let providers = ProviderOptions {
             provider: config.provider,
             device_id: config.device_id,
+            trt_fp16: config.gpu.trt_fp16,
+            trt_engine_cache_dir: config.gpu.trt_engine_cache_dir.clone(),
+            trt_workspace_bytes: config.gpu.trt_workspace_bytes,
+            max_batch_size: config.batch.max_batch_size,
         };
         let threads = config.intra_op_threads;
         let skip_warmup = config.skip_warmup;
@@ -151,9 +155,22 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             match loaded {
                 Ok(Ok(model)) => {
                     let model = Arc::new(model);
+                    // Label sets first, so that Classify sees their stored classifiers from its
+                    // very first call.
+                    let pending = classify.load_classifiers(&model).await;
                     service.set_model(Arc::clone(&model));
-                    classify.model_ready().await;
+                    classify.start_builds(pending);
+                    // A shutdown that began while loading keeps health at NOT_SERVING.
+                    if !service.is_ready() {
+                        let _ = ready_tx.send(Readiness::Failed("shut down while loading".into()));
+                        return;
+                    }
                     health.set_serving(true).await;
+                    if !service.is_ready() {
+                        // Shutdown began in between: it may have set NOT_SERVING before we set
+                        // SERVING.
+                        health.set_serving(false).await;
+                    }
                     tracing::info!(
                         model = %model.config.display_name(),
                         weights = model.config.weights.as_str(),

@@ -192,6 +192,11 @@ impl EmbedService {
         Ok(Arc::clone(&self.loaded()?.model))
     }
 
+    /// The loaded model for work already admitted (it finishes during shutdown).
+    pub fn admitted_model(&self) -> Result<Arc<LoadedModel>, ServiceError> {
+        Ok(Arc::clone(&self.model_state()?.model))
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.state.metrics
     }
@@ -236,10 +241,16 @@ impl EmbedService {
         self.state.max_stream_in_flight
     }
 
+    /// The model, for new work: UNAVAILABLE while loading or shutting down.
     fn loaded(&self) -> Result<&Loaded, ServiceError> {
         if self.is_shutting_down() {
             return Err(ServiceError::Unavailable("server is shutting down".into()));
         }
+        self.model_state()
+    }
+
+    /// The model, for work already admitted: it finishes during shutdown.
+    fn model_state(&self) -> Result<&Loaded, ServiceError> {
         self.state.loaded.get().ok_or_else(|| {
             ServiceError::Unavailable("model is loading; retry when health reports SERVING".into())
         })
@@ -324,7 +335,7 @@ impl EmbedService {
 
     /// The model and the image batcher, or why images cannot be served.
     fn image_tower(&self) -> Result<(Arc<LoadedModel>, ImageBatcher), ServiceError> {
-        let loaded = self.loaded()?;
+        let loaded = self.model_state()?;
         let batcher = loaded
             .image
             .clone()
@@ -334,7 +345,7 @@ impl EmbedService {
 
     /// The model and the text batcher, or why texts cannot be served.
     fn text_tower(&self) -> Result<(Arc<LoadedModel>, TextBatcher), ServiceError> {
-        let loaded = self.loaded()?;
+        let loaded = self.model_state()?;
         let batcher = loaded
             .text
             .clone()
@@ -388,6 +399,15 @@ impl EmbedService {
         permit: Permit,
     ) -> Result<Embedded, ServiceError> {
         let _permit = permit;
+        self.encode_images(images, deadline).await
+    }
+
+    /// Embeds encoded images for work already admitted (the caller holds its request permit).
+    pub async fn encode_images(
+        &self,
+        images: Vec<Vec<u8>>,
+        deadline: Option<Instant>,
+    ) -> Result<Embedded, ServiceError> {
         let started = Instant::now();
         let (model, batcher) = self.image_tower()?;
         check_deadline(deadline)?;

@@ -360,6 +360,8 @@ async fn bad_classify_requests_get_clear_errors() {
     let reference = classify_reference();
     let mut cfg = config(&tiny_model());
     cfg.classify.prompts.max_labels = 5;
+    cfg.classify.max_label_sets = 1;
+    let max_text_bytes = cfg.limits.max_text_bytes;
     let server = serve(cfg).await;
     let mut c = client(&server);
     let image = images(&reference)[0].clone();
@@ -463,6 +465,16 @@ async fn bad_classify_requests_get_clear_errors() {
             Code::InvalidArgument,
             "images[1]",
         ),
+        (
+            "a prompt over the text limit",
+            pb::ClassifyRequest {
+                labels: vec!["x".repeat(max_text_bytes - 5), "dog".into()],
+                templates: strings(&["a photo of a {}."]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "byte prompt",
+        ),
     ];
     for (what, request, code, needle) in cases {
         let err = c.classify(request).await.unwrap_err();
@@ -484,6 +496,28 @@ async fn bad_classify_requests_get_clear_errors() {
             .unwrap_err();
         assert_eq!(err.code(), code, "{name:?}: {err:?}");
     }
+    // --max-label-sets 1: the first fits, the second is refused.
+    c.create_label_set(pb::CreateLabelSetRequest {
+        name: "one".into(),
+        labels: vec!["x".into()],
+        templates: vec![],
+    })
+    .await
+    .expect("the first set fits");
+    let err = c
+        .create_label_set(pb::CreateLabelSetRequest {
+            name: "two".into(),
+            labels: vec!["x".into()],
+            templates: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("--max-label-sets"),
+        "{}",
+        err.message()
+    );
     let err = c
         .delete_label_set(pb::DeleteLabelSetRequest {
             name: "never-made".into(),

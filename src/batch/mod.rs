@@ -435,7 +435,11 @@ fn engine_loop<E: Engine>(
             span.follows_from(&job.lock().unwrap_or_else(PoisonError::into_inner).span);
         }
         let started = Instant::now();
-        let outcome = span.in_scope(|| engine.run(rows));
+        // A panicking engine fails its batch, not the batcher: the thread lives on.
+        let outcome = span.in_scope(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(rows)))
+                .unwrap_or_else(|_| Err("the engine panicked (see the log)".to_string()))
+        });
         let took = started.elapsed();
         metrics.batch_size.observe(n as f64);
         metrics.inference.observe(took.as_secs_f64());
@@ -657,6 +661,34 @@ mod tests {
         assert_eq!(
             batcher.submit(Vec::new(), None).await.unwrap().outputs,
             Vec::<u32>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_engine_fails_its_batch_and_keeps_serving() {
+        struct Fragile;
+        impl Engine for Fragile {
+            type Row = u32;
+            type Output = u32;
+            fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+                assert!(!rows.contains(&0), "zero is fatal");
+                Ok(rows)
+            }
+        }
+        let config = BatcherConfig {
+            max_batch_size: 1,
+            max_batch_delay: Duration::ZERO,
+            max_queue_rows: 10,
+        };
+        let batcher = Batcher::start(Fragile, config, BatchMetrics::unregistered());
+        let err = batcher.submit(vec![0], None).await.unwrap_err();
+        assert!(
+            matches!(err, BatchError::Engine(ref m) if m.contains("panicked")),
+            "{err:?}"
+        );
+        assert_eq!(
+            batcher.submit(vec![7], None).await.unwrap().outputs,
+            vec![7]
         );
     }
 

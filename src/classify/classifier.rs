@@ -53,6 +53,9 @@ impl Classifier {
             ));
         }
         let dim = embeddings.first().map_or(0, |e| e.as_ref().len());
+        if dim == 0 {
+            return Err("no embeddings, or embeddings of no dimension".into());
+        }
         let mut rows = Vec::with_capacity(labels.len() * dim);
         for per_label in embeddings.chunks(templates) {
             let mut mean = vec![0f64; dim];

@@ -34,6 +34,8 @@ pub struct ClassifyConfig {
     pub max_inline_prompts: usize,
     /// Text-embedding cache size, in bytes (0 disables it).
     pub text_cache_bytes: u64,
+    /// Most client-created label sets stored at once.
+    pub max_label_sets: usize,
 }
 
 /// Where a ready classifier came from.
@@ -115,6 +117,9 @@ struct Inner {
     cache: Option<TextCache>,
     /// One classifier is computed at a time.
     builds: Semaphore,
+    /// Serializes creating and deleting sets, so a set is visible only once its file is durable and
+    /// a delete never races a create's write.
+    store_lock: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     /// Set once the model is loaded: the text tower's fingerprint keys the data-dir cache.
     fingerprint: OnceLock<String>,
@@ -129,7 +134,7 @@ pub struct ClassifyService {
 
 impl ClassifyService {
     /// Opens `data_dir` (creating it) and reads the stored label sets. Their classifiers are found
-    /// or computed once the model is loaded ([`Self::model_ready`]).
+    /// or computed once the model is loaded ([`Self::load_classifiers`]).
     pub fn open(
         embed: EmbedService,
         data_dir: &std::path::Path,
@@ -151,6 +156,10 @@ impl ClassifyService {
             );
         }
         for spec in store.load_definitions() {
+            if let Err(e) = check_spec(&spec, &config) {
+                tracing::error!(name = %spec.name, error = %e, "skipping a stored label set that is not valid");
+                continue;
+            }
             if sets.contains_key(&spec.name) {
                 tracing::warn!(name = %spec.name, "a stored label set has a built-in's name; ignored");
                 continue;
@@ -177,6 +186,7 @@ impl ClassifyService {
                 sets: RwLock::new(sets),
                 cache,
                 builds: Semaphore::new(1),
+                store_lock: tokio::sync::Mutex::new(()),
                 generation,
                 fingerprint: OnceLock::new(),
                 metrics,
@@ -184,70 +194,70 @@ impl ClassifyService {
         })
     }
 
-    /// Called once the model is loaded: fingerprints the text tower, loads the classifiers that
-    /// exist (model directory first, then the data-dir cache) and starts computing the classifiers
-    /// of client-created sets that have none. Built-in sets without one are computed on first use.
-    pub async fn model_ready(&self) {
+    /// Called once the model is loaded, before it is offered to requests: fingerprints the text
+    /// tower and loads the classifiers that exist (model directory first, then the data-dir cache).
+    /// Returns the client-created sets that have none, for [`Self::start_builds`] once the model
+    /// serves. Built-in sets without a classifier are computed on first use.
+    pub async fn load_classifiers(
+        &self,
+        model: &Arc<crate::model::LoadedModel>,
+    ) -> Vec<(String, u64)> {
         let inner = Arc::clone(&self.inner);
-        let Ok(model) = inner.embed.loaded_model() else {
-            return;
-        };
         let started = Instant::now();
-        let model_for_hash = Arc::clone(&model);
+        let model_for_hash = Arc::clone(model);
         let fingerprint = tokio::task::spawn_blocking(move || model_for_hash.text_fingerprint())
             .await
             .unwrap_or_else(|e| Err(format!("fingerprinting panicked: {e}")));
-        let fingerprint = match fingerprint {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot fingerprint the model; label sets computed now will not be cached");
-                "unknown".to_string()
+        match fingerprint {
+            Ok(f) => {
+                let _ = inner.fingerprint.set(f);
             }
-        };
-        let _ = inner.fingerprint.set(fingerprint.clone());
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot fingerprint the text tower; classifiers computed now will not be cached"
+            ),
+        }
         let dim = model.config.embed_dim;
         let model_classifiers = model.dir.join("classifiers");
-        let cache_dir = inner.store.cache_dir(&fingerprint);
-        let specs: Vec<(Arc<LabelSetSpec>, bool)> = inner
+        let cache_dir = inner.fingerprint.get().map(|f| inner.store.cache_dir(f));
+        let specs: Vec<(Arc<LabelSetSpec>, bool, u64)> = inner
             .read_sets()
             .values()
-            .map(|e| (Arc::clone(&e.spec), e.builtin))
+            .map(|e| (Arc::clone(&e.spec), e.builtin, e.generation))
             .collect();
         let mut to_build = Vec::new();
-        for (spec, builtin) in specs {
-            let found = {
-                let (spec, model_classifiers, cache_dir) = (
-                    Arc::clone(&spec),
-                    model_classifiers.clone(),
-                    cache_dir.clone(),
-                );
-                tokio::task::spawn_blocking(move || {
-                    let mut errors = Vec::new();
-                    for (dir, source) in [
-                        (model_classifiers, ClassifierSource::ModelDir),
-                        (cache_dir, ClassifierSource::DataDir),
-                    ] {
-                        match classifier::read(&dir, &spec, dim) {
-                            Ok(Some(c)) => return (Some((c, source)), errors),
-                            Ok(None) => {}
-                            Err(e) => errors.push(e),
-                        }
+        for (spec, builtin, generation) in specs {
+            let dirs: Vec<(std::path::PathBuf, ClassifierSource)> =
+                std::iter::once((model_classifiers.clone(), ClassifierSource::ModelDir))
+                    .chain(cache_dir.clone().map(|d| (d, ClassifierSource::DataDir)))
+                    .collect();
+            let read_spec = Arc::clone(&spec);
+            let (found, errors) = tokio::task::spawn_blocking(move || {
+                let mut errors = Vec::new();
+                for (dir, source) in dirs {
+                    match classifier::read(&dir, &read_spec, dim) {
+                        Ok(Some(c)) => return (Some((c, source)), errors),
+                        Ok(None) => {}
+                        Err(e) => errors.push(e),
                     }
-                    (None, errors)
-                })
-                .await
-                .unwrap_or((None, vec!["reading classifiers panicked".into()]))
-            };
-            let (found, errors) = found;
+                }
+                (None, errors)
+            })
+            .await
+            .unwrap_or((None, vec!["reading classifiers panicked".into()]));
             for e in errors {
                 tracing::warn!(label_set = %spec.name, error = %e, "stored classifier not used");
             }
             match found {
                 Some((c, source)) => {
                     tracing::info!(label_set = %spec.name, labels = c.labels.len(), source = source.as_str(), "label set ready");
-                    inner.set_stage(&spec.name, None, Stage::Ready(Arc::new(c), source));
+                    inner.set_stage(
+                        &spec.name,
+                        Some(generation),
+                        Stage::Ready(Arc::new(c), source),
+                    );
                 }
-                None if !builtin => to_build.push(spec.name.clone()),
+                None if !builtin => to_build.push((spec.name.clone(), generation)),
                 None => {}
             }
         }
@@ -255,8 +265,15 @@ impl ClassifyService {
             ms = started.elapsed().as_millis() as u64,
             "label sets loaded"
         );
-        for name in to_build {
-            self.start_build(&name);
+        to_build
+    }
+
+    /// Starts computing the classifiers [`Self::load_classifiers`] did not find.
+    pub fn start_builds(&self, sets: Vec<(String, u64)>) {
+        for (name, generation) in sets {
+            if self.inner.is_current(&name, generation) {
+                self.start_build(&name);
+            }
         }
     }
 
@@ -272,7 +289,9 @@ impl ClassifyService {
         deadline: Option<Instant>,
         permit: crate::service::Permit,
     ) -> Result<Vec<Vec<LabelScore>>, ServiceError> {
-        let model = self.inner.embed.loaded_model()?;
+        // Held until both the labels and the images are embedded.
+        let _permit = permit;
+        let model = self.inner.embed.admitted_model()?;
         let ClassifyInput {
             images,
             labels,
@@ -296,6 +315,7 @@ impl ClassifyService {
             let limits = &self.config().prompts;
             prompts::check_labels(&labels, limits)?;
             let templates = prompts::check_templates(templates, limits)?;
+            prompts::check_prompt_length(&labels, &templates, limits)?;
             let n = labels.len() * templates.len();
             if n > self.config().max_inline_prompts {
                 return Err(ServiceError::InvalidArgument(format!(
@@ -326,10 +346,8 @@ impl ClassifyService {
             }
         };
         // The labels' texts and the images are embedded concurrently; both go through the batchers.
-        let (classifier, images) = tokio::try_join!(
-            classifier,
-            self.inner.embed.embed_images(images, deadline, permit)
-        )?;
+        let (classifier, images) =
+            tokio::try_join!(classifier, self.inner.embed.encode_images(images, deadline))?;
         let logit_scale = model.config.logit_scale;
         Ok(images
             .embeddings
@@ -342,13 +360,18 @@ impl ClassifyService {
     fn ready_set(&self, name: &str) -> Result<Arc<Classifier>, ServiceError> {
         let sets = self.inner.read_sets();
         let entry = sets.get(name).ok_or_else(|| not_found(name))?;
+        if let Stage::Ready(c, _) = &entry.stage {
+            return Ok(Arc::clone(c));
+        }
+        if self.inner.embed.admitted_model()?.text.is_none() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "label set {name:?} has no precomputed classifier in the model directory, and this model has no textual tower to compute one"
+            )));
+        }
         match &entry.stage {
             Stage::Ready(c, _) => Ok(Arc::clone(c)),
             Stage::Building(done) => Err(building(name, done.load(Ordering::Relaxed), &entry.spec)),
-            Stage::Failed(e) => Err(ServiceError::FailedPrecondition(format!(
-                "label set {name:?}: computing its classifier failed ({e}); delete it and create it again"
-            ))),
-            Stage::NotBuilt => {
+            Stage::NotBuilt | Stage::Failed(_) => {
                 let spec = Arc::clone(&entry.spec);
                 drop(sets);
                 self.start_build(name);
@@ -425,6 +448,7 @@ impl ClassifyService {
             let Some(entry) = sets.get_mut(name) else {
                 return;
             };
+            // Failed builds are retried: their cause (an engine error, a full disk) may have passed.
             if matches!(entry.stage, Stage::Building(_) | Stage::Ready(..)) {
                 return;
             }
@@ -464,18 +488,25 @@ impl ClassifyService {
             .acquire()
             .await
             .map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
-        let texts = spec.prompts();
-        let total = texts.len();
+        if !self.inner.is_current(&spec.name, generation) {
+            return Ok(None);
+        }
+        let total = spec.text_count();
         let progress = self.inner.metrics.build_progress(&spec.name);
         tracing::info!(label_set = %spec.name, labels = spec.labels.len(), templates = spec.templates.len(), texts = total, "computing classifier");
         let started = Instant::now();
         let mut embeddings = Vec::with_capacity(total);
         let mut next_log = total / 10;
-        for chunk in texts.chunks(BUILD_CHUNK) {
+        // Prompts are made a chunk at a time: a large set never holds all its texts at once.
+        let templates = spec.templates.len();
+        for start in (0..total).step_by(BUILD_CHUNK) {
+            let chunk: Vec<String> = (start..(start + BUILD_CHUNK).min(total))
+                .map(|k| prompts::fill(&spec.templates[k % templates], &spec.labels[k / templates]))
+                .collect();
             if !self.inner.is_current(&spec.name, generation) {
                 return Ok(None);
             }
-            embeddings.extend(self.text_embeddings(chunk.to_vec(), None, true).await?);
+            embeddings.extend(self.text_embeddings(chunk, None, true).await?);
             let n = embeddings.len();
             done.store(n as u64, Ordering::Relaxed);
             progress.set(n as f64 / total as f64);
@@ -518,38 +549,33 @@ impl ClassifyService {
         templates: Vec<String>,
     ) -> Result<LabelSetInfo, ServiceError> {
         let model = self.inner.embed.loaded_model()?;
-        prompts::check_name(&name)?;
-        let limits = &self.config().prompts;
-        prompts::check_labels(&labels, limits)?;
-        let templates = prompts::check_templates(templates, limits)?;
+        let templates = prompts::check_templates(templates, &self.config().prompts)?;
+        let spec = Arc::new(LabelSetSpec {
+            name: name.clone(),
+            labels,
+            templates,
+        });
+        check_spec(&spec, self.config())?;
         if model.text.is_none() {
             return Err(ServiceError::FailedPrecondition(
                 "this model has no textual tower, so it cannot compute a label set's classifier"
                     .into(),
             ));
         }
-        let spec = Arc::new(LabelSetSpec {
-            name: name.clone(),
-            labels,
-            templates,
-        });
+        let _store = self.inner.store_lock.lock().await;
         {
-            let mut sets = self.inner.write_sets();
+            let sets = self.inner.read_sets();
             if sets.contains_key(&name) {
                 return Err(ServiceError::AlreadyExists(format!(
                     "label set {name:?} already exists"
                 )));
             }
-            // Reserve the name while the definition is written.
-            sets.insert(
-                name.clone(),
-                Entry {
-                    spec: Arc::clone(&spec),
-                    builtin: false,
-                    stage: Stage::NotBuilt,
-                    generation: self.inner.generation.fetch_add(1, Ordering::Relaxed),
-                },
-            );
+            let created = sets.values().filter(|e| !e.builtin).count();
+            if created >= self.config().max_label_sets {
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "{created} label sets stored, the limit (--max-label-sets); delete one first"
+                )));
+            }
         }
         let store_spec = Arc::clone(&spec);
         let inner = Arc::clone(&self.inner);
@@ -558,12 +584,20 @@ impl ClassifyService {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(e) = saved {
-            self.inner.write_sets().remove(&name);
             tracing::error!(label_set = %name, error = %e, "could not store a label set");
             return Err(ServiceError::Internal(
                 "could not store the label set; the server logged the details".into(),
             ));
         }
+        self.inner.write_sets().insert(
+            name.clone(),
+            Entry {
+                spec,
+                builtin: false,
+                stage: Stage::NotBuilt,
+                generation: self.inner.generation.fetch_add(1, Ordering::Relaxed),
+            },
+        );
         self.start_build(&name);
         self.get(&name)
     }
@@ -580,6 +614,7 @@ impl ClassifyService {
 
     /// Deletes a client-created set (its definition and cached classifiers).
     pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
+        let _store = self.inner.store_lock.lock().await;
         {
             let sets = self.inner.read_sets();
             let entry = sets.get(name).ok_or_else(|| not_found(name))?;
@@ -648,6 +683,20 @@ fn info(entry: &Entry) -> LabelSetInfo {
             Stage::Failed(e) => SetState::Failed(e.clone()),
         },
     }
+}
+
+/// A label set's definition is valid under this server's limits.
+fn check_spec(spec: &LabelSetSpec, config: &ClassifyConfig) -> Result<(), ServiceError> {
+    let limits = &config.prompts;
+    prompts::check_name(&spec.name)?;
+    prompts::check_labels(&spec.labels, limits)?;
+    if spec.templates.is_empty() {
+        return Err(ServiceError::InvalidArgument(
+            "templates: a stored set needs at least one".into(),
+        ));
+    }
+    prompts::check_templates(spec.templates.clone(), limits)?;
+    prompts::check_prompt_length(&spec.labels, &spec.templates, limits)
 }
 
 fn not_found(name: &str) -> ServiceError {

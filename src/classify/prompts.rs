@@ -147,6 +147,25 @@ pub fn check_templates(
     Ok(templates)
 }
 
+/// Every filled prompt (the longest label in the longest template) must fit `max_text_bytes`, the
+/// limit any text the model embeds is held to.
+pub fn check_prompt_length(
+    labels: &[String],
+    templates: &[String],
+    limits: &PromptLimits,
+) -> Result<(), ServiceError> {
+    let label = labels.iter().map(String::len).max().unwrap_or(0);
+    let template = templates.iter().map(String::len).max().unwrap_or(0);
+    let longest = (label + template).saturating_sub(2);
+    if longest > limits.max_text_bytes {
+        return Err(ServiceError::InvalidArgument(format!(
+            "the longest label in the longest template makes a {longest}-byte prompt, over the limit of {} (--max-text-bytes)",
+            limits.max_text_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// 1-64 characters of `[a-z0-9._-]`, starting with a letter or digit (safe as a file name).
 pub fn check_name(name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()

@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::pb::{self, embed_client::EmbedClient};
+use super::pb::{self, classify_client::ClassifyClient, embed_client::EmbedClient};
 use crate::config::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -22,6 +22,8 @@ use crate::config::parse_duration;
 pub enum BenchModality {
     Images,
     Texts,
+    /// Classify the --image files against --label-set or the inline --labels.
+    Classify,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -42,6 +44,13 @@ pub struct BenchArgs {
     /// Text to send (for --modality texts); a counter is appended so texts differ.
     #[arg(long, default_value = "a photo of a cat sitting on a wooden table")]
     pub text: String,
+    /// For --modality classify: a stored label set to classify against.
+    #[arg(long)]
+    pub label_set: Option<String>,
+    /// For --modality classify: inline labels, comma-separated (the server's text cache makes
+    /// repeats free).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -92,36 +101,68 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 enum Payload {
     Images(Vec<Vec<u8>>),
     Text(String),
+    Classify {
+        images: Vec<Vec<u8>>,
+        labels: Vec<String>,
+        label_set: String,
+    },
+}
+
+struct Clients {
+    embed: EmbedClient<Channel>,
+    classify: ClassifyClient<Channel>,
 }
 
 async fn one_request(
-    client: &mut EmbedClient<Channel>,
+    client: &mut Clients,
     payload: &Payload,
     items: usize,
     n: usize,
 ) -> Result<(), (String, String)> {
+    let pick = |files: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        (0..items)
+            .map(|i| files[(n + i) % files.len()].clone())
+            .collect()
+    };
     let result = match payload {
-        Payload::Images(files) => {
-            let images = (0..items)
-                .map(|i| files[(n + i) % files.len()].clone())
-                .collect();
-            client.embed_images(pb::EmbedImagesRequest { images }).await
-        }
+        Payload::Images(files) => client
+            .embed
+            .embed_images(pb::EmbedImagesRequest {
+                images: pick(files),
+            })
+            .await
+            .map(|r| r.get_ref().embeddings.len()),
         Payload::Text(text) => {
             let texts = (0..items)
                 .map(|i| format!("{text} {}", n * items + i))
                 .collect();
-            client.embed_texts(pb::EmbedTextsRequest { texts }).await
+            client
+                .embed
+                .embed_texts(pb::EmbedTextsRequest { texts })
+                .await
+                .map(|r| r.get_ref().embeddings.len())
         }
+        Payload::Classify {
+            images,
+            labels,
+            label_set,
+        } => client
+            .classify
+            .classify(pb::ClassifyRequest {
+                images: pick(images),
+                labels: labels.clone(),
+                label_set: label_set.clone(),
+                templates: Vec::new(),
+                top_k: 5,
+            })
+            .await
+            .map(|r| r.get_ref().results.len()),
     };
     match result {
-        Ok(r) if r.get_ref().embeddings.len() == items => Ok(()),
-        Ok(r) => Err((
+        Ok(count) if count == items => Ok(()),
+        Ok(count) => Err((
             "WRONG_COUNT".into(),
-            format!(
-                "{} embeddings for {items} items",
-                r.get_ref().embeddings.len()
-            ),
+            format!("{count} results for {items} items"),
         )),
         Err(status) => Err((
             super::status::code_name(status.code()).to_string(),
@@ -136,21 +177,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         args.concurrency > 0 && args.items > 0,
         "--concurrency and --items must be positive"
     );
+    let read_images = || -> anyhow::Result<Vec<Vec<u8>>> {
+        anyhow::ensure!(
+            !args.images.is_empty(),
+            "--modality images and classify need at least one --image FILE"
+        );
+        args.images
+            .iter()
+            .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+            .collect()
+    };
     let payload = Arc::new(match args.modality {
-        BenchModality::Images => {
-            anyhow::ensure!(
-                !args.images.is_empty(),
-                "--modality images needs at least one --image FILE"
-            );
-            let mut files = Vec::new();
-            for path in &args.images {
-                files.push(
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-                );
-            }
-            Payload::Images(files)
-        }
+        BenchModality::Images => Payload::Images(read_images()?),
         BenchModality::Texts => Payload::Text(args.text.clone()),
+        BenchModality::Classify => {
+            anyhow::ensure!(
+                args.label_set.is_some() == args.labels.is_empty(),
+                "--modality classify needs --label-set NAME or --labels a,b,c (one of them)"
+            );
+            Payload::Classify {
+                images: read_images()?,
+                labels: args.labels.clone(),
+                label_set: args.label_set.clone().unwrap_or_default(),
+            }
+        }
     });
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
@@ -158,11 +208,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             .connect()
             .await
             .with_context(|| format!("connecting to {}", args.addr))?;
-        clients.push(
-            EmbedClient::new(channel)
+        clients.push(Clients {
+            embed: EmbedClient::new(channel.clone())
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
-        );
+            classify: ClassifyClient::new(channel)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        });
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(args.concurrency));
     let mut tasks = Vec::new();

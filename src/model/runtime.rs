@@ -80,17 +80,70 @@ pub fn onnxruntime_version() -> String {
 pub struct ProviderOptions {
     pub provider: Provider,
     pub device_id: i32,
+    /// TensorRT: build fp16 engines.
+    pub trt_fp16: bool,
+    /// TensorRT: where built engines (and the timing cache) are kept, so they are built once.
+    pub trt_engine_cache_dir: Option<std::path::PathBuf>,
+    /// TensorRT: the builder's workspace limit.
+    pub trt_workspace_bytes: Option<u64>,
+    /// The largest batch the batcher forms: the TensorRT optimization profile's max (and opt) batch.
+    pub max_batch_size: usize,
 }
 
-/// The execution providers to register on every session. Registration failures are errors
+impl ProviderOptions {
+    pub fn cpu() -> Self {
+        ProviderOptions {
+            provider: Provider::Cpu,
+            device_id: 0,
+            trt_fp16: false,
+            trt_engine_cache_dir: None,
+            trt_workspace_bytes: None,
+            max_batch_size: 1,
+        }
+    }
+}
+
+/// A TensorRT optimization profile for one input, in ONNX Runtime's `name:d0xd1x...` syntax: batch
+/// 1 to `max_batch_size` (optimized for the largest), the other dimensions fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrtProfile {
+    pub min: String,
+    pub opt: String,
+    pub max: String,
+}
+
+impl TrtProfile {
+    /// `None` unless the batch axis is dynamic and every other axis is known.
+    pub fn for_input(name: &str, dims: &[i64], max_batch_size: usize) -> Option<Self> {
+        let (&batch, rest) = dims.split_first()?;
+        if batch >= 0 || rest.iter().any(|&d| d <= 0) {
+            return None;
+        }
+        let shape = |b: usize| {
+            let mut parts = vec![b.to_string()];
+            parts.extend(rest.iter().map(i64::to_string));
+            format!("{name}:{}", parts.join("x"))
+        };
+        // At least 2: the warm-up runs a batch of two to catch graphs that only work at batch 1.
+        let max = max_batch_size.max(2);
+        Some(TrtProfile {
+            min: shape(1),
+            opt: shape(max),
+            max: shape(max),
+        })
+    }
+}
+
+/// The execution providers to register on a session. Registration failures are errors
 /// (`error_on_failure`): asking for a GPU and silently getting the CPU is the worst outcome.
 pub fn execution_providers(
     opts: &ProviderOptions,
+    profile: Option<&TrtProfile>,
 ) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
     match opts.provider {
         Provider::Cpu => Ok(Vec::new()),
         Provider::Cuda => cuda(opts),
-        Provider::Tensorrt => tensorrt(opts),
+        Provider::Tensorrt => tensorrt(opts, profile),
     }
 }
 
@@ -112,12 +165,45 @@ fn cuda(_: &ProviderOptions) -> Result<Vec<ExecutionProviderDispatch>, ModelErro
 }
 
 #[cfg(feature = "tensorrt")]
-fn tensorrt(opts: &ProviderOptions) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
+fn tensorrt(
+    opts: &ProviderOptions,
+    profile: Option<&TrtProfile>,
+) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
+    let mut trt = ort::ep::TensorRT::default()
+        .with_device_id(opts.device_id)
+        .with_fp16(opts.trt_fp16);
+    if let Some(root) = &opts.trt_engine_cache_dir {
+        // One subdirectory per profile and precision, so engines built for other settings are
+        // never picked up.
+        let dir = root.join(format!(
+            "b{}-{}",
+            opts.max_batch_size.max(2),
+            if opts.trt_fp16 { "fp16" } else { "fp32" }
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ModelError::Provider(format!(
+                "--trt-engine-cache-dir {}: cannot create it: {e}",
+                dir.display()
+            ))
+        })?;
+        let dir = dir.display().to_string();
+        trt = trt
+            .with_engine_cache(true)
+            .with_engine_cache_path(&dir)
+            .with_timing_cache(true)
+            .with_timing_cache_path(&dir);
+    }
+    if let Some(bytes) = opts.trt_workspace_bytes {
+        trt = trt.with_max_workspace_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    if let Some(p) = profile {
+        trt = trt
+            .with_profile_min_shapes(&p.min)
+            .with_profile_opt_shapes(&p.opt)
+            .with_profile_max_shapes(&p.max);
+    }
     Ok(vec![
-        ort::ep::TensorRT::default()
-            .with_device_id(opts.device_id)
-            .build()
-            .error_on_failure(),
+        trt.build().error_on_failure(),
         // TensorRT hands the operators it cannot take to CUDA, which must be present as well.
         #[cfg(feature = "cuda")]
         ort::ep::CUDA::default()
@@ -128,7 +214,10 @@ fn tensorrt(opts: &ProviderOptions) -> Result<Vec<ExecutionProviderDispatch>, Mo
 }
 
 #[cfg(not(feature = "tensorrt"))]
-fn tensorrt(_: &ProviderOptions) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
+fn tensorrt(
+    _: &ProviderOptions,
+    _: Option<&TrtProfile>,
+) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
     Err(ModelError::Provider(
         "--provider tensorrt: this binary was built without the `tensorrt` feature (cargo build --release --features tensorrt,cuda)"
             .into(),
@@ -156,10 +245,13 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn gpu_provider_without_feature_is_an_error() {
-        let Err(err) = execution_providers(&ProviderOptions {
-            provider: Provider::Cuda,
-            device_id: 0,
-        }) else {
+        let Err(err) = execution_providers(
+            &ProviderOptions {
+                provider: Provider::Cuda,
+                ..ProviderOptions::cpu()
+            },
+            None,
+        ) else {
             panic!("cuda must be refused without the feature");
         };
         assert!(err.to_string().contains("`cuda` feature"), "{err}");
@@ -167,10 +259,48 @@ mod tests {
 
     #[test]
     fn cpu_needs_no_provider() {
-        let eps = execution_providers(&ProviderOptions {
-            provider: Provider::Cpu,
-            device_id: 0,
-        });
+        let eps = execution_providers(&ProviderOptions::cpu(), None);
         assert!(matches!(eps, Ok(v) if v.is_empty()));
+    }
+
+    #[cfg(not(feature = "tensorrt"))]
+    #[test]
+    fn tensorrt_without_feature_is_an_error() {
+        let Err(err) = execution_providers(
+            &ProviderOptions {
+                provider: Provider::Tensorrt,
+                ..ProviderOptions::cpu()
+            },
+            None,
+        ) else {
+            panic!("tensorrt must be refused without the feature");
+        };
+        assert!(err.to_string().contains("`tensorrt` feature"), "{err}");
+    }
+
+    #[test]
+    fn tensorrt_profiles_span_batch_one_to_the_batcher_maximum() {
+        let p = TrtProfile::for_input("image", &[-1, 3, 224, 224], 32).unwrap();
+        assert_eq!(p.min, "image:1x3x224x224");
+        assert_eq!(p.opt, "image:32x3x224x224");
+        assert_eq!(p.max, "image:32x3x224x224");
+        let t = TrtProfile::for_input("text", &[-1, 77], 128).unwrap();
+        assert_eq!(
+            (t.min.as_str(), t.max.as_str()),
+            ("text:1x77", "text:128x77")
+        );
+        assert_eq!(
+            TrtProfile::for_input("x", &[1, 77], 8),
+            None,
+            "static batch"
+        );
+        let one = TrtProfile::for_input("text", &[-1, 77], 1).unwrap();
+        assert_eq!(one.max, "text:2x77", "room for the warm-up's batch of two");
+        assert_eq!(
+            TrtProfile::for_input("x", &[-1, -1], 8),
+            None,
+            "unknown length"
+        );
+        assert_eq!(TrtProfile::for_input("x", &[], 8), None);
     }
 }

@@ -118,7 +118,26 @@ impl Tower {
                 reason: "file not found".into(),
             });
         }
-        let eps = super::runtime::execution_providers(providers)?;
+        // TensorRT builds one engine per optimization profile, so it needs the input's name and
+        // shape before the real session exists: a quick unoptimized CPU session reads them.
+        let profile = if cfg!(feature = "tensorrt")
+            && providers.provider == crate::config::Provider::Tensorrt
+        {
+            let probe = Session::builder(env)
+                .and_then(|b| {
+                    b.with_optimization_level(GraphOptimizationLevel::Disable)
+                        .map_err(Into::into)
+                })
+                .and_then(|mut b| b.commit_from_file(path))
+                .map_err(|e| ort_err(&e))?;
+            probe.inputs().first().and_then(|input| {
+                let (_, dims) = tensor_parts(input)?;
+                super::runtime::TrtProfile::for_input(input.name(), &dims, providers.max_batch_size)
+            })
+        } else {
+            None
+        };
+        let eps = super::runtime::execution_providers(providers, profile.as_ref())?;
         let mut builder = Session::builder(env)
             .and_then(|b| {
                 b.with_optimization_level(GraphOptimizationLevel::All)
