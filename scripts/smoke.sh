@@ -95,8 +95,8 @@ import sys, urllib.request
 base = "http://" + sys.argv[1]
 assert urllib.request.urlopen(base + "/readyz").read() == b"ready\n"
 metrics = urllib.request.urlopen(base + "/metrics").read().decode()
-assert 'clip_requests_total{code="OK",method="EmbedTexts",service="Embed"} 1' in metrics, metrics
-assert 'clip_requests_total{code="OK",method="Classify",service="Classify"} 1' in metrics, metrics
+assert 'clip_requests_total{code="OK",interface="grpc",method="EmbedTexts",service="Embed"} 1' in metrics, metrics
+assert 'clip_requests_total{code="OK",interface="grpc",method="Classify",service="Classify"} 1' in metrics, metrics
 PY
 
 kill -TERM "$PID"

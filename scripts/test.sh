@@ -18,6 +18,8 @@ echo "test: cargo test" >&2
 cargo test --locked
 echo "test: grpcurl smoke test" >&2
 scripts/smoke.sh
+echo "test: the official openai Python SDK against the HTTP API" >&2
+scripts/openai_sdk_test.sh
 echo "test: deployment files (hadolint, kustomize, Kubernetes schemas; offline)" >&2
 scripts/validate_deploy.sh
 echo "test: all passed" >&2

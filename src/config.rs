@@ -186,6 +186,31 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// An API key every call must present (`authorization: Bearer KEY`), except health checks,
+    /// /healthz, /readyz and /metrics. Prefer --api-key-file: a flag shows in `ps`.
+    #[arg(long, env = "CLIP_SERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// A file of API keys, one per line (`#` comments), re-read on SIGHUP.
+    #[arg(long, env = "CLIP_SERVE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// With API keys configured, let gRPC reflection through without a key.
+    #[arg(long, env = "CLIP_SERVE_PUBLIC_REFLECTION", default_value_t = false)]
+    pub public_reflection: bool,
+
+    /// TLS certificate chain (PEM) for both listeners; needs --tls-key.
+    #[arg(long, env = "CLIP_SERVE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "CLIP_SERVE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to; turns on mutual TLS.
+    #[arg(long, env = "CLIP_SERVE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "CLIP_SERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -214,6 +239,20 @@ pub struct Config {
     pub apply_exif_orientation: bool,
     pub skip_warmup: bool,
     pub shutdown_grace: Duration,
+    pub api_key: Option<Secret>,
+    pub api_key_file: Option<PathBuf>,
+    pub public_reflection: bool,
+    pub tls: crate::tls::TlsPaths,
+}
+
+/// A value that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// TensorRT options (the optimization profiles follow `--max-batch-size`).
@@ -327,6 +366,14 @@ impl ServeArgs {
             apply_exif_orientation: self.apply_exif_orientation,
             skip_warmup: self.skip_warmup,
             shutdown_grace: self.shutdown_grace,
+            api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
+            api_key_file: self.api_key_file,
+            public_reflection: self.public_reflection,
+            tls: crate::tls::TlsPaths {
+                cert: self.tls_cert,
+                key: self.tls_key,
+                client_ca: self.tls_client_ca,
+            },
         })
     }
 }

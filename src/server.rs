@@ -104,6 +104,16 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
 
+    let keys = crate::auth::ApiKeys::load(
+        config.api_key.as_ref().map(|k| k.0.clone()),
+        config.api_key_file.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let tls = config.tls.load().map_err(|e| anyhow::anyhow!(e))?;
+    if keys.enabled() {
+        tracing::info!(key_file = ?keys.key_file(), public_reflection = config.public_reflection, "API keys required");
+        spawn_key_reloader(keys.clone());
+    }
     let metrics = Metrics::new().context("registering metrics")?;
     let classify_metrics = metrics.classify();
     let service = EmbedService::new(&config, metrics);
@@ -117,8 +127,21 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         service.clone(),
         classify.clone(),
         config.limits.max_message_bytes,
+        grpc::transport::Security {
+            keys: keys.clone(),
+            public_reflection: config.public_reflection,
+            tls: tls.clone(),
+        },
     )
     .await?;
+    let http_router = http::router(
+        service.clone(),
+        crate::openai::OpenAi {
+            service: service.clone(),
+            keys,
+        },
+        config.limits.max_message_bytes,
+    );
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -198,7 +221,6 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let shutdown_health = health.clone();
     let grace = config.shutdown_grace;
     let grace_service = service.clone();
-    let http_service = service.clone();
     let task = tokio::spawn(async move {
         // The listener stays open while admitted calls finish, so that a client calling on its open
         // connection meanwhile gets a clear UNAVAILABLE (retry elsewhere) rather than a reset
@@ -221,9 +243,12 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             tokio::time::sleep(grace).await;
         };
         let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(http::serve(http_listener, http_service, async move {
-            let _ = http_stop_rx.await;
-        }));
+        let http_task = tokio::spawn(async move {
+            http::serve(http_listener, http_router, tls.as_ref(), async move {
+                let _ = http_stop_rx.await;
+            })
+            .await
+        });
         let serve = endpoint.serve(listener, signal);
         let result = tokio::select! {
             result = serve => result,
@@ -269,6 +294,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     server.shutdown().await
+}
+
+/// Re-reads the API key file on SIGHUP (the keys themselves are never logged).
+fn spawn_key_reloader(keys: crate::auth::ApiKeys) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; the API key file will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match keys.reload() {
+                Ok(n) => tracing::info!(keys = n, "SIGHUP: API key file reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: API key file not reloaded; the previous keys stay")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = keys;
 }
 
 async fn shutdown_signal() {

@@ -123,19 +123,21 @@ async fn calls_carry_request_ids_and_timings_and_are_counted_by_code() {
         metric_value(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
     };
     assert_eq!(
-        value(r#"clip_requests_total{code="OK",method="EmbedTexts",service="Embed"}"#),
+        value(
+            r#"clip_requests_total{code="OK",interface="grpc",method="EmbedTexts",service="Embed"}"#
+        ),
         1.0
     );
     assert_eq!(
         value(
-            r#"clip_requests_total{code="INVALID_ARGUMENT",method="EmbedImages",service="Embed"}"#
+            r#"clip_requests_total{code="INVALID_ARGUMENT",interface="grpc",method="EmbedImages",service="Embed"}"#
         ),
         1.0
     );
     // The stream may finish its accounting just after the client saw its last reply.
     let mut stream_ok = metric_value(
         &metrics,
-        r#"clip_requests_total{code="OK",method="EmbedStream",service="Embed"}"#,
+        r#"clip_requests_total{code="OK",interface="grpc",method="EmbedStream",service="Embed"}"#,
     );
     for _ in 0..100 {
         if stream_ok == Some(1.0) {
@@ -144,7 +146,7 @@ async fn calls_carry_request_ids_and_timings_and_are_counted_by_code() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         stream_ok = metric_value(
             &http_get(http, "/metrics").await.1,
-            r#"clip_requests_total{code="OK",method="EmbedStream",service="Embed"}"#,
+            r#"clip_requests_total{code="OK",interface="grpc",method="EmbedStream",service="Embed"}"#,
         );
     }
     assert_eq!(stream_ok, Some(1.0));

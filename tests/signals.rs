@@ -250,3 +250,44 @@ async fn a_signal_with_nothing_in_flight_exits_zero_at_once() {
         "an idle server does not wait out its grace period"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_api_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "key-a\n").unwrap();
+    let keys_arg = keys.display().to_string();
+    let mut server = spawn_server(&["--api-key-file", &keys_arg]);
+    server.wait_for_log("SERVING");
+    let embed = client(server.grpc).await;
+    let call = |key: &'static str| {
+        let mut embed = embed.clone();
+        async move {
+            let mut request = tonic::Request::new(pb::EmbedTextsRequest {
+                texts: vec!["a".into()],
+            });
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {key}").parse().expect("metadata"),
+            );
+            embed
+                .embed_texts(request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }
+    };
+    assert_eq!(call("key-a").await, Ok(()));
+    assert_eq!(call("key-b").await, Err(Code::Unauthenticated));
+    std::fs::write(&keys, "# rotated\nkey-b\n").unwrap();
+    server.signal("-HUP");
+    let logs = server.wait_for_log("API key file reloaded");
+    assert!(
+        logs.iter().all(|l| !l.contains("key-b")),
+        "keys are never logged"
+    );
+    assert_eq!(call("key-b").await, Ok(()));
+    assert_eq!(call("key-a").await, Err(Code::Unauthenticated));
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+}

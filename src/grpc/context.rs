@@ -170,7 +170,7 @@ mod tests {
             id
         );
         assert!(m.render().contains(
-            r#"clip_requests_total{code="INVALID_ARGUMENT",method="EmbedImages",service="Embed"} 1"#
+            r#"clip_requests_total{code="INVALID_ARGUMENT",interface="grpc",method="EmbedImages",service="Embed"} 1"#
         ));
     }
 

@@ -4,7 +4,11 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    Request, Status,
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::{
@@ -16,7 +20,30 @@ use super::{
         self, classify_server::ClassifyServer, embed_server::EmbedServer, info_server::InfoServer,
     },
 };
-use crate::{classify::ClassifyService, service::EmbedService};
+use crate::{auth::ApiKeys, classify::ClassifyService, service::EmbedService, tls::TlsFiles};
+
+/// What secures the endpoint.
+pub struct Security {
+    pub keys: ApiKeys,
+    /// Reflection answers without a key.
+    pub public_reflection: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+/// The API-key check, as a tonic interceptor on every service but health (and reflection when
+/// it is public). The key is `authorization: Bearer KEY` metadata.
+fn auth(keys: ApiKeys) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match keys.check(presented) {
+            Ok(()) => Ok(request),
+            Err(e) => Err(Status::unauthenticated(e.to_string())),
+        }
+    }
+}
 
 /// Concurrent HTTP/2 streams (calls) per client connection. tonic passes no limit to hyper unless
 /// told, which lifts hyper's own default of 200.
@@ -50,6 +77,7 @@ pub async fn endpoint(
     service: EmbedService,
     classify: ClassifyService,
     max_message_bytes: usize,
+    security: Security,
 ) -> anyhow::Result<(Endpoint, Health)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health(reporter);
@@ -71,14 +99,31 @@ pub async fn endpoint(
         .max_encoding_message_size(max_message_bytes);
     let info = InfoServer::new(InfoApi::new(service));
 
-    let router = Server::builder()
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(embed)
-        .add_service(classify)
-        .add_service(info);
+    let check = auth(security.keys.clone());
+    let mut builder = Server::builder().max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+    if let Some(tls) = &security.tls {
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let router = if security.public_reflection {
+        builder
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+    } else {
+        builder
+            .add_service(health_service)
+            .add_service(InterceptedService::new(reflection_v1, check.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, check.clone()))
+    };
+    let router = router
+        .add_service(InterceptedService::new(embed, check.clone()))
+        .add_service(InterceptedService::new(classify, check.clone()))
+        .add_service(InterceptedService::new(info, check));
     Ok((Endpoint { router }, health))
 }
 

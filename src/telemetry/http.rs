@@ -1,8 +1,9 @@
 //! The HTTP listener (`--http-addr`): `/metrics` (Prometheus text format), `/healthz` (the process
-//! is up) and `/readyz` (the model is warmed up and the server is not shutting down). Kubernetes
-//! probes and Prometheus scrapers speak HTTP; gRPC health checking is on the gRPC port as well.
+//! is up) and `/readyz` (the model is warmed up and the server is not shutting down) — open to all,
+//! as probes and scrapers expect — plus the OpenAI-compatible `/v1` routes (`crate::openai`), which
+//! need an API key when keys are configured. Plain HTTP/1.1, or TLS with `--tls-cert`.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use axum::{
     Router,
@@ -16,23 +17,45 @@ use tokio::net::TcpListener;
 use crate::service::EmbedService;
 
 /// The routes, for serving and for tests.
-pub fn router(service: EmbedService) -> Router {
+pub fn router(
+    service: EmbedService,
+    openai: crate::openai::OpenAi,
+    max_body_bytes: usize,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(service)
+        .merge(crate::openai::routes(openai, max_body_bytes))
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; with `tls`, HTTPS only.
 pub async fn serve(
     listener: TcpListener,
-    service: EmbedService,
+    router: Router,
+    tls: Option<&crate::tls::TlsFiles>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let config = tls.rustls_config().map_err(std::io::Error::other)?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    axum_server::from_tcp_rustls(
+        listener.into_std()?,
+        axum_server::tls_rustls::RustlsConfig::from_config(config),
+    )
+    .handle(handle)
+    .serve(router.into_make_service())
+    .await
 }
 
 async fn metrics(State(service): State<EmbedService>) -> impl IntoResponse {

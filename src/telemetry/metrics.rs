@@ -129,17 +129,18 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "clip_requests_total",
-                "gRPC calls finished, by service, method and status code",
+                "Calls finished, by interface (grpc, http), service, method and gRPC status code \
+                 (HTTP calls use the code of the same failure on gRPC)",
             ),
-            &["service", "method", "code"],
+            &["interface", "service", "method", "code"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "clip_request_duration_seconds",
-                "Time from receiving a call to its reply, by service and method",
+                "Time from receiving a call to its reply, by interface, service and method",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["service", "method"],
+            &["interface", "service", "method"],
         )?;
         let requests_in_flight = IntGauge::new(
             "clip_requests_in_flight",
@@ -252,13 +253,25 @@ impl Metrics {
         self.classify.clone()
     }
 
-    /// Records a finished call.
+    /// Records a finished gRPC call.
     pub fn observe_call(&self, service: &str, method: &str, code: &str, seconds: f64) {
+        self.observe_call_on("grpc", service, method, code, seconds);
+    }
+
+    /// Records a finished call on `interface` (`grpc` or `http`).
+    pub fn observe_call_on(
+        &self,
+        interface: &str,
+        service: &str,
+        method: &str,
+        code: &str,
+        seconds: f64,
+    ) {
         self.requests
-            .with_label_values(&[service, method, code])
+            .with_label_values(&[interface, service, method, code])
             .inc();
         self.request_duration
-            .with_label_values(&[service, method])
+            .with_label_values(&[interface, service, method])
             .observe(seconds);
     }
 
@@ -301,11 +314,11 @@ mod tests {
         metrics.set_model_info("ViT-B-32", "random-init", "cpu", "1.32.0");
         let text = metrics.render();
         for line in [
-            r#"clip_requests_total{code="OK",method="EmbedTexts",service="Embed"} 1"#,
+            r#"clip_requests_total{code="OK",interface="grpc",method="EmbedTexts",service="Embed"} 1"#,
             r#"clip_rows_dropped_total{modality="text",reason="deadline"} 3"#,
             r#"clip_batch_size_rows_count{modality="image"} 1"#,
             r#"clip_model_info{model="ViT-B-32",onnxruntime="1.32.0",provider="cpu",weights="random-init"} 1"#,
-            r#"clip_request_duration_seconds_bucket{method="EmbedTexts",service="Embed",le="0.025"} 1"#,
+            r#"clip_request_duration_seconds_bucket{interface="grpc",method="EmbedTexts",service="Embed",le="0.025"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""The official `openai` Python SDK against a running clip-serve (started by scripts/openai_sdk_test.sh):
+
+- text embeddings from `client.embeddings.create` (the SDK's default base64 transfer, and `float`) equal
+  the gRPC EmbedTexts vectors for the same texts (read with grpcurl), and `usage` counts their tokens;
+- image embeddings (`extra_body={"modality": "image"}`, data: URIs) equal gRPC EmbedImages;
+- a wrong key is refused on both interfaces (openai.AuthenticationError / gRPC Unauthenticated);
+- `client.models.list()` lists the served model.
+Exits non-zero with a message on the first mismatch.
+"""
+
+import argparse
+import base64
+import json
+import struct
+import subprocess
+import sys
+
+import openai
+
+
+def grpc(args, method, body, key):
+    out = subprocess.run(
+        [args.grpcurl, "-plaintext", "-H", f"authorization: Bearer {key}", "-d", json.dumps(body),
+         args.grpc, method],
+        capture_output=True, text=True)
+    return out
+
+
+def floats(embedding):
+    """The SDK decodes base64 itself when it chose the format; asked for explicitly, it hands the string on."""
+    if isinstance(embedding, str):
+        raw = base64.b64decode(embedding)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return embedding
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--http", required=True, help="http://127.0.0.1:PORT")
+    ap.add_argument("--grpc", required=True, help="127.0.0.1:PORT")
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--grpcurl", required=True)
+    ap.add_argument("--image", required=True)
+    args = ap.parse_args()
+
+    client = openai.OpenAI(base_url=args.http + "/v1", api_key=args.key, max_retries=0)
+    models = [m.id for m in client.models.list()]
+    assert len(models) == 1, models
+    model = models[0]
+
+    texts = ["a photo of a cat", "a diagram of an engine", "Ünïcode & <b>html</b>"]
+    ref = grpc(args, "clip.v1.Embed/EmbedTexts", {"texts": texts}, args.key)
+    assert ref.returncode == 0, ref.stderr
+    ref = json.loads(ref.stdout)["embeddings"]
+    for fmt in ("base64", "float"):
+        resp = client.embeddings.create(model=model, input=texts, encoding_format=fmt)
+        assert len(resp.data) == len(texts), resp
+        for i, (d, r) in enumerate(zip(resp.data, ref)):
+            assert d.index == i, d.index
+            got = floats(d.embedding)
+            diff = max(abs(a - b) for a, b in zip(got, r["values"]))
+            assert len(got) == len(r["values"]) and diff < 1e-6, (fmt, i, diff)
+        tokens = sum(int(r.get("tokenCount", 0)) for r in ref)
+        assert resp.usage.prompt_tokens == tokens and resp.usage.total_tokens == tokens, resp.usage
+    # The SDK's default (no encoding_format) works too.
+    one = client.embeddings.create(model=model, input=texts[0]).data[0].embedding
+    assert max(abs(a - b) for a, b in zip(one, ref[0]["values"])) < 1e-6
+
+    image = open(args.image, "rb").read()
+    ref = grpc(args, "clip.v1.Embed/EmbedImages", {"images": [base64.b64encode(image).decode()]}, args.key)
+    assert ref.returncode == 0, ref.stderr
+    ref = json.loads(ref.stdout)["embeddings"][0]["values"]
+    uri = "data:image/jpeg;base64," + base64.b64encode(image).decode()
+    got = client.embeddings.create(model=model, input=[uri], extra_body={"modality": "image"}).data[0].embedding
+    assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-6
+
+    bad = openai.OpenAI(base_url=args.http + "/v1", api_key="not-the-key", max_retries=0)
+    try:
+        bad.embeddings.create(model=model, input="a")
+        raise AssertionError("a wrong key was accepted over HTTP")
+    except openai.AuthenticationError:
+        pass
+    refused = grpc(args, "clip.v1.Embed/EmbedTexts", {"texts": ["a"]}, "not-the-key")
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+
+    try:
+        client.embeddings.create(model=model, input="a", dimensions=8)
+        raise AssertionError("dimensions=8 was accepted")
+    except openai.BadRequestError as e:
+        assert "dimensions" in str(e), e
+    print(f"openai {openai.__version__}: embeddings equal gRPC's for {len(texts)} texts and an image; "
+          "wrong keys refused on both interfaces")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
