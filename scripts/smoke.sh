@@ -42,7 +42,7 @@ done
 grep -q '"SERVING"' <<<"${out:-}" || fail "server never reported SERVING"
 
 services="$(call "$ADDR" list)"
-for s in clip.v1.Embed clip.v1.Classify clip.v1.Info grpc.health.v1.Health; do
+for s in clip.v1.Embed clip.v1.Classify clip.v1.Retrieve clip.v1.Info grpc.health.v1.Health; do
   grep -qx "$s" <<<"$services" || fail "reflection does not list $s: $services"
 done
 call "$ADDR" describe clip.v1.Embed | grep -q 'rpc EmbedStream' || fail "describe clip.v1.Embed"
@@ -88,6 +88,11 @@ assert len(r) == 1 and len(r[0]["scores"]) == 2, r
 assert {s["label"] for s in r[0]["scores"]} <= {"cat", "dog", "car"}, r
 ' <<<"$classified" || fail "Classify: $classified"
 call "$ADDR" clip.v1.Classify/ListLabelSets | grep -q '"name": "imagenet-1k"' || fail "ListLabelSets"
+call -d '{"name":"smoke"}' "$ADDR" clip.v1.Retrieve/CreateCollection >/dev/null || fail "CreateCollection"
+call -d '{"collection":"smoke","items":[{"id":"a","text":"a photo of a cat"},{"id":"b","text":"a diagram"}]}' \
+  "$ADDR" clip.v1.Retrieve/Upsert >/dev/null || fail "Upsert"
+hits="$(call -d '{"collection":"smoke","query":{"text":"a photo of a cat"},"topK":1}' "$ADDR" clip.v1.Retrieve/Search)"
+grep -q '"id": "a"' <<<"$hits" || fail "Search: $hits"
 
 # The HTTP side: readiness and Prometheus metrics.
 python3 - "$HTTP" <<'PY' || fail "HTTP /readyz or /metrics"

@@ -165,6 +165,27 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_LABEL_SETS", default_value_t = 100)]
     pub max_label_sets: u32,
 
+    /// Most results a Search may ask for.
+    #[arg(long, env = "CLIP_SERVE_MAX_TOP_K", default_value_t = 1000)]
+    pub max_top_k: u32,
+
+    /// Most items in one Upsert (and ids in one Delete or GetItems, candidates in one Rank). Texts
+    /// and images among them also count against --max-items-per-request.
+    #[arg(long, env = "CLIP_SERVE_MAX_UPSERT_ITEMS", default_value_t = 1000)]
+    pub max_upsert_items: u32,
+
+    /// Most collections.
+    #[arg(long, env = "CLIP_SERVE_MAX_COLLECTIONS", default_value_t = 100)]
+    pub max_collections: u32,
+
+    /// Longest item id, in bytes.
+    #[arg(long, env = "CLIP_SERVE_MAX_ID_BYTES", default_value_t = 256)]
+    pub max_id_bytes: u32,
+
+    /// Most bytes of metadata keys and values per item (and per search filter).
+    #[arg(long, env = "CLIP_SERVE_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
+    pub max_metadata_bytes: u32,
+
     /// Size of the text-embedding cache that spares repeated inline labels, in bytes (0: off).
     #[arg(long, env = "CLIP_SERVE_TEXT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub text_cache_bytes: u64,
@@ -236,6 +257,7 @@ pub struct Config {
     pub batch: crate::batch::BatcherConfig,
     pub data_dir: PathBuf,
     pub classify: crate::classify::ClassifyConfig,
+    pub retrieve: crate::retrieve::RetrieveConfig,
     pub apply_exif_orientation: bool,
     pub skip_warmup: bool,
     pub shutdown_grace: Duration,
@@ -339,6 +361,14 @@ impl ServeArgs {
                 self.provider.as_str()
             ));
         }
+        let retrieve = crate::retrieve::RetrieveConfig {
+            max_top_k: to_usize("max-top-k", self.max_top_k.into())?,
+            max_upsert_items: to_usize("max-upsert-items", self.max_upsert_items.into())?,
+            max_collections: to_usize("max-collections", self.max_collections.into())?,
+            max_id_bytes: to_usize("max-id-bytes", self.max_id_bytes.into())?,
+            max_metadata_bytes: to_usize("max-metadata-bytes", self.max_metadata_bytes.into())?,
+            search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        };
         let intra_op_threads = match self.intra_op_threads {
             Some(n) => n.get(),
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
@@ -363,6 +393,7 @@ impl ServeArgs {
             batch,
             data_dir: self.data_dir,
             classify,
+            retrieve,
             apply_exif_orientation: self.apply_exif_orientation,
             skip_warmup: self.skip_warmup,
             shutdown_grace: self.shutdown_grace,

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod model;
 pub mod openai;
 pub mod preprocess;
+pub mod retrieve;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -123,9 +123,18 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         config.classify,
         classify_metrics,
     )?;
+    let retrieve = {
+        let (embed, dir, cfg) = (service.clone(), config.data_dir.clone(), config.retrieve);
+        tokio::task::spawn_blocking(move || {
+            crate::retrieve::RetrieveService::open(embed, &dir, cfg)
+        })
+        .await
+        .context("loading collections")??
+    };
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
+        retrieve,
         config.limits.max_message_bytes,
         grpc::transport::Security {
             keys: keys.clone(),

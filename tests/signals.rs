@@ -32,12 +32,16 @@ impl Drop for ChildServer {
 
 /// Starts `clip-serve serve` on ephemeral ports and reads the addresses from its JSON logs.
 fn spawn_server(extra: &[&str]) -> ChildServer {
+    spawn_server_in(&fresh_data_dir(), extra)
+}
+
+fn spawn_server_in(data_dir: &std::path::Path, extra: &[&str]) -> ChildServer {
     let mut child = Command::new(env!("CARGO_BIN_EXE_clip-serve"))
         .arg("serve")
         .arg("--model-dir")
         .arg(tiny_model())
         .arg("--data-dir")
-        .arg(fresh_data_dir())
+        .arg(data_dir)
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
@@ -288,6 +292,135 @@ async fn sighup_reloads_the_api_key_file() {
     );
     assert_eq!(call("key-b").await, Ok(()));
     assert_eq!(call("key-a").await, Err(Code::Unauthenticated));
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// The vector and metadata of a crash-test item, from its id alone.
+fn crash_item(id: &str) -> (Vec<f32>, std::collections::HashMap<String, String>) {
+    let mut x = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let vector = (0..32)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 10_007) as f32 / 1000.0 - 5.0
+        })
+        .collect();
+    let metadata = [
+        ("id".to_string(), id.to_string()),
+        ("len".to_string(), id.len().to_string()),
+    ]
+    .into();
+    (vector, metadata)
+}
+
+async fn verify_present(addr: SocketAddr, acknowledged: &[String]) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut retrieve =
+        pb::retrieve_client::RetrieveClient::new(channel).max_decoding_message_size(64 << 20);
+    for chunk in acknowledged.chunks(500) {
+        let got = retrieve
+            .get_items(pb::GetItemsRequest {
+                collection: "crash".into(),
+                ids: chunk.to_vec(),
+            })
+            .await
+            .expect("get items")
+            .into_inner();
+        assert!(
+            got.missing.is_empty(),
+            "acknowledged ids lost: {:?}",
+            got.missing
+        );
+        for item in got.items {
+            let (vector, metadata) = crash_item(&item.id);
+            assert_eq!(
+                item.vector.unwrap().values,
+                vector,
+                "{}: vector changed",
+                item.id
+            );
+            assert_eq!(item.metadata, metadata, "{}: metadata changed", item.id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_upserts_survive_sigkill_at_any_moment() {
+    let data = fresh_data_dir();
+    let mut acknowledged: Vec<String> = Vec::new();
+    // Kill points spread over the write loop; each restart must come up cleanly with every
+    // acknowledged item intact.
+    for (round, kill_after_ms) in [150u64, 420, 777, 1200].into_iter().enumerate() {
+        let mut server = spawn_server_in(&data, &[]);
+        server.wait_for_log("SERVING");
+        verify_present(server.grpc, &acknowledged).await;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut retrieve = pb::retrieve_client::RetrieveClient::new(channel);
+        if round == 0 {
+            retrieve
+                .create_collection(pb::CreateCollectionRequest {
+                    name: "crash".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("create");
+        }
+        let pid = server.child.id();
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        });
+        for batch in 0.. {
+            let ids: Vec<String> = (0..7).map(|i| format!("r{round}-b{batch}-i{i}")).collect();
+            let items = ids
+                .iter()
+                .map(|id| {
+                    let (vector, metadata) = crash_item(id);
+                    pb::Item {
+                        id: id.clone(),
+                        content: Some(pb::item::Content::Vector(pb::Vector { values: vector })),
+                        metadata,
+                    }
+                })
+                .collect();
+            let reply = retrieve
+                .upsert(pb::UpsertRequest {
+                    collection: "crash".into(),
+                    items,
+                    model: String::new(),
+                })
+                .await;
+            match reply {
+                Ok(_) => acknowledged.extend(ids),
+                Err(_) => break, // killed
+            }
+        }
+        killer.await.unwrap();
+        let status = server.wait_exit(Duration::from_secs(10));
+        assert!(!status.success(), "killed, not exited");
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "the test wrote too little to mean much: {}",
+        acknowledged.len()
+    );
+    let mut server = spawn_server_in(&data, &[]);
+    server.wait_for_log("SERVING");
+    verify_present(server.grpc, &acknowledged).await;
     server.signal("-TERM");
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 }

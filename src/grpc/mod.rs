@@ -7,6 +7,7 @@ pub mod classify;
 pub mod context;
 pub mod embed;
 pub mod info;
+pub mod retrieve;
 pub mod status;
 pub mod transport;
 
@@ -21,4 +22,9 @@ pub mod pb {
 }
 
 /// Fully qualified service names, as health checking and reflection know them.
-pub const SERVICE_NAMES: [&str; 3] = ["clip.v1.Embed", "clip.v1.Info", "clip.v1.Classify"];
+pub const SERVICE_NAMES: [&str; 4] = [
+    "clip.v1.Embed",
+    "clip.v1.Info",
+    "clip.v1.Classify",
+    "clip.v1.Retrieve",
+];

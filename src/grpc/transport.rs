@@ -18,7 +18,9 @@ use super::{
     info::InfoApi,
     pb::{
         self, classify_server::ClassifyServer, embed_server::EmbedServer, info_server::InfoServer,
+        retrieve_server::RetrieveServer,
     },
+    retrieve::RetrieveApi,
 };
 use crate::{auth::ApiKeys, classify::ClassifyService, service::EmbedService, tls::TlsFiles};
 
@@ -76,6 +78,7 @@ pub struct Endpoint {
 pub async fn endpoint(
     service: EmbedService,
     classify: ClassifyService,
+    retrieve: crate::retrieve::RetrieveService,
     max_message_bytes: usize,
     security: Security,
 ) -> anyhow::Result<(Endpoint, Health)> {
@@ -95,6 +98,9 @@ pub async fn endpoint(
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let classify = ClassifyServer::new(ClassifyApi::new(service.clone(), classify))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let retrieve = RetrieveServer::new(RetrieveApi::new(service.clone(), retrieve))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let info = InfoServer::new(InfoApi::new(service));
@@ -123,6 +129,7 @@ pub async fn endpoint(
     let router = router
         .add_service(InterceptedService::new(embed, check.clone()))
         .add_service(InterceptedService::new(classify, check.clone()))
+        .add_service(InterceptedService::new(retrieve, check.clone()))
         .add_service(InterceptedService::new(info, check));
     Ok((Endpoint { router }, health))
 }

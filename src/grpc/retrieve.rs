@@ -1,0 +1,289 @@
+//! `clip.v1.Retrieve`: ranking and collections.
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::{
+    context::CallContext,
+    embed::deadline_of,
+    pb::{self, retrieve_server::Retrieve},
+};
+use crate::{
+    ServiceError,
+    retrieve::{CollectionInfo, Content, ItemInput, RetrieveService, SearchInput},
+    service::{Admission, EmbedService},
+};
+
+const SERVICE: &str = "Retrieve";
+
+pub struct RetrieveApi {
+    embed: EmbedService,
+    retrieve: RetrieveService,
+}
+
+impl RetrieveApi {
+    pub fn new(embed: EmbedService, retrieve: RetrieveService) -> Self {
+        RetrieveApi { embed, retrieve }
+    }
+
+    fn context<T>(&self, method: &'static str, request: &Request<T>) -> CallContext {
+        CallContext::begin(self.embed.metrics(), SERVICE, method, request.metadata())
+    }
+}
+
+fn content(query: Option<pb::Query>) -> Option<Content> {
+    match query?.query? {
+        pb::query::Query::Text(t) => Some(Content::Text(t)),
+        pb::query::Query::Image(b) => Some(Content::Image(b)),
+        pb::query::Query::Vector(v) => Some(Content::Vector(v.values)),
+    }
+}
+
+fn collection(c: CollectionInfo) -> pb::Collection {
+    pb::Collection {
+        name: c.name,
+        count: c.count as u64,
+        dimension: u32::try_from(c.dimension).unwrap_or(u32::MAX),
+        model: c.model,
+    }
+}
+
+fn to_usize(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+#[tonic::async_trait]
+impl Retrieve for RetrieveApi {
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RankResponse>, Status> {
+        let ctx = self.context("Rank", &request);
+        let result = async {
+            let permit = self.embed.admit(Admission::TryNow).await?;
+            let deadline = deadline_of(request.metadata());
+            let pb::RankRequest {
+                query,
+                candidates,
+                top_k,
+            } = request.into_inner();
+            let candidates = candidates.into_iter().map(|c| content(Some(c))).collect();
+            let ranked = self
+                .retrieve
+                .rank(
+                    content(query),
+                    candidates,
+                    to_usize(top_k),
+                    deadline,
+                    permit,
+                )
+                .await?;
+            Ok(Response::new(pb::RankResponse {
+                results: ranked
+                    .into_iter()
+                    .map(|(index, score)| pb::RankedCandidate {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        score,
+                    })
+                    .collect(),
+            }))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
+    }
+
+    async fn create_collection(
+        &self,
+        request: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::Collection>, Status> {
+        let ctx = self.context("CreateCollection", &request);
+        let result = async {
+            let pb::CreateCollectionRequest {
+                name,
+                dimension,
+                model,
+            } = request.into_inner();
+            let info = self
+                .retrieve
+                .create(name, to_usize(dimension), model)
+                .await?;
+            Ok(Response::new(collection(info)))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
+    }
+
+    async fn get_collection(
+        &self,
+        request: Request<pb::GetCollectionRequest>,
+    ) -> Result<Response<pb::Collection>, Status> {
+        let ctx = self.context("GetCollection", &request);
+        let pb::GetCollectionRequest { name } = request.into_inner();
+        let result = self
+            .retrieve
+            .get(&name)
+            .map(|c| Response::new(collection(c)))
+            .map_err(Status::from);
+        ctx.finish(result)
+    }
+
+    async fn list_collections(
+        &self,
+        request: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let ctx = self.context("ListCollections", &request);
+        let result = Ok(Response::new(pb::ListCollectionsResponse {
+            collections: self.retrieve.list().into_iter().map(collection).collect(),
+        }));
+        ctx.finish(result)
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        let ctx = self.context("DeleteCollection", &request);
+        let result = async {
+            let pb::DeleteCollectionRequest { name } = request.into_inner();
+            self.retrieve.drop_collection(&name).await?;
+            Ok(Response::new(pb::DeleteCollectionResponse {}))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
+    }
+
+    async fn upsert(
+        &self,
+        request: Request<pb::UpsertRequest>,
+    ) -> Result<Response<pb::UpsertResponse>, Status> {
+        let ctx = self.context("Upsert", &request);
+        let result = async {
+            let permit = self.embed.admit(Admission::TryNow).await?;
+            let deadline = deadline_of(request.metadata());
+            let pb::UpsertRequest {
+                collection,
+                items,
+                model,
+            } = request.into_inner();
+            let items = items
+                .into_iter()
+                .map(|i| ItemInput {
+                    id: i.id,
+                    content: i.content.map(|c| match c {
+                        pb::item::Content::Text(t) => Content::Text(t),
+                        pb::item::Content::Image(b) => Content::Image(b),
+                        pb::item::Content::Vector(v) => Content::Vector(v.values),
+                    }),
+                    metadata: i.metadata.into_iter().collect(),
+                })
+                .collect();
+            let (upserted, count) = self
+                .retrieve
+                .upsert(&collection, items, &model, deadline, permit)
+                .await?;
+            Ok(Response::new(pb::UpsertResponse {
+                upserted: u32::try_from(upserted).unwrap_or(u32::MAX),
+                count: count as u64,
+            }))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let ctx = self.context("Delete", &request);
+        let result = async {
+            let pb::DeleteRequest { collection, ids } = request.into_inner();
+            let (deleted, count) = self.retrieve.delete(&collection, ids).await?;
+            Ok(Response::new(pb::DeleteResponse {
+                deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
+                count: count as u64,
+            }))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let ctx = self.context("Search", &request);
+        let result = async {
+            let permit = self.embed.admit(Admission::TryNow).await?;
+            let deadline = deadline_of(request.metadata());
+            let pb::SearchRequest {
+                collection,
+                query,
+                top_k,
+                filter,
+                model,
+            } = request.into_inner();
+            let hits = self
+                .retrieve
+                .search(
+                    &collection,
+                    SearchInput {
+                        query: content(query),
+                        top_k: to_usize(top_k),
+                        filter: filter.into_iter().collect(),
+                        model,
+                    },
+                    deadline,
+                    permit,
+                )
+                .await?;
+            Ok(Response::new(pb::SearchResponse {
+                hits: hits
+                    .into_iter()
+                    .map(|h| pb::Hit {
+                        id: h.id,
+                        score: h.score,
+                        metadata: h
+                            .metadata
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    })
+                    .collect(),
+            }))
+        }
+        .instrument(ctx.span().clone())
+        .await;
+        ctx.finish(result)
+    }
+
+    async fn get_items(
+        &self,
+        request: Request<pb::GetItemsRequest>,
+    ) -> Result<Response<pb::GetItemsResponse>, Status> {
+        let ctx = self.context("GetItems", &request);
+        let result = async {
+            let pb::GetItemsRequest { collection, ids } = request.into_inner();
+            let (items, missing) = self.retrieve.get_items(&collection, ids).await?;
+            Ok::<_, ServiceError>(Response::new(pb::GetItemsResponse {
+                items: items
+                    .into_iter()
+                    .map(|i| pb::StoredItem {
+                        id: i.id,
+                        vector: Some(pb::Vector { values: i.vector }),
+                        metadata: i.metadata.into_iter().collect(),
+                    })
+                    .collect(),
+                missing,
+            }))
+        }
+        .instrument(ctx.span().clone())
+        .await
+        .map_err(Status::from);
+        ctx.finish(result)
+    }
+}

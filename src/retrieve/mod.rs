@@ -1,0 +1,750 @@
+//! Image-text retrieval in domain terms: stateless ranking, and collections (durable in redb,
+//! searched in memory by a [`VectorIndex`]). Writes go to disk first, then to the index, one writer
+//! per collection; searches read the index under a read lock, so they proceed while other writes
+//! are being committed.
+
+pub mod index;
+pub mod store;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, PoisonError, RwLock},
+    time::Instant,
+};
+
+use index::{FlatIndex, Metadata, Scored, VectorIndex};
+use store::{CollectionMeta, Store, StoreError, StoredItem};
+
+use crate::{ServiceError, service::EmbedService};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrieveConfig {
+    pub max_top_k: usize,
+    /// Items per Upsert (and vector candidates per Rank).
+    pub max_upsert_items: usize,
+    pub max_collections: usize,
+    pub max_id_bytes: usize,
+    pub max_metadata_bytes: usize,
+    pub search_threads: usize,
+}
+
+/// A query or candidate or item content.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Text(String),
+    Image(Vec<u8>),
+    Vector(Vec<f32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ItemInput {
+    pub id: String,
+    pub content: Option<Content>,
+    pub metadata: Metadata,
+}
+
+/// A Search, as the protocol layer hands it over.
+#[derive(Debug, Clone)]
+pub struct SearchInput {
+    pub query: Option<Content>,
+    /// 0: the default (10).
+    pub top_k: usize,
+    pub filter: Metadata,
+    /// The model a query vector comes from, if the client says.
+    pub model: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub count: usize,
+    pub dimension: usize,
+    pub model: String,
+}
+
+struct Collection {
+    meta: CollectionMeta,
+    index: RwLock<Box<dyn VectorIndex>>,
+    /// One writer at a time, so disk and index see writes in the same order.
+    writer: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    embed: EmbedService,
+    store: Store,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Serializes creating and deleting collections.
+    admin: tokio::sync::Mutex<()>,
+    config: RetrieveConfig,
+}
+
+#[derive(Clone)]
+pub struct RetrieveService {
+    inner: Arc<Inner>,
+}
+
+fn store_error(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::NoCollection(n) => not_found(&n),
+        StoreError::Exists(n) => {
+            ServiceError::AlreadyExists(format!("collection {n:?} already exists"))
+        }
+        StoreError::Db(e) => {
+            tracing::error!(error = %e, "collection store failed");
+            ServiceError::Internal(
+                "the collection store failed; the server logged the details".into(),
+            )
+        }
+    }
+}
+
+fn not_found(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!(
+        "no collection named {name:?} (ListCollections shows them)"
+    ))
+}
+
+/// Runs blocking storage work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "storage task panicked");
+        Err(ServiceError::Internal(
+            "the collection store failed; the server logged the details".into(),
+        ))
+    })
+}
+
+/// A client's vector: the right dimension, finite, not zero. Returns its normalized copy.
+fn check_vector(field: &str, v: &[f32], dim: usize) -> Result<Vec<f32>, ServiceError> {
+    if v.len() != dim {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{field}: {} values, expected {dim} (the dimension here)",
+            v.len()
+        )));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{field}: value {i} is {} (NaN and infinities are refused)",
+            v[i]
+        )));
+    }
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{field}: the zero vector has no direction to compare"
+        )));
+    }
+    Ok(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
+}
+
+impl RetrieveService {
+    /// Opens `<data_dir>/collections.redb` and loads every collection into memory.
+    pub fn open(
+        embed: EmbedService,
+        data_dir: &std::path::Path,
+        config: RetrieveConfig,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let started = Instant::now();
+        let store = Store::open(&data_dir.join("collections.redb"))?;
+        let mut collections = BTreeMap::new();
+        let mut total = 0;
+        for (meta, items) in store.load_all()? {
+            let mut index = FlatIndex::new(meta.dimension, config.search_threads);
+            for item in items {
+                match check_vector("stored", &item.vector, meta.dimension) {
+                    Ok(unit) => index.upsert(item.id, &unit, Arc::new(item.metadata)),
+                    Err(e) => {
+                        tracing::error!(collection = %meta.name, id = %item.id, error = %e, "skipping an unusable stored item")
+                    }
+                }
+            }
+            total += index.len();
+            collections.insert(
+                meta.name.clone(),
+                Arc::new(Collection {
+                    meta,
+                    index: RwLock::new(Box::new(index)),
+                    writer: tokio::sync::Mutex::new(()),
+                }),
+            );
+        }
+        tracing::info!(
+            collections = collections.len(),
+            items = total,
+            ms = started.elapsed().as_millis() as u64,
+            "collections loaded"
+        );
+        Ok(RetrieveService {
+            inner: Arc::new(Inner {
+                embed,
+                store,
+                collections: RwLock::new(collections),
+                admin: tokio::sync::Mutex::new(()),
+                config,
+            }),
+        })
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
+        self.inner
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// The served model's id (`model_name:pretrained`) and dimension.
+    fn served(&self) -> Result<(String, usize), ServiceError> {
+        let model = self.inner.embed.admitted_model()?;
+        let c = &model.config;
+        let id = match &c.pretrained {
+            Some(tag) => format!("{}:{tag}", c.model_name),
+            None => c.model_name.clone(),
+        };
+        Ok((id, c.embed_dim))
+    }
+
+    /// Embeds contents, in order: texts and images through the batchers, vectors checked and
+    /// normalized. `field` names the items in errors (`candidates`, `items`).
+    async fn vectors(
+        &self,
+        field: &str,
+        contents: Vec<Option<Content>>,
+        dim: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, ServiceError> {
+        let n = contents.len();
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; n];
+        let (mut texts, mut text_at, mut images, mut image_at) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, c) in contents.into_iter().enumerate() {
+            match c {
+                None => {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "{field}[{i}]: set `text`, `image` or `vector`"
+                    )));
+                }
+                Some(Content::Vector(v)) => {
+                    out[i] = Some(check_vector(&format!("{field}[{i}].vector"), &v, dim)?)
+                }
+                Some(Content::Text(t)) => {
+                    texts.push(t);
+                    text_at.push(i);
+                }
+                Some(Content::Image(b)) => {
+                    images.push(b);
+                    image_at.push(i);
+                }
+            }
+        }
+        let max_items = self.inner.embed.limits().max_items_per_request;
+        if texts.len() + images.len() > max_items {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{field}: {} texts and images to embed, over the limit of {max_items} per request (--max-items-per-request); send vectors for more",
+                texts.len() + images.len()
+            )));
+        }
+        let rename = |e: ServiceError, at: &[usize], kind: &str| match e {
+            ServiceError::InvalidArgument(m) => {
+                // `texts[j]: ...` -> `items[i].text: ...`
+                let fixed = at.iter().enumerate().find_map(|(j, &i)| {
+                    m.strip_prefix(&format!("{kind}s[{j}]: "))
+                        .map(|rest| format!("{field}[{i}].{kind}: {rest}"))
+                });
+                ServiceError::InvalidArgument(fixed.unwrap_or(m))
+            }
+            other => other,
+        };
+        if !texts.is_empty() {
+            let embedded = self
+                .inner
+                .embed
+                .encode_texts(texts, deadline)
+                .await
+                .map_err(|e| rename(e, &text_at, "text"))?;
+            for (&i, e) in text_at.iter().zip(embedded.embeddings) {
+                out[i] = Some(e.values);
+            }
+        }
+        if !images.is_empty() {
+            let embedded = self
+                .inner
+                .embed
+                .encode_images(images, deadline)
+                .await
+                .map_err(|e| rename(e, &image_at, "image"))?;
+            for (&i, e) in image_at.iter().zip(embedded.embeddings) {
+                out[i] = Some(e.values);
+            }
+        }
+        out.into_iter()
+            .map(|v| v.ok_or_else(|| ServiceError::Internal("an embedding went missing".into())))
+            .collect()
+    }
+
+    /// The collection's model must be served for texts and images, and a stated model must match.
+    fn check_model(
+        &self,
+        collection: &CollectionMeta,
+        stated: &str,
+        needs_model: bool,
+    ) -> Result<(), ServiceError> {
+        if !stated.is_empty() && stated != collection.model {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "collection {:?} holds vectors of model {:?}, not {stated:?}",
+                collection.name, collection.model
+            )));
+        }
+        if needs_model {
+            let (served, _) = self.served()?;
+            if served != collection.model {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "collection {:?} was built with model {:?}; this server serves {served:?}, so only vectors are accepted",
+                    collection.name, collection.model
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ranks candidates against the query, best first.
+    pub async fn rank(
+        &self,
+        query: Option<Content>,
+        candidates: Vec<Option<Content>>,
+        top_k: usize,
+        deadline: Option<Instant>,
+        permit: crate::service::Permit,
+    ) -> Result<Vec<(usize, f32)>, ServiceError> {
+        let _permit = permit;
+        let (_, dim) = self.served()?;
+        if candidates.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "candidates: none given".into(),
+            ));
+        }
+        if candidates.len() > self.inner.config.max_upsert_items {
+            return Err(ServiceError::InvalidArgument(format!(
+                "candidates: {} candidates, over the limit of {} (--max-upsert-items)",
+                candidates.len(),
+                self.inner.config.max_upsert_items
+            )));
+        }
+        let mut all = vec![query];
+        all.extend(candidates);
+        let mut vectors = self
+            .vectors("candidates", all, dim, deadline)
+            .await
+            .map_err(|e| match e {
+                // The query travelled as element 0.
+                ServiceError::InvalidArgument(m) if m.starts_with("candidates[0]") => {
+                    ServiceError::InvalidArgument(m.replacen("candidates[0]", "query", 1))
+                }
+                ServiceError::InvalidArgument(m) => {
+                    ServiceError::InvalidArgument(shift_index(&m, "candidates"))
+                }
+                other => other,
+            })?;
+        let query = vectors.remove(0);
+        let mut scored: Vec<(usize, f32)> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i, index::dot(&query, v)))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if top_k > 0 {
+            scored.truncate(top_k);
+        }
+        Ok(scored)
+    }
+
+    pub async fn create(
+        &self,
+        name: String,
+        dimension: usize,
+        model: String,
+    ) -> Result<CollectionInfo, ServiceError> {
+        crate::classify::prompts::check_name(&name).map_err(|e| match e {
+            ServiceError::InvalidArgument(m) => {
+                ServiceError::InvalidArgument(m.replace("label set", "collection"))
+            }
+            other => other,
+        })?;
+        let (served_model, served_dim) = {
+            let model = self.inner.embed.loaded_model()?;
+            let c = &model.config;
+            (
+                match &c.pretrained {
+                    Some(tag) => format!("{}:{tag}", c.model_name),
+                    None => c.model_name.clone(),
+                },
+                c.embed_dim,
+            )
+        };
+        let model = if model.is_empty() {
+            served_model.clone()
+        } else {
+            model
+        };
+        let dimension = if dimension == 0 {
+            served_dim
+        } else {
+            dimension
+        };
+        if model == served_model && dimension != served_dim {
+            return Err(ServiceError::InvalidArgument(format!(
+                "dimension {dimension}: model {model:?} makes {served_dim}-dimensional vectors"
+            )));
+        }
+        if dimension > 65_536 {
+            return Err(ServiceError::InvalidArgument(format!(
+                "dimension {dimension} is over 65536"
+            )));
+        }
+        let _admin = self.inner.admin.lock().await;
+        {
+            let collections = self
+                .inner
+                .collections
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if collections.contains_key(&name) {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "collection {name:?} already exists"
+                )));
+            }
+            if collections.len() >= self.inner.config.max_collections {
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "{} collections exist, the limit (--max-collections); delete one first",
+                    collections.len()
+                )));
+            }
+        }
+        let meta = CollectionMeta {
+            name: name.clone(),
+            dimension,
+            model,
+        };
+        let inner = Arc::clone(&self.inner);
+        let stored = meta.clone();
+        blocking(move || inner.store.create(&stored).map_err(store_error)).await?;
+        let index = FlatIndex::new(dimension, self.inner.config.search_threads);
+        self.inner
+            .collections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                name.clone(),
+                Arc::new(Collection {
+                    meta,
+                    index: RwLock::new(Box::new(index)),
+                    writer: tokio::sync::Mutex::new(()),
+                }),
+            );
+        self.get(&name)
+    }
+
+    pub fn get(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
+        Ok(info(self.collection(name)?.as_ref()))
+    }
+
+    pub fn list(&self) -> Vec<CollectionInfo> {
+        self.inner
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| info(c))
+            .collect()
+    }
+
+    pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
+        let _admin = self.inner.admin.lock().await;
+        let collection = self.collection(name)?;
+        let _writer = collection.writer.lock().await;
+        let inner = Arc::clone(&self.inner);
+        let owned = name.to_string();
+        blocking(move || inner.store.drop_collection(&owned).map_err(store_error)).await?;
+        self.inner
+            .collections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        Ok(())
+    }
+
+    fn check_metadata(&self, field: &str, metadata: &Metadata) -> Result<(), ServiceError> {
+        let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let max = self.inner.config.max_metadata_bytes;
+        if bytes > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{field}: {bytes} bytes of keys and values, over the limit of {max} (--max-metadata-bytes)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces items; durable when it returns. Returns (upserted, count).
+    pub async fn upsert(
+        &self,
+        name: &str,
+        items: Vec<ItemInput>,
+        model: &str,
+        deadline: Option<Instant>,
+        permit: crate::service::Permit,
+    ) -> Result<(usize, usize), ServiceError> {
+        let _permit = permit;
+        let collection = self.collection(name)?;
+        let config = &self.inner.config;
+        if items.is_empty() {
+            return Err(ServiceError::InvalidArgument("items: none given".into()));
+        }
+        if items.len() > config.max_upsert_items {
+            return Err(ServiceError::InvalidArgument(format!(
+                "items: {} items, over the limit of {} per Upsert (--max-upsert-items)",
+                items.len(),
+                config.max_upsert_items
+            )));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.id.is_empty() {
+                return Err(ServiceError::invalid_item("items", i, "empty id"));
+            }
+            if item.id.len() > config.max_id_bytes {
+                return Err(ServiceError::invalid_item(
+                    "items",
+                    i,
+                    format!(
+                        "id is {} bytes, over the limit of {}",
+                        item.id.len(),
+                        config.max_id_bytes
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(item.id.as_str(), i) {
+                return Err(ServiceError::invalid_item(
+                    "items",
+                    i,
+                    format!("id {:?} repeats items[{first}]", item.id),
+                ));
+            }
+            self.check_metadata(&format!("items[{i}].metadata"), &item.metadata)?;
+        }
+        let needs_model = items
+            .iter()
+            .any(|i| matches!(i.content, Some(Content::Text(_) | Content::Image(_))));
+        self.check_model(&collection.meta, model, needs_model)?;
+        let (ids, contents, metadata): (Vec<String>, Vec<Option<Content>>, Vec<Metadata>) = items
+            .into_iter()
+            .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, i| {
+                acc.0.push(i.id);
+                acc.1.push(i.content);
+                acc.2.push(i.metadata);
+                acc
+            });
+        // What is stored: client vectors exactly as sent; texts and images as embedded.
+        let raw: Vec<Option<Vec<f32>>> = contents
+            .iter()
+            .map(|c| match c {
+                Some(Content::Vector(v)) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        let units = self
+            .vectors("items", contents, collection.meta.dimension, deadline)
+            .await?;
+        let records: Vec<(String, Vec<f32>, Metadata)> = ids
+            .iter()
+            .zip(&units)
+            .zip(raw)
+            .zip(&metadata)
+            .map(|(((id, unit), raw), md)| {
+                (id.clone(), raw.unwrap_or_else(|| unit.clone()), md.clone())
+            })
+            .collect();
+        let n = records.len();
+        let _writer = collection.writer.lock().await;
+        if self.collection(name).is_err() {
+            return Err(not_found(name));
+        }
+        let inner = Arc::clone(&self.inner);
+        let owned = name.to_string();
+        blocking(move || inner.store.upsert(&owned, &records).map_err(store_error)).await?;
+        let mut index = collection
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((id, unit), md) in ids.into_iter().zip(units).zip(metadata) {
+            index.upsert(id, &unit, Arc::new(md));
+        }
+        Ok((n, index.len()))
+    }
+
+    /// Deletes ids (absent ones are fine); durable when it returns. Returns (deleted, count).
+    pub async fn delete(
+        &self,
+        name: &str,
+        ids: Vec<String>,
+    ) -> Result<(usize, usize), ServiceError> {
+        let collection = self.collection(name)?;
+        if ids.len() > self.inner.config.max_upsert_items {
+            return Err(ServiceError::InvalidArgument(format!(
+                "ids: {} ids, over the limit of {} (--max-upsert-items)",
+                ids.len(),
+                self.inner.config.max_upsert_items
+            )));
+        }
+        let _writer = collection.writer.lock().await;
+        let inner = Arc::clone(&self.inner);
+        let owned = name.to_string();
+        let to_delete = ids.clone();
+        let deleted =
+            blocking(move || inner.store.delete(&owned, &to_delete).map_err(store_error)).await?;
+        let mut index = collection
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for id in &ids {
+            index.delete(id);
+        }
+        Ok((deleted, index.len()))
+    }
+
+    pub async fn search(
+        &self,
+        name: &str,
+        search: SearchInput,
+        deadline: Option<Instant>,
+        permit: crate::service::Permit,
+    ) -> Result<Vec<Scored>, ServiceError> {
+        let SearchInput {
+            query,
+            top_k,
+            filter,
+            model,
+        } = search;
+        let model = model.as_str();
+        let _permit = permit;
+        let collection = self.collection(name)?;
+        let max = self.inner.config.max_top_k;
+        let k = if top_k == 0 { 10 } else { top_k };
+        if k > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "top_k {k} is over the limit of {max} (--max-top-k)"
+            )));
+        }
+        self.check_metadata("filter", &filter)?;
+        let needs_model = matches!(query, Some(Content::Text(_) | Content::Image(_)));
+        self.check_model(&collection.meta, model, needs_model)?;
+        let mut q = self
+            .vectors("query", vec![query], collection.meta.dimension, deadline)
+            .await
+            .map_err(|e| match e {
+                ServiceError::InvalidArgument(m) => {
+                    ServiceError::InvalidArgument(m.replacen("query[0]", "query", 1))
+                }
+                other => other,
+            })?;
+        let query = q.pop().unwrap_or_default();
+        // The scan runs on the blocking pool (it may take both cores for a large collection).
+        tokio::task::spawn_blocking(move || {
+            collection
+                .index
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .search(&query, k, &filter)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "search panicked");
+            ServiceError::Internal("search failed; the server logged the details".into())
+        })
+    }
+
+    /// Items exactly as stored, and the ids that are absent.
+    pub async fn get_items(
+        &self,
+        name: &str,
+        ids: Vec<String>,
+    ) -> Result<(Vec<StoredItem>, Vec<String>), ServiceError> {
+        self.collection(name)?;
+        if ids.len() > self.inner.config.max_upsert_items {
+            return Err(ServiceError::InvalidArgument(format!(
+                "ids: {} ids, over the limit of {} (--max-upsert-items)",
+                ids.len(),
+                self.inner.config.max_upsert_items
+            )));
+        }
+        let inner = Arc::clone(&self.inner);
+        let owned = name.to_string();
+        let wanted = ids.clone();
+        let found = blocking(move || inner.store.get(&owned, &wanted).map_err(store_error)).await?;
+        let mut items = Vec::new();
+        let mut missing = Vec::new();
+        for (id, item) in ids.into_iter().zip(found) {
+            match item {
+                Some(item) => items.push(item),
+                None => missing.push(id),
+            }
+        }
+        Ok((items, missing))
+    }
+}
+
+/// `candidates[3]` in a message about the list with the query in front is `candidates[2]`.
+fn shift_index(message: &str, field: &str) -> String {
+    let prefix = format!("{field}[");
+    let Some(rest) = message.strip_prefix(&prefix) else {
+        return message.to_string();
+    };
+    let Some((num, tail)) = rest.split_once(']') else {
+        return message.to_string();
+    };
+    match num.parse::<usize>() {
+        Ok(n) if n > 0 => format!("{prefix}{}]{tail}", n - 1),
+        _ => message.to_string(),
+    }
+}
+
+fn info(c: &Collection) -> CollectionInfo {
+    CollectionInfo {
+        name: c.meta.name.clone(),
+        count: c.index.read().unwrap_or_else(PoisonError::into_inner).len(),
+        dimension: c.meta.dimension,
+        model: c.meta.model.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_vectors_are_checked_and_normalized() {
+        assert_eq!(check_vector("v", &[3.0, 4.0], 2).unwrap(), vec![0.6, 0.8]);
+        for (bad, needle) in [
+            (vec![1.0], "1 values, expected 2"),
+            (vec![f32::NAN, 1.0], "value 0 is NaN"),
+            (vec![1.0, f32::INFINITY], "value 1 is inf"),
+            (vec![0.0, 0.0], "zero vector"),
+        ] {
+            let e = check_vector("items[4].vector", &bad, 2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("items[4].vector: ") && e.contains(needle),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            shift_index("candidates[3].text: bad", "candidates"),
+            "candidates[2].text: bad"
+        );
+    }
+}

@@ -1,0 +1,506 @@
+//! Retrieve: stateless ranking against the embeddings themselves, collections (upsert, search,
+//! filter, delete, persistence across restarts) and the bad-input table. The SIGKILL crash test is
+//! in tests/signals.rs (it needs a child process).
+
+mod common;
+
+use std::collections::HashMap;
+
+use clip_serve::grpc::pb::{self, retrieve_client::RetrieveClient};
+use common::*;
+use tonic::{Code, transport::Channel};
+
+fn client(server: &TestServer) -> RetrieveClient<Channel> {
+    RetrieveClient::new(server.channel.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn text(t: &str) -> pb::Query {
+    pb::Query {
+        query: Some(pb::query::Query::Text(t.into())),
+    }
+}
+
+fn vector(v: Vec<f32>) -> pb::Query {
+    pb::Query {
+        query: Some(pb::query::Query::Vector(pb::Vector { values: v })),
+    }
+}
+
+fn image(b: Vec<u8>) -> pb::Query {
+    pb::Query {
+        query: Some(pb::query::Query::Image(b)),
+    }
+}
+
+async fn embed_text(server: &TestServer, t: &str) -> Vec<f32> {
+    server
+        .embed()
+        .embed_texts(pb::EmbedTextsRequest {
+            texts: vec![t.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .remove(0)
+        .values
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[tokio::test]
+async fn rank_scores_are_cosines_best_first() {
+    let server = serve(config(&tiny_model())).await;
+    let q = embed_text(&server, "a photo of a cat").await;
+    let texts = ["a diagram", "a photo of a cat", "coffee"];
+    let mut want: Vec<(usize, f32)> = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        want.push((i, dot(&q, &embed_text(&server, t).await)));
+    }
+    let img = std::fs::read(fixtures().join("images/chelsea_baseline_420.jpg")).unwrap();
+    let img_vec = server
+        .embed()
+        .embed_images(pb::EmbedImagesRequest {
+            images: vec![img.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .remove(0)
+        .values;
+    want.push((3, dot(&q, &img_vec)));
+    // A client vector: scaled, so it must be normalized before scoring.
+    want.push((4, dot(&q, &img_vec)));
+    let scaled: Vec<f32> = img_vec.iter().map(|x| x * 7.0).collect();
+    let mut candidates: Vec<pb::Query> = texts.iter().map(|t| text(t)).collect();
+    candidates.push(image(img));
+    candidates.push(vector(scaled));
+    let got = client(&server)
+        .rank(pb::RankRequest {
+            query: Some(text("a photo of a cat")),
+            candidates: candidates.clone(),
+            top_k: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0].index, 1, "the identical text ranks first");
+    assert!((got[0].score - 1.0).abs() < 1e-5);
+    for r in &got {
+        let w = want[r.index as usize].1;
+        assert!(
+            (r.score - w).abs() < 1e-5,
+            "candidate {}: {} vs {w}",
+            r.index,
+            r.score
+        );
+    }
+    assert!(got.windows(2).all(|p| p[0].score >= p[1].score));
+    let top = client(&server)
+        .rank(pb::RankRequest {
+            query: Some(text("a photo of a cat")),
+            candidates,
+            top_k: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(top[..], got[..2]);
+}
+
+#[tokio::test]
+async fn collections_store_search_filter_delete_and_survive_a_restart() {
+    let cfg = config(&tiny_model());
+    let server = serve(cfg.clone()).await;
+    let mut c = client(&server);
+    let created = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "photos".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.dimension, 32);
+    assert_eq!(created.model, "ViT-B-32-tiny-test");
+    let dim = created.dimension as usize;
+    let exact: Vec<f32> = (0..dim).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let md = |kind: &str| HashMap::from([("kind".to_string(), kind.to_string())]);
+    let item = |id: &str, content: pb::item::Content, kind: &str| pb::Item {
+        id: id.into(),
+        content: Some(content),
+        metadata: md(kind),
+    };
+    let img = std::fs::read(fixtures().join("images/chelsea_baseline_420.jpg")).unwrap();
+    let up = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            items: vec![
+                item(
+                    "cat-text",
+                    pb::item::Content::Text("a photo of a cat".into()),
+                    "text",
+                ),
+                item(
+                    "diagram",
+                    pb::item::Content::Text("a diagram".into()),
+                    "text",
+                ),
+                item("chelsea", pb::item::Content::Image(img), "image"),
+                item(
+                    "raw",
+                    pb::item::Content::Vector(pb::Vector {
+                        values: exact.clone(),
+                    }),
+                    "vector",
+                ),
+            ],
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((up.upserted, up.count), (4, 4));
+    let search = |q: pb::Query, filter: HashMap<String, String>, top_k: u32| pb::SearchRequest {
+        collection: "photos".into(),
+        query: Some(q),
+        top_k,
+        filter,
+        model: String::new(),
+    };
+    let hits = c
+        .search(search(text("a photo of a cat"), HashMap::new(), 10))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 4);
+    assert_eq!(hits[0].id, "cat-text");
+    assert!((hits[0].score - 1.0).abs() < 1e-5);
+    assert_eq!(hits[0].metadata["kind"], "text");
+    let vectors_only = c
+        .search(search(vector(exact.clone()), md("vector"), 10))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(vectors_only.len(), 1);
+    assert_eq!(vectors_only[0].id, "raw");
+    // Replace an id: the count stays, the content changes.
+    let up = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            items: vec![item(
+                "diagram",
+                pb::item::Content::Text("a photo of a cat".into()),
+                "text2",
+            )],
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.count, 4);
+    let del = c
+        .delete(pb::DeleteRequest {
+            collection: "photos".into(),
+            ids: vec!["cat-text".into(), "never-there".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((del.deleted, del.count), (1, 3));
+    server.server.shutdown().await.unwrap();
+
+    let server = serve(cfg).await;
+    let mut c = client(&server);
+    let info = c
+        .get_collection(pb::GetCollectionRequest {
+            name: "photos".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.count, 3);
+    let hits = c
+        .search(search(text("a photo of a cat"), HashMap::new(), 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(
+        hits[0].id, "diagram",
+        "the replacement survived the restart"
+    );
+    assert_eq!(hits[0].metadata["kind"], "text2");
+    let items = c
+        .get_items(pb::GetItemsRequest {
+            collection: "photos".into(),
+            ids: vec!["raw".into(), "cat-text".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(items.items.len(), 1);
+    assert_eq!(
+        items.items[0].vector.as_ref().unwrap().values,
+        exact,
+        "stored exactly as sent"
+    );
+    assert_eq!(items.missing, vec!["cat-text".to_string()]);
+    let listed = c
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .collections;
+    assert_eq!(listed.len(), 1);
+    c.delete_collection(pb::DeleteCollectionRequest {
+        name: "photos".into(),
+    })
+    .await
+    .unwrap();
+    let gone = c
+        .get_collection(pb::GetCollectionRequest {
+            name: "photos".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn bad_retrieve_requests_get_clear_errors() {
+    let mut cfg = config(&tiny_model());
+    cfg.retrieve.max_upsert_items = 3;
+    cfg.retrieve.max_top_k = 5;
+    cfg.retrieve.max_metadata_bytes = 20;
+    let server = serve(cfg).await;
+    let mut c = client(&server);
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "c".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "other-model".into(),
+        dimension: 4,
+        model: "some-other-model".into(),
+    })
+    .await
+    .unwrap();
+    let v = |n: usize, x: f32| pb::item::Content::Vector(pb::Vector { values: vec![x; n] });
+    let item = |id: &str, content: Option<pb::item::Content>| pb::Item {
+        id: id.into(),
+        content,
+        metadata: HashMap::new(),
+    };
+    let upsert = |collection: &str, items: Vec<pb::Item>| pb::UpsertRequest {
+        collection: collection.into(),
+        items,
+        model: String::new(),
+    };
+    let cases: Vec<(&str, pb::UpsertRequest, Code, &str)> = vec![
+        (
+            "wrong dimension",
+            upsert("c", vec![item("a", Some(v(31, 1.0)))]),
+            Code::InvalidArgument,
+            "items[0].vector: 31 values, expected 32",
+        ),
+        (
+            "NaN",
+            upsert(
+                "c",
+                vec![
+                    item("a", Some(v(32, 1.0))),
+                    item("b", Some(v(32, f32::NAN))),
+                ],
+            ),
+            Code::InvalidArgument,
+            "items[1].vector: value 0 is NaN",
+        ),
+        (
+            "infinity",
+            upsert("c", vec![item("a", Some(v(32, f32::INFINITY)))]),
+            Code::InvalidArgument,
+            "inf",
+        ),
+        (
+            "zero vector",
+            upsert("c", vec![item("a", Some(v(32, 0.0)))]),
+            Code::InvalidArgument,
+            "zero vector",
+        ),
+        (
+            "empty id",
+            upsert("c", vec![item("", Some(v(32, 1.0)))]),
+            Code::InvalidArgument,
+            "items[0]: empty id",
+        ),
+        (
+            "long id",
+            upsert("c", vec![item(&"x".repeat(257), Some(v(32, 1.0)))]),
+            Code::InvalidArgument,
+            "over the limit of 256",
+        ),
+        (
+            "duplicate ids",
+            upsert(
+                "c",
+                vec![item("a", Some(v(32, 1.0))), item("a", Some(v(32, 1.0)))],
+            ),
+            Code::InvalidArgument,
+            "items[1]: id \"a\" repeats items[0]",
+        ),
+        (
+            "no content",
+            upsert("c", vec![item("a", None)]),
+            Code::InvalidArgument,
+            "items[0]: set `text`, `image` or `vector`",
+        ),
+        (
+            "metadata too big",
+            upsert(
+                "c",
+                vec![pb::Item {
+                    metadata: HashMap::from([("k".into(), "v".repeat(30))]),
+                    ..item("a", Some(v(32, 1.0)))
+                }],
+            ),
+            Code::InvalidArgument,
+            "items[0].metadata: 31 bytes",
+        ),
+        (
+            "too many items",
+            upsert(
+                "c",
+                (0..4)
+                    .map(|i| item(&format!("i{i}"), Some(v(32, 1.0))))
+                    .collect(),
+            ),
+            Code::InvalidArgument,
+            "--max-upsert-items",
+        ),
+        (
+            "unknown collection",
+            upsert("nope", vec![item("a", Some(v(32, 1.0)))]),
+            Code::NotFound,
+            "nope",
+        ),
+        (
+            "no items",
+            upsert("c", vec![]),
+            Code::InvalidArgument,
+            "none given",
+        ),
+        (
+            "a text into another model's collection",
+            upsert(
+                "other-model",
+                vec![item("a", Some(pb::item::Content::Text("x".into())))],
+            ),
+            Code::FailedPrecondition,
+            "only vectors",
+        ),
+        (
+            "a bad image names its item",
+            upsert(
+                "c",
+                vec![
+                    item("a", Some(v(32, 1.0))),
+                    item(
+                        "b",
+                        Some(pb::item::Content::Image(b"not an image".to_vec())),
+                    ),
+                ],
+            ),
+            Code::InvalidArgument,
+            "items[1].image:",
+        ),
+    ];
+    for (what, request, code, needle) in cases {
+        let err = c.upsert(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(err.message().contains(needle), "{what}: {}", err.message());
+    }
+    let stated_model = c
+        .upsert(pb::UpsertRequest {
+            model: "yet-another".into(),
+            ..upsert("c", vec![item("a", Some(v(32, 1.0)))])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stated_model.code(), Code::FailedPrecondition);
+    let search = |top_k: u32, q: pb::Query| pb::SearchRequest {
+        collection: "c".into(),
+        query: Some(q),
+        top_k,
+        filter: HashMap::new(),
+        model: String::new(),
+    };
+    let e = c
+        .search(search(6, vector(vec![1.0; 32])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("--max-top-k"), "{}", e.message());
+    let e = c.search(search(1, vector(vec![1.0; 3]))).await.unwrap_err();
+    assert!(
+        e.message().starts_with("query.vector: 3 values"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .search(pb::SearchRequest {
+            collection: "other-model".into(),
+            ..search(1, text("a cat"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    for (name, code) in [
+        ("c", Code::AlreadyExists),
+        ("Bad Name", Code::InvalidArgument),
+    ] {
+        let e = c
+            .create_collection(pb::CreateCollectionRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{name}");
+    }
+    let e = c
+        .delete_collection(pb::DeleteCollectionRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .rank(pb::RankRequest {
+            query: Some(text("a")),
+            candidates: vec![text("b"), pb::Query { query: None }],
+            top_k: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("candidates[1]:"), "{}", e.message());
+    // Nothing half-written: the collection is still empty and usable.
+    let ok = c
+        .upsert(upsert("c", vec![item("fine", Some(v(32, 1.0)))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.count, 1);
+}
