@@ -150,52 +150,56 @@ impl Store {
         txn.commit().map_err(db)
     }
 
+    /// Runs `f` on the collection's item table inside one write transaction, committed (and
+    /// fsynced) only when `f` succeeds; an unknown collection is refused, never created.
+    fn write_items<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let out = {
+            let collections = txn.open_table(COLLECTIONS).map_err(db)?;
+            if collections.get(name).map_err(db)?.is_none() {
+                return Err(StoreError::NoCollection(name.to_string()));
+            }
+            let table_name = items_table(name);
+            let mut table = txn
+                .open_table(TableDefinition::<&str, &[u8]>::new(&table_name))
+                .map_err(db)?;
+            f(&mut table)?
+        };
+        txn.commit().map_err(db)?;
+        Ok(out)
+    }
+
     /// Inserts or replaces items in one durable transaction.
     pub fn upsert(
         &self,
         name: &str,
         items: &[(String, Vec<f32>, Metadata)],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
-        {
-            let collections = txn.open_table(COLLECTIONS).map_err(db)?;
-            if collections.get(name).map_err(db)?.is_none() {
-                return Err(StoreError::NoCollection(name.to_string()));
-            }
-            let table_name = items_table(name);
-            let mut table = txn
-                .open_table(TableDefinition::<&str, &[u8]>::new(&table_name))
-                .map_err(db)?;
+        self.write_items(name, |table| {
             for (id, vector, metadata) in items {
                 table
                     .insert(id.as_str(), encode(vector, metadata).as_slice())
                     .map_err(db)?;
             }
-        }
-        txn.commit().map_err(db)
+            Ok(())
+        })
     }
 
     /// Deletes ids in one durable transaction; returns how many existed.
     pub fn delete(&self, name: &str, ids: &[String]) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
-        let mut deleted = 0;
-        {
-            let collections = txn.open_table(COLLECTIONS).map_err(db)?;
-            if collections.get(name).map_err(db)?.is_none() {
-                return Err(StoreError::NoCollection(name.to_string()));
-            }
-            let table_name = items_table(name);
-            let mut table = txn
-                .open_table(TableDefinition::<&str, &[u8]>::new(&table_name))
-                .map_err(db)?;
+        self.write_items(name, |table| {
+            let mut deleted = 0;
             for id in ids {
                 if table.remove(id.as_str()).map_err(db)?.is_some() {
                     deleted += 1;
                 }
             }
-        }
-        txn.commit().map_err(db)?;
-        Ok(deleted)
+            Ok(deleted)
+        })
     }
 
     /// Items by id, `None` for the absent ones.
