@@ -634,3 +634,34 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_vectors() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_undecodable_unary_message_is_invalid_argument() {
+    let server = serve(config(&tiny_model())).await;
+    // EmbedImagesRequest's field 1 (bytes) has the wire shape of EmbedTextsRequest's field 1
+    // (string): sent to EmbedTexts, its bytes are a `text` that is not UTF-8.
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<pb::EmbedImagesRequest, pb::EmbedResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/clip.v1.Embed/EmbedTexts");
+    let err = grpc
+        .unary(
+            tonic::Request::new(pb::EmbedImagesRequest {
+                images: vec![vec![b'a', 0xff, 0xfe]],
+            }),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("decode"), "{}", err.message());
+    // The server is unharmed.
+    let ok = server
+        .embed()
+        .embed_texts(pb::EmbedTextsRequest {
+            texts: vec!["a".into()],
+        })
+        .await;
+    assert!(ok.is_ok());
+}

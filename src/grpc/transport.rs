@@ -4,6 +4,7 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 use tonic::{
     Request, Status,
     service::interceptor::InterceptedService,
@@ -70,8 +71,32 @@ impl Health {
 }
 
 /// Everything that answers on the gRPC port, not yet listening.
+/// Rewrites tonic's status for a request message it could not decode (for example a `text` that
+/// is not UTF-8): tonic answers INTERNAL, but the message is the client's, so it is
+/// INVALID_ARGUMENT. Unary errors travel as trailers-only responses, so the status is a header here.
+fn client_decode_errors<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let decode = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("decode%20Protobuf") || m.contains("decode Protobuf"));
+    if internal && decode {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
+type DecodeErrorLayer = tower::util::MapResponseLayer<
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+>;
+
 pub struct Endpoint {
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<DecodeErrorLayer, tower::layer::util::Identity>,
+    >,
 }
 
 /// Builds the endpoint; health starts NOT_SERVING.
@@ -106,7 +131,11 @@ pub async fn endpoint(
     let info = InfoServer::new(InfoApi::new(service));
 
     let check = auth(security.keys.clone());
-    let mut builder = Server::builder().max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+    let fix: fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> =
+        client_decode_errors;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(tower::util::MapResponseLayer::new(fix));
     if let Some(tls) = &security.tls {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
