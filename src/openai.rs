@@ -212,20 +212,13 @@ struct EmbeddingData {
 /// The id `/v1/models` lists and `model` is checked against: `model_name` or
 /// `model_name:pretrained`.
 fn model_ids(service: &EmbedService) -> Result<Vec<String>, ServiceError> {
-    let model = service.loaded_model()?;
-    let name = model.config.model_name.clone();
-    Ok(match &model.config.pretrained {
-        Some(tag) => vec![format!("{name}:{tag}"), name],
-        None => vec![name],
+    let config = &service.loaded_model()?.config;
+    let id = config.model_id();
+    Ok(if id == config.model_name {
+        vec![id]
+    } else {
+        vec![id, config.model_name.clone()]
     })
-}
-
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// Checks the key, runs `handler` in a span with the request id, counts the call, and tags the
@@ -236,7 +229,8 @@ where
 {
     use tracing::Instrument;
     let started = Instant::now();
-    let id = request_id(headers);
+    let id =
+        crate::telemetry::request_id(headers.get("x-request-id").and_then(|v| v.to_str().ok()));
     let span =
         tracing::info_span!("call", request_id = %id, method = %format_args!("OpenAI/{method}"));
     let authorization = headers

@@ -709,7 +709,7 @@ fn batch_error(error: BatchError) -> ServiceError {
 }
 
 /// Runs `what` on the blocking pool; failures and panics are logged and become INTERNAL.
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, ServiceError> {

@@ -579,16 +579,13 @@ impl ClassifyService {
         }
         let store_spec = Arc::clone(&spec);
         let inner = Arc::clone(&self.inner);
-        let saved = tokio::task::spawn_blocking(move || inner.store.save_definition(&store_spec))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = saved {
-            tracing::error!(label_set = %name, error = %e, "could not store a label set");
-            return Err(ServiceError::Internal(
-                "could not store the label set; the server logged the details".into(),
-            ));
-        }
+        crate::service::run_blocking("storing the label set", move || {
+            inner
+                .store
+                .save_definition(&store_spec)
+                .map_err(|e| e.to_string())
+        })
+        .await?;
         self.inner.write_sets().insert(
             name.clone(),
             Entry {
@@ -626,16 +623,10 @@ impl ClassifyService {
         }
         let inner = Arc::clone(&self.inner);
         let owned = name.to_string();
-        let removed = tokio::task::spawn_blocking(move || inner.store.delete(&owned))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = removed {
-            tracing::error!(label_set = %name, error = %e, "could not delete a label set");
-            return Err(ServiceError::Internal(
-                "could not delete the label set; the server logged the details".into(),
-            ));
-        }
+        crate::service::run_blocking("deleting the label set", move || {
+            inner.store.delete(&owned).map_err(|e| e.to_string())
+        })
+        .await?;
         self.inner.write_sets().remove(name);
         self.inner.metrics.forget(name);
         Ok(())
@@ -688,7 +679,7 @@ fn info(entry: &Entry) -> LabelSetInfo {
 /// A label set's definition is valid under this server's limits.
 fn check_spec(spec: &LabelSetSpec, config: &ClassifyConfig) -> Result<(), ServiceError> {
     let limits = &config.prompts;
-    prompts::check_name(&spec.name)?;
+    prompts::check_name("label set", &spec.name)?;
     prompts::check_labels(&spec.labels, limits)?;
     if spec.templates.is_empty() {
         return Err(ServiceError::InvalidArgument(

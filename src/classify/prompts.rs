@@ -167,7 +167,7 @@ pub fn check_prompt_length(
 }
 
 /// 1-64 characters of `[a-z0-9._-]`, starting with a letter or digit (safe as a file name).
-pub fn check_name(name: &str) -> Result<(), ServiceError> {
+pub fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| {
@@ -181,7 +181,7 @@ pub fn check_name(name: &str) -> Result<(), ServiceError> {
         Ok(())
     } else {
         Err(ServiceError::InvalidArgument(format!(
-            "name: {name:?} is not a valid label set name (1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+            "name: {name:?} is not a valid {kind} name (1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
         )))
     }
 }
@@ -290,10 +290,10 @@ mod tests {
     #[test]
     fn names_are_safe_file_names() {
         for good in ["imagenet-1k", "my_set.v2", "0abc"] {
-            assert!(check_name(good).is_ok(), "{good}");
+            assert!(check_name("label set", good).is_ok(), "{good}");
         }
         for bad in ["", "-x", "Upper", "a/b", "..", "x y", &"a".repeat(65)] {
-            assert!(check_name(bad).is_err(), "{bad}");
+            assert!(check_name("label set", bad).is_err(), "{bad}");
         }
     }
 
@@ -311,7 +311,7 @@ mod tests {
             check_labels(&set.labels, &limits).unwrap_or_else(|e| panic!("{}: {e}", set.name));
             check_templates(set.templates.clone(), &limits)
                 .unwrap_or_else(|e| panic!("{}: {e}", set.name));
-            check_name(&set.name).unwrap();
+            check_name("label set", &set.name).unwrap();
         }
         assert_eq!((sets[0].labels.len(), sets[0].templates.len()), (1000, 80));
         assert_eq!((sets[1].labels.len(), sets[1].templates.len()), (1000, 7));

@@ -18,9 +18,6 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// (milliseconds).
 pub const SERVER_TIMING: &str = "server-timing";
 
-/// Longest client-chosen request id kept; longer or non-printable ones are replaced.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
 pub struct CallContext {
     service: &'static str,
     method: &'static str,
@@ -47,15 +44,8 @@ impl CallContext {
         method: &'static str,
         metadata: &MetadataMap,
     ) -> Self {
-        let request_id = metadata
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= MAX_REQUEST_ID_LEN
-                    && id.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let request_id =
+            crate::telemetry::request_id(metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok()));
         let span = tracing::info_span!("call", request_id = %request_id, method = %format_args!("{service}/{method}"));
         CallContext {
             service,
@@ -150,7 +140,7 @@ mod tests {
         assert_ne!(ctx.request_id, "has space");
         assert_eq!(ctx.request_id.len(), 36, "a UUID: {}", ctx.request_id);
 
-        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        let long = "x".repeat(crate::telemetry::MAX_REQUEST_ID_LEN + 1);
         let mut md = MetadataMap::new();
         md.insert(REQUEST_ID, MetadataValue::try_from(long.as_str()).unwrap());
         let ctx = CallContext::begin(&metrics(), "Embed", "EmbedTexts", &md);

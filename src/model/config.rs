@@ -140,6 +140,15 @@ impl ModelConfig {
     }
 
     /// `ViT-B-32/datacomp_xl_s13b_b90k`, or the name alone for random or test weights.
+    /// The id clients name the model by (collections, `/v1/models`): `model_name:pretrained`,
+    /// or `model_name` when there is no pretrained tag.
+    pub fn model_id(&self) -> String {
+        match &self.pretrained {
+            Some(tag) => format!("{}:{tag}", self.model_name),
+            None => self.model_name.clone(),
+        }
+    }
+
     pub fn display_name(&self) -> String {
         match (&self.pretrained, self.weights) {
             (Some(tag), WeightsKind::Pretrained | WeightsKind::Unspecified) => {

@@ -201,12 +201,7 @@ impl RetrieveService {
     /// The served model's id (`model_name:pretrained`) and dimension.
     fn served(&self) -> Result<(String, usize), ServiceError> {
         let model = self.inner.embed.admitted_model()?;
-        let c = &model.config;
-        let id = match &c.pretrained {
-            Some(tag) => format!("{}:{tag}", c.model_name),
-            None => c.model_name.clone(),
-        };
-        Ok((id, c.embed_dim))
+        Ok((model.config.model_id(), model.config.embed_dim))
     }
 
     /// Embeds contents, in order: texts and images through the batchers, vectors checked and
@@ -369,22 +364,10 @@ impl RetrieveService {
         dimension: usize,
         model: String,
     ) -> Result<CollectionInfo, ServiceError> {
-        crate::classify::prompts::check_name(&name).map_err(|e| match e {
-            ServiceError::InvalidArgument(m) => {
-                ServiceError::InvalidArgument(m.replace("label set", "collection"))
-            }
-            other => other,
-        })?;
+        crate::classify::prompts::check_name("collection", &name)?;
         let (served_model, served_dim) = {
             let model = self.inner.embed.loaded_model()?;
-            let c = &model.config;
-            (
-                match &c.pretrained {
-                    Some(tag) => format!("{}:{tag}", c.model_name),
-                    None => c.model_name.clone(),
-                },
-                c.embed_dim,
-            )
+            (model.config.model_id(), model.config.embed_dim)
         };
         let model = if model.is_empty() {
             served_model.clone()

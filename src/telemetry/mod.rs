@@ -8,6 +8,21 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
 
+/// Longest client-chosen request id kept; longer or non-printable ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The request id of a call, on either interface: the client's own `x-request-id` when it is
+/// 1-128 printable ASCII characters, a new UUIDv4 otherwise.
+pub fn request_id(presented: Option<&str>) -> String {
+    presented
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_LEN
+                && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
 /// Installs the global subscriber. Errors when the filter does not parse or a subscriber exists.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-filter {filter:?}: {e}"))?;
