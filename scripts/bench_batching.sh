@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The batching benchmark, in one invocation, on one model directory and one thread count:
-#   1. clip-serve under closed-loop load (clip-serve bench, 1 item per request) at concurrency 1/4/16/64,
+#   1. clip-serve under closed-loop load (clip-bench, 1 item per request) at concurrency 1/4/16/64,
 #      texts and 500x375 JPEGs, with batching on (--max-batch-size 32) and off (--max-batch-size 1);
 #   2. overload: 256 clients against --max-concurrent-requests 64 --max-queue-rows 64 (images), with the
 #      server's peak resident memory, the admitted calls' p99 and the refused count;
@@ -53,7 +53,7 @@ for batch in 32 1; do
   echo "== clip-serve --max-batch-size $batch" >&2
   start_server --max-batch-size "$batch"
   for c in 1 4 16 64; do
-    B=(target/release/clip-serve bench --addr "http://127.0.0.1:$PORT" --concurrency "$c" --items 1 --duration "$DURATION")
+    B=(target/release/clip-bench --addr "http://127.0.0.1:$PORT" --concurrency "$c" --items 1 --duration "$DURATION")
     "${B[@]}" --modality texts --out "$OUT/serve-b$batch-texts-c$c.json"
     "${B[@]}" --modality images --image "$JPEG" --out "$OUT/serve-b$batch-images-c$c.json"
   done
@@ -62,7 +62,7 @@ done
 
 echo "== overload: 256 clients, --max-concurrent-requests 64 --max-queue-rows 64" >&2
 start_server --max-batch-size 32 --max-concurrent-requests 64 --max-queue-rows 64
-target/release/clip-serve bench --addr "http://127.0.0.1:$PORT" --concurrency 256 --items 1 --duration "$DURATION" \
+target/release/clip-bench --addr "http://127.0.0.1:$PORT" --concurrency 256 --items 1 --duration "$DURATION" \
   --modality images --image "$JPEG" --out "$OUT/overload-images-c256.json"
 grep -E 'VmHWM|VmRSS' "/proc/$PID/status" | tr -s ' ' | python3 -c '
 import json, sys

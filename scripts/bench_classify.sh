@@ -63,7 +63,7 @@ json.dump(r, open(out, "w"), indent=2)
 print(f"built 1000 x 1 in {el:.1f} s ({r['texts_per_s']:.1f} texts/s)")
 PY
 
-B=(target/release/clip-serve bench --addr "http://127.0.0.1:$PORT" --concurrency 1 --items 1 --duration "$DURATION" --image "$JPEG")
+B=(target/release/clip-bench --addr "http://127.0.0.1:$PORT" --concurrency 1 --items 1 --duration "$DURATION" --image "$JPEG")
 echo "== EmbedImages vs Classify (1000 stored labels), one client" >&2
 "${B[@]}" --modality images --out "$OUT/embed.json"
 "${B[@]}" --modality classify --label-set bench-1000 --out "$OUT/classify-1000.json"
@@ -71,7 +71,7 @@ echo "== EmbedImages vs Classify (1000 stored labels), one client" >&2
 
 echo "== repeated inline labels, 4 clients" >&2
 before="$(python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' "http://$HTTP/metrics")"
-target/release/clip-serve bench --addr "http://127.0.0.1:$PORT" --concurrency 4 --items 1 --duration "$DURATION" \
+target/release/clip-bench --addr "http://127.0.0.1:$PORT" --concurrency 4 --items 1 --duration "$DURATION" \
   --image "$JPEG" --modality classify --labels "cat,dog,car,tree,house,boat,bird,horse,pizza,guitar" \
   --out "$OUT/classify-inline.json"
 after="$(python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' "http://$HTTP/metrics")"

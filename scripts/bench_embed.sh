@@ -2,7 +2,7 @@
 # Side-by-side single-request benchmark on one model directory (default: the full-size model of
 # scripts/serve.sh), run one after the other on the same files and thread count:
 #   1. Rust preprocessing per image (cargo bench --bench preprocess) for a ~500x375 and a ~4000x3000 JPEG;
-#   2. the service end to end over gRPC (clip-serve bench, 1 client, 1 item per request): one text, one
+#   2. the service end to end over gRPC (clip-bench, 1 client, 1 item per request): one text, one
 #      500x375 JPEG, one 4000x3000 JPEG;
 #   3. the Python baseline (scripts/bench_python.py): onnxruntime + open_clip's PIL preprocessing.
 # Writes bench-results/*.json and prints a summary. Needs a python with torch, open_clip, onnxruntime
@@ -47,7 +47,7 @@ for _ in $(seq 1 600); do
   kill -0 "$PID" || { echo "bench: server died" >&2; exit 1; }
   sleep 0.2
 done
-B=(target/release/clip-serve bench --addr "http://127.0.0.1:$PORT" --concurrency 1 --items 1 --duration "$DURATION")
+B=(target/release/clip-bench --addr "http://127.0.0.1:$PORT" --concurrency 1 --items 1 --duration "$DURATION")
 "${B[@]}" --modality texts --out "$OUT/rust-text.json"
 "${B[@]}" --modality images --image "$SMALL" --out "$OUT/rust-image-small.json"
 "${B[@]}" --modality images --image "$LARGE" --out "$OUT/rust-image-large.json"

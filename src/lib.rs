@@ -1,23 +1,34 @@
-//! clip-serve: a gRPC microservice serving OpenCLIP image and text embeddings through ONNX Runtime.
+//! clip-serve: a gRPC (and HTTP) microservice serving OpenCLIP image and text embeddings through
+//! ONNX Runtime.
 //!
-//! `main.rs` is a thin shell over [`server::run`]; integration tests start the same server in-process
-//! with [`server::start`]. tonic and prost types stop at [`grpc`]: everything below speaks domain
-//! types ([`service`], [`model`], [`preprocess`]).
+//! Layers, top to bottom; imports only point down (README "Architecture" draws the request path):
+//!
+//! - wiring: [`cli`] (flags -> each domain's config), [`server`] (model -> batchers -> services ->
+//!   both listeners; shutdown), `main.rs`, and the `clip-bench` load generator under `src/bin/`;
+//! - protocol layers, side by side: [`grpc`] (tonic) and [`http`] (axum). tonic, prost, axum and
+//!   hyper types stop there;
+//! - features: [`classify`] (zero-shot, label sets) and [`retrieve`] (ranking, collections);
+//! - [`embed`]: the embedding service (validation, preprocessing pool, model slot, batchers);
+//! - engines: [`batch`] (the dynamic batcher), [`model`] (ONNX Runtime, providers, towers),
+//!   [`preprocess`] (image decode + resample, text clean + tokenize; pure);
+//! - shared below everything: [`admission`] (permits, shutdown), [`security`] (API keys, TLS
+//!   material), [`telemetry`] (logs, request ids, metric definitions), [`common`] (the request error
+//!   with its field paths, small helpers).
 
-pub mod auth;
+pub mod admission;
 pub mod batch;
 pub mod classify;
-pub mod config;
-pub mod error;
+pub mod cli;
+pub mod common;
+pub mod embed;
 pub mod grpc;
+pub mod http;
 pub mod model;
-pub mod openai;
 pub mod preprocess;
 pub mod retrieve;
+pub mod security;
 pub mod server;
-pub mod service;
 pub mod telemetry;
-pub mod tls;
 
-pub use config::Config;
-pub use error::ServiceError;
+pub use cli::Config;
+pub use common::ServiceError;

@@ -16,12 +16,15 @@ use tokio::{
 };
 
 use crate::{
+    admission::{AdmissionConfig, Gate},
     classify::ClassifyService,
-    config::Config,
-    grpc,
-    model::{LoadedModel, ModelFiles, ProviderOptions, WeightsKind, runtime},
-    service::EmbedService,
-    telemetry::{http, metrics::Metrics},
+    cli::Config,
+    embed::EmbedService,
+    grpc, http,
+    model::{LoadedModel, ModelFiles, WeightsKind, runtime},
+    retrieve::RetrieveService,
+    security::ApiKeys,
+    telemetry::metrics::Metrics,
 };
 
 /// Hooks for tests and embedders.
@@ -104,7 +107,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
 
-    let keys = crate::auth::ApiKeys::load(
+    let keys = ApiKeys::load(
         config.api_key.as_ref().map(|k| k.0.clone()),
         config.api_key_file.clone(),
     )
@@ -116,7 +119,13 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     }
     let metrics = Metrics::new().context("registering metrics")?;
     let classify_metrics = metrics.classify();
-    let service = EmbedService::new(&config, metrics);
+    let gate = Gate::new(
+        AdmissionConfig {
+            max_concurrent_requests: config.embed.limits.max_concurrent_requests,
+        },
+        metrics.requests_in_flight().clone(),
+    );
+    let service = EmbedService::new(config.embed, gate, metrics);
     let classify = ClassifyService::open(
         service.clone(),
         &config.data_dir,
@@ -125,17 +134,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     )?;
     let retrieve = {
         let (embed, dir, cfg) = (service.clone(), config.data_dir.clone(), config.retrieve);
-        tokio::task::spawn_blocking(move || {
-            crate::retrieve::RetrieveService::open(embed, &dir, cfg)
-        })
-        .await
-        .context("loading collections")??
+        tokio::task::spawn_blocking(move || RetrieveService::open(embed, &dir, cfg))
+            .await
+            .context("loading collections")??
     };
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
         retrieve,
-        config.limits.max_message_bytes,
+        config.embed.limits.max_message_bytes,
         grpc::transport::Security {
             keys: keys.clone(),
             public_reflection: config.public_reflection,
@@ -143,14 +150,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
-    let http_router = http::router(
-        service.clone(),
-        crate::openai::OpenAi {
-            service: service.clone(),
-            keys,
-        },
-        config.limits.max_message_bytes,
-    );
+    let http_router = http::router(service.clone(), keys, config.embed.limits.max_message_bytes);
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -160,14 +160,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         let service = service.clone();
         let classify = classify.clone();
         let health = health.clone();
-        let providers = ProviderOptions {
-            provider: config.provider,
-            device_id: config.device_id,
-            trt_fp16: config.gpu.trt_fp16,
-            trt_engine_cache_dir: config.gpu.trt_engine_cache_dir.clone(),
-            trt_workspace_bytes: config.gpu.trt_workspace_bytes,
-            max_batch_size: config.batch.max_batch_size,
-        };
+        // TensorRT's profiles cover the batches the batcher forms.
+        let mut providers = config.providers.clone();
+        providers.max_batch_size = config.embed.batch.max_batch_size;
         let threads = config.intra_op_threads;
         let skip_warmup = config.skip_warmup;
         let hold = options.hold_model_load;
@@ -306,7 +301,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Re-reads the API key file on SIGHUP (the keys themselves are never logged).
-fn spawn_key_reloader(keys: crate::auth::ApiKeys) {
+fn spawn_key_reloader(keys: ApiKeys) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -361,7 +361,7 @@ async fn bad_classify_requests_get_clear_errors() {
     let mut cfg = config(&tiny_model());
     cfg.classify.prompts.max_labels = 5;
     cfg.classify.max_label_sets = 1;
-    let max_text_bytes = cfg.limits.max_text_bytes;
+    let max_text_bytes = cfg.embed.limits.max_text_bytes;
     let server = serve(cfg).await;
     let mut c = client(&server);
     let image = images(&reference)[0].clone();

@@ -171,10 +171,10 @@ async fn rows_refused_by_a_full_queue_are_counted_as_rejected() {
     let mut cfg = config(&tiny_model());
     // A queue of 4 rows and a long batch delay: the first request's 4 rows sit in the queue while
     // the second one arrives.
-    cfg.limits.max_items_per_request = 4;
-    cfg.batch.max_queue_rows = 4;
-    cfg.batch.max_batch_size = 64;
-    cfg.batch.max_batch_delay = std::time::Duration::from_millis(500);
+    cfg.embed.limits.max_items_per_request = 4;
+    cfg.embed.batch.max_queue_rows = 4;
+    cfg.embed.batch.max_batch_size = 64;
+    cfg.embed.batch.max_batch_delay = std::time::Duration::from_millis(500);
     let server = serve(cfg).await;
     let first = {
         let mut client = server.embed();

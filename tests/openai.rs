@@ -7,7 +7,7 @@ mod common;
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use base64::Engine as _;
-use clip_serve::{config::Secret, grpc::pb};
+use clip_serve::{grpc::pb, security::Secret};
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,7 +158,7 @@ async fn embeddings_over_http_equal_the_grpc_ones() {
 #[tokio::test]
 async fn bad_http_requests_get_openai_shaped_errors() {
     let mut cfg = config(&tiny_model());
-    cfg.limits.max_message_bytes = 4096;
+    cfg.embed.limits.max_message_bytes = 4096;
     let server = serve(cfg).await;
     let http = server.server.http_addr;
     let cases: Vec<(Value, u16, &str, &str)> = vec![
@@ -496,13 +496,13 @@ async fn mutual_tls_requires_a_client_certificate() {
 
 #[test]
 fn incomplete_tls_flags_are_start_up_errors() {
-    let paths = clip_serve::tls::TlsPaths {
+    let paths = clip_serve::security::TlsPaths {
         cert: Some("/nonexistent/cert.pem".into()),
         key: None,
         client_ca: None,
     };
     assert!(paths.load().unwrap_err().contains("go together"));
-    let paths = clip_serve::tls::TlsPaths {
+    let paths = clip_serve::security::TlsPaths {
         cert: Some("/nonexistent/cert.pem".into()),
         key: Some("/nonexistent/key.pem".into()),
         client_ca: None,

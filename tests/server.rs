@@ -212,10 +212,10 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
 #[tokio::test]
 async fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     let mut cfg = config(&tiny_model());
-    cfg.limits.max_items_per_request = 4;
-    cfg.limits.max_image_bytes = 2_000_000;
-    cfg.limits.max_text_bytes = 1000;
-    cfg.limits.max_message_bytes = 4_000_000;
+    cfg.embed.limits.max_items_per_request = 4;
+    cfg.embed.limits.max_image_bytes = 2_000_000;
+    cfg.embed.limits.max_text_bytes = 1000;
+    cfg.embed.limits.max_message_bytes = 4_000_000;
     let server = serve(cfg).await;
     let mut client = server.embed();
     let good = some_image();

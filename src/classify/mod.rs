@@ -21,7 +21,12 @@ pub use prompts::{LabelSetSpec, PromptLimits};
 use store::Store;
 use tokio::sync::Semaphore;
 
-use crate::{ServiceError, service::EmbedService, telemetry::metrics::ClassifyMetrics};
+use crate::{
+    common::{Field, List, ServiceError, check_name, fill_template, run_blocking},
+    embed::{EmbedService, Embedded, Permit},
+    model::LoadedModel,
+    telemetry::metrics::ClassifyMetrics,
+};
 
 /// Texts per submission to the text batcher while computing a classifier: small enough that live
 /// requests interleave with a long build (the batcher packs jobs round-robin).
@@ -198,10 +203,7 @@ impl ClassifyService {
     /// tower and loads the classifiers that exist (model directory first, then the data-dir cache).
     /// Returns the client-created sets that have none, for [`Self::start_builds`] once the model
     /// serves. Built-in sets without a classifier are computed on first use.
-    pub async fn load_classifiers(
-        &self,
-        model: &Arc<crate::model::LoadedModel>,
-    ) -> Vec<(String, u64)> {
+    pub async fn load_classifiers(&self, model: &Arc<LoadedModel>) -> Vec<(String, u64)> {
         let inner = Arc::clone(&self.inner);
         let started = Instant::now();
         let model_for_hash = Arc::clone(model);
@@ -287,7 +289,7 @@ impl ClassifyService {
         &self,
         input: ClassifyInput,
         deadline: Option<Instant>,
-        permit: crate::service::Permit,
+        permit: Permit,
     ) -> Result<Vec<Vec<LabelScore>>, ServiceError> {
         // Held until both the labels and the images are embedded.
         let _permit = permit;
@@ -301,14 +303,17 @@ impl ClassifyService {
         } = input;
         let classifier = if !label_set.is_empty() {
             if !labels.is_empty() {
-                return Err(ServiceError::InvalidArgument(
-                    "set either `labels` or `label_set`, not both".into(),
+                return Err(ServiceError::invalid_request(
+                    "set either `labels` or `label_set`, not both",
                 ));
             }
             if !templates.is_empty() {
-                return Err(ServiceError::InvalidArgument(format!(
-                    "templates: label set {label_set:?} has its own templates; templates go with inline labels only"
-                )));
+                return Err(ServiceError::invalid(
+                    Field::List(List::Templates),
+                    format!(
+                        "label set {label_set:?} has its own templates; templates go with inline labels only"
+                    ),
+                ));
             }
             None
         } else {
@@ -318,7 +323,7 @@ impl ClassifyService {
             prompts::check_prompt_length(&labels, &templates, limits)?;
             let n = labels.len() * templates.len();
             if n > self.config().max_inline_prompts {
-                return Err(ServiceError::InvalidArgument(format!(
+                return Err(ServiceError::invalid_request(format!(
                     "{} labels x {} templates = {n} texts to embed, over the limit of {} (--max-inline-prompts); store them as a label set instead",
                     labels.len(),
                     templates.len(),
@@ -427,10 +432,7 @@ impl ClassifyService {
     }
 
     /// A background build waits out a full queue instead of failing: live traffic comes first.
-    async fn encode_patiently(
-        &self,
-        texts: Vec<String>,
-    ) -> Result<crate::service::Embedded, ServiceError> {
+    async fn encode_patiently(&self, texts: Vec<String>) -> Result<Embedded, ServiceError> {
         loop {
             match self.inner.embed.encode_texts(texts.clone(), None).await {
                 Err(ServiceError::ResourceExhausted(_)) => {
@@ -501,7 +503,7 @@ impl ClassifyService {
         let templates = spec.templates.len();
         for start in (0..total).step_by(BUILD_CHUNK) {
             let chunk: Vec<String> = (start..(start + BUILD_CHUNK).min(total))
-                .map(|k| prompts::fill(&spec.templates[k % templates], &spec.labels[k / templates]))
+                .map(|k| fill_template(&spec.templates[k % templates], &spec.labels[k / templates]))
                 .collect();
             if !self.inner.is_current(&spec.name, generation) {
                 return Ok(None);
@@ -579,7 +581,7 @@ impl ClassifyService {
         }
         let store_spec = Arc::clone(&spec);
         let inner = Arc::clone(&self.inner);
-        crate::service::run_blocking("storing the label set", move || {
+        run_blocking("storing the label set", move || {
             inner
                 .store
                 .save_definition(&store_spec)
@@ -623,7 +625,7 @@ impl ClassifyService {
         }
         let inner = Arc::clone(&self.inner);
         let owned = name.to_string();
-        crate::service::run_blocking("deleting the label set", move || {
+        run_blocking("deleting the label set", move || {
             inner.store.delete(&owned).map_err(|e| e.to_string())
         })
         .await?;
@@ -679,11 +681,12 @@ fn info(entry: &Entry) -> LabelSetInfo {
 /// A label set's definition is valid under this server's limits.
 fn check_spec(spec: &LabelSetSpec, config: &ClassifyConfig) -> Result<(), ServiceError> {
     let limits = &config.prompts;
-    prompts::check_name("label set", &spec.name)?;
+    check_name("label set", &spec.name)?;
     prompts::check_labels(&spec.labels, limits)?;
     if spec.templates.is_empty() {
-        return Err(ServiceError::InvalidArgument(
-            "templates: a stored set needs at least one".into(),
+        return Err(ServiceError::invalid(
+            Field::List(List::Templates),
+            "a stored set needs at least one",
         ));
     }
     prompts::check_templates(spec.templates.clone(), limits)?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::ServiceError;
+use crate::common::{Field, List, ServiceError, fill_template};
 
 /// The template used when a request gives none (CLIP's default prompt).
 pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
@@ -33,14 +33,8 @@ impl LabelSetSpec {
 pub fn prompts(labels: &[String], templates: &[String]) -> Vec<String> {
     labels
         .iter()
-        .flat_map(|label| templates.iter().map(move |t| fill(t, label)))
+        .flat_map(|label| templates.iter().map(move |t| fill_template(t, label)))
         .collect()
-}
-
-/// `template` with its `{}` replaced by `label` (what open_clip's `template.format(label)` gives
-/// for the templates [`check_templates`] accepts).
-pub fn fill(template: &str, label: &str) -> String {
-    template.replacen("{}", label, 1)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,25 +47,29 @@ pub struct PromptLimits {
 /// Labels must be present, unique, non-blank and within the limits.
 pub fn check_labels(labels: &[String], limits: &PromptLimits) -> Result<(), ServiceError> {
     if labels.is_empty() {
-        return Err(ServiceError::InvalidArgument(
-            "labels: no labels; give at least one (or name a label_set)".into(),
+        return Err(ServiceError::invalid(
+            Field::List(List::Labels),
+            "no labels; give at least one (or name a label_set)",
         ));
     }
     if labels.len() > limits.max_labels {
-        return Err(ServiceError::InvalidArgument(format!(
-            "labels: {} labels, over the limit of {} (--max-labels)",
-            labels.len(),
-            limits.max_labels
-        )));
+        return Err(ServiceError::invalid(
+            Field::List(List::Labels),
+            format!(
+                "{} labels, over the limit of {} (--max-labels)",
+                labels.len(),
+                limits.max_labels
+            ),
+        ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(labels.len());
     for (i, label) in labels.iter().enumerate() {
         if label.trim().is_empty() {
-            return Err(ServiceError::invalid_item("labels", i, "empty label"));
+            return Err(ServiceError::invalid_item(List::Labels, i, "empty label"));
         }
         if label.len() > limits.max_text_bytes {
             return Err(ServiceError::invalid_item(
-                "labels",
+                List::Labels,
                 i,
                 format!(
                     "label is {} bytes, over the limit of {} (--max-text-bytes)",
@@ -82,7 +80,7 @@ pub fn check_labels(labels: &[String], limits: &PromptLimits) -> Result<(), Serv
         }
         if let Some(first) = seen.insert(label.as_str(), i) {
             return Err(ServiceError::invalid_item(
-                "labels",
+                List::Labels,
                 i,
                 format!("duplicate of labels[{first}] ({label:?})"),
             ));
@@ -101,11 +99,14 @@ pub fn check_templates(
         return Ok(vec![DEFAULT_TEMPLATE.to_string()]);
     }
     if templates.len() > limits.max_templates {
-        return Err(ServiceError::InvalidArgument(format!(
-            "templates: {} templates, over the limit of {} (--max-templates)",
-            templates.len(),
-            limits.max_templates
-        )));
+        return Err(ServiceError::invalid(
+            Field::List(List::Templates),
+            format!(
+                "{} templates, over the limit of {} (--max-templates)",
+                templates.len(),
+                limits.max_templates
+            ),
+        ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(templates.len());
     for (i, template) in templates.iter().enumerate() {
@@ -118,7 +119,7 @@ pub fn check_templates(
                 n => format!("{n}"),
             };
             return Err(ServiceError::invalid_item(
-                "templates",
+                List::Templates,
                 i,
                 format!(
                     "{template:?} must contain exactly one {{}} where the label goes (found {found})"
@@ -127,7 +128,7 @@ pub fn check_templates(
         }
         if template.len() > limits.max_text_bytes {
             return Err(ServiceError::invalid_item(
-                "templates",
+                List::Templates,
                 i,
                 format!(
                     "template is {} bytes, over the limit of {} (--max-text-bytes)",
@@ -138,7 +139,7 @@ pub fn check_templates(
         }
         if let Some(first) = seen.insert(template.as_str(), i) {
             return Err(ServiceError::invalid_item(
-                "templates",
+                List::Templates,
                 i,
                 format!("duplicate of templates[{first}]"),
             ));
@@ -158,32 +159,12 @@ pub fn check_prompt_length(
     let template = templates.iter().map(String::len).max().unwrap_or(0);
     let longest = (label + template).saturating_sub(2);
     if longest > limits.max_text_bytes {
-        return Err(ServiceError::InvalidArgument(format!(
+        return Err(ServiceError::invalid_request(format!(
             "the longest label in the longest template makes a {longest}-byte prompt, over the limit of {} (--max-text-bytes)",
             limits.max_text_bytes
         )));
     }
     Ok(())
-}
-
-/// 1-64 characters of `[a-z0-9._-]`, starting with a letter or digit (safe as a file name).
-pub fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        })
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::InvalidArgument(format!(
-            "name: {name:?} is not a valid {kind} name (1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
-        )))
-    }
 }
 
 /// The label sets every server has.
@@ -229,7 +210,7 @@ mod tests {
 
     fn message(e: ServiceError) -> String {
         match e {
-            ServiceError::InvalidArgument(m) => m,
+            ServiceError::InvalidArgument(m) => m.to_string(),
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
     }
@@ -283,18 +264,6 @@ mod tests {
     fn prompts_are_label_major_and_filled_like_str_format() {
         let p = prompts(&strings(&["cat", "dog"]), &strings(&["a {}.", "{} art"]));
         assert_eq!(p, ["a cat.", "cat art", "a dog.", "dog art"]);
-        // A label that itself contains braces is inserted verbatim.
-        assert_eq!(fill("a {}.", "{}"), "a {}.");
-    }
-
-    #[test]
-    fn names_are_safe_file_names() {
-        for good in ["imagenet-1k", "my_set.v2", "0abc"] {
-            assert!(check_name("label set", good).is_ok(), "{good}");
-        }
-        for bad in ["", "-x", "Upper", "a/b", "..", "x y", &"a".repeat(65)] {
-            assert!(check_name("label set", bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
@@ -311,7 +280,7 @@ mod tests {
             check_labels(&set.labels, &limits).unwrap_or_else(|e| panic!("{}: {e}", set.name));
             check_templates(set.templates.clone(), &limits)
                 .unwrap_or_else(|e| panic!("{}: {e}", set.name));
-            check_name("label set", &set.name).unwrap();
+            crate::common::check_name("label set", &set.name).unwrap();
         }
         assert_eq!((sets[0].labels.len(), sets[0].templates.len()), (1000, 80));
         assert_eq!((sets[1].labels.len(), sets[1].templates.len()), (1000, 7));

@@ -9,9 +9,9 @@ use super::{
     pb::{self, classify_server::Classify},
 };
 use crate::{
-    ServiceError,
     classify::{ClassifyInput, ClassifyService, LabelSetInfo, SetState},
-    service::{Admission, EmbedService},
+    common::ServiceError,
+    embed::{Admission, EmbedService},
 };
 
 const SERVICE: &str = "Classify";

@@ -11,7 +11,7 @@ use tonic::{
 use tracing::Span;
 
 use super::status::code_name;
-use crate::{service::Timings, telemetry::metrics::Metrics};
+use crate::{embed::Timings, telemetry::metrics::Metrics};
 
 pub const REQUEST_ID: &str = "x-request-id";
 /// Per-response timings, in the HTTP Server-Timing syntax: `preprocess;dur=2.1, queue;dur=0.3, ...`

@@ -14,11 +14,11 @@ use tracing::Instrument;
 use super::{
     context::{CallContext, add_timings},
     pb::{self, embed_server::Embed},
-    status::{code_name, code_of},
+    status::{code_name, code_of, message_of},
 };
 use crate::{
-    ServiceError,
-    service::{Admission, EmbedService, Embedded, Embedding, Item},
+    common::{Field, ServiceError},
+    embed::{Admission, EmbedService, Embedded, Embedding, Item},
 };
 
 const SERVICE: &str = "Embed";
@@ -72,7 +72,7 @@ impl TryFrom<pb::EmbedStreamRequest> for (String, Item) {
             Some(pb::embed_stream_request::Item::Text(text)) => Ok((id, Item::Text(text))),
             None => Err((
                 id,
-                ServiceError::InvalidArgument("item: set `image` or `text`".into()),
+                ServiceError::invalid(Field::Param("item"), "set `image` or `text`"),
             )),
         }
     }
@@ -85,7 +85,7 @@ fn item_error(id: String, error: &ServiceError) -> pb::EmbedStreamResponse {
         result: Some(pb::embed_stream_response::Result::Error(pb::ItemError {
             code: code as i32,
             code_name: code_name(code).to_string(),
-            message: error.to_string(),
+            message: message_of(error),
         })),
     }
 }

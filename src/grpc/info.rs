@@ -7,8 +7,8 @@ use super::{
     pb::{self, info_server::Info},
 };
 use crate::{
+    embed::{EmbedService, ModelInfo, TowerInfo},
     model::WeightsKind,
-    service::{EmbedService, ModelInfo, TowerInfo},
 };
 
 pub struct InfoApi {

@@ -1,8 +1,7 @@
 //! The protocol layer: generated code, one file per service, proto <-> domain conversion and the
-//! single mapping from [`ServiceError`](crate::ServiceError) to `tonic::Status`. tonic and prost
+//! single mapping from [`ServiceError`](crate::common::ServiceError) to `tonic::Status`. tonic and prost
 //! types do not leave this module.
 
-pub mod bench;
 pub mod classify;
 pub mod context;
 pub mod embed;

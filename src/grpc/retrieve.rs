@@ -9,9 +9,9 @@ use super::{
     pb::{self, retrieve_server::Retrieve},
 };
 use crate::{
-    ServiceError,
+    common::ServiceError,
+    embed::{Admission, EmbedService},
     retrieve::{CollectionInfo, Content, ItemInput, RetrieveService, SearchInput},
-    service::{Admission, EmbedService},
 };
 
 const SERVICE: &str = "Retrieve";

@@ -1,9 +1,10 @@
 //! The one mapping from domain errors to gRPC statuses (DESIGN.md §5). Exhaustive on purpose: a new
-//! error variant does not compile until it is given a code here.
+//! error variant does not compile until it is given a code here. Field paths render with the
+//! proto's own field names, which are the domain's (`images[3]`, `items[4].vector`, `query`).
 
 use tonic::{Code, Status};
 
-use crate::ServiceError;
+use crate::common::ServiceError;
 
 /// The gRPC code of a domain error.
 pub fn code_of(error: &ServiceError) -> Code {
@@ -42,10 +43,24 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The message a client reads.
+pub fn message_of(error: &ServiceError) -> String {
+    match error {
+        // The proto's field names are the domain's: no renaming.
+        ServiceError::InvalidArgument(invalid) => invalid.render(&|_| None),
+        ServiceError::ResourceExhausted(m)
+        | ServiceError::Unavailable(m)
+        | ServiceError::DeadlineExceeded(m)
+        | ServiceError::NotFound(m)
+        | ServiceError::AlreadyExists(m)
+        | ServiceError::FailedPrecondition(m)
+        | ServiceError::Internal(m) => m.clone(),
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
-        let code = code_of(&error);
-        Status::new(code, error.to_string())
+        Status::new(code_of(&error), message_of(&error))
     }
 }
 
@@ -57,7 +72,7 @@ mod tests {
     fn every_error_has_its_code_and_keeps_its_message() {
         let cases = [
             (
-                ServiceError::invalid_item("images", 3, "bad"),
+                ServiceError::invalid_item(crate::common::List::Images, 3, "bad"),
                 Code::InvalidArgument,
                 "images[3]: bad",
             ),

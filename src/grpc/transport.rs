@@ -23,7 +23,12 @@ use super::{
     },
     retrieve::RetrieveApi,
 };
-use crate::{auth::ApiKeys, classify::ClassifyService, service::EmbedService, tls::TlsFiles};
+use crate::{
+    classify::ClassifyService,
+    embed::EmbedService,
+    retrieve::RetrieveService,
+    security::{ApiKeys, TlsFiles},
+};
 
 /// What secures the endpoint.
 pub struct Security {
@@ -103,7 +108,7 @@ pub struct Endpoint {
 pub async fn endpoint(
     service: EmbedService,
     classify: ClassifyService,
-    retrieve: crate::retrieve::RetrieveService,
+    retrieve: RetrieveService,
     max_message_bytes: usize,
     security: Security,
 ) -> anyhow::Result<(Endpoint, Health)> {

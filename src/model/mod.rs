@@ -16,15 +16,12 @@ pub mod tower;
 use std::path::{Path, PathBuf};
 
 pub use config::{ModelConfig, WeightsKind};
-pub use runtime::ProviderOptions;
+pub use runtime::{Provider, ProviderOptions};
 pub use tower::{ImageLayout, InputKind, TokenType, Tower, TowerSpec};
 
-use crate::{
-    config::Provider,
-    preprocess::{
-        image::{self as image_pre, PreprocessConfig},
-        text::ClipTokenizer,
-    },
+use crate::preprocess::{
+    image::{self as image_pre, PreprocessConfig},
+    text::ClipTokenizer,
 };
 use tower::{BatchInput, Expected, ExpectedKind};
 
@@ -222,7 +219,7 @@ impl LoadedModel {
                 hasher.update(&buf[..n]);
             }
         }
-        Ok(crate::classify::classifier::hex(&hasher.finalize()[..8]))
+        Ok(crate::common::hex(&hasher.finalize()[..8]))
     }
 
     pub fn warm_up(&self) -> Result<(), ModelError> {

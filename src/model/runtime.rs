@@ -11,7 +11,24 @@ use std::{
 use ort::{environment::Environment, ep::ExecutionProviderDispatch};
 
 use super::ModelError;
-use crate::config::Provider;
+
+/// Execution provider that runs the ONNX sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::Tensorrt => "tensorrt",
+        }
+    }
+}
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 static VERSION: OnceLock<String> = OnceLock::new();

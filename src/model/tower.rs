@@ -121,7 +121,7 @@ impl Tower {
         // TensorRT builds one engine per optimization profile, so it needs the input's name and
         // shape before the real session exists: a quick unoptimized CPU session reads them.
         let profile = if cfg!(feature = "tensorrt")
-            && providers.provider == crate::config::Provider::Tensorrt
+            && providers.provider == super::Provider::Tensorrt
         {
             let probe = Session::builder(env)
                 .and_then(|b| {

@@ -15,7 +15,10 @@ use std::{
 use index::{FlatIndex, Metadata, Scored, VectorIndex};
 use store::{CollectionMeta, Store, StoreError, StoredItem};
 
-use crate::{ServiceError, service::EmbedService};
+use crate::{
+    common::{Field, List, ServiceError, check_name},
+    embed::{EmbedService, Permit},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetrieveConfig {
@@ -117,24 +120,25 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A client's vector: the right dimension, finite, not zero. Returns its normalized copy.
-fn check_vector(field: &str, v: &[f32], dim: usize) -> Result<Vec<f32>, ServiceError> {
+fn check_vector(field: Field, v: &[f32], dim: usize) -> Result<Vec<f32>, ServiceError> {
     if v.len() != dim {
-        return Err(ServiceError::InvalidArgument(format!(
-            "{field}: {} values, expected {dim} (the dimension here)",
-            v.len()
-        )));
+        return Err(ServiceError::invalid(
+            field,
+            format!("{} values, expected {dim} (the dimension here)", v.len()),
+        ));
     }
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(ServiceError::InvalidArgument(format!(
-            "{field}: value {i} is {} (NaN and infinities are refused)",
-            v[i]
-        )));
+        return Err(ServiceError::invalid(
+            field,
+            format!("value {i} is {} (NaN and infinities are refused)", v[i]),
+        ));
     }
     let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     if norm == 0.0 {
-        return Err(ServiceError::InvalidArgument(format!(
-            "{field}: the zero vector has no direction to compare"
-        )));
+        return Err(ServiceError::invalid(
+            field,
+            "the zero vector has no direction to compare",
+        ));
     }
     Ok(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
 }
@@ -154,7 +158,7 @@ impl RetrieveService {
         for (meta, items) in store.load_all()? {
             let mut index = FlatIndex::new(meta.dimension, config.search_threads);
             for item in items {
-                match check_vector("stored", &item.vector, meta.dimension) {
+                match check_vector(Field::Param("stored"), &item.vector, meta.dimension) {
                     Ok(unit) => index.upsert(item.id, &unit, Arc::new(item.metadata)),
                     Err(e) => {
                         tracing::error!(collection = %meta.name, id = %item.id, error = %e, "skipping an unusable stored item")
@@ -205,10 +209,12 @@ impl RetrieveService {
     }
 
     /// Embeds contents, in order: texts and images through the batchers, vectors checked and
-    /// normalized. `field` names the items in errors (`candidates`, `items`).
+    /// normalized. `list` names all of them in errors, `field_of(i)` the i-th (`items[i]`, or
+    /// `query` for a Rank's first content).
     async fn vectors(
         &self,
-        field: &str,
+        list: Field,
+        field_of: impl Fn(usize) -> Field,
         contents: Vec<Option<Content>>,
         dim: usize,
         deadline: Option<Instant>,
@@ -220,12 +226,13 @@ impl RetrieveService {
         for (i, c) in contents.into_iter().enumerate() {
             match c {
                 None => {
-                    return Err(ServiceError::InvalidArgument(format!(
-                        "{field}[{i}]: set `text`, `image` or `vector`"
-                    )));
+                    return Err(ServiceError::invalid(
+                        field_of(i),
+                        "set `text`, `image` or `vector`",
+                    ));
                 }
                 Some(Content::Vector(v)) => {
-                    out[i] = Some(check_vector(&format!("{field}[{i}].vector"), &v, dim)?)
+                    out[i] = Some(check_vector(field_of(i).part("vector"), &v, dim)?)
                 }
                 Some(Content::Text(t)) => {
                     texts.push(t);
@@ -239,20 +246,18 @@ impl RetrieveService {
         }
         let max_items = self.inner.embed.limits().max_items_per_request;
         if texts.len() + images.len() > max_items {
-            return Err(ServiceError::InvalidArgument(format!(
-                "{field}: {} texts and images to embed, over the limit of {max_items} per request (--max-items-per-request); send vectors for more",
-                texts.len() + images.len()
-            )));
+            return Err(ServiceError::invalid(
+                list,
+                format!(
+                    "{} texts and images to embed, over the limit of {max_items} per request (--max-items-per-request); send vectors for more",
+                    texts.len() + images.len()
+                ),
+            ));
         }
-        let rename = |e: ServiceError, at: &[usize], kind: &str| match e {
-            ServiceError::InvalidArgument(m) => {
-                // `texts[j]: ...` -> `items[i].text: ...`
-                let fixed = at.iter().enumerate().find_map(|(j, &i)| {
-                    m.strip_prefix(&format!("{kind}s[{j}]: "))
-                        .map(|rest| format!("{field}[{i}].{kind}: {rest}"))
-                });
-                ServiceError::InvalidArgument(fixed.unwrap_or(m))
-            }
+        // The embed service names the j-th text `texts[j]`; here it is `items[text_at[j]].text`.
+        let place = |field: Field, at: &[usize]| match field {
+            Field::Item(List::Texts, j) if j < at.len() => field_of(at[j]).part("text"),
+            Field::Item(List::Images, j) if j < at.len() => field_of(at[j]).part("image"),
             other => other,
         };
         if !texts.is_empty() {
@@ -261,7 +266,7 @@ impl RetrieveService {
                 .embed
                 .encode_texts(texts, deadline)
                 .await
-                .map_err(|e| rename(e, &text_at, "text"))?;
+                .map_err(|e| e.relocate(|f| place(f, &text_at)))?;
             for (&i, e) in text_at.iter().zip(embedded.embeddings) {
                 out[i] = Some(e.values);
             }
@@ -272,7 +277,7 @@ impl RetrieveService {
                 .embed
                 .encode_images(images, deadline)
                 .await
-                .map_err(|e| rename(e, &image_at, "image"))?;
+                .map_err(|e| e.relocate(|f| place(f, &image_at)))?;
             for (&i, e) in image_at.iter().zip(embedded.embeddings) {
                 out[i] = Some(e.values);
             }
@@ -314,37 +319,36 @@ impl RetrieveService {
         candidates: Vec<Option<Content>>,
         top_k: usize,
         deadline: Option<Instant>,
-        permit: crate::service::Permit,
+        permit: Permit,
     ) -> Result<Vec<(usize, f32)>, ServiceError> {
         let _permit = permit;
         let (_, dim) = self.served()?;
         if candidates.is_empty() {
-            return Err(ServiceError::InvalidArgument(
-                "candidates: none given".into(),
+            return Err(ServiceError::invalid(
+                Field::List(List::Candidates),
+                "none given",
             ));
         }
         if candidates.len() > self.inner.config.max_upsert_items {
-            return Err(ServiceError::InvalidArgument(format!(
-                "candidates: {} candidates, over the limit of {} (--max-upsert-items)",
-                candidates.len(),
-                self.inner.config.max_upsert_items
-            )));
+            return Err(ServiceError::invalid(
+                Field::List(List::Candidates),
+                format!(
+                    "{} candidates, over the limit of {} (--max-upsert-items)",
+                    candidates.len(),
+                    self.inner.config.max_upsert_items
+                ),
+            ));
         }
         let mut all = vec![query];
         all.extend(candidates);
+        // The query travels as element 0, in front of the candidates.
+        let field_of = |i: usize| match i {
+            0 => Field::Param("query"),
+            i => Field::item(List::Candidates, i - 1),
+        };
         let mut vectors = self
-            .vectors("candidates", all, dim, deadline)
-            .await
-            .map_err(|e| match e {
-                // The query travelled as element 0.
-                ServiceError::InvalidArgument(m) if m.starts_with("candidates[0]") => {
-                    ServiceError::InvalidArgument(m.replacen("candidates[0]", "query", 1))
-                }
-                ServiceError::InvalidArgument(m) => {
-                    ServiceError::InvalidArgument(shift_index(&m, "candidates"))
-                }
-                other => other,
-            })?;
+            .vectors(Field::List(List::Candidates), field_of, all, dim, deadline)
+            .await?;
         let query = vectors.remove(0);
         let mut scored: Vec<(usize, f32)> = vectors
             .iter()
@@ -364,7 +368,7 @@ impl RetrieveService {
         dimension: usize,
         model: String,
     ) -> Result<CollectionInfo, ServiceError> {
-        crate::classify::prompts::check_name("collection", &name)?;
+        check_name("collection", &name)?;
         let (served_model, served_dim) = {
             let model = self.inner.embed.loaded_model()?;
             (model.config.model_id(), model.config.embed_dim)
@@ -380,14 +384,16 @@ impl RetrieveService {
             dimension
         };
         if model == served_model && dimension != served_dim {
-            return Err(ServiceError::InvalidArgument(format!(
-                "dimension {dimension}: model {model:?} makes {served_dim}-dimensional vectors"
-            )));
+            return Err(ServiceError::invalid(
+                Field::Param("dimension"),
+                format!("{dimension}, but model {model:?} makes {served_dim}-dimensional vectors"),
+            ));
         }
         if dimension > 65_536 {
-            return Err(ServiceError::InvalidArgument(format!(
-                "dimension {dimension} is over 65536"
-            )));
+            return Err(ServiceError::invalid(
+                Field::Param("dimension"),
+                format!("{dimension} is over 65536"),
+            ));
         }
         let _admin = self.inner.admin.lock().await;
         {
@@ -461,13 +467,16 @@ impl RetrieveService {
         Ok(())
     }
 
-    fn check_metadata(&self, field: &str, metadata: &Metadata) -> Result<(), ServiceError> {
+    fn check_metadata(&self, field: Field, metadata: &Metadata) -> Result<(), ServiceError> {
         let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
         let max = self.inner.config.max_metadata_bytes;
         if bytes > max {
-            return Err(ServiceError::InvalidArgument(format!(
-                "{field}: {bytes} bytes of keys and values, over the limit of {max} (--max-metadata-bytes)"
-            )));
+            return Err(ServiceError::invalid(
+                field,
+                format!(
+                    "{bytes} bytes of keys and values, over the limit of {max} (--max-metadata-bytes)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -479,29 +488,35 @@ impl RetrieveService {
         items: Vec<ItemInput>,
         model: &str,
         deadline: Option<Instant>,
-        permit: crate::service::Permit,
+        permit: Permit,
     ) -> Result<(usize, usize), ServiceError> {
         let _permit = permit;
         let collection = self.collection(name)?;
         let config = &self.inner.config;
         if items.is_empty() {
-            return Err(ServiceError::InvalidArgument("items: none given".into()));
+            return Err(ServiceError::invalid(
+                Field::List(List::Items),
+                "none given",
+            ));
         }
         if items.len() > config.max_upsert_items {
-            return Err(ServiceError::InvalidArgument(format!(
-                "items: {} items, over the limit of {} per Upsert (--max-upsert-items)",
-                items.len(),
-                config.max_upsert_items
-            )));
+            return Err(ServiceError::invalid(
+                Field::List(List::Items),
+                format!(
+                    "{} items, over the limit of {} per Upsert (--max-upsert-items)",
+                    items.len(),
+                    config.max_upsert_items
+                ),
+            ));
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             if item.id.is_empty() {
-                return Err(ServiceError::invalid_item("items", i, "empty id"));
+                return Err(ServiceError::invalid_item(List::Items, i, "empty id"));
             }
             if item.id.len() > config.max_id_bytes {
                 return Err(ServiceError::invalid_item(
-                    "items",
+                    List::Items,
                     i,
                     format!(
                         "id is {} bytes, over the limit of {}",
@@ -512,12 +527,12 @@ impl RetrieveService {
             }
             if let Some(first) = seen.insert(item.id.as_str(), i) {
                 return Err(ServiceError::invalid_item(
-                    "items",
+                    List::Items,
                     i,
                     format!("id {:?} repeats items[{first}]", item.id),
                 ));
             }
-            self.check_metadata(&format!("items[{i}].metadata"), &item.metadata)?;
+            self.check_metadata(Field::item(List::Items, i).part("metadata"), &item.metadata)?;
         }
         let needs_model = items
             .iter()
@@ -540,7 +555,13 @@ impl RetrieveService {
             })
             .collect();
         let units = self
-            .vectors("items", contents, collection.meta.dimension, deadline)
+            .vectors(
+                Field::List(List::Items),
+                |i| Field::item(List::Items, i),
+                contents,
+                collection.meta.dimension,
+                deadline,
+            )
             .await?;
         let records: Vec<(String, Vec<f32>, Metadata)> = ids
             .iter()
@@ -577,11 +598,14 @@ impl RetrieveService {
     ) -> Result<(usize, usize), ServiceError> {
         let collection = self.collection(name)?;
         if ids.len() > self.inner.config.max_upsert_items {
-            return Err(ServiceError::InvalidArgument(format!(
-                "ids: {} ids, over the limit of {} (--max-upsert-items)",
-                ids.len(),
-                self.inner.config.max_upsert_items
-            )));
+            return Err(ServiceError::invalid(
+                Field::List(List::Ids),
+                format!(
+                    "{} ids, over the limit of {} (--max-upsert-items)",
+                    ids.len(),
+                    self.inner.config.max_upsert_items
+                ),
+            ));
         }
         let _writer = collection.writer.lock().await;
         let inner = Arc::clone(&self.inner);
@@ -604,7 +628,7 @@ impl RetrieveService {
         name: &str,
         search: SearchInput,
         deadline: Option<Instant>,
-        permit: crate::service::Permit,
+        permit: Permit,
     ) -> Result<Vec<Scored>, ServiceError> {
         let SearchInput {
             query,
@@ -618,22 +642,24 @@ impl RetrieveService {
         let max = self.inner.config.max_top_k;
         let k = if top_k == 0 { 10 } else { top_k };
         if k > max {
-            return Err(ServiceError::InvalidArgument(format!(
-                "top_k {k} is over the limit of {max} (--max-top-k)"
-            )));
+            return Err(ServiceError::invalid(
+                Field::Param("top_k"),
+                format!("{k} is over the limit of {max} (--max-top-k)"),
+            ));
         }
-        self.check_metadata("filter", &filter)?;
+        self.check_metadata(Field::Param("filter"), &filter)?;
         let needs_model = matches!(query, Some(Content::Text(_) | Content::Image(_)));
         self.check_model(&collection.meta, model, needs_model)?;
+        let query_field = || Field::Param("query");
         let mut q = self
-            .vectors("query", vec![query], collection.meta.dimension, deadline)
-            .await
-            .map_err(|e| match e {
-                ServiceError::InvalidArgument(m) => {
-                    ServiceError::InvalidArgument(m.replacen("query[0]", "query", 1))
-                }
-                other => other,
-            })?;
+            .vectors(
+                query_field(),
+                |_| query_field(),
+                vec![query],
+                collection.meta.dimension,
+                deadline,
+            )
+            .await?;
         let query = q.pop().unwrap_or_default();
         // The scan runs on the blocking pool (it may take both cores for a large collection).
         tokio::task::spawn_blocking(move || {
@@ -658,11 +684,14 @@ impl RetrieveService {
     ) -> Result<(Vec<StoredItem>, Vec<String>), ServiceError> {
         self.collection(name)?;
         if ids.len() > self.inner.config.max_upsert_items {
-            return Err(ServiceError::InvalidArgument(format!(
-                "ids: {} ids, over the limit of {} (--max-upsert-items)",
-                ids.len(),
-                self.inner.config.max_upsert_items
-            )));
+            return Err(ServiceError::invalid(
+                Field::List(List::Ids),
+                format!(
+                    "{} ids, over the limit of {} (--max-upsert-items)",
+                    ids.len(),
+                    self.inner.config.max_upsert_items
+                ),
+            ));
         }
         let inner = Arc::clone(&self.inner);
         let owned = name.to_string();
@@ -677,21 +706,6 @@ impl RetrieveService {
             }
         }
         Ok((items, missing))
-    }
-}
-
-/// `candidates[3]` in a message about the list with the query in front is `candidates[2]`.
-fn shift_index(message: &str, field: &str) -> String {
-    let prefix = format!("{field}[");
-    let Some(rest) = message.strip_prefix(&prefix) else {
-        return message.to_string();
-    };
-    let Some((num, tail)) = rest.split_once(']') else {
-        return message.to_string();
-    };
-    match num.parse::<usize>() {
-        Ok(n) if n > 0 => format!("{prefix}{}]{tail}", n - 1),
-        _ => message.to_string(),
     }
 }
 
@@ -710,14 +724,17 @@ mod tests {
 
     #[test]
     fn client_vectors_are_checked_and_normalized() {
-        assert_eq!(check_vector("v", &[3.0, 4.0], 2).unwrap(), vec![0.6, 0.8]);
+        assert_eq!(
+            check_vector(Field::Param("v"), &[3.0, 4.0], 2).unwrap(),
+            vec![0.6, 0.8]
+        );
         for (bad, needle) in [
             (vec![1.0], "1 values, expected 2"),
             (vec![f32::NAN, 1.0], "value 0 is NaN"),
             (vec![1.0, f32::INFINITY], "value 1 is inf"),
             (vec![0.0, 0.0], "zero vector"),
         ] {
-            let e = check_vector("items[4].vector", &bad, 2)
+            let e = check_vector(Field::item(List::Items, 4).part("vector"), &bad, 2)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -725,9 +742,5 @@ mod tests {
                 "{e}"
             );
         }
-        assert_eq!(
-            shift_index("candidates[3].text: bad", "candidates"),
-            "candidates[2].text: bad"
-        );
     }
 }

@@ -7,7 +7,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::error::Modality;
+use crate::common::Modality;
 
 /// Latency buckets from 0.5 ms to 60 s: CPU text inference is tens of ms, a large batch of images
 /// on CPU takes seconds.

@@ -1,12 +1,17 @@
-//! Logging set-up (`tracing` with an EnvFilter, human-readable or JSON lines, on stderr), the
-//! Prometheus metrics and the HTTP listener that serves them with the health routes.
+//! Logging set-up (`tracing` with an EnvFilter, human-readable or JSON lines, on stderr), request
+//! ids, and the Prometheus metric definitions ([`metrics`]). No listener: `/metrics` is served by
+//! the HTTP layer (`http/probes.rs`).
 
-pub mod http;
 pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Longest client-chosen request id kept; longer or non-printable ones are replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;

@@ -1,6 +1,9 @@
-//! `clip-serve bench`: a closed-loop load generator against a running server. N clients each send a
+//! `clip-bench`: a closed-loop load generator against a running server. N clients each send a
 //! request, wait for the reply and send the next, for a fixed duration; it reports throughput (items
 //! per second) and latency percentiles, and writes them as JSON. A program that measures, not a test.
+//!
+//! Its own binary: it uses only the generated gRPC client (`clip_serve::grpc::pb`) and the wire's
+//! code names, none of the server.
 
 use std::{
     collections::BTreeMap,
@@ -10,12 +13,17 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::pb::{self, classify_client::ClassifyClient, embed_client::EmbedClient};
-use crate::config::parse_duration;
+use clip_serve::{
+    common::parse_duration,
+    grpc::{
+        pb::{self, classify_client::ClassifyClient, embed_client::EmbedClient},
+        status::code_name,
+    },
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,7 +34,9 @@ pub enum BenchModality {
     Classify,
 }
 
-#[derive(Debug, Clone, Args)]
+/// Closed-loop load generator against a running clip-serve (prints throughput and latency).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "clip-bench", version)]
 pub struct BenchArgs {
     /// Server address.
     #[arg(
@@ -165,9 +175,30 @@ async fn one_request(
             format!("{count} results for {items} items"),
         )),
         Err(status) => Err((
-            super::status::code_name(status.code()).to_string(),
+            code_name(status.code()).to_string(),
             status.message().to_string(),
         )),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clip-bench: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clip-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

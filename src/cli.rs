@@ -1,10 +1,22 @@
-//! Command line and environment configuration. Every flag has an environment twin (`CLIP_SERVE_*`,
-//! plus `ORT_DYLIB_PATH` as ONNX Runtime users expect); [`ServeArgs::validate`] turns the raw flags
-//! into a [`Config`] or a one-line error.
+//! The command line, at the top of the crate: every flag has an environment twin (`CLIP_SERVE_*`,
+//! plus `ORT_DYLIB_PATH` as ONNX Runtime users expect). [`ServeArgs::validate`] checks the raw flags
+//! and builds each domain's own configuration struct into one [`Config`] for `server.rs`, or says
+//! in one line which flag is wrong. Domain modules never import this one.
 
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    batch::BatcherConfig,
+    classify::{ClassifyConfig, PromptLimits},
+    common::parse_duration,
+    embed::{EmbedConfig, Limits},
+    model::{Provider, ProviderOptions},
+    retrieve::RetrieveConfig,
+    security::{Secret, TlsPaths},
+    telemetry::LogFormat,
+};
 
 /// Default model directory, relative to the working directory (scripts/serve.sh exports it there).
 pub const DEFAULT_MODEL_DIR: &str = "models/ViT-B-32__datacomp_xl_s13b_b90k";
@@ -24,34 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server.
+    /// Run the gRPC server (the load generator is the separate `clip-bench` binary).
     Serve(Box<ServeArgs>),
-    /// Closed-loop load generator against a running server (prints throughput and latency).
-    Bench(Box<crate::grpc::bench::BenchArgs>),
-}
-
-/// Execution provider that runs the ONNX sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Provider {
-    Cpu,
-    Cuda,
-    Tensorrt,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Cpu => "cpu",
-            Provider::Cuda => "cuda",
-            Provider::Tensorrt => "tensorrt",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -241,59 +227,28 @@ pub struct ServeArgs {
     pub log_filter: String,
 }
 
-/// Validated server configuration.
+/// Validated server configuration: one struct per domain, built here, read by `server.rs`.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub model_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub ort_dylib_path: PathBuf,
-    pub provider: Provider,
-    pub device_id: i32,
-    pub gpu: GpuOptions,
+    /// The execution provider and its options (its `max_batch_size` follows `embed.batch`).
+    pub providers: ProviderOptions,
     pub intra_op_threads: usize,
-    pub limits: Limits,
-    pub max_stream_in_flight: usize,
-    pub batch: crate::batch::BatcherConfig,
-    pub data_dir: PathBuf,
-    pub classify: crate::classify::ClassifyConfig,
-    pub retrieve: crate::retrieve::RetrieveConfig,
-    pub apply_exif_orientation: bool,
     pub skip_warmup: bool,
+    /// Request limits, batching, streams and preprocessing (admission takes its permit count from
+    /// `embed.limits.max_concurrent_requests`).
+    pub embed: EmbedConfig,
+    pub data_dir: PathBuf,
+    pub classify: ClassifyConfig,
+    pub retrieve: RetrieveConfig,
     pub shutdown_grace: Duration,
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
     pub public_reflection: bool,
-    pub tls: crate::tls::TlsPaths,
-}
-
-/// A value that never shows in logs or `Debug` output.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-/// TensorRT options (the optimization profiles follow `--max-batch-size`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GpuOptions {
-    pub trt_fp16: bool,
-    pub trt_engine_cache_dir: Option<PathBuf>,
-    pub trt_workspace_bytes: Option<u64>,
-}
-
-/// Request limits; each one answers a client with INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_items_per_request: usize,
-    pub max_image_bytes: usize,
-    pub max_image_pixels: u64,
-    pub max_text_bytes: usize,
-    pub max_message_bytes: usize,
-    pub max_concurrent_requests: usize,
+    pub tls: TlsPaths,
 }
 
 impl ServeArgs {
@@ -331,7 +286,7 @@ impl ServeArgs {
         };
         let max_stream_in_flight =
             to_usize("max-stream-in-flight", self.max_stream_in_flight.into())?;
-        let batch = crate::batch::BatcherConfig {
+        let batch = BatcherConfig {
             max_batch_size: to_usize("max-batch-size", self.max_batch_size.into())?,
             max_batch_delay: self.max_batch_delay,
             max_queue_rows: to_usize("max-queue-rows", self.max_queue_rows.into())?,
@@ -342,8 +297,8 @@ impl ServeArgs {
                 batch.max_queue_rows, limits.max_items_per_request
             ));
         }
-        let classify = crate::classify::ClassifyConfig {
-            prompts: crate::classify::PromptLimits {
+        let classify = ClassifyConfig {
+            prompts: PromptLimits {
                 max_labels: to_usize("max-labels", self.max_labels.into())?,
                 max_templates: to_usize("max-templates", self.max_templates.into())?,
                 max_text_bytes: limits.max_text_bytes,
@@ -361,7 +316,7 @@ impl ServeArgs {
                 self.provider.as_str()
             ));
         }
-        let retrieve = crate::retrieve::RetrieveConfig {
+        let retrieve = RetrieveConfig {
             max_top_k: to_usize("max-top-k", self.max_top_k.into())?,
             max_upsert_items: to_usize("max-upsert-items", self.max_upsert_items.into())?,
             max_collections: to_usize("max-collections", self.max_collections.into())?,
@@ -369,10 +324,8 @@ impl ServeArgs {
             max_metadata_bytes: to_usize("max-metadata-bytes", self.max_metadata_bytes.into())?,
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
-        let intra_op_threads = match self.intra_op_threads {
-            Some(n) => n.get(),
-            None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
-        };
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let intra_op_threads = self.intra_op_threads.map_or(cores, NonZeroUsize::get);
         Ok(Config {
             model_dir: self.model_dir,
             grpc_addr: self.grpc_addr,
@@ -380,27 +333,31 @@ impl ServeArgs {
             ort_dylib_path: self
                 .ort_dylib_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),
-            provider: self.provider,
-            device_id: self.device_id,
-            gpu: GpuOptions {
+            providers: ProviderOptions {
+                provider: self.provider,
+                device_id: self.device_id,
                 trt_fp16: self.trt_fp16,
                 trt_engine_cache_dir: self.trt_engine_cache_dir,
                 trt_workspace_bytes: self.trt_workspace_bytes,
+                max_batch_size: batch.max_batch_size,
             },
             intra_op_threads,
-            limits,
-            max_stream_in_flight,
-            batch,
+            skip_warmup: self.skip_warmup,
+            embed: EmbedConfig {
+                limits,
+                batch,
+                max_stream_in_flight,
+                apply_exif_orientation: self.apply_exif_orientation,
+                preprocess_workers: cores,
+            },
             data_dir: self.data_dir,
             classify,
             retrieve,
-            apply_exif_orientation: self.apply_exif_orientation,
-            skip_warmup: self.skip_warmup,
             shutdown_grace: self.shutdown_grace,
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
             api_key_file: self.api_key_file,
             public_reflection: self.public_reflection,
-            tls: crate::tls::TlsPaths {
+            tls: TlsPaths {
                 cert: self.tls_cert,
                 key: self.tls_key,
                 client_ca: self.tls_client_ca,
@@ -413,9 +370,7 @@ impl Config {
     /// A configuration with every default, for tests and embedding the server as a library.
     pub fn for_model(model_dir: impl Into<PathBuf>) -> Self {
         let args = Cli::parse_from(["clip-serve", "serve"]);
-        let Command::Serve(mut args) = args.command else {
-            unreachable!("parsed the serve subcommand");
-        };
+        let Command::Serve(mut args) = args.command;
         args.model_dir = model_dir.into();
         args.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         args.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -427,29 +382,6 @@ impl Config {
     }
 }
 
-/// `10s`, `250ms`, `500us`, `2m`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s or 250ms"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "m" => value * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use us, ms, s or m)")),
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,9 +390,7 @@ mod tests {
         let mut full = vec!["clip-serve", "serve"];
         full.extend_from_slice(args);
         let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
-        let Command::Serve(args) = cli.command else {
-            return Err("not the serve subcommand".into());
-        };
+        let Command::Serve(args) = cli.command;
         args.validate()
     }
 
@@ -470,9 +400,9 @@ mod tests {
         assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:50051");
         assert_eq!(config.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(config.model_dir, PathBuf::from(DEFAULT_MODEL_DIR));
-        assert_eq!(config.provider, Provider::Cpu);
+        assert_eq!(config.providers.provider, Provider::Cpu);
         assert!(config.intra_op_threads >= 1);
-        assert!(!config.apply_exif_orientation);
+        assert!(!config.embed.apply_exif_orientation);
     }
 
     #[test]
@@ -499,9 +429,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.model_dir, PathBuf::from("/m"));
         assert_eq!(config.grpc_addr.port(), 9000);
-        assert_eq!(config.provider, Provider::Tensorrt);
+        assert_eq!(config.providers.provider, Provider::Tensorrt);
         assert_eq!(config.intra_op_threads, 3);
-        assert!(config.apply_exif_orientation);
+        assert!(config.embed.apply_exif_orientation);
         assert!(parse(&["--provider", "tpu"]).is_err());
         let gpu = parse(&[
             "--provider",
@@ -515,23 +445,20 @@ mod tests {
             "128",
         ])
         .unwrap();
-        assert!(gpu.gpu.trt_fp16);
-        assert_eq!(gpu.gpu.trt_engine_cache_dir, Some(PathBuf::from("/cache")));
-        assert_eq!(gpu.gpu.trt_workspace_bytes, Some(1 << 32));
-        assert_eq!(gpu.batch.max_batch_size, 128);
+        assert!(gpu.providers.trt_fp16);
+        assert_eq!(
+            gpu.providers.trt_engine_cache_dir,
+            Some(PathBuf::from("/cache"))
+        );
+        assert_eq!(gpu.providers.trt_workspace_bytes, Some(1 << 32));
+        assert_eq!(gpu.embed.batch.max_batch_size, 128);
+        assert_eq!(gpu.providers.max_batch_size, 128);
         let err = parse(&["--provider", "cuda", "--trt-fp16"]).unwrap_err();
         assert!(err.contains("--provider tensorrt"), "{err}");
     }
 
     #[test]
     fn durations_parse_in_human_forms() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
         assert_eq!(
             parse(&["--shutdown-grace", "1500ms"])
                 .unwrap()

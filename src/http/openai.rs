@@ -1,18 +1,15 @@
 //! The OpenAI-compatible HTTP API on `--http-addr`: `POST /v1/embeddings` and `GET /v1/models`, in
 //! OpenAI's request, response and error shapes, so the `openai` SDKs work unchanged. The same
-//! service, batchers, limits and metrics as gRPC sit behind it; this file is the HTTP protocol
-//! layer, and holds the one mapping from domain errors to HTTP statuses.
+//! service, batchers, limits and metrics as gRPC sit behind it.
 //!
 //! Images go through the same route the way Infinity does it: `"modality": "image"` with inputs as
 //! `data:image/...;base64,...` URIs. Fetching http(s) URLs server-side is refused (an SSRF door).
-
-use std::time::Instant;
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -20,10 +17,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::{call, error::ApiError};
 use crate::{
-    ServiceError,
-    auth::{ApiKeys, AuthError},
-    service::{Admission, EmbedService},
+    common::ServiceError,
+    embed::{Admission, EmbedService},
+    security::ApiKeys,
 };
 
 #[derive(Clone)]
@@ -39,149 +37,6 @@ pub fn routes(state: OpenAi, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    param: Option<&'static str>,
-    message: String,
-    /// The gRPC code name of the same failure, for metrics shared with gRPC.
-    grpc_code: &'static str,
-}
-
-impl ApiError {
-    fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_request_error",
-            code: "invalid_request",
-            param,
-            message: message.into(),
-            grpc_code: "INVALID_ARGUMENT",
-        }
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            kind: "invalid_request_error",
-            code: "invalid_api_key",
-            param: None,
-            message: e.to_string(),
-            grpc_code: "UNAUTHENTICATED",
-        }
-    }
-}
-
-/// The HTTP face of each domain error (the same failures get the matching gRPC codes).
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
-        let (status, kind, code, grpc_code) = match &e {
-            ServiceError::InvalidArgument(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                "INVALID_ARGUMENT",
-            ),
-            ServiceError::FailedPrecondition(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "unsupported",
-                "FAILED_PRECONDITION",
-            ),
-            ServiceError::NotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "not_found",
-                "NOT_FOUND",
-            ),
-            ServiceError::AlreadyExists(_) => (
-                StatusCode::CONFLICT,
-                "invalid_request_error",
-                "already_exists",
-                "ALREADY_EXISTS",
-            ),
-            ServiceError::ResourceExhausted(_) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "rate_limit_exceeded",
-                "RESOURCE_EXHAUSTED",
-            ),
-            ServiceError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "unavailable",
-                "UNAVAILABLE",
-            ),
-            ServiceError::DeadlineExceeded(_) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "server_error",
-                "timeout",
-                "DEADLINE_EXCEEDED",
-            ),
-            ServiceError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal_error",
-                "INTERNAL",
-            ),
-        };
-        // The domain names items `texts[i]` / `images[i]`; here they are all `input[i]`.
-        let message = e
-            .to_string()
-            .replacen("texts[", "input[", 1)
-            .replacen("images[", "input[", 1);
-        ApiError {
-            status,
-            kind,
-            code,
-            param: matches!(e, ServiceError::InvalidArgument(_)).then_some("input"),
-            message,
-            grpc_code,
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(e: BytesRejection) -> Self {
-        let status = e.status();
-        ApiError {
-            status,
-            kind: "invalid_request_error",
-            code: if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "request_too_large"
-            } else {
-                "invalid_request"
-            },
-            param: None,
-            message: format!("{e} (--max-message-bytes bounds the body)"),
-            grpc_code: if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "OUT_OF_RANGE"
-            } else {
-                "INVALID_ARGUMENT"
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        });
-        (self.status, Json(body)).into_response()
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,46 +76,13 @@ fn model_ids(service: &EmbedService) -> Result<Vec<String>, ServiceError> {
     })
 }
 
-/// Checks the key, runs `handler` in a span with the request id, counts the call, and tags the
-/// response with the request id.
+/// An OpenAI call: key, span, metrics and request id as every HTTP call.
 async fn call<F>(state: &OpenAi, method: &'static str, headers: &HeaderMap, handler: F) -> Response
 where
     F: std::future::Future<Output = Result<Response, ApiError>>,
 {
-    use tracing::Instrument;
-    let started = Instant::now();
-    let id =
-        crate::telemetry::request_id(headers.get("x-request-id").and_then(|v| v.to_str().ok()));
-    let span =
-        tracing::info_span!("call", request_id = %id, method = %format_args!("OpenAI/{method}"));
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let result = match state.keys.check(authorization) {
-        Ok(()) => handler.instrument(span.clone()).await,
-        Err(e) => Err(e.into()),
-    };
-    let (mut response, code) = match result {
-        Ok(r) => (r, "OK"),
-        Err(e) => {
-            let code = e.grpc_code;
-            if e.status.is_server_error() {
-                span.in_scope(|| tracing::error!(status = e.status.as_u16(), message = %e.message, "call failed"));
-            }
-            (e.into_response(), code)
-        }
-    };
-    state.service.metrics().observe_call_on(
-        "http",
-        "OpenAI",
-        method,
-        code,
-        started.elapsed().as_secs_f64(),
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
-    response
+    let metrics = state.service.metrics();
+    call::call(&state.keys, metrics, ("OpenAI", method), headers, handler).await
 }
 
 async fn models(State(state): State<OpenAi>, headers: HeaderMap) -> Response {
@@ -494,33 +316,5 @@ mod tests {
         ] {
             assert!(data_uri(0, bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn domain_errors_map_to_openai_statuses() {
-        let cases = [
-            (
-                ServiceError::invalid_item("texts", 2, "too long"),
-                400,
-                "input[2]: too long",
-            ),
-            (ServiceError::ResourceExhausted("busy".into()), 429, "busy"),
-            (ServiceError::Unavailable("loading".into()), 503, "loading"),
-            (ServiceError::Internal("see logs".into()), 500, "see logs"),
-            (
-                ServiceError::FailedPrecondition("no tower".into()),
-                400,
-                "no tower",
-            ),
-        ];
-        for (e, status, message) in cases {
-            let a = ApiError::from(e);
-            assert_eq!(a.status.as_u16(), status);
-            assert_eq!(a.message, message);
-        }
-        assert_eq!(
-            ApiError::from(AuthError::Wrong).status,
-            StatusCode::UNAUTHORIZED
-        );
     }
 }

@@ -1,0 +1,223 @@
+//! Admission: who may start work now, and the shutdown state every door reads.
+//!
+//! One [`Gate`] per server, below both protocol layers. Unary calls try to take a request permit
+//! and are refused at once (RESOURCE_EXHAUSTED) when none is free; stream items wait for one, but
+//! only within the streams' share (3/4 of the permits), so busy streams cannot lock unary callers
+//! out. Shutdown flips one watch channel: new work is refused with UNAVAILABLE, admitted work
+//! finishes, and [`Gate::drained`] resolves once every permit is back.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::common::ServiceError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Requests (and stream items) processed at once.
+    pub max_concurrent_requests: usize,
+}
+
+/// Whether a call waits for a request permit (streams) or is refused at once (unary calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    TryNow,
+    Wait,
+}
+
+/// A request permit; counted in `clip_requests_in_flight` while held.
+pub struct Permit {
+    _request: OwnedSemaphorePermit,
+    _stream_share: Option<OwnedSemaphorePermit>,
+    in_flight: prometheus::IntGauge,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
+struct Inner {
+    config: AdmissionConfig,
+    requests: Arc<Semaphore>,
+    /// The share of `requests` that stream items may hold at once.
+    stream_share: Arc<Semaphore>,
+    /// Flips to true when shutdown begins; calls and streams read or wait on it.
+    shutdown: watch::Sender<bool>,
+    in_flight: prometheus::IntGauge,
+}
+
+/// Cheap to clone; clones share the permits and the shutdown state.
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+fn shutting_down() -> ServiceError {
+    ServiceError::Unavailable("server is shutting down".into())
+}
+
+impl Gate {
+    /// `in_flight` is the gauge that counts held permits.
+    pub fn new(config: AdmissionConfig, in_flight: prometheus::IntGauge) -> Self {
+        let max = config.max_concurrent_requests.max(1);
+        Gate {
+            inner: Arc::new(Inner {
+                config,
+                requests: Arc::new(Semaphore::new(max)),
+                stream_share: Arc::new(Semaphore::new((max * 3 / 4).max(1))),
+                shutdown: watch::Sender::new(false),
+                in_flight,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> AdmissionConfig {
+        self.inner.config
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// UNAVAILABLE once shutdown has begun.
+    pub fn check_open(&self) -> Result<(), ServiceError> {
+        if self.is_shutting_down() {
+            Err(shutting_down())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// New work is refused from now on; work already admitted finishes.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_started(&self) {
+        let mut rx = self.inner.shutdown.subscribe();
+        let _ = rx.wait_for(|started| *started).await;
+    }
+
+    /// Resolves when no permit is held (every admitted call and stream item has finished).
+    pub async fn drained(&self) {
+        let all =
+            u32::try_from(self.inner.config.max_concurrent_requests.max(1)).unwrap_or(u32::MAX);
+        let _ = self.inner.requests.acquire_many(all).await;
+    }
+
+    /// Takes a request permit: at once or RESOURCE_EXHAUSTED (`TryNow`), or waiting for a place
+    /// in the streams' share first and then for a permit (`Wait`). Both refuse after shutdown.
+    pub async fn admit(&self, admission: Admission) -> Result<Permit, ServiceError> {
+        let requests = Arc::clone(&self.inner.requests);
+        let (request, stream_share) = match admission {
+            Admission::TryNow => {
+                self.check_open()?;
+                let permit = requests.try_acquire_owned().map_err(|_| {
+                    ServiceError::ResourceExhausted(format!(
+                        "server is at its limit of {} concurrent requests (--max-concurrent-requests); retry later",
+                        self.inner.config.max_concurrent_requests
+                    ))
+                })?;
+                (permit, None)
+            }
+            Admission::Wait => {
+                let share = Arc::clone(&self.inner.stream_share);
+                tokio::select! {
+                    permits = async {
+                        let share = share.acquire_owned().await.map_err(|_| shutting_down())?;
+                        let request = requests.acquire_owned().await.map_err(|_| shutting_down())?;
+                        Ok::<_, ServiceError>((request, Some(share)))
+                    } => permits?,
+                    () = self.shutdown_started() => return Err(shutting_down()),
+                }
+            }
+        };
+        self.inner.in_flight.inc();
+        Ok(Permit {
+            _request: request,
+            _stream_share: stream_share,
+            in_flight: self.inner.in_flight.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn gate(max: usize) -> (Gate, prometheus::IntGauge) {
+        let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
+        let config = AdmissionConfig {
+            max_concurrent_requests: max,
+        };
+        (Gate::new(config, gauge.clone()), gauge)
+    }
+
+    #[tokio::test]
+    async fn unary_calls_are_refused_when_every_permit_is_held() {
+        let (gate, in_flight) = gate(2);
+        let a = gate.admit(Admission::TryNow).await.unwrap();
+        let _b = gate.admit(Admission::TryNow).await.unwrap();
+        assert_eq!(in_flight.get(), 2);
+        let e = gate.admit(Admission::TryNow).await.err().unwrap();
+        assert!(
+            matches!(&e, ServiceError::ResourceExhausted(m) if m.contains("--max-concurrent-requests")),
+            "{e}"
+        );
+        drop(a);
+        assert_eq!(in_flight.get(), 1);
+        assert!(gate.admit(Admission::TryNow).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn streams_keep_a_quarter_of_the_permits_for_unary_calls() {
+        let (gate, _) = gate(4);
+        let mut stream_permits = Vec::new();
+        for _ in 0..3 {
+            stream_permits.push(gate.admit(Admission::Wait).await.unwrap());
+        }
+        // A fourth stream item waits, though a permit is free ...
+        let waiting = tokio::time::timeout(Duration::from_millis(50), gate.admit(Admission::Wait));
+        assert!(waiting.await.is_err(), "the streams' share is 3 of 4");
+        // ... and that permit still serves a unary call.
+        assert!(gate.admit(Admission::TryNow).await.is_ok());
+        // A stream item gets its permit as soon as one in the share is back.
+        let g = gate.clone();
+        let next = tokio::spawn(async move { g.admit(Admission::Wait).await.map(|_| ()) });
+        drop(stream_permits.pop());
+        next.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_refuses_new_work_wakes_waiters_and_drains_admitted_work() {
+        let (gate, _) = gate(1);
+        let held = gate.admit(Admission::TryNow).await.unwrap();
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { g.admit(Admission::Wait).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        gate.begin_shutdown();
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(ServiceError::Unavailable(_))
+        ));
+        assert!(matches!(
+            gate.admit(Admission::TryNow).await,
+            Err(ServiceError::Unavailable(_))
+        ));
+        gate.shutdown_started().await;
+        let g = gate.clone();
+        let drained = tokio::spawn(async move { g.drained().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drained.is_finished(), "a permit is still held");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .expect("drained once the permit is back")
+            .unwrap();
+    }
+}

@@ -1,0 +1,61 @@
+//! What every HTTP API call goes through: the API key check, a `call{request_id, method}` span,
+//! the request counter and duration (`interface="http"`), and the `x-request-id` header on the
+//! reply, success or error.
+
+use std::{future::Future, time::Instant};
+
+use axum::{
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use tracing::Instrument;
+
+use super::error::ApiError;
+use crate::{security::ApiKeys, telemetry::metrics::Metrics};
+
+/// Checks the key, runs `handler` in a span with the request id, counts the call under
+/// `service`/`method`, and tags the response with the request id.
+pub async fn call<F>(
+    keys: &ApiKeys,
+    metrics: &Metrics,
+    (service, method): (&'static str, &'static str),
+    headers: &HeaderMap,
+    handler: F,
+) -> Response
+where
+    F: Future<Output = Result<Response, ApiError>>,
+{
+    let started = Instant::now();
+    let id =
+        crate::telemetry::request_id(headers.get("x-request-id").and_then(|v| v.to_str().ok()));
+    let span =
+        tracing::info_span!("call", request_id = %id, method = %format_args!("{service}/{method}"));
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let result = match keys.check(authorization) {
+        Ok(()) => handler.instrument(span.clone()).await,
+        Err(e) => Err(e.into()),
+    };
+    let (mut response, code) = match result {
+        Ok(r) => (r, "OK"),
+        Err(e) => {
+            let code = e.grpc_code;
+            if e.status.is_server_error() {
+                span.in_scope(|| tracing::error!(status = e.status.as_u16(), message = %e.message, "call failed"));
+            }
+            (e.into_response(), code)
+        }
+    };
+    metrics.observe_call_on(
+        "http",
+        service,
+        method,
+        code,
+        started.elapsed().as_secs_f64(),
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

@@ -1,0 +1,235 @@
+//! The one mapping from domain errors to HTTP statuses and OpenAI's error body
+//! (`{"error": {"message", "type", "param", "code"}}`), with the gRPC code name of the same failure
+//! for the metrics both doors share. Field paths render in the HTTP API's words: every item list
+//! of a request is `input` (`input[3]`), other fields keep their names.
+
+use axum::{
+    Json,
+    extract::rejection::BytesRejection,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{
+    common::{Field, List, ServiceError},
+    security::AuthError,
+};
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub param: Option<&'static str>,
+    pub message: String,
+    /// The gRPC code name of the same failure, for metrics shared with gRPC.
+    pub grpc_code: &'static str,
+}
+
+impl ApiError {
+    pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: "invalid_request",
+            param,
+            message: message.into(),
+            grpc_code: "INVALID_ARGUMENT",
+        }
+    }
+}
+
+/// The HTTP API's name for a field the domain names: item lists are the request's `input`.
+fn http_name(field: &Field) -> Option<&'static str> {
+    match field {
+        Field::List(List::Images | List::Texts) => Some("input"),
+        _ => None,
+    }
+}
+
+/// The request parameter an invalid field belongs to.
+fn param_of(field: &Field) -> &'static str {
+    match field {
+        Field::Param(name) => name,
+        Field::List(list) | Field::Item(list, _) => {
+            http_name(&Field::List(*list)).unwrap_or(list.as_str())
+        }
+        Field::Part(of, _) => param_of(of),
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            code: "invalid_api_key",
+            param: None,
+            message: e.to_string(),
+            grpc_code: "UNAUTHENTICATED",
+        }
+    }
+}
+
+/// The HTTP face of each domain error (the same failures get the matching gRPC codes).
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let (status, kind, code, grpc_code, message) = match e {
+            ServiceError::InvalidArgument(invalid) => {
+                return ApiError {
+                    param: Some(invalid.field.as_ref().map_or("input", param_of)),
+                    message: invalid.render(&http_name),
+                    ..ApiError::invalid(None, "")
+                };
+            }
+            ServiceError::FailedPrecondition(m) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported",
+                "FAILED_PRECONDITION",
+                m,
+            ),
+            ServiceError::NotFound(m) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "not_found",
+                "NOT_FOUND",
+                m,
+            ),
+            ServiceError::AlreadyExists(m) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "already_exists",
+                "ALREADY_EXISTS",
+                m,
+            ),
+            ServiceError::ResourceExhausted(m) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "RESOURCE_EXHAUSTED",
+                m,
+            ),
+            ServiceError::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "unavailable",
+                "UNAVAILABLE",
+                m,
+            ),
+            ServiceError::DeadlineExceeded(m) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "timeout",
+                "DEADLINE_EXCEEDED",
+                m,
+            ),
+            ServiceError::Internal(m) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                "INTERNAL",
+                m,
+            ),
+        };
+        ApiError {
+            status,
+            kind,
+            code,
+            param: None,
+            message,
+            grpc_code,
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        let status = e.status();
+        let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
+        ApiError {
+            status,
+            kind: "invalid_request_error",
+            code: if too_large {
+                "request_too_large"
+            } else {
+                "invalid_request"
+            },
+            param: None,
+            message: format!("{e} (--max-message-bytes bounds the body)"),
+            grpc_code: if too_large {
+                "OUT_OF_RANGE"
+            } else {
+                "INVALID_ARGUMENT"
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_map_to_openai_statuses() {
+        let cases = [
+            (
+                ServiceError::invalid_item(List::Texts, 2, "too long"),
+                400,
+                "input[2]: too long",
+            ),
+            (ServiceError::ResourceExhausted("busy".into()), 429, "busy"),
+            (ServiceError::Unavailable("loading".into()), 503, "loading"),
+            (ServiceError::Internal("see logs".into()), 500, "see logs"),
+            (
+                ServiceError::FailedPrecondition("no tower".into()),
+                400,
+                "no tower",
+            ),
+        ];
+        for (e, status, message) in cases {
+            let a = ApiError::from(e);
+            assert_eq!(a.status.as_u16(), status);
+            assert_eq!(a.message, message);
+        }
+        assert_eq!(
+            ApiError::from(AuthError::Wrong).status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn invalid_fields_name_their_parameter() {
+        let a = ApiError::from(ServiceError::invalid_item(List::Images, 0, "not an image"));
+        assert_eq!(
+            (a.param, a.message.as_str()),
+            (Some("input"), "input[0]: not an image")
+        );
+        let a = ApiError::from(ServiceError::invalid(Field::Param("top_k"), "too many"));
+        assert_eq!(
+            (a.param, a.message.as_str()),
+            (Some("top_k"), "top_k: too many")
+        );
+        let a = ApiError::from(ServiceError::invalid_item(List::Labels, 1, "empty label"));
+        assert_eq!(
+            (a.param, a.message.as_str()),
+            (Some("labels"), "labels[1]: empty label")
+        );
+    }
+}
