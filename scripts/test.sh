@@ -1,25 +1,45 @@
 #!/usr/bin/env bash
-# Everything CI checks: set-up, formatting, clippy with warnings as errors, the tests, the grpcurl smoke
-# test, and the Dockerfiles and Kubernetes manifests under deploy/. Needs no torch: the fixtures under tests/fixtures are committed.
+# Everything CI checks: set-up, formatting, clippy with warnings as errors (also with the GPU features),
+# the tests, the grpcurl smoke test, the openai SDK test, and the Dockerfiles and Kubernetes manifests
+# under deploy/. Needs no torch: the fixtures under tests/fixtures are committed. Prints each step's
+# duration at the end.
+#
+# One compilation serves the tests and the smoke tests (both use the dev profile's target/debug
+# binaries); clippy checks on top of it (check-mode metadata, no code generation).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/setup.sh
+
+# A fresh clone gains nothing from incremental compilation's bookkeeping.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
+
+STEPS=()
+step() {
+  local name="$1"; shift
+  echo "test: $name" >&2
+  local started=$SECONDS
+  "$@"
+  STEPS+=("$(printf '%5ds  %s' $((SECONDS - started)) "$name")")
+}
+summary() {
+  local rc=$?
+  echo "test: step durations (wall):" >&2
+  for s in "${STEPS[@]}"; do echo "  $s" >&2; done
+  printf '  %5ds  total\n' "$SECONDS" >&2
+  exit "$rc"
+}
+trap summary EXIT
+
+step "set-up (ONNX Runtime, grpcurl, nasm)" scripts/setup.sh
 export ORT_DYLIB_PATH="$ROOT/.cache/onnxruntime/lib/libonnxruntime.so"
 
-echo "test: cargo fmt --check" >&2
-cargo fmt --all -- --check
-echo "test: cargo clippy -D warnings" >&2
-cargo clippy --locked --all-targets -- -D warnings
-echo "test: cargo clippy --features cuda,tensorrt (GPU providers compile; they run only with onnxruntime-gpu)" >&2
-cargo clippy --locked --features cuda,tensorrt -- -D warnings
-echo "test: cargo test" >&2
-cargo test --locked
-echo "test: grpcurl smoke test" >&2
-scripts/smoke.sh
-echo "test: the official openai Python SDK against the HTTP API" >&2
-scripts/openai_sdk_test.sh
-echo "test: deployment files (hadolint, kustomize, Kubernetes schemas; offline)" >&2
-scripts/validate_deploy.sh
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnings
+# The GPU providers compile (they run only with onnxruntime-gpu): only the library changes with them.
+step "cargo clippy --lib --features cuda,tensorrt" cargo clippy --locked --lib --features cuda,tensorrt -- -D warnings
+step "cargo test" cargo test --locked
+step "grpcurl smoke test" scripts/smoke.sh
+step "the official openai Python SDK against the HTTP API" scripts/openai_sdk_test.sh
+step "deployment files (hadolint, kustomize, Kubernetes schemas; offline)" scripts/validate_deploy.sh
 echo "test: all passed" >&2

@@ -18,6 +18,9 @@
 //! job carries its caller's `tracing` span (with the request id) into the engine thread: the batch
 //! span follows from every job span in it, and each job logs its queue and inference time in its own
 //! span.
+//!
+//! Layer: engine plumbing. Knows rows, tensors-to-be and reply channels, nothing of images, texts or
+//! either wire; depends on `telemetry` (its metrics) only.
 
 use std::{
     collections::VecDeque,

@@ -2,6 +2,9 @@
 //! created by clients and persisted in `--data-dir`), their classifiers (computed in the background
 //! through the text batcher), a bounded text-embedding cache for inline labels, and the scoring of
 //! images. Nothing here knows about gRPC.
+//!
+//! Layer: a feature, below both doors. Depends on `embed` (texts and images through the batchers),
+//! `model` (logit scale, fingerprints), `telemetry` and `common`.
 
 pub mod classifier;
 pub mod prompts;

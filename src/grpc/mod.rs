@@ -1,6 +1,9 @@
 //! The protocol layer: generated code, one file per service, proto <-> domain conversion and the
 //! single mapping from [`ServiceError`](crate::common::ServiceError) to `tonic::Status`. tonic and prost
 //! types do not leave this module.
+//!
+//! Layer: a door, beside `http/`. Depends on the domain (`embed`, `classify`, `retrieve`), on
+//! `security` (the API-key interceptor, TLS) and `telemetry`; nothing below imports it.
 
 pub mod classify;
 pub mod context;

@@ -8,6 +8,9 @@
 //! <model>/textual/tokenizer.json      Hugging Face tokenizers format
 //! ```
 //! A directory with only one tower serves that tower.
+//!
+//! Layer: the engine. Depends on `preprocess` (each tower's preprocessing config and tokenizer) and
+//! `common`; knows nothing of requests.
 
 pub mod config;
 pub mod runtime;

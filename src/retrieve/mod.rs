@@ -2,6 +2,9 @@
 //! searched in memory by a [`VectorIndex`]). Writes go to disk first, then to the index, one writer
 //! per collection; searches read the index under a read lock, so they proceed while other writes
 //! are being committed.
+//!
+//! Layer: a feature, below both doors; owns the [`VectorIndex`] and the store. Depends on `embed`
+//! and `common` only.
 
 pub mod index;
 pub mod store;

@@ -1,12 +1,10 @@
 //! The HTTP side (/healthz, /readyz, /metrics), request ids and per-response timings.
 
-mod common;
-
+use crate::common::*;
 use clip_serve::{
     grpc::pb,
     server::{StartOptions, start},
 };
-use common::*;
 use tokio_stream::StreamExt;
 use tonic::{Code, metadata::MetadataValue};
 

@@ -1,13 +1,11 @@
 //! The server as clients see it: health, reflection, Info, the bad-input table, streams, one-tower
 //! models and start-up errors.
 
-mod common;
-
+use crate::common::*;
 use clip_serve::{
     grpc::pb,
     server::{StartOptions, start},
 };
-use common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{

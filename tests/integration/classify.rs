@@ -1,12 +1,10 @@
 //! Zero-shot classification against open_clip's own zero-shot code (scripts/reference_classify.py),
 //! label sets (precomputed, computed in the background, persisted) and the bad-input table.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use clip_serve::grpc::pb::{self, classify_client::ClassifyClient};
-use common::*;
 use tonic::{Code, transport::Channel};
 
 #[derive(Debug, serde::Deserialize)]

@@ -1,8 +1,5 @@
 //! SIGTERM to a real server process with calls in flight: every admitted call completes, new calls
 //! are refused, and the process exits 0 within its grace period.
-#![cfg(unix)]
-
-mod common;
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::*;
 use clip_serve::grpc::pb::{self, embed_client::EmbedClient};
-use common::*;
 use tonic::Code;
 
 struct ChildServer {

@@ -2,8 +2,7 @@
 //! torch forward) on the committed fixtures. Preprocessing is checked at the tensor level because a
 //! random-weight model is nearly blind to it.
 
-mod common;
-
+use crate::common::*;
 use clip_serve::{
     grpc::pb,
     preprocess::{
@@ -11,7 +10,6 @@ use clip_serve::{
         text::ClipTokenizer,
     },
 };
-use common::*;
 
 #[test]
 fn token_ids_equal_open_clip_tokenize() {

@@ -2,13 +2,11 @@
 //! handshakes with certificates made at test time. (The official `openai` Python SDK is exercised
 //! against a running server by scripts/openai_sdk_test.py, from scripts/test.sh.)
 
-mod common;
-
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
+use crate::common::*;
 use base64::Engine as _;
 use clip_serve::{grpc::pb, security::Secret};
-use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, metadata::MetadataValue};

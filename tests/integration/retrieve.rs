@@ -2,12 +2,10 @@
 //! filter, delete, persistence across restarts) and the bad-input table. The SIGKILL crash test is
 //! in tests/signals.rs (it needs a child process).
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::*;
 use clip_serve::grpc::pb::{self, retrieve_client::RetrieveClient};
-use common::*;
 use tonic::{Code, transport::Channel};
 
 fn client(server: &TestServer) -> RetrieveClient<Channel> {

@@ -1,0 +1,14 @@
+//! The integration tests, as one test binary (one link instead of one per file): each module starts
+//! the real server in-process on 127.0.0.1:0 (`signals` runs it as a child process) and talks to it
+//! with the generated clients, plain HTTP or the official SDKs' wire formats.
+
+mod common;
+
+mod classify;
+mod observability;
+mod openai;
+mod parity;
+mod retrieve;
+mod server;
+#[cfg(unix)]
+mod signals;
