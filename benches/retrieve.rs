@@ -108,11 +108,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("collections.redb");
         let store = Store::open(&path).expect("store");
-        let meta = CollectionMeta {
-            name: "bench".into(),
-            dimension: DIM,
-            model: "bench".into(),
-        };
+        let meta = CollectionMeta::new("bench".into(), DIM, "bench".into());
         store.create(&meta).expect("create");
         let batch = 1000;
         let t = Instant::now();
@@ -128,7 +124,7 @@ fn main() {
                     (format!("item-{}", written + i), v.to_vec(), md)
                 })
                 .collect();
-            store.upsert("bench", &items).expect("upsert");
+            store.upsert(&meta, &items).expect("upsert");
             written += n;
         }
         let upsert_s = t.elapsed().as_secs_f64();

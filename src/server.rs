@@ -6,7 +6,11 @@
 //! warmed up. On shutdown the HTTP side stays up until the gRPC calls have drained, so the drain
 //! can be watched in the metrics.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use anyhow::Context;
 use tokio::{
@@ -225,12 +229,16 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let shutdown_health = health.clone();
     let grace = config.shutdown_grace;
     let grace_service = service.clone();
+    // When shutdown began: every listener is done by then + grace.
+    let shutdown_at: Arc<OnceLock<Instant>> = Arc::default();
+    let shutdown_at_signal = Arc::clone(&shutdown_at);
     let task = tokio::spawn(async move {
         // The listener stays open while admitted calls finish, so that a client calling on its open
         // connection meanwhile gets a clear UNAVAILABLE (retry elsewhere) rather than a reset
         // connection; then it closes and tonic waits for the remaining connections.
         let signal = async move {
             let _ = shutdown_rx.await;
+            let _ = shutdown_at_signal.set(Instant::now());
             shutdown_service.begin_shutdown();
             shutdown_health.set_serving(false).await;
             tracing::info!(
@@ -247,10 +255,16 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             tokio::time::sleep(grace).await;
         };
         let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(async move {
-            http::serve(http_listener, http_router, tls.as_ref(), async move {
-                let _ = http_stop_rx.await;
-            })
+        let mut http_task = tokio::spawn(async move {
+            http::serve(
+                http_listener,
+                http_router,
+                tls.as_ref(),
+                grace,
+                async move {
+                    let _ = http_stop_rx.await;
+                },
+            )
             .await
         });
         let serve = endpoint.serve(listener, signal);
@@ -263,10 +277,19 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         };
         loader.abort();
         let _ = http_stop_tx.send(());
-        match http_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener failed"),
-            Err(e) => tracing::warn!(error = %e, "HTTP listener panicked"),
+        // HTTP connections still open (a client trickling a body) get what is left of the grace
+        // period, then they are dropped with the listener.
+        let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + grace;
+        match tokio::time::timeout_at(deadline.into(), &mut http_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP listener failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener panicked"),
+            Err(_) => {
+                tracing::warn!(
+                    "shutdown grace period over; closing the HTTP connections still open"
+                );
+                http_task.abort();
+            }
         }
         result.context("gRPC server failed")
     });

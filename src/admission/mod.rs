@@ -3,8 +3,11 @@
 //! One [`Gate`] per server, below both protocol layers. Unary calls try to take a request permit
 //! and are refused at once (RESOURCE_EXHAUSTED) when none is free; stream items wait for one, but
 //! only within the streams' share (3/4 of the permits), so busy streams cannot lock unary callers
-//! out. Shutdown flips one watch channel: new work is refused with UNAVAILABLE, admitted work
-//! finishes, and [`Gate::drained`] resolves once every permit is back.
+//! out. Control calls (collection and label-set administration, deletes, reads of stored items)
+//! are cheap, so they take a permit from a pool of their own and never queue behind embedding
+//! traffic, but they are admitted, refused and drained like everything else. Shutdown flips one
+//! watch channel: new work is refused with UNAVAILABLE, admitted work finishes, and
+//! [`Gate::drained`] resolves once every permit of both pools is back.
 
 use std::sync::Arc;
 
@@ -18,16 +21,20 @@ pub struct AdmissionConfig {
     pub max_concurrent_requests: usize,
 }
 
-/// Whether a call waits for a request permit (streams) or is refused at once (unary calls).
+/// How a call is admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
+    /// Unary work: a request permit now, or RESOURCE_EXHAUSTED.
     TryNow,
+    /// Stream items: wait for a request permit within the streams' share.
     Wait,
+    /// Cheap control calls: a permit from their own pool now, or RESOURCE_EXHAUSTED.
+    Control,
 }
 
-/// A request permit; counted in `clip_requests_in_flight` while held.
+/// A permit; counted in `clip_requests_in_flight` while held.
 pub struct Permit {
-    _request: OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
     _stream_share: Option<OwnedSemaphorePermit>,
     in_flight: prometheus::IntGauge,
 }
@@ -43,6 +50,8 @@ struct Inner {
     requests: Arc<Semaphore>,
     /// The share of `requests` that stream items may hold at once.
     stream_share: Arc<Semaphore>,
+    /// Control calls, as many at once as requests.
+    control: Arc<Semaphore>,
     /// Flips to true when shutdown begins; calls and streams read or wait on it.
     shutdown: watch::Sender<bool>,
     in_flight: prometheus::IntGauge,
@@ -67,6 +76,7 @@ impl Gate {
                 config,
                 requests: Arc::new(Semaphore::new(max)),
                 stream_share: Arc::new(Semaphore::new((max * 3 / 4).max(1))),
+                control: Arc::new(Semaphore::new(max)),
                 shutdown: watch::Sender::new(false),
                 in_flight,
             }),
@@ -106,21 +116,32 @@ impl Gate {
         let all =
             u32::try_from(self.inner.config.max_concurrent_requests.max(1)).unwrap_or(u32::MAX);
         let _ = self.inner.requests.acquire_many(all).await;
+        let _ = self.inner.control.acquire_many(all).await;
     }
 
-    /// Takes a request permit: at once or RESOURCE_EXHAUSTED (`TryNow`), or waiting for a place
-    /// in the streams' share first and then for a permit (`Wait`). Both refuse after shutdown.
+    /// Takes a permit: at once or RESOURCE_EXHAUSTED (`TryNow`, `Control`), or waiting for a
+    /// place in the streams' share first and then for a permit (`Wait`). All refuse after shutdown.
     pub async fn admit(&self, admission: Admission) -> Result<Permit, ServiceError> {
         let requests = Arc::clone(&self.inner.requests);
+        let at_limit = |what: &str| {
+            ServiceError::ResourceExhausted(format!(
+                "server is at its limit of {} concurrent {what} (--max-concurrent-requests); retry later",
+                self.inner.config.max_concurrent_requests
+            ))
+        };
         let (request, stream_share) = match admission {
             Admission::TryNow => {
                 self.check_open()?;
-                let permit = requests.try_acquire_owned().map_err(|_| {
-                    ServiceError::ResourceExhausted(format!(
-                        "server is at its limit of {} concurrent requests (--max-concurrent-requests); retry later",
-                        self.inner.config.max_concurrent_requests
-                    ))
-                })?;
+                let permit = requests
+                    .try_acquire_owned()
+                    .map_err(|_| at_limit("requests"))?;
+                (permit, None)
+            }
+            Admission::Control => {
+                self.check_open()?;
+                let permit = Arc::clone(&self.inner.control)
+                    .try_acquire_owned()
+                    .map_err(|_| at_limit("control calls"))?;
                 (permit, None)
             }
             Admission::Wait => {
@@ -137,7 +158,7 @@ impl Gate {
         };
         self.inner.in_flight.inc();
         Ok(Permit {
-            _request: request,
+            _permit: request,
             _stream_share: stream_share,
             in_flight: self.inner.in_flight.clone(),
         })
@@ -218,6 +239,37 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), drained)
             .await
             .expect("drained once the permit is back")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn control_calls_have_their_own_pool_and_are_drained_too() {
+        let (gate, in_flight) = gate(1);
+        let busy = gate.admit(Admission::TryNow).await.unwrap();
+        // Embedding traffic holds every request permit; a control call still gets in.
+        let control = gate.admit(Admission::Control).await.unwrap();
+        assert_eq!(in_flight.get(), 2);
+        assert!(matches!(
+            gate.admit(Admission::Control).await,
+            Err(ServiceError::ResourceExhausted(m)) if m.contains("control calls")
+        ));
+        gate.begin_shutdown();
+        drop(busy);
+        let g = gate.clone();
+        let drained = tokio::spawn(async move { g.drained().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !drained.is_finished(),
+            "the control call is still in flight"
+        );
+        assert!(matches!(
+            gate.admit(Admission::Control).await,
+            Err(ServiceError::Unavailable(_))
+        ));
+        drop(control);
+        tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .expect("drained")
             .unwrap();
     }
 }

@@ -1,16 +1,18 @@
 //! The dynamic batcher, one per modality.
 //!
 //! Shape borrowed from text-embeddings-inference: callers submit *jobs* (one request's rows) into a
-//! bounded queue; a batching thread packs rows into batches of at most `max_batch_size`; an engine
-//! thread runs them, with one batch prefetched so the engine never waits for packing. Each job gets
-//! its rows back, in order, through a oneshot channel.
+//! bounded queue; the engine thread forms the next batch of at most `max_batch_size` rows at the
+//! moment it is about to run it (forming one is moving a few row handles: microseconds, so there
+//! is nothing to prefetch), runs it, and hands each job its rows back, in order, through a oneshot
+//! channel.
 //!
 //! - Continuous batching: whatever queued while the engine ran forms the next batch. With
-//!   `max_batch_delay` > 0 the packer waits up to that long for a batch to fill (useful on GPUs).
-//! - Fairness: rows are taken round-robin across queued jobs, one row per job per turn, so a job of
-//!   1,000 rows queued first delays a later 1-row job by at most one batch, not by 1,000 rows.
-//! - Dropped callers (their receiver is gone) and jobs whose deadline passed are removed before
-//!   their rows cost compute, and counted.
+//!   `max_batch_delay` > 0 the engine waits up to that long for a batch to fill (useful on GPUs).
+//! - Fairness: rows are taken round-robin across *all* queued jobs, one row per job per turn, and
+//!   the turn carries over from one batch to the next. A job queued behind J others gets its first
+//!   row into one of the next ceil((J + 1) / max_batch_size) batches, however many rows they have.
+//! - Dropped callers (their receiver is gone) and jobs whose deadline passed are removed when the
+//!   batch that would carry them is formed, so their rows never cost compute, and counted.
 //! - Bounded: the queue holds at most `max_queue_rows` rows; a job that does not fit is refused at
 //!   once ([`BatchError::QueueFull`]).
 //!
@@ -24,7 +26,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Condvar, Mutex, PoisonError, mpsc as std_mpsc},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -192,7 +194,7 @@ impl<R, O> Drop for StopOnDrop<R, O> {
 }
 
 impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
-    /// Starts the packing and engine threads.
+    /// Starts the engine thread.
     pub fn start<E: Engine<Row = R, Output = O>>(
         engine: E,
         config: BatcherConfig,
@@ -212,17 +214,10 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             config,
             metrics,
         });
-        // Capacity 1: one batch waits, prefetched, while the engine runs the current one.
-        let (batches_tx, batches_rx) = std_mpsc::sync_channel::<Batch<R, O>>(1);
-        let packer = Arc::clone(&shared);
-        thread::Builder::new()
-            .name("batch-packer".into())
-            .spawn(move || pack_loop(&packer, &batches_tx))
-            .expect("spawning the batch packer thread");
-        let stats_owner = Arc::clone(&shared);
+        let owner = Arc::clone(&shared);
         thread::Builder::new()
             .name("batch-engine".into())
-            .spawn(move || engine_loop(engine, &batches_rx, &stats_owner))
+            .spawn(move || engine_loop(engine, &owner))
             .expect("spawning the engine thread");
         Batcher {
             _stop: Arc::new(StopOnDrop(Arc::clone(&shared))),
@@ -325,16 +320,17 @@ fn enqueue<R, O>(
     Ok(())
 }
 
-/// Packs batches until stopped.
-fn pack_loop<R, O>(shared: &Shared<R, O>, batches: &std_mpsc::SyncSender<Batch<R, O>>) {
+/// Waits for rows (and, with a batch delay, for the batch to fill), then forms the next batch.
+/// `None` once the batcher has stopped.
+fn next_batch<R, O>(shared: &Shared<R, O>) -> Option<Batch<R, O>> {
     let config = shared.config;
+    let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
-        let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
         while q.rows == 0 && !q.stopped {
             q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
         if q.stopped {
-            return;
+            return None;
         }
         if !config.max_batch_delay.is_zero() && q.rows < config.max_batch_size {
             let until = Instant::now() + config.max_batch_delay;
@@ -352,12 +348,8 @@ fn pack_loop<R, O>(shared: &Shared<R, O>, batches: &std_mpsc::SyncSender<Batch<R
         }
         let batch = take_batch(&mut q, shared);
         shared.metrics.queue_depth.set(q.rows as i64);
-        drop(q);
-        if batch.rows.is_empty() {
-            continue;
-        }
-        if batches.send(batch).is_err() {
-            return;
+        if !batch.rows.is_empty() {
+            return Some(batch);
         }
     }
 }
@@ -395,35 +387,33 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
         rows: Vec::with_capacity(max.min(q.rows)),
         targets: Vec::with_capacity(max.min(q.rows)),
     };
-    while batch.rows.len() < max && q.rows > 0 {
-        for job in q.jobs.iter_mut() {
-            if batch.rows.len() >= max {
-                break;
-            }
-            if let Some(row) = job.pending.pop_front() {
-                metrics
-                    .queue_wait
-                    .observe(now.duration_since(job.enqueued).as_secs_f64());
-                batch.rows.push(row);
-                batch.targets.push((Arc::clone(&job.results), job.next_row));
-                job.next_row += 1;
-                q.rows -= 1;
-            }
+    // The job at the front has its turn: one row, then it goes to the back (if it has more), so
+    // the next batch continues the round where this one stopped.
+    while batch.rows.len() < max {
+        let Some(mut job) = q.jobs.pop_front() else {
+            break;
+        };
+        if let Some(row) = job.pending.pop_front() {
+            metrics
+                .queue_wait
+                .observe(now.duration_since(job.enqueued).as_secs_f64());
+            batch.rows.push(row);
+            batch.targets.push((Arc::clone(&job.results), job.next_row));
+            job.next_row += 1;
+            q.rows -= 1;
         }
-        q.jobs.retain(|job| !job.pending.is_empty());
+        if !job.pending.is_empty() {
+            q.jobs.push_back(job);
+        }
     }
     batch
 }
 
 /// Runs batches and hands each job its rows.
-fn engine_loop<E: Engine>(
-    mut engine: E,
-    batches: &std_mpsc::Receiver<Batch<E::Row, E::Output>>,
-    shared: &Shared<E::Row, E::Output>,
-) {
+fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
     let metrics = &shared.metrics;
     let mut seq: u64 = 0;
-    while let Ok(Batch { rows, targets }) = batches.recv() {
+    while let Some(Batch { rows, targets }) = next_batch(shared) {
         seq += 1;
         let n = rows.len();
         // The jobs in this batch, each once (rows of one job are interleaved with others').
@@ -481,6 +471,8 @@ fn engine_loop<E: Engine>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc as std_mpsc;
+
     use super::*;
 
     fn shared(max_batch_size: usize, max_queue_rows: usize) -> Shared<u32, u32> {
@@ -760,18 +752,17 @@ mod tests {
             max_queue_rows: 4,
         };
         let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
-        // Jobs of 2 rows: the first goes to the engine (which blocks), the second is prefetched,
-        // the packer holds the third while it waits to hand it over, the last two fill the queue.
+        // Jobs of 2 rows: the first goes to the engine (which blocks); nothing is formed ahead of
+        // the engine, so the next two wait in the queue and fill it.
         let mut waiting = Vec::new();
-        for r in 0..5u32 {
+        for r in 0..3u32 {
             let b = batcher.clone();
             waiting.push(tokio::spawn(async move {
                 b.submit(vec![r * 2, r * 2 + 1], None).await
             }));
-            if r < 3 {
+            if r == 0 {
                 // Rows are counted as they leave the queue.
-                let taken = u64::from(2 * (r + 1));
-                while batcher.metrics().queue_wait.get_sample_count() < taken {
+                while batcher.metrics().queue_wait.get_sample_count() < 2 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
@@ -787,7 +778,7 @@ mod tests {
         );
         assert_eq!(batcher.metrics().rejected.get(), 1);
         assert_eq!(batcher.metrics().queue_depth.get(), 4);
-        for _ in 0..5 {
+        for _ in 0..3 {
             go_tx.send(()).unwrap();
         }
         for (r, w) in waiting.into_iter().enumerate() {
@@ -822,5 +813,115 @@ mod tests {
         assert!(out.queue < out.inference, "{out:?}");
         assert_eq!(batcher.metrics().batch_size.get_sample_count(), 3);
         assert_eq!(batcher.metrics().queue_wait.get_sample_count(), 3);
+    }
+
+    #[test]
+    fn a_small_job_behind_many_large_ones_waits_at_most_its_round() {
+        // 40 jobs of 25 rows queued first, then a 1-row job; batches of 32.
+        let s = shared(32, 10_000);
+        let mut keep = Vec::new();
+        for j in 0..40u32 {
+            keep.push(push(&s, (0..25).map(|r| j * 100 + r).collect(), None));
+        }
+        keep.push(push(&s, vec![9_999], None));
+        let mut q = s.queue.lock().unwrap();
+        let mut batches_until_small = 0;
+        loop {
+            let batch = take_batch(&mut q, &s);
+            assert!(!batch.rows.is_empty(), "the small job was never served");
+            batches_until_small += 1;
+            if batch.rows.contains(&9_999) {
+                break;
+            }
+        }
+        // ceil((40 jobs ahead + itself) / 32) = 2 batches, not the ~25 a restart at the front takes.
+        assert_eq!(batches_until_small, 2);
+    }
+
+    #[test]
+    fn the_round_carries_over_between_batches() {
+        let s = shared(2, 100);
+        let _a = push(&s, vec![10, 11, 12], None);
+        let _b = push(&s, vec![20, 21, 22], None);
+        let _c = push(&s, vec![30, 31, 32], None);
+        let mut q = s.queue.lock().unwrap();
+        assert_eq!(take_batch(&mut q, &s).rows, vec![10, 20]);
+        // c had no turn yet: it goes first now.
+        assert_eq!(take_batch(&mut q, &s).rows, vec![30, 11]);
+        assert_eq!(take_batch(&mut q, &s).rows, vec![21, 31]);
+    }
+
+    /// Blocks each batch until told to go; reports the rows it was given.
+    struct Held {
+        go: std_mpsc::Receiver<()>,
+        seen: std_mpsc::Sender<Vec<u32>>,
+    }
+
+    impl Engine for Held {
+        type Row = u32;
+        type Output = u32;
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+            let _ = self.seen.send(rows.clone());
+            self.go.recv().map_err(|e| e.to_string())?;
+            Ok(rows)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_formed_ahead_of_the_engine_so_late_and_gone_rows_cost_nothing() {
+        let (go_tx, go) = std_mpsc::channel();
+        let (seen_tx, seen) = std_mpsc::channel();
+        let config = BatcherConfig {
+            max_batch_size: 4,
+            max_batch_delay: Duration::ZERO,
+            max_queue_rows: 100,
+        };
+        let batcher = Batcher::start(
+            Held { go, seen: seen_tx },
+            config,
+            BatchMetrics::unregistered(),
+        );
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(vec![1], None).await }
+        });
+        // The engine is busy with the first batch ...
+        assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), vec![1]);
+        // ... while a job with a short deadline and a job whose caller leaves wait behind it.
+        let late = tokio::spawn({
+            let b = batcher.clone();
+            let deadline = Instant::now() + Duration::from_millis(50);
+            async move { b.submit(vec![2, 3], Some(deadline)).await }
+        });
+        let gone = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(vec![4], None).await }
+        });
+        while batcher.queued_rows() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gone.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let live = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(vec![5], None).await }
+        });
+        while batcher.queued_rows() < 4 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        go_tx.send(()).unwrap();
+        go_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().outputs, vec![1]);
+        assert_eq!(
+            late.await.unwrap().unwrap_err(),
+            BatchError::DeadlineExceeded
+        );
+        assert_eq!(live.await.unwrap().unwrap().outputs, vec![5]);
+        // The second batch the engine saw holds only the live row.
+        assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), vec![5]);
+        let m = batcher.metrics();
+        assert_eq!(m.dropped_deadline.get(), 2);
+        assert_eq!(m.dropped_cancelled.get(), 1);
+        assert_eq!(m.rows_computed.get(), 2);
     }
 }

@@ -132,6 +132,10 @@ pub enum ServiceError {
     /// A named thing that must be new already exists.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The write lost a race (its collection was deleted, and maybe re-created, meanwhile); nothing
+    /// of it was applied. Retrying may succeed.
+    #[error("{0}")]
+    Aborted(String),
     /// The request cannot work with what this server serves, e.g. a text request to an image-only model.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     classify::{ClassifyInput, ClassifyService, LabelSetInfo, SetState},
     common::ServiceError,
-    embed::{Admission, EmbedService},
+    embed::{Admission, EmbedService, Permit},
 };
 
 const SERVICE: &str = "Classify";
@@ -30,10 +30,11 @@ impl ClassifyApi {
         CallContext::begin(self.embed.metrics(), SERVICE, method, request.metadata())
     }
 
-    /// Label-set calls are cheap bookkeeping, but they still wait for the model and refuse during
-    /// shutdown like everything else.
-    fn check_available(&self) -> Result<(), ServiceError> {
-        self.embed.loaded_model().map(|_| ())
+    /// Label-set calls are cheap bookkeeping, but they still wait for the model, and they are
+    /// admitted (and drained on shutdown) as control calls.
+    async fn admit_control(&self) -> Result<Permit, ServiceError> {
+        self.embed.loaded_model()?;
+        self.embed.admit(Admission::Control).await
     }
 }
 
@@ -133,7 +134,7 @@ impl Classify for ClassifyApi {
     ) -> Result<Response<pb::LabelSet>, Status> {
         let ctx = self.context("CreateLabelSet", &request);
         let result = async {
-            self.check_available()?;
+            let _permit = self.admit_control().await?;
             let pb::CreateLabelSetRequest {
                 name,
                 labels,
@@ -152,11 +153,12 @@ impl Classify for ClassifyApi {
         request: Request<pb::GetLabelSetRequest>,
     ) -> Result<Response<pb::LabelSet>, Status> {
         let ctx = self.context("GetLabelSet", &request);
-        let result = (|| {
-            self.check_available()?;
+        let result = async {
+            let _permit = self.admit_control().await?;
             let pb::GetLabelSetRequest { name } = request.into_inner();
             Ok::<_, ServiceError>(Response::new(label_set(self.classify.get(&name)?, true)))
-        })()
+        }
+        .await
         .map_err(Status::from);
         ctx.finish(result)
     }
@@ -166,19 +168,20 @@ impl Classify for ClassifyApi {
         request: Request<pb::ListLabelSetsRequest>,
     ) -> Result<Response<pb::ListLabelSetsResponse>, Status> {
         let ctx = self.context("ListLabelSets", &request);
-        let result = self
-            .check_available()
-            .map(|()| {
-                Response::new(pb::ListLabelSetsResponse {
-                    label_sets: self
-                        .classify
-                        .list()
-                        .into_iter()
-                        .map(|info| label_set(info, false))
-                        .collect(),
-                })
-            })
-            .map_err(Status::from);
+        let pb::ListLabelSetsRequest {} = request.into_inner();
+        let result = async {
+            let _permit = self.admit_control().await?;
+            Ok::<_, ServiceError>(Response::new(pb::ListLabelSetsResponse {
+                label_sets: self
+                    .classify
+                    .list()
+                    .into_iter()
+                    .map(|info| label_set(info, false))
+                    .collect(),
+            }))
+        }
+        .await
+        .map_err(Status::from);
         ctx.finish(result)
     }
 
@@ -188,7 +191,7 @@ impl Classify for ClassifyApi {
     ) -> Result<Response<pb::DeleteLabelSetResponse>, Status> {
         let ctx = self.context("DeleteLabelSet", &request);
         let result = async {
-            self.check_available()?;
+            let _permit = self.admit_control().await?;
             let pb::DeleteLabelSetRequest { name } = request.into_inner();
             self.classify.delete(&name).await?;
             Ok(Response::new(pb::DeleteLabelSetResponse {}))

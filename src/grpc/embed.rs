@@ -196,25 +196,39 @@ impl Embed for EmbedApi {
                 let item_span = tracing::debug_span!("item", id = %request.id);
                 tasks.spawn(
                     async move {
-                        let reply = match <(String, Item)>::try_from(request) {
-                            Err((id, error)) => item_error(id, &error),
-                            Ok((id, item)) => {
-                                match embed_admitted(&service, item, deadline).await {
-                                    Ok(embedding) => pb::EmbedStreamResponse {
-                                        id,
-                                        result: Some(pb::embed_stream_response::Result::Embedding(
-                                            embedding.into(),
-                                        )),
-                                    },
-                                    Err(error) => item_error(id, &error),
+                        let work = async {
+                            match <(String, Item)>::try_from(request) {
+                                Err((id, error)) => item_error(id, &error),
+                                Ok((id, item)) => {
+                                    match embed_admitted(&service, item, deadline).await {
+                                        Ok(embedding) => pb::EmbedStreamResponse {
+                                            id,
+                                            result: Some(
+                                                pb::embed_stream_response::Result::Embedding(
+                                                    embedding.into(),
+                                                ),
+                                            ),
+                                        },
+                                        Err(error) => item_error(id, &error),
+                                    }
                                 }
                             }
                         };
-                        let _ = tx.send(Ok(reply)).await;
+                        // A client that went away cancels its items: dropping the work withdraws
+                        // their rows from the batcher before they cost compute.
+                        tokio::select! {
+                            reply = work => {
+                                let _ = tx.send(Ok(reply)).await;
+                            }
+                            () = tx.closed() => {}
+                        }
                         drop(slot);
                     }
                     .instrument(item_span),
                 );
+            }
+            if tx.is_closed() {
+                tasks.abort_all();
             }
             while tasks.join_next().await.is_some() {}
             match end {

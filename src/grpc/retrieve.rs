@@ -99,6 +99,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::Collection>, Status> {
         let ctx = self.context("CreateCollection", &request);
         let result = async {
+            let _permit = self.embed.admit(Admission::Control).await?;
             let pb::CreateCollectionRequest {
                 name,
                 dimension,
@@ -120,12 +121,13 @@ impl Retrieve for RetrieveApi {
         request: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
         let ctx = self.context("GetCollection", &request);
-        let pb::GetCollectionRequest { name } = request.into_inner();
-        let result = self
-            .retrieve
-            .get(&name)
-            .map(|c| Response::new(collection(c)))
-            .map_err(Status::from);
+        let result = async {
+            let _permit = self.embed.admit(Admission::Control).await?;
+            let pb::GetCollectionRequest { name } = request.into_inner();
+            Ok::<_, ServiceError>(Response::new(collection(self.retrieve.get(&name)?)))
+        }
+        .await
+        .map_err(Status::from);
         ctx.finish(result)
     }
 
@@ -134,9 +136,15 @@ impl Retrieve for RetrieveApi {
         request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         let ctx = self.context("ListCollections", &request);
-        let result = Ok(Response::new(pb::ListCollectionsResponse {
-            collections: self.retrieve.list().into_iter().map(collection).collect(),
-        }));
+        let pb::ListCollectionsRequest {} = request.into_inner();
+        let result = async {
+            let _permit = self.embed.admit(Admission::Control).await?;
+            Ok::<_, ServiceError>(Response::new(pb::ListCollectionsResponse {
+                collections: self.retrieve.list().into_iter().map(collection).collect(),
+            }))
+        }
+        .await
+        .map_err(Status::from);
         ctx.finish(result)
     }
 
@@ -146,6 +154,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
         let ctx = self.context("DeleteCollection", &request);
         let result = async {
+            let _permit = self.embed.admit(Admission::Control).await?;
             let pb::DeleteCollectionRequest { name } = request.into_inner();
             self.retrieve.drop_collection(&name).await?;
             Ok(Response::new(pb::DeleteCollectionResponse {}))
@@ -200,6 +209,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let ctx = self.context("Delete", &request);
         let result = async {
+            let _permit = self.embed.admit(Admission::Control).await?;
             let pb::DeleteRequest { collection, ids } = request.into_inner();
             let (deleted, count) = self.retrieve.delete(&collection, ids).await?;
             Ok(Response::new(pb::DeleteResponse {
@@ -267,6 +277,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::GetItemsResponse>, Status> {
         let ctx = self.context("GetItems", &request);
         let result = async {
+            let _permit = self.embed.admit(Admission::Control).await?;
             let pb::GetItemsRequest { collection, ids } = request.into_inner();
             let (items, missing) = self.retrieve.get_items(&collection, ids).await?;
             Ok::<_, ServiceError>(Response::new(pb::GetItemsResponse {

@@ -15,6 +15,7 @@ pub fn code_of(error: &ServiceError) -> Code {
         ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         ServiceError::NotFound(_) => Code::NotFound,
         ServiceError::AlreadyExists(_) => Code::AlreadyExists,
+        ServiceError::Aborted(_) => Code::Aborted,
         ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
         ServiceError::Internal(_) => Code::Internal,
     }
@@ -53,6 +54,7 @@ pub fn message_of(error: &ServiceError) -> String {
         | ServiceError::DeadlineExceeded(m)
         | ServiceError::NotFound(m)
         | ServiceError::AlreadyExists(m)
+        | ServiceError::Aborted(m)
         | ServiceError::FailedPrecondition(m)
         | ServiceError::Internal(m) => m.clone(),
     }

@@ -105,6 +105,13 @@ impl From<ServiceError> for ApiError {
                 "ALREADY_EXISTS",
                 m,
             ),
+            ServiceError::Aborted(m) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "aborted",
+                "ABORTED",
+                m,
+            ),
             ServiceError::ResourceExhausted(m) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",

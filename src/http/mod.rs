@@ -28,11 +28,13 @@ pub fn router(service: EmbedService, keys: ApiKeys, max_body_bytes: usize) -> Ro
     ))
 }
 
-/// Serves until `shutdown` resolves; with `tls`, HTTPS only.
+/// Serves until `shutdown` resolves, then lets open requests finish (the caller bounds how long:
+/// `server.rs` drops the listener when `--shutdown-grace` is over); with `tls`, HTTPS only.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<&TlsFiles>,
+    grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
@@ -45,7 +47,7 @@ pub async fn serve(
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+        stopper.graceful_shutdown(Some(grace));
     });
     axum_server::from_tcp_rustls(
         listener.into_std()?,

@@ -95,6 +95,7 @@ fn store_error(e: StoreError) -> ServiceError {
         StoreError::Exists(n) => {
             ServiceError::AlreadyExists(format!("collection {n:?} already exists"))
         }
+        StoreError::Replaced(n) => replaced(&n),
         StoreError::Db(e) => {
             tracing::error!(error = %e, "collection store failed");
             ServiceError::Internal(
@@ -102,6 +103,12 @@ fn store_error(e: StoreError) -> ServiceError {
             )
         }
     }
+}
+
+fn replaced(name: &str) -> ServiceError {
+    ServiceError::Aborted(format!(
+        "collection {name:?} was deleted while this write was in flight; nothing was written"
+    ))
 }
 
 fn not_found(name: &str) -> ServiceError {
@@ -398,6 +405,16 @@ impl RetrieveService {
                 format!("{dimension} is over 65536"),
             ));
         }
+        self.insert_collection(CollectionMeta::new(name, dimension, model))
+            .await
+    }
+
+    /// Creates a validated collection: durable first, then visible.
+    async fn insert_collection(
+        &self,
+        meta: CollectionMeta,
+    ) -> Result<CollectionInfo, ServiceError> {
+        let name = meta.name.clone();
         let _admin = self.inner.admin.lock().await;
         {
             let collections = self
@@ -417,11 +434,7 @@ impl RetrieveService {
                 )));
             }
         }
-        let meta = CollectionMeta {
-            name: name.clone(),
-            dimension,
-            model,
-        };
+        let dimension = meta.dimension;
         let inner = Arc::clone(&self.inner);
         let stored = meta.clone();
         blocking(move || inner.store.create(&stored).map_err(store_error)).await?;
@@ -575,22 +588,55 @@ impl RetrieveService {
                 (id.clone(), raw.unwrap_or_else(|| unit.clone()), md.clone())
             })
             .collect();
+        let entries: Vec<(String, Vec<f32>, Metadata)> = ids
+            .into_iter()
+            .zip(units)
+            .zip(metadata)
+            .map(|((id, unit), md)| (id, unit, md))
+            .collect();
+        self.commit_upsert(&collection, records, entries).await
+    }
+
+    /// The write half of an Upsert: durable in the store, then visible in the index, both for the
+    /// collection the write began with. Under its writer lock the collection must still be the one
+    /// of that name (in memory and, within the store's transaction, on disk): a write that lost a
+    /// race with DeleteCollection (and CreateCollection of the same name) is ABORTED, whole.
+    async fn commit_upsert(
+        &self,
+        collection: &Arc<Collection>,
+        records: Vec<(String, Vec<f32>, Metadata)>,
+        entries: Vec<(String, Vec<f32>, Metadata)>,
+    ) -> Result<(usize, usize), ServiceError> {
         let n = records.len();
         let _writer = collection.writer.lock().await;
-        if self.collection(name).is_err() {
-            return Err(not_found(name));
-        }
+        self.check_current(collection)?;
         let inner = Arc::clone(&self.inner);
-        let owned = name.to_string();
-        blocking(move || inner.store.upsert(&owned, &records).map_err(store_error)).await?;
+        let meta = collection.meta.clone();
+        blocking(move || inner.store.upsert(&meta, &records).map_err(store_error)).await?;
         let mut index = collection
             .index
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        for ((id, unit), md) in ids.into_iter().zip(units).zip(metadata) {
+        for (id, unit, md) in entries {
             index.upsert(id, &unit, Arc::new(md));
         }
         Ok((n, index.len()))
+    }
+
+    /// `collection` is still the one its name refers to (called under its writer lock, which a
+    /// DeleteCollection of it also takes).
+    fn check_current(&self, collection: &Arc<Collection>) -> Result<(), ServiceError> {
+        let current = self
+            .inner
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&collection.meta.name)
+            .cloned();
+        match current {
+            Some(c) if Arc::ptr_eq(&c, collection) => Ok(()),
+            _ => Err(replaced(&collection.meta.name)),
+        }
     }
 
     /// Deletes ids (absent ones are fine); durable when it returns. Returns (deleted, count).
@@ -610,12 +656,22 @@ impl RetrieveService {
                 ),
             ));
         }
+        self.commit_delete(&collection, ids).await
+    }
+
+    /// The write half of a Delete, for the collection it began with (see [`Self::commit_upsert`]).
+    async fn commit_delete(
+        &self,
+        collection: &Arc<Collection>,
+        ids: Vec<String>,
+    ) -> Result<(usize, usize), ServiceError> {
         let _writer = collection.writer.lock().await;
+        self.check_current(collection)?;
         let inner = Arc::clone(&self.inner);
-        let owned = name.to_string();
+        let meta = collection.meta.clone();
         let to_delete = ids.clone();
         let deleted =
-            blocking(move || inner.store.delete(&owned, &to_delete).map_err(store_error)).await?;
+            blocking(move || inner.store.delete(&meta, &to_delete).map_err(store_error)).await?;
         let mut index = collection
             .index
             .write()
@@ -724,6 +780,111 @@ fn info(c: &Collection) -> CollectionInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        admission::{AdmissionConfig, Gate},
+        batch::BatcherConfig,
+        embed::{EmbedConfig, Limits},
+        telemetry::metrics::Metrics,
+    };
+
+    /// A service with no model loaded: vectors only, which is all the write path needs.
+    fn service(dir: &std::path::Path) -> RetrieveService {
+        let metrics = Metrics::new().unwrap();
+        let gate = Gate::new(
+            AdmissionConfig {
+                max_concurrent_requests: 4,
+            },
+            metrics.requests_in_flight().clone(),
+        );
+        let embed = EmbedService::new(
+            EmbedConfig {
+                limits: Limits {
+                    max_items_per_request: 8,
+                    max_image_bytes: 1 << 20,
+                    max_image_pixels: 1 << 20,
+                    max_text_bytes: 1024,
+                    max_message_bytes: 1 << 20,
+                    max_concurrent_requests: 4,
+                },
+                batch: BatcherConfig {
+                    max_batch_size: 4,
+                    max_batch_delay: std::time::Duration::ZERO,
+                    max_queue_rows: 64,
+                },
+                max_stream_in_flight: 4,
+                apply_exif_orientation: false,
+                preprocess_workers: 1,
+            },
+            gate,
+            metrics,
+        );
+        let config = RetrieveConfig {
+            max_top_k: 10,
+            max_upsert_items: 10,
+            max_collections: 4,
+            max_id_bytes: 64,
+            max_metadata_bytes: 1024,
+            search_threads: 1,
+        };
+        RetrieveService::open(embed, dir, config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upsert_that_lost_a_race_with_delete_and_create_is_aborted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path());
+        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
+            .await
+            .unwrap();
+        // An Upsert into `c` embeds its items (slow) holding this collection ...
+        let old = s.collection("c").unwrap();
+        // ... while `c` is deleted and created again.
+        s.drop_collection("c").await.unwrap();
+        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
+            .await
+            .unwrap();
+        let records = vec![("a".to_string(), vec![1.0, 0.0], Metadata::new())];
+        let e = s
+            .commit_upsert(&old, records.clone(), records)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ServiceError::Aborted(m) if m.contains("deleted")),
+            "{e}"
+        );
+        // Nothing landed anywhere: not on disk, not in either index.
+        let (items, missing) = s.get_items("c", vec!["a".into()]).await.unwrap();
+        assert!(items.is_empty());
+        assert_eq!(missing, ["a"]);
+        assert_eq!(s.get("c").unwrap().count, 0);
+        assert_eq!(old.index.read().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_lost_the_same_race_is_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path());
+        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
+            .await
+            .unwrap();
+        let old = s.collection("c").unwrap();
+        s.drop_collection("c").await.unwrap();
+        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
+            .await
+            .unwrap();
+        let new = s.collection("c").unwrap();
+        let item = vec![("a".to_string(), vec![0.0, 1.0], Metadata::new())];
+        s.commit_upsert(&new, item.clone(), item).await.unwrap();
+        let e = s.commit_delete(&old, vec!["a".into()]).await.unwrap_err();
+        assert!(matches!(e, ServiceError::Aborted(_)), "{e}");
+        assert_eq!(
+            s.get("c").unwrap().count,
+            1,
+            "the new collection keeps its item"
+        );
+        let (items, _) = s.get_items("c", vec!["a".into()]).await.unwrap();
+        assert_eq!(items.len(), 1);
+    }
 
     #[test]
     fn client_vectors_are_checked_and_normalized() {

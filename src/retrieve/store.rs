@@ -22,6 +22,23 @@ pub struct CollectionMeta {
     pub name: String,
     pub dimension: usize,
     pub model: String,
+    /// This incarnation of the name: a collection deleted and created again under the same name
+    /// gets a new one, so a write that began against the old one cannot land in the new one.
+    /// (Stores written before ids existed read as "".)
+    #[serde(default)]
+    pub id: String,
+}
+
+impl CollectionMeta {
+    /// A new collection, with a fresh id.
+    pub fn new(name: String, dimension: usize, model: String) -> Self {
+        CollectionMeta {
+            name,
+            dimension,
+            model,
+            id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
 }
 
 /// One stored item.
@@ -43,6 +60,9 @@ pub enum StoreError {
     NoCollection(String),
     #[error("collection {0:?} already exists")]
     Exists(String),
+    /// The collection was deleted (and maybe created again) since the write began.
+    #[error("collection {0:?} was deleted while the write was in flight")]
+    Replaced(String),
     #[error("storage: {0}")]
     Db(String),
 }
@@ -151,17 +171,24 @@ impl Store {
     }
 
     /// Runs `f` on the collection's item table inside one write transaction, committed (and
-    /// fsynced) only when `f` succeeds; an unknown collection is refused, never created.
+    /// fsynced) only when `f` succeeds. The collection must be the incarnation `id` the writer
+    /// started with: an unknown collection is refused, never created, and one deleted and created
+    /// again meanwhile is refused too ([`StoreError::Replaced`]).
     fn write_items<T>(
         &self,
         name: &str,
+        id: &str,
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         let out = {
             let collections = txn.open_table(COLLECTIONS).map_err(db)?;
-            if collections.get(name).map_err(db)?.is_none() {
-                return Err(StoreError::NoCollection(name.to_string()));
+            let Some(stored) = collections.get(name).map_err(db)? else {
+                return Err(StoreError::Replaced(name.to_string()));
+            };
+            let stored: CollectionMeta = serde_json::from_slice(stored.value()).map_err(db)?;
+            if stored.id != id {
+                return Err(StoreError::Replaced(name.to_string()));
             }
             let table_name = items_table(name);
             let mut table = txn
@@ -173,13 +200,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Inserts or replaces items in one durable transaction.
+    /// Inserts or replaces items of the collection `meta` in one durable transaction.
     pub fn upsert(
         &self,
-        name: &str,
+        meta: &CollectionMeta,
         items: &[(String, Vec<f32>, Metadata)],
     ) -> Result<(), StoreError> {
-        self.write_items(name, |table| {
+        self.write_items(&meta.name, &meta.id, |table| {
             for (id, vector, metadata) in items {
                 table
                     .insert(id.as_str(), encode(vector, metadata).as_slice())
@@ -189,9 +216,9 @@ impl Store {
         })
     }
 
-    /// Deletes ids in one durable transaction; returns how many existed.
-    pub fn delete(&self, name: &str, ids: &[String]) -> Result<usize, StoreError> {
-        self.write_items(name, |table| {
+    /// Deletes ids of the collection `meta` in one durable transaction; returns how many existed.
+    pub fn delete(&self, meta: &CollectionMeta, ids: &[String]) -> Result<usize, StoreError> {
+        self.write_items(&meta.name, &meta.id, |table| {
             let mut deleted = 0;
             for id in ids {
                 if table.remove(id.as_str()).map_err(db)?.is_some() {
@@ -233,11 +260,7 @@ mod tests {
     fn collections_and_items_round_trip_through_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.redb");
-        let meta = CollectionMeta {
-            name: "photos".into(),
-            dimension: 2,
-            model: "m".into(),
-        };
+        let meta = CollectionMeta::new("photos".into(), 2, "m".into());
         {
             let store = Store::open(&path).unwrap();
             store.create(&meta).unwrap();
@@ -245,20 +268,18 @@ mod tests {
             let md = Metadata::from([("k".to_string(), "v".to_string())]);
             store
                 .upsert(
-                    "photos",
+                    &meta,
                     &[
                         ("a".into(), vec![0.5, -1.25], md.clone()),
                         ("b".into(), vec![1.0, 0.0], Metadata::new()),
                     ],
                 )
                 .unwrap();
-            assert_eq!(
-                store.delete("photos", &["b".into(), "zz".into()]).unwrap(),
-                1
-            );
+            assert_eq!(store.delete(&meta, &["b".into(), "zz".into()]).unwrap(), 1);
+            let other = CollectionMeta::new("nope".into(), 2, "m".into());
             assert!(matches!(
-                store.upsert("nope", &[]),
-                Err(StoreError::NoCollection(_))
+                store.upsert(&other, &[]),
+                Err(StoreError::Replaced(_))
             ));
         }
         let store = Store::open(&path).unwrap();
@@ -272,5 +293,28 @@ mod tests {
         assert!(got[0].is_some() && got[1].is_none());
         store.drop_collection("photos").unwrap();
         assert!(store.load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_for_a_deleted_and_recreated_collection_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb")).unwrap();
+        let old = CollectionMeta::new("c".into(), 2, "m".into());
+        store.create(&old).unwrap();
+        store.drop_collection("c").unwrap();
+        let new = CollectionMeta::new("c".into(), 2, "m".into());
+        store.create(&new).unwrap();
+        let item = [("a".to_string(), vec![1.0, 0.0], Metadata::new())];
+        assert!(matches!(
+            store.upsert(&old, &item),
+            Err(StoreError::Replaced(_))
+        ));
+        assert!(matches!(
+            store.delete(&old, &["a".into()]),
+            Err(StoreError::Replaced(_))
+        ));
+        assert!(store.get("c", &["a".into()]).unwrap()[0].is_none());
+        store.upsert(&new, &item).unwrap();
+        assert!(store.get("c", &["a".into()]).unwrap()[0].is_some());
     }
 }

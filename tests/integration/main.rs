@@ -5,6 +5,7 @@
 mod common;
 
 mod classify;
+mod hardening;
 mod observability;
 mod openai;
 mod parity;

@@ -421,3 +421,42 @@ async fn acknowledged_upserts_survive_sigkill_at_any_moment() {
     server.signal("-TERM");
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// No listener outlives `--shutdown-grace`: a client trickling an HTTP body and an idle EmbedStream
+/// do not keep the process alive after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_trickling_http_body_and_an_open_stream_exits_within_the_grace() {
+    use tokio::io::AsyncWriteExt;
+    let grace = Duration::from_secs(1);
+    let mut server = spawn_server(&["--shutdown-grace", "1s"]);
+    server.wait_for_log("SERVING");
+    // An HTTP request whose body never completes: one byte every 100 ms.
+    let mut http = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    http.write_all(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"input\": \"",
+    )
+    .await
+    .expect("send the head");
+    let trickle = tokio::spawn(async move {
+        while http.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // An open stream that never sends an item.
+    let (_keep_open, requests) = tokio::sync::mpsc::channel::<pb::EmbedStreamRequest>(1);
+    let mut embed = client(server.grpc).await;
+    let _stream = embed
+        .embed_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .expect("the stream opens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    server.signal("-TERM");
+    let status = server.wait_exit(grace + Duration::from_secs(2));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < grace + Duration::from_secs(2));
+    trickle.abort();
+}
