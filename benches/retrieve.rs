@@ -132,7 +132,9 @@ fn main() {
         let disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let t = Instant::now();
         let store = Store::open(&path).expect("reopen");
-        let loaded = store.load_all().expect("load");
+        let loaded = store
+            .load_all(|c, id, why| panic!("{c} {id:?}: {why}"))
+            .expect("load");
         let mut index = FlatIndex::new(DIM, threads);
         for (_, items) in loaded {
             for item in items {

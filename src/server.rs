@@ -36,6 +36,8 @@ use crate::{
 pub struct StartOptions {
     /// When set, model loading waits for this signal, so a test can observe NOT_SERVING.
     pub hold_model_load: Option<oneshot::Receiver<()>>,
+    /// When set, reading the collections into memory waits for this signal.
+    pub hold_collections_load: Option<oneshot::Receiver<()>>,
 }
 
 /// A server running in this process.
@@ -136,16 +138,16 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         config.classify,
         classify_metrics,
     )?;
-    let retrieve = {
-        let (embed, dir, cfg) = (service.clone(), config.data_dir.clone(), config.retrieve);
-        tokio::task::spawn_blocking(move || RetrieveService::open(embed, &dir, cfg))
-            .await
-            .context("loading collections")??
-    };
+    let retrieve = RetrieveService::open(
+        service.clone(),
+        &config.data_dir,
+        config.retrieve,
+        service.metrics().store_records_skipped(),
+    )?;
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
-        retrieve,
+        retrieve.clone(),
         config.embed.limits.max_message_bytes,
         grpc::transport::Security {
             keys: keys.clone(),
@@ -154,10 +156,36 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
-    let http_router = http::router(service.clone(), keys, config.embed.limits.max_message_bytes);
+    let http_router = http::router(
+        service.clone(),
+        retrieve.clone(),
+        keys,
+        config.embed.limits.max_message_bytes,
+    );
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
+
+    // The collections are read into memory in the background (seconds for millions of vectors):
+    // Retrieve turns SERVING when they are in.
+    let collections = {
+        let (retrieve, health) = (retrieve.clone(), health.clone());
+        let hold = options.hold_collections_load;
+        tokio::spawn(async move {
+            if let Some(hold) = hold {
+                let _ = hold.await;
+            }
+            let loading = retrieve.clone();
+            match tokio::task::spawn_blocking(move || loading.load()).await {
+                Ok(Ok(())) => {
+                    health.ready(grpc::transport::Part::Collections).await;
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(format!("reading the collections: {e:#}")),
+                Err(e) => Err(format!("reading the collections panicked: {e}")),
+            }
+        })
+    };
 
     // Load and warm up in the background; health turns SERVING when done.
     let loader = {
@@ -196,12 +224,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                         let _ = ready_tx.send(Readiness::Failed("shut down while loading".into()));
                         return;
                     }
-                    health.set_serving(true).await;
-                    if !service.is_ready() {
-                        // Shutdown began in between: it may have set NOT_SERVING before we set
-                        // SERVING.
-                        health.set_serving(false).await;
-                    }
+                    health.ready(grpc::transport::Part::Model).await;
                     tracing::info!(
                         model = %model.config.display_name(),
                         weights = model.config.weights.as_str(),
@@ -210,9 +233,17 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                         text_tower = model.text.is_some(),
                         onnxruntime = %runtime::onnxruntime_version(),
                         load_ms = started.elapsed().as_millis() as u64,
-                        "model loaded and warmed up; SERVING"
+                        "model loaded and warmed up; Embed, Classify and Info serving"
                     );
-                    let _ = ready_tx.send(Readiness::Ready);
+                    let ready = match collections.await {
+                        Ok(Ok(())) => {
+                            tracing::info!("collections loaded; every service SERVING");
+                            Readiness::Ready
+                        }
+                        Ok(Err(e)) => Readiness::Failed(e),
+                        Err(e) => Readiness::Failed(format!("reading the collections: {e}")),
+                    };
+                    let _ = ready_tx.send(ready);
                 }
                 Ok(Err(e)) => {
                     let _ = ready_tx.send(Readiness::Failed(format!("{e:#}")));
@@ -240,7 +271,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             let _ = shutdown_rx.await;
             let _ = shutdown_at_signal.set(Instant::now());
             shutdown_service.begin_shutdown();
-            shutdown_health.set_serving(false).await;
+            shutdown_health.stopping().await;
             tracing::info!(
                 grace_ms = grace.as_millis() as u64,
                 "shutting down: NOT_SERVING, finishing calls in flight"

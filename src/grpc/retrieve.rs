@@ -140,7 +140,7 @@ impl Retrieve for RetrieveApi {
         let result = async {
             let _permit = self.embed.admit(Admission::Control).await?;
             Ok::<_, ServiceError>(Response::new(pb::ListCollectionsResponse {
-                collections: self.retrieve.list().into_iter().map(collection).collect(),
+                collections: self.retrieve.list()?.into_iter().map(collection).collect(),
             }))
         }
         .await

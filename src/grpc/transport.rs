@@ -57,20 +57,73 @@ fn auth(keys: ApiKeys) -> impl FnMut(Request<()>) -> Result<Request<()>, Status>
 /// told, which lifts hyper's own default of 200.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
-/// The `grpc.health.v1.Health` status of the server ("") and of each service.
+/// What the server waits for before a service answers SERVING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The model is loaded and warmed up: Embed, Info and Classify serve.
+    Model,
+    /// The collections are read into memory: Retrieve serves (with the model).
+    Collections,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct HealthState {
+    model: bool,
+    collections: bool,
+    stopping: bool,
+    /// What was last published, (model services, Retrieve and ""): watchers see changes only.
+    published: Option<(bool, bool)>,
+}
+
+/// The `grpc.health.v1.Health` status of the server ("": everything is ready) and of each service.
 #[derive(Clone)]
-pub struct Health(HealthReporter);
+pub struct Health {
+    reporter: HealthReporter,
+    /// Held while publishing, so two updates never publish out of order.
+    state: std::sync::Arc<tokio::sync::Mutex<HealthState>>,
+}
 
 impl Health {
-    pub async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+    /// `part` is ready (ignored once stopping).
+    pub async fn ready(&self, part: Part) {
+        let mut state = self.state.lock().await;
+        match part {
+            Part::Model => state.model = true,
+            Part::Collections => state.collections = true,
+        }
+        self.publish(&mut state).await;
+    }
+
+    /// Shutdown began: NOT_SERVING everywhere, for good.
+    pub async fn stopping(&self) {
+        let mut state = self.state.lock().await;
+        state.stopping = true;
+        self.publish(&mut state).await;
+    }
+
+    async fn publish(&self, state: &mut HealthState) {
+        let status = |serving: bool| {
+            if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
         };
-        self.0.set_service_status("", status).await;
+        let model = state.model && !state.stopping;
+        let retrieve = model && state.collections;
+        let now = [model, retrieve];
+        let before = state.published.replace((model, retrieve));
+        let changed = |part: usize| before.is_none_or(|(m, r)| [m, r][part] != now[part]);
+        if changed(1) {
+            self.reporter.set_service_status("", status(retrieve)).await;
+        }
         for name in SERVICE_NAMES {
-            self.0.set_service_status(name, status).await;
+            let part = usize::from(name == "clip.v1.Retrieve");
+            if changed(part) {
+                self.reporter
+                    .set_service_status(name, status(now[part]))
+                    .await;
+            }
         }
     }
 }
@@ -113,8 +166,11 @@ pub async fn endpoint(
     security: Security,
 ) -> anyhow::Result<(Endpoint, Health)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health(reporter);
-    health.set_serving(false).await;
+    let health = Health {
+        reporter,
+        state: Default::default(),
+    };
+    health.publish(&mut HealthState::default()).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

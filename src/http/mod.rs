@@ -18,11 +18,20 @@ use std::{future::Future, time::Duration};
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::{embed::EmbedService, security::ApiKeys, security::TlsFiles};
+use crate::{
+    embed::EmbedService,
+    retrieve::RetrieveService,
+    security::{ApiKeys, TlsFiles},
+};
 
 /// Every route, for serving and for tests. API bodies are limited to `max_body_bytes`.
-pub fn router(service: EmbedService, keys: ApiKeys, max_body_bytes: usize) -> Router {
-    probes::routes(service.clone()).merge(openai::routes(
+pub fn router(
+    service: EmbedService,
+    retrieve: RetrieveService,
+    keys: ApiKeys,
+    max_body_bytes: usize,
+) -> Router {
+    probes::routes(service.clone(), retrieve).merge(openai::routes(
         openai::OpenAi { service, keys },
         max_body_bytes,
     ))

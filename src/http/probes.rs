@@ -1,5 +1,6 @@
 //! `/metrics` (Prometheus text format), `/healthz` (the process is up) and `/readyz` (the model is
-//! warmed up and the server is not shutting down): open to all, as probes and scrapers expect.
+//! warmed up, the collections are read in, and the server is not shutting down): open to all, as
+//! probes and scrapers expect.
 
 use axum::{
     Router,
@@ -9,25 +10,38 @@ use axum::{
     routing::get,
 };
 
-use crate::embed::EmbedService;
+use crate::{embed::EmbedService, retrieve::RetrieveService};
 
-pub fn routes(service: EmbedService) -> Router {
+#[derive(Clone)]
+struct Probes {
+    service: EmbedService,
+    retrieve: RetrieveService,
+}
+
+pub fn routes(service: EmbedService, retrieve: RetrieveService) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(service)
+        .with_state(Probes { service, retrieve })
 }
 
-async fn metrics(State(service): State<EmbedService>) -> impl IntoResponse {
+async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        service.metrics().render(),
+        probes.service.metrics().render(),
     )
 }
 
-async fn readyz(State(service): State<EmbedService>) -> impl IntoResponse {
-    match service.readiness() {
+async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
+    let ready = probes.service.readiness().and_then(|()| {
+        if probes.retrieve.is_loaded() {
+            Ok(())
+        } else {
+            Err("the collections are loading")
+        }
+    });
+    match ready {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -78,7 +78,12 @@ struct Collection {
 struct Inner {
     embed: EmbedService,
     store: Store,
+    /// Empty until [`RetrieveService::load`] has read the store; calls on collections get
+    /// UNAVAILABLE meanwhile.
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    loaded: std::sync::atomic::AtomicBool,
+    /// Stored records that did not decode at start-up.
+    skipped: prometheus::IntCounter,
     /// Serializes creating and deleting collections.
     admin: tokio::sync::Mutex<()>,
     config: RetrieveConfig,
@@ -154,24 +159,51 @@ fn check_vector(field: Field, v: &[f32], dim: usize) -> Result<Vec<f32>, Service
 }
 
 impl RetrieveService {
-    /// Opens `<data_dir>/collections.redb` and loads every collection into memory.
+    /// Opens `<data_dir>/collections.redb`; the collections are read into memory by
+    /// [`Self::load`] (seconds for millions of vectors), so listeners and health can answer first.
+    /// `skipped` counts records that do not decode.
     pub fn open(
         embed: EmbedService,
         data_dir: &std::path::Path,
         config: RetrieveConfig,
+        skipped: prometheus::IntCounter,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let started = Instant::now();
         let store = Store::open(&data_dir.join("collections.redb"))?;
+        Ok(RetrieveService {
+            inner: Arc::new(Inner {
+                embed,
+                store,
+                collections: RwLock::new(BTreeMap::new()),
+                loaded: std::sync::atomic::AtomicBool::new(false),
+                skipped,
+                admin: tokio::sync::Mutex::new(()),
+                config,
+            }),
+        })
+    }
+
+    /// Reads every collection into memory (blocking: run it on a blocking thread). A record that
+    /// does not decode, or a stored vector that is unusable, is logged, counted in
+    /// `clip_store_records_skipped_total` and left out (it stays on disk).
+    pub fn load(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let skipped = &self.inner.skipped;
+        let config = self.inner.config;
+        let stored = self.inner.store.load_all(|collection, id, why| {
+            skipped.inc();
+            tracing::error!(%collection, id, error = %why, "skipping a stored record that does not decode (kept on disk)");
+        })?;
         let mut collections = BTreeMap::new();
         let mut total = 0;
-        for (meta, items) in store.load_all()? {
+        for (meta, items) in stored {
             let mut index = FlatIndex::new(meta.dimension, config.search_threads);
             for item in items {
                 match check_vector(Field::Param("stored"), &item.vector, meta.dimension) {
                     Ok(unit) => index.upsert(item.id, &unit, Arc::new(item.metadata)),
                     Err(e) => {
-                        tracing::error!(collection = %meta.name, id = %item.id, error = %e, "skipping an unusable stored item")
+                        skipped.inc();
+                        tracing::error!(collection = %meta.name, id = %item.id, error = %e, "skipping an unusable stored item (kept on disk)")
                     }
                 }
             }
@@ -191,18 +223,34 @@ impl RetrieveService {
             ms = started.elapsed().as_millis() as u64,
             "collections loaded"
         );
-        Ok(RetrieveService {
-            inner: Arc::new(Inner {
-                embed,
-                store,
-                collections: RwLock::new(collections),
-                admin: tokio::sync::Mutex::new(()),
-                config,
-            }),
-        })
+        *self
+            .inner
+            .collections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = collections;
+        self.inner
+            .loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the collections have been read into memory.
+    pub fn is_loaded(&self) -> bool {
+        self.inner.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn check_loaded(&self) -> Result<(), ServiceError> {
+        if self.is_loaded() {
+            Ok(())
+        } else {
+            Err(ServiceError::Unavailable(
+                "collections are still loading; retry when health reports SERVING for clip.v1.Retrieve".into(),
+            ))
+        }
     }
 
     fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
+        self.check_loaded()?;
         self.inner
             .collections
             .read()
@@ -415,6 +463,7 @@ impl RetrieveService {
         meta: CollectionMeta,
     ) -> Result<CollectionInfo, ServiceError> {
         let name = meta.name.clone();
+        self.check_loaded()?;
         let _admin = self.inner.admin.lock().await;
         {
             let collections = self
@@ -458,14 +507,16 @@ impl RetrieveService {
         Ok(info(self.collection(name)?.as_ref()))
     }
 
-    pub fn list(&self) -> Vec<CollectionInfo> {
-        self.inner
+    pub fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
+        self.check_loaded()?;
+        Ok(self
+            .inner
             .collections
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .map(|c| info(c))
-            .collect()
+            .collect())
     }
 
     pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
@@ -826,7 +877,16 @@ mod tests {
             max_metadata_bytes: 1024,
             search_threads: 1,
         };
-        RetrieveService::open(embed, dir, config).unwrap()
+        let s = RetrieveService::open(
+            embed,
+            dir,
+            config,
+            prometheus::IntCounter::new("s", "s").unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(s.list(), Err(ServiceError::Unavailable(_))));
+        s.load().unwrap();
+        s
     }
 
     #[tokio::test]

@@ -110,28 +110,38 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Every collection with its items, for start-up.
-    pub fn load_all(&self) -> anyhow::Result<Vec<(CollectionMeta, Vec<StoredItem>)>> {
+    /// Every collection with its items, for start-up. A record that does not decode (a collection
+    /// description or an item) is reported to `skipped` with why, left out and left on disk: one
+    /// bad record never keeps the others from serving.
+    pub fn load_all(
+        &self,
+        mut skipped: impl FnMut(&str, Option<&str>, &str),
+    ) -> anyhow::Result<Vec<(CollectionMeta, Vec<StoredItem>)>> {
         let txn = self.db.begin_read()?;
         let collections = txn.open_table(COLLECTIONS)?;
         let mut out = Vec::new();
         for entry in collections.iter()? {
             let (name, meta) = entry?;
-            let meta: CollectionMeta = serde_json::from_slice(meta.value())
-                .map_err(|e| anyhow::anyhow!("collection {:?}: {e}", name.value()))?;
+            let meta: CollectionMeta = match serde_json::from_slice(meta.value()) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    skipped(name.value(), None, &e.to_string());
+                    continue;
+                }
+            };
             let table_name = items_table(&meta.name);
             let table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&table_name))?;
             let mut items = Vec::with_capacity(table.len()? as usize);
             for entry in table.iter()? {
                 let (id, value) = entry?;
-                let (vector, metadata) = decode(value.value()).map_err(|e| {
-                    anyhow::anyhow!("collection {:?}, item {:?}: {e}", meta.name, id.value())
-                })?;
-                items.push(StoredItem {
-                    id: id.value().to_string(),
-                    vector,
-                    metadata,
-                });
+                match decode(value.value()) {
+                    Ok((vector, metadata)) => items.push(StoredItem {
+                        id: id.value().to_string(),
+                        vector,
+                        metadata,
+                    }),
+                    Err(e) => skipped(&meta.name, Some(id.value()), &e),
+                }
             }
             out.push((meta, items));
         }
@@ -283,7 +293,7 @@ mod tests {
             ));
         }
         let store = Store::open(&path).unwrap();
-        let all = store.load_all().unwrap();
+        let all = store.load_all(|c, i, e| panic!("{c} {i:?}: {e}")).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0, meta);
         assert_eq!(all[0].1.len(), 1);
@@ -292,7 +302,7 @@ mod tests {
         let got = store.get("photos", &["a".into(), "b".into()]).unwrap();
         assert!(got[0].is_some() && got[1].is_none());
         store.drop_collection("photos").unwrap();
-        assert!(store.load_all().unwrap().is_empty());
+        assert!(store.load_all(|_, _, _| {}).unwrap().is_empty());
     }
 
     #[test]
@@ -316,5 +326,47 @@ mod tests {
         assert!(store.get("c", &["a".into()]).unwrap()[0].is_none());
         store.upsert(&new, &item).unwrap();
         assert!(store.get("c", &["a".into()]).unwrap()[0].is_some());
+    }
+
+    #[test]
+    fn an_undecodable_record_is_skipped_reported_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb")).unwrap();
+        let meta = CollectionMeta::new("c".into(), 2, "m".into());
+        store.create(&meta).unwrap();
+        store
+            .upsert(&meta, &[("good".into(), vec![1.0, 0.0], Metadata::new())])
+            .unwrap();
+        // A torn or foreign record: a vector length with no vector behind it.
+        let txn = store.db.begin_write().unwrap();
+        {
+            let name = items_table("c");
+            let mut table = txn
+                .open_table(TableDefinition::<&str, &[u8]>::new(&name))
+                .unwrap();
+            table.insert("bad", [9u8, 0, 0, 0, 1].as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let mut reports = Vec::new();
+        let all = store
+            .load_all(|c, id, why| {
+                reports.push((c.to_string(), id.map(str::to_string), why.to_string()))
+            })
+            .unwrap();
+        assert_eq!(all[0].1.len(), 1);
+        assert_eq!(all[0].1[0].id, "good");
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            (reports[0].0.as_str(), reports[0].1.as_deref()),
+            ("c", Some("bad"))
+        );
+        assert!(reports[0].2.contains("truncated"), "{:?}", reports[0]);
+        // Still on disk, for whoever investigates.
+        let txn = store.db.begin_read().unwrap();
+        let name = items_table("c");
+        let table = txn
+            .open_table(TableDefinition::<&str, &[u8]>::new(&name))
+            .unwrap();
+        assert!(table.get("bad").unwrap().is_some());
     }
 }

@@ -29,6 +29,7 @@ pub struct Metrics {
     image: BatchMetrics,
     text: BatchMetrics,
     classify: ClassifyMetrics,
+    store_records_skipped: IntCounter,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -229,7 +230,14 @@ impl Metrics {
                 rejected: rows_dropped.with_label_values(&[m, "rejected"]),
             }
         };
+        let store_records_skipped = IntCounter::new(
+            "clip_store_records_skipped_total",
+            "Stored records (collection items or descriptions) that could not be decoded at start-up: \
+             logged, skipped and kept on disk",
+        )?;
+        registry.register(Box::new(store_records_skipped.clone()))?;
         Ok(Metrics {
+            store_records_skipped,
             image: batch(Modality::Image),
             text: batch(Modality::Text),
             classify,
@@ -251,6 +259,11 @@ impl Metrics {
 
     pub fn classify(&self) -> ClassifyMetrics {
         self.classify.clone()
+    }
+
+    /// Counts stored records skipped at start-up.
+    pub fn store_records_skipped(&self) -> IntCounter {
+        self.store_records_skipped.clone()
     }
 
     /// Records a finished gRPC call.

@@ -118,3 +118,226 @@ async fn control_calls_are_refused_once_shutdown_begins() {
         "CreateCollection",
     );
 }
+
+/// Listeners and health answer while the collections are still being read: Embed serves,
+/// Retrieve (and the server as a whole) says NOT_SERVING and its calls UNAVAILABLE, until loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_collections_load_and_retrieve_waits_for_them() {
+    use clip_serve::server::{StartOptions, start};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let (release, hold) = tokio::sync::oneshot::channel();
+    let mut server = start(
+        config(&tiny_model()),
+        StartOptions {
+            hold_collections_load: Some(hold),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let channel = connect(&server).await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    // The model comes up; the collections are still held back.
+    let embed_serving = loop {
+        let s = health
+            .check(status("clip.v1.Embed"))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.status == ServingStatus::Serving as i32 {
+            break true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(embed_serving);
+    for service in ["clip.v1.Retrieve", ""] {
+        let s = health.check(status(service)).await.unwrap().into_inner();
+        assert_eq!(s.status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+    let mut retrieve = pb::retrieve_client::RetrieveClient::new(channel.clone());
+    let e = retrieve
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("loading"), "{}", e.message());
+    let (code, body) = http_get(server.http_addr, "/readyz").await;
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not ready: the collections are loading")
+    );
+    // Embedding works meanwhile.
+    let mut embed = pb::embed_client::EmbedClient::new(channel.clone());
+    embed
+        .embed_texts(pb::EmbedTextsRequest {
+            texts: vec!["a cat".into()],
+        })
+        .await
+        .expect("Embed serves while collections load");
+
+    release.send(()).unwrap();
+    server.wait_ready().await.expect("ready");
+    for service in ["clip.v1.Retrieve", ""] {
+        let s = health.check(status(service)).await.unwrap().into_inner();
+        assert_eq!(s.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    retrieve
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .expect("Retrieve serves once loaded");
+    assert_eq!(http_get(server.http_addr, "/readyz").await.0, 200);
+    server.shutdown().await.unwrap();
+}
+
+/// Concurrent image upserts while the collection is deleted and created again, 25 times: every
+/// acknowledged item that the collection holds on disk is also found by Search, and an ABORTED
+/// write left nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_recreate_under_concurrent_upserts_loses_no_acknowledged_item() {
+    use pb::retrieve_client::RetrieveClient;
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    };
+    let server = serve(config(&tiny_model())).await;
+    let mut admin = RetrieveClient::new(server.channel.clone());
+    let create = pb::CreateCollectionRequest {
+        name: "c".into(),
+        ..Default::default()
+    };
+    admin
+        .create_collection(create.clone())
+        .await
+        .expect("created");
+    let image = std::fs::read(fixtures().join("images/chelsea_tiny_13x9.png")).expect("fixture");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let aborted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (stop, acked, aborted, image) = (
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            Arc::clone(&aborted),
+            image.clone(),
+        );
+        let mut client = RetrieveClient::new(server.channel.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("w{w}-{n}");
+                let result = client
+                    .upsert(pb::UpsertRequest {
+                        collection: "c".into(),
+                        items: vec![pb::Item {
+                            id: id.clone(),
+                            content: Some(pb::item::Content::Image(image.clone())),
+                            metadata: Default::default(),
+                        }],
+                        model: String::new(),
+                    })
+                    .await;
+                match result {
+                    Ok(_) => acked.lock().unwrap().push(id),
+                    Err(e) if e.code() == tonic::Code::Aborted => aborted.lock().unwrap().push(id),
+                    Err(e) if e.code() == tonic::Code::NotFound => {}
+                    Err(e) => panic!("upsert {id}: {e:?}"),
+                }
+            }
+        }));
+    }
+    for _ in 0..25 {
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        admin
+            .delete_collection(pb::DeleteCollectionRequest { name: "c".into() })
+            .await
+            .expect("deleted");
+        admin
+            .create_collection(create.clone())
+            .await
+            .expect("re-created");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let aborted = aborted.lock().unwrap().clone();
+    let on_disk: Vec<String> = admin
+        .get_items(pb::GetItemsRequest {
+            collection: "c".into(),
+            ids: acked.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let count = admin
+        .get_collection(pb::GetCollectionRequest { name: "c".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
+    assert!(
+        count <= 1000,
+        "{count} items: more than one search can list"
+    );
+    let dim = server
+        .info()
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .embedding_dim;
+    let found: std::collections::HashSet<String> = admin
+        .search(pb::SearchRequest {
+            collection: "c".into(),
+            query: Some(pb::Query {
+                query: Some(pb::query::Query::Vector(pb::Vector {
+                    values: vec![1.0; dim as usize],
+                })),
+            }),
+            top_k: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    let invisible: Vec<&String> = on_disk.iter().filter(|id| !found.contains(*id)).collect();
+    assert!(
+        invisible.is_empty(),
+        "{} acknowledged items on disk but never found by Search: {invisible:?}",
+        invisible.len()
+    );
+    assert_eq!(found.len() as u64, count, "index and count agree");
+    let leftovers = admin
+        .get_items(pb::GetItemsRequest {
+            collection: "c".into(),
+            ids: aborted.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(leftovers.is_empty(), "ABORTED writes left {leftovers:?}");
+    eprintln!(
+        "{} upserts acknowledged, {} aborted, {} in the last incarnation",
+        acked.len(),
+        aborted.len(),
+        on_disk.len()
+    );
+}

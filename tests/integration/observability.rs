@@ -15,6 +15,7 @@ async fn readiness_follows_loading_and_shutdown_while_liveness_stays_up() {
         config(&tiny_model()),
         StartOptions {
             hold_model_load: Some(hold),
+            ..Default::default()
         },
     )
     .await

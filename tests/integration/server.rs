@@ -37,6 +37,7 @@ async fn health_goes_from_not_serving_to_serving() {
         cfg,
         StartOptions {
             hold_model_load: Some(hold),
+            ..Default::default()
         },
     )
     .await
