@@ -170,7 +170,7 @@ pub async fn endpoint(
         reporter,
         state: Default::default(),
     };
-    health.publish(&mut HealthState::default()).await;
+    health.publish(&mut *health.state.lock().await).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -5,7 +5,6 @@
 
 use axum::{
     Json,
-    extract::rejection::BytesRejection,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -148,29 +147,6 @@ impl From<ServiceError> for ApiError {
             param: None,
             message,
             grpc_code,
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(e: BytesRejection) -> Self {
-        let status = e.status();
-        let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
-        ApiError {
-            status,
-            kind: "invalid_request_error",
-            code: if too_large {
-                "request_too_large"
-            } else {
-                "invalid_request"
-            },
-            param: None,
-            message: format!("{e} (--max-message-bytes bounds the body)"),
-            grpc_code: if too_large {
-                "OUT_OF_RANGE"
-            } else {
-                "INVALID_ARGUMENT"
-            },
         }
     }
 }

@@ -8,6 +8,7 @@
 //! Plain HTTP/1.1, or TLS with `--tls-cert` (the rustls configuration comes from `security::tls`).
 //! axum and hyper types stop here; handlers call the same domain services as gRPC.
 
+pub mod body;
 pub mod call;
 pub mod error;
 pub mod openai;
@@ -31,10 +32,11 @@ pub fn router(
     keys: ApiKeys,
     max_body_bytes: usize,
 ) -> Router {
-    probes::routes(service.clone(), retrieve).merge(openai::routes(
-        openai::OpenAi { service, keys },
+    probes::routes(service.clone(), retrieve).merge(openai::routes(openai::OpenAi {
+        service,
+        keys,
         max_body_bytes,
-    ))
+    }))
 }
 
 /// Serves until `shutdown` resolves, then lets open requests finish (the caller bounds how long:

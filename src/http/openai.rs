@@ -7,8 +7,8 @@
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    body::Body,
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -17,7 +17,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{call, error::ApiError};
+use super::{
+    body::{self, Items},
+    call,
+    error::ApiError,
+};
 use crate::{
     common::ServiceError,
     embed::{Admission, EmbedService},
@@ -28,14 +32,15 @@ use crate::{
 pub struct OpenAi {
     pub service: EmbedService,
     pub keys: ApiKeys,
+    /// Bodies are limited to `--max-message-bytes` (413 beyond), read after the key check.
+    pub max_body_bytes: usize,
 }
 
-/// The `/v1` routes. Bodies are limited to `--max-message-bytes` (413 beyond).
-pub fn routes(state: OpenAi, max_body_bytes: usize) -> Router {
+/// The `/v1` routes.
+pub fn routes(state: OpenAi) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
@@ -43,7 +48,7 @@ pub fn routes(state: OpenAi, max_body_bytes: usize) -> Router {
 struct EmbeddingsRequest {
     #[serde(default)]
     model: Option<String>,
-    input: Value,
+    input: Items,
     #[serde(default)]
     encoding_format: Option<String>,
     #[serde(default)]
@@ -98,15 +103,13 @@ async fn models(State(state): State<OpenAi>, headers: HeaderMap) -> Response {
     .await
 }
 
-async fn embeddings(
-    State(state): State<OpenAi>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn embeddings(State(state): State<OpenAi>, headers: HeaderMap, body: Body) -> Response {
     let service = state.service.clone();
-    call(&state, "embeddings", &headers, async move {
-        let body = body?;
-        let request: EmbeddingsRequest = serde_json::from_slice(&body).map_err(|e| {
+    let limit = state.max_body_bytes;
+    call(&state, "embeddings", &headers, async {
+        let body = body::read(&headers, body, limit).await?;
+        let max_items = service.limits().max_items_per_request;
+        let request: EmbeddingsRequest = body::parse(&body, max_items).map_err(|e| {
             ApiError::invalid(
                 None,
                 format!("the body is not a valid embeddings request: {e}"),
@@ -208,32 +211,23 @@ async fn embed(service: &EmbedService, request: EmbeddingsRequest) -> Result<Res
 
 /// `input`: a string or an array of strings. Token-id arrays (which OpenAI also accepts) are
 /// refused: this server tokenizes itself, exactly as open_clip does.
-fn inputs(input: Value) -> Result<Vec<String>, ApiError> {
-    match input {
-        Value::String(s) => Ok(vec![s]),
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s),
-                Value::Number(_) | Value::Array(_) => Err(ApiError::invalid(
-                    Some("input"),
-                    format!("input[{i}]: token ids are not accepted; send the text itself"),
-                )),
-                other => Err(ApiError::invalid(
-                    Some("input"),
-                    format!("input[{i}]: expected a string, got {}", kind(&other)),
-                )),
-            })
-            .collect(),
-        other => Err(ApiError::invalid(
-            Some("input"),
-            format!(
-                "input: expected a string or an array of strings, got {}",
-                kind(&other)
-            ),
-        )),
-    }
+fn inputs(input: Items) -> Result<Vec<String>, ApiError> {
+    input
+        .0
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) => Ok(s),
+            Value::Number(_) | Value::Array(_) => Err(ApiError::invalid(
+                Some("input"),
+                format!("input[{i}]: token ids are not accepted; send the text itself"),
+            )),
+            other => Err(ApiError::invalid(
+                Some("input"),
+                format!("input[{i}]: expected a string, got {}", kind(&other)),
+            )),
+        })
+        .collect()
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -286,11 +280,13 @@ mod tests {
 
     #[test]
     fn inputs_take_strings_and_refuse_token_ids() {
-        assert_eq!(inputs(json!("a")).unwrap(), ["a"]);
-        assert_eq!(inputs(json!(["a", "b"])).unwrap(), ["a", "b"]);
-        let e = inputs(json!(["a", [1, 2]])).unwrap_err();
+        let items =
+            |v: Value| -> Items { body::parse(&serde_json::to_vec(&v).unwrap(), 64).unwrap() };
+        assert_eq!(inputs(items(json!("a"))).unwrap(), ["a"]);
+        assert_eq!(inputs(items(json!(["a", "b"]))).unwrap(), ["a", "b"]);
+        let e = inputs(items(json!(["a", [1, 2]]))).unwrap_err();
         assert!(e.message.contains("input[1]: token ids"), "{}", e.message);
-        let e = inputs(json!({"x": 1})).unwrap_err();
+        let e = inputs(items(json!(["a", {"x": 1}]))).unwrap_err();
         assert!(e.message.contains("got an object"), "{}", e.message);
     }
 

@@ -341,3 +341,59 @@ async fn delete_and_recreate_under_concurrent_upserts_loses_no_acknowledged_item
         on_disk.len()
     );
 }
+
+/// The API key is checked before the body is read: a client without the key cannot make the
+/// server wait for (or buffer) a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_refused_before_the_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config(&tiny_model());
+    cfg.api_key = Some(clip_serve::security::Secret("right".into()));
+    let server = serve(cfg).await;
+    let mut conn = tokio::net::TcpStream::connect(server.server.http_addr)
+        .await
+        .unwrap();
+    // A head that announces 30 000 body bytes, and no body.
+    conn.write_all(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Type: application/json\r\nContent-Length: 30000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut reply))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&reply[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+/// Item lists are counted while the body is parsed: past the limit the request is refused even
+/// though the rest of the body is not even valid JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_over_the_limit_are_refused_while_parsing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config(&tiny_model());
+    cfg.embed.limits.max_items_per_request = 4;
+    let server = serve(cfg).await;
+    let body = format!("{{\"input\": [{}\"x\", !!!", "\"a\", ".repeat(10));
+    let mut conn = tokio::net::TcpStream::connect(server.server.http_addr)
+        .await
+        .unwrap();
+    conn.write_all(
+        format!(
+            "POST /v1/embeddings HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.contains("more than 4 items") && reply.contains("--max-items-per-request"),
+        "{reply}"
+    );
+}

@@ -1,0 +1,150 @@
+//! Request bodies, read only after the API key has been checked, limited while they stream in,
+//! and parsed into typed requests whose item lists are counted while parsing (a 32 MiB body of
+//! tiny items never becomes millions of allocations).
+
+use std::cell::Cell;
+
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderMap, StatusCode, header},
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        kind: "invalid_request_error",
+        code: "request_too_large",
+        param: None,
+        message: format!(
+            "the body is over the limit of {limit} bytes (--max-message-bytes bounds the body)"
+        ),
+        grpc_code: "OUT_OF_RANGE",
+    }
+}
+
+/// The body, at most `limit` bytes: a declared length over it is refused before anything is read,
+/// an undeclared one as soon as the bytes read pass it.
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => Err(ApiError::invalid(
+            None,
+            format!("reading the body failed: {e}"),
+        )),
+    }
+}
+
+thread_local! {
+    /// The item limit [`Items`] enforces while a body is parsed on this thread.
+    static MAX_ITEMS: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Parses `bytes` as `T` with every [`Items`] list in it bounded to `max_items` elements.
+pub fn parse<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    max_items: usize,
+) -> Result<T, serde_json::Error> {
+    let previous = MAX_ITEMS.with(|m| m.replace(max_items));
+    let parsed = serde_json::from_slice(bytes);
+    MAX_ITEMS.with(|m| m.set(previous));
+    parsed
+}
+
+/// A request's `input`: one string, or a list of items counted while they are parsed (refused
+/// past the limit before the rest is read).
+#[derive(Debug, Default)]
+pub struct Items(pub Vec<Value>);
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor(usize);
+        impl<'de> Visitor<'de> for ItemsVisitor {
+            type Value = Items;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Items, E> {
+                Ok(Items(vec![Value::String(s.to_string())]))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Items, E> {
+                Ok(Items(vec![Value::String(s)]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
+                let max = self.0;
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(max));
+                while let Some(item) = seq.next_element::<Value>()? {
+                    if items.len() == max {
+                        return Err(de::Error::custom(format!(
+                            "input: more than {max} items, over the limit per request (--max-items-per-request)"
+                        )));
+                    }
+                    items.push(item);
+                }
+                Ok(Items(items))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Items, A::Error> {
+                Err(de::Error::custom(
+                    "input: expected a string or an array of strings, got an object",
+                ))
+            }
+        }
+        deserializer.deserialize_any(ItemsVisitor(MAX_ITEMS.with(Cell::get)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Request {
+        input: Items,
+    }
+
+    #[test]
+    fn items_are_counted_while_parsing() {
+        let r: Request = parse(br#"{"input": ["a", "b"]}"#, 2).unwrap();
+        assert_eq!(r.input.0.len(), 2);
+        let r: Request = parse(br#"{"input": "one"}"#, 2).unwrap();
+        assert_eq!(r.input.0, [Value::String("one".into())]);
+        // The third item is refused before the parser reaches the broken fourth.
+        let e = parse::<Request>(br#"{"input": ["a", "b", "c", !!!"#, 2).unwrap_err();
+        assert!(e.to_string().contains("more than 2 items"), "{e}");
+        let e = parse::<Request>(br#"{"input": {"x": 1}}"#, 2).unwrap_err();
+        assert!(e.to_string().contains("got an object"), "{e}");
+        // The limit is per call: the next parse on this thread is not bounded by this one's.
+        let r: Request = parse(br#"{"input": ["a", "b", "c"]}"#, 3).unwrap();
+        assert_eq!(r.input.0.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_limited_while_they_stream() {
+        let mut headers = HeaderMap::new();
+        let ok = read(&headers, Body::from("0123456789"), 10).await.unwrap();
+        assert_eq!(&ok[..], b"0123456789");
+        let e = read(&headers, Body::from("0123456789x"), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        headers.insert(header::CONTENT_LENGTH, "11".parse().unwrap());
+        let e = read(&headers, Body::empty(), 10).await.unwrap_err();
+        assert_eq!(
+            e.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "refused from the header alone"
+        );
+    }
+}
