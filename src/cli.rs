@@ -12,7 +12,7 @@ use crate::{
     classify::{ClassifyConfig, PromptLimits},
     common::parse_duration,
     embed::{EmbedConfig, Limits},
-    model::{Provider, ProviderOptions},
+    model::{Precision, Provider, ProviderOptions},
     retrieve::RetrieveConfig,
     security::{Secret, TlsPaths},
     telemetry::LogFormat,
@@ -62,6 +62,21 @@ pub struct ServeArgs {
     /// onnxruntime-gpu library; when they cannot start the server refuses to start.
     #[arg(long, env = "CLIP_SERVE_PROVIDER", value_enum, default_value_t = Provider::Cpu)]
     pub provider: Provider,
+
+    /// Which graph of each tower to serve: fp32 (model.onnx), int8 (model.int8.onnx, for CPUs) or
+    /// fp16 (model.fp16.onnx, for GPUs). A variant is served only when its accuracy gate in the
+    /// model directory's quantization.json passed (scripts/quantize.py writes both).
+    #[arg(long, env = "CLIP_SERVE_PRECISION", value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+
+    /// Serve a --precision variant whose accuracy gate is missing or failed (Info reports it as
+    /// ungated).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_ALLOW_UNGATED_PRECISION",
+        default_value_t = false
+    )]
+    pub allow_ungated_precision: bool,
 
     /// GPU device ordinal for the cuda and tensorrt providers.
     #[arg(long, env = "CLIP_SERVE_DEVICE_ID", default_value_t = 0)]
@@ -236,6 +251,8 @@ pub struct Config {
     pub ort_dylib_path: PathBuf,
     /// The execution provider and its options (its `max_batch_size` follows `embed.batch`).
     pub providers: ProviderOptions,
+    pub precision: Precision,
+    pub allow_ungated_precision: bool,
     pub intra_op_threads: usize,
     pub skip_warmup: bool,
     /// Request limits, batching, streams and preprocessing (admission takes its permit count from
@@ -341,6 +358,8 @@ impl ServeArgs {
                 trt_workspace_bytes: self.trt_workspace_bytes,
                 max_batch_size: batch.max_batch_size,
             },
+            precision: self.precision,
+            allow_ungated_precision: self.allow_ungated_precision,
             intra_op_threads,
             skip_warmup: self.skip_warmup,
             embed: EmbedConfig {

@@ -31,7 +31,7 @@ use crate::{
     common::{Field, List, Modality, ServiceError},
     model::{LoadedModel, TowerSpec, runtime},
     preprocess::image::{self as image_pre, ImageOptions},
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{Metrics, ModelInfoLabels},
 };
 
 /// The embedding service's own configuration (admission has its own, in `admission/`).
@@ -92,12 +92,13 @@ impl EmbedService {
                 metrics.batch(Modality::Text),
             )
         });
-        metrics.set_model_info(
-            &model.config.display_name(),
-            model.config.weights.as_str(),
-            model.provider.as_str(),
-            &runtime::onnxruntime_version(),
-        );
+        metrics.set_model_info(ModelInfoLabels {
+            model: &model.config.display_name(),
+            weights: model.config.weights.as_str(),
+            provider: model.provider.as_str(),
+            precision: model.precision.as_str(),
+            onnxruntime: &runtime::onnxruntime_version(),
+        });
         self.state.slot.set(Loaded { model, image, text });
     }
 
@@ -356,6 +357,7 @@ impl EmbedService {
                 input: s.input_desc.clone(),
                 output: s.output_desc.clone(),
                 dynamic_batch: s.dynamic_batch,
+                dynamic_length: s.dynamic_length,
             },
             None => TowerInfo::default(),
         };
@@ -381,6 +383,8 @@ impl EmbedService {
             logit_scale_defaulted: config.logit_scale_defaulted,
             apply_exif_orientation: self.state.config.apply_exif_orientation,
             model_dir: model.dir.display().to_string(),
+            precision: model.precision,
+            gate: model.gate.clone(),
         })
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::Limits;
-use crate::model::{Provider, WeightsKind};
+use crate::model::{Gate, Precision, Provider, WeightsKind};
 
 /// One embedding, L2-normalized.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +47,7 @@ pub struct TowerInfo {
     pub input: String,
     pub output: String,
     pub dynamic_batch: bool,
+    pub dynamic_length: bool,
 }
 
 /// What is being served.
@@ -69,4 +70,7 @@ pub struct ModelInfo {
     pub logit_scale_defaulted: bool,
     pub apply_exif_orientation: bool,
     pub model_dir: String,
+    pub precision: Precision,
+    /// The accuracy gate of a reduced-precision variant (`None` for fp32).
+    pub gate: Option<Gate>,
 }

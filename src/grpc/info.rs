@@ -62,6 +62,7 @@ impl From<TowerInfo> for pb::TowerInfo {
             input,
             output,
             dynamic_batch,
+            dynamic_length,
         } = t;
         pb::TowerInfo {
             loaded,
@@ -69,6 +70,7 @@ impl From<TowerInfo> for pb::TowerInfo {
             input,
             output,
             dynamic_batch,
+            dynamic_length,
         }
     }
 }
@@ -97,6 +99,8 @@ impl From<ModelInfo> for pb::GetInfoResponse {
             logit_scale_defaulted,
             apply_exif_orientation,
             model_dir,
+            precision,
+            gate,
         } = info;
         pb::GetInfoResponse {
             model_name,
@@ -122,6 +126,23 @@ impl From<ModelInfo> for pb::GetInfoResponse {
             logit_scale_defaulted,
             apply_exif_orientation,
             model_dir,
+            precision: precision.as_str().to_string(),
+            precision_gate: gate.map(|gate| {
+                let tower = |name: &str| {
+                    gate.towers.get(name).map(|t| pb::TowerGate {
+                        cosine_min: t.cosine.min,
+                        cosine_p1: t.cosine.p1,
+                        cosine_mean: t.cosine.mean,
+                        passed: t.pass,
+                    })
+                };
+                pb::PrecisionGate {
+                    report: gate.report.display().to_string(),
+                    ungated: gate.ungated,
+                    visual: tower("visual"),
+                    textual: tower("textual"),
+                }
+            }),
         }
     }
 }

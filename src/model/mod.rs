@@ -13,14 +13,16 @@
 //! `common`; knows nothing of requests.
 
 pub mod config;
+pub mod precision;
 pub mod runtime;
 pub mod tower;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{ModelConfig, WeightsKind};
+pub use precision::{Gate, Precision};
 pub use runtime::{Provider, ProviderOptions};
-pub use tower::{ImageLayout, InputKind, TokenType, Tower, TowerSpec};
+pub use tower::{ImageLayout, InputKind, TokenType, Tower, TowerSpec, trimmed_length};
 
 use crate::preprocess::{
     image::{self as image_pre, PreprocessConfig},
@@ -69,11 +71,49 @@ pub struct ModelFiles {
     pub config: ModelConfig,
     pub visual: Option<(PathBuf, PreprocessConfig)>,
     pub textual: Option<(PathBuf, ClipTokenizer)>,
+    pub precision: Precision,
+    /// The accuracy gate of a reduced-precision variant (`None` for fp32).
+    pub gate: Option<Gate>,
+}
+
+/// A tower's graph at `precision`: `None` when the directory has no such tower; an error when it
+/// has the tower but not at that precision.
+fn tower_file(
+    dir: &Path,
+    tower: &str,
+    precision: Precision,
+) -> Result<Option<PathBuf>, ModelError> {
+    let file = dir.join(tower).join(precision.file_name());
+    let fp32 = dir.join(tower).join(Precision::Fp32.file_name());
+    if file.is_file() {
+        Ok(Some(file))
+    } else if fp32.is_file() {
+        Err(ModelError::Invalid {
+            path: file,
+            reason: format!(
+                "--precision {}: not found beside {} (scripts/quantize.py writes it)",
+                precision.as_str(),
+                fp32.display()
+            ),
+        })
+    } else {
+        Ok(None)
+    }
 }
 
 impl ModelFiles {
     /// Reads config.json, the preprocess config and the tokenizer: cheap checks that fail fast.
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        Self::open_at(dir, Precision::Fp32, false)
+    }
+
+    /// [`Self::open`] for the towers' graphs at `precision`, which must have passed their accuracy
+    /// gate (`quantization.json`) unless `allow_ungated`.
+    pub fn open_at(
+        dir: &Path,
+        precision: Precision,
+        allow_ungated: bool,
+    ) -> Result<Self, ModelError> {
         if !dir.is_dir() {
             return Err(ModelError::Invalid {
                 path: dir.to_path_buf(),
@@ -84,8 +124,7 @@ impl ModelFiles {
         }
         let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
         let config = ModelConfig::from_file(&dir.join("config.json"), dir_name)?;
-        let visual_model = dir.join("visual").join("model.onnx");
-        let visual = if visual_model.is_file() {
+        let visual = if let Some(visual_model) = tower_file(dir, "visual", precision)? {
             let cfg_path = dir.join("visual").join("preprocess_cfg.json");
             let cfg =
                 PreprocessConfig::from_json_file(&cfg_path).map_err(|e| ModelError::Invalid {
@@ -96,9 +135,8 @@ impl ModelFiles {
         } else {
             None
         };
-        let textual_model = dir.join("textual").join("model.onnx");
         let textual =
-            if textual_model.is_file() {
+            if let Some(textual_model) = tower_file(dir, "textual", precision)? {
                 let tok_path = dir.join("textual").join("tokenizer.json");
                 let tokenizer = ClipTokenizer::from_file(&tok_path, config.context_length)
                     .map_err(|e| ModelError::Invalid {
@@ -114,11 +152,18 @@ impl ModelFiles {
                 dir: dir.to_path_buf(),
             });
         }
+        let towers: Vec<&str> = [("visual", visual.is_some()), ("textual", textual.is_some())]
+            .into_iter()
+            .filter_map(|(name, present)| present.then_some(name))
+            .collect();
+        let gate = precision::check(dir, precision, &towers, allow_ungated)?;
         Ok(ModelFiles {
             dir: dir.to_path_buf(),
             config,
             visual,
             textual,
+            precision,
+            gate,
         })
     }
 }
@@ -142,6 +187,8 @@ pub struct LoadedModel {
     pub image: Option<ImageModel>,
     pub text: Option<TextModel>,
     pub provider: Provider,
+    pub precision: Precision,
+    pub gate: Option<Gate>,
 }
 
 impl LoadedModel {
@@ -184,6 +231,8 @@ impl LoadedModel {
             image,
             text,
             provider: providers.provider,
+            precision: files.precision,
+            gate: files.gate,
         })
     }
 
@@ -205,6 +254,11 @@ impl LoadedModel {
             files.extend(names);
         }
         let mut hasher = Sha256::new();
+        // A reduced-precision graph changes the vectors, so it is part of the identity (fp32
+        // fingerprints stay what they were before variants existed).
+        if self.precision != Precision::Fp32 {
+            hasher.update(self.precision.as_str());
+        }
         let mut buf = vec![0u8; 1 << 20];
         for path in files {
             let at = |e: std::io::Error| format!("{}: {e}", path.display());
@@ -300,26 +354,38 @@ impl LoadedModel {
         image.tower.run(input, rows)
     }
 
-    /// Embeds token id rows (context_length ids each), one vector per row.
+    /// Embeds token id rows (context_length ids each), one vector per row. On a tower with a
+    /// dynamic sequence axis the batch runs only as long as its longest text needs
+    /// ([`trimmed_length`]): the same vectors, a fraction of the work for short texts.
     pub fn embed_token_ids(&self, rows: &[Vec<i64>]) -> Result<Vec<Vec<f32>>, String> {
         let text = self
             .text
             .as_ref()
             .ok_or("this model has no textual tower")?;
-        let input = match text.tower.spec.input {
-            InputKind::Text {
-                dtype: TokenType::I64,
-                ..
-            } => BatchInput::I64(rows.concat()),
-            InputKind::Text {
-                dtype: TokenType::I32,
-                ..
-            } => {
-                // Token ids are < vocab size (49408), so they always fit.
-                BatchInput::I32(rows.iter().flatten().map(|&id| id as i32).collect())
-            }
-            InputKind::Image { .. } => return Err("textual tower has an image input".into()),
+        let InputKind::Text {
+            dtype,
+            context_length,
+        } = text.tower.spec.input
+        else {
+            return Err("textual tower has an image input".into());
         };
-        text.tower.run(input, rows.len())
+        if let Some(bad) = rows.iter().position(|r| r.len() != context_length) {
+            return Err(format!(
+                "token row {bad} has {} ids; {context_length} expected",
+                rows[bad].len()
+            ));
+        }
+        let len = if text.tower.spec.dynamic_length {
+            trimmed_length(rows, context_length)
+        } else {
+            context_length
+        };
+        let ids = rows.iter().flat_map(|r| &r[..len]);
+        let input = match dtype {
+            TokenType::I64 => BatchInput::I64(ids.copied().collect()),
+            // Token ids are < vocab size (49408), so they always fit.
+            TokenType::I32 => BatchInput::I32(ids.map(|&id| id as i32).collect()),
+        };
+        text.tower.run_text(input, rows.len(), len)
     }
 }

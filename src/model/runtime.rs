@@ -121,7 +121,9 @@ impl ProviderOptions {
 }
 
 /// A TensorRT optimization profile for one input, in ONNX Runtime's `name:d0xd1x...` syntax: batch
-/// 1 to `max_batch_size` (optimized for the largest), the other dimensions fixed.
+/// 1 to `max_batch_size` (optimized for the largest), the other dimensions fixed, except a text
+/// tower's dynamic sequence axis: 1 to the context length, optimized for 32 ids (captions; prompts
+/// are shorter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrtProfile {
     pub min: String,
@@ -130,23 +132,38 @@ pub struct TrtProfile {
 }
 
 impl TrtProfile {
-    /// `None` unless the batch axis is dynamic and every other axis is known.
-    pub fn for_input(name: &str, dims: &[i64], max_batch_size: usize) -> Option<Self> {
+    /// `None` unless the batch axis is dynamic and every other axis is known, or is a text
+    /// tower's sequence axis (`[N, L]` with `context_length` given).
+    pub fn for_input(
+        name: &str,
+        dims: &[i64],
+        max_batch_size: usize,
+        context_length: Option<usize>,
+    ) -> Option<Self> {
         let (&batch, rest) = dims.split_first()?;
-        if batch >= 0 || rest.iter().any(|&d| d <= 0) {
+        if batch >= 0 {
             return None;
         }
-        let shape = |b: usize| {
+        // The sequence axis of `[N, L]`: (min, opt, max) lengths.
+        let lengths = match (rest, context_length) {
+            ([l], Some(context)) if *l < 0 && context > 0 => Some((1, 32.min(context), context)),
+            _ if rest.iter().any(|&d| d <= 0) => return None,
+            _ => None,
+        };
+        let shape = |b: usize, len: Option<usize>| {
             let mut parts = vec![b.to_string()];
-            parts.extend(rest.iter().map(i64::to_string));
+            match len {
+                Some(len) => parts.push(len.to_string()),
+                None => parts.extend(rest.iter().map(i64::to_string)),
+            }
             format!("{name}:{}", parts.join("x"))
         };
         // At least 2: the warm-up runs a batch of two to catch graphs that only work at batch 1.
         let max = max_batch_size.max(2);
         Some(TrtProfile {
-            min: shape(1),
-            opt: shape(max),
-            max: shape(max),
+            min: shape(1, lengths.map(|l| l.0)),
+            opt: shape(max, lengths.map(|l| l.1)),
+            max: shape(max, lengths.map(|l| l.2)),
         })
     }
 }
@@ -297,27 +314,33 @@ mod tests {
 
     #[test]
     fn tensorrt_profiles_span_batch_one_to_the_batcher_maximum() {
-        let p = TrtProfile::for_input("image", &[-1, 3, 224, 224], 32).unwrap();
+        let p = TrtProfile::for_input("image", &[-1, 3, 224, 224], 32, None).unwrap();
         assert_eq!(p.min, "image:1x3x224x224");
         assert_eq!(p.opt, "image:32x3x224x224");
         assert_eq!(p.max, "image:32x3x224x224");
-        let t = TrtProfile::for_input("text", &[-1, 77], 128).unwrap();
+        let t = TrtProfile::for_input("text", &[-1, 77], 128, Some(77)).unwrap();
         assert_eq!(
             (t.min.as_str(), t.max.as_str()),
             ("text:1x77", "text:128x77")
         );
         assert_eq!(
-            TrtProfile::for_input("x", &[1, 77], 8),
+            TrtProfile::for_input("x", &[1, 77], 8, Some(77)),
             None,
             "static batch"
         );
-        let one = TrtProfile::for_input("text", &[-1, 77], 1).unwrap();
+        let one = TrtProfile::for_input("text", &[-1, 77], 1, Some(77)).unwrap();
         assert_eq!(one.max, "text:2x77", "room for the warm-up's batch of two");
         assert_eq!(
-            TrtProfile::for_input("x", &[-1, -1], 8),
+            TrtProfile::for_input("x", &[-1, -1], 8, None),
             None,
             "unknown length"
         );
-        assert_eq!(TrtProfile::for_input("x", &[], 8), None);
+        assert_eq!(TrtProfile::for_input("x", &[], 8, None), None);
+        // A dynamic sequence axis: both axes in the profile.
+        let v = TrtProfile::for_input("text", &[-1, -1], 64, Some(77)).unwrap();
+        assert_eq!(
+            (v.min.as_str(), v.opt.as_str(), v.max.as_str()),
+            ("text:1x1", "text:64x32", "text:64x77")
+        );
     }
 }

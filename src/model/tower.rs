@@ -59,7 +59,40 @@ pub struct TowerSpec {
     pub output_name: String,
     pub output_desc: String,
     pub dynamic_batch: bool,
+    /// Text towers: the sequence axis is dynamic, so a batch can run with fewer than
+    /// `context_length` ids per row (see [`trimmed_length`]).
+    pub dynamic_length: bool,
     pub embed_dim: usize,
+}
+
+/// Ids per row that a batch of padded token-id rows needs on a tower with a dynamic sequence
+/// axis: up to and including the end-of-text token of its longest row, rounded up to a multiple
+/// of 8 (so ONNX Runtime's allocations and TensorRT's profiles see few distinct shapes), at most
+/// `context_length`.
+///
+/// Exact for CLIP text towers: attention is causal, so position p sees only positions <= p, and
+/// LayerNorm and the MLP work per position; the pooled vector is taken at the end-of-text token,
+/// the largest id (open_clip `text_global_pool`, pool type `argmax`). Cutting every row after the
+/// batch's last end-of-text token leaves every pooled vector unchanged (up to float rounding).
+pub fn trimmed_length(rows: &[Vec<i64>], context_length: usize) -> usize {
+    let needed = rows
+        .iter()
+        .map(|row| {
+            // The first occurrence of the largest id, as torch.argmax picks it.
+            let mut at = 0;
+            for (i, &id) in row.iter().enumerate() {
+                if id > row[at] {
+                    at = i;
+                }
+            }
+            at + 1
+        })
+        .max()
+        .unwrap_or(1);
+    needed
+        .div_ceil(8)
+        .saturating_mul(8)
+        .clamp(1, context_length.max(1))
 }
 
 /// A loaded tower. `Session::run` needs `&mut`, so runs are serialized by a mutex; ONNX Runtime
@@ -120,23 +153,31 @@ impl Tower {
         }
         // TensorRT builds one engine per optimization profile, so it needs the input's name and
         // shape before the real session exists: a quick unoptimized CPU session reads them.
-        let profile = if cfg!(feature = "tensorrt")
-            && providers.provider == super::Provider::Tensorrt
-        {
-            let probe = Session::builder(env)
-                .and_then(|b| {
-                    b.with_optimization_level(GraphOptimizationLevel::Disable)
-                        .map_err(Into::into)
+        let profile =
+            if cfg!(feature = "tensorrt") && providers.provider == super::Provider::Tensorrt {
+                let probe = Session::builder(env)
+                    .and_then(|b| {
+                        b.with_optimization_level(GraphOptimizationLevel::Disable)
+                            .map_err(Into::into)
+                    })
+                    .and_then(|mut b| b.commit_from_file(path))
+                    .map_err(|e| ort_err(&e))?;
+                probe.inputs().first().and_then(|input| {
+                    let (_, dims) = tensor_parts(input)?;
+                    let context = match expected.kind {
+                        ExpectedKind::Text { context_length } => Some(context_length),
+                        ExpectedKind::Image { .. } => None,
+                    };
+                    super::runtime::TrtProfile::for_input(
+                        input.name(),
+                        &dims,
+                        providers.max_batch_size,
+                        context,
+                    )
                 })
-                .and_then(|mut b| b.commit_from_file(path))
-                .map_err(|e| ort_err(&e))?;
-            probe.inputs().first().and_then(|input| {
-                let (_, dims) = tensor_parts(input)?;
-                super::runtime::TrtProfile::for_input(input.name(), &dims, providers.max_batch_size)
-            })
-        } else {
-            None
-        };
+            } else {
+                None
+            };
         let eps = super::runtime::execution_providers(providers, profile.as_ref())?;
         let mut builder = Session::builder(env)
             .and_then(|b| {
@@ -167,19 +208,49 @@ impl Tower {
     /// Runs `rows` rows of `input` (laid out row-major, `row_len` elements each) and returns one
     /// L2-normalized embedding per row. Static-batch models run row by row.
     pub fn run(&self, input: BatchInput, rows: usize) -> Result<Vec<Vec<f32>>, String> {
+        self.run_rows(input, rows, self.row_len())
+    }
+
+    /// Runs token-id rows of `len` ids each (at most the context length; fewer only on a tower
+    /// with a dynamic sequence axis).
+    pub fn run_text(
+        &self,
+        input: BatchInput,
+        rows: usize,
+        len: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        match self.spec.input {
+            InputKind::Text { context_length, .. }
+                if len == context_length || (self.spec.dynamic_length && len < context_length) =>
+            {
+                self.run_rows(input, rows, len)
+            }
+            _ => Err(format!(
+                "{}: cannot run token rows of {len} ids (input {})",
+                self.spec.path.display(),
+                self.spec.input_desc
+            )),
+        }
+    }
+
+    fn run_rows(
+        &self,
+        input: BatchInput,
+        rows: usize,
+        expected_row_len: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
         if rows == 0 {
             return Ok(Vec::new());
         }
         let row_len = input.len() / rows;
-        if row_len * rows != input.len() || row_len != self.row_len() {
+        if row_len * rows != input.len() || row_len != expected_row_len {
             return Err(format!(
-                "batch of {rows} rows has {} elements; {} per row expected",
+                "batch of {rows} rows has {} elements; {expected_row_len} per row expected",
                 input.len(),
-                self.row_len()
             ));
         }
         if self.spec.dynamic_batch {
-            return self.run_batch(input, rows);
+            return self.run_batch(input, rows, row_len);
         }
         let mut out = Vec::with_capacity(rows);
         for i in 0..rows {
@@ -189,7 +260,7 @@ impl Tower {
                 BatchInput::I64(v) => BatchInput::I64(row_of(v, i, row_len)),
                 BatchInput::I32(v) => BatchInput::I32(row_of(v, i, row_len)),
             };
-            out.extend(self.run_batch(row, 1)?);
+            out.extend(self.run_batch(row, 1, row_len)?);
         }
         Ok(out)
     }
@@ -202,7 +273,8 @@ impl Tower {
         }
     }
 
-    fn shape(&self, rows: usize) -> Vec<i64> {
+    /// The input shape of a batch; `row_len` sets a text batch's sequence length.
+    fn shape(&self, rows: usize, row_len: usize) -> Vec<i64> {
         match self.spec.input {
             InputKind::Image {
                 layout: ImageLayout::NchwF32,
@@ -218,12 +290,17 @@ impl Tower {
             } => {
                 vec![rows as i64, height as i64, width as i64, 3]
             }
-            InputKind::Text { context_length, .. } => vec![rows as i64, context_length as i64],
+            InputKind::Text { .. } => vec![rows as i64, row_len as i64],
         }
     }
 
-    fn run_batch(&self, input: BatchInput, rows: usize) -> Result<Vec<Vec<f32>>, String> {
-        let shape = self.shape(rows);
+    fn run_batch(
+        &self,
+        input: BatchInput,
+        rows: usize,
+        row_len: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let shape = self.shape(rows, row_len);
         let value: ort::value::DynValue = match input {
             BatchInput::F32(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
             BatchInput::U8(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
@@ -374,7 +451,7 @@ fn discover(
     };
     let batch_ok = |b: i64| b == -1 || b == 1;
     let dim_ok = |d: i64, want: usize| d == -1 || d == want as i64;
-    let (kind, dynamic_batch, layout_desc) = match expected.kind {
+    let (kind, dynamic_batch, dynamic_length, layout_desc) = match expected.kind {
         ExpectedKind::Image { height, width } => {
             let layout = match (ty, shape.as_slice()) {
                 (TensorElementType::Float32, [b, 3, h, w])
@@ -406,6 +483,7 @@ fn discover(
                     width,
                 },
                 shape[0] == -1,
+                false,
                 desc,
             )
         }
@@ -429,9 +507,12 @@ fn discover(
                     )));
                 }
             };
-            let desc = match dtype {
-                TokenType::I64 => "int64 token ids",
-                TokenType::I32 => "int32 token ids",
+            let dynamic_length = shape[1] == -1;
+            let desc = match (dtype, dynamic_length) {
+                (TokenType::I64, false) => "int64 token ids",
+                (TokenType::I32, false) => "int32 token ids",
+                (TokenType::I64, true) => "int64 token ids, dynamic sequence length",
+                (TokenType::I32, true) => "int32 token ids, dynamic sequence length",
             };
             (
                 InputKind::Text {
@@ -439,6 +520,7 @@ fn discover(
                     context_length,
                 },
                 shape[0] == -1,
+                dynamic_length,
                 desc,
             )
         }
@@ -486,6 +568,7 @@ fn discover(
         output_name: output.name().to_string(),
         output_desc: describe(output),
         dynamic_batch,
+        dynamic_length,
         embed_dim: expected.embed_dim,
     })
 }
@@ -493,6 +576,29 @@ fn discover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimmed_length_ends_after_the_last_end_of_text_rounded_to_eight() {
+        let row = |ids: &[i64]| {
+            let mut r = ids.to_vec();
+            r.resize(77, 0);
+            r
+        };
+        // "a photo of a cat." is SOT + 6 tokens + EOT: 8 ids.
+        let cat = row(&[49406, 320, 1125, 539, 320, 2368, 269, 49407]);
+        assert_eq!(trimmed_length(std::slice::from_ref(&cat), 77), 8);
+        let longer = row(&[49406, 1, 2, 3, 4, 5, 6, 7, 8, 49407]);
+        assert_eq!(trimmed_length(&[cat.clone(), longer], 77), 16);
+        // The empty text: SOT, EOT.
+        assert_eq!(trimmed_length(&[row(&[49406, 49407])], 77), 8);
+        // A text cut at the context length ends with EOT at position 76: the full length.
+        let mut full = vec![400; 77];
+        full[0] = 49406;
+        full[76] = 49407;
+        assert_eq!(trimmed_length(&[cat, full], 77), 77);
+        // Never over the context length, even when rounding up would be.
+        assert_eq!(trimmed_length(&[row(&[49406, 49407])], 5), 5);
+    }
 
     #[test]
     fn l2_normalization() {

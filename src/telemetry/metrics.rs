@@ -17,6 +17,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// The labels of `clip_model_info`.
+pub struct ModelInfoLabels<'a> {
+    pub model: &'a str,
+    pub weights: &'a str,
+    pub provider: &'a str,
+    pub precision: &'a str,
+    pub onnxruntime: &'a str,
+}
+
 /// Everything the server measures.
 #[derive(Clone)]
 pub struct Metrics {
@@ -201,7 +210,7 @@ impl Metrics {
                 "The served model (value 1 once loaded); weights=random-init or test means \
                  meaningless vectors",
             ),
-            &["model", "weights", "provider", "onnxruntime"],
+            &["model", "weights", "provider", "precision", "onnxruntime"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -297,10 +306,17 @@ impl Metrics {
             .with_label_values(&[modality.as_str()])
     }
 
-    pub fn set_model_info(&self, model: &str, weights: &str, provider: &str, onnxruntime: &str) {
+    pub fn set_model_info(&self, info: ModelInfoLabels<'_>) {
+        let ModelInfoLabels {
+            model,
+            weights,
+            provider,
+            precision,
+            onnxruntime,
+        } = info;
         self.model_info.reset();
         self.model_info
-            .with_label_values(&[model, weights, provider, onnxruntime])
+            .with_label_values(&[model, weights, provider, precision, onnxruntime])
             .set(1);
     }
 
@@ -324,13 +340,19 @@ mod tests {
         metrics.observe_call("Embed", "EmbedTexts", "OK", 0.02);
         metrics.batch(Modality::Text).dropped_deadline.inc_by(3);
         metrics.batch(Modality::Image).batch_size.observe(8.0);
-        metrics.set_model_info("ViT-B-32", "random-init", "cpu", "1.32.0");
+        metrics.set_model_info(ModelInfoLabels {
+            model: "ViT-B-32",
+            weights: "random-init",
+            provider: "cpu",
+            precision: "int8",
+            onnxruntime: "1.32.0",
+        });
         let text = metrics.render();
         for line in [
             r#"clip_requests_total{code="OK",interface="grpc",method="EmbedTexts",service="Embed"} 1"#,
             r#"clip_rows_dropped_total{modality="text",reason="deadline"} 3"#,
             r#"clip_batch_size_rows_count{modality="image"} 1"#,
-            r#"clip_model_info{model="ViT-B-32",onnxruntime="1.32.0",provider="cpu",weights="random-init"} 1"#,
+            r#"clip_model_info{model="ViT-B-32",onnxruntime="1.32.0",precision="int8",provider="cpu",weights="random-init"} 1"#,
             r#"clip_request_duration_seconds_bucket{interface="grpc",method="EmbedTexts",service="Embed",le="0.025"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
