@@ -345,6 +345,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
 /// stops the server with that error.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut server = start(config, StartOptions::default()).await?;
+    // One listener for the whole life of the server: a signal that arrives just as loading ends
+    // must not fall between two listeners.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     tokio::select! {
         ready = server.wait_ready() => {
             if let Err(e) = ready {
@@ -352,9 +356,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 return Err(e);
             }
         }
-        () = shutdown_signal() => return server.shutdown().await,
+        () = &mut signal => return server.shutdown().await,
     }
-    shutdown_signal().await;
+    signal.await;
     server.shutdown().await
 }
 
