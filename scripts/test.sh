@@ -39,6 +39,9 @@ step "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnin
 # The GPU providers compile (they run only with onnxruntime-gpu): only the library changes with them.
 step "cargo clippy --lib --features cuda,tensorrt" cargo clippy --locked --lib --features cuda,tensorrt -- -D warnings
 step "cargo test" cargo test --locked
+# The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
+# gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
+step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests
 step "grpcurl smoke test" scripts/smoke.sh
 step "the official openai Python SDK against the HTTP API" scripts/openai_sdk_test.sh
 step "deployment files (hadolint, kustomize, Kubernetes schemas; offline)" scripts/validate_deploy.sh

@@ -69,6 +69,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_PRECISION", value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
 
+    /// Run every text at the full context length even when the text tower has a dynamic sequence
+    /// axis (by default a batch runs only up to its longest text's end-of-text token, which is exact
+    /// for CLIP's argmax-pooled text tower): for exports that pool elsewhere, and for comparisons.
+    #[arg(long, env = "CLIP_SERVE_FULL_LENGTH_TEXT", default_value_t = false)]
+    pub full_length_text: bool,
+
     /// Serve a --precision variant whose accuracy gate is missing or failed (Info reports it as
     /// ungated).
     #[arg(
@@ -253,6 +259,7 @@ pub struct Config {
     pub providers: ProviderOptions,
     pub precision: Precision,
     pub allow_ungated_precision: bool,
+    pub full_length_text: bool,
     pub intra_op_threads: usize,
     pub skip_warmup: bool,
     /// Request limits, batching, streams and preprocessing (admission takes its permit count from
@@ -360,6 +367,7 @@ impl ServeArgs {
             },
             precision: self.precision,
             allow_ungated_precision: self.allow_ungated_precision,
+            full_length_text: self.full_length_text,
             intra_op_threads,
             skip_warmup: self.skip_warmup,
             embed: EmbedConfig {

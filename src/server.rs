@@ -88,11 +88,12 @@ impl RunningServer {
 pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<RunningServer> {
     // Cheap checks first, so a wrong path or a missing library fails before anything is bound.
     let env = runtime::environment(&config.ort_dylib_path)?;
-    let files = ModelFiles::open_at(
+    let mut files = ModelFiles::open_at(
         &config.model_dir,
         config.precision,
         config.allow_ungated_precision,
     )?;
+    files.full_length_text = config.full_length_text;
     match files.config.weights {
         WeightsKind::RandomInit => tracing::warn!(
             model = %files.config.display_name(),

@@ -87,7 +87,7 @@ impl EmbedService {
         });
         let text = model.text.is_some().then(|| {
             Batcher::start(
-                TextEngine(Arc::clone(&model)),
+                TextEngine(Arc::clone(&model), metrics.text_batch_length()),
                 config,
                 metrics.batch(Modality::Text),
             )
@@ -438,14 +438,17 @@ impl Engine for ImageEngine {
     }
 }
 
-/// The textual tower as the batcher sees it: rows are padded token ids.
-struct TextEngine(Arc<LoadedModel>);
+/// The textual tower as the batcher sees it: rows are padded token ids; each batch's sequence
+/// length is observed.
+struct TextEngine(Arc<LoadedModel>, prometheus::Histogram);
 
 impl Engine for TextEngine {
     type Row = Vec<i64>;
     type Output = Vec<f32>;
     fn run(&mut self, rows: Vec<Vec<i64>>) -> Result<Vec<Vec<f32>>, String> {
-        self.0.embed_token_ids(&rows)
+        let (vectors, len) = self.0.embed_token_ids_at(&rows)?;
+        self.1.observe(len as f64);
+        Ok(vectors)
     }
 }
 

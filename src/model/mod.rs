@@ -74,6 +74,8 @@ pub struct ModelFiles {
     pub precision: Precision,
     /// The accuracy gate of a reduced-precision variant (`None` for fp32).
     pub gate: Option<Gate>,
+    /// Run texts at the full context length even on a dynamic sequence axis.
+    pub full_length_text: bool,
 }
 
 /// A tower's graph at `precision`: `None` when the directory has no such tower; an error when it
@@ -164,6 +166,7 @@ impl ModelFiles {
             textual,
             precision,
             gate,
+            full_length_text: false,
         })
     }
 }
@@ -189,6 +192,8 @@ pub struct LoadedModel {
     pub provider: Provider,
     pub precision: Precision,
     pub gate: Option<Gate>,
+    /// Texts run at the full context length whatever the tower allows.
+    pub full_length_text: bool,
 }
 
 impl LoadedModel {
@@ -200,6 +205,7 @@ impl LoadedModel {
         intra_op_threads: usize,
     ) -> Result<Self, ModelError> {
         let embed_dim = files.config.embed_dim;
+        let fp16 = files.precision == Precision::Fp16;
         let image = match files.visual {
             Some((path, preprocess)) => {
                 let (height, width) = (preprocess.size.0 as usize, preprocess.size.1 as usize);
@@ -207,7 +213,7 @@ impl LoadedModel {
                     kind: ExpectedKind::Image { height, width },
                     embed_dim,
                 };
-                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads)?;
+                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads, fp16)?;
                 Some(ImageModel { tower, preprocess })
             }
             None => None,
@@ -220,7 +226,7 @@ impl LoadedModel {
                     },
                     embed_dim,
                 };
-                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads)?;
+                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads, fp16)?;
                 Some(TextModel { tower, tokenizer })
             }
             None => None,
@@ -233,6 +239,7 @@ impl LoadedModel {
             provider: providers.provider,
             precision: files.precision,
             gate: files.gate,
+            full_length_text: files.full_length_text,
         })
     }
 
@@ -358,6 +365,11 @@ impl LoadedModel {
     /// dynamic sequence axis the batch runs only as long as its longest text needs
     /// ([`trimmed_length`]): the same vectors, a fraction of the work for short texts.
     pub fn embed_token_ids(&self, rows: &[Vec<i64>]) -> Result<Vec<Vec<f32>>, String> {
+        self.embed_token_ids_at(rows).map(|(vectors, _)| vectors)
+    }
+
+    /// [`Self::embed_token_ids`], and the number of ids per row the batch ran with.
+    pub fn embed_token_ids_at(&self, rows: &[Vec<i64>]) -> Result<(Vec<Vec<f32>>, usize), String> {
         let text = self
             .text
             .as_ref()
@@ -375,7 +387,7 @@ impl LoadedModel {
                 rows[bad].len()
             ));
         }
-        let len = if text.tower.spec.dynamic_length {
+        let len = if text.tower.spec.dynamic_length && !self.full_length_text {
             trimmed_length(rows, context_length)
         } else {
             context_length
@@ -386,6 +398,6 @@ impl LoadedModel {
             // Token ids are < vocab size (49408), so they always fit.
             TokenType::I32 => BatchInput::I32(ids.map(|&id| id as i32).collect()),
         };
-        text.tower.run_text(input, rows.len(), len)
+        Ok((text.tower.run_text(input, rows.len(), len)?, len))
     }
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     text: BatchMetrics,
     classify: ClassifyMetrics,
     store_records_skipped: IntCounter,
+    text_batch_length: Histogram,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -245,8 +246,18 @@ impl Metrics {
              logged, skipped and kept on disk",
         )?;
         registry.register(Box::new(store_records_skipped.clone()))?;
+        let text_batch_length = Histogram::with_opts(
+            HistogramOpts::new(
+                "clip_text_batch_length_tokens",
+                "Token ids per row of each text batch run: the context length, or less on a text \
+                 tower with a dynamic sequence axis (the batch's longest text, rounded up to 8)",
+            )
+            .buckets(vec![8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 77.0, 128.0, 256.0]),
+        )?;
+        registry.register(Box::new(text_batch_length.clone()))?;
         Ok(Metrics {
             store_records_skipped,
+            text_batch_length,
             image: batch(Modality::Image),
             text: batch(Modality::Text),
             classify,
@@ -268,6 +279,11 @@ impl Metrics {
 
     pub fn classify(&self) -> ClassifyMetrics {
         self.classify.clone()
+    }
+
+    /// Observes the sequence length of each text batch run.
+    pub fn text_batch_length(&self) -> Histogram {
+        self.text_batch_length.clone()
     }
 
     /// Counts stored records skipped at start-up.

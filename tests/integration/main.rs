@@ -5,6 +5,7 @@
 mod common;
 
 mod classify;
+mod fast_paths;
 mod hardening;
 mod observability;
 mod openai;
