@@ -172,6 +172,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_LABEL_SETS", default_value_t = 100)]
     pub max_label_sets: u32,
 
+    /// Most prompts (labels x templates) of all client-created label sets together: each costs a
+    /// text-tower pass when its classifier is computed (built-in sets do not count).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_MAX_LABEL_SET_PROMPTS",
+        default_value_t = 100_000
+    )]
+    pub max_label_set_prompts: u32,
+
     /// Most results a Search may ask for.
     #[arg(long, env = "CLIP_SERVE_MAX_TOP_K", default_value_t = 1000)]
     pub max_top_k: u32,
@@ -330,6 +339,10 @@ impl ServeArgs {
             max_inline_prompts: to_usize("max-inline-prompts", self.max_inline_prompts.into())?,
             text_cache_bytes: self.text_cache_bytes,
             max_label_sets: to_usize("max-label-sets", self.max_label_sets.into())?,
+            max_label_set_prompts: to_usize(
+                "max-label-set-prompts",
+                self.max_label_set_prompts.into(),
+            )?,
         };
         let trt_set = self.trt_fp16
             || self.trt_engine_cache_dir.is_some()

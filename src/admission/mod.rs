@@ -45,6 +45,11 @@ impl Drop for Permit {
     }
 }
 
+/// Request permits a large call takes on top of its own (see [`Gate::try_extra`]).
+pub struct ExtraPermits {
+    _permits: Option<OwnedSemaphorePermit>,
+}
+
 struct Inner {
     config: AdmissionConfig,
     requests: Arc<Semaphore>,
@@ -117,6 +122,33 @@ impl Gate {
             u32::try_from(self.inner.config.max_concurrent_requests.max(1)).unwrap_or(u32::MAX);
         let _ = self.inner.requests.acquire_many(all).await;
         let _ = self.inner.control.acquire_many(all).await;
+    }
+
+    /// `n` more request permits for an admitted call whose work is worth more than one request
+    /// (an inline Classify with thousands of prompts), at once or RESOURCE_EXHAUSTED naming `what`.
+    /// A call can never need more than the server has: refused as INVALID_ARGUMENT instead.
+    pub fn try_extra(&self, n: usize, what: &str) -> Result<ExtraPermits, ServiceError> {
+        if n == 0 {
+            return Ok(ExtraPermits { _permits: None });
+        }
+        let max = self.inner.config.max_concurrent_requests;
+        if n >= max {
+            return Err(ServiceError::invalid_request(format!(
+                "{what} costs {} requests' worth of work, more than the server's {max} (--max-concurrent-requests)",
+                n + 1
+            )));
+        }
+        let permits = Arc::clone(&self.inner.requests)
+            .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(|_| {
+                ServiceError::ResourceExhausted(format!(
+                    "{what} costs {} requests' worth of work and the server is too busy for it now (--max-concurrent-requests {max}); retry later",
+                    n + 1
+                ))
+            })?;
+        Ok(ExtraPermits {
+            _permits: Some(permits),
+        })
     }
 
     /// Takes a permit: at once or RESOURCE_EXHAUSTED (`TryNow`, `Control`), or waiting for a
@@ -271,5 +303,25 @@ mod tests {
             .await
             .expect("drained")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_call_takes_extra_permits_or_is_refused() {
+        let (gate, _) = gate(4);
+        let _own = gate.admit(Admission::TryNow).await.unwrap();
+        let extra = gate.try_extra(2, "this Classify").unwrap();
+        // 3 of 4 permits held: one more unary call fits, a second does not.
+        let one = gate.admit(Admission::TryNow).await.unwrap();
+        assert!(gate.admit(Admission::TryNow).await.is_err());
+        drop(one);
+        let e = gate.try_extra(2, "this Classify").err().unwrap();
+        assert!(
+            matches!(&e, ServiceError::ResourceExhausted(m) if m.contains("this Classify costs 3")),
+            "{e}"
+        );
+        let e = gate.try_extra(4, "this Classify").err().unwrap();
+        assert!(matches!(&e, ServiceError::InvalidArgument(_)), "{e}");
+        drop(extra);
+        assert!(gate.try_extra(2, "this Classify").is_ok());
     }
 }

@@ -13,6 +13,10 @@
 //!   row into one of the next ceil((J + 1) / max_batch_size) batches, however many rows they have.
 //! - Dropped callers (their receiver is gone) and jobs whose deadline passed are removed when the
 //!   batch that would carry them is formed, so their rows never cost compute, and counted.
+//! - Background work (label-set classifier builds, [`Batcher::submit_background`]) runs below live
+//!   traffic: its rows go into a batch only when no live row is queued, and such a batch holds at
+//!   most a quarter of `max_batch_size` rows, so a live request arriving meanwhile waits for a
+//!   small batch at most.
 //! - Bounded: the queue holds at most `max_queue_rows` rows; a job that does not fit is refused at
 //!   once ([`BatchError::QueueFull`]).
 //!
@@ -143,6 +147,8 @@ impl<O> JobResults<O> {
 
 struct Queue<R, O> {
     jobs: VecDeque<Job<R, O>>,
+    /// Jobs that run only when no live row waits.
+    background: VecDeque<Job<R, O>>,
     rows: usize,
     stopped: bool,
 }
@@ -181,7 +187,9 @@ impl<R, O> Drop for StopOnDrop<R, O> {
     fn drop(&mut self) {
         let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.stopped = true;
-        for job in q.jobs.drain(..) {
+        let mut jobs = std::mem::take(&mut q.jobs);
+        jobs.append(&mut q.background);
+        for job in jobs {
             job.results
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -207,6 +215,7 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
+                background: VecDeque::new(),
                 rows: 0,
                 stopped: false,
             }),
@@ -246,6 +255,20 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
         rows: Vec<R>,
         deadline: Option<Instant>,
     ) -> Result<BatchOutput<O>, BatchError> {
+        self.submit_as(rows, deadline, false).await
+    }
+
+    /// [`Self::submit`] for background work, which runs only when no live row waits.
+    pub async fn submit_background(&self, rows: Vec<R>) -> Result<BatchOutput<O>, BatchError> {
+        self.submit_as(rows, None, true).await
+    }
+
+    async fn submit_as(
+        &self,
+        rows: Vec<R>,
+        deadline: Option<Instant>,
+        background: bool,
+    ) -> Result<BatchOutput<O>, BatchError> {
         let n = rows.len();
         if n == 0 {
             return Ok(BatchOutput {
@@ -267,6 +290,7 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
                 deadline,
                 tx,
                 self.shared.config.max_queue_rows,
+                background,
             );
             self.shared.metrics.queue_depth.set(q.rows as i64);
             if let Err(e) = queued {
@@ -288,6 +312,7 @@ fn enqueue<R, O>(
     deadline: Option<Instant>,
     reply: Reply<O>,
     limit: usize,
+    background: bool,
 ) -> Result<(), BatchError> {
     if q.stopped {
         return Err(BatchError::Stopped);
@@ -302,7 +327,12 @@ fn enqueue<R, O>(
     }
     q.rows += n;
     let enqueued = Instant::now();
-    q.jobs.push_back(Job {
+    let queue = if background {
+        &mut q.background
+    } else {
+        &mut q.jobs
+    };
+    queue.push_back(Job {
         pending: rows.into(),
         next_row: 0,
         results: Arc::new(Mutex::new(JobResults {
@@ -354,12 +384,50 @@ fn next_batch<R, O>(shared: &Shared<R, O>) -> Option<Batch<R, O>> {
     }
 }
 
-/// Takes up to `max_batch_size` rows round-robin across jobs, dropping dead jobs first.
+/// Takes up to `max_batch_size` rows round-robin across live jobs, dropping dead jobs first; only
+/// when no live row waits, up to a quarter of that from background jobs.
 fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
     let now = Instant::now();
+    let mut jobs = std::mem::take(&mut q.jobs);
+    drop_dead(&mut jobs, q, shared, now);
+    q.jobs = jobs;
+    let mut background = std::mem::take(&mut q.background);
+    drop_dead(&mut background, q, shared, now);
+    q.background = background;
+
+    let max = shared.config.max_batch_size;
+    let mut batch = Batch {
+        rows: Vec::with_capacity(max.min(q.rows)),
+        targets: Vec::with_capacity(max.min(q.rows)),
+    };
+    let mut live = std::mem::take(&mut q.jobs);
+    fill(&mut batch, &mut live, max, q, shared, now);
+    q.jobs = live;
+    if batch.rows.is_empty() {
+        let mut background = std::mem::take(&mut q.background);
+        fill(
+            &mut batch,
+            &mut background,
+            (max / 4).max(1),
+            q,
+            shared,
+            now,
+        );
+        q.background = background;
+    }
+    batch
+}
+
+/// Removes jobs whose caller went away or whose deadline passed, counting their rows.
+fn drop_dead<R, O>(
+    jobs: &mut VecDeque<Job<R, O>>,
+    q: &mut Queue<R, O>,
+    shared: &Shared<R, O>,
+    now: Instant,
+) {
     let metrics = &shared.metrics;
-    let mut kept = VecDeque::with_capacity(q.jobs.len());
-    for job in q.jobs.drain(..) {
+    let mut kept = VecDeque::with_capacity(jobs.len());
+    for job in jobs.drain(..) {
         let mut results = job.results.lock().unwrap_or_else(PoisonError::into_inner);
         let left = job.pending.len() as u64;
         if results.is_closed() {
@@ -380,17 +448,22 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
             kept.push_back(job);
         }
     }
-    q.jobs = kept;
+    *jobs = kept;
+}
 
-    let max = shared.config.max_batch_size;
-    let mut batch = Batch {
-        rows: Vec::with_capacity(max.min(q.rows)),
-        targets: Vec::with_capacity(max.min(q.rows)),
-    };
-    // The job at the front has its turn: one row, then it goes to the back (if it has more), so
-    // the next batch continues the round where this one stopped.
+/// Adds rows of `jobs` round-robin until the batch holds `max`: the job at the front has its turn,
+/// one row, then goes to the back (if it has more), so the next batch continues the round.
+fn fill<R, O>(
+    batch: &mut Batch<R, O>,
+    jobs: &mut VecDeque<Job<R, O>>,
+    max: usize,
+    q: &mut Queue<R, O>,
+    shared: &Shared<R, O>,
+    now: Instant,
+) {
+    let metrics = &shared.metrics;
     while batch.rows.len() < max {
-        let Some(mut job) = q.jobs.pop_front() else {
+        let Some(mut job) = jobs.pop_front() else {
             break;
         };
         if let Some(row) = job.pending.pop_front() {
@@ -403,10 +476,9 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
             q.rows -= 1;
         }
         if !job.pending.is_empty() {
-            q.jobs.push_back(job);
+            jobs.push_back(job);
         }
     }
-    batch
 }
 
 /// Runs batches and hands each job its rows.
@@ -479,6 +551,7 @@ mod tests {
         Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
+                background: VecDeque::new(),
                 rows: 0,
                 stopped: false,
             }),
@@ -499,7 +572,7 @@ mod tests {
     ) -> oneshot::Receiver<Result<BatchOutput<u32>, BatchError>> {
         let (tx, rx) = oneshot::channel();
         let mut q = s.queue.lock().unwrap();
-        enqueue(&mut q, rows, deadline, tx, s.config.max_queue_rows).unwrap();
+        enqueue(&mut q, rows, deadline, tx, s.config.max_queue_rows, false).unwrap();
         rx
     }
 
@@ -526,7 +599,7 @@ mod tests {
         let _a = push(&s, vec![1, 2, 3], None);
         let (tx, _rx) = oneshot::channel();
         let mut q = s.queue.lock().unwrap();
-        let err = enqueue(&mut q, vec![4, 5, 6], None, tx, 5).unwrap_err();
+        let err = enqueue(&mut q, vec![4, 5, 6], None, tx, 5, false).unwrap_err();
         assert_eq!(
             err,
             BatchError::QueueFull {
@@ -536,7 +609,7 @@ mod tests {
             }
         );
         let (tx, _rx) = oneshot::channel();
-        enqueue(&mut q, vec![4, 5], None, tx, 5).expect("exactly fits");
+        enqueue(&mut q, vec![4, 5], None, tx, 5, false).expect("exactly fits");
     }
 
     #[test]
@@ -923,5 +996,30 @@ mod tests {
         assert_eq!(m.dropped_deadline.get(), 2);
         assert_eq!(m.dropped_cancelled.get(), 1);
         assert_eq!(m.rows_computed.get(), 2);
+    }
+
+    #[test]
+    fn background_rows_run_only_when_no_live_row_waits_and_in_small_batches() {
+        let s = shared(8, 1000);
+        let (tx, _build) = oneshot::channel();
+        {
+            let mut q = s.queue.lock().unwrap();
+            enqueue(&mut q, (0..100).collect(), None, tx, 1000, true).unwrap();
+        }
+        let _live = push(&s, vec![500, 501, 502], None);
+        let mut q = s.queue.lock().unwrap();
+        // Live rows first, alone, though the batch has room.
+        assert_eq!(take_batch(&mut q, &s).rows, vec![500, 501, 502]);
+        // Then the build, a quarter batch at a time.
+        assert_eq!(take_batch(&mut q, &s).rows, vec![0, 1]);
+        drop(q);
+        let _late = push(&s, vec![900], None);
+        let mut q = s.queue.lock().unwrap();
+        assert_eq!(
+            take_batch(&mut q, &s).rows,
+            vec![900],
+            "a live row overtakes the build"
+        );
+        assert_eq!(take_batch(&mut q, &s).rows, vec![2, 3]);
     }
 }

@@ -44,6 +44,8 @@ pub struct ClassifyConfig {
     pub text_cache_bytes: u64,
     /// Most client-created label sets stored at once.
     pub max_label_sets: usize,
+    /// Most prompts (labels x templates) of all client-created label sets together.
+    pub max_label_set_prompts: usize,
 }
 
 /// Where a ready classifier came from.
@@ -340,6 +342,17 @@ impl ClassifyService {
                 None => self.ready_set(&label_set),
                 Some((labels, templates)) => {
                     let texts = prompts::prompts(&labels, &templates);
+                    // Embedding thousands of prompts is the work of many requests: it is admitted
+                    // as such (prompts the cache holds cost nothing).
+                    let per_request = self.inner.embed.limits().max_items_per_request.max(1);
+                    let uncached = match &self.inner.cache {
+                        Some(cache) => texts.iter().filter(|t| cache.get(*t).is_none()).count(),
+                        None => texts.len(),
+                    };
+                    let _extra = self.inner.embed.gate().try_extra(
+                        uncached.div_ceil(per_request).saturating_sub(1),
+                        &format!("embedding {uncached} label prompts"),
+                    )?;
                     let embeddings = self.text_embeddings(texts, deadline, false).await?;
                     Classifier::from_prompt_embeddings(labels, templates.len(), &embeddings)
                         .map(Arc::new)
@@ -437,7 +450,12 @@ impl ClassifyService {
     /// A background build waits out a full queue instead of failing: live traffic comes first.
     async fn encode_patiently(&self, texts: Vec<String>) -> Result<Embedded, ServiceError> {
         loop {
-            match self.inner.embed.encode_texts(texts.clone(), None).await {
+            match self
+                .inner
+                .embed
+                .encode_texts_background(texts.clone())
+                .await
+            {
                 Err(ServiceError::ResourceExhausted(_)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
@@ -579,6 +597,18 @@ impl ClassifyService {
             if created >= self.config().max_label_sets {
                 return Err(ServiceError::ResourceExhausted(format!(
                     "{created} label sets stored, the limit (--max-label-sets); delete one first"
+                )));
+            }
+            let stored: usize = sets
+                .values()
+                .filter(|e| !e.builtin)
+                .map(|e| e.spec.text_count())
+                .sum();
+            let max = self.config().max_label_set_prompts;
+            if stored + spec.text_count() > max {
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "the stored label sets have {stored} prompts (labels x templates) and this one {}, over the limit of {max} together (--max-label-set-prompts); delete a set first",
+                    spec.text_count()
                 )));
             }
         }

@@ -284,6 +284,24 @@ impl EmbedService {
         texts: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Embedded, ServiceError> {
+        self.encode_texts_as(texts, deadline, false).await
+    }
+
+    /// [`Self::encode_texts`] for background work (label-set builds): its rows run only when no
+    /// live row waits, in small batches, so a build never starves live calls.
+    pub async fn encode_texts_background(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<Embedded, ServiceError> {
+        self.encode_texts_as(texts, None, true).await
+    }
+
+    async fn encode_texts_as(
+        &self,
+        texts: Vec<String>,
+        deadline: Option<Instant>,
+        background: bool,
+    ) -> Result<Embedded, ServiceError> {
         let started = Instant::now();
         let (model, batcher) = self.state.slot.text()?;
         check_deadline(deadline)?;
@@ -320,7 +338,12 @@ impl EmbedService {
             .collect();
         let ids: Vec<Vec<i64>> = tokenized.into_iter().map(|t| t.ids).collect();
         let preprocess = started.elapsed();
-        let output = batcher.submit(ids, deadline).await.map_err(batch_error)?;
+        let output = if background {
+            batcher.submit_background(ids).await
+        } else {
+            batcher.submit(ids, deadline).await
+        }
+        .map_err(batch_error)?;
         Ok(embedded(output, preprocess, meta))
     }
 

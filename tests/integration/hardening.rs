@@ -397,3 +397,58 @@ async fn items_over_the_limit_are_refused_while_parsing() {
         "{reply}"
     );
 }
+
+/// An inline Classify is admitted for the work it brings: its uncached prompts count as the
+/// requests they would be, so a few such calls cannot run the text tower for minutes under one
+/// permit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_classify_costs_the_requests_its_prompts_are_worth() {
+    let mut cfg = config(&tiny_model());
+    cfg.embed.limits.max_concurrent_requests = 4;
+    cfg.embed.limits.max_items_per_request = 4;
+    cfg.embed.batch.max_queue_rows = 64;
+    cfg.classify.text_cache_bytes = 0;
+    let server = serve(cfg).await;
+    let mut classify = pb::classify_client::ClassifyClient::new(server.channel.clone());
+    let image = std::fs::read(fixtures().join("images/chelsea_tiny_13x9.png")).unwrap();
+    let request = |labels: usize| pb::ClassifyRequest {
+        images: vec![image.clone()],
+        labels: (0..labels).map(|i| format!("label {i}")).collect(),
+        ..Default::default()
+    };
+    // 13 prompts = 4 requests' worth: exactly what the server has.
+    classify.classify(request(13)).await.expect("fits");
+    // 17 prompts = 5 requests' worth: more than the server could ever admit.
+    let e = classify.classify(request(17)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("--max-concurrent-requests"),
+        "{}",
+        e.message()
+    );
+}
+
+/// The prompts of all created label sets together are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_label_set_prompts_are_bounded_together() {
+    let mut cfg = config(&tiny_model());
+    cfg.classify.max_label_set_prompts = 10;
+    let server = serve(cfg).await;
+    let mut classify = pb::classify_client::ClassifyClient::new(server.channel.clone());
+    let set = |name: &str| pb::CreateLabelSetRequest {
+        name: name.into(),
+        labels: vec!["cat".into(), "dog".into(), "bird".into()],
+        templates: vec!["a photo of a {}.".into(), "a drawing of a {}.".into()],
+    };
+    classify
+        .create_label_set(set("first"))
+        .await
+        .expect("6 prompts fit");
+    let e = classify.create_label_set(set("second")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("--max-label-set-prompts"),
+        "{}",
+        e.message()
+    );
+}
