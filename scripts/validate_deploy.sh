@@ -136,7 +136,7 @@ PY
 
 # ---------------------------------------------------------------- 4. render
 rm -rf "$OUT"
-mkdir -p "$OUT" "$TOOLS/compose/persistent-data"
+mkdir -p "$OUT" "$TOOLS/compose/persistent-data" "$TOOLS/compose/mtls"
 # The persistent-data component, as an overlay would use it.
 cat >"$TOOLS/compose/persistent-data/kustomization.yaml" <<'YAML'
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -146,6 +146,15 @@ resources:
 components:
   - ../../../../deploy/k8s/components/persistent-data
 YAML
+# The mTLS component, likewise.
+cat >"$TOOLS/compose/mtls/kustomization.yaml" <<'YAML'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../../deploy/k8s/overlays/cpu
+components:
+  - ../../../../deploy/k8s/components/mtls
+YAML
 TARGETS=(
   "base:deploy/k8s/base"
   "overlay-cpu:deploy/k8s/overlays/cpu"
@@ -153,6 +162,7 @@ TARGETS=(
   "model-pvc:deploy/k8s/model-pvc"
   "model-export:deploy/k8s/model-export"
   "cpu+persistent-data:.cache/deploy-tools/compose/persistent-data"
+  "cpu+mtls:.cache/deploy-tools/compose/mtls"
 )
 for t in "${TARGETS[@]}"; do
   name="${t%%:*}" dir="${t#*:}"
@@ -304,13 +314,26 @@ def check_render(name, kind_of_deploy):
         err("container port `grpc` differs from CLIP_SERVE_GRPC_ADDR")
     if ports.get("metrics") != port_of(env.get("CLIP_SERVE_HTTP_ADDR", "0.0.0.0:8080")):
         err("container port `metrics` differs from CLIP_SERVE_HTTP_ADDR")
+    tls = "CLIP_SERVE_TLS_CERT" in env
+    probe_port = port_of(env["CLIP_SERVE_PROBE_ADDR"]) if "CLIP_SERVE_PROBE_ADDR" in env else None
+    if probe_port is not None and ports.get("probes") != probe_port:
+        err("container port `probes` differs from CLIP_SERVE_PROBE_ADDR")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = c.get(probe)
         if not p:
             err(f"no {probe}"); continue
         target = p.get("grpc", {}).get("port") or p.get("httpGet", {}).get("port")
-        if target not in (ports.get("grpc"), ports.get("metrics"), "grpc", "metrics"):
+        if target not in (ports.get("grpc"), ports.get("metrics"), ports.get("probes"), "grpc", "metrics", "probes"):
             err(f"{probe} probes port {target}, which the container does not serve")
+        if tls:
+            # The kubelet presents no client certificate and its gRPC probe speaks no TLS: under TLS,
+            # probes must be plain HTTP on the probe listener.
+            if "httpGet" not in p or target not in ("probes", probe_port):
+                err(f"{probe}: with TLS on, probes must be httpGet on the plain probe port (CLIP_SERVE_PROBE_ADDR)")
+            elif p["httpGet"].get("path") not in ("/healthz", "/readyz") or p["httpGet"].get("scheme", "HTTP") != "HTTP":
+                err(f"{probe}: probe path must be /healthz or /readyz over plain HTTP")
+    if tls and probe_port is None:
+        err("TLS is on but CLIP_SERVE_PROBE_ADDR is not set: kubelet probes and Prometheus cannot reach the server")
     sp = c.get("startupProbe", {})
     window = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
     need = 900 if kind_of_deploy == "gpu" else 180
@@ -393,12 +416,15 @@ def check_render(name, kind_of_deploy):
             for t in targets:
                 if ep.get("port") not in [p["name"] for p in t["spec"]["ports"]]:
                     err(f"ServiceMonitor port {ep.get('port')} is not a port of Service {t['metadata']['name']}")
+            if tls and (ep.get("port") != "probes" or ep.get("scheme", "http") != "http"):
+                err("with TLS on, the ServiceMonitor must scrape the plain probe port (`probes`, http)")
 
 
 check_render("base", "base")
 check_render("overlay-cpu", "cpu")
 check_render("overlay-gpu", "gpu")
 check_render("cpu+persistent-data", "cpu")
+check_render("cpu+mtls", "cpu")
 check_render("model-pvc", None)
 check_render("model-export", None)
 check_render("loader-pod", None)

@@ -54,6 +54,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// An extra plain-HTTP listener for /healthz, /readyz and /metrics only: never TLS, never an API
+    /// key, so kubelet probes and Prometheus work when the other listeners demand TLS or client
+    /// certificates (e.g. 0.0.0.0:8081). Off by default.
+    #[arg(long, env = "CLIP_SERVE_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+
     /// Path of libonnxruntime.so (scripts/setup.sh fetches it into .cache/onnxruntime/lib/).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
@@ -263,6 +269,8 @@ pub struct Config {
     pub model_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Plain-HTTP probes and metrics, beside a TLS `http_addr`.
+    pub probe_addr: Option<SocketAddr>,
     pub ort_dylib_path: PathBuf,
     /// The execution provider and its options (its `max_batch_size` follows `embed.batch`).
     pub providers: ProviderOptions,
@@ -367,6 +375,7 @@ impl ServeArgs {
             model_dir: self.model_dir,
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
+            probe_addr: self.probe_addr,
             ort_dylib_path: self
                 .ort_dylib_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),

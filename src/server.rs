@@ -44,6 +44,8 @@ pub struct StartOptions {
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The plain-HTTP probe listener (`--probe-addr`), if any.
+    pub probe_addr: Option<SocketAddr>,
     pub service: EmbedService,
     pub classify: ClassifyService,
     shutdown: Option<oneshot::Sender<()>>,
@@ -117,6 +119,18 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .await
         .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
+    let probe_listener = match config.probe_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --probe-addr {addr}"))?,
+        ),
+        None => None,
+    };
+    let probe_addr = probe_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
     let keys = ApiKeys::load(
         config.api_key.as_ref().map(|k| k.0.clone()),
@@ -167,6 +181,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         keys,
         config.embed.limits.max_message_bytes,
     );
+    let probe_router = http::probes::routes(service.clone(), retrieve.clone());
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -290,19 +305,23 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             grace_service.shutdown_started().await;
             tokio::time::sleep(grace).await;
         };
-        let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-        let mut http_task = tokio::spawn(async move {
-            http::serve(
-                http_listener,
-                http_router,
-                tls.as_ref(),
-                grace,
-                async move {
-                    let _ = http_stop_rx.await;
-                },
-            )
-            .await
-        });
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut http_tasks = tokio::task::JoinSet::new();
+        {
+            let stop = stopped(http_stop_rx.clone());
+            http_tasks.spawn(async move {
+                http::serve(http_listener, http_router, tls.as_ref(), grace, stop).await
+            });
+        }
+        if let Some(probe_listener) = probe_listener {
+            let stop = stopped(http_stop_rx.clone());
+            http_tasks.spawn(async move {
+                http::serve(probe_listener, probe_router, None, grace, stop).await
+            });
+        }
         let serve = endpoint.serve(listener, signal);
         let result = tokio::select! {
             result = serve => result,
@@ -312,28 +331,34 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             }
         };
         loader.abort();
-        let _ = http_stop_tx.send(());
+        let _ = http_stop_tx.send(true);
         // HTTP connections still open (a client trickling a body) get what is left of the grace
-        // period, then they are dropped with the listener.
+        // period, then they are dropped with their listener.
         let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + grace;
-        match tokio::time::timeout_at(deadline.into(), &mut http_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP listener failed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener panicked"),
-            Err(_) => {
-                tracing::warn!(
-                    "shutdown grace period over; closing the HTTP connections still open"
-                );
-                http_task.abort();
+        let all_stopped = async {
+            while let Some(joined) = http_tasks.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener failed"),
+                    Err(e) => tracing::warn!(error = %e, "HTTP listener panicked"),
+                }
             }
+        };
+        if tokio::time::timeout_at(deadline.into(), all_stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; closing the HTTP connections still open");
+            http_tasks.abort_all();
         }
         result.context("gRPC server failed")
     });
 
-    tracing::info!(%grpc_addr, %http_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
+    tracing::info!(%grpc_addr, %http_addr, probe_addr = ?probe_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
     Ok(RunningServer {
         grpc_addr,
         http_addr,
+        probe_addr,
         service,
         classify,
         shutdown: Some(shutdown_tx),

@@ -14,9 +14,10 @@
 //! - Dropped callers (their receiver is gone) and jobs whose deadline passed are removed when the
 //!   batch that would carry them is formed, so their rows never cost compute, and counted.
 //! - Background work (label-set classifier builds, [`Batcher::submit_background`]) runs below live
-//!   traffic: its rows go into a batch only when no live row is queued, and such a batch holds at
-//!   most a quarter of `max_batch_size` rows, so a live request arriving meanwhile waits for a
-//!   small batch at most.
+//!   traffic: its rows go into a batch only when no live row is queued, and while live requests
+//!   have come in the last second such a batch holds at most a quarter of `max_batch_size` rows,
+//!   so a live request arriving meanwhile waits for a small batch at most. On an idle server the
+//!   build runs full batches.
 //! - Bounded: the queue holds at most `max_queue_rows` rows; a job that does not fit is refused at
 //!   once ([`BatchError::QueueFull`]).
 //!
@@ -149,6 +150,8 @@ struct Queue<R, O> {
     jobs: VecDeque<Job<R, O>>,
     /// Jobs that run only when no live row waits.
     background: VecDeque<Job<R, O>>,
+    /// When a live job last arrived.
+    last_live: Option<Instant>,
     rows: usize,
     stopped: bool,
 }
@@ -216,6 +219,7 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 background: VecDeque::new(),
+                last_live: None,
                 rows: 0,
                 stopped: false,
             }),
@@ -327,6 +331,9 @@ fn enqueue<R, O>(
     }
     q.rows += n;
     let enqueued = Instant::now();
+    if !background {
+        q.last_live = Some(enqueued);
+    }
     let queue = if background {
         &mut q.background
     } else {
@@ -384,6 +391,9 @@ fn next_batch<R, O>(shared: &Shared<R, O>) -> Option<Batch<R, O>> {
     }
 }
 
+/// How long after a live request background batches stay small.
+const LIVE_RECENTLY: Duration = Duration::from_secs(1);
+
 /// Takes up to `max_batch_size` rows round-robin across live jobs, dropping dead jobs first; only
 /// when no live row waits, up to a quarter of that from background jobs.
 fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
@@ -404,15 +414,12 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
     fill(&mut batch, &mut live, max, q, shared, now);
     q.jobs = live;
     if batch.rows.is_empty() {
+        let live_lately = q
+            .last_live
+            .is_some_and(|t| now.duration_since(t) < LIVE_RECENTLY);
+        let cap = if live_lately { (max / 4).max(1) } else { max };
         let mut background = std::mem::take(&mut q.background);
-        fill(
-            &mut batch,
-            &mut background,
-            (max / 4).max(1),
-            q,
-            shared,
-            now,
-        );
+        fill(&mut batch, &mut background, cap, q, shared, now);
         q.background = background;
     }
     batch
@@ -552,6 +559,7 @@ mod tests {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 background: VecDeque::new(),
+                last_live: None,
                 rows: 0,
                 stopped: false,
             }),
@@ -1021,5 +1029,8 @@ mod tests {
             "a live row overtakes the build"
         );
         assert_eq!(take_batch(&mut q, &s).rows, vec![2, 3]);
+        // No live request for a while: full batches.
+        q.last_live = Some(Instant::now() - LIVE_RECENTLY);
+        assert_eq!(take_batch(&mut q, &s).rows, (4..12).collect::<Vec<_>>());
     }
 }

@@ -492,6 +492,25 @@ async fn mutual_tls_requires_a_client_certificate() {
     server.shutdown().await.unwrap();
 }
 
+/// With mTLS on both listeners, `--probe-addr` serves probes and metrics in plain HTTP without a
+/// client certificate (kubelet probes and Prometheus cannot present one), and nothing else.
+#[tokio::test]
+async fn probes_and_metrics_need_no_client_certificate_on_the_probe_listener() {
+    let pki = make_pki();
+    let mut cfg = tls_config(pki.dir.path(), true);
+    cfg.probe_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = start_tls(cfg).await;
+    let probes = server.probe_addr.expect("a probe listener");
+    assert_eq!(http_get(probes, "/healthz").await.0, 200);
+    assert_eq!(http_get(probes, "/readyz").await.0, 200);
+    let (status, metrics) = http_get(probes, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("clip_model_info{"), "{metrics}");
+    // The API stays behind TLS: the probe listener does not serve it.
+    assert_eq!(http_get(probes, "/v1/models").await.0, 404);
+    server.shutdown().await.unwrap();
+}
+
 #[test]
 fn incomplete_tls_flags_are_start_up_errors() {
     let paths = clip_serve::security::TlsPaths {
