@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use regex::bytes::{NoExpand, Regex as BytesRegex};
 
-use super::html::{ftfy_unescape_html, html_unescape};
+use super::html::{ftfy_unescape_html_fully, html_unescape};
 use super::pyunicode::{in_ranges, nfc, py_lower, py_split_join, py_strip};
 use super::tables_ftfy::{
     ALTERED_UTF8_PATTERN, BADNESS_PATTERN, CHARMAP_DECODE, CHARMAP_NAMES, CONTROL_CHARS, LIGATURES,
@@ -80,7 +80,9 @@ fn fix_segment(segment: &str, unescape: bool) -> String {
     loop {
         let orig = text.clone();
         if unescape {
-            apply(&mut text, ftfy_unescape_html);
+            // To its own fixpoint at once (the loop would take one pass per level of `&amp;`
+            // nesting; the result is the same).
+            apply(&mut text, ftfy_unescape_html_fully);
         }
         text = fix_encoding(&text);
         apply(&mut text, fix_c1_controls);
