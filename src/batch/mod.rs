@@ -47,6 +47,13 @@ pub trait Engine: Send + 'static {
     type Output: Send + 'static;
     /// Returns one output per input row, in order.
     fn run(&mut self, rows: Vec<Self::Row>) -> Result<Vec<Self::Output>, String>;
+
+    /// What a row costs relative to others in the same batch, when a batch costs as much as its
+    /// most expensive row (token rows run at the length of the longest). Rows of similar cost are
+    /// grouped when several are queued; the default (all equal) turns grouping off.
+    fn cost(_row: &Self::Row) -> usize {
+        0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +168,8 @@ struct Shared<R, O> {
     wake: Condvar,
     config: BatcherConfig,
     metrics: BatchMetrics,
+    /// The engine's [`Engine::cost`].
+    cost: fn(&R) -> usize,
 }
 
 /// A batch on its way to the engine: rows plus where each result goes.
@@ -226,6 +235,7 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             wake: Condvar::new(),
             config,
             metrics,
+            cost: E::cost,
         });
         let owner = Arc::clone(&shared);
         thread::Builder::new()
@@ -460,6 +470,11 @@ fn drop_dead<R, O>(
 
 /// Adds rows of `jobs` round-robin until the batch holds `max`: the job at the front has its turn,
 /// one row, then goes to the back (if it has more), so the next batch continues the round.
+///
+/// Grouping by cost: the first row sets the batch's cost; jobs whose next row costs more are set
+/// aside while cheaper-or-equal rows fill the batch, and only if room is left do they join (so a
+/// batch is never smaller for it). Set-aside jobs keep their turn: they go back to the front, and
+/// the next batch starts with them. A job waits at most one batch longer than without grouping.
 fn fill<R, O>(
     batch: &mut Batch<R, O>,
     jobs: &mut VecDeque<Job<R, O>>,
@@ -468,23 +483,59 @@ fn fill<R, O>(
     shared: &Shared<R, O>,
     now: Instant,
 ) {
-    let metrics = &shared.metrics;
+    let cost = shared.cost;
+    let mut target: Option<usize> = None;
+    let mut set_aside: VecDeque<Job<R, O>> = VecDeque::new();
     while batch.rows.len() < max {
         let Some(mut job) = jobs.pop_front() else {
             break;
         };
-        if let Some(row) = job.pending.pop_front() {
-            metrics
-                .queue_wait
-                .observe(now.duration_since(job.enqueued).as_secs_f64());
-            batch.rows.push(row);
-            batch.targets.push((Arc::clone(&job.results), job.next_row));
-            job.next_row += 1;
-            q.rows -= 1;
+        let Some(next) = job.pending.front() else {
+            continue;
+        };
+        let c = cost(next);
+        if target.is_some_and(|t| c > t) {
+            set_aside.push_back(job);
+            continue;
         }
+        target.get_or_insert(c);
+        take_row(batch, &mut job, q, shared, now);
         if !job.pending.is_empty() {
             jobs.push_back(job);
         }
+    }
+    // Room left: the costlier rows join after all, round-robin.
+    while batch.rows.len() < max {
+        let Some(mut job) = set_aside.pop_front() else {
+            break;
+        };
+        take_row(batch, &mut job, q, shared, now);
+        if !job.pending.is_empty() {
+            set_aside.push_back(job);
+        }
+    }
+    // Jobs still set aside have their turn next.
+    while let Some(job) = set_aside.pop_back() {
+        jobs.push_front(job);
+    }
+}
+
+fn take_row<R, O>(
+    batch: &mut Batch<R, O>,
+    job: &mut Job<R, O>,
+    q: &mut Queue<R, O>,
+    shared: &Shared<R, O>,
+    now: Instant,
+) {
+    if let Some(row) = job.pending.pop_front() {
+        shared
+            .metrics
+            .queue_wait
+            .observe(now.duration_since(job.enqueued).as_secs_f64());
+        batch.rows.push(row);
+        batch.targets.push((Arc::clone(&job.results), job.next_row));
+        job.next_row += 1;
+        q.rows -= 1;
     }
 }
 
@@ -570,6 +621,7 @@ mod tests {
                 max_queue_rows,
             },
             metrics: BatchMetrics::unregistered(),
+            cost: |_| 0,
         }
     }
 
@@ -1032,5 +1084,27 @@ mod tests {
         // No live request for a while: full batches.
         q.last_live = Some(Instant::now() - LIVE_RECENTLY);
         assert_eq!(take_batch(&mut q, &s).rows, (4..12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn rows_of_similar_cost_are_grouped_without_losing_turns_or_batch_size() {
+        // The cost of a row is the row itself (think: its length).
+        let mut s = shared(3, 100);
+        s.cost = |r: &u32| *r as usize;
+        let _a = push(&s, vec![8, 8], None);
+        let _long = push(&s, vec![72], None);
+        let _b = push(&s, vec![8], None);
+        let _c = push(&s, vec![16], None);
+        let mut q = s.queue.lock().unwrap();
+        // Costlier rows are set aside while rows of the first row's cost fill the batch ...
+        assert_eq!(take_batch(&mut q, &s).rows, vec![8, 8, 8]);
+        // ... and they start the next batch, in their turn.
+        assert_eq!(take_batch(&mut q, &s).rows, vec![72, 16]);
+        drop(q);
+        // Not enough cheap rows: the batch is filled with costlier ones rather than run short.
+        let _d = push(&s, vec![8], None);
+        let _e = push(&s, vec![72, 72], None);
+        let mut q = s.queue.lock().unwrap();
+        assert_eq!(take_batch(&mut q, &s).rows, vec![8, 72, 72]);
     }
 }

@@ -29,7 +29,7 @@ use crate::{
     admission::Gate,
     batch::{BatchError, BatchOutput, Batcher, BatcherConfig, Engine},
     common::{Field, List, Modality, ServiceError},
-    model::{LoadedModel, TowerSpec, runtime},
+    model::{LoadedModel, TowerSpec, runtime, trimmed_length},
     preprocess::image::{self as image_pre, ImageOptions},
     telemetry::metrics::{Metrics, ModelInfoLabels},
 };
@@ -472,6 +472,12 @@ impl Engine for TextEngine {
         let (vectors, len) = self.0.embed_token_ids_at(&rows)?;
         self.1.observe(len as f64);
         Ok(vectors)
+    }
+
+    /// A token row costs the length a batch needs for it (the row's end-of-text token, rounded as
+    /// the tower rounds), so texts of similar length are batched together.
+    fn cost(row: &Vec<i64>) -> usize {
+        trimmed_length(std::slice::from_ref(row), row.len())
     }
 }
 
