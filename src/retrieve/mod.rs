@@ -749,20 +749,24 @@ mod tests {
         s
     }
 
+    /// Collection `c` as a write that began against it holds it, after `c` was deleted and
+    /// created again meanwhile.
+    async fn replaced_collection(s: &RetrieveService) -> Arc<Collection> {
+        let meta = || CollectionMeta::new("c".into(), 2, "m".into());
+        s.insert_collection(meta()).await.unwrap();
+        // A write into `c` embeds its items (slow) holding this collection ...
+        let old = s.collection("c").unwrap();
+        // ... while `c` is deleted and created again.
+        s.drop_collection("c").await.unwrap();
+        s.insert_collection(meta()).await.unwrap();
+        old
+    }
+
     #[tokio::test]
     async fn an_upsert_that_lost_a_race_with_delete_and_create_is_aborted_whole() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(dir.path());
-        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
-            .await
-            .unwrap();
-        // An Upsert into `c` embeds its items (slow) holding this collection ...
-        let old = s.collection("c").unwrap();
-        // ... while `c` is deleted and created again.
-        s.drop_collection("c").await.unwrap();
-        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
-            .await
-            .unwrap();
+        let old = replaced_collection(&s).await;
         let records = vec![("a".to_string(), vec![1.0, 0.0], Metadata::new())];
         let e = s
             .commit_upsert(&old, records.clone(), records)
@@ -784,14 +788,7 @@ mod tests {
     async fn a_delete_that_lost_the_same_race_is_aborted() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(dir.path());
-        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
-            .await
-            .unwrap();
-        let old = s.collection("c").unwrap();
-        s.drop_collection("c").await.unwrap();
-        s.insert_collection(CollectionMeta::new("c".into(), 2, "m".into()))
-            .await
-            .unwrap();
+        let old = replaced_collection(&s).await;
         let new = s.collection("c").unwrap();
         let item = vec![("a".to_string(), vec![0.0, 1.0], Metadata::new())];
         s.commit_upsert(&new, item.clone(), item).await.unwrap();

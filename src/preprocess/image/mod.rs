@@ -71,6 +71,16 @@ pub enum ImageError {
         resized: u64,
         limit: u64,
     },
+    #[error(
+        "image is {width} x {height} pixels: resizing it needs a filter table of {entries} entries, over the \
+         limit of {limit} (aspect ratio too extreme)"
+    )]
+    FilterTableTooLarge {
+        width: u64,
+        height: u64,
+        entries: u64,
+        limit: u64,
+    },
     #[error("unsupported {format} image: {reason}")]
     Unsupported {
         format: &'static str,
@@ -101,6 +111,12 @@ pub fn preprocess(
 /// would ask for 9 billion output positions: refuse such aspect ratios (over 100:1) up front.
 pub const MAX_RESIZED_SIDE_FACTOR: u64 = 100;
 
+/// Most entries of one axis' resampling coefficient table (8 bytes each: 64 MiB). The table has
+/// one row per output sample and a row grows with the downscale factor, so its size follows the
+/// *input* side: a 40,000,000 x 1 strip squashed to 224 x 224 would ask for 160 million entries
+/// (1.3 GB). Photographs stay far below (8000 x 6000 bicubic to 224: 32,000 entries).
+pub const MAX_FILTER_TABLE_ENTRIES: u64 = 8 << 20;
+
 fn check_resized_size(img: &Decoded, cfg: &PreprocessConfig) -> Result<(), ImageError> {
     let p = plan(cfg, img.width, img.height);
     let limit = MAX_RESIZED_SIDE_FACTOR * u64::from(cfg.size.0.max(cfg.size.1));
@@ -112,6 +128,18 @@ fn check_resized_size(img: &Decoded, cfg: &PreprocessConfig) -> Result<(), Image
             resized,
             limit,
         });
+    }
+    if let Some(kernel) = p.kernel {
+        let entries = resample::table_entries(img.width, p.resized.0, kernel)
+            .max(resample::table_entries(img.height, p.resized.1, kernel));
+        if entries > MAX_FILTER_TABLE_ENTRIES {
+            return Err(ImageError::FilterTableTooLarge {
+                width: img.width as u64,
+                height: img.height as u64,
+                entries,
+                limit: MAX_FILTER_TABLE_ENTRIES,
+            });
+        }
     }
     Ok(())
 }
@@ -621,6 +649,32 @@ mod tests {
         // 100:1 still works (2000 x 20 -> 22400 x 224).
         let wide = png(2000, 20, 8, 0, &vec![vec![7u8; 2000]; 20]);
         assert!(preprocess(&wide, &PreprocessConfig::default(), &opts()).is_ok());
+    }
+
+    #[test]
+    fn filter_tables_are_bounded_in_every_resize_mode() {
+        // Squash and longest keep the output small, but the table follows the input side.
+        for mode in [ResizeMode::Squash, ResizeMode::Longest] {
+            let cfg = PreprocessConfig {
+                resize_mode: mode,
+                ..PreprocessConfig::default()
+            };
+            let strip = png(3_000_000, 1, 8, 0, &[vec![9u8; 3_000_000]]);
+            let err = preprocess(&strip, &cfg, &opts()).unwrap_err();
+            assert!(
+                matches!(err, ImageError::FilterTableTooLarge { .. }),
+                "{mode:?}: {err}"
+            );
+            assert!(err.to_string().contains("filter table"), "{err}");
+            // A wide photograph is fine.
+            let wide = png(2000, 20, 8, 0, &vec![vec![7u8; 2000]; 20]);
+            assert!(preprocess(&wide, &cfg, &opts()).is_ok(), "{mode:?}");
+        }
+        // The bound is far above what photographs need: 8000 x 6000 bicubic to 224.
+        assert!(
+            resample::table_entries(8000, 298, resample::Kernel::Bicubic)
+                < MAX_FILTER_TABLE_ENTRIES / 100
+        );
     }
 
     #[test]

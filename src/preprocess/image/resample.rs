@@ -99,6 +99,19 @@ pub(crate) struct Coeffs {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
+/// Entries of the coefficient table [`Coeffs::new`] builds for resizing `in_size` samples to
+/// `out_size` (`out_size x ksize`, where ksize grows with the downscale factor): computed before
+/// building it, so a table that would not fit a bound is refused rather than allocated.
+pub(crate) fn table_entries(in_size: usize, out_size: usize, kernel: Kernel) -> u64 {
+    if out_size == 0 {
+        return 0;
+    }
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = if scale < 1.0 { 1.0 } else { scale };
+    let ksize = (kernel.support() * filterscale).ceil() as u64 * 2 + 1;
+    ksize.saturating_mul(out_size as u64)
+}
+
 impl Coeffs {
     /// Pillow's `precompute_coeffs(inSize, in0, in1, outSize, filter)`; the box is float in Pillow.
     pub fn new(in_size: usize, in0: f32, in1: f32, out_size: usize, kernel: Kernel) -> Coeffs {
