@@ -153,6 +153,21 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_QUEUE_ROWS", default_value_t = 1024)]
     pub max_queue_rows: u32,
 
+    /// Open client connections across the gRPC and plain-HTTP listeners; a connection beyond it is
+    /// closed as soon as it is accepted (clients retry, or a load balancer picks another replica).
+    #[arg(long, env = "CLIP_SERVE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: u32,
+
+    /// Close each gRPC connection after this long (GOAWAY; calls in flight get --shutdown-grace to
+    /// finish), so long-lived clients spread over replicas added later (0: never), e.g. 30m.
+    #[arg(long, env = "CLIP_SERVE_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// HTTP/2 keepalive pings on gRPC connections at this interval; a peer silent for 20 s more is
+    /// dropped (0: off).
+    #[arg(long, env = "CLIP_SERVE_HTTP2_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
+    pub http2_keepalive: Duration,
+
     /// Items of one EmbedStream processed at once; the stream stops reading beyond it.
     #[arg(long, env = "CLIP_SERVE_MAX_STREAM_IN_FLIGHT", default_value_t = 16)]
     pub max_stream_in_flight: u32,
@@ -286,6 +301,10 @@ pub struct Config {
     pub classify: ClassifyConfig,
     pub retrieve: RetrieveConfig,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    /// `None`: connections live as long as their clients keep them.
+    pub max_connection_age: Option<Duration>,
+    pub http2_keepalive: Option<Duration>,
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
     pub public_reflection: bool,
@@ -403,6 +422,9 @@ impl ServeArgs {
             classify,
             retrieve,
             shutdown_grace: self.shutdown_grace,
+            max_connections: to_usize("max-connections", self.max_connections.into())?,
+            max_connection_age: Some(self.max_connection_age).filter(|d| !d.is_zero()),
+            http2_keepalive: Some(self.http2_keepalive).filter(|d| !d.is_zero()),
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
             api_key_file: self.api_key_file,
             public_reflection: self.public_reflection,

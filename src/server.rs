@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    admission::{AdmissionConfig, Gate},
+    admission::{AdmissionConfig, Gate, connections::ConnectionLimit},
     classify::ClassifyService,
     cli::Config,
     embed::EmbedService,
@@ -150,6 +150,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
         metrics.requests_in_flight().clone(),
     );
+    let (open, refused) = metrics.connections();
+    let connection_limit = ConnectionLimit::new(config.max_connections, open, refused);
     let service = EmbedService::new(config.embed, gate, metrics);
     let classify = ClassifyService::open(
         service.clone(),
@@ -172,6 +174,12 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             keys: keys.clone(),
             public_reflection: config.public_reflection,
             tls: tls.clone(),
+        },
+        grpc::transport::Connections {
+            limit: connection_limit.clone(),
+            max_age: config.max_connection_age,
+            age_grace: config.shutdown_grace,
+            keepalive: config.http2_keepalive,
         },
     )
     .await?;
@@ -312,14 +320,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         let mut http_tasks = tokio::task::JoinSet::new();
         {
             let stop = stopped(http_stop_rx.clone());
+            let limit = Some(connection_limit);
             http_tasks.spawn(async move {
-                http::serve(http_listener, http_router, tls.as_ref(), grace, stop).await
+                http::serve(http_listener, http_router, tls.as_ref(), limit, grace, stop).await
             });
         }
         if let Some(probe_listener) = probe_listener {
             let stop = stopped(http_stop_rx.clone());
             http_tasks.spawn(async move {
-                http::serve(probe_listener, probe_router, None, grace, stop).await
+                http::serve(probe_listener, probe_router, None, None, grace, stop).await
             });
         }
         let serve = endpoint.serve(listener, signal);

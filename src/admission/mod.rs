@@ -9,6 +9,8 @@
 //! watch channel: new work is refused with UNAVAILABLE, admitted work finishes, and
 //! [`Gate::drained`] resolves once every permit of both pools is back.
 
+pub mod connections;
+
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};

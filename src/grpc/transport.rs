@@ -24,11 +24,31 @@ use super::{
     retrieve::RetrieveApi,
 };
 use crate::{
+    admission::connections::{ConnectionLimit, Counted},
     classify::ClassifyService,
     embed::EmbedService,
     retrieve::RetrieveService,
     security::{ApiKeys, TlsFiles},
 };
+
+/// Connection-level bounds of the endpoint.
+pub struct Connections {
+    /// Open connections across both listeners (`--max-connections`).
+    pub limit: ConnectionLimit,
+    /// Close a connection after this long (GOAWAY, calls in flight finish within `age_grace`), so
+    /// clients reconnect and new replicas behind an autoscaler get their share.
+    pub max_age: Option<Duration>,
+    pub age_grace: Duration,
+    /// HTTP/2 pings on idle connections; a peer that does not answer within 20 s is dropped.
+    pub keepalive: Option<Duration>,
+}
+
+impl tonic::transport::server::Connected for Counted<tokio::net::TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
 
 /// What secures the endpoint.
 pub struct Security {
@@ -155,6 +175,7 @@ pub struct Endpoint {
     router: tonic::transport::server::Router<
         tower::layer::util::Stack<DecodeErrorLayer, tower::layer::util::Identity>,
     >,
+    limit: ConnectionLimit,
 }
 
 /// Builds the endpoint; health starts NOT_SERVING.
@@ -164,6 +185,7 @@ pub async fn endpoint(
     retrieve: RetrieveService,
     max_message_bytes: usize,
     security: Security,
+    connections: Connections,
 ) -> anyhow::Result<(Endpoint, Health)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
@@ -196,7 +218,14 @@ pub async fn endpoint(
         client_decode_errors;
     let mut builder = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .layer(tower::util::MapResponseLayer::new(fix));
+        .http2_keepalive_interval(connections.keepalive)
+        .http2_keepalive_timeout(connections.keepalive.map(|_| Duration::from_secs(20)));
+    if let Some(age) = connections.max_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(connections.age_grace);
+    }
+    let mut builder = builder.layer(tower::util::MapResponseLayer::new(fix));
     if let Some(tls) = &security.tls {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
@@ -221,7 +250,13 @@ pub async fn endpoint(
         .add_service(InterceptedService::new(classify, check.clone()))
         .add_service(InterceptedService::new(retrieve, check.clone()))
         .add_service(InterceptedService::new(info, check));
-    Ok((Endpoint { router }, health))
+    Ok((
+        Endpoint {
+            router,
+            limit: connections.limit,
+        },
+        health,
+    ))
 }
 
 impl Endpoint {
@@ -232,9 +267,17 @@ impl Endpoint {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         // Without TCP_NODELAY, small replies wait on delayed ACKs (Nagle): tens of ms per call.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
+        let limit = self.limit;
+        let incoming = tokio_stream::StreamExt::filter_map(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            move |accepted| match accepted {
+                // Over --max-connections: closed at once (dropped).
+                Ok(stream) => limit.try_open(stream).map(Ok),
+                Err(e) => Some(Err(e)),
+            },
+        );
         self.router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

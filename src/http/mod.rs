@@ -20,6 +20,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::{
+    admission::connections::{ConnectionLimit, Counted},
     embed::EmbedService,
     retrieve::RetrieveService,
     security::{ApiKeys, TlsFiles},
@@ -39,19 +40,55 @@ pub fn router(
     }))
 }
 
+/// A listener whose connections count against `--max-connections` (over it: closed on accept).
+struct Limited {
+    listener: TcpListener,
+    limit: ConnectionLimit,
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Counted<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            if let Some(counted) = self.limit.try_open(stream) {
+                return (counted, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
 /// Serves until `shutdown` resolves, then lets open requests finish (the caller bounds how long:
-/// `server.rs` drops the listener when `--shutdown-grace` is over); with `tls`, HTTPS only.
+/// `server.rs` drops the listener when `--shutdown-grace` is over); with `tls`, HTTPS only. A plain
+/// listener given a `limit` counts its connections against it (HTTPS connections are not counted
+/// yet).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<&TlsFiles>,
+    limit: Option<ConnectionLimit>,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        return match limit {
+            Some(limit) => {
+                axum::serve(Limited { listener, limit }, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
     };
     let config = tls.rustls_config().map_err(std::io::Error::other)?;
     let handle = axum_server::Handle::new();

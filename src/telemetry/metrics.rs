@@ -40,6 +40,8 @@ pub struct Metrics {
     classify: ClassifyMetrics,
     store_records_skipped: IntCounter,
     text_batch_length: Histogram,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -255,9 +257,21 @@ impl Metrics {
             .buckets(vec![8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 77.0, 128.0, 256.0]),
         )?;
         registry.register(Box::new(text_batch_length.clone()))?;
+        let connections_open = IntGauge::new(
+            "clip_connections_open",
+            "Client connections open on the gRPC and plain-HTTP listeners (--max-connections)",
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        let connections_refused = IntCounter::new(
+            "clip_connections_refused_total",
+            "Connections closed on accept because --max-connections were open",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         Ok(Metrics {
             store_records_skipped,
             text_batch_length,
+            connections_open,
+            connections_refused,
             image: batch(Modality::Image),
             text: batch(Modality::Text),
             classify,
@@ -279,6 +293,14 @@ impl Metrics {
 
     pub fn classify(&self) -> ClassifyMetrics {
         self.classify.clone()
+    }
+
+    /// (open connections, connections refused) for the connection limit.
+    pub fn connections(&self) -> (IntGauge, IntCounter) {
+        (
+            self.connections_open.clone(),
+            self.connections_refused.clone(),
+        )
     }
 
     /// Observes the sequence length of each text batch run.

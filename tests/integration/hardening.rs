@@ -452,3 +452,84 @@ async fn stored_label_set_prompts_are_bounded_together() {
         e.message()
     );
 }
+
+/// Open connections are bounded across both listeners: one over `--max-connections` is closed as
+/// soon as it is accepted, and its place comes back when a connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_on_accept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config(&tiny_model());
+    cfg.max_connections = 2;
+    let server = serve(cfg).await;
+    // The test's own gRPC channel holds one place; one more idle HTTP connection takes the other.
+    let idle = tokio::net::TcpStream::connect(server.server.http_addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let try_get = || async {
+        let mut conn = tokio::net::TcpStream::connect(server.server.http_addr)
+            .await
+            .unwrap();
+        let _ = conn
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut reply = Vec::new();
+        let _ = conn.read_to_end(&mut reply).await;
+        String::from_utf8_lossy(&reply).to_string()
+    };
+    let refused = try_get().await;
+    assert!(
+        refused.is_empty(),
+        "a third connection was served: {refused}"
+    );
+    drop(idle);
+    let mut served = String::new();
+    for _ in 0..50 {
+        served = try_get().await;
+        if !served.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    let mut probe = server.embed();
+    probe
+        .embed_texts(pb::EmbedTextsRequest {
+            texts: vec!["still serving".into()],
+        })
+        .await
+        .expect("the gRPC connection kept its place");
+    let (_, metrics) = {
+        // The metrics request needs a place of its own too: it is the second connection now.
+        let mut out = (0, String::new());
+        for _ in 0..50 {
+            let body = try_get_metrics(server.server.http_addr).await;
+            if !body.is_empty() {
+                out = (200, body);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        out
+    };
+    assert!(
+        metric_value(&metrics, "clip_connections_refused_total").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+}
+
+async fn try_get_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = conn
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply).await;
+    let text = String::from_utf8_lossy(&reply).to_string();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.to_ascii_lowercase().contains("chunked") => dechunk(body),
+        Some((_, body)) => body.to_string(),
+        None => String::new(),
+    }
+}
