@@ -153,6 +153,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_QUEUE_ROWS", default_value_t = 1024)]
     pub max_queue_rows: u32,
 
+    /// Request payload bytes held at once across both doors (gRPC messages, stream items, HTTP
+    /// bodies): a unary call or body beyond it gets RESOURCE_EXHAUSTED / 429, a stream waits.
+    #[arg(long, env = "CLIP_SERVE_MAX_INFLIGHT_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_inflight_bytes: u64,
+
     /// Open client connections across the gRPC and plain-HTTP listeners; a connection beyond it is
     /// closed as soon as it is accepted (clients retry, or a load balancer picks another replica).
     #[arg(long, env = "CLIP_SERVE_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -302,6 +307,7 @@ pub struct Config {
     pub retrieve: RetrieveConfig,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    pub max_inflight_bytes: u64,
     /// `None`: connections live as long as their clients keep them.
     pub max_connection_age: Option<Duration>,
     pub http2_keepalive: Option<Duration>,
@@ -423,6 +429,7 @@ impl ServeArgs {
             retrieve,
             shutdown_grace: self.shutdown_grace,
             max_connections: to_usize("max-connections", self.max_connections.into())?,
+            max_inflight_bytes: positive("max-inflight-bytes", self.max_inflight_bytes)?,
             max_connection_age: Some(self.max_connection_age).filter(|d| !d.is_zero()),
             http2_keepalive: Some(self.http2_keepalive).filter(|d| !d.is_zero()),
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),

@@ -147,8 +147,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let gate = Gate::new(
         AdmissionConfig {
             max_concurrent_requests: config.embed.limits.max_concurrent_requests,
+            max_inflight_bytes: config.max_inflight_bytes,
         },
         metrics.requests_in_flight().clone(),
+        metrics.inflight_bytes(),
     );
     let (open, refused) = metrics.connections();
     let connection_limit = ConnectionLimit::new(config.max_connections, open, refused);

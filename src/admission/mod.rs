@@ -9,6 +9,7 @@
 //! watch channel: new work is refused with UNAVAILABLE, admitted work finishes, and
 //! [`Gate::drained`] resolves once every permit of both pools is back.
 
+pub mod bytes;
 pub mod connections;
 
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::common::ServiceError;
 pub struct AdmissionConfig {
     /// Requests (and stream items) processed at once.
     pub max_concurrent_requests: usize,
+    /// Request payload bytes held at once, across both doors.
+    pub max_inflight_bytes: u64,
 }
 
 /// How a call is admitted.
@@ -62,6 +65,7 @@ struct Inner {
     /// Flips to true when shutdown begins; calls and streams read or wait on it.
     shutdown: watch::Sender<bool>,
     in_flight: prometheus::IntGauge,
+    bytes: bytes::ByteBudget,
 }
 
 /// Cheap to clone; clones share the permits and the shutdown state.
@@ -75,8 +79,12 @@ fn shutting_down() -> ServiceError {
 }
 
 impl Gate {
-    /// `in_flight` is the gauge that counts held permits.
-    pub fn new(config: AdmissionConfig, in_flight: prometheus::IntGauge) -> Self {
+    /// `in_flight` is the gauge that counts held permits; `bytes_in_use` the payload bytes held.
+    pub fn new(
+        config: AdmissionConfig,
+        in_flight: prometheus::IntGauge,
+        bytes_in_use: prometheus::IntGauge,
+    ) -> Self {
         let max = config.max_concurrent_requests.max(1);
         Gate {
             inner: Arc::new(Inner {
@@ -86,12 +94,18 @@ impl Gate {
                 control: Arc::new(Semaphore::new(max)),
                 shutdown: watch::Sender::new(false),
                 in_flight,
+                bytes: bytes::ByteBudget::new(config.max_inflight_bytes, bytes_in_use),
             }),
         }
     }
 
     pub fn config(&self) -> AdmissionConfig {
         self.inner.config
+    }
+
+    /// The budget request payloads are held against (`--max-inflight-bytes`).
+    pub fn bytes(&self) -> &bytes::ByteBudget {
+        &self.inner.bytes
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -209,8 +223,10 @@ mod tests {
         let gauge = prometheus::IntGauge::new("in_flight", "test").unwrap();
         let config = AdmissionConfig {
             max_concurrent_requests: max,
+            max_inflight_bytes: 1 << 20,
         };
-        (Gate::new(config, gauge.clone()), gauge)
+        let bytes = prometheus::IntGauge::new("bytes", "test").unwrap();
+        (Gate::new(config, gauge.clone(), bytes), gauge)
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{
-    context::CallContext,
+    context::{CallContext, hold_payload},
     embed::deadline_of,
     pb::{self, classify_server::Classify},
 };
@@ -89,6 +89,7 @@ impl Classify for ClassifyApi {
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let ctx = self.context("Classify", &request);
         let result = async {
+            let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
             let pb::ClassifyRequest {

@@ -105,6 +105,18 @@ impl CallContext {
     }
 }
 
+/// Holds a unary request's payload against `--max-inflight-bytes` for the call's life, or
+/// RESOURCE_EXHAUSTED.
+pub fn hold_payload<T: prost::Message>(
+    embed: &crate::embed::EmbedService,
+    request: &tonic::Request<T>,
+) -> Result<crate::admission::bytes::BytesPermit, crate::common::ServiceError> {
+    embed
+        .gate()
+        .bytes()
+        .try_take(request.get_ref().encoded_len() as u64)
+}
+
 /// `server-timing` metadata for a reply.
 pub fn add_timings(metadata: &mut MetadataMap, timings: &Timings) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;

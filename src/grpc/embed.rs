@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::Instrument;
 
 use super::{
-    context::{CallContext, add_timings},
+    context::{CallContext, add_timings, hold_payload},
     pb::{self, embed_server::Embed},
     status::{code_name, code_of, message_of},
 };
@@ -105,6 +105,7 @@ impl Embed for EmbedApi {
             request.metadata(),
         );
         let result = async {
+            let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
             let pb::EmbedImagesRequest { images } = request.into_inner();
@@ -127,6 +128,7 @@ impl Embed for EmbedApi {
             request.metadata(),
         );
         let result = async {
+            let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
             let pb::EmbedTextsRequest { texts } = request.into_inner();
@@ -191,6 +193,23 @@ impl Embed for EmbedApi {
                         break;
                     }
                 };
+                // The item is held against --max-inflight-bytes while it is worked on; when the
+                // budget is spent the stream waits here, reading nothing more.
+                let size = prost::Message::encoded_len(&request) as u64;
+                let bytes = tokio::select! {
+                    bytes = service.gate().bytes().take(size) => match bytes {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            end = Some(e.into());
+                            break;
+                        }
+                    },
+                    () = tx.closed() => break,
+                    () = service.shutdown_started() => {
+                        end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
+                        break;
+                    }
+                };
                 let service = service.clone();
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);
@@ -223,6 +242,7 @@ impl Embed for EmbedApi {
                             () = tx.closed() => {}
                         }
                         drop(slot);
+                        drop(bytes);
                     }
                     .instrument(item_span),
                 );

@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{
-    context::CallContext,
+    context::{CallContext, hold_payload},
     embed::deadline_of,
     pb::{self, retrieve_server::Retrieve},
 };
@@ -60,6 +60,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::RankResponse>, Status> {
         let ctx = self.context("Rank", &request);
         let result = async {
+            let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
             let pb::RankRequest {
@@ -170,6 +171,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::UpsertResponse>, Status> {
         let ctx = self.context("Upsert", &request);
         let result = async {
+            let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
             let pb::UpsertRequest {
@@ -228,6 +230,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let ctx = self.context("Search", &request);
         let result = async {
+            let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
             let pb::SearchRequest {

@@ -13,6 +13,7 @@ use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::error::ApiError;
+use crate::admission::bytes::{ByteBudget, BytesPermit};
 
 fn too_large(limit: usize) -> ApiError {
     ApiError {
@@ -28,8 +29,14 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// The body, at most `limit` bytes: a declared length over it is refused before anything is read,
-/// an undeclared one as soon as the bytes read pass it.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// an undeclared one as soon as the bytes read pass it. A declared body is held against
+/// `--max-inflight-bytes` before it is read (429 when it does not fit); an undeclared one once read.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    budget: &ByteBudget,
+) -> Result<(Bytes, BytesPermit), ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -37,14 +44,22 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::invalid(
-            None,
-            format!("reading the body failed: {e}"),
-        )),
-    }
+    let held = declared.map(|n| budget.try_take(n)).transpose()?;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(limit)),
+        Err(e) => {
+            return Err(ApiError::invalid(
+                None,
+                format!("reading the body failed: {e}"),
+            ));
+        }
+    };
+    let held = match held {
+        Some(held) => held,
+        None => budget.try_take(bytes.len() as u64)?,
+    };
+    Ok((bytes, held))
 }
 
 thread_local! {
@@ -131,20 +146,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_are_limited_while_they_stream() {
+    async fn bodies_are_limited_while_they_stream_and_held_against_the_budget() {
+        let budget = ByteBudget::new(4096, prometheus::IntGauge::new("b", "t").unwrap());
         let mut headers = HeaderMap::new();
-        let ok = read(&headers, Body::from("0123456789"), 10).await.unwrap();
+        let (ok, held) = read(&headers, Body::from("0123456789"), 10, &budget)
+            .await
+            .unwrap();
         assert_eq!(&ok[..], b"0123456789");
-        let e = read(&headers, Body::from("0123456789x"), 10)
+        let e = read(&headers, Body::from("0123456789x"), 10, &budget)
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         headers.insert(header::CONTENT_LENGTH, "11".parse().unwrap());
-        let e = read(&headers, Body::empty(), 10).await.unwrap_err();
+        let e = read(&headers, Body::empty(), 10, &budget)
+            .await
+            .unwrap_err();
         assert_eq!(
             e.status,
             StatusCode::PAYLOAD_TOO_LARGE,
             "refused from the header alone"
+        );
+        // The budget is 4 KiB and the first body holds 1 KiB of it.
+        let _big = budget.try_take(3 * 1024).unwrap();
+        headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        let e = read(&headers, Body::from("hello"), 10, &budget)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        drop(held);
+        assert!(
+            read(&headers, Body::from("hello"), 10, &budget)
+                .await
+                .is_ok()
         );
     }
 }

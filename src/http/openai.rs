@@ -107,7 +107,7 @@ async fn embeddings(State(state): State<OpenAi>, headers: HeaderMap, body: Body)
     let service = state.service.clone();
     let limit = state.max_body_bytes;
     call(&state, "embeddings", &headers, async {
-        let body = body::read(&headers, body, limit).await?;
+        let (body, _held) = body::read(&headers, body, limit, service.gate().bytes()).await?;
         let max_items = service.limits().max_items_per_request;
         let request: EmbeddingsRequest = body::parse(&body, max_items).map_err(|e| {
             ApiError::invalid(

@@ -704,8 +704,10 @@ mod tests {
         let gate = Gate::new(
             AdmissionConfig {
                 max_concurrent_requests: 4,
+                max_inflight_bytes: 1 << 20,
             },
             metrics.requests_in_flight().clone(),
+            metrics.inflight_bytes(),
         );
         let embed = EmbedService::new(
             EmbedConfig {

@@ -42,6 +42,7 @@ pub struct Metrics {
     text_batch_length: Histogram,
     connections_open: IntGauge,
     connections_refused: IntCounter,
+    inflight_bytes: IntGauge,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -267,11 +268,17 @@ impl Metrics {
             "Connections closed on accept because --max-connections were open",
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let inflight_bytes = IntGauge::new(
+            "clip_inflight_request_bytes",
+            "Request payload bytes held against --max-inflight-bytes (gRPC messages, stream items, HTTP bodies)",
+        )?;
+        registry.register(Box::new(inflight_bytes.clone()))?;
         Ok(Metrics {
             store_records_skipped,
             text_batch_length,
             connections_open,
             connections_refused,
+            inflight_bytes,
             image: batch(Modality::Image),
             text: batch(Modality::Text),
             classify,
@@ -293,6 +300,11 @@ impl Metrics {
 
     pub fn classify(&self) -> ClassifyMetrics {
         self.classify.clone()
+    }
+
+    /// Request payload bytes in flight.
+    pub fn inflight_bytes(&self) -> IntGauge {
+        self.inflight_bytes.clone()
     }
 
     /// (open connections, connections refused) for the connection limit.

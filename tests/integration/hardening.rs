@@ -533,3 +533,57 @@ async fn try_get_metrics(addr: std::net::SocketAddr) -> String {
         None => String::new(),
     }
 }
+
+/// Request payloads in flight are held against one byte budget across both doors: with the budget
+/// spent, a unary gRPC call gets RESOURCE_EXHAUSTED and an HTTP body 429, until bytes come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_are_admitted_against_one_byte_budget_for_both_doors() {
+    let mut cfg = config(&tiny_model());
+    cfg.max_inflight_bytes = 64 * 1024;
+    let server = serve(cfg).await;
+    let budget = server.server.service.gate().bytes().clone();
+    let spent = budget.try_take(60 * 1024).expect("the budget is free");
+    let request = || pb::EmbedTextsRequest {
+        texts: vec!["x".repeat(8 * 1024)],
+    };
+    let e = server.embed().embed_texts(request()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("--max-inflight-bytes"),
+        "{}",
+        e.message()
+    );
+    let body = serde_json::json!({"input": ["x".repeat(8 * 1024)]}).to_string();
+    let (status, reply) = post_raw(server.server.http_addr, "/v1/embeddings", &body).await;
+    assert_eq!(status, 429, "{reply}");
+    drop(spent);
+    server
+        .embed()
+        .embed_texts(request())
+        .await
+        .expect("fits again");
+    let (status, reply) = post_raw(server.server.http_addr, "/v1/embeddings", &body).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+async fn post_raw(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, reply)
+}
