@@ -2,7 +2,8 @@
 //! gRPC messages, the items a stream has read, and HTTP bodies are admitted against it while they
 //! are being worked on. A unary call or an HTTP body that does not fit is refused at once
 //! (RESOURCE_EXHAUSTED / 429); a stream waits, and while it waits it reads nothing more, so HTTP/2
-//! flow control pushes back on its client.
+//! flow control pushes back on its client. Streams may hold three quarters of the budget at most
+//! (as with request permits), so streams that always wait cannot leave unary callers nothing.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ const UNIT: u64 = 1024;
 #[derive(Clone)]
 pub struct ByteBudget {
     units: Arc<Semaphore>,
+    /// The share of `units` stream items may hold.
+    stream_share: Arc<Semaphore>,
     total_units: u32,
     in_use: prometheus::IntGauge,
 }
@@ -24,6 +27,7 @@ pub struct ByteBudget {
 #[derive(Debug)]
 pub struct BytesPermit {
     _units: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
     bytes: u64,
     in_use: prometheus::IntGauge,
 }
@@ -40,6 +44,7 @@ impl ByteBudget {
         let total_units = u32::try_from(max_bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
         ByteBudget {
             units: Arc::new(Semaphore::new(total_units as usize)),
+            stream_share: Arc::new(Semaphore::new((total_units as usize * 3 / 4).max(1))),
             total_units,
             in_use,
         }
@@ -51,10 +56,16 @@ impl ByteBudget {
             .min(self.total_units)
     }
 
-    fn permit(&self, units: OwnedSemaphorePermit, bytes: u64) -> BytesPermit {
+    fn permit(
+        &self,
+        units: OwnedSemaphorePermit,
+        share: Option<OwnedSemaphorePermit>,
+        bytes: u64,
+    ) -> BytesPermit {
         self.in_use.add(bytes as i64);
         BytesPermit {
             _units: units,
+            _share: share,
             bytes,
             in_use: self.in_use.clone(),
         }
@@ -64,7 +75,7 @@ impl ByteBudget {
     pub fn try_take(&self, bytes: u64) -> Result<BytesPermit, ServiceError> {
         Arc::clone(&self.units)
             .try_acquire_many_owned(self.units(bytes))
-            .map(|units| self.permit(units, bytes))
+            .map(|units| self.permit(units, None, bytes))
             .map_err(|_| {
                 ServiceError::ResourceExhausted(format!(
                     "the server holds as many request bytes as it may (--max-inflight-bytes {}); retry later",
@@ -73,13 +84,20 @@ impl ByteBudget {
             })
     }
 
-    /// `bytes`, waiting until they are free.
+    /// `bytes` for a stream item, waiting until they are free within the streams' share.
     pub async fn take(&self, bytes: u64) -> Result<BytesPermit, ServiceError> {
-        Arc::clone(&self.units)
+        let gone = |_| ServiceError::Unavailable("server is shutting down".into());
+        // An item larger than the whole share takes all of it rather than waiting forever.
+        let share_units = self.units(bytes).min((self.total_units * 3 / 4).max(1));
+        let share = Arc::clone(&self.stream_share)
+            .acquire_many_owned(share_units)
+            .await
+            .map_err(gone)?;
+        let units = Arc::clone(&self.units)
             .acquire_many_owned(self.units(bytes))
             .await
-            .map(|units| self.permit(units, bytes))
-            .map_err(|_| ServiceError::Unavailable("server is shutting down".into()))
+            .map_err(gone)?;
+        Ok(self.permit(units, Some(share), bytes))
     }
 }
 
@@ -112,5 +130,28 @@ mod tests {
         assert!(budget.try_take(1).is_err());
         drop(all);
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn streams_leave_a_quarter_of_the_budget_to_unary_calls() {
+        let gauge = prometheus::IntGauge::new("bytes", "t").unwrap();
+        let budget = ByteBudget::new(8 * 1024, gauge);
+        let _streams: Vec<_> = futures_take(&budget, 6).await;
+        // The streams' share (6 KiB of 8) is spent: another stream item waits ...
+        let b = budget.clone();
+        let waiting = tokio::spawn(async move { b.take(1024).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        // ... while unary calls still get the rest.
+        assert!(budget.try_take(2 * 1024).is_ok());
+        waiting.abort();
+    }
+
+    async fn futures_take(budget: &ByteBudget, kib: usize) -> Vec<BytesPermit> {
+        let mut held = Vec::new();
+        for _ in 0..kib {
+            held.push(budget.take(1024).await.unwrap());
+        }
+        held
     }
 }

@@ -32,6 +32,10 @@ pub enum BenchModality {
     Texts,
     /// Classify the --image files against --label-set or the inline --labels.
     Classify,
+    /// EmbedStream: each of --concurrency connections keeps --streams streams open, each pushing
+    /// --items messages (the --image files, round-robin) as fast as flow control lets it, then
+    /// reading every reply; again until --duration is over. Latency is per stream.
+    Stream,
 }
 
 /// Closed-loop load generator against a running clip-serve (prints throughput and latency).
@@ -64,9 +68,12 @@ pub struct BenchArgs {
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// Items per request.
+    /// Items per request (per stream for --modality stream).
     #[arg(long, default_value_t = 1)]
     pub items: usize,
+    /// For --modality stream: streams per connection.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     /// Measured duration, e.g. 10s, 500ms.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -202,6 +209,129 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `--modality stream`: many connections, several streams each, each pushing `--items` messages.
+async fn run_streams(args: &BenchArgs, images: Vec<Vec<u8>>) -> anyhow::Result<BenchReport> {
+    use tokio_stream::StreamExt;
+    anyhow::ensure!(args.streams > 0, "--streams must be positive");
+    let images = Arc::new(images);
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::new();
+    for c in 0..args.concurrency {
+        let channel = Channel::from_shared(args.addr.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.addr))?;
+        for s in 0..args.streams {
+            let mut client = EmbedClient::new(channel.clone())
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20);
+            let (images, items) = (Arc::clone(&images), args.items);
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+                let mut done = 0usize;
+                let deadline_at = tokio::time::Instant::from_std(deadline);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    // Made as the stream is read (flow control permitting), not all up front: the
+                    // client must not hold every message of every stream at once.
+                    let images = Arc::clone(&images);
+                    let requests = (0..items).map(move |i| pb::EmbedStreamRequest {
+                        id: format!("{c}-{s}-{i}"),
+                        item: Some(pb::embed_stream_request::Item::Image(
+                            images[(c + s + i) % images.len()].clone(),
+                        )),
+                    });
+                    let mut replies = match client.embed_stream(tokio_stream::iter(requests)).await
+                    {
+                        Ok(r) => r.into_inner(),
+                        Err(status) => {
+                            *errors.entry(code_name(status.code()).into()).or_default() += 1;
+                            continue;
+                        }
+                    };
+                    let mut ok = 0;
+                    let mut finished = true;
+                    loop {
+                        // The measurement ends at the deadline, in the middle of a stream if need be.
+                        let Ok(reply) = tokio::time::timeout_at(deadline_at, replies.next()).await
+                        else {
+                            finished = false;
+                            break;
+                        };
+                        let Some(reply) = reply else { break };
+                        match reply {
+                            Ok(pb::EmbedStreamResponse {
+                                result: Some(pb::embed_stream_response::Result::Embedding(_)),
+                                ..
+                            }) => ok += 1,
+                            Ok(pb::EmbedStreamResponse {
+                                result: Some(pb::embed_stream_response::Result::Error(e)),
+                                ..
+                            }) => *errors.entry(e.code_name).or_default() += 1,
+                            Ok(_) => *errors.entry("EMPTY_REPLY".into()).or_default() += 1,
+                            Err(status) => {
+                                *errors.entry(code_name(status.code()).into()).or_default() += 1;
+                                break;
+                            }
+                        }
+                    }
+                    done += ok;
+                    if finished {
+                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                (latencies, errors, done)
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut errors_by_code: BTreeMap<String, usize> = BTreeMap::new();
+    let mut items_done = 0;
+    for task in tasks {
+        let (l, e, d) = task.await?;
+        latencies.extend(l);
+        items_done += d;
+        for (code, n) in e {
+            *errors_by_code.entry(code).or_default() += n;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let duration_s = started.elapsed().as_secs_f64();
+    let report = BenchReport {
+        modality: args.modality,
+        concurrency: args.concurrency * args.streams,
+        items_per_request: args.items,
+        duration_s,
+        requests: latencies.len(),
+        errors: errors_by_code.values().sum(),
+        first_error: errors_by_code.keys().next().cloned(),
+        errors_by_code,
+        items_per_s: items_done as f64 / duration_s,
+        latency_ms_p50: percentile(&latencies, 50.0),
+        latency_ms_p90: percentile(&latencies, 90.0),
+        latency_ms_p99: percentile(&latencies, 99.0),
+        latency_ms_mean: latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
+    };
+    println!(
+        "Stream connections={} streams={} items={}: {:.1} items/s, stream p50 {:.0} ms, p99 {:.0} ms, {} streams, errors {:?}",
+        args.concurrency,
+        args.streams,
+        args.items,
+        report.items_per_s,
+        report.latency_ms_p50,
+        report.latency_ms_p99,
+        report.requests,
+        report.errors_by_code
+    );
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(report)
+}
+
 /// Runs the benchmark and prints a one-line summary.
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(
@@ -218,7 +348,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
             .collect()
     };
+    if args.modality == BenchModality::Stream {
+        return run_streams(&args, read_images()?).await;
+    }
     let payload = Arc::new(match args.modality {
+        BenchModality::Stream => unreachable!("handled above"),
         BenchModality::Images => Payload::Images(read_images()?),
         BenchModality::Texts => Payload::Text(args.text.clone()),
         BenchModality::Classify => {

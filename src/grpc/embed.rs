@@ -172,6 +172,7 @@ impl Embed for EmbedApi {
             let slots = Arc::new(Semaphore::new(in_flight));
             let mut tasks = tokio::task::JoinSet::new();
             let mut end: Option<Status> = None;
+            let mut client_gone = false;
             loop {
                 while tasks.try_join_next().is_some() {}
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -188,6 +189,12 @@ impl Embed for EmbedApi {
                 let request = match message {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
+                    // The connection broke under the stream (the client went away): nothing to
+                    // answer, and nothing wrong on our side.
+                    Err(status) if status.code() == Code::Unknown => {
+                        client_gone = true;
+                        break;
+                    }
                     Err(status) => {
                         end = Some(client_decode_error(status));
                         break;
@@ -247,7 +254,7 @@ impl Embed for EmbedApi {
                     .instrument(item_span),
                 );
             }
-            if tx.is_closed() {
+            if tx.is_closed() || client_gone {
                 tasks.abort_all();
             }
             while tasks.join_next().await.is_some() {}
@@ -256,7 +263,7 @@ impl Embed for EmbedApi {
                     ctx.record(status.code(), status.message());
                     let _ = tx.send(Err(status)).await;
                 }
-                None if tx.is_closed() => {
+                None if tx.is_closed() || client_gone => {
                     ctx.record(Code::Cancelled, "the client went away");
                 }
                 None => ctx.record(Code::Ok, ""),
