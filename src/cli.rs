@@ -158,6 +158,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_INFLIGHT_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_inflight_bytes: u64,
 
+    /// Streams reading a message at once: a message is held from the moment it is read until the
+    /// byte budget admits it, so this bounds what streams hold beyond the budget; other streams
+    /// wait unread (flow control holds their clients back).
+    #[arg(long, env = "CLIP_SERVE_MAX_STREAM_READERS", default_value_t = 16)]
+    pub max_stream_readers: u32,
+
     /// Open client connections across the gRPC and plain-HTTP listeners; a connection beyond it is
     /// closed as soon as it is accepted (clients retry, or a load balancer picks another replica).
     #[arg(long, env = "CLIP_SERVE_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -308,6 +314,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
+    pub max_stream_readers: usize,
     /// `None`: connections live as long as their clients keep them.
     pub max_connection_age: Option<Duration>,
     pub http2_keepalive: Option<Duration>,
@@ -430,6 +437,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             max_connections: to_usize("max-connections", self.max_connections.into())?,
             max_inflight_bytes: positive("max-inflight-bytes", self.max_inflight_bytes)?,
+            max_stream_readers: to_usize("max-stream-readers", self.max_stream_readers.into())?,
             max_connection_age: Some(self.max_connection_age).filter(|d| !d.is_zero()),
             http2_keepalive: Some(self.http2_keepalive).filter(|d| !d.is_zero()),
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),

@@ -148,6 +148,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         AdmissionConfig {
             max_concurrent_requests: config.embed.limits.max_concurrent_requests,
             max_inflight_bytes: config.max_inflight_bytes,
+            max_stream_readers: config.max_stream_readers,
         },
         metrics.requests_in_flight().clone(),
         metrics.inflight_bytes(),

@@ -24,6 +24,9 @@ pub struct AdmissionConfig {
     pub max_concurrent_requests: usize,
     /// Request payload bytes held at once, across both doors.
     pub max_inflight_bytes: u64,
+    /// Streams that may be reading (and holding) a message not yet admitted against the byte
+    /// budget, at once.
+    pub max_stream_readers: usize,
 }
 
 /// How a call is admitted.
@@ -66,6 +69,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     in_flight: prometheus::IntGauge,
     bytes: bytes::ByteBudget,
+    stream_readers: Arc<Semaphore>,
 }
 
 /// Cheap to clone; clones share the permits and the shutdown state.
@@ -95,12 +99,24 @@ impl Gate {
                 shutdown: watch::Sender::new(false),
                 in_flight,
                 bytes: bytes::ByteBudget::new(config.max_inflight_bytes, bytes_in_use),
+                stream_readers: Arc::new(Semaphore::new(config.max_stream_readers.max(1))),
             }),
         }
     }
 
     pub fn config(&self) -> AdmissionConfig {
         self.inner.config
+    }
+
+    /// A turn to read a stream's next message: a decoded message is held from the moment it is
+    /// read until the byte budget admits it, so only `max_stream_readers` streams read at once
+    /// (the others wait unread: HTTP/2 flow control holds their clients back).
+    pub async fn stream_reader(&self) -> Result<OwnedSemaphorePermit, ServiceError> {
+        let readers = Arc::clone(&self.inner.stream_readers);
+        tokio::select! {
+            permit = readers.acquire_owned() => permit.map_err(|_| shutting_down()),
+            () = self.shutdown_started() => Err(shutting_down()),
+        }
     }
 
     /// The budget request payloads are held against (`--max-inflight-bytes`).
@@ -224,6 +240,7 @@ mod tests {
         let config = AdmissionConfig {
             max_concurrent_requests: max,
             max_inflight_bytes: 1 << 20,
+            max_stream_readers: 2,
         };
         let bytes = prometheus::IntGauge::new("bytes", "test").unwrap();
         (Gate::new(config, gauge.clone(), bytes), gauge)

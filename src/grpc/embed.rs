@@ -178,6 +178,17 @@ impl Embed for EmbedApi {
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     break;
                 };
+                // A turn to read: the decoded message is held until the byte budget admits it.
+                let reader = tokio::select! {
+                    reader = service.gate().stream_reader() => match reader {
+                        Ok(reader) => reader,
+                        Err(e) => {
+                            end = Some(e.into());
+                            break;
+                        }
+                    },
+                    () = tx.closed() => break,
+                };
                 let message = tokio::select! {
                     message = inbound.message() => message,
                     () = tx.closed() => break,
@@ -217,6 +228,7 @@ impl Embed for EmbedApi {
                         break;
                     }
                 };
+                drop(reader);
                 let service = service.clone();
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);

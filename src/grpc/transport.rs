@@ -77,6 +77,13 @@ fn auth(keys: ApiKeys) -> impl FnMut(Request<()>) -> Result<Request<()>, Status>
 /// told, which lifts hyper's own default of 200.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
+/// HTTP/2 flow-control windows: what a client may send ahead of what the server has read, per
+/// stream and per connection. With --max-connections they bound what waits unread in buffers
+/// (hyper's defaults, megabytes per stream, let 64 connections x 4 streams of large images park
+/// over a gigabyte).
+const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+
 /// What the server waits for before a service answers SERVING.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -218,6 +225,8 @@ pub async fn endpoint(
         client_decode_errors;
     let mut builder = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .http2_keepalive_interval(connections.keepalive)
         .http2_keepalive_timeout(connections.keepalive.map(|_| Duration::from_secs(20)));
     if let Some(age) = connections.max_age {

@@ -705,6 +705,7 @@ mod tests {
             AdmissionConfig {
                 max_concurrent_requests: 4,
                 max_inflight_bytes: 1 << 20,
+                max_stream_readers: 2,
             },
             metrics.requests_in_flight().clone(),
             metrics.inflight_bytes(),
