@@ -4,6 +4,18 @@ use std::io::Cursor;
 
 use super::{Decoded, Format, ImageError, Pixels, check_dims, corrupt, unsupported};
 
+/// The layouts the conversion below handles (the arms of its `match`), judged from the header.
+fn layout_supported(color: tiff::ColorType, white_is_zero: bool, sample_format: u16) -> bool {
+    use tiff::ColorType as C;
+    match color {
+        C::Gray(1 | 8) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8) => true,
+        C::Palette(1 | 2 | 4 | 8) => true,
+        C::Gray(16) => !white_is_zero,
+        C::Gray(32) => !white_is_zero && matches!(sample_format, 1..=3),
+        _ => false,
+    }
+}
+
 pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
     use tiff::ColorType as C;
     use tiff::decoder::DecodingResult as R;
@@ -41,10 +53,15 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         .find_tag_unsigned_vec::<u16>(Tag::ColorMap)
         .ok()
         .flatten();
-    let img = dec.read_image().map_err(|e| corrupt(f, e))?;
-    let n = width * height;
     let white_is_zero = photometric == Some(0);
     let bad = |what: &str| unsupported(f, format!("{what} ({color:?})"));
+    // Refuse a layout this decoder cannot convert from the header, before the pixels are decoded
+    // (decoding a 40-megapixel 16-bit image to then refuse it costs seconds and ~650 MB).
+    if !layout_supported(color, white_is_zero, sample_format) {
+        return Err(bad("unsupported TIFF sample layout"));
+    }
+    let img = dec.read_image().map_err(|e| corrupt(f, e))?;
+    let n = width * height;
     // Unpack 1..4-bit samples (MSB first, rows padded to whole bytes).
     let unpack_bits = |data: &[u8], bits: usize| -> Result<Vec<u8>, ImageError> {
         let stride = (width * bits).div_ceil(8);
@@ -175,4 +192,23 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         pixels,
         orientation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiff::ColorType as C;
+
+    #[test]
+    fn unsupported_layouts_are_known_from_the_header() {
+        assert!(layout_supported(C::RGB(8), false, 1));
+        assert!(layout_supported(C::Gray(32), false, 3));
+        assert!(
+            !layout_supported(C::Gray(16), true, 1),
+            "16-bit WhiteIsZero"
+        );
+        assert!(!layout_supported(C::RGB(32), false, 1));
+        assert!(!layout_supported(C::YCbCr(8), false, 1));
+        assert!(!layout_supported(C::Gray(4), false, 1));
+    }
 }
