@@ -23,6 +23,9 @@ use crate::{
 
 const SERVICE: &str = "Embed";
 
+/// How long a stream may hold a reading turn (`--max-stream-readers`) without a message arriving.
+const READER_TURN: Duration = Duration::from_millis(250);
+
 pub struct EmbedApi {
     service: EmbedService,
 }
@@ -178,25 +181,35 @@ impl Embed for EmbedApi {
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     break;
                 };
-                // A turn to read: the decoded message is held until the byte budget admits it.
-                let reader = tokio::select! {
-                    reader = service.gate().stream_reader() => match reader {
-                        Ok(reader) => reader,
-                        Err(e) => {
-                            end = Some(e.into());
-                            break;
+                // A turn to read: the decoded message is held until the byte budget admits it. A
+                // stream that has no message ready within its turn gives the turn to the next one
+                // (what it read so far stays buffered; reading resumes on its next turn), so idle
+                // streams cannot hold every turn.
+                let message = loop {
+                    let reader = tokio::select! {
+                        reader = service.gate().stream_reader() => match reader {
+                            Ok(reader) => reader,
+                            Err(e) => {
+                                end = Some(e.into());
+                                break None;
+                            }
+                        },
+                        () = tx.closed() => break None,
+                    };
+                    tokio::select! {
+                        message = inbound.message() => break Some((message, reader)),
+                        () = tokio::time::sleep(READER_TURN) => drop(reader),
+                        () = tx.closed() => break None,
+                        () = service.shutdown_started() => {
+                            end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
+                            break None;
                         }
-                    },
-                    () = tx.closed() => break,
-                };
-                let message = tokio::select! {
-                    message = inbound.message() => message,
-                    () = tx.closed() => break,
-                    () = service.shutdown_started() => {
-                        end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
-                        break;
                     }
                 };
+                let Some((message, reader)) = message else {
+                    break;
+                };
+                drop(reader);
                 let request = match message {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
@@ -228,7 +241,6 @@ impl Embed for EmbedApi {
                         break;
                     }
                 };
-                drop(reader);
                 let service = service.clone();
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);

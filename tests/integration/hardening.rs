@@ -587,3 +587,45 @@ async fn post_raw(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, S
         .unwrap_or(0);
     (status, reply)
 }
+
+/// Idle streams cannot hold every reading turn (`--max-stream-readers`): a stream with nothing to
+/// read gives its turn away, so an active stream is served while many idle ones stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_do_not_starve_an_active_one() {
+    let mut cfg = config(&tiny_model());
+    cfg.max_stream_readers = 2;
+    let server = serve(cfg).await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let (keep_open, requests) = tokio::sync::mpsc::channel::<pb::EmbedStreamRequest>(1);
+        let stream = server
+            .embed()
+            .embed_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .expect("an idle stream opens");
+        idle.push((keep_open, stream));
+    }
+    let request = pb::EmbedStreamRequest {
+        id: "active".into(),
+        item: Some(pb::embed_stream_request::Item::Text(
+            "a photo of a cat".into(),
+        )),
+    };
+    let mut replies = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        server
+            .embed()
+            .embed_stream(tokio_stream::iter(vec![request])),
+    )
+    .await
+    .expect("the active stream opens in time")
+    .expect("opens")
+    .into_inner();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), replies.message())
+        .await
+        .expect("the active stream is served while 8 idle ones hold readers in turn")
+        .expect("a reply")
+        .expect("an item");
+    assert_eq!(reply.id, "active");
+    drop(idle);
+}
