@@ -155,7 +155,7 @@ pub struct ServeArgs {
 
     /// Request payload bytes held at once across both doors (gRPC messages, stream items, HTTP
     /// bodies): a unary call or body beyond it gets RESOURCE_EXHAUSTED / 429, a stream waits.
-    #[arg(long, env = "CLIP_SERVE_MAX_INFLIGHT_BYTES", default_value_t = 512 * 1024 * 1024)]
+    #[arg(long, env = "CLIP_SERVE_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_inflight_bytes: u64,
 
     /// Streams reading a message at once: a message is held from the moment it is read until the

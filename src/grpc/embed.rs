@@ -23,8 +23,8 @@ use crate::{
 
 const SERVICE: &str = "Embed";
 
-/// How long a stream may hold a reading turn (`--max-stream-readers`) without a message arriving.
-const READER_TURN: Duration = Duration::from_millis(250);
+/// How long a stream may hold a reading turn (`--max-stream-readers`) with no byte arriving.
+const READER_TURN: Duration = Duration::from_millis(500);
 
 pub struct EmbedApi {
     service: EmbedService,
@@ -163,6 +163,11 @@ impl Embed for EmbedApi {
             request.metadata(),
         );
         let deadline = deadline_of(request.metadata());
+        let progress = request
+            .extensions()
+            .get::<super::progress::BodyProgress>()
+            .cloned()
+            .unwrap_or_default();
         let mut inbound = request.into_inner();
         let in_flight = self.service.max_stream_in_flight();
         let (tx, rx) = mpsc::channel::<Result<pb::EmbedStreamResponse, Status>>(in_flight);
@@ -182,9 +187,8 @@ impl Embed for EmbedApi {
                     break;
                 };
                 // A turn to read: the decoded message is held until the byte budget admits it. A
-                // stream that has no message ready within its turn gives the turn to the next one
-                // (what it read so far stays buffered; reading resumes on its next turn), so idle
-                // streams cannot hold every turn.
+                // stream on which nothing at all arrived during its turn gives the turn to the next
+                // one, so idle streams cannot hold every turn; a message still arriving keeps it.
                 let message = loop {
                     let reader = tokio::select! {
                         reader = service.gate().stream_reader() => match reader {
@@ -196,9 +200,20 @@ impl Embed for EmbedApi {
                         },
                         () = tx.closed() => break None,
                     };
+                    let mut arrived = progress.received();
+                    let turn = async {
+                        loop {
+                            tokio::time::sleep(READER_TURN).await;
+                            let now = progress.received();
+                            if now == arrived {
+                                return;
+                            }
+                            arrived = now;
+                        }
+                    };
                     tokio::select! {
                         message = inbound.message() => break Some((message, reader)),
-                        () = tokio::time::sleep(READER_TURN) => drop(reader),
+                        () = turn => drop(reader),
                         () = tx.closed() => break None,
                         () = service.shutdown_started() => {
                             end = Some(ServiceError::Unavailable("server is shutting down".into()).into());

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod context;
 pub mod embed;
 pub mod info;
+pub mod progress;
 pub mod retrieve;
 pub mod status;
 pub mod transport;

@@ -177,10 +177,16 @@ fn client_decode_errors<B>(mut response: http::Response<B>) -> http::Response<B>
 type DecodeErrorLayer = tower::util::MapResponseLayer<
     fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
 >;
+type ProgressLayer = tower::util::MapRequestLayer<
+    fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>,
+>;
 
 pub struct Endpoint {
     router: tonic::transport::server::Router<
-        tower::layer::util::Stack<DecodeErrorLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<
+            ProgressLayer,
+            tower::layer::util::Stack<DecodeErrorLayer, tower::layer::util::Identity>,
+        >,
     >,
     limit: ConnectionLimit,
 }
@@ -234,7 +240,11 @@ pub async fn endpoint(
             .max_connection_age(age)
             .max_connection_age_grace(connections.age_grace);
     }
-    let mut builder = builder.layer(tower::util::MapResponseLayer::new(fix));
+    let track: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
+        super::progress::track;
+    let mut builder = builder
+        .layer(tower::util::MapResponseLayer::new(fix))
+        .layer(tower::util::MapRequestLayer::new(track));
     if let Some(tls) = &security.tls {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
