@@ -42,6 +42,16 @@ step "cargo test" cargo test --locked
 # The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
 # gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests
+# The fuzz targets (fuzz/) over their committed seeds plus a brief run each; the campaign itself is
+# `scripts/fuzz.sh 600`, by hand. Needs the nightly toolchain; cargo-fuzz is installed when missing.
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step "install cargo-fuzz" cargo install cargo-fuzz --locked --quiet
+  fi
+  step "fuzz targets (seeds + 10 s each)" scripts/fuzz.sh 10
+else
+  echo "test: SKIPPED the fuzz targets: no nightly toolchain (rustup toolchain install nightly)" >&2
+fi
 step "grpcurl smoke test" scripts/smoke.sh
 step "the official openai Python SDK against the HTTP API" scripts/openai_sdk_test.sh
 step "deployment files (hadolint, kustomize, Kubernetes schemas; offline)" scripts/validate_deploy.sh

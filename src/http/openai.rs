@@ -209,6 +209,24 @@ async fn embed(service: &EmbedService, request: EmbeddingsRequest) -> Result<Res
     .into_response())
 }
 
+/// The body handling of `POST /v1/embeddings` up to the model, for the fuzzer (`fuzz/`): parse with
+/// items counted while parsing, check the fields that need no model, decode data: URIs. Errors are
+/// fine; a panic or a hang is the bug.
+#[doc(hidden)]
+pub fn fuzz_embeddings_body(bytes: &[u8], max_items: usize) {
+    let Ok(request) = body::parse::<EmbeddingsRequest>(bytes, max_items) else {
+        return;
+    };
+    let image = request.modality.as_deref() == Some("image");
+    if let Ok(items) = inputs(request.input)
+        && image
+    {
+        for (i, item) in items.iter().enumerate() {
+            let _ = data_uri(i, item);
+        }
+    }
+}
+
 /// `input`: a string or an array of strings. Token-id arrays (which OpenAI also accepts) are
 /// refused: this server tokenizes itself, exactly as open_clip does.
 fn inputs(input: Items) -> Result<Vec<String>, ApiError> {

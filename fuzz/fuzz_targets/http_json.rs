@@ -1,0 +1,9 @@
+//! The HTTP API's JSON bodies: parsed with item lists counted while parsing, then turned into the
+//! domain's inputs (texts, data: URIs), as the routes do before any model work.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    clip_serve::http::openai::fuzz_embeddings_body(data, 64);
+});

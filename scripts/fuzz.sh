@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The fuzzing campaign (cargo-fuzz, nightly): each target for SECONDS, new inputs kept in
+# .cache/fuzz-corpus/TARGET (the committed seeds in fuzz/corpus/TARGET stay as they are), crashes
+# in fuzz/artifacts/TARGET. Prints libFuzzer's last status line per target (executions, coverage).
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]       targets: image text http_json proto
+#   cargo install cargo-fuzz   (once; needs the nightly toolchain)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SECONDS_EACH="${1:-600}"
+shift || true
+TARGETS=("$@")
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(image text http_json proto)
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
+cargo +nightly fuzz build -O
+for t in "${TARGETS[@]}"; do
+  work="$ROOT/.cache/fuzz-corpus/$t"
+  mkdir -p "$work"
+  log="$ROOT/.cache/fuzz-$t.log"
+  echo "fuzz: $t for ${SECONDS_EACH}s" >&2
+  cargo +nightly fuzz run -O "$t" "$work" "fuzz/corpus/$t" -- \
+    -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1 || {
+    echo "fuzz: $t FAILED (crash, timeout or OOM): see $log and fuzz/artifacts/$t" >&2
+    tail -30 "$log" >&2
+    exit 1
+  }
+  grep -E '^#[0-9]+ +DONE|stat::number_of_executed_units|cov: ' "$log" | tail -2 >&2
+done
