@@ -227,6 +227,21 @@ impl RetrieveService {
         }
     }
 
+    /// Candidates of a Rank and ids of a Delete or GetItems are bounded by `--max-upsert-items`.
+    fn check_list_len(&self, list: List, n: usize) -> Result<(), ServiceError> {
+        let max = self.inner.config.max_upsert_items;
+        if n > max {
+            return Err(ServiceError::invalid(
+                Field::List(list),
+                format!(
+                    "{n} {}, over the limit of {max} (--max-upsert-items)",
+                    list.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
         self.check_loaded()?;
         self.inner
@@ -261,16 +276,7 @@ impl RetrieveService {
                 "none given",
             ));
         }
-        if candidates.len() > self.inner.config.max_upsert_items {
-            return Err(ServiceError::invalid(
-                Field::List(List::Candidates),
-                format!(
-                    "{} candidates, over the limit of {} (--max-upsert-items)",
-                    candidates.len(),
-                    self.inner.config.max_upsert_items
-                ),
-            ));
-        }
+        self.check_list_len(List::Candidates, candidates.len())?;
         let mut all = vec![query];
         all.extend(candidates);
         // The query travels as element 0, in front of the candidates.
@@ -557,16 +563,7 @@ impl RetrieveService {
         ids: Vec<String>,
     ) -> Result<(usize, usize), ServiceError> {
         let collection = self.collection(name)?;
-        if ids.len() > self.inner.config.max_upsert_items {
-            return Err(ServiceError::invalid(
-                Field::List(List::Ids),
-                format!(
-                    "{} ids, over the limit of {} (--max-upsert-items)",
-                    ids.len(),
-                    self.inner.config.max_upsert_items
-                ),
-            ));
-        }
+        self.check_list_len(List::Ids, ids.len())?;
         self.commit_delete(&collection, ids).await
     }
 
@@ -653,16 +650,7 @@ impl RetrieveService {
         ids: Vec<String>,
     ) -> Result<(Vec<StoredItem>, Vec<String>), ServiceError> {
         self.collection(name)?;
-        if ids.len() > self.inner.config.max_upsert_items {
-            return Err(ServiceError::invalid(
-                Field::List(List::Ids),
-                format!(
-                    "{} ids, over the limit of {} (--max-upsert-items)",
-                    ids.len(),
-                    self.inner.config.max_upsert_items
-                ),
-            ));
-        }
+        self.check_list_len(List::Ids, ids.len())?;
         let inner = Arc::clone(&self.inner);
         let owned = name.to_string();
         let wanted = ids.clone();
