@@ -526,12 +526,7 @@ async fn try_get_metrics(addr: std::net::SocketAddr) -> String {
         .await;
     let mut reply = Vec::new();
     let _ = conn.read_to_end(&mut reply).await;
-    let text = String::from_utf8_lossy(&reply).to_string();
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.to_ascii_lowercase().contains("chunked") => dechunk(body),
-        Some((_, body)) => body.to_string(),
-        None => String::new(),
-    }
+    parse_http(&reply).map(|(_, body)| body).unwrap_or_default()
 }
 
 /// Request payloads in flight are held against one byte budget across both doors: with the budget
@@ -578,14 +573,9 @@ async fn post_raw(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, S
     )
     .await
     .unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).await.unwrap();
-    let status = reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, reply)
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).await.unwrap();
+    parse_http(&reply).unwrap_or_default()
 }
 
 /// Idle streams cannot hold every reading turn (`--max-stream-readers`): a stream with nothing to

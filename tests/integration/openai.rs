@@ -27,17 +27,7 @@ async fn post_json(addr: SocketAddr, path: &str, body: &Value, key: Option<&str>
 }
 
 fn parse_response(raw: &[u8]) -> (u16, Value) {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let (status, body) = parse_http(raw).expect("an HTTP response");
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 

@@ -170,13 +170,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    parse_http(&raw).unwrap_or_else(|| panic!("no HTTP response from {addr}"))
+}
+
+/// Status and body (de-chunked) of a raw HTTP/1.1 response; `None` when there is no response (the
+/// server closed the connection without one).
+pub fn parse_http(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -185,7 +187,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     } else {
         body.to_string()
     };
-    (status, body)
+    Some((status, body))
 }
 
 /// The body of a `Transfer-Encoding: chunked` response.
