@@ -14,6 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // `bytes` fields decode as `Bytes` slices of tonic's receive buffer instead of copies. An
+        // EmbedStream's buffer would otherwise keep the capacity of its largest message for the
+        // stream's life (see `grpc/embed.rs`).
+        .bytes(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -116,10 +117,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 enum Payload {
-    Images(Vec<Vec<u8>>),
+    Images(Vec<Bytes>),
     Text(String),
     Classify {
-        images: Vec<Vec<u8>>,
+        images: Vec<Bytes>,
         labels: Vec<String>,
         label_set: String,
     },
@@ -136,7 +137,7 @@ async fn one_request(
     items: usize,
     n: usize,
 ) -> Result<(), (String, String)> {
-    let pick = |files: &[Vec<u8>]| -> Vec<Vec<u8>> {
+    let pick = |files: &[Bytes]| -> Vec<Bytes> {
         (0..items)
             .map(|i| files[(n + i) % files.len()].clone())
             .collect()
@@ -210,7 +211,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `--modality stream`: many connections, several streams each, each pushing `--items` messages.
-async fn run_streams(args: &BenchArgs, images: Vec<Vec<u8>>) -> anyhow::Result<BenchReport> {
+async fn run_streams(args: &BenchArgs, images: Vec<Bytes>) -> anyhow::Result<BenchReport> {
     use tokio_stream::StreamExt;
     anyhow::ensure!(args.streams > 0, "--streams must be positive");
     let images = Arc::new(images);
@@ -338,14 +339,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         args.concurrency > 0 && args.items > 0,
         "--concurrency and --items must be positive"
     );
-    let read_images = || -> anyhow::Result<Vec<Vec<u8>>> {
+    let read_images = || -> anyhow::Result<Vec<Bytes>> {
         anyhow::ensure!(
             !args.images.is_empty(),
             "--modality images and classify need at least one --image FILE"
         );
         args.images
             .iter()
-            .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+            .map(|path| {
+                std::fs::read(path)
+                    .map(Bytes::from)
+                    .with_context(|| format!("reading {}", path.display()))
+            })
             .collect()
     };
     if args.modality == BenchModality::Stream {

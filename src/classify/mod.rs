@@ -6,6 +6,7 @@
 //! Layer: a feature, below both doors. Depends on `embed` (texts and images through the batchers),
 //! `model` (logit scale, fingerprints), `telemetry` and `common`.
 
+use bytes::Bytes;
 pub mod classifier;
 pub mod prompts;
 mod store;
@@ -85,7 +86,7 @@ pub struct LabelSetInfo {
 /// Classify's input, as the protocol layer hands it over.
 #[derive(Debug, Clone, Default)]
 pub struct ClassifyInput {
-    pub images: Vec<Vec<u8>>,
+    pub images: Vec<Bytes>,
     pub labels: Vec<String>,
     pub label_set: String,
     pub templates: Vec<String>,

@@ -2,6 +2,7 @@
 //! through before any work: item counts, encoded image size, text length. Errors say which item.
 
 use crate::common::{Field, List, ServiceError};
+use bytes::Bytes;
 
 /// Request limits; each one answers a client with INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,7 @@ impl Limits {
     }
 
     /// Every image is non-empty and within `max_image_bytes`.
-    pub fn check_images(&self, images: &[Vec<u8>]) -> Result<(), ServiceError> {
+    pub fn check_images(&self, images: &[Bytes]) -> Result<(), ServiceError> {
         let max = self.max_image_bytes;
         for (i, bytes) in images.iter().enumerate() {
             if bytes.is_empty() {
@@ -102,13 +103,20 @@ mod tests {
 
     #[test]
     fn images_and_texts_name_the_item() {
-        assert!(LIMITS.check_images(&[vec![1], vec![1, 2, 3, 4]]).is_ok());
+        assert!(
+            LIMITS
+                .check_images(&[vec![1].into(), vec![1, 2, 3, 4].into()])
+                .is_ok()
+        );
         let e = LIMITS
-            .check_images(&[vec![1], vec![]])
+            .check_images(&[vec![1].into(), Bytes::new()])
             .unwrap_err()
             .to_string();
         assert_eq!(e, "images[1]: empty image (0 bytes)");
-        let e = LIMITS.check_images(&[vec![0; 5]]).unwrap_err().to_string();
+        let e = LIMITS
+            .check_images(&[vec![0; 5].into()])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("images[0]: image is 5 bytes") && e.contains("--max-image-bytes"),
             "{e}"

@@ -7,6 +7,7 @@
 //!
 //! Both protocol layers call [`EmbedService`]; nothing here knows either wire.
 
+use bytes::Bytes;
 mod limits;
 pub mod pool;
 pub mod slot;
@@ -180,7 +181,7 @@ impl EmbedService {
     async fn preprocess_image(
         &self,
         model: Arc<LoadedModel>,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Result<Result<Vec<u8>, String>, ServiceError> {
         let options = self.image_options();
         let histogram = self.state.metrics.preprocess(Modality::Image);
@@ -203,7 +204,7 @@ impl EmbedService {
     /// ends, even when the caller goes away first.
     pub async fn embed_images(
         &self,
-        images: Vec<Vec<u8>>,
+        images: Vec<Bytes>,
         deadline: Option<Instant>,
         permit: Permit,
     ) -> Result<Embedded, ServiceError> {
@@ -215,7 +216,7 @@ impl EmbedService {
     /// Errors name the images as `images[i]`.
     pub async fn encode_images(
         &self,
-        images: Vec<Vec<u8>>,
+        images: Vec<Bytes>,
         deadline: Option<Instant>,
     ) -> Result<Embedded, ServiceError> {
         let started = Instant::now();

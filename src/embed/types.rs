@@ -1,6 +1,7 @@
 //! What the embedding service hands back: embeddings with their timings, stream items, and the
 //! description of what is served (the Info RPC's content).
 
+use bytes::Bytes;
 use std::time::Duration;
 
 use super::Limits;
@@ -35,7 +36,7 @@ pub struct Embedded {
 /// One item of a stream.
 #[derive(Debug, Clone)]
 pub enum Item {
-    Image(Vec<u8>),
+    Image(Bytes),
     Text(String),
 }
 

@@ -371,4 +371,30 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(parse_grpc_timeout("123456789S"), None, "at most 8 digits");
     }
+
+    /// A stream message's image is a slice of the receive buffer, not a copy: while the image is
+    /// alive the buffer cannot reclaim that memory, so tonic allocates a fresh buffer for the next
+    /// message and an idle stream keeps no message-sized buffer (issue: 64 x 4 streams of 3.4 MB
+    /// JPEGs held ~0.9 GB in idle buffers).
+    #[test]
+    fn stream_images_borrow_the_receive_buffer() {
+        use prost::Message;
+        let image = vec![7u8; 100_000];
+        let message = pb::EmbedStreamRequest {
+            item: Some(pb::embed_stream_request::Item::Image(image.clone().into())),
+            ..Default::default()
+        };
+        let mut buf = bytes::BytesMut::new();
+        message.encode(&mut buf).expect("encode");
+        let range = buf.as_ptr_range();
+        let decoded = pb::EmbedStreamRequest::decode(&mut buf).expect("decode");
+        let Some(pb::embed_stream_request::Item::Image(bytes)) = decoded.item else {
+            panic!("an image item")
+        };
+        assert_eq!(bytes.as_ref(), image.as_slice());
+        assert!(
+            range.contains(&bytes.as_ptr()),
+            "the image must share the receive buffer's allocation"
+        );
+    }
 }

@@ -174,7 +174,7 @@ async fn embed(service: &EmbedService, request: EmbeddingsRequest) -> Result<Res
         let images = inputs
             .iter()
             .enumerate()
-            .map(|(i, s)| data_uri(i, s))
+            .map(|(i, s)| data_uri(i, s).map(bytes::Bytes::from))
             .collect::<Result<Vec<_>, _>>()?;
         service.embed_images(images, None, permit).await?
     } else {

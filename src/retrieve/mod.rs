@@ -6,6 +6,7 @@
 //! Layer: a feature, below both doors; owns the [`VectorIndex`] and the store. Depends on `embed`
 //! and `common` only.
 
+use bytes::Bytes;
 pub mod index;
 pub mod store;
 mod validate;
@@ -40,7 +41,7 @@ pub struct RetrieveConfig {
 #[derive(Debug, Clone)]
 pub enum Content {
     Text(String),
-    Image(Vec<u8>),
+    Image(Bytes),
     Vector(Vec<f32>),
 }
 

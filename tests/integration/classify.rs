@@ -45,11 +45,11 @@ fn client(server: &TestServer) -> ClassifyClient<Channel> {
     ClassifyClient::new(server.channel.clone())
 }
 
-fn images(reference: &ClassifyReference) -> Vec<Vec<u8>> {
+fn images(reference: &ClassifyReference) -> Vec<bytes::Bytes> {
     reference
         .images
         .iter()
-        .map(|i| std::fs::read(fixtures().join(&i.file)).expect("fixture image"))
+        .map(|i| read_fixture(&i.file))
         .collect()
 }
 
@@ -457,7 +457,7 @@ async fn bad_classify_requests_get_clear_errors() {
         (
             "not an image",
             pb::ClassifyRequest {
-                images: vec![image.clone(), b"not an image".to_vec()],
+                images: vec![image.clone(), bytes::Bytes::from_static(b"not an image")],
                 ..base.clone()
             },
             Code::InvalidArgument,

@@ -111,7 +111,7 @@ async fn gated_variants_serve_at_each_precision() {
     let fp32 = serve(config(&tiny_model())).await;
     let texts = ["a photo of a cat.", "a diagram", ""];
     let want = embed_texts(&fp32, &texts).await;
-    let image = std::fs::read(fixtures().join("images/coffee_small.bmp")).unwrap();
+    let image = read_fixture("images/coffee_small.bmp");
     let embed_image = |server: &TestServer| {
         let mut client = server.embed();
         let image = image.clone();

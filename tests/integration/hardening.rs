@@ -13,7 +13,7 @@ fn image_rows_computed(metrics: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_items_of_a_client_that_left_are_not_computed() {
     let server = serve(config(&tiny_model())).await;
-    let photo = std::fs::read(fixtures().join("images/coffee_4000x3000.jpg")).expect("fixture");
+    let photo = read_fixture("images/coffee_4000x3000.jpg");
     const ITEMS: usize = 16;
     let (tx, rx) = tokio::sync::mpsc::channel(ITEMS);
     for i in 0..ITEMS {
@@ -214,7 +214,7 @@ async fn delete_and_recreate_under_concurrent_upserts_loses_no_acknowledged_item
         .create_collection(create.clone())
         .await
         .expect("created");
-    let image = std::fs::read(fixtures().join("images/chelsea_tiny_13x9.png")).expect("fixture");
+    let image = read_fixture("images/chelsea_tiny_13x9.png");
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let aborted = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -410,7 +410,7 @@ async fn inline_classify_costs_the_requests_its_prompts_are_worth() {
     cfg.classify.text_cache_bytes = 0;
     let server = serve(cfg).await;
     let mut classify = pb::classify_client::ClassifyClient::new(server.channel.clone());
-    let image = std::fs::read(fixtures().join("images/chelsea_tiny_13x9.png")).unwrap();
+    let image = read_fixture("images/chelsea_tiny_13x9.png");
     let request = |labels: usize| pb::ClassifyRequest {
         images: vec![image.clone()],
         labels: (0..labels).map(|i| format!("label {i}")).collect(),

@@ -99,7 +99,7 @@ async fn embeddings_over_http_equal_the_grpc_ones() {
     );
 
     // Images as data: URIs, equal to EmbedImages.
-    let image = std::fs::read(fixtures().join("images/chelsea_baseline_420.jpg")).unwrap();
+    let image = read_fixture("images/chelsea_baseline_420.jpg");
     let uri = format!(
         "data:image/jpeg;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&image)

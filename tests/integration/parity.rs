@@ -116,7 +116,7 @@ async fn embeddings_match_open_clip() {
         let bytes = std::fs::read(fixtures().join(&image.file)).expect("fixture image");
         let response = client
             .embed_images(pb::EmbedImagesRequest {
-                images: vec![bytes],
+                images: vec![bytes.into()],
             })
             .await
             .expect("EmbedImages")
@@ -180,11 +180,11 @@ async fn immich_style_export_gives_the_same_vectors() {
     for (x, y) in a.embeddings.iter().zip(&b.embeddings) {
         assert!(cosine(&x.values, &y.values) > 0.99999);
     }
-    let images: Vec<Vec<u8>> = reference
+    let images: Vec<bytes::Bytes> = reference
         .images
         .iter()
         .take(4)
-        .map(|i| std::fs::read(fixtures().join(&i.file)).unwrap())
+        .map(|i| read_fixture(&i.file))
         .collect();
     let a = standard
         .embed()

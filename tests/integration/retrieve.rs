@@ -26,7 +26,7 @@ fn vector(v: Vec<f32>) -> pb::Query {
     }
 }
 
-fn image(b: Vec<u8>) -> pb::Query {
+fn image(b: bytes::Bytes) -> pb::Query {
     pb::Query {
         query: Some(pb::query::Query::Image(b)),
     }
@@ -59,7 +59,7 @@ async fn rank_scores_are_cosines_best_first() {
     for (i, t) in texts.iter().enumerate() {
         want.push((i, dot(&q, &embed_text(&server, t).await)));
     }
-    let img = std::fs::read(fixtures().join("images/chelsea_baseline_420.jpg")).unwrap();
+    let img = read_fixture("images/chelsea_baseline_420.jpg");
     let img_vec = server
         .embed()
         .embed_images(pb::EmbedImagesRequest {
@@ -137,7 +137,7 @@ async fn collections_store_search_filter_delete_and_survive_a_restart() {
         content: Some(content),
         metadata: md(kind),
     };
-    let img = std::fs::read(fixtures().join("images/chelsea_baseline_420.jpg")).unwrap();
+    let img = read_fixture("images/chelsea_baseline_420.jpg");
     let up = c
         .upsert(pb::UpsertRequest {
             collection: "photos".into(),
@@ -417,7 +417,9 @@ async fn bad_retrieve_requests_get_clear_errors() {
                     item("a", Some(v(32, 1.0))),
                     item(
                         "b",
-                        Some(pb::item::Content::Image(b"not an image".to_vec())),
+                        Some(pb::item::Content::Image(bytes::Bytes::from_static(
+                            b"not an image",
+                        ))),
                     ),
                 ],
             ),

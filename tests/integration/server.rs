@@ -12,9 +12,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-fn some_image() -> Vec<u8> {
+fn some_image() -> bytes::Bytes {
     let reference = reference();
-    std::fs::read(fixtures().join(&reference.images[0].file)).expect("fixture image")
+    read_fixture(&reference.images[0].file)
 }
 
 async fn health(channel: &tonic::transport::Channel, service: &str) -> ServingStatus {
@@ -217,13 +217,15 @@ async fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     cfg.embed.limits.max_message_bytes = 4_000_000;
     let server = serve(cfg).await;
     let mut client = server.embed();
-    let good = some_image();
+    let good = some_image().to_vec();
     assert!(
         good.len() < 2_000_000,
         "pick a fixture under the test's byte limit"
     );
 
-    let images = |v: Vec<Vec<u8>>| pb::EmbedImagesRequest { images: v };
+    let images = |v: Vec<Vec<u8>>| pb::EmbedImagesRequest {
+        images: v.into_iter().map(Into::into).collect(),
+    };
     let texts = |v: Vec<&str>| pb::EmbedTextsRequest {
         texts: v.into_iter().map(String::from).collect(),
     };
@@ -388,7 +390,10 @@ async fn the_stream_answers_each_id_and_survives_bad_items() {
     use pb::embed_stream_request::Item;
     let requests = vec![
         item("t1", Some(Item::Text("a photo of a dog".into()))),
-        item("bad-image", Some(Item::Image(b"garbage".to_vec()))),
+        item(
+            "bad-image",
+            Some(Item::Image(bytes::Bytes::from_static(b"garbage"))),
+        ),
         item("i1", Some(Item::Image(good.clone()))),
         item("nothing", None),
         item("t2", Some(Item::Text(String::new()))),
@@ -646,7 +651,7 @@ async fn an_undecodable_unary_message_is_invalid_argument() {
     let err = grpc
         .unary(
             tonic::Request::new(pb::EmbedImagesRequest {
-                images: vec![vec![b'a', 0xff, 0xfe]],
+                images: vec![vec![b'a', 0xff, 0xfe].into()],
             }),
             path,
             codec,

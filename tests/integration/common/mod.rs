@@ -11,6 +11,14 @@ use clip_serve::{
 };
 use tonic::transport::Channel;
 
+/// A committed fixture file (relative to `tests/fixtures`) as an image payload.
+pub fn read_fixture(relative: impl AsRef<Path>) -> bytes::Bytes {
+    let path = fixtures().join(relative);
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into()
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
