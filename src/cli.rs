@@ -128,6 +128,12 @@ pub struct ServeArgs {
     )]
     pub max_image_pixels: u64,
 
+    /// Working memory of the image decodes running at once, in bytes. Each decode reserves what its
+    /// header says it needs (about 12 bytes per pixel for JPEG and PNG) before it starts; an image
+    /// needing more than the whole budget is refused (INVALID_ARGUMENT / 400).
+    #[arg(long, env = "CLIP_SERVE_MAX_DECODE_BYTES", default_value_t = 768 * 1024 * 1024)]
+    pub max_decode_bytes: u64,
+
     /// Longest text accepted, in UTF-8 bytes. Longer texts would be cut at the context length anyway.
     #[arg(long, env = "CLIP_SERVE_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
     pub max_text_bytes: u32,
@@ -430,6 +436,7 @@ impl ServeArgs {
                 max_stream_in_flight,
                 apply_exif_orientation: self.apply_exif_orientation,
                 preprocess_workers: cores,
+                max_decode_bytes: positive("max-decode-bytes", self.max_decode_bytes)?,
             },
             data_dir: self.data_dir,
             classify,

@@ -45,6 +45,8 @@ pub struct EmbedConfig {
     pub apply_exif_orientation: bool,
     /// Preprocessing jobs at once (one per core by default).
     pub preprocess_workers: usize,
+    /// Working memory of the image decodes running at once (`--max-decode-bytes`).
+    pub max_decode_bytes: u64,
 }
 
 struct State {
@@ -65,7 +67,11 @@ impl EmbedService {
     pub fn new(config: EmbedConfig, gate: Gate, metrics: Metrics) -> Self {
         EmbedService {
             state: Arc::new(State {
-                pool: PreprocessPool::new(config.preprocess_workers),
+                pool: PreprocessPool::new(
+                    config.preprocess_workers,
+                    config.max_decode_bytes,
+                    metrics.decode_reserved_bytes(),
+                ),
                 config,
                 gate,
                 slot: ModelSlot::default(),
@@ -184,20 +190,27 @@ impl EmbedService {
         bytes: Bytes,
     ) -> Result<Result<Vec<u8>, String>, ServiceError> {
         let options = self.image_options();
+        // The header says what the decode will need: reserve it (or refuse the image) first.
+        let cost = match image_pre::decode_cost(&bytes, options.max_pixels) {
+            Ok(cost) => cost,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         let histogram = self.state.metrics.preprocess(Modality::Image);
-        self.state
+        let preprocessed = self
+            .state
             .pool
-            .run("image preprocessing", move || {
+            .run_decode("image preprocessing", cost.bytes, move || {
                 let Some(image) = model.image.as_ref() else {
                     return Err("this model has no visual tower".to_string());
                 };
                 let started = Instant::now();
-                let crop = image_pre::preprocess(&bytes, &image.preprocess, &options)
+                let crop = image_pre::preprocess_within(&bytes, &image.preprocess, &options, &cost)
                     .map_err(|e| e.to_string());
                 histogram.observe(started.elapsed().as_secs_f64());
                 crop
             })
-            .await
+            .await?;
+        Ok(preprocessed.unwrap_or_else(|over| Err(over.to_string())))
     }
 
     /// Embeds encoded images, in order. `permit` (from [`Self::admit`]) is held until inference

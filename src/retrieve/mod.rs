@@ -717,6 +717,7 @@ mod tests {
                 max_stream_in_flight: 4,
                 apply_exif_orientation: false,
                 preprocess_workers: 1,
+                max_decode_bytes: 64 << 20,
             },
             gate,
             metrics,

@@ -43,6 +43,7 @@ pub struct Metrics {
     connections_open: IntGauge,
     connections_refused: IntCounter,
     inflight_bytes: IntGauge,
+    decode_reserved_bytes: IntGauge,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -273,7 +274,13 @@ impl Metrics {
             "Request payload bytes held against --max-inflight-bytes (gRPC messages, stream items, HTTP bodies)",
         )?;
         registry.register(Box::new(inflight_bytes.clone()))?;
+        let decode_reserved_bytes = IntGauge::new(
+            "clip_decode_reserved_bytes",
+            "Working memory reserved by the image decodes running now, against --max-decode-bytes",
+        )?;
+        registry.register(Box::new(decode_reserved_bytes.clone()))?;
         Ok(Metrics {
+            decode_reserved_bytes,
             store_records_skipped,
             text_batch_length,
             connections_open,
@@ -300,6 +307,11 @@ impl Metrics {
 
     pub fn classify(&self) -> ClassifyMetrics {
         self.classify.clone()
+    }
+
+    /// Decode working memory reserved now.
+    pub fn decode_reserved_bytes(&self) -> IntGauge {
+        self.decode_reserved_bytes.clone()
     }
 
     /// Request payload bytes in flight.

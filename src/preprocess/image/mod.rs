@@ -18,10 +18,12 @@
 
 pub mod config;
 mod convert;
+mod cost;
 mod decode;
 mod resample;
 
 pub use config::{ConfigError, Interpolation, PreprocessConfig, ResizeMode};
+pub use cost::{DecodeCost, decode_cost};
 pub use decode::{Format, sniff};
 
 use decode::{Decoded, Pixels};
@@ -104,6 +106,35 @@ pub fn preprocess(
     }
     check_resized_size(&img, cfg)?;
     Ok(transform(&img, cfg))
+}
+
+/// [`preprocess`] for a decode that reserved `cost` (from [`decode_cost`]) of the server's decode
+/// budget: the decode may not produce more pixels than the reservation counted, so a file whose
+/// data is larger than its header says is refused instead of outgrowing its reservation.
+pub fn preprocess_within(
+    bytes: &[u8],
+    cfg: &PreprocessConfig,
+    opts: &ImageOptions,
+    cost: &DecodeCost,
+) -> Result<Vec<u8>, ImageError> {
+    let bounded = ImageOptions {
+        max_pixels: cost.pixels.min(opts.max_pixels),
+        ..*opts
+    };
+    preprocess(bytes, cfg, &bounded).map_err(|e| match e {
+        ImageError::TooManyPixels { width, height, .. }
+            if width.saturating_mul(height) <= opts.max_pixels =>
+        {
+            ImageError::Corrupt {
+                format: sniff(bytes).map_or("image", Format::name),
+                reason: format!(
+                    "its data is {width} x {height} pixels, more than its header says ({} pixels)",
+                    cost.pixels
+                ),
+            }
+        }
+        e => e,
+    })
 }
 
 /// Longest side of the resized (pre-crop) image, in multiples of the output size. The resampler's
