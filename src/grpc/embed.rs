@@ -181,6 +181,10 @@ impl Embed for EmbedApi {
             let mut tasks = tokio::task::JoinSet::new();
             let mut end: Option<Status> = None;
             let mut client_gone = false;
+            // The part of a message that arrived before its sender stalled sits in tonic's
+            // buffer: it is held against the byte budget until the message completes, and a
+            // stream whose half-sent message does not fit the budget is ended.
+            let mut parked: Option<crate::admission::bytes::BytesPermit> = None;
             loop {
                 while tasks.try_join_next().is_some() {}
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -213,7 +217,24 @@ impl Embed for EmbedApi {
                     };
                     tokio::select! {
                         message = inbound.message() => break Some((message, reader)),
-                        () = turn => drop(reader),
+                        () = turn => {
+                            drop(reader);
+                            let partial = progress.partial();
+                            drop(parked.take());
+                            if partial > 0 {
+                                match service.gate().bytes().try_take(partial) {
+                                    Ok(bytes) => drop(parked.replace(bytes)),
+                                    Err(_) => {
+                                        end = Some(Status::resource_exhausted(format!(
+                                            "the stream stalled in the middle of a message ({partial} bytes received) \
+                                             while the server holds as many request bytes as it may \
+                                             (--max-inflight-bytes); send whole messages, or retry later"
+                                        )));
+                                        break None;
+                                    }
+                                }
+                            }
+                        }
                         () = tx.closed() => break None,
                         () = service.shutdown_started() => {
                             end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
@@ -225,6 +246,7 @@ impl Embed for EmbedApi {
                     break;
                 };
                 drop(reader);
+                drop(parked.take());
                 let request = match message {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
