@@ -65,9 +65,8 @@ impl axum::serve::Listener for Limited {
 }
 
 /// Serves until `shutdown` resolves, then lets open requests finish (the caller bounds how long:
-/// `server.rs` drops the listener when `--shutdown-grace` is over); with `tls`, HTTPS only. A plain
-/// listener given a `limit` counts its connections against it (HTTPS connections are not counted
-/// yet).
+/// `server.rs` drops the listener when `--shutdown-grace` is over); with `tls`, HTTPS only. Given a
+/// `limit`, connections count against it (plain and HTTPS alike).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -97,11 +96,38 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(grace));
     });
-    axum_server::from_tcp_rustls(
-        listener.into_std()?,
-        axum_server::tls_rustls::RustlsConfig::from_config(config),
-    )
-    .handle(handle)
-    .serve(router.into_make_service())
-    .await
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(config);
+    let server = axum_server::from_tcp(listener.into_std()?).handle(handle);
+    let service = router.into_make_service();
+    match limit {
+        Some(limit) => {
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                .acceptor(CountingAcceptor(limit));
+            server.acceptor(acceptor).serve(service).await
+        }
+        None => {
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls);
+            server.acceptor(acceptor).serve(service).await
+        }
+    }
+}
+
+/// Counts HTTPS connections against `--max-connections` before the TLS handshake: over the
+/// limit, the connection is closed at once (the accept fails for that connection only).
+#[derive(Clone)]
+struct CountingAcceptor(ConnectionLimit);
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for CountingAcceptor {
+    type Stream = Counted<tokio::net::TcpStream>;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, S)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        std::future::ready(
+            self.0
+                .try_open(stream)
+                .map(|c| (c, service))
+                .ok_or_else(|| std::io::Error::other("over --max-connections")),
+        )
+    }
 }

@@ -463,6 +463,36 @@ async fn tls_serves_both_listeners() {
     server.shutdown().await.unwrap();
 }
 
+/// HTTPS connections count against `--max-connections` like plain ones: with the one place taken
+/// by an idle connection, a TLS request is closed on accept; once the place frees, it is served.
+#[tokio::test]
+async fn https_connections_count_against_the_connection_limit() {
+    let pki = make_pki();
+    let mut cfg = tls_config(pki.dir.path(), false);
+    cfg.max_connections = 1;
+    let server = start_tls(cfg).await;
+    let idle = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let refused = https_get(server.http_addr, &pki, false, "/healthz").await;
+    assert!(
+        refused.is_err(),
+        "a second connection was served: {refused:?}"
+    );
+    drop(idle);
+    let mut served = Err(String::new());
+    for _ in 0..50 {
+        served = https_get(server.http_addr, &pki, false, "/healthz").await;
+        if served.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, Ok(200));
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate() {
     let pki = make_pki();
