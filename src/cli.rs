@@ -38,6 +38,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server (the load generator is the separate `clip-bench` binary).
     Serve(Box<ServeArgs>),
+    /// Upsert a folder of images into a collection of a running server (resumable).
+    Index(crate::grpc::client::index::IndexArgs),
+    /// Search a collection of a running server by text (or --image).
+    Search(crate::grpc::client::search::SearchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -459,11 +463,20 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// Every flag at its default (environment variables apply, as on the command line).
+    fn parse_defaults() -> Box<ServeArgs> {
+        match Cli::parse_from(["clip-serve", "serve"]).command {
+            Command::Serve(args) => args,
+            other => unreachable!("`serve` parsed as {other:?}"),
+        }
+    }
+}
+
 impl Config {
     /// A configuration with every default, for tests and embedding the server as a library.
     pub fn for_model(model_dir: impl Into<PathBuf>) -> Self {
-        let args = Cli::parse_from(["clip-serve", "serve"]);
-        let Command::Serve(mut args) = args.command;
+        let mut args = ServeArgs::parse_defaults();
         args.model_dir = model_dir.into();
         args.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         args.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -483,8 +496,10 @@ mod tests {
         let mut full = vec!["clip-serve", "serve"];
         full.extend_from_slice(args);
         let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
-        let Command::Serve(args) = cli.command;
-        args.validate()
+        match cli.command {
+            Command::Serve(args) => args.validate(),
+            other => Err(format!("parsed as {other:?}")),
+        }
     }
 
     #[test]

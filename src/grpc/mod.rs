@@ -6,6 +6,7 @@
 //! `security` (the API-key interceptor, TLS) and `telemetry`; nothing below imports it.
 
 pub mod classify;
+pub mod client;
 pub mod context;
 pub mod embed;
 pub mod info;

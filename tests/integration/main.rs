@@ -7,6 +7,7 @@ mod common;
 mod classify;
 mod fast_paths;
 mod hardening;
+mod indexer;
 mod memory;
 mod observability;
 mod openai;
