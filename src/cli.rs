@@ -270,9 +270,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// A file of API keys, one per line (`#` comments), re-read on SIGHUP.
+    /// A file of API keys, one per line (`#` comments), re-read on SIGHUP: `name:key` (usage and logs
+    /// show the name; a bare key is named by a short hash) and optionally ` rate=REQ_PER_S[:BURST]`.
     #[arg(long, env = "CLIP_SERVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Requests per second (and burst) each API key may make, unless its key file line sets its own;
+    /// over it: 429 with Retry-After / RESOURCE_EXHAUSTED with RetryInfo. No limit without keys.
+    #[arg(long, env = "CLIP_SERVE_RATE_LIMIT", value_name = "REQ_PER_S[:BURST]")]
+    pub rate_limit: Option<crate::security::RateLimit>,
 
     /// With API keys configured, let gRPC reflection through without a key.
     #[arg(long, env = "CLIP_SERVE_PUBLIC_REFLECTION", default_value_t = false)]
@@ -330,6 +336,7 @@ pub struct Config {
     pub http2_keepalive: Option<Duration>,
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
+    pub rate_limit: Option<crate::security::RateLimit>,
     pub public_reflection: bool,
     pub tls: TlsPaths,
 }
@@ -453,6 +460,7 @@ impl ServeArgs {
             http2_keepalive: Some(self.http2_keepalive).filter(|d| !d.is_zero()),
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
             api_key_file: self.api_key_file,
+            rate_limit: self.rate_limit,
             public_reflection: self.public_reflection,
             tls: TlsPaths {
                 cert: self.tls_cert,

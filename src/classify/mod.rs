@@ -6,7 +6,6 @@
 //! Layer: a feature, below both doors. Depends on `embed` (texts and images through the batchers),
 //! `model` (logit scale, fingerprints), `telemetry` and `common`.
 
-use bytes::Bytes;
 pub mod classifier;
 pub mod prompts;
 mod store;
@@ -20,6 +19,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 pub use classifier::{Classifier, LabelScore};
 pub use prompts::{LabelSetSpec, PromptLimits};
 use store::Store;

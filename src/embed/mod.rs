@@ -7,7 +7,6 @@
 //!
 //! Both protocol layers call [`EmbedService`]; nothing here knows either wire.
 
-use bytes::Bytes;
 mod limits;
 pub mod pool;
 pub mod slot;
@@ -18,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 pub use limits::Limits;
 use pool::PreprocessPool;
 use slot::{Loaded, ModelSlot};
@@ -32,7 +32,10 @@ use crate::{
     common::{Field, List, Modality, ServiceError},
     model::{LoadedModel, TowerSpec, runtime, trimmed_length},
     preprocess::image::{self as image_pre, ImageOptions},
-    telemetry::metrics::{Metrics, ModelInfoLabels},
+    telemetry::{
+        metrics::{Metrics, ModelInfoLabels},
+        usage::{self, UsageKind},
+    },
 };
 
 /// The embedding service's own configuration (admission has its own, in `admission/`).
@@ -271,6 +274,7 @@ impl EmbedService {
             .submit(pixels, deadline)
             .await
             .map_err(batch_error)?;
+        usage::record(UsageKind::Images, n as u64);
         Ok(embedded(output, preprocess, std::iter::repeat((false, 0))))
     }
 
@@ -358,6 +362,10 @@ impl EmbedService {
             batcher.submit(ids, deadline).await
         }
         .map_err(batch_error)?;
+        if !background {
+            let tokens: u64 = meta.iter().map(|&(_, count)| u64::from(count)).sum();
+            usage::record(UsageKind::TextTokens, tokens);
+        }
         Ok(embedded(output, preprocess, meta))
     }
 

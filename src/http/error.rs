@@ -61,6 +61,17 @@ fn param_of(field: &Field) -> &'static str {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        if let AuthError::RateLimited { .. } = e {
+            // OpenAI's shape for 429; `http/call.rs` adds `Retry-After`.
+            return ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                kind: "requests",
+                code: "rate_limit_exceeded",
+                param: None,
+                message: e.to_string(),
+                grpc_code: "RESOURCE_EXHAUSTED",
+            };
+        }
         ApiError {
             status: StatusCode::UNAUTHORIZED,
             kind: "invalid_request_error",

@@ -6,7 +6,6 @@
 //! Layer: a feature, below both doors; owns the [`VectorIndex`] and the store. Depends on `embed`
 //! and `common` only.
 
-use bytes::Bytes;
 pub mod index;
 pub mod store;
 mod validate;
@@ -17,6 +16,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 use index::{FlatIndex, Metadata, Scored, VectorIndex};
 use store::{CollectionMeta, Store, StoreError, StoredItem};
 use validate::check_vector;
@@ -24,6 +24,7 @@ use validate::check_vector;
 use crate::{
     common::{Field, List, ServiceError, check_name},
     embed::{EmbedService, Permit},
+    telemetry::usage::UsageKind,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +296,7 @@ impl RetrieveService {
             .map(|(i, v)| (i, index::dot(&query, v)))
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        crate::telemetry::usage::record(UsageKind::RerankDocuments, scored.len() as u64);
         if top_k > 0 {
             scored.truncate(top_k);
         }

@@ -8,6 +8,7 @@ mod classify;
 mod fast_paths;
 mod hardening;
 mod indexer;
+mod keys;
 mod memory;
 mod observability;
 mod openai;
