@@ -17,6 +17,7 @@ Everything is deterministic (fixed seeds); re-running rewrites identical files f
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import struct
@@ -159,6 +160,32 @@ def make_images(out: str) -> list:
     save("coffee_small.bmp", coffee.resize((300, 200), Image.Resampling.LANCZOS), "coffee", "24-bit BMP")
     save("hubble_lzw.tif", hubble.crop((0, 0, 500, 436)), "hubble_deep_field", "RGB TIFF, LZW compression",
          compression="tiff_lzw")
+    made += make_decoder_variants(out, chelsea, coffee)
+    return made
+
+
+def _insert_before_marker(data: bytes, marker: int, junk: bytes) -> bytes:
+    """`data` with `junk` inserted before the first 0xFF `marker` (libjpeg warns, PIL decodes)."""
+    at = data.index(bytes([0xFF, marker]))
+    return data[:at] + junk + data[at:]
+
+
+def make_decoder_variants(out: str, chelsea: Image.Image, coffee: Image.Image) -> list:
+    """Small files in encodings PIL opens that decoders often refuse (tests "decode what PIL decodes")."""
+    made = []
+    small = coffee.crop((120, 40, 504, 328)).resize((64, 48), Image.Resampling.LANCZOS)
+    cat = chelsea.crop((60, 0, 444, 288)).resize((96, 72), Image.Resampling.LANCZOS)
+
+    def write(name, data, source, what):
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+        made.append((name, source, what))
+
+    buf = io.BytesIO()
+    cat.save(buf, "JPEG", quality=85)
+    write("chelsea_extraneous_bytes.jpg", _insert_before_marker(buf.getvalue(), 0xDA, b"\x00\x11\x22"), "chelsea",
+          "JPEG with 3 junk bytes before the SOS marker: libjpeg warns 'Corrupt JPEG data: 3 extraneous bytes "
+          "before marker 0xda', PIL decodes")
     return made
 
 
