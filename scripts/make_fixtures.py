@@ -186,6 +186,15 @@ def make_decoder_variants(out: str, chelsea: Image.Image, coffee: Image.Image) -
     write("chelsea_extraneous_bytes.jpg", _insert_before_marker(buf.getvalue(), 0xDA, b"\x00\x11\x22"), "chelsea",
           "JPEG with 3 junk bytes before the SOS marker: libjpeg warns 'Corrupt JPEG data: 3 extraneous bytes "
           "before marker 0xda', PIL decodes")
+    buf = io.BytesIO()
+    cat.convert("L").save(buf, "GIF")
+    gif = buf.getvalue()
+    flags = gif[10]
+    assert flags & 0x80, "Pillow writes a global colour table"
+    table = 3 * (2 << (flags & 7))
+    write("chelsea_no_colour_table.gif", gif[:10] + bytes([flags & 0x70]) + gif[11:13] + gif[13 + table:], "chelsea",
+          "GIF with no colour table at all (Pillow's grayscale GIF with its global table cut out): PIL opens "
+          "it as mode L, the indices as grey levels")
     return made
 
 
