@@ -195,7 +195,108 @@ def make_decoder_variants(out: str, chelsea: Image.Image, coffee: Image.Image) -
     write("chelsea_no_colour_table.gif", gif[:10] + bytes([flags & 0x70]) + gif[11:13] + gif[13 + table:], "chelsea",
           "GIF with no colour table at all (Pillow's grayscale GIF with its global table cut out): PIL opens "
           "it as mode L, the indices as grey levels")
+
+    # TIFF variants. Pillow (with libtiff) writes the compressions; other layouts are written by hand.
+    def save(name, im, what, **kw):
+        im.save(os.path.join(out, name), **kw)
+        made.append((name, "coffee", what))
+
+    bilevel = coffee.crop((120, 40, 504, 328)).resize((192, 144), Image.Resampling.LANCZOS).convert("L")
+    bilevel = bilevel.point(lambda v: 255 if v > 110 else 0).convert("1")
+    save("coffee_group3.tif", bilevel, "TIFF, CCITT Group 3 (1-D, EOL codes), mode 1", compression="group3")
+    buf = io.BytesIO()
+    bilevel.save(buf, "TIFF", compression="group4")
+    write("coffee_group4_miniswhite.tif", _set_photometric(buf.getvalue(), 0), "coffee",
+          "TIFF, CCITT Group 4, Photometric WhiteIsZero (Pillow's group4 file with tag 262 set to 0, as fax "
+          "files in the wild have it; PIL opens it as mode 1 with raw mode 1;I)")
+    save("coffee_jpeg_rgb.tif", small, "TIFF, new-style JPEG (compression 7), Photometric RGB, JPEGTables",
+         compression="jpeg")
+    save("coffee_jpeg_ycbcr.tif", small.convert("YCbCr"), "TIFF, new-style JPEG, Photometric YCbCr (libtiff "
+         "converts to RGB for PIL)", compression="jpeg")
+    save("coffee_jpeg_gray.tif", small.convert("L"), "TIFF, new-style JPEG, grayscale", compression="jpeg")
+    save("coffee_adobe_deflate.tif", small, "TIFF, Adobe Deflate", compression="tiff_adobe_deflate")
+    save("coffee_packbits.tif", small, "TIFF, PackBits", compression="packbits")
+    save("coffee_bigtiff.tif", small, "BigTIFF (magic 43, 64-bit offsets)", big_tiff=True)
+    gray = np.asarray(small.convert("L"))
+    h, w = gray.shape
+    _write_tiff(os.path.join(out, "coffee_gray_miniswhite.tif"), w, h, [8], 0, (255 - gray).tobytes())
+    made.append(("coffee_gray_miniswhite.tif", "coffee", "8-bit gray TIFF, Photometric WhiteIsZero (mode L, inverted)"))
+    ink = (gray > 110).astype(np.uint8)
+    _write_tiff(os.path.join(out, "coffee_1bit_miniswhite.tif"), w, h, [1], 0, _pack_bits(1 - ink, 1))
+    made.append(("coffee_1bit_miniswhite.tif", "coffee", "1-bit TIFF, Photometric WhiteIsZero (mode 1)"))
+    for bits in (2, 4):
+        _write_tiff(os.path.join(out, f"coffee_gray{bits}.tif"), w, h, [bits], 1, _pack_bits(gray >> (8 - bits), bits))
+        made.append((f"coffee_gray{bits}.tif", "coffee", f"{bits}-bit gray TIFF (PIL: mode L, raw mode L;{bits})"))
+    _write_tiff(os.path.join(out, "coffee_gray4_miniswhite.tif"), w, h, [4], 0, _pack_bits((255 - gray) >> 4, 4))
+    made.append(("coffee_gray4_miniswhite.tif", "coffee", "4-bit gray TIFF, WhiteIsZero (raw mode L;4I)"))
+    g12 = (gray.astype(np.uint16) << 4) | (gray >> 4)
+    _write_tiff(os.path.join(out, "coffee_gray12.tif"), w, h, [12], 1, _pack_bits(g12, 12))
+    made.append(("coffee_gray12.tif", "coffee", "12-bit gray TIFF, little-endian (PIL: mode I;16, raw mode I;12)"))
+    g16 = to16(small.convert("L"), (w, h))[..., 0]
+    _write_tiff(os.path.join(out, "coffee_gray16_be.tif"), w, h, [16], 1, g16.astype(">u2").tobytes(), bo=">")
+    made.append(("coffee_gray16_be.tif", "coffee", "16-bit gray big-endian TIFF (PIL: mode I;16B, which Pillow "
+                 "resizes as if little-endian)"))
+    _write_tiff(os.path.join(out, "coffee_gray16_be_low.tif"), w, h, [16], 1, gray.astype(">u2").tobytes(), bo=">")
+    made.append(("coffee_gray16_be_low.tif", "coffee", "16-bit gray big-endian TIFF holding 0..255 (mode I;16B)"))
+    _write_tiff(os.path.join(out, "coffee_gray16_miniswhite.tif"), w, h, [16], 0,
+                (gray.astype("<u2") * 3).tobytes())
+    made.append(("coffee_gray16_miniswhite.tif", "coffee", "16-bit gray TIFF, WhiteIsZero, little-endian (PIL: "
+                 "I;16 as stored, not inverted)"))
     return made
+
+
+def _set_photometric(tiff: bytes, value: int) -> bytes:
+    """`tiff` (little-endian, classic) with its first IFD's PhotometricInterpretation set to `value`."""
+    assert tiff[:4] == b"II*\0"
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    n = struct.unpack_from("<H", tiff, ifd)[0]
+    out = bytearray(tiff)
+    for i in range(n):
+        at = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", tiff, at)[0] == 262:
+            struct.pack_into("<H", out, at + 8, value)
+            return bytes(out)
+    raise ValueError("no PhotometricInterpretation tag")
+
+
+def _pack_bits(v: np.ndarray, bits: int) -> bytes:
+    """Pack samples of `bits` bits MSB first, each row padded to a whole byte (TIFF FillOrder 1)."""
+    rows = []
+    for r in np.asarray(v).reshape(v.shape[0], -1):
+        acc, n, row = 0, 0, bytearray()
+        for x in r:
+            acc, n = (acc << bits) | int(x), n + bits
+            while n >= 8:
+                n -= 8
+                row.append((acc >> n) & 0xFF)
+        if n:
+            row.append((acc << (8 - n)) & 0xFF)
+        rows.append(bytes(row))
+    return b"".join(rows)
+
+
+def _write_tiff(path: str, w: int, h: int, bps: list, photometric: int, data: bytes, bo: str = "<") -> None:
+    """A minimal uncompressed single-strip TIFF (for layouts Pillow cannot write)."""
+    spp = len(bps)
+    n_tags = 10
+    extra_off = 8 + 2 + 12 * n_tags + 4
+    extra = struct.pack(bo + "%dH" % spp, *bps) if spp > 2 else b""
+    data_off = extra_off + len(extra)
+
+    def short(tag, *vals):
+        v = list(vals) + [0] * (2 - len(vals))
+        return struct.pack(bo + "HHIHH", tag, 3, len(vals), v[0], v[1])
+
+    def long(tag, val):
+        return struct.pack(bo + "HHII", tag, 4, 1, val)
+
+    bps_entry = short(258, *bps) if spp <= 2 else struct.pack(bo + "HHII", 258, 3, spp, extra_off)
+    entries = [short(256, w), short(257, h), bps_entry, short(259, 1), short(262, photometric),
+               long(273, data_off), short(277, spp), short(278, h), long(279, len(data)), short(284, 1)]
+    head = (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", 8)
+    ifd = struct.pack(bo + "H", n_tags) + b"".join(entries) + b"\0\0\0\0"
+    with open(path, "wb") as f:
+        f.write(head + ifd + extra + data)
 
 
 def _boundary_text(st, n_tokens: int) -> str:

@@ -138,7 +138,19 @@ fn looks_truncated(b: &[u8]) -> bool {
     }
 }
 
-pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
+/// A decompressed JPEG: interleaved samples as libjpeg outputs them (gray, RGB, or CMYK as
+/// stored, i.e. not yet inverted).
+pub(super) struct Raw {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub samples: Vec<u8>,
+}
+
+/// Decompress a whole JPEG stream with libjpeg-turbo: gray stays gray, 3 components become RGB
+/// (libjpeg's own colour conversion and fancy upsampling, as PIL and libtiff get), 4 stay
+/// CMYK/YCCK->CMYK. `max_pixels` is checked from the header before anything is allocated.
+pub(super) fn decompress(bytes: &[u8], max_pixels: u64) -> Result<Raw, ImageError> {
     let f = Format::Jpeg;
     let size = c_ulong::try_from(bytes.len()).map_err(|_| corrupt(f, "file too large"))?;
     // SAFETY: plain constructor; NULL on failure.
@@ -184,14 +196,14 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         TJCS_CMYK | TJCS_YCCK => (TJPF_CMYK, 4),
         _ => (TJPF_RGB, 3),
     };
-    let mut buf = vec![0u8; width * height * channels];
-    // SAFETY: `buf` holds exactly width*height*channels bytes and pitch = width*channels.
+    let mut samples = vec![0u8; width * height * channels];
+    // SAFETY: `samples` holds exactly width*height*channels bytes and pitch = width*channels.
     let rc = unsafe {
         tjDecompress2(
             h.0,
             bytes.as_ptr(),
             size,
-            buf.as_mut_ptr(),
+            samples.as_mut_ptr(),
             w,
             (width * channels) as c_int,
             ht,
@@ -216,6 +228,21 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             return Err(corrupt(f, msg));
         }
     }
+    Ok(Raw {
+        width,
+        height,
+        channels,
+        samples,
+    })
+}
+
+pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
+    let Raw {
+        width,
+        height,
+        channels,
+        samples: mut buf,
+    } = decompress(bytes, max_pixels)?;
     let pixels = match channels {
         1 => Pixels::L(buf),
         3 => Pixels::Rgb(buf),
