@@ -242,7 +242,50 @@ def make_decoder_variants(out: str, chelsea: Image.Image, coffee: Image.Image) -
                 (gray.astype("<u2") * 3).tobytes())
     made.append(("coffee_gray16_miniswhite.tif", "coffee", "16-bit gray TIFF, WhiteIsZero, little-endian (PIL: "
                  "I;16 as stored, not inverted)"))
+    write("chelsea_jpeg_tiles_420.tif", _jpeg_tiled_tiff(cat.crop((8, 8, 88, 64)), 32), "chelsea",
+          "TIFF, new-style JPEG in 32x32 tiles (3 x 2, the edge tiles padded), Photometric YCbCr 4:2:0, each tile "
+          "a complete JFIF stream (no JPEGTables); written by hand, Pillow cannot write tiles or subsampled YCbCr")
     return made
+
+
+def _jpeg_tiled_tiff(im: Image.Image, tile: int) -> bytes:
+    """A little-endian TIFF of `im` in JPEG-compressed (YCbCr 4:2:0) tiles of `tile` x `tile` pixels."""
+    w, h = im.size
+    across, down = -(-w // tile), -(-h // tile)
+    padded = np.pad(np.asarray(im), ((0, down * tile - h), (0, across * tile - w), (0, 0)), mode="edge")
+    tiles = []
+    for ty in range(down):
+        for tx in range(across):
+            buf = io.BytesIO()
+            part = padded[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]
+            Image.fromarray(part).save(buf, "JPEG", quality=85, subsampling=2)
+            tiles.append(buf.getvalue())
+    n_tags = 12
+    extra_at = 8 + 2 + 12 * n_tags + 4
+    bps_at, offs_at = extra_at, extra_at + 6
+    counts_at = offs_at + 4 * len(tiles)
+    data_at = counts_at + 4 * len(tiles)
+    offsets, at = [], data_at
+    for t in tiles:
+        offsets.append(at)
+        at += len(t)
+
+    def entry(tag, typ, count, value):
+        return struct.pack("<HHI", tag, typ, count) + value
+
+    short = lambda v, v2=0: struct.pack("<HH", v, v2)  # noqa: E731
+    long_ = lambda v: struct.pack("<I", v)  # noqa: E731
+    entries = [entry(256, 3, 1, short(w)), entry(257, 3, 1, short(h)), entry(258, 3, 3, long_(bps_at)),
+               entry(259, 3, 1, short(7)), entry(262, 3, 1, short(6)), entry(277, 3, 1, short(3)),
+               entry(284, 3, 1, short(1)), entry(322, 3, 1, short(tile)), entry(323, 3, 1, short(tile)),
+               entry(324, 4, len(tiles), long_(offs_at)), entry(325, 4, len(tiles), long_(counts_at)),
+               entry(530, 3, 2, short(2, 2))]
+    assert len(entries) == n_tags
+    out = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", n_tags) + b"".join(entries) + b"\0\0\0\0"
+    out += struct.pack("<3H", 8, 8, 8) + struct.pack(f"<{len(tiles)}I", *offsets)
+    out += struct.pack(f"<{len(tiles)}I", *[len(t) for t in tiles])
+    assert len(out) == data_at
+    return out + b"".join(tiles)
 
 
 def _set_photometric(tiff: bytes, value: int) -> bytes:

@@ -141,6 +141,14 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         }
         _ => {}
     }
+    if let Some(p @ 8..=10) = photometric {
+        // PIL opens 8-bit CIELab as mode "LAB" and converts it to RGB through littleCMS
+        // (ImageCms, Lab D50 -> sRGB): not reproduced here.
+        return Err(unsupported(
+            f,
+            format!("CIELab colour (PhotometricInterpretation {p}) is not supported"),
+        ));
+    }
     let big_endian = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
     let color = dec.colortype().map_err(|e| unsupported(f, e.to_string()))?;
     let extra: Vec<u16> = dec
@@ -429,6 +437,12 @@ mod refusals {
         let bilevel = [(258, 1), (259, 3), (262, 0), (277, 1), (292, 1)];
         let e = refusal(&tiff(8, 2, &bilevel, &[0; 8]));
         assert!(e.contains("CCITT Group 3 2-D coding"), "{e}");
+        let lab = [(258, 8), (259, 1), (262, 8), (277, 3)];
+        let e = refusal(&tiff(1, 1, &lab, &[50, 0, 0]));
+        assert!(
+            e.contains("CIELab colour (PhotometricInterpretation 8)"),
+            "{e}"
+        );
         let twelve = [(258, 12), (259, 5), (262, 1), (277, 1)];
         let e = refusal(&tiff(4, 4, &twelve, &[0; 24]));
         assert!(e.contains("12-bit samples with compression 5"), "{e}");
