@@ -468,6 +468,21 @@ mod refusals {
     }
 
     #[test]
+    fn fill_order_2_reverses_the_bits_of_each_byte() {
+        // Pillow 13 on the same bytes: "1;R" -> [0, 0, 0, 0], "L;4R" -> [68, 136, 34, 204].
+        let one = [(258, 1), (259, 1), (262, 1), (266, 2), (277, 1)];
+        let b = tiff(4, 1, &one, &[0b1011_0000]);
+        assert_eq!(
+            decode(&b, u64::MAX).expect("decodes").pixels,
+            Pixels::Bilevel(vec![0; 4])
+        );
+        let four = [(258, 4), (259, 1), (262, 1), (266, 2), (277, 1)];
+        let b = tiff(4, 1, &four, &[0x12, 0x34]);
+        let want = Pixels::L(vec![68, 136, 34, 204]);
+        assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
+    }
+
+    #[test]
     fn twelve_bit_samples_unpack_msb_first() {
         // 0xABC, 0x123 packed in 3 bytes.
         let b = tiff(
