@@ -204,6 +204,8 @@ def make_decoder_variants(out: str, chelsea: Image.Image, coffee: Image.Image) -
     bilevel = coffee.crop((120, 40, 504, 328)).resize((192, 144), Image.Resampling.LANCZOS).convert("L")
     bilevel = bilevel.point(lambda v: 255 if v > 110 else 0).convert("1")
     save("coffee_group3.tif", bilevel, "TIFF, CCITT Group 3 (1-D, EOL codes), mode 1", compression="group3")
+    save("coffee_ccitt_rle.tif", bilevel, "TIFF, CCITT RLE (compression 2: Modified Huffman rows, byte-aligned, "
+         "no EOLs), mode 1", compression="tiff_ccitt")
     buf = io.BytesIO()
     bilevel.save(buf, "TIFF", compression="group4")
     write("coffee_group4_miniswhite.tif", _set_photometric(buf.getvalue(), 0), "coffee",

@@ -2,8 +2,8 @@
 //! as libtiff decodes them for it.
 //!
 //! The `tiff` crate reads the directory and most compressions (none, LZW, Deflate, PackBits,
-//! CCITT Group 4). CCITT Group 3 (`fax`) and new-style JPEG (`jpeg`) are decoded here strip by
-//! strip, like libtiff; old-style JPEG (compression 6) is refused by name. Sample layouts follow
+//! CCITT Group 4). CCITT RLE and Group 3 (`fax`) and new-style JPEG (`jpeg`) are decoded here
+//! strip by strip, like libtiff; old-style JPEG (compression 6) is refused by name. Sample layouts follow
 //! `OPEN_INFO`: 2/4-bit gray scales to 8 bits ("L;2"/"L;4": v * 85 / v * 17, inverted for
 //! WhiteIsZero), 12-bit gray of a little-endian file is "I;16" holding the 12-bit values
 //! ("I;12"), 16-bit gray is "I;16" or, in a big-endian file, "I;16B" (which Pillow resizes
@@ -89,10 +89,16 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             ));
         }
         CCITT_RLE => {
-            return Err(unsupported(
-                f,
-                "CCITT modified Huffman RLE compression (2) is not supported",
-            ));
+            one_bit(&mut dec, "CCITT RLE")?;
+            let c = chunks::chunks(&mut dec, bytes, width, height, "CCITT RLE")?;
+            let white_is_zero = photometric == Some(0);
+            return done(fax::decode_rle(
+                &c,
+                width,
+                height,
+                white_is_zero,
+                reversed_bits,
+            )?);
         }
         CCITT_GROUP3 => {
             let t4 = dec
@@ -106,16 +112,7 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
                     "CCITT Group 3 2-D coding (T4Options bit 0) is not supported",
                 ));
             }
-            let bits = dec
-                .find_tag_unsigned_vec::<u16>(Tag::BitsPerSample)
-                .ok()
-                .flatten();
-            if bits.as_deref().is_some_and(|b| b != [1]) {
-                return Err(corrupt(
-                    f,
-                    "CCITT Group 3 image with more than 1 bit per pixel",
-                ));
-            }
+            one_bit(&mut dec, "CCITT Group 3")?;
             let c = chunks::chunks(&mut dec, bytes, width, height, "CCITT Group 3")?;
             let white_is_zero = photometric == Some(0);
             return done(fax::decode_g3(
@@ -332,6 +329,21 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
     done(pixels)
 }
 
+/// CCITT codecs code 1 bit per pixel.
+fn one_bit(dec: &mut tiff::decoder::Decoder<Cursor<&[u8]>>, codec: &str) -> Result<(), ImageError> {
+    let bits = dec
+        .find_tag_unsigned_vec::<u16>(tiff::tags::Tag::BitsPerSample)
+        .ok()
+        .flatten();
+    if bits.as_deref().is_some_and(|b| b != [1]) {
+        return Err(corrupt(
+            Format::Tiff,
+            format!("{codec} image with more than 1 bit per pixel"),
+        ));
+    }
+    Ok(())
+}
+
 /// Uncompressed 12-bit gray chunks: samples MSB first, each chunk row padded to a whole byte.
 fn read_12bit(
     chunks: &[chunks::Chunk<'_>],
@@ -429,11 +441,6 @@ mod refusals {
             e.contains("old-style JPEG compression (6) is not supported"),
             "{e}"
         );
-        let e = refusal(&tiff(4, 4, &with(2), &[0; 8]));
-        assert!(
-            e.contains("CCITT modified Huffman RLE compression (2)"),
-            "{e}"
-        );
         let bilevel = [(258, 1), (259, 3), (262, 0), (277, 1), (292, 1)];
         let e = refusal(&tiff(8, 2, &bilevel, &[0; 8]));
         assert!(e.contains("CCITT Group 3 2-D coding"), "{e}");
@@ -480,6 +487,20 @@ mod refusals {
         let b = tiff(4, 1, &four, &[0x12, 0x34]);
         let want = Pixels::L(vec![68, 136, 34, 204]);
         assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
+    }
+
+    #[test]
+    fn truncated_ccitt_data_is_corrupt_not_a_panic() {
+        for compression in [2, 3] {
+            let tags = [(258, 1), (259, compression), (262, 0), (277, 1)];
+            for data in [&[][..], &[0x00][..], &[0x00, 0x10, 0xFF][..]] {
+                let r = decode(&tiff(16, 3, &tags, data), u64::MAX);
+                assert!(
+                    matches!(r, Err(ImageError::Corrupt { .. })),
+                    "compression {compression}, {data:?}: {r:?}"
+                );
+            }
+        }
     }
 
     #[test]
