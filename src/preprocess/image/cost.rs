@@ -17,7 +17,7 @@ use std::io::Cursor;
 
 use super::{
     ImageError,
-    decode::{Format, check_dims, sniff},
+    decode::{Format, check_dims, gif_with_global_table, sniff},
 };
 
 /// Fixed part of every reservation: decoder state, tables, the crop and small buffers.
@@ -67,7 +67,9 @@ fn header_dims(format: Format, bytes: &[u8]) -> Option<(u64, u64)> {
 fn gif_dims(bytes: &[u8]) -> Option<(u64, u64)> {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::Indexed);
-    let mut decoder = options.read_info(Cursor::new(bytes)).ok()?;
+    // A GIF without any colour table gets the grey one the decoder gives it (`decode/gif.rs`).
+    let bytes = gif_with_global_table(bytes);
+    let mut decoder = options.read_info(Cursor::new(&bytes[..])).ok()?;
     let (sw, sh) = (u64::from(decoder.width()), u64::from(decoder.height()));
     let frame = decoder.next_frame_info().ok()??;
     let w = sw.max(u64::from(frame.left) + u64::from(frame.width));

@@ -15,7 +15,7 @@ const GLOBAL_TABLE: u8 = 0x80;
 
 /// `bytes` with a 256-entry identity grey global colour table when the file has none (see the
 /// module comment). A frame's own local table still wins, as in PIL; the copy adds 768 bytes.
-fn with_global_table(bytes: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn with_global_table(bytes: &[u8]) -> Cow<'_, [u8]> {
     match bytes.get(10) {
         Some(&flags) if flags & GLOBAL_TABLE == 0 && bytes.len() >= 13 => {
             let mut v = Vec::with_capacity(bytes.len() + 768);

@@ -18,6 +18,7 @@ mod webp;
 use super::ImageError;
 
 pub(crate) use exif::exif_orientation;
+pub(crate) use gif::with_global_table as gif_with_global_table;
 
 /// Image container formats, sniffed from magic bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
