@@ -78,7 +78,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
     parsed
 }
 
-/// A request's `input`: one string, or a list of items counted while they are parsed (refused
+/// A request's item list (`input`, `documents`): one string, or a list of items counted while they are parsed (refused
 /// past the limit before the rest is read).
 #[derive(Debug, Default)]
 pub struct Items(pub Vec<Value>);
@@ -89,7 +89,7 @@ impl<'de> Deserialize<'de> for Items {
         impl<'de> Visitor<'de> for ItemsVisitor {
             type Value = Items;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or an array of strings")
+                f.write_str("a string or an array")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Items, E> {
                 Ok(Items(vec![Value::String(s.to_string())]))
@@ -103,7 +103,7 @@ impl<'de> Deserialize<'de> for Items {
                 while let Some(item) = seq.next_element::<Value>()? {
                     if items.len() == max {
                         return Err(de::Error::custom(format!(
-                            "input: more than {max} items, over the limit per request (--max-items-per-request)"
+                            "a list of more than {max} items, over the limit per request (--max-items-per-request)"
                         )));
                     }
                     items.push(item);
@@ -112,7 +112,7 @@ impl<'de> Deserialize<'de> for Items {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Items, A::Error> {
                 Err(de::Error::custom(
-                    "input: expected a string or an array of strings, got an object",
+                    "expected a string or an array, got an object",
                 ))
             }
         }

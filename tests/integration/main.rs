@@ -7,6 +7,7 @@ mod common;
 mod classify;
 mod fast_paths;
 mod hardening;
+mod http_clients;
 mod observability;
 mod openai;
 mod parity;
