@@ -284,7 +284,7 @@ impl ClassifyService {
         }
     }
 
-    fn config(&self) -> &ClassifyConfig {
+    pub fn config(&self) -> &ClassifyConfig {
         &self.inner.config
     }
 

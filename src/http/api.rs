@@ -74,7 +74,7 @@ impl Api {
     }
 
     /// The body (limited, held against `--max-inflight-bytes`) parsed as `T`, with its item lists
-    /// bounded by `--max-items-per-request` while parsing. `what` names the request in errors.
+    /// bounded by `--max-items-per-request` and its label lists by `--max-labels` while parsing. `what` names the request in errors.
     pub async fn read_json<T: for<'de> Deserialize<'de>>(
         &self,
         headers: &HeaderMap,

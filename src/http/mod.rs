@@ -4,6 +4,7 @@
 //! - [`probes`]: `/metrics`, `/healthz`, `/readyz` (no key needed);
 //! - [`openai`]: the OpenAI- and Jina-compatible `/v1/embeddings` and `/v1/models` (API key when
 //!   configured);
+//! - [`classify`]: Jina's zero-shot `/v1/classify`;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod body;
 pub mod call;
+pub mod classify;
 pub mod error;
 pub mod inputs;
 pub mod openai;
@@ -65,7 +67,9 @@ pub fn router(services: Services) -> Router {
         max_body_bytes,
         aliases: Arc::from(model_aliases),
     };
-    probes::routes(embed, retrieve).merge(openai::routes(api))
+    probes::routes(embed, retrieve)
+        .merge(openai::routes(api.clone()))
+        .merge(classify::routes(api))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

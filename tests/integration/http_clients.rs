@@ -108,9 +108,9 @@ pub const ASTRONAUT: &str = "astronaut_444.jpg";
 pub async fn grpc_texts(server: &TestServer, texts: &[&str]) -> Vec<Vec<f32>> {
     server
         .embed()
-        .embed_texts(pb::EmbedTextsRequest {
+        .embed_texts(keyed(pb::EmbedTextsRequest {
             texts: texts.iter().map(|s| s.to_string()).collect(),
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -123,9 +123,9 @@ pub async fn grpc_texts(server: &TestServer, texts: &[&str]) -> Vec<Vec<f32>> {
 pub async fn grpc_images(server: &TestServer, images: &[Vec<u8>]) -> Vec<Vec<f32>> {
     server
         .embed()
-        .embed_images(pb::EmbedImagesRequest {
+        .embed_images(keyed(pb::EmbedImagesRequest {
             images: images.to_vec(),
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -133,6 +133,15 @@ pub async fn grpc_images(server: &TestServer, images: &[Vec<u8>]) -> Vec<Vec<f32
         .into_iter()
         .map(|e| e.values)
         .collect()
+}
+
+/// A gRPC request with the key the key tests use (ignored where no key is configured).
+pub fn keyed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer k1".parse().unwrap());
+    request
 }
 
 pub fn assert_same(a: &[f32], b: &[f32], what: &str) {
@@ -268,4 +277,148 @@ async fn jina_embedding_errors_name_the_item_and_carry_detail() {
     )
     .await;
     assert_eq!(reply.status, 200, "an alias is accepted: {}", reply.text);
+}
+
+async fn grpc_classify(server: &TestServer, request: pb::ClassifyRequest) -> pb::ClassifyResponse {
+    pb::classify_client::ClassifyClient::new(server.channel.clone())
+        .classify(keyed(request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// One image's gRPC scores, by label.
+fn by_label(result: &pb::ClassifyResult) -> std::collections::HashMap<String, f32> {
+    result
+        .scores
+        .iter()
+        .map(|s| (s.label.clone(), s.probability))
+        .collect()
+}
+
+#[tokio::test]
+async fn jina_classify_equals_grpc_classify() {
+    let mut cfg = config(&tiny_model());
+    cfg.api_key = Some(Secret("k1".into()));
+    let server = serve(cfg).await;
+    let http = server.server.http_addr;
+    let images = vec![image(CAT), image(ASTRONAUT)];
+    let labels = ["a cat", "an astronaut", "a car"];
+    let templates = ["a photo of {}."];
+    let grpc = grpc_classify(
+        &server,
+        pb::ClassifyRequest {
+            images: images.clone(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            templates: templates.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({
+        "model": "ViT-B-32-tiny-test",
+        "input": [{"image": b64(&images[0])}, format!("data:image/jpeg;base64,{}", b64(&images[1]))],
+        "labels": labels,
+        "templates": templates,
+    });
+    let reply = post_json(http, "/v1/classify", &body, Some("k1")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let json = reply.json();
+    assert!(json["usage"]["total_tokens"].is_u64());
+    let data = json["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, (d, g)) in data.iter().zip(&grpc.results).enumerate() {
+        assert_eq!(d["object"], "classification");
+        assert_eq!(d["index"], i);
+        let want = by_label(g);
+        let predictions = d["predictions"].as_array().unwrap();
+        let got: Vec<&str> = predictions
+            .iter()
+            .map(|p| p["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, labels, "label order");
+        let total: f64 = predictions
+            .iter()
+            .map(|p| p["score"].as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4, "softmax sums to 1: {total}");
+        for p in predictions {
+            let w = want[p["label"].as_str().unwrap()];
+            assert!(
+                (p["score"].as_f64().unwrap() as f32 - w).abs() < 1e-5,
+                "{p} vs {w}"
+            );
+        }
+        assert_eq!(d["prediction"], g.scores[0].label.as_str());
+        assert!((d["score"].as_f64().unwrap() as f32 - g.scores[0].probability).abs() < 1e-5);
+    }
+
+    // A label set, with top_k.
+    let grpc = grpc_classify(
+        &server,
+        pb::ClassifyRequest {
+            images: images.clone(),
+            label_set: "cifar-10".into(),
+            top_k: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({"input": [{"image": b64(&images[0])}, {"image": b64(&images[1])}], "label_set": "cifar-10", "top_k": 3});
+    let reply = post_json(http, "/v1/classify", &body, Some("k1")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let json = reply.json();
+    for (d, g) in json["data"].as_array().unwrap().iter().zip(&grpc.results) {
+        let predictions = d["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 3);
+        for (p, s) in predictions.iter().zip(&g.scores) {
+            assert_eq!(p["label"], s.label.as_str());
+            assert!((p["score"].as_f64().unwrap() as f32 - s.probability).abs() < 1e-5);
+        }
+    }
+
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"input": [{"image": b64(&images[0])}, "a cat"], "labels": ["a", "b"]}),
+            400,
+            "input[1]: a text",
+        ),
+        (
+            json!({"input": [{"image": b64(&images[0])}, {"image": b64(b"junk")}], "labels": ["a", "b"]}),
+            400,
+            "input[1]:",
+        ),
+        (
+            json!({"input": [{"image": b64(&images[0])}], "labels": ["a", ""]}),
+            400,
+            "labels[1]",
+        ),
+        (
+            json!({"input": [{"image": b64(&images[0])}], "label_set": "nope"}),
+            404,
+            "nope",
+        ),
+        (
+            json!({"input": [{"image": b64(&images[0])}], "labels": ["a"], "model": "jina-clip-v2"}),
+            404,
+            "jina-clip-v2",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let reply = post_json(http, "/v1/classify", &body, Some("k1")).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text);
+        let json = reply.json();
+        assert!(
+            json["detail"].as_str().unwrap_or_default().contains(needle),
+            "{json}"
+        );
+    }
+    let reply = post_json(
+        http,
+        "/v1/classify",
+        &json!({"input": [], "labels": ["a"]}),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.text);
 }
