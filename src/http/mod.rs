@@ -5,6 +5,7 @@
 //! - [`openai`]: the OpenAI- and Jina-compatible `/v1/embeddings` and `/v1/models` (API key when
 //!   configured);
 //! - [`classify`]: Jina's zero-shot `/v1/classify`;
+//! - [`rerank`]: Cohere / Jina / Infinity rerank on `/v1/rerank`, `/v2/rerank`, `/rerank`;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -23,6 +24,7 @@ pub mod error;
 pub mod inputs;
 pub mod openai;
 pub mod probes;
+pub mod rerank;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -69,7 +71,8 @@ pub fn router(services: Services) -> Router {
     };
     probes::routes(embed, retrieve)
         .merge(openai::routes(api.clone()))
-        .merge(classify::routes(api))
+        .merge(classify::routes(api.clone()))
+        .merge(rerank::routes(api))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

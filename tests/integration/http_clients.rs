@@ -422,3 +422,166 @@ async fn jina_classify_equals_grpc_classify() {
     .await;
     assert_eq!(reply.status, 401, "{}", reply.text);
 }
+
+async fn grpc_rank(
+    server: &TestServer,
+    query: pb::Query,
+    candidates: Vec<pb::Query>,
+) -> Vec<(u32, f32)> {
+    pb::retrieve_client::RetrieveClient::new(server.channel.clone())
+        .rank(keyed(pb::RankRequest {
+            query: Some(query),
+            candidates,
+            top_k: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| (r.index, r.score))
+        .collect()
+}
+
+fn text_query(t: &str) -> pb::Query {
+    pb::Query {
+        query: Some(pb::query::Query::Text(t.into())),
+    }
+}
+
+fn image_query(b: &[u8]) -> pb::Query {
+    pb::Query {
+        query: Some(pb::query::Query::Image(b.to_vec())),
+    }
+}
+
+fn ranked(json: &Value) -> Vec<(u32, f32)> {
+    json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap() as u32,
+                r["relevance_score"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
+fn assert_same_ranking(got: &[(u32, f32)], want: &[(u32, f32)]) {
+    let order = |v: &[(u32, f32)]| v.iter().map(|r| r.0).collect::<Vec<_>>();
+    assert_eq!(order(got), order(want), "rerank order");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g.1 - w.1).abs() < 1e-5, "{g:?} vs {w:?}");
+    }
+}
+
+#[tokio::test]
+async fn rerank_equals_grpc_rank_on_every_path() {
+    let mut cfg = config(&tiny_model());
+    cfg.api_key = Some(Secret("k1".into()));
+    cfg.model_aliases = vec!["rerank-v3.5".into()];
+    let server = serve(cfg).await;
+    let http = server.server.http_addr;
+    let docs = [
+        "a photo of a cat",
+        "an astronaut in space",
+        "a red car",
+        "a bowl of soup",
+    ];
+    let want = grpc_rank(
+        &server,
+        text_query("a cat"),
+        docs.iter().map(|d| text_query(d)).collect(),
+    )
+    .await;
+    for path in ["/v1/rerank", "/v2/rerank", "/rerank"] {
+        let body =
+            json!({"model": "rerank-v3.5", "query": "a cat", "documents": docs, "top_n": null});
+        let reply = post_json(http, path, &body, Some("k1")).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+        let json = reply.json();
+        assert!(json["id"].is_string() && json["model"].is_string() && json["usage"].is_object());
+        assert_eq!(json["meta"]["billed_units"]["search_units"], 1);
+        assert_same_ranking(&ranked(&json), &want);
+        assert!(
+            json["results"][0].get("document").is_none(),
+            "no documents unless asked"
+        );
+    }
+    // Cohere v1 with return_documents and top_n; {"text"} documents.
+    let body = json!({"query": {"text": "a cat"}, "documents": docs.iter().map(|d| json!({"text": d})).collect::<Vec<_>>(), "top_n": 2, "return_documents": true});
+    let json = post_json(http, "/v1/rerank", &body, Some("k1"))
+        .await
+        .json();
+    assert_same_ranking(&ranked(&json), &want[..2]);
+    for r in json["results"].as_array().unwrap() {
+        let i = r["index"].as_u64().unwrap() as usize;
+        assert_eq!(r["document"]["text"], docs[i], "{r}");
+    }
+    // Images ranked by a text, and texts by an image.
+    let images = [image(CAT), image(ASTRONAUT)];
+    let want = grpc_rank(
+        &server,
+        text_query("a cat"),
+        images.iter().map(|b| image_query(b)).collect(),
+    )
+    .await;
+    let body = json!({"query": "a cat", "documents": [{"image": b64(&images[0])}, format!("data:image/jpeg;base64,{}", b64(&images[1]))]});
+    let json = post_json(http, "/rerank", &body, Some("k1")).await.json();
+    assert_same_ranking(&ranked(&json), &want);
+    let want = grpc_rank(
+        &server,
+        image_query(&images[1]),
+        docs.iter().map(|d| text_query(d)).collect(),
+    )
+    .await;
+    let body = json!({"query": {"image": b64(&images[1])}, "documents": docs});
+    let json = post_json(http, "/v2/rerank", &body, Some("k1"))
+        .await
+        .json();
+    assert_same_ranking(&ranked(&json), &want);
+
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"query": "a", "documents": ["x", {"image": b64(b"junk")}]}),
+            400,
+            "documents[1]",
+        ),
+        (
+            json!({"query": "a", "documents": ["x", "y", {"url": "https://e.com/a.jpg"}]}),
+            400,
+            "documents[2]: image URL fetching is not enabled",
+        ),
+        (
+            json!({"query": {"image": b64(b"junk")}, "documents": ["x"]}),
+            400,
+            "query",
+        ),
+        (json!({"query": "a", "documents": []}), 400, "documents"),
+        (
+            json!({"query": "a", "documents": ["x"], "model": "rerank-english-v2.0"}),
+            404,
+            "rerank-v3.5",
+        ),
+        (json!({"documents": ["x"]}), 400, "query"),
+    ];
+    for (body, status, needle) in cases {
+        let reply = post_json(http, "/v1/rerank", &body, Some("k1")).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text);
+        let json = reply.json();
+        assert!(
+            json["detail"].as_str().unwrap_or_default().contains(needle),
+            "{needle}: {json}"
+        );
+    }
+    let reply = post_json(
+        http,
+        "/v2/rerank",
+        &json!({"query": "a", "documents": ["x"]}),
+        Some("nope"),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+}
