@@ -6,6 +6,8 @@
 //!   configured);
 //! - [`classify`]: Jina's zero-shot `/v1/classify`;
 //! - [`rerank`]: Cohere / Jina / Infinity rerank on `/v1/rerank`, `/v2/rerank`, `/rerank`;
+//! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
+//!   `POST /`;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -21,6 +23,7 @@ pub mod body;
 pub mod call;
 pub mod classify;
 pub mod error;
+pub mod hf;
 pub mod inputs;
 pub mod openai;
 pub mod probes;
@@ -72,7 +75,8 @@ pub fn router(services: Services) -> Router {
     probes::routes(embed, retrieve)
         .merge(openai::routes(api.clone()))
         .merge(classify::routes(api.clone()))
-        .merge(rerank::routes(api))
+        .merge(rerank::routes(api.clone()))
+        .merge(hf::routes(api))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

@@ -585,3 +585,103 @@ async fn rerank_equals_grpc_rank_on_every_path() {
     .await;
     assert_eq!(reply.status, 401);
 }
+
+#[tokio::test]
+async fn hugging_face_bodies_equal_grpc_answers() {
+    let mut cfg = config(&tiny_model());
+    cfg.api_key = Some(Secret("k1".into()));
+    let server = serve(cfg).await;
+    let http = server.server.http_addr;
+    let cat = image(CAT);
+    let labels = ["a cat", "an astronaut", "a car"];
+    let grpc = grpc_classify(
+        &server,
+        pb::ClassifyRequest {
+            images: vec![cat.clone()],
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            templates: vec!["This is a photo of {}.".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let joined = labels.join(",");
+    for body in [
+        json!({"inputs": b64(&cat), "parameters": {"candidate_labels": labels, "hypothesis_template": "This is a photo of {}."}}),
+        json!({"inputs": {"image": b64(&cat), "candidateLabels": joined}, "parameters": {"hypothesis_template": "This is a photo of {}."}}),
+    ] {
+        let reply = post_json(http, "/", &body, Some("k1")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let got = reply.json();
+        let got = got.as_array().expect("a list");
+        assert_eq!(got.len(), 3);
+        for (g, w) in got.iter().zip(&grpc.results[0].scores) {
+            assert_eq!(g["label"], w.label.as_str(), "sorted as gRPC");
+            assert!((g["score"].as_f64().unwrap() as f32 - w.probability).abs() < 1e-5);
+        }
+    }
+    // <= 0.25: no template, so the default one, as gRPC without templates.
+    let grpc = grpc_classify(
+        &server,
+        pb::ClassifyRequest {
+            images: vec![cat.clone()],
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({"image": b64(&cat), "parameters": {"candidate_labels": joined}});
+    let got = post_json(http, "/", &body, Some("k1")).await.json();
+    for (g, w) in got.as_array().unwrap().iter().zip(&grpc.results[0].scores) {
+        assert_eq!(g["label"], w.label.as_str());
+        assert!((g["score"].as_f64().unwrap() as f32 - w.probability).abs() < 1e-5);
+    }
+    // Feature extraction: one string or a list, root or nested options.
+    let want = grpc_texts(&server, &["a cat", "a dog"]).await;
+    for (body, n) in [
+        (
+            json!({"inputs": "a cat", "normalize": true, "truncate": true}),
+            1,
+        ),
+        (
+            json!({"inputs": ["a cat", "a dog"], "parameters": {"truncate": true}}),
+            2,
+        ),
+    ] {
+        let reply = post_json(http, "/", &body, Some("k1")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let got = reply.json();
+        let got = got.as_array().unwrap();
+        assert_eq!(got.len(), n);
+        for (g, w) in got.iter().zip(&want) {
+            assert_same(&floats(g), w, "feature extraction");
+        }
+    }
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"something": "else"}),
+            "expected a zero-shot image classification body",
+        ),
+        (
+            json!({"inputs": b64(b"junk"), "parameters": {"candidate_labels": ["a", "b"]}}),
+            "inputs",
+        ),
+        (
+            json!({"inputs": "https://e.com/cat.jpg", "parameters": {"candidate_labels": ["a", "b"]}}),
+            "image URL fetching is not enabled",
+        ),
+        (json!({"inputs": ["a", [1, 2]]}), "inputs[1]: token ids"),
+        (json!({"image": b64(&cat)}), "candidate_labels"),
+    ];
+    for (body, needle) in cases {
+        let reply = post_json(http, "/", &body, Some("k1")).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        let json = reply.json();
+        assert!(
+            json["error"].as_str().unwrap_or_default().contains(needle),
+            "{needle}: {json}"
+        );
+    }
+    let reply = post_json(http, "/", &json!({"inputs": "a"}), None).await;
+    assert_eq!(reply.status, 401);
+    assert!(reply.json()["error"].is_string());
+}
