@@ -8,6 +8,7 @@
 //! - [`rerank`]: Cohere / Jina / Infinity rerank on `/v1/rerank`, `/v2/rerank`, `/rerank`;
 //! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
 //!   `POST /`;
+//! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -28,6 +29,7 @@ pub mod inputs;
 pub mod openai;
 pub mod probes;
 pub mod rerank;
+pub mod weaviate;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -76,7 +78,8 @@ pub fn router(services: Services) -> Router {
         .merge(openai::routes(api.clone()))
         .merge(classify::routes(api.clone()))
         .merge(rerank::routes(api.clone()))
-        .merge(hf::routes(api))
+        .merge(hf::routes(api.clone()))
+        .merge(weaviate::routes(api))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

@@ -685,3 +685,98 @@ async fn hugging_face_bodies_equal_grpc_answers() {
     assert_eq!(reply.status, 401);
     assert!(reply.json()["error"].is_string());
 }
+
+#[tokio::test]
+async fn weaviate_multi2vec_clip_shapes() {
+    let server = serve(config(&tiny_model())).await;
+    let http = server.server.http_addr;
+    let images = [image(CAT), image(ASTRONAUT)];
+    let texts = grpc_texts(&server, &["a cat", "a dog"]).await;
+    let vectors = grpc_images(&server, &images).await;
+    let body = json!({"texts": ["a cat", "a dog"], "images": [b64(&images[0]), b64(&images[1])]});
+    let reply = post_json(http, "/vectorize", &body, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let json = reply.json();
+    let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["imageVectors", "textVectors"],
+        "exactly these fields"
+    );
+    for (got, want) in json["textVectors"].as_array().unwrap().iter().zip(&texts) {
+        assert_same(&floats(got), want, "text");
+    }
+    for (got, want) in json["imageVectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&vectors)
+    {
+        assert_same(&floats(got), want, "image");
+    }
+    assert_eq!(json["imageVectors"].as_array().unwrap().len(), 2);
+    // Weaviate omits empty lists; null is empty too.
+    for (body, n_texts, n_images) in [
+        (json!({"texts": ["a cat"]}), 1, 0),
+        (json!({"images": [b64(&images[0])], "texts": null}), 0, 1),
+        (json!({}), 0, 0),
+    ] {
+        let json = post_json(http, "/vectorize", &body, None).await.json();
+        assert_eq!(
+            json["textVectors"].as_array().unwrap().len(),
+            n_texts,
+            "{body}"
+        );
+        assert_eq!(
+            json["imageVectors"].as_array().unwrap().len(),
+            n_images,
+            "{body}"
+        );
+    }
+    let json = post_json(
+        http,
+        "/vectorize",
+        &json!({"texts": ["a"], "images": [b64(&images[0]), b64(b"junk")]}),
+        None,
+    )
+    .await;
+    assert_eq!(json.status, 400);
+    let error = json.json()["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("images[1]:"), "{error}");
+    let reply = post_json(http, "/vectorize", &json!({"texts": [1]}), None).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("texts[0]: expected a string")
+    );
+    let (status, meta) = http_get(http, "/meta").await;
+    assert_eq!(status, 200, "{meta}");
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["model"]["embedding_dim"], 32);
+    assert_eq!(http_get(http, "/.well-known/ready").await.0, 204);
+    assert_eq!(http_get(http, "/.well-known/live").await.0, 204);
+
+    let mut cfg = config(&tiny_model());
+    cfg.api_key = Some(Secret("k1".into()));
+    let keyed_server = serve(cfg).await;
+    let reply = post_json(
+        keyed_server.server.http_addr,
+        "/vectorize",
+        &json!({"texts": ["a"]}),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+    assert!(
+        reply.json()["error"].is_string(),
+        "Weaviate needs a string error"
+    );
+    assert_eq!(
+        http_get(keyed_server.server.http_addr, "/.well-known/ready")
+            .await
+            .0,
+        204
+    );
+}
