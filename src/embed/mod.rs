@@ -418,6 +418,19 @@ impl EmbedService {
         })
     }
 
+    /// The (width, height) of an encoded image, decoded in the preprocessing pool (Immich's
+    /// replies carry it). Call it after the image was embedded: a bad image fails there first.
+    pub async fn image_dimensions(&self, bytes: Vec<u8>) -> Result<(usize, usize), ServiceError> {
+        let max_pixels = self.limits().max_image_pixels;
+        self.state
+            .pool
+            .run("image dimensions", move || {
+                image_pre::inspect(&bytes, max_pixels).map(|(w, h, _)| (w, h))
+            })
+            .await?
+            .map_err(|e| ServiceError::invalid_item(List::Images, 0, e))
+    }
+
     /// Embeds one stream item. Errors name the item as `image` or `text`.
     pub async fn embed_item(
         &self,

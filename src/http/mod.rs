@@ -9,6 +9,7 @@
 //! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
 //!   `POST /`;
 //! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
+//! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -25,6 +26,7 @@ pub mod call;
 pub mod classify;
 pub mod error;
 pub mod hf;
+pub mod immich;
 pub mod inputs;
 pub mod openai;
 pub mod probes;
@@ -79,7 +81,8 @@ pub fn router(services: Services) -> Router {
         .merge(classify::routes(api.clone()))
         .merge(rerank::routes(api.clone()))
         .merge(hf::routes(api.clone()))
-        .merge(weaviate::routes(api))
+        .merge(weaviate::routes(api.clone()))
+        .merge(immich::routes(api))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

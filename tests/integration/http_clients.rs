@@ -1,7 +1,7 @@
 //! The HTTP routes that drop-in client libraries call (src/http/CLIENTS.md has their wire formats):
-//! Jina's embeddings inputs, `/v1/classify`, rerank, Hugging Face's `POST /`, Weaviate's
-//! multi2vec-clip and Immich's machine learning. Values are compared with the gRPC answers for the
-//! same inputs. (The real Python clients run against a started server in scripts/clients_test.sh.)
+//! Jina's embeddings inputs, `/v1/classify` and rerank, plus the helpers `http_dropins` shares
+//! (Hugging Face, Weaviate, Immich). Values are compared with the gRPC answers for the same inputs. (The real Python clients run against a
+//! started server in scripts/clients_test.sh.)
 
 use std::net::SocketAddr;
 
@@ -279,7 +279,10 @@ async fn jina_embedding_errors_name_the_item_and_carry_detail() {
     assert_eq!(reply.status, 200, "an alias is accepted: {}", reply.text);
 }
 
-async fn grpc_classify(server: &TestServer, request: pb::ClassifyRequest) -> pb::ClassifyResponse {
+pub async fn grpc_classify(
+    server: &TestServer,
+    request: pb::ClassifyRequest,
+) -> pb::ClassifyResponse {
     pb::classify_client::ClassifyClient::new(server.channel.clone())
         .classify(keyed(request))
         .await
@@ -584,199 +587,4 @@ async fn rerank_equals_grpc_rank_on_every_path() {
     )
     .await;
     assert_eq!(reply.status, 401);
-}
-
-#[tokio::test]
-async fn hugging_face_bodies_equal_grpc_answers() {
-    let mut cfg = config(&tiny_model());
-    cfg.api_key = Some(Secret("k1".into()));
-    let server = serve(cfg).await;
-    let http = server.server.http_addr;
-    let cat = image(CAT);
-    let labels = ["a cat", "an astronaut", "a car"];
-    let grpc = grpc_classify(
-        &server,
-        pb::ClassifyRequest {
-            images: vec![cat.clone()],
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            templates: vec!["This is a photo of {}.".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let joined = labels.join(",");
-    for body in [
-        json!({"inputs": b64(&cat), "parameters": {"candidate_labels": labels, "hypothesis_template": "This is a photo of {}."}}),
-        json!({"inputs": {"image": b64(&cat), "candidateLabels": joined}, "parameters": {"hypothesis_template": "This is a photo of {}."}}),
-    ] {
-        let reply = post_json(http, "/", &body, Some("k1")).await;
-        assert_eq!(reply.status, 200, "{}", reply.text);
-        let got = reply.json();
-        let got = got.as_array().expect("a list");
-        assert_eq!(got.len(), 3);
-        for (g, w) in got.iter().zip(&grpc.results[0].scores) {
-            assert_eq!(g["label"], w.label.as_str(), "sorted as gRPC");
-            assert!((g["score"].as_f64().unwrap() as f32 - w.probability).abs() < 1e-5);
-        }
-    }
-    // <= 0.25: no template, so the default one, as gRPC without templates.
-    let grpc = grpc_classify(
-        &server,
-        pb::ClassifyRequest {
-            images: vec![cat.clone()],
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let body = json!({"image": b64(&cat), "parameters": {"candidate_labels": joined}});
-    let got = post_json(http, "/", &body, Some("k1")).await.json();
-    for (g, w) in got.as_array().unwrap().iter().zip(&grpc.results[0].scores) {
-        assert_eq!(g["label"], w.label.as_str());
-        assert!((g["score"].as_f64().unwrap() as f32 - w.probability).abs() < 1e-5);
-    }
-    // Feature extraction: one string or a list, root or nested options.
-    let want = grpc_texts(&server, &["a cat", "a dog"]).await;
-    for (body, n) in [
-        (
-            json!({"inputs": "a cat", "normalize": true, "truncate": true}),
-            1,
-        ),
-        (
-            json!({"inputs": ["a cat", "a dog"], "parameters": {"truncate": true}}),
-            2,
-        ),
-    ] {
-        let reply = post_json(http, "/", &body, Some("k1")).await;
-        assert_eq!(reply.status, 200, "{}", reply.text);
-        let got = reply.json();
-        let got = got.as_array().unwrap();
-        assert_eq!(got.len(), n);
-        for (g, w) in got.iter().zip(&want) {
-            assert_same(&floats(g), w, "feature extraction");
-        }
-    }
-    let cases: Vec<(Value, &str)> = vec![
-        (
-            json!({"something": "else"}),
-            "expected a zero-shot image classification body",
-        ),
-        (
-            json!({"inputs": b64(b"junk"), "parameters": {"candidate_labels": ["a", "b"]}}),
-            "inputs",
-        ),
-        (
-            json!({"inputs": "https://e.com/cat.jpg", "parameters": {"candidate_labels": ["a", "b"]}}),
-            "image URL fetching is not enabled",
-        ),
-        (json!({"inputs": ["a", [1, 2]]}), "inputs[1]: token ids"),
-        (json!({"image": b64(&cat)}), "candidate_labels"),
-    ];
-    for (body, needle) in cases {
-        let reply = post_json(http, "/", &body, Some("k1")).await;
-        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
-        let json = reply.json();
-        assert!(
-            json["error"].as_str().unwrap_or_default().contains(needle),
-            "{needle}: {json}"
-        );
-    }
-    let reply = post_json(http, "/", &json!({"inputs": "a"}), None).await;
-    assert_eq!(reply.status, 401);
-    assert!(reply.json()["error"].is_string());
-}
-
-#[tokio::test]
-async fn weaviate_multi2vec_clip_shapes() {
-    let server = serve(config(&tiny_model())).await;
-    let http = server.server.http_addr;
-    let images = [image(CAT), image(ASTRONAUT)];
-    let texts = grpc_texts(&server, &["a cat", "a dog"]).await;
-    let vectors = grpc_images(&server, &images).await;
-    let body = json!({"texts": ["a cat", "a dog"], "images": [b64(&images[0]), b64(&images[1])]});
-    let reply = post_json(http, "/vectorize", &body, None).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    let json = reply.json();
-    let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
-    assert_eq!(
-        keys,
-        ["imageVectors", "textVectors"],
-        "exactly these fields"
-    );
-    for (got, want) in json["textVectors"].as_array().unwrap().iter().zip(&texts) {
-        assert_same(&floats(got), want, "text");
-    }
-    for (got, want) in json["imageVectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&vectors)
-    {
-        assert_same(&floats(got), want, "image");
-    }
-    assert_eq!(json["imageVectors"].as_array().unwrap().len(), 2);
-    // Weaviate omits empty lists; null is empty too.
-    for (body, n_texts, n_images) in [
-        (json!({"texts": ["a cat"]}), 1, 0),
-        (json!({"images": [b64(&images[0])], "texts": null}), 0, 1),
-        (json!({}), 0, 0),
-    ] {
-        let json = post_json(http, "/vectorize", &body, None).await.json();
-        assert_eq!(
-            json["textVectors"].as_array().unwrap().len(),
-            n_texts,
-            "{body}"
-        );
-        assert_eq!(
-            json["imageVectors"].as_array().unwrap().len(),
-            n_images,
-            "{body}"
-        );
-    }
-    let json = post_json(
-        http,
-        "/vectorize",
-        &json!({"texts": ["a"], "images": [b64(&images[0]), b64(b"junk")]}),
-        None,
-    )
-    .await;
-    assert_eq!(json.status, 400);
-    let error = json.json()["error"].as_str().unwrap().to_string();
-    assert!(error.starts_with("images[1]:"), "{error}");
-    let reply = post_json(http, "/vectorize", &json!({"texts": [1]}), None).await;
-    assert_eq!(reply.status, 400);
-    assert!(
-        reply.json()["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("texts[0]: expected a string")
-    );
-    let (status, meta) = http_get(http, "/meta").await;
-    assert_eq!(status, 200, "{meta}");
-    let meta: Value = serde_json::from_str(&meta).unwrap();
-    assert_eq!(meta["model"]["embedding_dim"], 32);
-    assert_eq!(http_get(http, "/.well-known/ready").await.0, 204);
-    assert_eq!(http_get(http, "/.well-known/live").await.0, 204);
-
-    let mut cfg = config(&tiny_model());
-    cfg.api_key = Some(Secret("k1".into()));
-    let keyed_server = serve(cfg).await;
-    let reply = post_json(
-        keyed_server.server.http_addr,
-        "/vectorize",
-        &json!({"texts": ["a"]}),
-        None,
-    )
-    .await;
-    assert_eq!(reply.status, 401);
-    assert!(
-        reply.json()["error"].is_string(),
-        "Weaviate needs a string error"
-    );
-    assert_eq!(
-        http_get(keyed_server.server.http_addr, "/.well-known/ready")
-            .await
-            .0,
-        204
-    );
 }
