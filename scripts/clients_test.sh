@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs scripts/clients_test.py (the real cohere, huggingface_hub and langchain-community clients, pinned,
-# installed into .cache/clients-venv from PyPI) against clip-serve on the tiny fixture model, with an API
-# key and the model aliases those clients send. One server start.
+# installed from PyPI into .cache/clients-venv, or $CLIP_SERVE_CLIENTS_VENV) against clip-serve on the tiny
+# fixture model, with an API key and the model aliases those clients send. One server start.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PINS=("cohere==7.0.9" "huggingface_hub==1.28.0" "langchain-community==0.3.23")
 BIN="${CLIP_SERVE_BIN:-$ROOT/target/debug/clip-serve}"
-VENV="$ROOT/.cache/clients-venv"
+VENV="${CLIP_SERVE_CLIENTS_VENV:-$ROOT/.cache/clients-venv}"
 STAMP="$VENV/.pins"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
 [[ -n "${CLIP_SERVE_BIN:-}" ]] || cargo build --locked --quiet
