@@ -140,6 +140,13 @@ fn result(index: usize, mut scores: Vec<LabelScore>, order: &[String], top_k: bo
     })
 }
 
+/// The body handling up to the model, for the fuzzer.
+pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
+    if let Ok(request) = super::body::parse::<ClassifyRequest>(bytes, max_items) {
+        let _ = images(request.input);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

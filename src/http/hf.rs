@@ -265,6 +265,21 @@ async fn features(api: &Api, inputs: Items, normalize: Option<bool>) -> Result<R
     Ok(Json(vectors).into_response())
 }
 
+/// The body handling up to the model, for the fuzzer.
+pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
+    if let Ok(request) = super::body::parse::<InferenceRequest>(bytes, max_items) {
+        match task(request) {
+            Ok(Task::ZeroShot { image, .. }) => {
+                let _ = inputs::image("inputs", "inputs", &image);
+            }
+            Ok(Task::Features { inputs, .. }) => {
+                let _ = inputs::items("inputs", inputs.0);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

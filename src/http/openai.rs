@@ -231,16 +231,19 @@ fn reply(embedded: Embedded, model: &str, base64: bool) -> Value {
     })
 }
 
-/// The body handling of `POST /v1/embeddings` up to the model, for the fuzzer (`fuzz/`): parse with
+/// The body handling of every JSON route up to the model, for the fuzzer (`fuzz/`): parse with
 /// items counted while parsing, check the fields that need no model, decode the items. Errors are
 /// fine; a panic or a hang is the bug.
 #[doc(hidden)]
 pub fn fuzz_embeddings_body(bytes: &[u8], max_items: usize) {
-    let Ok(request) = body::parse::<EmbeddingsRequest>(bytes, max_items) else {
-        return;
-    };
-    let _ = wants_base64(&request);
-    let _ = items_of(request.input, request.modality.as_deref());
+    if let Ok(request) = body::parse::<EmbeddingsRequest>(bytes, max_items) {
+        let _ = wants_base64(&request);
+        let _ = items_of(request.input, request.modality.as_deref());
+    }
+    super::classify::fuzz_body(bytes, max_items);
+    super::rerank::fuzz_body(bytes, max_items);
+    super::hf::fuzz_body(bytes, max_items);
+    super::weaviate::fuzz_body(bytes, max_items);
 }
 
 #[cfg(test)]

@@ -187,6 +187,17 @@ async fn run(api: &Api, request: RerankRequest) -> Result<Response, ApiError> {
     .into_response())
 }
 
+/// The body handling up to the model, for the fuzzer.
+pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
+    if let Ok(request) = super::body::parse::<RerankRequest>(bytes, max_items) {
+        let _ = inputs::item("query", "query", request.query);
+        let fields = request.rank_fields.map(|f| f.0);
+        for (i, v) in request.documents.0.into_iter().enumerate() {
+            let _ = document(&format!("documents[{i}]"), v, fields.as_deref());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,3 +153,10 @@ async fn run(api: &Api, request: VectorizeRequest) -> Result<Response, ApiError>
     let images = vectors.split_off(n_texts.min(vectors.len()));
     Ok(Json(json!({"textVectors": vectors, "imageVectors": images})).into_response())
 }
+
+/// The body handling up to the model, for the fuzzer.
+pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
+    if let Ok(request) = super::body::parse::<VectorizeRequest>(bytes, max_items) {
+        let _ = items(request);
+    }
+}
