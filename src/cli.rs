@@ -115,6 +115,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<NonZeroUsize>,
 
+    /// Extra model names the HTTP API accepts besides the served ids (what drop-in clients send:
+    /// `jina-clip-v2`, `rerank-v3.5`, ...). Repeat the flag or give a comma-separated list. Immich's
+    /// ViT-B-32 names are accepted on `/predict` without it.
+    #[arg(
+        long = "model-alias",
+        env = "CLIP_SERVE_MODEL_ALIAS",
+        value_delimiter = ','
+    )]
+    pub model_aliases: Vec<String>,
+
     /// Most items (images or texts) in one request.
     #[arg(long, env = "CLIP_SERVE_MAX_ITEMS_PER_REQUEST", default_value_t = 64)]
     pub max_items_per_request: u32,
@@ -339,6 +349,8 @@ pub struct Config {
     pub rate_limit: Option<crate::security::RateLimit>,
     pub public_reflection: bool,
     pub tls: TlsPaths,
+    /// Model names the HTTP API accepts besides the served ids (`--model-alias`).
+    pub model_aliases: Vec<String>,
 }
 
 impl ServeArgs {
@@ -462,6 +474,12 @@ impl ServeArgs {
             api_key_file: self.api_key_file,
             rate_limit: self.rate_limit,
             public_reflection: self.public_reflection,
+            model_aliases: self
+                .model_aliases
+                .into_iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
             tls: TlsPaths {
                 cert: self.tls_cert,
                 key: self.tls_key,
@@ -569,6 +587,17 @@ mod tests {
         assert_eq!(gpu.providers.trt_workspace_bytes, Some(1 << 32));
         assert_eq!(gpu.embed.batch.max_batch_size, 128);
         assert_eq!(gpu.providers.max_batch_size, 128);
+        let aliases = parse(&[
+            "--model-alias",
+            "jina-clip-v2,rerank-v3.5",
+            "--model-alias",
+            "ViT-B-32__openai",
+        ])
+        .unwrap();
+        assert_eq!(
+            aliases.model_aliases,
+            ["jina-clip-v2", "rerank-v3.5", "ViT-B-32__openai"]
+        );
         let err = parse(&["--provider", "cuda", "--trt-fp16"]).unwrap_err();
         assert!(err.contains("--provider tensorrt"), "{err}");
     }

@@ -189,12 +189,14 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
-    let http_router = http::router(
-        service.clone(),
-        retrieve.clone(),
+    let http_router = http::router(http::Services {
+        embed: service.clone(),
+        classify: classify.clone(),
+        retrieve: retrieve.clone(),
         keys,
-        config.embed.limits.max_message_bytes,
-    );
+        max_body_bytes: config.embed.limits.max_message_bytes,
+        model_aliases: config.model_aliases.clone(),
+    });
     let probe_router = http::probes::routes(service.clone(), retrieve.clone());
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

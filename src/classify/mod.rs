@@ -285,7 +285,7 @@ impl ClassifyService {
         }
     }
 
-    fn config(&self) -> &ClassifyConfig {
+    pub fn config(&self) -> &ClassifyConfig {
         &self.inner.config
     }
 

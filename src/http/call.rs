@@ -1,17 +1,17 @@
 //! What every HTTP API call goes through: the API key check (and its rate limit: 429 with
 //! `Retry-After`), the key's usage scope, a `call{request_id, method, key}` span,
 //! the request counter and duration (`interface="http"`), and the `x-request-id` header on the
-//! reply, success or error.
+//! reply, success or error, with `server-timing: total;dur=<ms>`.
 
 use std::{future::Future, time::Instant};
 
 use axum::{
     http::{HeaderMap, HeaderValue, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use tracing::Instrument;
 
-use super::error::ApiError;
+use super::error::{ApiError, Shape};
 use crate::{
     security::{ApiKeys, AuthError},
     telemetry::{
@@ -21,12 +21,27 @@ use crate::{
 };
 
 /// Checks the key, runs `handler` in a span with the request id, counts the call under
-/// `service`/`method`, and tags the response with the request id.
+/// `service`/`method`, and tags the response with the request id. Errors in OpenAI's shape.
 pub async fn call<F>(
+    keys: &ApiKeys,
+    metrics: &Metrics,
+    names: (&'static str, &'static str),
+    headers: &HeaderMap,
+    handler: F,
+) -> Response
+where
+    F: Future<Output = Result<Response, ApiError>>,
+{
+    call_shaped(keys, metrics, names, headers, Shape::OpenAi, handler).await
+}
+
+/// [`call`] with errors rendered in `shape`.
+pub async fn call_shaped<F>(
     keys: &ApiKeys,
     metrics: &Metrics,
     (service, method): (&'static str, &'static str),
     headers: &HeaderMap,
+    shape: Shape,
     handler: F,
 ) -> Response
 where
@@ -68,16 +83,11 @@ where
             if e.status.is_server_error() {
                 span.in_scope(|| tracing::error!(status = e.status.as_u16(), message = %e.message, "call failed"));
             }
-            (e.into_response(), code)
+            (e.into_shaped(shape), code)
         }
     };
-    metrics.observe_call_on(
-        "http",
-        service,
-        method,
-        code,
-        started.elapsed().as_secs_f64(),
-    );
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics.observe_call_on("http", service, method, code, elapsed);
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -87,6 +97,9 @@ where
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("total;dur={:.3}", elapsed * 1e3)) {
+        response.headers_mut().insert("server-timing", v);
     }
     response
 }

@@ -7,6 +7,8 @@ mod common;
 mod classify;
 mod fast_paths;
 mod hardening;
+mod http_clients;
+mod http_dropins;
 mod indexer;
 mod keys;
 mod memory;

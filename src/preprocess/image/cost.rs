@@ -32,6 +32,8 @@ pub struct DecodeCost {
     pub bytes: u64,
     /// Whether the dimensions came from the header (false: the worst case was assumed).
     pub from_header: bool,
+    /// (width, height) from the header, when read.
+    pub dimensions: Option<(usize, usize)>,
 }
 
 /// Peak working bytes per pixel: the decoder's output plus the conversion into PIL's mode.
@@ -84,12 +86,9 @@ pub fn decode_cost(bytes: &[u8], max_pixels: u64) -> Result<DecodeCost, ImageErr
         return Err(ImageError::Empty);
     }
     let format = sniff(bytes).ok_or(ImageError::UnrecognizedFormat)?;
-    let (pixels, from_header) = match header_dims(format, bytes) {
-        Some((w, h)) => {
-            check_dims(format, w, h, max_pixels)?;
-            (w * h, true)
-        }
-        None => (max_pixels, false),
+    let (pixels, dimensions) = match header_dims(format, bytes) {
+        Some((w, h)) => (w * h, Some(check_dims(format, w, h, max_pixels)?)),
+        None => (max_pixels, None),
     };
     let bytes = pixels
         .saturating_mul(bytes_per_pixel(format))
@@ -97,7 +96,8 @@ pub fn decode_cost(bytes: &[u8], max_pixels: u64) -> Result<DecodeCost, ImageErr
     Ok(DecodeCost {
         pixels,
         bytes,
-        from_header,
+        from_header: dimensions.is_some(),
+        dimensions,
     })
 }
 
