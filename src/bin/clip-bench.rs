@@ -158,11 +158,10 @@ struct HttpClient {
 
 impl HttpClient {
     fn new(base: &str) -> Self {
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .pool_max_idle_per_host(1)
-        .build_http();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build_http();
         HttpClient {
             client,
             base: base.trim_end_matches('/').to_string(),
@@ -209,13 +208,17 @@ async fn one_http_request(
     let data_uris = |files: &[Bytes]| -> Vec<serde_json::Value> {
         (0..items)
             .map(|i| {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(&files[(n + i) % files.len()]);
+                let b64 =
+                    base64::engine::general_purpose::STANDARD.encode(&files[(n + i) % files.len()]);
                 serde_json::json!({ "image": b64 })
             })
             .collect()
     };
     let (path, body) = match payload {
-        Payload::Images(files) => ("/v1/embeddings", serde_json::json!({ "input": data_uris(files) })),
+        Payload::Images(files) => (
+            "/v1/embeddings",
+            serde_json::json!({ "input": data_uris(files) }),
+        ),
         Payload::Text(text) => {
             let texts: Vec<String> = (0..items)
                 .map(|i| format!("{text} {}", n * items + i))
@@ -251,7 +254,12 @@ enum Door {
     Http(HttpClient),
 }
 
-async fn request(door: &mut Door, payload: &Payload, items: usize, n: usize) -> Result<(), (String, String)> {
+async fn request(
+    door: &mut Door,
+    payload: &Payload,
+    items: usize,
+    n: usize,
+) -> Result<(), (String, String)> {
     match door {
         Door::Grpc(clients) => one_request(clients, payload, items, n).await,
         Door::Http(client) => one_http_request(client, payload, items, n).await,
