@@ -1,6 +1,7 @@
 //! `clip-serve index` and `clip-serve search` against an in-process server.
 
 use clip_serve::grpc::client::{
+    ServerArgs,
     index::{self, IndexArgs},
     search::{self, SearchArgs},
 };
@@ -10,7 +11,10 @@ use crate::common::*;
 fn args(addr: String, dir: &std::path::Path, collection: &str) -> IndexArgs {
     IndexArgs {
         dir: dir.to_path_buf(),
-        addr,
+        server: ServerArgs {
+            addr,
+            api_key: None,
+        },
         collection: collection.into(),
         create: true,
         recursive: true,
@@ -18,7 +22,6 @@ fn args(addr: String, dir: &std::path::Path, collection: &str) -> IndexArgs {
         batch: 2,
         batch_bytes: 16 << 20,
         metadata_from_path: true,
-        api_key: None,
     }
 }
 
@@ -70,11 +73,13 @@ async fn a_folder_is_indexed_resumably_and_searchable() {
     let hits = search::run(&SearchArgs {
         query: Some("a photo".into()),
         image: None,
-        addr: addr.clone(),
+        server: ServerArgs {
+            addr: addr.clone(),
+            api_key: None,
+        },
         collection: "photos".into(),
         top_k: 10,
         filter: vec![("dir".into(), "trip/day1".into())],
-        api_key: None,
     })
     .await
     .unwrap();
@@ -83,11 +88,13 @@ async fn a_folder_is_indexed_resumably_and_searchable() {
     let all = search::run(&SearchArgs {
         query: None,
         image: Some(root.join("cat.jpg")),
-        addr: addr.clone(),
+        server: ServerArgs {
+            addr: addr.clone(),
+            api_key: None,
+        },
         collection: "photos".into(),
         top_k: 10,
         filter: vec![],
-        api_key: None,
     })
     .await
     .unwrap();

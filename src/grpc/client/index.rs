@@ -24,20 +24,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tonic::Code;
 
-use super::Connection;
+use super::{Connection, ServerArgs};
 use crate::{grpc::pb, preprocess::image::sniff};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IndexArgs {
     /// Folder of images (found by content, whatever their extension).
     pub dir: PathBuf,
-    /// The server's gRPC address.
-    #[arg(
-        long,
-        env = "CLIP_SERVE_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub addr: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Collection to upsert into.
     #[arg(long)]
     pub collection: String,
@@ -59,9 +54,6 @@ pub struct IndexArgs {
     /// Store `path`, `dir` and `name` of each file as metadata (so searches can filter by folder).
     #[arg(long)]
     pub metadata_from_path: bool,
-    /// API key, when the server requires one.
-    #[arg(long, env = "CLIP_SERVE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
 }
 
 /// What a run did.
@@ -98,7 +90,7 @@ pub async fn run(args: &IndexArgs) -> anyhow::Result<IndexReport> {
     let mut report = IndexReport::default();
     let files = walk(args, &mut report)?;
     report.images = files.len();
-    let connection = Arc::new(Connection::open(&args.addr, args.api_key.as_deref()).await?);
+    let connection = Arc::new(Connection::open(&args.server).await?);
     let mut retrieve = connection.retrieve();
     let limits = connection
         .info()

@@ -12,6 +12,21 @@ use tonic::{
     transport::Channel,
 };
 
+/// Where the server is and how to authenticate, shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The server's gRPC address.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// API key, when the server requires one.
+    #[arg(long, env = "CLIP_SERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
 /// A connection to `addr` and the `authorization` value for `api_key`.
 pub(crate) struct Connection {
     pub channel: Channel,
@@ -20,7 +35,8 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub async fn open(addr: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn open(server: &ServerArgs) -> anyhow::Result<Self> {
+        let (addr, api_key) = (server.addr.as_str(), server.api_key.as_deref());
         let authorization = api_key
             .map(|key| MetadataValue::try_from(format!("Bearer {key}")))
             .transpose()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{Connection, parse_key_value};
+use super::{Connection, ServerArgs, parse_key_value};
 use crate::grpc::pb;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -15,13 +15,8 @@ pub struct SearchArgs {
     /// Search by this image file instead of a text.
     #[arg(long, conflicts_with = "query")]
     pub image: Option<PathBuf>,
-    /// The server's gRPC address.
-    #[arg(
-        long,
-        env = "CLIP_SERVE_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub addr: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[arg(long)]
     pub collection: String,
     #[arg(long, default_value_t = 10)]
@@ -29,9 +24,6 @@ pub struct SearchArgs {
     /// Only items whose metadata has KEY=VALUE (repeatable; all must match).
     #[arg(long, value_parser = parse_key_value)]
     pub filter: Vec<(String, String)>,
-    /// API key, when the server requires one.
-    #[arg(long, env = "CLIP_SERVE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
 }
 
 pub struct Hit {
@@ -50,7 +42,7 @@ pub async fn run(args: &SearchArgs) -> anyhow::Result<Vec<Hit>> {
         ),
         _ => anyhow::bail!("give a text query or --image FILE"),
     };
-    let connection = Connection::open(&args.addr, args.api_key.as_deref()).await?;
+    let connection = Connection::open(&args.server).await?;
     let reply = connection
         .retrieve()
         .search(connection.request(pb::SearchRequest {

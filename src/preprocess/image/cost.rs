@@ -30,9 +30,7 @@ pub struct DecodeCost {
     pub pixels: u64,
     /// Peak bytes of the decode, resize and conversion.
     pub bytes: u64,
-    /// Whether the dimensions came from the header (false: the worst case was assumed).
-    pub from_header: bool,
-    /// (width, height) from the header, when read.
+    /// (width, height) from the header, when read (`None`: the worst case was assumed).
     pub dimensions: Option<(usize, usize)>,
 }
 
@@ -96,7 +94,6 @@ pub fn decode_cost(bytes: &[u8], max_pixels: u64) -> Result<DecodeCost, ImageErr
     Ok(DecodeCost {
         pixels,
         bytes,
-        from_header: dimensions.is_some(),
         dimensions,
     })
 }
@@ -195,7 +192,7 @@ mod tests {
             };
             for (name, bytes) in fixture_images() {
                 let cost = decode_cost(&bytes, options.max_pixels).expect(&name);
-                if !cost.from_header {
+                if cost.dimensions.is_none() {
                     failures.push(format!("{name}: dimensions not read from the header"));
                 }
                 let peak = peak_of(|| {
@@ -238,7 +235,7 @@ mod tests {
     fn unreadable_headers_assume_the_worst_case() {
         // JPEG magic and nothing else: the decoder will refuse it, the estimate must not.
         let cost = decode_cost(&[0xFF, 0xD8, 0xFF, 0xE0], 1_000).expect("estimate");
-        assert!(!cost.from_header);
+        assert!(cost.dimensions.is_none());
         assert_eq!(cost.pixels, 1_000);
     }
 }
