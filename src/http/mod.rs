@@ -9,6 +9,8 @@
 //! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
 //!   `POST /`;
 //! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
+//! - [`collections`]: collections (create, list, delete, upsert, get, search) under
+//!   `/v1/collections`, the REST face of gRPC `Retrieve`;
 //! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
@@ -24,6 +26,7 @@ pub mod api;
 pub mod body;
 pub mod call;
 pub mod classify;
+pub mod collections;
 pub mod error;
 pub mod hf;
 pub mod immich;
@@ -82,6 +85,7 @@ pub fn router(services: Services) -> Router {
         .merge(rerank::routes(api.clone()))
         .merge(hf::routes(api.clone()))
         .merge(weaviate::routes(api.clone()))
+        .merge(collections::routes(api.clone()))
         .merge(immich::routes(api))
 }
 

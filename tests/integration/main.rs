@@ -8,6 +8,7 @@ mod classify;
 mod fast_paths;
 mod hardening;
 mod http_clients;
+mod http_collections;
 mod http_dropins;
 mod indexer;
 mod keys;
