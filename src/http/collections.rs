@@ -71,7 +71,7 @@ fn usize_of(v: Option<u64>) -> usize {
     v.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateCollectionRequest {
     #[serde(default)]
     pub name: String,
@@ -83,7 +83,7 @@ pub struct CreateCollectionRequest {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CollectionReply {
     pub name: String,
     pub count: u64,
@@ -102,19 +102,19 @@ impl From<CollectionInfo> for CollectionReply {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CollectionList {
     pub collections: Vec<CollectionReply>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub name: String,
     pub deleted: bool,
 }
 
 /// What an item or a query holds: exactly one of these.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ContentBody {
     #[serde(default)]
     pub text: Option<String>,
@@ -125,7 +125,7 @@ pub struct ContentBody {
     pub vector: Option<Vec<f32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ItemBody {
     #[serde(default)]
     pub id: String,
@@ -135,47 +135,49 @@ pub struct ItemBody {
     pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UpsertRequest {
     /// Each an [`ItemBody`], checked one by one (errors name `items[i]`).
+    #[schema(value_type = Vec<ItemBody>)]
     pub items: Items,
     /// The model text and image items are embedded with; absent: the served one.
     #[serde(default)]
     pub model: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UpsertReply {
     pub upserted: u64,
     pub count: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct IdsRequest {
     /// Item ids (strings).
+    #[schema(value_type = Vec<String>)]
     pub ids: Items,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StoredItemReply {
     pub id: String,
     pub vector: Vec<f32>,
     pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ItemsReply {
     pub items: Vec<StoredItemReply>,
     pub missing: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeleteReply {
     pub deleted: u64,
     pub count: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SearchRequest {
     #[serde(default)]
     pub query: Option<ContentBody>,
@@ -190,14 +192,14 @@ pub struct SearchRequest {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HitReply {
     pub id: String,
     pub score: f32,
     pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchReply {
     pub hits: Vec<HitReply>,
 }
@@ -249,7 +251,12 @@ fn json<T: Serialize>(value: T) -> Response {
     Json(value).into_response()
 }
 
-async fn create(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Creates a collection.
+#[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollectionRequest,
+    responses((status = 201, description = "The new collection", body = CollectionReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn create(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
     api.call((SERVICE, "CreateCollection"), &headers, async {
         let (request, _held) = api
             .read_json::<CreateCollectionRequest>(&headers, body, "collection")
@@ -269,7 +276,12 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Body) -> Respo
     .await
 }
 
-async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
+/// Every collection.
+#[utoipa::path(get, path = "/v1/collections", tag = "collections",
+    responses((status = 200, description = "The collections", body = CollectionList),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
     api.call((SERVICE, "ListCollections"), &headers, async {
         let _permit = api.service.admit(Admission::Control).await?;
         let collections = api.retrieve.list().map_err(service_error)?;
@@ -280,7 +292,12 @@ async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
     .await
 }
 
-async fn get_one(
+/// One collection.
+#[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "The collection")),
+    responses((status = 200, description = "The collection", body = CollectionReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn get_one(
     State(api): State<Api>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -294,7 +311,12 @@ async fn get_one(
     .await
 }
 
-async fn drop_one(
+/// Deletes a collection and its items.
+#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "The collection")),
+    responses((status = 200, description = "Deleted", body = Deleted),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn drop_one(
     State(api): State<Api>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -314,7 +336,13 @@ async fn drop_one(
     .await
 }
 
-async fn upsert(
+/// Inserts or replaces items (durable when it returns).
+#[utoipa::path(post, path = "/v1/collections/{name}/items", tag = "collections", params(("name" = String, Path, description = "The collection")),
+    request_body = UpsertRequest,
+    responses((status = 200, description = "Upserted", body = UpsertReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn upsert(
     State(api): State<Api>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -356,7 +384,13 @@ async fn read_ids(api: &Api, headers: &HeaderMap, body: Body) -> Result<Vec<Stri
     ids(request.ids.0)
 }
 
-async fn get_items(
+/// Items exactly as stored, and the ids that are absent.
+#[utoipa::path(post, path = "/v1/collections/{name}/items/get", tag = "collections", params(("name" = String, Path, description = "The collection")),
+    request_body = IdsRequest,
+    responses((status = 200, description = "The items", body = ItemsReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn get_items(
     State(api): State<Api>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -399,7 +433,13 @@ async fn delete_ids(api: &Api, name: &str, ids: Vec<String>) -> Result<Response,
     }))
 }
 
-async fn delete_items(
+/// Deletes items by id.
+#[utoipa::path(post, path = "/v1/collections/{name}/items/delete", tag = "collections", params(("name" = String, Path, description = "The collection")),
+    request_body = IdsRequest,
+    responses((status = 200, description = "Deleted", body = DeleteReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn delete_items(
     State(api): State<Api>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -413,7 +453,13 @@ async fn delete_items(
     .await
 }
 
-async fn delete_item(
+/// Deletes one item.
+#[utoipa::path(delete, path = "/v1/collections/{name}/items/{id}", tag = "collections",
+    params(("name" = String, Path, description = "The collection"), ("id" = String, Path, description = "The item")),
+    responses((status = 200, description = "Deleted", body = DeleteReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn delete_item(
     State(api): State<Api>,
     names: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -425,7 +471,13 @@ async fn delete_item(
     .await
 }
 
-async fn search(
+/// The items nearest a text, image or vector, best first, among those matching `filter`.
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "collections", params(("name" = String, Path, description = "The collection")),
+    request_body = SearchRequest,
+    responses((status = 200, description = "The hits", body = SearchReply),
+        (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
+    ))]
+pub(super) async fn search(
     State(api): State<Api>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,

@@ -12,6 +12,7 @@
 //! - [`collections`]: collections (create, list, delete, upsert, get, search) under
 //!   `/v1/collections`, the REST face of gRPC `Retrieve`;
 //! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
+//! - [`openapi`]: `/openapi.json`, the OpenAPI 3.1 document of these routes (no key needed);
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -32,6 +33,7 @@ pub mod hf;
 pub mod immich;
 pub mod inputs;
 pub mod openai;
+pub mod openapi;
 pub mod probes;
 pub mod rerank;
 pub mod weaviate;
@@ -80,6 +82,7 @@ pub fn router(services: Services) -> Router {
         aliases: Arc::from(model_aliases),
     };
     probes::routes(embed, retrieve)
+        .merge(openapi::routes())
         .merge(openai::routes(api.clone()))
         .merge(classify::routes(api.clone()))
         .merge(rerank::routes(api.clone()))

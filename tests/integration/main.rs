@@ -15,6 +15,7 @@ mod keys;
 mod memory;
 mod observability;
 mod openai;
+mod openapi;
 mod parity;
 mod retrieve;
 mod server;
