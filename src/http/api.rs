@@ -81,9 +81,23 @@ impl Api {
         body: Body,
         what: &str,
     ) -> Result<(T, BytesPermit), ApiError> {
-        let (bytes, held) = self.read_bytes(headers, body).await?;
         let max_items = self.service.limits().max_items_per_request;
-        let request = body::parse(&bytes, max_items)
+        self.read_json_limited_by(headers, body, what, max_items, "--max-items-per-request")
+            .await
+    }
+
+    /// [`Self::read_json`] with its item lists bounded to `max_items` (set by `flag`) while
+    /// parsing.
+    pub async fn read_json_limited_by<T: for<'de> Deserialize<'de>>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        what: &str,
+        max_items: usize,
+        flag: &'static str,
+    ) -> Result<(T, BytesPermit), ApiError> {
+        let (bytes, held) = self.read_bytes(headers, body).await?;
+        let request = body::parse_limited_by(&bytes, max_items, flag)
             .map_err(|e| ApiError::invalid(None, format!("the body is not a valid {what}: {e}")))?;
         Ok((request, held))
     }

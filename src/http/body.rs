@@ -67,6 +67,8 @@ thread_local! {
     static MAX_ITEMS: Cell<usize> = const { Cell::new(usize::MAX) };
     /// The label limit [`Labels`] enforces while a body is parsed on this thread.
     static MAX_LABELS: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The flag named when an [`Items`] list is over its limit.
+    static ITEMS_FLAG: Cell<&'static str> = const { Cell::new("--max-items-per-request") };
 }
 
 /// Parses `bytes` as `T` with every [`Items`] list in it bounded to `max_items` elements (and
@@ -76,6 +78,18 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
     max_items: usize,
 ) -> Result<T, serde_json::Error> {
     parse_with_labels(bytes, max_items, max_items)
+}
+
+/// [`parse`] with the limit set by `flag` (named when a list is over it: `--max-upsert-items`).
+pub fn parse_limited_by<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    max_items: usize,
+    flag: &'static str,
+) -> Result<T, serde_json::Error> {
+    let previous = ITEMS_FLAG.with(|f| f.replace(flag));
+    let parsed = parse(bytes, max_items);
+    ITEMS_FLAG.with(|f| f.set(previous));
+    parsed
 }
 
 /// [`parse`] with [`Labels`] lists bounded to `max_labels` (`--max-labels`).
@@ -171,7 +185,7 @@ pub struct Items(pub Vec<Value>);
 
 impl<'de> Deserialize<'de> for Items {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ItemsVisitor(usize);
+        struct ItemsVisitor(usize, &'static str);
         impl<'de> Visitor<'de> for ItemsVisitor {
             type Value = Items;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -189,7 +203,8 @@ impl<'de> Deserialize<'de> for Items {
                 while let Some(item) = seq.next_element::<Value>()? {
                     if items.len() == max {
                         return Err(de::Error::custom(format!(
-                            "a list of more than {max} items, over the limit per request (--max-items-per-request)"
+                            "a list of more than {max} items, over the limit per request ({})",
+                            self.1
                         )));
                     }
                     items.push(item);
@@ -202,7 +217,10 @@ impl<'de> Deserialize<'de> for Items {
                 ))
             }
         }
-        deserializer.deserialize_any(ItemsVisitor(MAX_ITEMS.with(Cell::get)))
+        deserializer.deserialize_any(ItemsVisitor(
+            MAX_ITEMS.with(Cell::get),
+            ITEMS_FLAG.with(Cell::get),
+        ))
     }
 }
 

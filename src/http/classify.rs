@@ -38,22 +38,31 @@ pub fn routes(state: Api) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ClassifyRequest {
     #[serde(default)]
     model: Option<String>,
+    /// Images: `{image: base64 | data URI}` objects or data-URI strings.
+    #[schema(value_type = Vec<serde_json::Value>)]
     input: Items,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     labels: Labels,
     #[serde(default)]
     label_set: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     templates: Strings,
     #[serde(default)]
     top_k: Option<u64>,
 }
 
-async fn classify(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Zero-shot image classification (Jina's shape).
+#[utoipa::path(post, path = "/v1/classify", tag = "classify", request_body = ClassifyRequest,
+    responses((status = 200, description = "`{usage, data: [{object, index, prediction, score, predictions}]}`", body = serde_json::Value),
+        (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
+    ))]
+pub(super) async fn classify(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
     state
         .call(("Jina", "classify"), &headers, async {
             let (request, _held) = state

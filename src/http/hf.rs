@@ -80,9 +80,10 @@ impl<'de> Deserialize<'de> for Inputs {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 struct Parameters {
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     candidate_labels: Option<Labels>,
     #[serde(default)]
     hypothesis_template: Option<String>,
@@ -90,9 +91,11 @@ struct Parameters {
     normalize: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct InferenceRequest {
+    /// Texts (a string or a list), one image (base64 in a list), or `{image, candidateLabels}`.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     inputs: Option<Inputs>,
     /// <= 0.25's image field.
     #[serde(default)]
@@ -174,7 +177,16 @@ fn task(request: InferenceRequest) -> Result<Task, ApiError> {
     }
 }
 
-async fn inference(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Hugging Face Inference: zero-shot image classification or feature extraction.
+#[utoipa::path(post, path = "/", tag = "huggingface", request_body = InferenceRequest,
+    responses((status = 200, description = "`[{label, score}]` best first, or the feature vectors", body = serde_json::Value),
+        (status = "4XX", description = "An error (`{error, detail}` strings)"),
+    ))]
+pub(super) async fn inference(
+    State(state): State<Api>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     state
         .call_shaped(
             ("HuggingFace", "inference"),

@@ -36,7 +36,7 @@ const MAX_PARTS: usize = 8;
 pub fn routes(state: Api) -> Router {
     Router::new()
         .route("/predict", post(predict))
-        .route("/ping", get(|| async { "pong" }))
+        .route("/ping", get(ping))
         .with_state(state)
 }
 
@@ -63,6 +63,26 @@ struct Entries {
     clip: Option<ClipEntry>,
     #[serde(flatten)]
     other: BTreeMap<String, IgnoredAny>,
+}
+
+/// The form `/predict` takes (documentation only: [`parts`] reads it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PredictForm {
+    /// JSON: `{"clip": {"visual" | "textual": {"modelName": ...}}}`.
+    entries: String,
+    /// The image file (with `visual`).
+    #[schema(value_type = Option<String>, format = Binary)]
+    image: Option<Vec<u8>>,
+    /// The text (with `textual`).
+    text: Option<String>,
+}
+
+/// Immich's probe.
+#[utoipa::path(get, path = "/ping", tag = "immich", security(()),
+    responses((status = 200, description = "`pong`", body = String, content_type = "text/plain")))]
+pub(super) async fn ping() -> &'static str {
+    "pong"
 }
 
 /// The parts of a `/predict` request.
@@ -137,7 +157,13 @@ fn clean(name: &str) -> String {
     name.rsplit('/').next().unwrap_or(name).replace(':', "_")
 }
 
-async fn predict(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Immich machine learning: CLIP smart-search embeddings of an image or a text.
+#[utoipa::path(post, path = "/predict", tag = "immich",
+    request_body(content = PredictForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "`{clip: <embedding as a JSON string>, imageHeight?, imageWidth?}`", body = serde_json::Value),
+        (status = "4XX", description = "An error (`{error, detail}` strings)"),
+    ))]
+pub(super) async fn predict(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
     state
         .call_shaped(("Immich", "predict"), &headers, Shape::Plain, async {
             let (bytes, _held) = state.read_bytes(&headers, body).await?;

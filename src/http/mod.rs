@@ -9,7 +9,10 @@
 //! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
 //!   `POST /`;
 //! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
+//! - [`collections`]: collections (create, list, delete, upsert, get, search) under
+//!   `/v1/collections`, the REST face of gRPC `Retrieve`;
 //! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
+//! - [`openapi`]: `/openapi.json`, the OpenAPI 3.1 document of these routes (no key needed);
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -24,11 +27,13 @@ pub mod api;
 pub mod body;
 pub mod call;
 pub mod classify;
+pub mod collections;
 pub mod error;
 pub mod hf;
 pub mod immich;
 pub mod inputs;
 pub mod openai;
+pub mod openapi;
 pub mod probes;
 pub mod rerank;
 pub mod weaviate;
@@ -77,11 +82,13 @@ pub fn router(services: Services) -> Router {
         aliases: Arc::from(model_aliases),
     };
     probes::routes(embed, retrieve)
+        .merge(openapi::routes())
         .merge(openai::routes(api.clone()))
         .merge(classify::routes(api.clone()))
         .merge(rerank::routes(api.clone()))
         .merge(hf::routes(api.clone()))
         .merge(weaviate::routes(api.clone()))
+        .merge(collections::routes(api.clone()))
         .merge(immich::routes(api))
 }
 

@@ -37,17 +37,19 @@ pub fn routes(state: Api) -> Router {
 }
 
 /// A field that is one string or a list of them (Jina's `embedding_type`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct EmbeddingsRequest {
     #[serde(default)]
     model: Option<String>,
+    /// A string, or a list of strings or `{text}` / `{image}` objects.
+    #[schema(value_type = Vec<serde_json::Value>)]
     input: Items,
     /// OpenAI's name.
     #[serde(default)]
@@ -83,7 +85,12 @@ struct EmbeddingData {
     embedding: Value,
 }
 
-async fn models(State(state): State<Api>, headers: HeaderMap) -> Response {
+/// The served model (OpenAI's list shape).
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "`{object: list, data: [{id, object, created, owned_by}]}`", body = serde_json::Value),
+        (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
+    ))]
+pub(super) async fn models(State(state): State<Api>, headers: HeaderMap) -> Response {
     let api = state.clone();
     state
         .call(("OpenAI", "models"), &headers, async move {
@@ -98,7 +105,16 @@ async fn models(State(state): State<Api>, headers: HeaderMap) -> Response {
         .await
 }
 
-async fn embeddings(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Embeddings (OpenAI and Jina shapes); also on `/embeddings`.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
+    responses((status = 200, description = "`{object: list, data: [{object, index, embedding}], model, usage}`", body = serde_json::Value),
+        (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
+    ))]
+pub(super) async fn embeddings(
+    State(state): State<Api>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     state
         .call(("OpenAI", "embeddings"), &headers, async {
             let (request, _held) = state

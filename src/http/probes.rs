@@ -13,7 +13,7 @@ use axum::{
 use crate::{embed::EmbedService, retrieve::RetrieveService};
 
 #[derive(Clone)]
-struct Probes {
+pub(super) struct Probes {
     service: EmbedService,
     retrieve: RetrieveService,
 }
@@ -21,19 +21,35 @@ struct Probes {
 pub fn routes(service: EmbedService, retrieve: RetrieveService) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Probes { service, retrieve })
 }
 
-async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", tag = "probes", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub(super) async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         probes.service.metrics().render(),
     )
 }
 
-async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "probes", security(()),
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Warmed up, collections read in, not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "not ready (yet), with the reason", body = String, content_type = "text/plain"),
+    ))]
+pub(super) async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     let ready = probes.service.readiness().and_then(|()| {
         if probes.retrieve.is_loaded() {
             Ok(())

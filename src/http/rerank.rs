@@ -46,21 +46,30 @@ pub fn routes(state: Api) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct RerankRequest {
     #[serde(default)]
     model: Option<String>,
+    /// A string, `{text}` or `{image}`.
     query: Value,
+    /// Strings, `{text}` / `{image}` objects, or objects of string fields.
+    #[schema(value_type = Vec<serde_json::Value>)]
     documents: Items,
     #[serde(default)]
     top_n: Option<u64>,
     #[serde(default)]
     return_documents: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     rank_fields: Option<Strings>,
 }
 
-async fn rerank(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Rerank (Cohere, Jina, Infinity); also on `/v2/rerank` and `/rerank`.
+#[utoipa::path(post, path = "/v1/rerank", tag = "rerank", request_body = RerankRequest,
+    responses((status = 200, description = "`{id, object, model, results: [{index, relevance_score, document?}], usage, meta}`", body = serde_json::Value),
+        (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
+    ))]
+pub(super) async fn rerank(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
     state
         .call(("Rerank", "rerank"), &headers, async {
             let (request, _held) = state

@@ -38,22 +38,32 @@ pub fn routes(state: Api) -> Router {
         .route("/vectorize", post(vectorize))
         .route("/meta", get(meta))
         .route("/.well-known/ready", get(ready))
-        .route(
-            "/.well-known/live",
-            get(|| async { StatusCode::NO_CONTENT }),
-        )
+        .route("/.well-known/live", get(live))
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct VectorizeRequest {
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     texts: Option<Items>,
+    /// Base64 images.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     images: Option<Items>,
 }
 
-async fn ready(State(state): State<Api>) -> StatusCode {
+/// The process is up (Weaviate's probe).
+#[utoipa::path(get, path = "/.well-known/live", tag = "weaviate", security(()),
+    responses((status = 204, description = "live")))]
+pub(super) async fn live() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// The model is loaded (Weaviate's probe).
+#[utoipa::path(get, path = "/.well-known/ready", tag = "weaviate", security(()),
+    responses((status = 204, description = "ready"), (status = 503, description = "not ready yet")))]
+pub(super) async fn ready(State(state): State<Api>) -> StatusCode {
     if state.service.is_ready() {
         StatusCode::NO_CONTENT
     } else {
@@ -61,7 +71,12 @@ async fn ready(State(state): State<Api>) -> StatusCode {
     }
 }
 
-async fn meta(State(state): State<Api>, headers: HeaderMap) -> Response {
+/// The served model, for Weaviate's module.
+#[utoipa::path(get, path = "/meta", tag = "weaviate",
+    responses((status = 200, description = "The model's metadata", body = serde_json::Value),
+        (status = "4XX", description = "An error (`{error, detail}` strings)"),
+    ))]
+pub(super) async fn meta(State(state): State<Api>, headers: HeaderMap) -> Response {
     let api = state.clone();
     state
         .call_shaped(("Weaviate", "meta"), &headers, Shape::Plain, async move {
@@ -85,7 +100,16 @@ async fn meta(State(state): State<Api>, headers: HeaderMap) -> Response {
         .await
 }
 
-async fn vectorize(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+/// Weaviate multi2vec-clip: texts and images to vectors.
+#[utoipa::path(post, path = "/vectorize", tag = "weaviate", request_body = VectorizeRequest,
+    responses((status = 200, description = "`{textVectors, imageVectors}`", body = serde_json::Value),
+        (status = "4XX", description = "An error (`{error, detail}` strings)"),
+    ))]
+pub(super) async fn vectorize(
+    State(state): State<Api>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     state
         .call_shaped(("Weaviate", "vectorize"), &headers, Shape::Plain, async {
             let (request, _held) = state

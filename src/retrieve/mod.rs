@@ -163,6 +163,11 @@ impl RetrieveService {
         })
     }
 
+    /// The limits the service enforces (the HTTP layer bounds its parsing by them).
+    pub fn config(&self) -> RetrieveConfig {
+        self.inner.config
+    }
+
     /// Reads every collection into memory (blocking: run it on a blocking thread). A record that
     /// does not decode, or a stored vector that is unusable, is logged, counted in
     /// `clip_store_records_skipped_total` and left out (it stays on disk).

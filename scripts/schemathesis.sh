@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs schemathesis (pinned, installed from PyPI into .cache/schemathesis-venv, or
+# $CLIP_SERVE_SCHEMATHESIS_VENV) against the debug server on the tiny fixture model, driven by the
+# server's own GET /openapi.json: every documented route, a bounded number of generated examples
+# each (CLIP_SERVE_SCHEMATHESIS_EXAMPLES, default 20) within a time budget
+# (CLIP_SERVE_SCHEMATHESIS_SECONDS, default 60). Any 5xx fails the run (--checks not_a_server_error).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PINS=("schemathesis==4.32.5")
+BIN="${CLIP_SERVE_BIN:-$ROOT/target/debug/clip-serve}"
+VENV="${CLIP_SERVE_SCHEMATHESIS_VENV:-$ROOT/.cache/schemathesis-venv}"
+EXAMPLES="${CLIP_SERVE_SCHEMATHESIS_EXAMPLES:-20}"
+SECONDS_BUDGET="${CLIP_SERVE_SCHEMATHESIS_SECONDS:-60}"
+STAMP="$VENV/.pins"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
+[[ -n "${CLIP_SERVE_BIN:-}" ]] || cargo build --locked --quiet
+if [[ ! -x "$VENV/bin/schemathesis" ]] || [[ "$(cat "$STAMP" 2>/dev/null)" != "${PINS[*]}" ]]; then
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" 2>/dev/null || {
+    SUDO=""; [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"
+  }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}" || {
+    echo "schemathesis: SKIPPED: schemathesis did not install (no PyPI?)" >&2
+    rm -rf "$VENV"; exit 0
+  }
+  echo "${PINS[*]}" >"$STAMP"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+GRPC="127.0.0.1:$(free_port)"
+HTTP="127.0.0.1:$(free_port)"
+LOG="$(mktemp)"
+DATA="$(mktemp -d)"
+REPORT="$DATA/report"
+"$BIN" serve --model-dir tests/fixtures/model --grpc-addr "$GRPC" --http-addr "$HTTP" --data-dir "$DATA/data" \
+  --intra-op-threads 1 >"$LOG" 2>&1 &
+PID=$!
+cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$LOG" "$DATA"; }
+trap cleanup EXIT
+fail() { echo "schemathesis: FAILED: $*" >&2; echo "--- server log (errors) ---" >&2; grep -iE "error|panic" "$LOG" | tail -50 >&2 || true; exit 1; }
+for _ in $(seq 1 300); do
+  if python3 -c 'import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1]).status != 200)' "http://$HTTP/readyz" 2>/dev/null; then
+    break
+  fi
+  kill -0 "$PID" 2>/dev/null || fail "server exited during start-up"
+  sleep 0.1
+done
+"$VENV/bin/schemathesis" run "http://$HTTP/openapi.json" \
+  --checks not_a_server_error \
+  --max-examples "$EXAMPLES" \
+  --max-time "$SECONDS_BUDGET" \
+  --request-timeout 30 \
+  --seed 1 \
+  --suppress-health-check all \
+  --no-color || fail "schemathesis found failures (above)"
+kill -0 "$PID" 2>/dev/null || fail "the server died during the run"
+kill -TERM "$PID"
+wait "$PID" || fail "server did not exit 0 on SIGTERM"
+trap - EXIT
+rm -rf "$LOG" "$DATA"
