@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 use crate::{
     admission::connections::{ConnectionLimit, Counted},
     classify::ClassifyService,
-    embed::EmbedService,
+    embed::{EmbedService, fetch::Fetcher},
     retrieve::RetrieveService,
     security::{ApiKeys, TlsFiles},
 };
@@ -56,6 +56,8 @@ pub struct Services {
     pub max_body_bytes: usize,
     /// `--model-alias`.
     pub model_aliases: Vec<String>,
+    /// `--fetch-image-urls`: image URLs are fetched with it (`None`: refused).
+    pub fetcher: Option<Fetcher>,
 }
 
 /// Every route, for serving and for tests.
@@ -67,6 +69,7 @@ pub fn router(services: Services) -> Router {
         keys,
         max_body_bytes,
         model_aliases,
+        fetcher,
     } = services;
     let api = api::Api {
         service: embed.clone(),
@@ -75,6 +78,7 @@ pub fn router(services: Services) -> Router {
         keys,
         max_body_bytes,
         aliases: Arc::from(model_aliases),
+        fetcher,
     };
     probes::routes(embed, retrieve)
         .merge(openai::routes(api.clone()))

@@ -19,3 +19,4 @@ mod retrieve;
 mod server;
 #[cfg(unix)]
 mod signals;
+mod url_fetch;
