@@ -10,6 +10,8 @@
 //!   `POST /`;
 //! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
 //! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
+//! - [`pages`]: the browser playground on `GET /` (for `Accept: text/html`) and Swagger UI on
+//!   `/docs`, served from the binary;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -29,6 +31,7 @@ pub mod hf;
 pub mod immich;
 pub mod inputs;
 pub mod openai;
+pub mod pages;
 pub mod probes;
 pub mod rerank;
 pub mod weaviate;
@@ -87,6 +90,7 @@ pub fn router(services: Services) -> Router {
         .merge(hf::routes(api.clone()))
         .merge(weaviate::routes(api.clone()))
         .merge(immich::routes(api))
+        .merge(pages::routes())
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

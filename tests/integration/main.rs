@@ -14,6 +14,7 @@ mod keys;
 mod memory;
 mod observability;
 mod openai;
+mod pages;
 mod parity;
 mod retrieve;
 mod server;
