@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything CI checks: set-up, formatting, clippy with warnings as errors (also with the GPU features),
-# the tests, the grpcurl smoke test, the openai SDK test, and the Dockerfiles and Kubernetes manifests
+# the tests, the grpcurl smoke test, the openai SDK test, the browser pages test, and the Dockerfiles and Kubernetes manifests
 # under deploy/. Needs no torch: the fixtures under tests/fixtures are committed. Prints each step's
 # duration at the end.
 #
@@ -56,5 +56,6 @@ step "grpcurl smoke test" scripts/smoke.sh
 step "the official openai Python SDK against the HTTP API" scripts/openai_sdk_test.sh
 step "cohere, huggingface_hub and LangChain JinaEmbeddings against the HTTP drop-ins" scripts/clients_test.sh
 step "schemathesis against GET /openapi.json (no 5xx; bounded examples)" scripts/schemathesis.sh
+step "the playground and /docs in headless Chromium (writes docs/playground.png)" scripts/browser_test.sh
 step "deployment files (hadolint, kustomize, Kubernetes schemas; offline)" scripts/validate_deploy.sh
 echo "test: all passed" >&2

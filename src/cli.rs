@@ -11,7 +11,7 @@ use crate::{
     batch::BatcherConfig,
     classify::{ClassifyConfig, PromptLimits},
     common::parse_duration,
-    embed::{EmbedConfig, Limits},
+    embed::{EmbedConfig, Limits, fetch::FetchConfig},
     model::{Precision, Provider, ProviderOptions},
     retrieve::RetrieveConfig,
     security::{Secret, TlsPaths},
@@ -132,6 +132,34 @@ pub struct ServeArgs {
     /// Largest encoded image accepted, in bytes.
     #[arg(long, env = "CLIP_SERVE_MAX_IMAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_image_bytes: u64,
+
+    /// Fetch images given as http(s) URLs (off: URLs get a 400). Only https, and only public
+    /// addresses (every resolved address and redirect checked), unless --fetch-allow-hosts says so.
+    #[arg(long, env = "CLIP_SERVE_FETCH_IMAGE_URLS")]
+    pub fetch_image_urls: bool,
+
+    /// Hosts that may be fetched over plain http and may be private or loopback: `host`,
+    /// `*.example.com` (any subdomain), an address (`10.0.0.5`, `[fd00::1]`), each with an optional
+    /// `:PORT`. Comma-separated.
+    #[arg(long, env = "CLIP_SERVE_FETCH_ALLOW_HOSTS", value_delimiter = ',')]
+    pub fetch_allow_hosts: Vec<String>,
+
+    /// Largest fetched image, in bytes (default: --max-image-bytes); the body is dropped as soon as
+    /// it passes this.
+    #[arg(long, env = "CLIP_SERVE_FETCH_MAX_BYTES")]
+    pub fetch_max_bytes: Option<u64>,
+
+    /// Longest one image fetch may take (waiting for a slot, redirects and body included).
+    #[arg(long, env = "CLIP_SERVE_FETCH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub fetch_timeout: Duration,
+
+    /// Most redirects followed per fetch (each hop is checked like the first).
+    #[arg(long, env = "CLIP_SERVE_FETCH_MAX_REDIRECTS", default_value_t = 3)]
+    pub fetch_max_redirects: u32,
+
+    /// Image fetches at once, over all requests.
+    #[arg(long, env = "CLIP_SERVE_FETCH_CONCURRENCY", default_value_t = 16)]
+    pub fetch_concurrency: u32,
 
     /// Largest decoded image accepted, in pixels (width x height), checked from the header before
     /// any pixel is allocated.
@@ -351,6 +379,8 @@ pub struct Config {
     pub tls: TlsPaths,
     /// Model names the HTTP API accepts besides the served ids (`--model-alias`).
     pub model_aliases: Vec<String>,
+    /// `--fetch-image-urls` and its settings; `None`: URLs are refused.
+    pub fetch: Option<FetchConfig>,
 }
 
 impl ServeArgs {
@@ -430,6 +460,7 @@ impl ServeArgs {
             max_metadata_bytes: to_usize("max-metadata-bytes", self.max_metadata_bytes.into())?,
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
+        let fetch = self.fetch_config(limits.max_image_bytes)?;
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let intra_op_threads = self.intra_op_threads.map_or(cores, NonZeroUsize::get);
         Ok(Config {
@@ -480,6 +511,7 @@ impl ServeArgs {
                 .map(|a| a.trim().to_string())
                 .filter(|a| !a.is_empty())
                 .collect(),
+            fetch,
             tls: TlsPaths {
                 cert: self.tls_cert,
                 key: self.tls_key,
@@ -490,6 +522,42 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The `--fetch-*` flags, checked (`None` without `--fetch-image-urls`).
+    fn fetch_config(&self, max_image_bytes: usize) -> Result<Option<FetchConfig>, String> {
+        if !self.fetch_image_urls {
+            if !self.fetch_allow_hosts.is_empty() {
+                return Err("--fetch-allow-hosts needs --fetch-image-urls".into());
+            }
+            return Ok(None);
+        }
+        let allow_hosts = self
+            .fetch_allow_hosts
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.parse().map_err(|e| format!("--fetch-allow-hosts: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_bytes = match self.fetch_max_bytes {
+            None => max_image_bytes,
+            Some(0) => return Err("--fetch-max-bytes must be greater than 0".into()),
+            Some(n) => usize::try_from(n)
+                .map_err(|_| format!("--fetch-max-bytes {n} is too large"))?
+                .min(max_image_bytes),
+        };
+        if self.fetch_timeout.is_zero() {
+            return Err("--fetch-timeout must be greater than 0".into());
+        }
+        if self.fetch_concurrency == 0 {
+            return Err("--fetch-concurrency must be greater than 0".into());
+        }
+        Ok(Some(FetchConfig {
+            allow_hosts,
+            max_bytes,
+            timeout: self.fetch_timeout,
+            max_redirects: self.fetch_max_redirects,
+            concurrency: self.fetch_concurrency as usize,
+        }))
+    }
+
     /// Every flag at its default (environment variables apply, as on the command line).
     fn parse_defaults() -> Box<ServeArgs> {
         match Cli::parse_from(["clip-serve", "serve"]).command {
@@ -537,6 +605,24 @@ mod tests {
         assert_eq!(config.providers.provider, Provider::Cpu);
         assert!(config.intra_op_threads >= 1);
         assert!(!config.embed.apply_exif_orientation);
+    }
+
+    #[test]
+    fn fetch_flags_validate() {
+        assert_eq!(parse(&[]).unwrap().fetch, None);
+        let err = parse(&["--fetch-allow-hosts", "a.com"]).unwrap_err();
+        assert!(err.contains("--fetch-image-urls"), "{err}");
+        let config = parse(&[
+            "--fetch-image-urls",
+            "--fetch-allow-hosts",
+            "a.com,127.0.0.1:9",
+        ]);
+        let fetch = config.unwrap().fetch.unwrap();
+        assert_eq!(fetch.allow_hosts.len(), 2);
+        assert_eq!(fetch.max_bytes, 16 * 1024 * 1024);
+        assert_eq!(fetch.timeout, Duration::from_secs(10));
+        let err = parse(&["--fetch-image-urls", "--fetch-allow-hosts", "*"]).unwrap_err();
+        assert!(err.contains("--fetch-allow-hosts"), "{err}");
     }
 
     #[test]

@@ -189,7 +189,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
+    let fetcher = match config.fetch.clone() {
+        Some(fetch) => Some(
+            crate::embed::fetch::Fetcher::new(fetch, service.metrics().image_fetches())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let http_router = http::router(http::Services {
+        fetcher,
         embed: service.clone(),
         classify: classify.clone(),
         retrieve: retrieve.clone(),

@@ -7,6 +7,7 @@
 //!
 //! Both protocol layers call [`EmbedService`]; nothing here knows either wire.
 
+pub mod fetch;
 mod limits;
 pub mod pool;
 pub mod slot;

@@ -41,6 +41,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// `--model-alias`.
     pub aliases: Arc<[String]>,
+    /// `--fetch-image-urls` (`None`: image URLs are refused).
+    pub fetcher: Option<crate::embed::fetch::Fetcher>,
 }
 
 impl Api {

@@ -74,8 +74,12 @@ pub(super) async fn classify(State(state): State<Api>, headers: HeaderMap, body:
 }
 
 /// The images of `input`; a text is refused by name.
-fn images(input: Items) -> Result<Vec<bytes::Bytes>, ApiError> {
-    inputs::items("input", input.0)?
+async fn images(
+    fetcher: Option<&crate::embed::fetch::Fetcher>,
+    input: Items,
+) -> Result<Vec<bytes::Bytes>, ApiError> {
+    inputs::items(fetcher, "input", input.0)
+        .await?
         .into_iter()
         .enumerate()
         .map(|(i, item)| match item {
@@ -92,7 +96,7 @@ fn images(input: Items) -> Result<Vec<bytes::Bytes>, ApiError> {
 
 async fn run(api: &Api, request: ClassifyRequest) -> Result<Response, ApiError> {
     api.check_model(request.model.as_deref())?;
-    let images = images(request.input)?;
+    let images = images(api.fetcher.as_ref(), request.input).await?;
     let label_set = request.label_set.unwrap_or_default();
     let top_k = request
         .top_k
@@ -152,7 +156,7 @@ fn result(index: usize, mut scores: Vec<LabelScore>, order: &[String], top_k: bo
 /// The body handling up to the model, for the fuzzer.
 pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
     if let Ok(request) = super::body::parse::<ClassifyRequest>(bytes, max_items) {
-        let _ = images(request.input);
+        let _ = inputs::parse_items("input", request.input.0);
     }
 }
 
@@ -190,7 +194,10 @@ mod tests {
     fn texts_are_refused_by_name() {
         let items: Items =
             super::super::body::parse(br#"["data:image/png;base64,AAEC", "a cat"]"#, 8).unwrap();
-        let e = images(items).unwrap_err();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(images(None, items)).unwrap_err();
         assert!(e.message.starts_with("input[1]: a text"), "{}", e.message);
     }
 }

@@ -224,7 +224,7 @@ async fn zero_shot(
     labels: Labels,
     template: Option<String>,
 ) -> Result<Response, ApiError> {
-    let image = inputs::image("inputs", "inputs", &image)?;
+    let image = inputs::image(api.fetcher.as_ref(), "inputs", "inputs", &image).await?;
     let input = ClassifyInput {
         images: vec![image],
         labels: labels.0,
@@ -261,7 +261,7 @@ async fn features(api: &Api, inputs: Items, normalize: Option<bool>) -> Result<R
             "normalize false: this server returns L2-normalized embeddings only",
         ));
     }
-    let items: Vec<Item> = inputs::items("inputs", inputs.0)?;
+    let items: Vec<Item> = inputs::items(api.fetcher.as_ref(), "inputs", inputs.0).await?;
     let permit = api.service.admit(Admission::TryNow).await?;
     let embedded = api
         .service
@@ -282,10 +282,10 @@ pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
     if let Ok(request) = super::body::parse::<InferenceRequest>(bytes, max_items) {
         match task(request) {
             Ok(Task::ZeroShot { image, .. }) => {
-                let _ = inputs::image("inputs", "inputs", &image);
+                let _ = inputs::parse_image("inputs", "inputs", &image);
             }
             Ok(Task::Features { inputs, .. }) => {
-                let _ = inputs::items("inputs", inputs.0);
+                let _ = inputs::parse_items("inputs", inputs.0);
             }
             Err(_) => {}
         }

@@ -1,8 +1,12 @@
 //! The input items HTTP clients send, turned into texts and image bytes: plain strings (text),
 //! `data:image/...;base64,` strings (Haystack's image embedder sends these with no modality field),
 //! `{"text": s}`, `{"image": url | raw base64 | data URI}`, `{"url": ...}` and `{"bytes": base64}`
-//! (LangChain's and LlamaIndex's image paths). Image URLs are not fetched: they get a 400 that
-//! names the item.
+//! (LangChain's and LlamaIndex's image paths). Image URLs are fetched with `--fetch-image-urls`
+//! (the domain's [`Fetcher`] checks them), all of a request's at once after the body parses;
+//! without it they get a 400 that names the item.
+//!
+//! Parsing is synchronous ([`parse_item`] and friends give [`Input`]s, URLs still to fetch);
+//! [`items`], [`item`] and [`image`] parse and fetch.
 
 use base64::{
     Engine as _, alphabet,
@@ -11,7 +15,17 @@ use base64::{
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::embed::Item;
+use crate::embed::{
+    Item,
+    fetch::{FetchError, Fetcher},
+};
+
+/// An input as parsed: an item, or an image URL to fetch.
+#[derive(Debug)]
+pub enum Input {
+    Item(Item),
+    Url(String),
+}
 
 /// Base64 with or without padding.
 const LENIENT: GeneralPurposeConfig =
@@ -105,20 +119,107 @@ pub fn data_uri(param: &'static str, at: &str, s: &str) -> Result<Vec<u8>, ApiEr
     base64_bytes(param, at, payload)
 }
 
-/// An image given as a string: a data URI or raw base64; an http(s) URL is refused.
-pub fn image(param: &'static str, at: &str, s: &str) -> Result<bytes::Bytes, ApiError> {
-    if is_url(s) {
-        Err(invalid(param, at, NO_URLS))
+/// An image given as a string: a data URI, raw base64 or an http(s) URL.
+pub fn parse_image(param: &'static str, at: &str, s: &str) -> Result<Input, ApiError> {
+    let bytes = if is_url(s) {
+        return Ok(Input::Url(s.to_string()));
     } else if is_data_uri(s) {
-        data_uri(param, at, s).map(bytes::Bytes::from)
+        data_uri(param, at, s)?
     } else {
-        base64_bytes(param, at, s).map(bytes::Bytes::from)
+        base64_bytes(param, at, s)?
+    };
+    Ok(Input::Item(Item::Image(bytes::Bytes::from(bytes))))
+}
+
+/// [`parse_image`], fetched.
+pub async fn image(
+    fetcher: Option<&Fetcher>,
+    param: &'static str,
+    at: &str,
+    s: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    let input = parse_image(param, at, s)?;
+    match resolve(fetcher, param, vec![(at.to_string(), input)])
+        .await?
+        .pop()
+    {
+        Some(Item::Image(bytes)) => Ok(bytes),
+        _ => Err(invalid(param, at, "expected an image")),
     }
+}
+
+/// [`parse_item`], fetched.
+pub async fn item(
+    fetcher: Option<&Fetcher>,
+    param: &'static str,
+    at: &str,
+    v: Value,
+) -> Result<Item, ApiError> {
+    let input = parse_item(param, at, v)?;
+    resolve(fetcher, param, vec![(at.to_string(), input)])
+        .await?
+        .pop()
+        .ok_or_else(|| invalid(param, at, "expected an item"))
+}
+
+fn fetch_failed(param: &'static str, at: &str, e: &FetchError) -> ApiError {
+    let what = match e {
+        FetchError::Refused(_) => "the image URL was refused",
+        FetchError::Failed(_) => "fetching the image URL failed",
+        FetchError::TooLarge(_) | FetchError::Timeout(_) => "the image URL",
+    };
+    invalid(param, at, format!("{what}: {e}"))
+}
+
+/// The items of `inputs` (each with its name, `input[3]`), their URLs fetched (all at once),
+/// in order. Without a fetcher a URL is refused by name.
+pub async fn resolve(
+    fetcher: Option<&Fetcher>,
+    param: &'static str,
+    inputs: Vec<(String, Input)>,
+) -> Result<Vec<Item>, ApiError> {
+    let mut fetches = tokio::task::JoinSet::new();
+    let mut items: Vec<Option<Item>> = Vec::with_capacity(inputs.len());
+    let mut names = Vec::with_capacity(inputs.len());
+    for (i, (at, input)) in inputs.into_iter().enumerate() {
+        match input {
+            Input::Item(item) => items.push(Some(item)),
+            Input::Url(url) => {
+                let Some(fetcher) = fetcher else {
+                    return Err(invalid(param, &at, NO_URLS));
+                };
+                let fetcher = fetcher.clone();
+                fetches.spawn(async move { (i, fetcher.fetch(&url).await) });
+                items.push(None);
+            }
+        }
+        names.push(at);
+    }
+    // The first failure in input order is the one reported.
+    let mut failed: Option<(usize, FetchError)> = None;
+    while let Some(joined) = fetches.join_next().await {
+        let (i, fetched) = joined.map_err(|e| {
+            tracing::error!(error = %e, "an image fetch task failed");
+            ApiError::from(crate::common::ServiceError::Internal(
+                "an image fetch failed; the server logged the details".into(),
+            ))
+        })?;
+        match fetched {
+            Ok(bytes) => items[i] = Some(Item::Image(bytes)),
+            Err(e) if failed.as_ref().is_none_or(|(j, _)| i < *j) => failed = Some((i, e)),
+            Err(_) => {}
+        }
+    }
+    if let Some((i, e)) = failed {
+        return Err(fetch_failed(param, &names[i], &e));
+    }
+    Ok(items.into_iter().flatten().collect())
 }
 
 /// One input item (see the module docs). `param` is the request field, `at` its rendering
 /// (`input[3]`).
-pub fn item(param: &'static str, at: &str, v: Value) -> Result<Item, ApiError> {
+pub fn parse_item(param: &'static str, at: &str, v: Value) -> Result<Input, ApiError> {
+    let image = |b: Vec<u8>| Input::Item(Item::Image(bytes::Bytes::from(b)));
     let string = |key: &str, v: Value| match v {
         Value::String(s) => Ok(s),
         other => Err(invalid(
@@ -128,28 +229,31 @@ pub fn item(param: &'static str, at: &str, v: Value) -> Result<Item, ApiError> {
         )),
     };
     match v {
-        Value::String(s) if is_data_uri(&s) => {
-            data_uri(param, at, &s).map(|b| Item::Image(bytes::Bytes::from(b)))
-        }
-        Value::String(s) => Ok(Item::Text(s)),
+        Value::String(s) if is_data_uri(&s) => data_uri(param, at, &s).map(image),
+        Value::String(s) => Ok(Input::Item(Item::Text(s))),
         Value::Object(mut map) => {
             if let Some(text) = map.remove("text") {
-                return string("text", text).map(Item::Text);
+                return string("text", text).map(|t| Input::Item(Item::Text(t)));
             }
             if let Some(v) = map.remove("image") {
-                return image(param, at, &string("image", v)?).map(Item::Image);
+                return parse_image(param, at, &string("image", v)?);
             }
             if let Some(v) = map.remove("url") {
                 let url = string("url", v)?;
                 return if is_data_uri(&url) {
-                    data_uri(param, at, &url).map(|b| Item::Image(bytes::Bytes::from(b)))
+                    data_uri(param, at, &url).map(image)
+                } else if is_url(&url) {
+                    Ok(Input::Url(url))
                 } else {
-                    Err(invalid(param, at, NO_URLS))
+                    Err(invalid(
+                        param,
+                        at,
+                        "`url` must be an http(s) URL or a data:image/...;base64,... URI",
+                    ))
                 };
             }
             if let Some(v) = map.remove("bytes") {
-                return base64_bytes(param, at, &string("bytes", v)?)
-                    .map(|b| Item::Image(bytes::Bytes::from(b)));
+                return base64_bytes(param, at, &string("bytes", v)?).map(image);
             }
             Err(invalid(
                 param,
@@ -174,12 +278,27 @@ pub fn item(param: &'static str, at: &str, v: Value) -> Result<Item, ApiError> {
 }
 
 /// Every item of a list, as `param[i]`.
-pub fn items(param: &'static str, values: Vec<Value>) -> Result<Vec<Item>, ApiError> {
+pub fn parse_items(
+    param: &'static str,
+    values: Vec<Value>,
+) -> Result<Vec<(String, Input)>, ApiError> {
     values
         .into_iter()
         .enumerate()
-        .map(|(i, v)| item(param, &format!("{param}[{i}]"), v))
+        .map(|(i, v)| {
+            let at = format!("{param}[{i}]");
+            parse_item(param, &at, v).map(|input| (at, input))
+        })
         .collect()
+}
+
+/// [`parse_items`], fetched.
+pub async fn items(
+    fetcher: Option<&Fetcher>,
+    param: &'static str,
+    values: Vec<Value>,
+) -> Result<Vec<Item>, ApiError> {
+    resolve(fetcher, param, parse_items(param, values)?).await
 }
 
 #[cfg(test)]
@@ -189,7 +308,10 @@ mod tests {
     use super::*;
 
     fn one(v: Value) -> Result<Item, ApiError> {
-        item("input", "input[0]", v)
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(item(None, "input", "input[0]", v))
     }
 
     #[test]
@@ -227,7 +349,7 @@ mod tests {
             );
             assert_eq!(e.status.as_u16(), 400);
         }
-        let e = items("input", vec![json!("a"), json!([1, 2])]).unwrap_err();
+        let e = parse_items("input", vec![json!("a"), json!([1, 2])]).unwrap_err();
         assert!(
             e.message.starts_with("input[1]: token ids"),
             "{}",

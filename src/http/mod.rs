@@ -13,6 +13,8 @@
 //!   `/v1/collections`, the REST face of gRPC `Retrieve`;
 //! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
 //! - [`openapi`]: `/openapi.json`, the OpenAPI 3.1 document of these routes (no key needed);
+//! - [`pages`]: the browser playground on `GET /` (for `Accept: text/html`) and Swagger UI on
+//!   `/docs`, served from the binary;
 //! - [`api`]: what the API routes share (services, body reading, model names);
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
@@ -34,6 +36,7 @@ pub mod immich;
 pub mod inputs;
 pub mod openai;
 pub mod openapi;
+pub mod pages;
 pub mod probes;
 pub mod rerank;
 pub mod weaviate;
@@ -46,7 +49,7 @@ use tokio::net::TcpListener;
 use crate::{
     admission::connections::{ConnectionLimit, Counted},
     classify::ClassifyService,
-    embed::EmbedService,
+    embed::{EmbedService, fetch::Fetcher},
     retrieve::RetrieveService,
     security::{ApiKeys, TlsFiles},
 };
@@ -61,6 +64,8 @@ pub struct Services {
     pub max_body_bytes: usize,
     /// `--model-alias`.
     pub model_aliases: Vec<String>,
+    /// `--fetch-image-urls`: image URLs are fetched with it (`None`: refused).
+    pub fetcher: Option<Fetcher>,
 }
 
 /// Every route, for serving and for tests.
@@ -72,6 +77,7 @@ pub fn router(services: Services) -> Router {
         keys,
         max_body_bytes,
         model_aliases,
+        fetcher,
     } = services;
     let api = api::Api {
         service: embed.clone(),
@@ -80,6 +86,7 @@ pub fn router(services: Services) -> Router {
         keys,
         max_body_bytes,
         aliases: Arc::from(model_aliases),
+        fetcher,
     };
     probes::routes(embed, retrieve)
         .merge(openapi::routes())
@@ -90,6 +97,7 @@ pub fn router(services: Services) -> Router {
         .merge(weaviate::routes(api.clone()))
         .merge(collections::routes(api.clone()))
         .merge(immich::routes(api))
+        .merge(pages::routes())
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

@@ -23,9 +23,9 @@ use super::{
     api::Api,
     body::{self, Items},
     error::ApiError,
-    inputs,
+    inputs::{self, Input},
 };
-use crate::embed::{Admission, Embedded, Item};
+use crate::embed::{Admission, Embedded};
 
 /// The embeddings and models routes.
 pub fn routes(state: Api) -> Router {
@@ -169,9 +169,9 @@ fn wants_base64(request: &EmbeddingsRequest) -> Result<bool, ApiError> {
 }
 
 /// The request's items: Infinity's `modality: image` makes every string an image.
-fn items_of(input: Items, modality: Option<&str>) -> Result<Vec<Item>, ApiError> {
+fn items_of(input: Items, modality: Option<&str>) -> Result<Vec<(String, Input)>, ApiError> {
     match modality {
-        None | Some("text") => inputs::items("input", input.0),
+        None | Some("text") => inputs::parse_items("input", input.0),
         Some("image") => input
             .0
             .into_iter()
@@ -179,9 +179,10 @@ fn items_of(input: Items, modality: Option<&str>) -> Result<Vec<Item>, ApiError>
             .map(|(i, v)| {
                 let at = format!("input[{i}]");
                 match v {
-                    Value::String(s) => inputs::image("input", &at, &s).map(Item::Image),
-                    other => inputs::item("input", &at, other),
+                    Value::String(s) => inputs::parse_image("input", &at, &s),
+                    other => inputs::parse_item("input", &at, other),
                 }
+                .map(|input| (at, input))
             })
             .collect(),
         Some(other) => Err(ApiError::invalid(
@@ -212,6 +213,7 @@ async fn embed(api: &Api, request: EmbeddingsRequest) -> Result<Response, ApiErr
         ));
     }
     let items = items_of(request.input, request.modality.as_deref())?;
+    let items = inputs::resolve(api.fetcher.as_ref(), "input", items).await?;
     let permit = api.service.admit(Admission::TryNow).await?;
     let embedded = api.service.embed_items(items, None, permit).await?;
     Ok(Json(reply(embedded, &model, base64)).into_response())
@@ -265,6 +267,7 @@ pub fn fuzz_embeddings_body(bytes: &[u8], max_items: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::Item;
 
     fn request(v: Value) -> EmbeddingsRequest {
         body::parse(&serde_json::to_vec(&v).unwrap(), 64).unwrap()
@@ -294,10 +297,17 @@ mod tests {
     fn infinity_modality_makes_strings_images() {
         let r =
             request(json!({"input": ["data:image/png;base64,AAEC", "AAEC"], "modality": "image"}));
-        let items = items_of(r.input, r.modality.as_deref()).unwrap();
+        let resolved = |r: EmbeddingsRequest| {
+            let items = items_of(r.input, r.modality.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(inputs::resolve(None, "input", items))
+        };
+        let items = resolved(r).unwrap();
         assert!(items.iter().all(|i| matches!(i, Item::Image(_))));
         let r = request(json!({"input": ["https://example.com/x.jpg"], "modality": "image"}));
-        let e = items_of(r.input, r.modality.as_deref()).unwrap_err();
+        let e = resolved(r).unwrap_err();
         assert!(
             e.message
                 .starts_with("input[0]: image URL fetching is not enabled"),
@@ -305,7 +315,7 @@ mod tests {
             e.message
         );
         let r = request(json!({"input": ["a", "data:image/png;base64,AAEC"]}));
-        let items = items_of(r.input, r.modality.as_deref()).unwrap();
+        let items = resolved(r).unwrap();
         assert!(matches!(&items[0], Item::Text(t) if t == "a"));
         assert!(matches!(&items[1], Item::Image(_)));
     }

@@ -30,7 +30,7 @@ use super::{
     api::Api,
     body::{Items, Strings},
     error::ApiError,
-    inputs,
+    inputs::{self, Input},
 };
 use crate::{
     common::{Field, List},
@@ -96,16 +96,16 @@ fn content(item: Item) -> Content {
 }
 
 /// One document: an item, or a Cohere object whose `rank_fields` make its text.
-fn document(at: &str, v: Value, rank_fields: Option<&[String]>) -> Result<Item, ApiError> {
+fn document(at: &str, v: Value, rank_fields: Option<&[String]>) -> Result<Input, ApiError> {
     let Value::Object(map) = v else {
-        return inputs::item("documents", at, v);
+        return inputs::parse_item("documents", at, v);
     };
     let is_item = ["image", "url", "bytes"]
         .iter()
         .any(|k| map.contains_key(*k))
         || (rank_fields.is_none() && map.contains_key("text"));
     if is_item {
-        return inputs::item("documents", at, Value::Object(map));
+        return inputs::parse_item("documents", at, Value::Object(map));
     }
     let text_of = |map: &Map<String, Value>, keys: &mut dyn Iterator<Item = &str>| {
         keys.filter_map(|k| map.get(k).and_then(Value::as_str))
@@ -132,7 +132,7 @@ fn document(at: &str, v: Value, rank_fields: Option<&[String]>) -> Result<Item, 
             "an object with no text to rank (expected `text`, `image`, or string fields)",
         ));
     }
-    Ok(Item::Text(text))
+    Ok(Input::Item(Item::Text(text)))
 }
 
 /// What `return_documents` gives back for a document.
@@ -148,7 +148,7 @@ fn returned(original: &Value) -> Value {
 
 async fn run(api: &Api, request: RerankRequest) -> Result<Response, ApiError> {
     let model = api.check_model(request.model.as_deref())?;
-    let query = inputs::item("query", "query", request.query)?;
+    let query = inputs::item(api.fetcher.as_ref(), "query", "query", request.query).await?;
     let rank_fields = request.rank_fields.map(|f| f.0);
     let keep = request.return_documents.unwrap_or(false);
     let originals: Vec<Value> = if keep {
@@ -162,10 +162,15 @@ async fn run(api: &Api, request: RerankRequest) -> Result<Response, ApiError> {
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            document(&format!("documents[{i}]"), v, rank_fields.as_deref())
-                .map(|item| Some(content(item)))
+            let at = format!("documents[{i}]");
+            document(&at, v, rank_fields.as_deref()).map(|input| (at, input))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let candidates = inputs::resolve(api.fetcher.as_ref(), "documents", candidates)
+        .await?
+        .into_iter()
+        .map(|item| Some(content(item)))
+        .collect();
     let top_n = request
         .top_n
         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -199,7 +204,7 @@ async fn run(api: &Api, request: RerankRequest) -> Result<Response, ApiError> {
 /// The body handling up to the model, for the fuzzer.
 pub(crate) fn fuzz_body(bytes: &[u8], max_items: usize) {
     if let Ok(request) = super::body::parse::<RerankRequest>(bytes, max_items) {
-        let _ = inputs::item("query", "query", request.query);
+        let _ = inputs::parse_item("query", "query", request.query);
         let fields = request.rank_fields.map(|f| f.0);
         for (i, v) in request.documents.0.into_iter().enumerate() {
             let _ = document(&format!("documents[{i}]"), v, fields.as_deref());
@@ -214,7 +219,7 @@ mod tests {
     #[test]
     fn documents_take_every_client_shape() {
         let text = |v: Value, fields: Option<&[String]>| match document("documents[0]", v, fields) {
-            Ok(Item::Text(t)) => t,
+            Ok(Input::Item(Item::Text(t))) => t,
             other => panic!("{other:?}"),
         };
         assert_eq!(text(json!("a"), None), "a");
@@ -226,7 +231,7 @@ mod tests {
         );
         assert!(matches!(
             document("documents[0]", json!({"image": "AAEC"}), None),
-            Ok(Item::Image(_))
+            Ok(Input::Item(Item::Image(_)))
         ));
         let e = document("documents[2]", json!({"title": "T"}), Some(&fields)).unwrap_err();
         assert!(

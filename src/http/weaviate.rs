@@ -26,7 +26,7 @@ use super::{
     api::Api,
     body::Items,
     error::{ApiError, Shape},
-    inputs,
+    inputs::{self, Input},
 };
 use crate::{
     common::{Field, List},
@@ -121,14 +121,14 @@ pub(super) async fn vectorize(
 }
 
 /// The texts, then the images, as one item list; how many texts lead it.
-fn items(request: VectorizeRequest) -> Result<(Vec<Item>, usize), ApiError> {
+fn items(request: VectorizeRequest) -> Result<(Vec<(String, Input)>, usize), ApiError> {
     let texts = request.texts.map(|t| t.0).unwrap_or_default();
     let images = request.images.map(|i| i.0).unwrap_or_default();
     let n_texts = texts.len();
     let mut items = Vec::with_capacity(n_texts + images.len());
     for (i, v) in texts.into_iter().enumerate() {
         match v {
-            Value::String(s) => items.push(Item::Text(s)),
+            Value::String(s) => items.push((format!("texts[{i}]"), Input::Item(Item::Text(s)))),
             other => {
                 return Err(inputs::invalid(
                     "texts",
@@ -141,7 +141,10 @@ fn items(request: VectorizeRequest) -> Result<(Vec<Item>, usize), ApiError> {
     for (i, v) in images.into_iter().enumerate() {
         let at = format!("images[{i}]");
         match v {
-            Value::String(s) => items.push(Item::Image(inputs::image("images", &at, &s)?)),
+            Value::String(s) => {
+                let input = inputs::parse_image("images", &at, &s)?;
+                items.push((at, input));
+            }
             other => {
                 return Err(inputs::invalid(
                     "images",
@@ -156,6 +159,8 @@ fn items(request: VectorizeRequest) -> Result<(Vec<Item>, usize), ApiError> {
 
 async fn run(api: &Api, request: VectorizeRequest) -> Result<Response, ApiError> {
     let (items, n_texts) = items(request)?;
+    // Errors about images name them `images[i]` already.
+    let items = inputs::resolve(api.fetcher.as_ref(), "images", items).await?;
     if items.is_empty() {
         return Ok(Json(json!({"textVectors": [], "imageVectors": []})).into_response());
     }

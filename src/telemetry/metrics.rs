@@ -45,6 +45,7 @@ pub struct Metrics {
     inflight_bytes: IntGauge,
     decode_reserved_bytes: IntGauge,
     usage: IntCounterVec,
+    image_fetches: IntCounterVec,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -288,8 +289,17 @@ impl Metrics {
             &["key", "kind"],
         )?;
         registry.register(Box::new(usage.clone()))?;
+        let image_fetches = IntCounterVec::new(
+            Opts::new(
+                "clip_image_fetches_total",
+                "Image URL fetches (--fetch-image-urls) by outcome: ok, refused, too_large, timeout, error",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(image_fetches.clone()))?;
         Ok(Metrics {
             usage,
+            image_fetches,
             decode_reserved_bytes,
             store_records_skipped,
             text_batch_length,
@@ -322,6 +332,11 @@ impl Metrics {
     /// The usage counter of `kind` for the key named `key`.
     pub fn usage_counter(&self, key: &str, kind: &str) -> IntCounter {
         self.usage.with_label_values(&[key, kind])
+    }
+
+    /// `clip_image_fetches_total{outcome}`.
+    pub fn image_fetches(&self) -> IntCounterVec {
+        self.image_fetches.clone()
     }
 
     /// Decode working memory reserved now.

@@ -16,8 +16,10 @@ mod memory;
 mod observability;
 mod openai;
 mod openapi;
+mod pages;
 mod parity;
 mod retrieve;
 mod server;
 #[cfg(unix)]
 mod signals;
+mod url_fetch;
