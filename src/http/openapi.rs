@@ -19,7 +19,7 @@ use utoipa::{
     },
 };
 
-use super::{classify, collections, hf, immich, openai, probes, rerank, weaviate};
+use super::{classify, collections, hf, immich, openai, pages, probes, rerank, weaviate};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,6 +54,8 @@ use super::{classify, collections, hf, immich, openai, probes, rerank, weaviate}
         collections::delete_items,
         collections::delete_item,
         collections::search,
+        pages::index,
+        pages::docs,
     ),
     modifiers(&Aliases, &Bearer),
     security(("bearer" = []))

@@ -39,8 +39,8 @@ pub fn routes() -> Router {
         .route("/", get(index))
         .route("/playground/playground.js", asset(JS, PLAYGROUND_JS))
         .route("/playground/playground.css", asset(CSS, PLAYGROUND_CSS))
-        .route("/docs", asset(HTML, DOCS_HTML))
-        .route("/docs/", asset(HTML, DOCS_HTML))
+        .route("/docs", get(docs))
+        .route("/docs/", get(docs))
         .route("/docs/docs.js", asset(JS, DOCS_JS))
         .route("/docs/swagger-ui-bundle.js", asset(JS, SWAGGER_UI_JS))
         .route("/docs/swagger-ui.css", asset(CSS, SWAGGER_UI_CSS))
@@ -62,7 +62,32 @@ fn page(content_type: &'static str, body: &'static str, cache: &'static str) -> 
     response
 }
 
-/// The playground for browsers, a JSON index for API clients.
+/// Swagger UI on `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "pages",
+    security(()),
+    responses((status = 200, description = "Swagger UI (HTML) rendering /openapi.json", body = String, content_type = "text/html"))
+)]
+async fn docs() -> Response {
+    page(HTML, DOCS_HTML, "public, max-age=3600")
+}
+
+/// The playground for browsers (`Accept: text/html`), a JSON index for API clients.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "pages",
+    security(()),
+    responses(
+        (status = 200, description = "The playground page for browsers (Accept prefers text/html), \
+            otherwise a JSON index of the service's documents", content(
+            (String = "text/html"),
+            (serde_json::Value = "application/json"),
+        )),
+    )
+)]
 async fn index(headers: HeaderMap) -> Response {
     let accept = headers
         .get(header::ACCEPT)

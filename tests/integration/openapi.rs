@@ -37,6 +37,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/collections/{name}/items/delete"),
     ("delete", "/v1/collections/{name}/items/{id}"),
     ("post", "/v1/collections/{name}/search"),
+    ("get", "/"),
+    ("get", "/docs"),
 ];
 
 #[tokio::test]
