@@ -13,7 +13,7 @@ use crate::{
     common::parse_duration,
     embed::{EmbedConfig, Limits},
     model::{Precision, Provider, ProviderOptions},
-    retrieve::RetrieveConfig,
+    retrieve::{RetrieveConfig, StoreConfig, postgres::PgConfig},
     security::{Secret, TlsPaths},
     telemetry::LogFormat,
 };
@@ -232,6 +232,43 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_COLLECTIONS", default_value_t = 100)]
     pub max_collections: u32,
 
+    /// Where collections (and, with postgres, label sets) live: `local` (a redb file under
+    /// --data-dir, searched in memory; one replica's own) or `postgres` (PostgreSQL with pgvector,
+    /// shared by every replica pointed at it; needs --postgres-url).
+    #[arg(long, env = "CLIP_SERVE_STORE", value_enum, default_value_t = StoreKind::Local)]
+    pub store: StoreKind,
+
+    /// PostgreSQL connection URL for --store postgres, e.g.
+    /// `postgres://clip@db.example.com:5432/clip?sslmode=disable`. Give the password apart
+    /// (--postgres-password-file or CLIP_SERVE_POSTGRES_PASSWORD); it is never logged.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// A file holding the PostgreSQL password (trailing newline ignored), e.g. a mounted secret.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// The PostgreSQL password. Prefer the environment variable or the file: a flag shows in `ps`.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<String>,
+
+    /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_POOL_SIZE", default_value_t = 16)]
+    pub postgres_pool_size: u32,
+
+    /// Collections with fewer items are searched exactly (a scan) instead of by the HNSW index.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_POSTGRES_EXACT_BELOW",
+        default_value_t = 10_000
+    )]
+    pub postgres_exact_below: u64,
+
+    /// How long to wait for a PostgreSQL connection (connecting, or a free one in the pool)
+    /// before answering UNAVAILABLE.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub postgres_connect_timeout: Duration,
+
     /// Longest item id, in bytes.
     #[arg(long, env = "CLIP_SERVE_MAX_ID_BYTES", default_value_t = 256)]
     pub max_id_bytes: u32,
@@ -295,6 +332,13 @@ pub struct ServeArgs {
     pub log_filter: String,
 }
 
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Local,
+    Postgres,
+}
+
 /// Validated server configuration: one struct per domain, built here, read by `server.rs`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -317,6 +361,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub classify: ClassifyConfig,
     pub retrieve: RetrieveConfig,
+    /// Where collections (and with postgres, label sets) live.
+    pub store: StoreConfig,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
@@ -407,6 +453,7 @@ impl ServeArgs {
             max_metadata_bytes: to_usize("max-metadata-bytes", self.max_metadata_bytes.into())?,
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
+        let store = self.store_config()?;
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let intra_op_threads = self.intra_op_threads.map_or(cores, NonZeroUsize::get);
         Ok(Config {
@@ -441,6 +488,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             classify,
             retrieve,
+            store,
             shutdown_grace: self.shutdown_grace,
             max_connections: to_usize("max-connections", self.max_connections.into())?,
             max_inflight_bytes: positive("max-inflight-bytes", self.max_inflight_bytes)?,
@@ -456,6 +504,58 @@ impl ServeArgs {
                 client_ca: self.tls_client_ca,
             },
         })
+    }
+}
+
+impl ServeArgs {
+    /// `--store` and the `--postgres-*` flags; reads the password file.
+    fn store_config(&self) -> Result<StoreConfig, String> {
+        let postgres_set = self.postgres_url.is_some()
+            || self.postgres_password.is_some()
+            || self.postgres_password_file.is_some();
+        match self.store {
+            StoreKind::Local if postgres_set => Err(
+                "--postgres-url and --postgres-password(-file) apply to --store postgres, not local"
+                    .into(),
+            ),
+            StoreKind::Local => Ok(StoreConfig::Local),
+            StoreKind::Postgres => {
+                let url = self
+                    .postgres_url
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .ok_or("--store postgres needs --postgres-url (or CLIP_SERVE_POSTGRES_URL)")?;
+                let password = match (&self.postgres_password_file, &self.postgres_password) {
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            "give the PostgreSQL password once: --postgres-password-file or --postgres-password".into(),
+                        );
+                    }
+                    (Some(path), None) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| {
+                                format!("--postgres-password-file {}: {e}", path.display())
+                            })?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string(),
+                    ),
+                    (None, password) => password.clone().filter(|p| !p.is_empty()),
+                };
+                if self.postgres_pool_size == 0 {
+                    return Err("--postgres-pool-size must be greater than 0".into());
+                }
+                if self.postgres_connect_timeout.is_zero() {
+                    return Err("--postgres-connect-timeout must be greater than 0".into());
+                }
+                Ok(StoreConfig::Postgres(PgConfig {
+                    url,
+                    password,
+                    pool_size: self.postgres_pool_size as usize,
+                    exact_below: usize::try_from(self.postgres_exact_below).unwrap_or(usize::MAX),
+                    connect_timeout: self.postgres_connect_timeout,
+                }))
+            }
+        }
     }
 }
 

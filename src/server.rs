@@ -9,7 +9,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -162,8 +162,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         config.classify,
         classify_metrics,
     )?;
-    let retrieve = RetrieveService::open(
+    let retrieve = RetrieveService::with_store(
         service.clone(),
+        &config.store,
         &config.data_dir,
         config.retrieve,
         service.metrics().store_records_skipped(),
@@ -206,14 +207,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             if let Some(hold) = hold {
                 let _ = hold.await;
             }
-            let loading = retrieve.clone();
-            match tokio::task::spawn_blocking(move || loading.load()).await {
-                Ok(Ok(())) => {
+            match retrieve.load().await {
+                Ok(()) => {
                     health.ready(grpc::transport::Part::Collections).await;
+                    if retrieve.store_kind() != "local" {
+                        tokio::spawn(watch_store(retrieve, health));
+                    }
                     Ok(())
                 }
-                Ok(Err(e)) => Err(format!("reading the collections: {e:#}")),
-                Err(e) => Err(format!("reading the collections panicked: {e}")),
+                Err(e) => Err(format!("reading the collections: {e:#}")),
             }
         })
     };
@@ -442,5 +444,36 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Health of a remote collection store: Retrieve turns NOT_SERVING while it does not answer, and
+/// SERVING again when it does (Embed and Classify are unaffected).
+async fn watch_store(retrieve: RetrieveService, health: grpc::transport::Health) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(5), retrieve.ping()).await,
+            Ok(Ok(()))
+        );
+        if ok == serving {
+            continue;
+        }
+        serving = ok;
+        let store = retrieve.store_kind();
+        if ok {
+            tracing::info!(
+                store,
+                "the collection store answers again; Retrieve SERVING"
+            );
+            health.ready(grpc::transport::Part::Collections).await;
+        } else {
+            tracing::warn!(
+                store,
+                "the collection store does not answer; Retrieve NOT_SERVING"
+            );
+            health.unready(grpc::transport::Part::Collections).await;
+        }
     }
 }

@@ -121,6 +121,16 @@ impl Health {
         self.publish(&mut state).await;
     }
 
+    /// `part` is not ready any more (its store stopped answering): NOT_SERVING for what needs it.
+    pub async fn unready(&self, part: Part) {
+        let mut state = self.state.lock().await;
+        match part {
+            Part::Model => state.model = false,
+            Part::Collections => state.collections = false,
+        }
+        self.publish(&mut state).await;
+    }
+
     /// Shutdown began: NOT_SERVING everywhere, for good.
     pub async fn stopping(&self) {
         let mut state = self.state.lock().await;

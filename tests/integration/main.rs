@@ -11,6 +11,7 @@ mod memory;
 mod observability;
 mod openai;
 mod parity;
+mod postgres;
 mod retrieve;
 mod server;
 #[cfg(unix)]

@@ -1,0 +1,614 @@
+//! The PostgreSQL store (`--store postgres`): collections, their items and label sets in
+//! PostgreSQL with pgvector, so any number of replicas share them. Nothing is cached across calls
+//! but a collection's item count and index flag, read with its description, so every replica sees
+//! every committed write at once.
+//!
+//! Each Upsert and Delete is one transaction (with `synchronous_commit = on`), acknowledged after
+//! its commit. It locks its collection's row and checks the row's incarnation id is the one the
+//! write began with, so a write that lost a race with DeleteCollection (and CreateCollection of the
+//! same name) is ABORTED, never acknowledged-but-invisible. Search is exact (a sequential scan)
+//! below `--postgres-exact-below` items and for collections without an HNSW index; above, HNSW
+//! (cosine) with `hnsw.iterative_scan`, and a filtered search that still finds fewer than `k`
+//! falls back to an exact one, so a filter never returns fewer than `k` rows when `k` match.
+//! PostgreSQL unreachable: UNAVAILABLE naming the store; the pool reconnects by itself.
+
+pub mod schema;
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    tokio_postgres::{self, NoTls, Row},
+};
+use pgvector::Vector;
+
+use super::{
+    CollectionInfo,
+    backend::{CollectionStore, Record, exists, not_found, replaced, too_many},
+    index::{Metadata, Scored},
+    store::{CollectionMeta, StoredItem},
+};
+use crate::common::{List, ServiceError};
+
+/// pgvector's largest `vector` and largest HNSW-indexed `vector`.
+pub const MAX_DIMENSION: usize = 16_000;
+const MAX_HNSW_DIMENSION: usize = 2_000;
+
+/// How to reach PostgreSQL. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// `postgres://user@host:port/db?...` (a password in it works but is better given apart).
+    pub url: String,
+    pub password: Option<String>,
+    pub pool_size: usize,
+    /// Collections with fewer items are searched exactly.
+    pub exact_below: usize,
+    /// Connecting, and waiting for a pooled connection.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &"<redacted>")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("exact_below", &self.exact_below)
+            .finish()
+    }
+}
+
+pub struct PgStore {
+    pool: Pool,
+    exact_below: usize,
+    /// Per incarnation id: (item count, has an HNSW index), as last read.
+    seen: Mutex<HashMap<String, (usize, bool)>>,
+}
+
+/// What a client sees when PostgreSQL does not answer (the details are logged).
+fn unavailable() -> ServiceError {
+    ServiceError::Unavailable(
+        "the collection store (PostgreSQL) is unavailable; retry (the server logged the details)"
+            .into(),
+    )
+}
+
+/// A PostgreSQL error as the client sees it: connection trouble is UNAVAILABLE, a serialization
+/// conflict ABORTED, anything else INTERNAL (logged).
+pub fn pg_error(e: tokio_postgres::Error) -> ServiceError {
+    let Some(db) = e.as_db_error() else {
+        tracing::warn!(error = %e, "PostgreSQL unreachable");
+        return unavailable();
+    };
+    let code = db.code().code();
+    if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
+        tracing::warn!(error = %e, code, "PostgreSQL unavailable");
+        unavailable()
+    } else if matches!(code, "40001" | "40P01") {
+        ServiceError::Aborted(
+            "the write conflicted with a concurrent one in PostgreSQL; nothing was written; retry"
+                .into(),
+        )
+    } else {
+        tracing::error!(error = %e, code, "PostgreSQL failed");
+        ServiceError::Internal(
+            "the collection store (PostgreSQL) failed; the server logged the details".into(),
+        )
+    }
+}
+
+fn pool_error(e: PoolError) -> ServiceError {
+    match e {
+        PoolError::Backend(e) => pg_error(e),
+        other => {
+            tracing::warn!(error = %other, "no PostgreSQL connection");
+            unavailable()
+        }
+    }
+}
+
+/// `42P01`: the collection's table went away (it was deleted meanwhile).
+fn table_gone(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+}
+
+fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+fn metadata_json(md: &Metadata) -> serde_json::Value {
+    serde_json::Value::Object(
+        md.iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+fn metadata_of(v: serde_json::Value) -> Metadata {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Metadata::new(),
+    }
+}
+
+fn meta_of(row: &Row) -> CollectionMeta {
+    let dimension: i32 = row.get("dimension");
+    CollectionMeta {
+        name: row.get("name"),
+        dimension: usize::try_from(dimension).unwrap_or(0),
+        model: row.get("model"),
+        id: row.get("id"),
+    }
+}
+
+fn count_of(row: &Row) -> usize {
+    let count: i64 = row.get("count");
+    usize::try_from(count).unwrap_or(0)
+}
+
+fn info_of(row: &Row) -> CollectionInfo {
+    let meta = meta_of(row);
+    CollectionInfo {
+        name: meta.name,
+        count: count_of(row),
+        dimension: meta.dimension,
+        model: meta.model,
+    }
+}
+
+const COLUMNS: &str = "name, id, dimension, model, count, indexed";
+
+impl PgStore {
+    /// A pool of at most `pool_size` connections, opened as calls need them (nothing connects
+    /// here: [`CollectionStore::load`] does, and migrates).
+    pub fn new(config: PgConfig) -> anyhow::Result<Self> {
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|_| {
+            anyhow::anyhow!("--postgres-url is not a PostgreSQL connection URL (postgres://user@host:port/database)")
+        })?;
+        if let Some(password) = &config.password {
+            pg.password(password);
+        }
+        pg.connect_timeout(config.connect_timeout);
+        pg.keepalives_idle(Duration::from_secs(30));
+        if pg.get_application_name().is_none() {
+            pg.application_name("clip-serve");
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| anyhow::anyhow!("the PostgreSQL pool: {e}"))?;
+        Ok(PgStore {
+            pool,
+            exact_below: config.exact_below,
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn client(&self) -> Result<Object, ServiceError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    fn remember(&self, row: &Row) {
+        let id: String = row.get("id");
+        let indexed: bool = row.get("indexed");
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (count_of(row), indexed));
+    }
+
+    fn seen(&self, id: &str) -> (usize, bool) {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+            .unwrap_or((usize::MAX, true))
+    }
+
+    /// Locks the collection row of a write and checks it is still the incarnation `meta`.
+    async fn lock_current(
+        tx: &deadpool_postgres::Transaction<'_>,
+        meta: &CollectionMeta,
+    ) -> Result<(), ServiceError> {
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .await
+            .map_err(pg_error)?;
+        let row = tx
+            .query_opt(
+                "SELECT id FROM clip_collections WHERE name = $1 FOR UPDATE",
+                &[&meta.name],
+            )
+            .await
+            .map_err(pg_error)?;
+        match row {
+            Some(row) if row.get::<_, String>(0) == meta.id => Ok(()),
+            _ => Err(replaced(&meta.name)),
+        }
+    }
+
+    /// Sets the collection's count after a write (in its transaction); returns it.
+    async fn add_count(
+        tx: &deadpool_postgres::Transaction<'_>,
+        meta: &CollectionMeta,
+        delta: i64,
+    ) -> Result<usize, ServiceError> {
+        let row = tx
+            .query_one(
+                "UPDATE clip_collections SET count = count + $2 WHERE name = $1 RETURNING count",
+                &[&meta.name, &delta],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(count_of(&row))
+    }
+
+    /// One search query: HNSW (with iterative scans) or exact.
+    async fn query_nearest(
+        &self,
+        meta: &CollectionMeta,
+        query: &Vector,
+        k: usize,
+        filter: Option<&serde_json::Value>,
+        exact: bool,
+    ) -> Result<Vec<Scored>, ServiceError> {
+        let table = schema::items_table(&meta.id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let settings = if exact {
+            "SET LOCAL enable_indexscan = off".to_string()
+        } else {
+            let ef = (2 * k).clamp(64, 1000);
+            format!("SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = strict_order")
+        };
+        tx.batch_execute(&settings).await.map_err(pg_error)?;
+        let limit = i64::try_from(k).unwrap_or(i64::MAX);
+        let rows = match filter {
+            Some(filter) => {
+                let sql = format!(
+                    "SELECT id, metadata, (embedding <=> $1)::float8 FROM {table}
+                     WHERE metadata @> $2 ORDER BY embedding <=> $1 LIMIT $3"
+                );
+                let stmt = tx.prepare_cached(&sql).await;
+                match stmt {
+                    Ok(stmt) => tx.query(&stmt, &[query, filter, &limit]).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let sql = format!(
+                    "SELECT id, metadata, (embedding <=> $1)::float8 FROM {table}
+                     ORDER BY embedding <=> $1 LIMIT $2"
+                );
+                let stmt = tx.prepare_cached(&sql).await;
+                match stmt {
+                    Ok(stmt) => tx.query(&stmt, &[query, &limit]).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let rows = rows.map_err(|e| {
+            if table_gone(&e) {
+                not_found(&meta.name)
+            } else {
+                pg_error(e)
+            }
+        })?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let distance: f64 = row.get(2);
+                Scored {
+                    id: row.get(0),
+                    score: (1.0 - distance) as f32,
+                    metadata: std::sync::Arc::new(metadata_of(row.get(1))),
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl CollectionStore for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    /// Connects and migrates, retrying (with backoff) while PostgreSQL is unreachable; a schema
+    /// that cannot be migrated is an error.
+    async fn load(&self) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let failure = match self.pool.get().await {
+                Ok(mut client) => match schema::migrate(&mut client).await {
+                    Ok(found) => {
+                        let collections: i64 = client
+                            .query_one("SELECT count(*) FROM clip_collections", &[])
+                            .await?
+                            .get(0);
+                        tracing::info!(
+                            schema_found = found,
+                            schema = schema::latest(),
+                            collections,
+                            "connected to PostgreSQL; collections shared there"
+                        );
+                        return Ok(());
+                    }
+                    Err(schema::MigrateError::Pg(e)) if e.as_db_error().is_none() => e.to_string(),
+                    Err(e) => return Err(anyhow::anyhow!("migrating the PostgreSQL schema: {e}")),
+                },
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(error = %failure, retry_ms = delay.as_millis() as u64, "PostgreSQL unreachable at start-up; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn ping(&self) -> Result<(), ServiceError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        meta: CollectionMeta,
+        max_collections: usize,
+    ) -> Result<CollectionInfo, ServiceError> {
+        if meta.dimension > MAX_DIMENSION {
+            return Err(ServiceError::invalid(
+                crate::common::Field::Param("dimension"),
+                format!(
+                    "{} is over {MAX_DIMENSION}, the most the postgres store holds",
+                    meta.dimension
+                ),
+            ));
+        }
+        let indexed = meta.dimension <= MAX_HNSW_DIMENSION;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
+            .await
+            .map_err(pg_error)?;
+        let (present, total): (bool, i64) = {
+            let row = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM clip_collections WHERE name = $1), count(*) FROM clip_collections",
+                    &[&meta.name],
+                )
+                .await
+                .map_err(pg_error)?;
+            (row.get(0), row.get(1))
+        };
+        if present {
+            return Err(exists(&meta.name));
+        }
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
+        if total >= max_collections {
+            return Err(too_many(total));
+        }
+        let dimension = i32::try_from(meta.dimension).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO clip_collections (name, id, dimension, model, indexed) VALUES ($1, $2, $3, $4, $5)",
+            &[&meta.name, &meta.id, &dimension, &meta.model, &indexed],
+        )
+        .await
+        .map_err(pg_error)?;
+        let table = schema::items_table(&meta.id);
+        tx.batch_execute(&schema::create_items_table(&table, meta.dimension, indexed))
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(CollectionInfo {
+            name: meta.name,
+            count: 0,
+            dimension: meta.dimension,
+            model: meta.model,
+        })
+    }
+
+    async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
+        let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(&stmt, &[&name])
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| not_found(name))?;
+        self.remember(&row);
+        Ok(meta_of(&row))
+    }
+
+    async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
+        let row = client
+            .query_opt(&sql, &[&name])
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| not_found(name))?;
+        Ok(info_of(&row))
+    }
+
+    async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM clip_collections ORDER BY name");
+        let rows = client.query(&sql, &[]).await.map_err(pg_error)?;
+        Ok(rows.iter().map(info_of).collect())
+    }
+
+    async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
+            .await
+            .map_err(pg_error)?;
+        // Waits for writes in flight (they hold the row), then deletes it and the items.
+        let row = tx
+            .query_opt(
+                "DELETE FROM clip_collections WHERE name = $1 RETURNING id",
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| not_found(name))?;
+        let id: String = row.get(0);
+        let table = schema::items_table(&id);
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        Ok(())
+    }
+
+    async fn upsert(
+        &self,
+        meta: &CollectionMeta,
+        records: Vec<Record>,
+    ) -> Result<usize, ServiceError> {
+        for (i, r) in records.iter().enumerate() {
+            if has_nul(&r.id) || r.metadata.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
+                return Err(ServiceError::invalid_item(
+                    List::Items,
+                    i,
+                    "holds a NUL character (U+0000), which the postgres store cannot hold",
+                ));
+            }
+        }
+        let (ids, (vectors, metadata)): (Vec<String>, (Vec<Vector>, Vec<serde_json::Value>)) =
+            records
+                .into_iter()
+                .map(|r| (r.id, (Vector::from(r.stored), metadata_json(&r.metadata))))
+                .unzip();
+        let table = schema::items_table(&meta.id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        Self::lock_current(&tx, meta).await?;
+        let sql = format!(
+            "INSERT INTO {table} (id, embedding, metadata)
+             SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
+             ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
+             RETURNING (xmax = 0)"
+        );
+        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+        let rows = tx
+            .query(&stmt, &[&ids, &vectors, &metadata])
+            .await
+            .map_err(pg_error)?;
+        let inserted = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+        let count = Self::add_count(&tx, meta, inserted as i64).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(count)
+    }
+
+    async fn delete(
+        &self,
+        meta: &CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<(usize, usize), ServiceError> {
+        // An id PostgreSQL cannot hold is absent.
+        let ids: Vec<String> = ids.into_iter().filter(|id| !has_nul(id)).collect();
+        let table = schema::items_table(&meta.id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        Self::lock_current(&tx, meta).await?;
+        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
+        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+        let deleted = tx.execute(&stmt, &[&ids]).await.map_err(pg_error)?;
+        let count = Self::add_count(&tx, meta, -(deleted as i64)).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok((deleted as usize, count))
+    }
+
+    async fn search(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+    ) -> Result<Vec<Scored>, ServiceError> {
+        // Nothing stored holds a NUL character.
+        if filter.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
+            return Ok(Vec::new());
+        }
+        let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
+        let query = Vector::from(query);
+        let (count, indexed) = self.seen(&meta.id);
+        let exact = !indexed || count < self.exact_below;
+        let found = self
+            .query_nearest(meta, &query, k, filter.as_ref(), exact)
+            .await?;
+        if exact || found.len() >= k {
+            return Ok(found);
+        }
+        // The approximate scan stopped short (a selective filter, or dead index entries): the
+        // exact one finds every match.
+        self.query_nearest(meta, &query, k, filter.as_ref(), true)
+            .await
+    }
+
+    async fn get_items(
+        &self,
+        meta: &CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<StoredItem>>, ServiceError> {
+        let wanted: Vec<&String> = ids.iter().filter(|id| !has_nul(id)).collect();
+        let table = schema::items_table(&meta.id);
+        let client = self.client().await?;
+        let sql = format!("SELECT id, embedding, metadata FROM {table} WHERE id = ANY($1)");
+        let rows = match client.prepare_cached(&sql).await {
+            Ok(stmt) => client.query(&stmt, &[&wanted]).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            if table_gone(&e) {
+                not_found(&meta.name)
+            } else {
+                pg_error(e)
+            }
+        })?;
+        let mut found: HashMap<String, StoredItem> = rows
+            .into_iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let vector: Vector = row.get(1);
+                let item = StoredItem {
+                    id: id.clone(),
+                    vector: vector.to_vec(),
+                    metadata: metadata_of(row.get(2)),
+                };
+                (id, item)
+            })
+            .collect();
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
+    }
+}

@@ -1,0 +1,478 @@
+//! `--store postgres` against a real PostgreSQL with pgvector (scripts/postgres.sh starts one and
+//! scripts/test.sh passes its URL in CLIP_SERVE_TEST_POSTGRES_URL; without it these tests print
+//! SKIPPED and pass). Each test gets a database of its own. The multi-process tests (two replicas,
+//! kill -9) are in postgres_replicas.rs.
+
+use std::{collections::HashMap, time::Duration};
+
+use crate::common::*;
+use clip_serve::{
+    grpc::pb::{self, retrieve_client::RetrieveClient},
+    retrieve::{
+        StoreConfig,
+        backend::{CollectionStore, Record},
+        postgres::{PgConfig, PgStore},
+        store::CollectionMeta,
+    },
+};
+use deadpool_postgres::tokio_postgres::{self, NoTls};
+use tonic::{Code, transport::Channel};
+
+/// A fresh database on the test PostgreSQL, or `None` (and a SKIPPED line) without one.
+pub async fn test_database() -> Option<String> {
+    let Ok(admin) = std::env::var("CLIP_SERVE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: no PostgreSQL (set CLIP_SERVE_TEST_POSTGRES_URL)");
+        return None;
+    };
+    Some(create_database(&admin).await)
+}
+
+pub async fn create_database(admin: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(admin, NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(connection);
+    let name = format!("clip_test_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    let (base, _) = admin.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{name}")
+}
+
+pub fn pg(url: &str) -> PgConfig {
+    PgConfig {
+        url: url.to_string(),
+        password: None,
+        pool_size: 8,
+        exact_below: 10_000,
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn pg_config(url: &str) -> clip_serve::cli::Config {
+    let mut cfg = config(&tiny_model());
+    cfg.store = StoreConfig::Postgres(pg(url));
+    cfg
+}
+
+fn client(server: &TestServer) -> RetrieveClient<Channel> {
+    RetrieveClient::new(server.channel.clone()).max_decoding_message_size(64 << 20)
+}
+
+pub fn vector_item(id: &str, values: Vec<f32>, kind: &str) -> pb::Item {
+    pb::Item {
+        id: id.into(),
+        content: Some(pb::item::Content::Vector(pb::Vector { values })),
+        metadata: HashMap::from([("kind".to_string(), kind.to_string())]),
+    }
+}
+
+/// A deterministic pseudo-random vector.
+pub fn pseudo(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn vq(v: Vec<f32>) -> pb::Query {
+    pb::Query {
+        query: Some(pb::query::Query::Vector(pb::Vector { values: v })),
+    }
+}
+
+pub fn search(
+    collection: &str,
+    v: Vec<f32>,
+    top_k: u32,
+    filter: &[(&str, &str)],
+) -> pb::SearchRequest {
+    pb::SearchRequest {
+        collection: collection.into(),
+        query: Some(vq(v)),
+        top_k,
+        filter: filter
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        model: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn postgres_collections_round_trip_like_the_local_store() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let server = serve(pg_config(&url)).await;
+    let mut c = client(&server);
+    let created = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "photos".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((created.dimension, created.count), (32, 0));
+    let again = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "photos".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    // Vectors exactly as sent (not normalized), and a text embedded by the server.
+    let raw: Vec<f32> = (0..32).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let up = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            items: vec![
+                vector_item("raw", raw.clone(), "vector"),
+                vector_item("other", pseudo(7, 32), "vector"),
+                pb::Item {
+                    id: "cat".into(),
+                    content: Some(pb::item::Content::Text("a photo of a cat".into())),
+                    metadata: HashMap::from([("kind".to_string(), "text".to_string())]),
+                },
+            ],
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((up.upserted, up.count), (3, 3));
+    let got = c
+        .get_items(pb::GetItemsRequest {
+            collection: "photos".into(),
+            ids: vec!["raw".into(), "nope".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.items.len(), 1);
+    assert_eq!(
+        got.items[0].vector.as_ref().unwrap().values,
+        raw,
+        "bit for bit"
+    );
+    assert_eq!(got.items[0].metadata["kind"], "vector");
+    assert_eq!(got.missing, ["nope"]);
+    let hits = c
+        .search(search("photos", raw.clone(), 10, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[0].id, "raw");
+    assert!((hits[0].score - 1.0).abs() < 1e-5, "{}", hits[0].score);
+    assert!(hits.windows(2).all(|p| p[0].score >= p[1].score));
+    let text_hits = c
+        .search(pb::SearchRequest {
+            collection: "photos".into(),
+            query: Some(pb::Query {
+                query: Some(pb::query::Query::Text("a photo of a cat".into())),
+            }),
+            top_k: 1,
+            filter: HashMap::new(),
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(text_hits[0].id, "cat");
+    let filtered = c
+        .search(search("photos", raw.clone(), 10, &[("kind", "text")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].id, "cat");
+    // Replacing keeps the count; deleting counts what existed.
+    let up = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            items: vec![vector_item("raw", pseudo(9, 32), "vector")],
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((up.upserted, up.count), (1, 3));
+    let del = c
+        .delete(pb::DeleteRequest {
+            collection: "photos".into(),
+            ids: vec!["raw".into(), "never".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((del.deleted, del.count), (1, 2));
+    // The same validation as the local store, and what PostgreSQL cannot hold.
+    let bad = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            items: vec![vector_item("x", vec![1.0; 31], "v")],
+            model: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("items[0]"), "{}", bad.message());
+    let nul = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            items: vec![vector_item("a\0b", vec![1.0; 32], "v")],
+            model: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nul.code(), Code::InvalidArgument, "{nul:?}");
+    let list = c
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .collections;
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].name.as_str(), list[0].count), ("photos", 2));
+    c.delete_collection(pb::DeleteCollectionRequest {
+        name: "photos".into(),
+    })
+    .await
+    .unwrap();
+    for e in [
+        c.search(search("photos", raw.clone(), 1, &[]))
+            .await
+            .unwrap_err(),
+        c.get_collection(pb::GetCollectionRequest {
+            name: "photos".into(),
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+}
+
+fn record(id: &str, v: Vec<f32>) -> Record {
+    Record {
+        id: id.into(),
+        unit: v.clone(),
+        stored: v,
+        metadata: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_write_that_lost_a_race_with_delete_and_create_is_aborted() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let store = PgStore::new(pg(&url)).unwrap();
+    store.load().await.unwrap();
+    let meta = || CollectionMeta::new("c".into(), 2, "m".into());
+    store.create(meta(), 10).await.unwrap();
+    let old = store.collection("c").await.unwrap();
+    store.drop_collection("c").await.unwrap();
+    store.create(meta(), 10).await.unwrap();
+    let e = store
+        .upsert(&old, vec![record("a", vec![1.0, 0.0])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, clip_serve::common::ServiceError::Aborted(_)),
+        "{e}"
+    );
+    let new = store.collection("c").await.unwrap();
+    assert_eq!(
+        store
+            .upsert(&new, vec![record("a", vec![0.0, 1.0])])
+            .await
+            .unwrap(),
+        1
+    );
+    let e = store.delete(&old, vec!["a".into()]).await.unwrap_err();
+    assert!(
+        matches!(&e, clip_serve::common::ServiceError::Aborted(_)),
+        "{e}"
+    );
+    assert_eq!(store.info("c").await.unwrap().count, 1);
+    let items = store.get_items(&new, vec!["a".into()]).await.unwrap();
+    assert_eq!(items[0].as_ref().unwrap().vector, [0.0, 1.0]);
+}
+
+#[tokio::test]
+async fn postgres_a_collection_created_concurrently_by_two_replicas_exists_once() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let a = PgStore::new(pg(&url)).unwrap();
+    let b = PgStore::new(pg(&url)).unwrap();
+    // Both replicas migrate at once (the advisory lock orders them).
+    let (ra, rb) = tokio::join!(a.load(), b.load());
+    ra.unwrap();
+    rb.unwrap();
+    let tries = (0..8).map(|i| {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store.create(CollectionMeta::new("shared".into(), 4, "m".into()), 3)
+    });
+    let results = futures_join_all(tries).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 1, "{results:?}");
+    assert!(results.iter().all(|r| match r {
+        Ok(_) => true,
+        Err(e) => matches!(e, clip_serve::common::ServiceError::AlreadyExists(_)),
+    }));
+    assert_eq!(a.list().await.unwrap().len(), 1);
+    // --max-collections counts every replica's collections.
+    for name in ["two", "three"] {
+        let _ = b
+            .create(CollectionMeta::new(name.into(), 4, "m".into()), 3)
+            .await;
+    }
+    let e = a
+        .create(CollectionMeta::new("four".into(), 4, "m".into()), 3)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, clip_serve::common::ServiceError::ResourceExhausted(_)),
+        "{e}"
+    );
+}
+
+/// `join_all` without the futures crate: each future on its own task would need 'static, so
+/// these run concurrently on this task.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// 5 rare items in 3000, 10% common ones.
+fn tag_of(id: &str) -> &'static str {
+    let i: usize = id[2..].parse().unwrap();
+    if i.is_multiple_of(600) {
+        "rare"
+    } else if i.is_multiple_of(10) {
+        "common"
+    } else {
+        "none"
+    }
+}
+
+#[tokio::test]
+async fn postgres_hnsw_search_finds_the_exact_neighbours_and_filters_never_come_up_short() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let mut cfg = pg(&url);
+    cfg.exact_below = 0; // HNSW from the first item
+    let store = PgStore::new(cfg).unwrap();
+    store.load().await.unwrap();
+    let dim = 32;
+    store
+        .create(CollectionMeta::new("big".into(), dim, "m".into()), 10)
+        .await
+        .unwrap();
+    let meta = store.collection("big").await.unwrap();
+    let unit = |v: Vec<f32>| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let n = 3000;
+    let all: Vec<(String, Vec<f32>)> = (0..n)
+        .map(|i| (format!("id{i}"), unit(pseudo(i as u64 + 1, dim))))
+        .collect();
+    for chunk in all.chunks(500) {
+        let records = chunk
+            .iter()
+            .map(|(id, v)| {
+                let mut r = record(id, v.clone());
+                r.metadata.insert("tag".into(), tag_of(id).into());
+                r
+            })
+            .collect();
+        store.upsert(&meta, records).await.unwrap();
+    }
+    let meta = store.collection("big").await.unwrap();
+    let exact = |q: &[f32], k: usize, tag: Option<&str>| {
+        let mut scored: Vec<(f32, &String)> = all
+            .iter()
+            .filter(|(id, _)| tag.is_none_or(|want| want == tag_of(id)))
+            .map(|(id, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), id))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored
+            .into_iter()
+            .take(k)
+            .map(|(_, id)| id.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut hits = 0;
+    let queries = 20;
+    for qi in 0..queries {
+        let q = unit(pseudo(10_000 + qi, dim));
+        let got = store
+            .search(&meta, q.clone(), 10, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 10);
+        let want = exact(&q, 10, None);
+        hits += got.iter().filter(|s| want.contains(&s.id)).count();
+        // Filters: never fewer than k when k match, and the rare ones all found.
+        let rare = store
+            .search(
+                &meta,
+                q.clone(),
+                10,
+                [("tag".to_string(), "rare".to_string())].into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rare.len(), 5, "every rare item, though fewer than k");
+        let common = store
+            .search(
+                &meta,
+                q.clone(),
+                10,
+                [("tag".to_string(), "common".to_string())].into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(common.len(), 10);
+        assert!(common.iter().all(|s| s.metadata["tag"] == "common"));
+    }
+    let recall = hits as f64 / (queries as f64 * 10.0);
+    assert!(recall >= 0.9, "recall@10 {recall}");
+}
