@@ -12,6 +12,8 @@ mod observability;
 mod openai;
 mod parity;
 mod postgres;
+#[cfg(unix)]
+mod postgres_replicas;
 mod retrieve;
 mod server;
 #[cfg(unix)]
