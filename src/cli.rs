@@ -13,7 +13,8 @@ use crate::{
     common::parse_duration,
     embed::{EmbedConfig, Limits},
     model::{Precision, Provider, ProviderOptions},
-    retrieve::{RetrieveConfig, StoreConfig, postgres::PgConfig},
+    postgres::{PgConfig, StoreConfig},
+    retrieve::RetrieveConfig,
     security::{Secret, TlsPaths},
     telemetry::LogFormat,
 };

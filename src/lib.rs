@@ -24,6 +24,7 @@ pub mod embed;
 pub mod grpc;
 pub mod http;
 pub mod model;
+pub mod postgres;
 pub mod preprocess;
 pub mod retrieve;
 pub mod security;

@@ -26,6 +26,7 @@ use crate::{
     embed::EmbedService,
     grpc, http,
     model::{LoadedModel, ModelFiles, WeightsKind, runtime},
+    postgres::StoreConfig,
     retrieve::RetrieveService,
     security::ApiKeys,
     telemetry::metrics::Metrics,
@@ -156,19 +157,34 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let (open, refused) = metrics.connections();
     let connection_limit = ConnectionLimit::new(config.max_connections, open, refused);
     let service = EmbedService::new(config.embed, gate, metrics);
+    // With --store postgres, collections and label sets share one pool.
+    let shared = match &config.store {
+        StoreConfig::Local => None,
+        StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.exact_below)),
+    };
     let classify = ClassifyService::open(
         service.clone(),
         &config.data_dir,
         config.classify,
         classify_metrics,
+        shared.as_ref().map(|(pool, _)| pool.clone()),
     )?;
-    let retrieve = RetrieveService::with_store(
-        service.clone(),
-        &config.store,
-        &config.data_dir,
-        config.retrieve,
-        service.metrics().store_records_skipped(),
-    )?;
+    let retrieve = match shared {
+        None => RetrieveService::open(
+            service.clone(),
+            &config.data_dir,
+            config.retrieve,
+            service.metrics().store_records_skipped(),
+        )?,
+        Some((pool, exact_below)) => {
+            tracing::info!(
+                pool_size = pool.status().max_size,
+                exact_below,
+                "collections and label sets in PostgreSQL"
+            );
+            RetrieveService::with_postgres(service.clone(), pool, exact_below, config.retrieve)
+        }
+    };
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
@@ -201,7 +217,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     // The collections are read into memory in the background (seconds for millions of vectors):
     // Retrieve turns SERVING when they are in.
     let collections = {
-        let (retrieve, health) = (retrieve.clone(), health.clone());
+        let (retrieve, health, classify) = (retrieve.clone(), health.clone(), classify.clone());
         let hold = options.hold_collections_load;
         tokio::spawn(async move {
             if let Some(hold) = hold {
@@ -211,7 +227,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 Ok(()) => {
                     health.ready(grpc::transport::Part::Collections).await;
                     if retrieve.store_kind() != "local" {
-                        tokio::spawn(watch_store(retrieve, health));
+                        tokio::spawn(watch_store(retrieve, health, classify));
                     }
                     Ok(())
                 }
@@ -447,11 +463,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// Health of a remote collection store: Retrieve turns NOT_SERVING while it does not answer, and
-/// SERVING again when it does (Embed and Classify are unaffected).
-async fn watch_store(retrieve: RetrieveService, health: grpc::transport::Health) {
+/// Health of a shared store: Retrieve turns NOT_SERVING while it does not answer, and SERVING
+/// again when it does (Embed and Classify are unaffected). Label sets created or deleted through
+/// other replicas are picked up on each round.
+async fn watch_store(
+    retrieve: RetrieveService,
+    health: grpc::transport::Health,
+    classify: ClassifyService,
+) {
     let mut serving = true;
     loop {
+        if let Err(e) = classify.refresh().await {
+            tracing::debug!(error = %e, "label sets not refreshed");
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ok = matches!(
             tokio::time::timeout(Duration::from_secs(5), retrieve.ping()).await,

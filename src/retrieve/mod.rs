@@ -37,15 +37,6 @@ pub struct RetrieveConfig {
     pub search_threads: usize,
 }
 
-/// Where collections live (`--store`).
-#[derive(Debug, Clone)]
-pub enum StoreConfig {
-    /// A redb file under `--data-dir`, searched in memory: one replica's own.
-    Local,
-    /// PostgreSQL with pgvector, shared by every replica pointed at it.
-    Postgres(postgres::PgConfig),
-}
-
 /// A query or candidate or item content.
 #[derive(Debug, Clone)]
 pub enum Content {
@@ -118,23 +109,15 @@ impl RetrieveService {
         Ok(Self::new(embed, Arc::new(store), config))
     }
 
-    /// The store `config` names: local (`<data_dir>/collections.redb`) or PostgreSQL (nothing
-    /// connects until [`Self::load`]).
-    pub fn with_store(
+    /// Collections in PostgreSQL through `pool` (nothing connects until [`Self::load`]).
+    pub fn with_postgres(
         embed: EmbedService,
-        store: &StoreConfig,
-        data_dir: &std::path::Path,
+        pool: crate::postgres::Pool,
+        exact_below: usize,
         config: RetrieveConfig,
-        skipped: prometheus::IntCounter,
-    ) -> anyhow::Result<Self> {
-        match store {
-            StoreConfig::Local => Self::open(embed, data_dir, config, skipped),
-            StoreConfig::Postgres(pg) => Ok(Self::new(
-                embed,
-                Arc::new(postgres::PgStore::new(pg.clone())?),
-                config,
-            )),
-        }
+    ) -> Self {
+        let store = postgres::PgStore::new(pool, exact_below);
+        Self::new(embed, Arc::new(store), config)
     }
 
     /// Reads the collections into memory (local) or connects and migrates (postgres); until then

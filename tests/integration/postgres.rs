@@ -8,10 +8,10 @@ use std::{collections::HashMap, time::Duration};
 use crate::common::*;
 use clip_serve::{
     grpc::pb::{self, retrieve_client::RetrieveClient},
+    postgres::{PgConfig, StoreConfig},
     retrieve::{
-        StoreConfig,
         backend::{CollectionStore, Record},
-        postgres::{PgConfig, PgStore},
+        postgres::PgStore,
         store::CollectionMeta,
     },
 };
@@ -49,6 +49,13 @@ pub fn pg(url: &str) -> PgConfig {
         exact_below: 10_000,
         connect_timeout: Duration::from_secs(2),
     }
+}
+
+fn pg_store(config: &PgConfig) -> PgStore {
+    PgStore::new(
+        clip_serve::postgres::pool(config).unwrap(),
+        config.exact_below,
+    )
 }
 
 fn pg_config(url: &str) -> clip_serve::cli::Config {
@@ -280,7 +287,7 @@ async fn postgres_a_write_that_lost_a_race_with_delete_and_create_is_aborted() {
     let Some(url) = test_database().await else {
         return;
     };
-    let store = PgStore::new(pg(&url)).unwrap();
+    let store = pg_store(&pg(&url));
     store.load().await.unwrap();
     let meta = || CollectionMeta::new("c".into(), 2, "m".into());
     store.create(meta(), 10).await.unwrap();
@@ -318,8 +325,8 @@ async fn postgres_a_collection_created_concurrently_by_two_replicas_exists_once(
     let Some(url) = test_database().await else {
         return;
     };
-    let a = PgStore::new(pg(&url)).unwrap();
-    let b = PgStore::new(pg(&url)).unwrap();
+    let a = pg_store(&pg(&url));
+    let b = pg_store(&pg(&url));
     // Both replicas migrate at once (the advisory lock orders them).
     let (ra, rb) = tokio::join!(a.load(), b.load());
     ra.unwrap();
@@ -398,7 +405,7 @@ async fn postgres_hnsw_search_finds_the_exact_neighbours_and_filters_never_come_
     };
     let mut cfg = pg(&url);
     cfg.exact_below = 0; // HNSW from the first item
-    let store = PgStore::new(cfg).unwrap();
+    let store = pg_store(&cfg);
     store.load().await.unwrap();
     let dim = 32;
     store
@@ -475,4 +482,89 @@ async fn postgres_hnsw_search_finds_the_exact_neighbours_and_filters_never_come_
     }
     let recall = hits as f64 / (queries as f64 * 10.0);
     assert!(recall >= 0.9, "recall@10 {recall}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_label_sets_are_shared_by_replicas() {
+    use clip_serve::grpc::pb::classify_client::ClassifyClient;
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let (a, b) = (serve(pg_config(&url)).await, serve(pg_config(&url)).await);
+    let (mut ca, mut cb) = (
+        ClassifyClient::new(a.channel.clone()),
+        ClassifyClient::new(b.channel.clone()),
+    );
+    let create = |name: &str| pb::CreateLabelSetRequest {
+        name: name.into(),
+        labels: vec!["cat".into(), "dog".into()],
+        templates: vec!["a photo of a {}.".into()],
+    };
+    ca.create_label_set(create("pets")).await.unwrap();
+    // Through the other replica at once (it asks PostgreSQL about a name it does not know).
+    let got = cb
+        .get_label_set(pb::GetLabelSetRequest {
+            name: "pets".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.labels, ["cat", "dog"]);
+    assert!(!got.builtin);
+    let dup = cb.create_label_set(create("pets")).await.unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
+    // B computes its own classifier and classifies with the set.
+    let image = read_fixture("images/chelsea_baseline_420.jpg");
+    let started = std::time::Instant::now();
+    loop {
+        let r = cb
+            .classify(pb::ClassifyRequest {
+                images: vec![image.clone()],
+                label_set: "pets".into(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                assert_eq!(r.into_inner().results[0].scores.len(), 2);
+                break;
+            }
+            Err(e) if e.code() == Code::Unavailable => {
+                assert!(started.elapsed() < Duration::from_secs(30), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    // Concurrent creates of one name through both replicas: one wins.
+    let (mut ca2, mut cb2) = (ca.clone(), cb.clone());
+    let (ra, rb) = tokio::join!(
+        ca2.create_label_set(create("race")),
+        cb2.create_label_set(create("race"))
+    );
+    assert_eq!(ra.is_ok() as u8 + rb.is_ok() as u8, 1, "{ra:?} {rb:?}");
+    // Deleted through B: gone through A within its refresh round.
+    cb.delete_label_set(pb::DeleteLabelSetRequest {
+        name: "pets".into(),
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let listed = ca
+            .list_label_sets(pb::ListLabelSetsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .label_sets;
+        if !listed.iter().any(|s| s.name == "pets") {
+            assert!(listed.iter().any(|s| s.name == "race"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "A still lists it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

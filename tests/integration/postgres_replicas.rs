@@ -19,7 +19,7 @@ use crate::{
 };
 use clip_serve::{
     grpc::pb::{self, retrieve_client::RetrieveClient},
-    retrieve::StoreConfig,
+    postgres::StoreConfig,
 };
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{

@@ -11,19 +11,12 @@
 //! (cosine) with `hnsw.iterative_scan`, and a filtered search that still finds fewer than `k`
 //! falls back to an exact one, so a filter never returns fewer than `k` rows when `k` match.
 //! PostgreSQL unreachable: UNAVAILABLE naming the store; the pool reconnects by itself.
-
-pub mod schema;
-
 use std::{
     collections::HashMap,
     sync::{Mutex, PoisonError},
-    time::Duration,
 };
 
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-    tokio_postgres::{self, NoTls, Row},
-};
+use deadpool_postgres::tokio_postgres::{self, Row};
 use pgvector::Vector;
 
 use super::{
@@ -32,35 +25,14 @@ use super::{
     index::{Metadata, Scored},
     store::{CollectionMeta, StoredItem},
 };
-use crate::common::{List, ServiceError};
+use crate::{
+    common::{List, ServiceError},
+    postgres::{Pool, has_nul, pg_error, schema},
+};
 
 /// pgvector's largest `vector` and largest HNSW-indexed `vector`.
 pub const MAX_DIMENSION: usize = 16_000;
 const MAX_HNSW_DIMENSION: usize = 2_000;
-
-/// How to reach PostgreSQL. `Debug` never shows the password.
-#[derive(Clone)]
-pub struct PgConfig {
-    /// `postgres://user@host:port/db?...` (a password in it works but is better given apart).
-    pub url: String,
-    pub password: Option<String>,
-    pub pool_size: usize,
-    /// Collections with fewer items are searched exactly.
-    pub exact_below: usize,
-    /// Connecting, and waiting for a pooled connection.
-    pub connect_timeout: Duration,
-}
-
-impl std::fmt::Debug for PgConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConfig")
-            .field("url", &"<redacted>")
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("pool_size", &self.pool_size)
-            .field("exact_below", &self.exact_below)
-            .finish()
-    }
-}
 
 pub struct PgStore {
     pool: Pool,
@@ -69,56 +41,10 @@ pub struct PgStore {
     seen: Mutex<HashMap<String, (usize, bool)>>,
 }
 
-/// What a client sees when PostgreSQL does not answer (the details are logged).
-fn unavailable() -> ServiceError {
-    ServiceError::Unavailable(
-        "the collection store (PostgreSQL) is unavailable; retry (the server logged the details)"
-            .into(),
-    )
-}
-
-/// A PostgreSQL error as the client sees it: connection trouble is UNAVAILABLE, a serialization
-/// conflict ABORTED, anything else INTERNAL (logged).
-pub fn pg_error(e: tokio_postgres::Error) -> ServiceError {
-    let Some(db) = e.as_db_error() else {
-        tracing::warn!(error = %e, "PostgreSQL unreachable");
-        return unavailable();
-    };
-    let code = db.code().code();
-    if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
-        tracing::warn!(error = %e, code, "PostgreSQL unavailable");
-        unavailable()
-    } else if matches!(code, "40001" | "40P01") {
-        ServiceError::Aborted(
-            "the write conflicted with a concurrent one in PostgreSQL; nothing was written; retry"
-                .into(),
-        )
-    } else {
-        tracing::error!(error = %e, code, "PostgreSQL failed");
-        ServiceError::Internal(
-            "the collection store (PostgreSQL) failed; the server logged the details".into(),
-        )
-    }
-}
-
-fn pool_error(e: PoolError) -> ServiceError {
-    match e {
-        PoolError::Backend(e) => pg_error(e),
-        other => {
-            tracing::warn!(error = %other, "no PostgreSQL connection");
-            unavailable()
-        }
-    }
-}
-
 /// `42P01`: the collection's table went away (it was deleted meanwhile).
 fn table_gone(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
         .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-}
-
-fn has_nul(s: &str) -> bool {
-    s.contains('\0')
 }
 
 fn metadata_json(md: &Metadata) -> serde_json::Value {
@@ -170,44 +96,18 @@ fn info_of(row: &Row) -> CollectionInfo {
 const COLUMNS: &str = "name, id, dimension, model, count, indexed";
 
 impl PgStore {
-    /// A pool of at most `pool_size` connections, opened as calls need them (nothing connects
-    /// here: [`CollectionStore::load`] does, and migrates).
-    pub fn new(config: PgConfig) -> anyhow::Result<Self> {
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|_| {
-            anyhow::anyhow!("--postgres-url is not a PostgreSQL connection URL (postgres://user@host:port/database)")
-        })?;
-        if let Some(password) = &config.password {
-            pg.password(password);
-        }
-        pg.connect_timeout(config.connect_timeout);
-        pg.keepalives_idle(Duration::from_secs(30));
-        if pg.get_application_name().is_none() {
-            pg.application_name("clip-serve");
-        }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.connect_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.connect_timeout))
-            .build()
-            .map_err(|e| anyhow::anyhow!("the PostgreSQL pool: {e}"))?;
-        Ok(PgStore {
+    /// Collections in PostgreSQL through `pool` (shared with the label sets); collections with
+    /// fewer than `exact_below` items are searched exactly.
+    pub fn new(pool: Pool, exact_below: usize) -> Self {
+        PgStore {
             pool,
-            exact_below: config.exact_below,
+            exact_below,
             seen: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
-    async fn client(&self) -> Result<Object, ServiceError> {
-        self.pool.get().await.map_err(pool_error)
+    async fn client(&self) -> Result<deadpool_postgres::Object, ServiceError> {
+        crate::postgres::client(&self.pool).await
     }
 
     fn remember(&self, row: &Row) {
@@ -337,41 +237,13 @@ impl CollectionStore for PgStore {
         "postgres"
     }
 
-    /// Connects and migrates, retrying (with backoff) while PostgreSQL is unreachable; a schema
-    /// that cannot be migrated is an error.
+    /// Connects and migrates (retrying while PostgreSQL is unreachable).
     async fn load(&self) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let failure = match self.pool.get().await {
-                Ok(mut client) => match schema::migrate(&mut client).await {
-                    Ok(found) => {
-                        let collections: i64 = client
-                            .query_one("SELECT count(*) FROM clip_collections", &[])
-                            .await?
-                            .get(0);
-                        tracing::info!(
-                            schema_found = found,
-                            schema = schema::latest(),
-                            collections,
-                            "connected to PostgreSQL; collections shared there"
-                        );
-                        return Ok(());
-                    }
-                    Err(schema::MigrateError::Pg(e)) if e.as_db_error().is_none() => e.to_string(),
-                    Err(e) => return Err(anyhow::anyhow!("migrating the PostgreSQL schema: {e}")),
-                },
-                Err(e) => e.to_string(),
-            };
-            tracing::warn!(error = %failure, retry_ms = delay.as_millis() as u64, "PostgreSQL unreachable at start-up; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        crate::postgres::connect_and_migrate(&self.pool).await
     }
 
     async fn ping(&self) -> Result<(), ServiceError> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg_error)?;
-        Ok(())
+        crate::postgres::ping(&self.pool).await
     }
 
     async fn create(

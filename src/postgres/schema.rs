@@ -10,7 +10,7 @@
 //! - `clip_items_<id>`: one table per collection, named by its incarnation id: `id text` key,
 //!   `embedding vector(dim)` with an HNSW index (cosine; dimensions up to 2000), `metadata jsonb`
 //!   with a GIN index (`jsonb_path_ops`, for `@>` filters).
-//! - `clip_label_sets`: client-created label set definitions (name, JSON spec).
+//! - `clip_label_sets`: client-created label set definitions (name, JSON spec, its prompt count).
 
 use deadpool_postgres::tokio_postgres::Client;
 
@@ -18,6 +18,8 @@ use deadpool_postgres::tokio_postgres::Client;
 const MIGRATION_LOCK: i64 = 0x636c_6970_6d69_6772;
 /// `pg_advisory_xact_lock` key that serializes creating and deleting collections ("clipcoll").
 pub const ADMIN_LOCK: i64 = 0x636c_6970_636f_6c6c;
+/// `pg_advisory_xact_lock` key that serializes creating label sets ("cliplabl").
+pub const LABEL_SET_LOCK: i64 = 0x636c_6970_6c61_626c;
 
 /// Each version's statements, applied in order, each once.
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -35,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE TABLE clip_label_sets (
          name text PRIMARY KEY,
          spec jsonb NOT NULL,
+         prompts integer NOT NULL,
          created_at timestamptz NOT NULL DEFAULT now()
      );",
 )];
