@@ -491,13 +491,13 @@ async fn watch_store(
                 store,
                 "the collection store answers again; Retrieve SERVING"
             );
-            health.ready(grpc::transport::Part::Collections).await;
+            health.store_available(true).await;
         } else {
             tracing::warn!(
                 store,
                 "the collection store does not answer; Retrieve NOT_SERVING"
             );
-            health.unready(grpc::transport::Part::Collections).await;
+            health.store_available(false).await;
         }
     }
 }

@@ -97,9 +97,11 @@ pub enum Part {
 struct HealthState {
     model: bool,
     collections: bool,
+    /// A shared store stopped answering (after the collections were first loaded).
+    store_down: bool,
     stopping: bool,
-    /// What was last published, (model services, Retrieve and ""): watchers see changes only.
-    published: Option<(bool, bool)>,
+    /// What was last published, (model services, Retrieve, ""): watchers see changes only.
+    published: Option<(bool, bool, bool)>,
 }
 
 /// The `grpc.health.v1.Health` status of the server ("": everything is ready) and of each service.
@@ -121,13 +123,11 @@ impl Health {
         self.publish(&mut state).await;
     }
 
-    /// `part` is not ready any more (its store stopped answering): NOT_SERVING for what needs it.
-    pub async fn unready(&self, part: Part) {
+    /// Whether a shared collection store (PostgreSQL) answers: while it does not, Retrieve is
+    /// NOT_SERVING; the server as a whole ("") and the other services are not affected.
+    pub async fn store_available(&self, available: bool) {
         let mut state = self.state.lock().await;
-        match part {
-            Part::Model => state.model = false,
-            Part::Collections => state.collections = false,
-        }
+        state.store_down = !available;
         self.publish(&mut state).await;
     }
 
@@ -147,12 +147,13 @@ impl Health {
             }
         };
         let model = state.model && !state.stopping;
-        let retrieve = model && state.collections;
-        let now = [model, retrieve];
-        let before = state.published.replace((model, retrieve));
-        let changed = |part: usize| before.is_none_or(|(m, r)| [m, r][part] != now[part]);
-        if changed(1) {
-            self.reporter.set_service_status("", status(retrieve)).await;
+        let whole = model && state.collections;
+        let retrieve = whole && !state.store_down;
+        let now = [model, retrieve, whole];
+        let before = state.published.replace((model, retrieve, whole));
+        let changed = |part: usize| before.is_none_or(|(m, r, w)| [m, r, w][part] != now[part]);
+        if changed(2) {
+            self.reporter.set_service_status("", status(whole)).await;
         }
         for name in SERVICE_NAMES {
             let part = usize::from(name == "clip.v1.Retrieve");
