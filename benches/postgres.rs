@@ -85,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         pool_size: 4,
         exact_below,
         connect_timeout: Duration::from_secs(5),
+        ca_file: None,
     };
     let shared = pool(&config(0))?;
     connect_and_migrate(&shared).await?;

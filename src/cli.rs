@@ -253,6 +253,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_POSTGRES_PASSWORD", hide_env_values = true)]
     pub postgres_password: Option<String>,
 
+    /// PEM CA certificates PostgreSQL's TLS certificate must chain to, besides the system's (a
+    /// managed service's CA bundle). TLS itself follows the URL's `sslmode` (prefer by default).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
+
     /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
     #[arg(long, env = "CLIP_SERVE_POSTGRES_POOL_SIZE", default_value_t = 16)]
     pub postgres_pool_size: u32,
@@ -513,10 +518,11 @@ impl ServeArgs {
     fn store_config(&self) -> Result<StoreConfig, String> {
         let postgres_set = self.postgres_url.is_some()
             || self.postgres_password.is_some()
-            || self.postgres_password_file.is_some();
+            || self.postgres_password_file.is_some()
+            || self.postgres_ca_file.is_some();
         match self.store {
             StoreKind::Local if postgres_set => Err(
-                "--postgres-url and --postgres-password(-file) apply to --store postgres, not local"
+                "--postgres-url, --postgres-password(-file) and --postgres-ca-file apply to --store postgres, not local"
                     .into(),
             ),
             StoreKind::Local => Ok(StoreConfig::Local),
@@ -554,6 +560,7 @@ impl ServeArgs {
                     pool_size: self.postgres_pool_size as usize,
                     exact_below: usize::try_from(self.postgres_exact_below).unwrap_or(usize::MAX),
                     connect_timeout: self.postgres_connect_timeout,
+                    ca_file: self.postgres_ca_file.clone(),
                 }))
             }
         }
@@ -605,6 +612,50 @@ mod tests {
         assert!(err.contains("--max-items-per-request"), "{err}");
         let err = parse(&["--max-image-pixels", "0"]).unwrap_err();
         assert!(err.contains("--max-image-pixels"), "{err}");
+    }
+
+    #[test]
+    fn store_flags_select_and_configure_postgres() {
+        assert!(matches!(parse(&[]).unwrap().store, StoreConfig::Local));
+        let err = parse(&["--store", "postgres"]).unwrap_err();
+        assert!(err.contains("--postgres-url"), "{err}");
+        let err = parse(&["--postgres-url", "postgres://h/db"]).unwrap_err();
+        assert!(err.contains("--store postgres"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let config = parse(&[
+            "--store",
+            "postgres",
+            "--postgres-url",
+            "postgres://clip@db:5432/clip",
+            "--postgres-password-file",
+            file.to_str().unwrap(),
+            "--postgres-pool-size",
+            "4",
+        ])
+        .unwrap();
+        let StoreConfig::Postgres(pg) = &config.store else {
+            panic!("{:?}", config.store)
+        };
+        assert_eq!(pg.password.as_deref(), Some("s3cret"));
+        assert_eq!((pg.pool_size, pg.exact_below), (4, 10_000));
+        // Neither the password nor the URL is ever printed.
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("db:5432"),
+            "{shown}"
+        );
+        let err = parse(&[
+            "--store",
+            "postgres",
+            "--postgres-url",
+            "postgres://h/db",
+            "--postgres-pool-size",
+            "0",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--postgres-pool-size"), "{err}");
     }
 
     #[test]

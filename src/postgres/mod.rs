@@ -7,12 +7,16 @@
 
 pub mod schema;
 
-use std::time::Duration;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 pub use deadpool_postgres::Pool;
 use deadpool_postgres::{
     Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime,
-    tokio_postgres::{self, NoTls},
+    tokio_postgres::{self, config::SslMode},
+};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
 };
 
 use crate::common::ServiceError;
@@ -38,6 +42,8 @@ pub struct PgConfig {
     pub exact_below: usize,
     /// Connecting, and waiting for a pooled connection.
     pub connect_timeout: Duration,
+    /// PEM CA certificates the server's certificate must chain to, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -48,6 +54,7 @@ impl std::fmt::Debug for PgConfig {
             .field("pool_size", &self.pool_size)
             .field("exact_below", &self.exact_below)
             .field("connect_timeout", &self.connect_timeout)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -69,9 +76,10 @@ pub fn pool(config: &PgConfig) -> anyhow::Result<Pool> {
     if pg.get_application_name().is_none() {
         pg.application_name("clip-serve");
     }
+    let tls = tls_config(config.ca_file.as_deref(), pg.get_ssl_mode())?;
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -84,6 +92,47 @@ pub fn pool(config: &PgConfig) -> anyhow::Result<Pool> {
         .recycle_timeout(Some(config.connect_timeout))
         .build()
         .map_err(|e| anyhow::anyhow!("the PostgreSQL pool: {e}"))
+}
+
+/// TLS to PostgreSQL (rustls): the URL's `sslmode` decides whether it is used (`prefer`, the
+/// default, when the server offers it; `require` always; `disable` never). The server's certificate
+/// is verified against the system's roots plus `ca_file` (managed services' own CAs: RDS, Cloud SQL).
+fn tls_config(ca_file: Option<&std::path::Path>, mode: SslMode) -> anyhow::Result<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    if mode != SslMode::Disable {
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        if added == 0 && ca_file.is_none() {
+            tracing::debug!(
+                "no system CA certificates: TLS to PostgreSQL needs --postgres-ca-file"
+            );
+        }
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--postgres-ca-file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert =
+                cert.map_err(|e| anyhow::anyhow!("--postgres-ca-file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("--postgres-ca-file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!(
+                "--postgres-ca-file {}: no certificate in it",
+                path.display()
+            );
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS to PostgreSQL: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Connects and migrates the schema, retrying (with backoff, logged) while PostgreSQL is

@@ -48,6 +48,7 @@ pub fn pg(url: &str) -> PgConfig {
         pool_size: 8,
         exact_below: 10_000,
         connect_timeout: Duration::from_secs(2),
+        ca_file: None,
     }
 }
 
@@ -567,4 +568,29 @@ async fn postgres_label_sets_are_shared_by_replicas() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn postgres_tls_follows_sslmode_and_an_outage_is_unavailable_naming_the_store() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    // The test server has no TLS: `prefer` (the default, every other test) falls back to plain;
+    // `require` is refused, and the call answers UNAVAILABLE naming PostgreSQL.
+    let store = pg_store(&pg(&format!("{url}?sslmode=require")));
+    let e = store.ping().await.unwrap_err();
+    assert!(
+        matches!(&e, clip_serve::common::ServiceError::Unavailable(m) if m.contains("PostgreSQL")),
+        "{e}"
+    );
+    let e = store.list().await.unwrap_err();
+    assert!(
+        matches!(e, clip_serve::common::ServiceError::Unavailable(_)),
+        "{e}"
+    );
+    pg_store(&pg(&format!("{url}?sslmode=disable")))
+        .ping()
+        .await
+        .unwrap();
+    pg_store(&pg(&url)).ping().await.unwrap();
 }
