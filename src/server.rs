@@ -215,7 +215,13 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
 
     // The collections are read into memory in the background (seconds for millions of vectors):
-    // Retrieve turns SERVING when they are in.
+    // Retrieve turns SERVING when they are in. A shared store (PostgreSQL) holds back Retrieve
+    // alone while it is being reached and migrated: the server as a whole serves meanwhile.
+    let shared_store = retrieve.store_kind() != "local";
+    if shared_store {
+        health.store_available(false).await;
+        health.ready(grpc::transport::Part::Collections).await;
+    }
     let collections = {
         let (retrieve, health, classify) = (retrieve.clone(), health.clone(), classify.clone());
         let hold = options.hold_collections_load;
@@ -224,11 +230,13 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 let _ = hold.await;
             }
             match retrieve.load().await {
+                Ok(()) if shared_store => {
+                    health.store_available(true).await;
+                    tokio::spawn(watch_store(retrieve, health, classify));
+                    Ok(())
+                }
                 Ok(()) => {
                     health.ready(grpc::transport::Part::Collections).await;
-                    if retrieve.store_kind() != "local" {
-                        tokio::spawn(watch_store(retrieve, health, classify));
-                    }
                     Ok(())
                 }
                 Err(e) => Err(format!("reading the collections: {e:#}")),

@@ -35,7 +35,8 @@ async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
 
 async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     let ready = probes.service.readiness().and_then(|()| {
-        if probes.retrieve.is_loaded() {
+        // A shared store being reached holds back Retrieve's calls only, not the pod.
+        if probes.retrieve.is_loaded() || probes.retrieve.store_kind() != "local" {
             Ok(())
         } else {
             Err("the collections are loading")

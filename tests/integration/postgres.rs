@@ -594,3 +594,60 @@ async fn postgres_tls_follows_sslmode_and_an_outage_is_unavailable_naming_the_st
         .unwrap();
     pg_store(&pg(&url)).ping().await.unwrap();
 }
+
+/// PostgreSQL down when a replica starts: it serves Embed (and health "" for the pod) at once,
+/// Retrieve is NOT_SERVING and its calls UNAVAILABLE while it keeps trying. Needs no PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_at_start_up_holds_back_retrieve_only() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: nothing listens there
+    let mut cfg = pg_config(&format!("postgres://clip@127.0.0.1:{port}/clip"));
+    if let StoreConfig::Postgres(pg) = &mut cfg.store {
+        pg.connect_timeout = Duration::from_millis(300);
+    }
+    let server = clip_serve::server::start(cfg, Default::default())
+        .await
+        .expect("starts without PostgreSQL");
+    let channel = connect(&server).await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let s = health
+            .check(status("clip.v1.Embed"))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.status == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Embed never SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let whole = health.check(status("")).await.unwrap().into_inner();
+    assert_eq!(whole.status, ServingStatus::Serving as i32);
+    let retrieve = health
+        .check(status("clip.v1.Retrieve"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retrieve.status, ServingStatus::NotServing as i32);
+    let e = RetrieveClient::new(channel)
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let (code, _) = http_get(server.http_addr, "/readyz").await;
+    assert_eq!(code, 200, "the pod stays ready for Embed and Classify");
+}
