@@ -8,7 +8,7 @@
 use super::prompts::LabelSetSpec;
 use crate::{
     common::ServiceError,
-    postgres::{Pool, client, has_nul, pg_error, schema},
+    postgres::{Pool, client, col, has_nul, pg_error, schema},
 };
 
 pub struct LabelSetStore {
@@ -27,24 +27,21 @@ impl LabelSetStore {
             .query("SELECT name, spec FROM clip_label_sets ORDER BY name", &[])
             .await
             .map_err(pg_error)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let name: String = row.get(0);
-                let spec: serde_json::Value = row.get(1);
-                match serde_json::from_value::<LabelSetSpec>(spec) {
-                    Ok(spec) if spec.name == name => Some(spec),
-                    Ok(_) => {
-                        tracing::error!(%name, "skipping a stored label set whose definition names another");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::error!(%name, error = %e, "skipping a stored label set that does not decode");
-                        None
-                    }
+        let mut specs = Vec::new();
+        for row in rows {
+            let name: String = col(&row, "name")?;
+            let spec: serde_json::Value = col(&row, "spec")?;
+            match serde_json::from_value::<LabelSetSpec>(spec) {
+                Ok(spec) if spec.name == name => specs.push(spec),
+                Ok(_) => {
+                    tracing::error!(%name, "skipping a stored label set whose definition names another")
                 }
-            })
-            .collect())
+                Err(e) => {
+                    tracing::error!(%name, error = %e, "skipping a stored label set that does not decode")
+                }
+            }
+        }
+        Ok(specs)
     }
 
     /// Stores a new definition, durably, unless its name exists or it would exceed the limits.
@@ -76,14 +73,18 @@ impl LabelSetStore {
         .map_err(pg_error)?;
         let row = tx
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM clip_label_sets WHERE name = $1),
-                        count(*), coalesce(sum(prompts), 0)::bigint
+                "SELECT EXISTS (SELECT 1 FROM clip_label_sets WHERE name = $1) AS present,
+                        count(*) AS sets, coalesce(sum(prompts), 0)::bigint AS stored
                  FROM clip_label_sets",
                 &[&spec.name],
             )
             .await
             .map_err(pg_error)?;
-        let (present, sets, stored): (bool, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (present, sets, stored): (bool, i64, i64) = (
+            col(&row, "present")?,
+            col(&row, "sets")?,
+            col(&row, "stored")?,
+        );
         if present {
             return Err(ServiceError::AlreadyExists(format!(
                 "label set {:?} already exists",

@@ -215,6 +215,20 @@ pub async fn ping(pool: &Pool) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Column `idx` of a row, or INTERNAL (logged) when it is not what this server's schema says.
+pub fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    idx: &str,
+) -> Result<T, ServiceError> {
+    row.try_get(idx).map_err(|e| {
+        tracing::error!(error = %e, column = idx, "unexpected PostgreSQL column");
+        ServiceError::Internal(
+            "the shared store (PostgreSQL) returned an unexpected row; the server logged the details"
+                .into(),
+        )
+    })
+}
+
 /// Text PostgreSQL cannot hold (`text` and `jsonb` refuse U+0000).
 pub fn has_nul(s: &str) -> bool {
     s.contains('\0')

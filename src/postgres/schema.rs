@@ -66,7 +66,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32, MigrateError> {
             &[],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     if found > latest() {
         return Err(MigrateError::Newer {
             found,

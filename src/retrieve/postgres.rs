@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     common::{List, ServiceError},
-    postgres::{Pool, has_nul, pg_error, schema},
+    postgres::{Pool, col, has_nul, pg_error, schema},
 };
 
 /// pgvector's largest `vector` and largest HNSW-indexed `vector`.
@@ -68,29 +68,29 @@ fn metadata_of(v: serde_json::Value) -> Metadata {
     }
 }
 
-fn meta_of(row: &Row) -> CollectionMeta {
-    let dimension: i32 = row.get("dimension");
-    CollectionMeta {
-        name: row.get("name"),
+fn meta_of(row: &Row) -> Result<CollectionMeta, ServiceError> {
+    let dimension: i32 = col(row, "dimension")?;
+    Ok(CollectionMeta {
+        name: col(row, "name")?,
         dimension: usize::try_from(dimension).unwrap_or(0),
-        model: row.get("model"),
-        id: row.get("id"),
-    }
+        model: col(row, "model")?,
+        id: col(row, "id")?,
+    })
 }
 
-fn count_of(row: &Row) -> usize {
-    let count: i64 = row.get("count");
-    usize::try_from(count).unwrap_or(0)
+fn count_of(row: &Row, column: &str) -> Result<usize, ServiceError> {
+    let count: i64 = col(row, column)?;
+    Ok(usize::try_from(count).unwrap_or(0))
 }
 
-fn info_of(row: &Row) -> CollectionInfo {
-    let meta = meta_of(row);
-    CollectionInfo {
+fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
+    let meta = meta_of(row)?;
+    Ok(CollectionInfo {
         name: meta.name,
-        count: count_of(row),
+        count: count_of(row, "count")?,
         dimension: meta.dimension,
         model: meta.model,
-    }
+    })
 }
 
 const COLUMNS: &str = "name, id, dimension, model, count, indexed";
@@ -110,13 +110,15 @@ impl PgStore {
         crate::postgres::client(&self.pool).await
     }
 
-    fn remember(&self, row: &Row) {
-        let id: String = row.get("id");
-        let indexed: bool = row.get("indexed");
+    fn remember(&self, row: &Row) -> Result<(), ServiceError> {
+        let id: String = col(row, "id")?;
+        let indexed: bool = col(row, "indexed")?;
+        let count = count_of(row, "count")?;
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, (count_of(row), indexed));
+            .insert(id, (count, indexed));
+        Ok(())
     }
 
     fn seen(&self, id: &str) -> (usize, bool) {
@@ -144,7 +146,7 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         match row {
-            Some(row) if row.get::<_, String>(0) == meta.id => Ok(()),
+            Some(row) if col::<String>(&row, "id")? == meta.id => Ok(()),
             _ => Err(replaced(&meta.name)),
         }
     }
@@ -162,7 +164,7 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
-        Ok(count_of(&row))
+        count_of(&row, "count")
     }
 
     /// One search query: HNSW (with iterative scans) or exact.
@@ -188,7 +190,7 @@ impl PgStore {
         let rows = match filter {
             Some(filter) => {
                 let sql = format!(
-                    "SELECT id, metadata, (embedding <=> $1)::float8 FROM {table}
+                    "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
                      WHERE metadata @> $2 ORDER BY embedding <=> $1 LIMIT $3"
                 );
                 let stmt = tx.prepare_cached(&sql).await;
@@ -199,7 +201,7 @@ impl PgStore {
             }
             None => {
                 let sql = format!(
-                    "SELECT id, metadata, (embedding <=> $1)::float8 FROM {table}
+                    "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
                      ORDER BY embedding <=> $1 LIMIT $2"
                 );
                 let stmt = tx.prepare_cached(&sql).await;
@@ -217,17 +219,16 @@ impl PgStore {
             }
         })?;
         tx.commit().await.map_err(pg_error)?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|row| {
-                let distance: f64 = row.get(2);
-                Scored {
-                    id: row.get(0),
+                let distance: f64 = col(row, "distance")?;
+                Ok(Scored {
+                    id: col(row, "id")?,
                     score: (1.0 - distance) as f32,
-                    metadata: std::sync::Arc::new(metadata_of(row.get(1))),
-                }
+                    metadata: std::sync::Arc::new(metadata_of(col(row, "metadata")?)),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -269,12 +270,13 @@ impl CollectionStore for PgStore {
         let (present, total): (bool, i64) = {
             let row = tx
                 .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM clip_collections WHERE name = $1), count(*) FROM clip_collections",
+                    "SELECT EXISTS (SELECT 1 FROM clip_collections WHERE name = $1) AS present,
+                            count(*) AS total FROM clip_collections",
                     &[&meta.name],
                 )
                 .await
                 .map_err(pg_error)?;
-            (row.get(0), row.get(1))
+            (col(&row, "present")?, col(&row, "total")?)
         };
         if present {
             return Err(exists(&meta.name));
@@ -312,8 +314,8 @@ impl CollectionStore for PgStore {
             .await
             .map_err(pg_error)?
             .ok_or_else(|| not_found(name))?;
-        self.remember(&row);
-        Ok(meta_of(&row))
+        self.remember(&row)?;
+        meta_of(&row)
     }
 
     async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
@@ -324,14 +326,14 @@ impl CollectionStore for PgStore {
             .await
             .map_err(pg_error)?
             .ok_or_else(|| not_found(name))?;
-        Ok(info_of(&row))
+        info_of(&row)
     }
 
     async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
         let client = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM clip_collections ORDER BY name");
         let rows = client.query(&sql, &[]).await.map_err(pg_error)?;
-        Ok(rows.iter().map(info_of).collect())
+        rows.iter().map(info_of).collect()
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
@@ -349,7 +351,7 @@ impl CollectionStore for PgStore {
             .await
             .map_err(pg_error)?
             .ok_or_else(|| not_found(name))?;
-        let id: String = row.get(0);
+        let id: String = col(&row, "id")?;
         let table = schema::items_table(&id);
         tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
             .await
@@ -389,14 +391,17 @@ impl CollectionStore for PgStore {
             "INSERT INTO {table} (id, embedding, metadata)
              SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
              ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
-             RETURNING (xmax = 0)"
+             RETURNING (xmax = 0) AS inserted"
         );
         let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
         let rows = tx
             .query(&stmt, &[&ids, &vectors, &metadata])
             .await
             .map_err(pg_error)?;
-        let inserted = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+        let mut inserted = 0;
+        for row in &rows {
+            inserted += usize::from(col::<bool>(row, "inserted")?);
+        }
         let count = Self::add_count(&tx, meta, inserted as i64).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(count)
@@ -468,19 +473,17 @@ impl CollectionStore for PgStore {
                 pg_error(e)
             }
         })?;
-        let mut found: HashMap<String, StoredItem> = rows
-            .into_iter()
-            .map(|row| {
-                let id: String = row.get(0);
-                let vector: Vector = row.get(1);
-                let item = StoredItem {
-                    id: id.clone(),
-                    vector: vector.to_vec(),
-                    metadata: metadata_of(row.get(2)),
-                };
-                (id, item)
-            })
-            .collect();
+        let mut found: HashMap<String, StoredItem> = HashMap::new();
+        for row in rows {
+            let id: String = col(&row, "id")?;
+            let vector: Vector = col(&row, "embedding")?;
+            let item = StoredItem {
+                id: id.clone(),
+                vector: vector.to_vec(),
+                metadata: metadata_of(col(&row, "metadata")?),
+            };
+            found.insert(id, item);
+        }
         Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 }
