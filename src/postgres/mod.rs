@@ -72,7 +72,13 @@ pub fn pool(config: &PgConfig) -> anyhow::Result<Pool> {
         pg.password(password);
     }
     pg.connect_timeout(config.connect_timeout);
-    pg.keepalives_idle(Duration::from_secs(30));
+    // A vanished server (a partition, a dead host) fails calls within seconds instead of hanging
+    // on TCP retransmissions: unacknowledged data for 20 s, or 10 s of silent keepalives, closes
+    // the connection (the pool opens another when PostgreSQL is back).
+    pg.keepalives_idle(Duration::from_secs(5));
+    pg.keepalives_interval(Duration::from_secs(2));
+    pg.keepalives_retries(3);
+    pg.tcp_user_timeout(Duration::from_secs(20));
     if pg.get_application_name().is_none() {
         pg.application_name("clip-serve");
     }
