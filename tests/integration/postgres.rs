@@ -651,3 +651,45 @@ async fn postgres_unreachable_at_start_up_holds_back_retrieve_only() {
     let (code, _) = http_get(server.http_addr, "/readyz").await;
     assert_eq!(code, 200, "the pod stays ready for Embed and Classify");
 }
+
+#[tokio::test]
+async fn postgres_migrations_are_idempotent_and_a_newer_schema_is_refused() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let config = pg(&url);
+    let pool = clip_serve::postgres::pool(&config).unwrap();
+    // Four replicas starting at once, then one more later: one schema, migrated once.
+    let (a, b, c, d) = tokio::join!(
+        clip_serve::postgres::connect_and_migrate(&pool),
+        clip_serve::postgres::connect_and_migrate(&pool),
+        clip_serve::postgres::connect_and_migrate(&pool),
+        clip_serve::postgres::connect_and_migrate(&pool),
+    );
+    for r in [a, b, c, d] {
+        r.unwrap();
+    }
+    clip_serve::postgres::connect_and_migrate(&pool)
+        .await
+        .unwrap();
+    let client = pool.get().await.unwrap();
+    let versions: i64 = client
+        .query_one("SELECT count(*) FROM clip_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
+    // A database migrated by a newer server is not touched by this one.
+    client
+        .execute(
+            "INSERT INTO clip_schema_migrations (version) VALUES (999)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let e = clip_serve::postgres::connect_and_migrate(&pool)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("999") && e.contains("newer"), "{e}");
+}
