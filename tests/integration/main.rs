@@ -14,6 +14,7 @@ mod parity;
 mod postgres;
 #[cfg(unix)]
 mod postgres_replicas;
+mod postgres_store;
 mod retrieve;
 mod server;
 #[cfg(unix)]
