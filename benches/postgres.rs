@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         exact_below,
         connect_timeout: Duration::from_secs(5),
         ca_file: None,
+        halfvec: false,
     };
     let shared = pool(&config(0))?;
     connect_and_migrate(&shared).await?;

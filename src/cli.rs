@@ -258,6 +258,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_POSTGRES_CA_FILE")]
     pub postgres_ca_file: Option<PathBuf>,
 
+    /// New collections get their HNSW index over half-precision copies of the vectors (`halfvec`):
+    /// half the index memory and disk, dimensions up to 4000; stored vectors and scores stay full
+    /// precision. Existing collections keep their index.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_HALFVEC", default_value_t = false)]
+    pub postgres_halfvec: bool,
+
     /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
     #[arg(long, env = "CLIP_SERVE_POSTGRES_POOL_SIZE", default_value_t = 16)]
     pub postgres_pool_size: u32,
@@ -561,6 +567,7 @@ impl ServeArgs {
                     exact_below: usize::try_from(self.postgres_exact_below).unwrap_or(usize::MAX),
                     connect_timeout: self.postgres_connect_timeout,
                     ca_file: self.postgres_ca_file.clone(),
+                    halfvec: self.postgres_halfvec,
                 }))
             }
         }

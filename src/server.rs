@@ -160,7 +160,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     // With --store postgres, collections and label sets share one pool.
     let shared = match &config.store {
         StoreConfig::Local => None,
-        StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.exact_below)),
+        StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.clone())),
     };
     let classify = ClassifyService::open(
         service.clone(),
@@ -176,13 +176,14 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             config.retrieve,
             service.metrics().store_records_skipped(),
         )?,
-        Some((pool, exact_below)) => {
+        Some((pool, pg)) => {
             tracing::info!(
                 pool_size = pool.status().max_size,
-                exact_below,
+                exact_below = pg.exact_below,
+                halfvec = pg.halfvec,
                 "collections and label sets in PostgreSQL"
             );
-            RetrieveService::with_postgres(service.clone(), pool, exact_below, config.retrieve)
+            RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
         }
     };
     let (endpoint, health) = grpc::transport::endpoint(

@@ -44,6 +44,8 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// PEM CA certificates the server's certificate must chain to, besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// New collections get their HNSW index over `halfvec` (half precision) instead of `vector`.
+    pub halfvec: bool,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -55,6 +57,7 @@ impl std::fmt::Debug for PgConfig {
             .field("exact_below", &self.exact_below)
             .field("connect_timeout", &self.connect_timeout)
             .field("ca_file", &self.ca_file)
+            .field("halfvec", &self.halfvec)
             .finish()
     }
 }

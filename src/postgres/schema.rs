@@ -22,9 +22,10 @@ pub const ADMIN_LOCK: i64 = 0x636c_6970_636f_6c6c;
 pub const LABEL_SET_LOCK: i64 = 0x636c_6970_6c61_626c;
 
 /// Each version's statements, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE EXTENSION IF NOT EXISTS vector;
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE EXTENSION IF NOT EXISTS vector;
      CREATE TABLE clip_collections (
          name text PRIMARY KEY,
          id text NOT NULL UNIQUE,
@@ -40,7 +41,16 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          prompts integer NOT NULL,
          created_at timestamptz NOT NULL DEFAULT now()
      );",
-)];
+    ),
+    (
+        2,
+        // How a collection's vectors are indexed: 'vector' (HNSW over the stored vectors),
+        // 'halfvec' (HNSW over them cast to half precision), 'none' (searched exactly).
+        "ALTER TABLE clip_collections ADD COLUMN index_kind text;
+         UPDATE clip_collections SET index_kind = CASE WHEN indexed THEN 'vector' ELSE 'none' END;
+         ALTER TABLE clip_collections ALTER COLUMN index_kind SET NOT NULL;",
+    ),
+];
 
 /// The newest schema version this server knows.
 pub fn latest() -> i32 {
@@ -106,8 +116,48 @@ pub fn items_table(id: &str) -> String {
     format!("clip_items_{hex}")
 }
 
+/// How a collection's vectors are indexed (`clip_collections.index_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    /// Searched exactly (dimensions HNSW cannot index).
+    None,
+    /// HNSW over the stored `vector`s (up to 2000 dimensions).
+    Vector,
+    /// HNSW over the vectors cast to `halfvec` (half the index size; up to 4000 dimensions); the
+    /// stored vectors, and the scores, stay full precision.
+    Halfvec,
+}
+
+impl IndexKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexKind::None => "none",
+            IndexKind::Vector => "vector",
+            IndexKind::Halfvec => "halfvec",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "vector" => IndexKind::Vector,
+            "halfvec" => IndexKind::Halfvec,
+            _ => IndexKind::None,
+        }
+    }
+
+    /// What a search orders by so that the index serves it (`$1` is the query `vector`).
+    pub fn order_by(self, dimension: usize) -> String {
+        match self {
+            IndexKind::Halfvec => {
+                format!("embedding::halfvec({dimension}) <=> $1::vector::halfvec({dimension})")
+            }
+            IndexKind::None | IndexKind::Vector => "embedding <=> $1".into(),
+        }
+    }
+}
+
 /// The statements creating a collection's item table and its indexes.
-pub fn create_items_table(table: &str, dimension: usize, indexed: bool) -> String {
+pub fn create_items_table(table: &str, dimension: usize, index: IndexKind) -> String {
     let mut sql = format!(
         "CREATE TABLE {table} (
              id text PRIMARY KEY,
@@ -116,10 +166,15 @@ pub fn create_items_table(table: &str, dimension: usize, indexed: bool) -> Strin
          );
          CREATE INDEX {table}_metadata ON {table} USING gin (metadata jsonb_path_ops);"
     );
-    if indexed {
-        sql.push_str(&format!(
+    match index {
+        IndexKind::None => {}
+        IndexKind::Vector => sql.push_str(&format!(
             "CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops);"
-        ));
+        )),
+        IndexKind::Halfvec => sql.push_str(&format!(
+            "CREATE INDEX {table}_hnsw ON {table}
+                 USING hnsw ((embedding::halfvec({dimension})) halfvec_cosine_ops);"
+        )),
     }
     sql
 }
@@ -135,6 +190,6 @@ mod tests {
             "clip_items_6f1c2adroptablex"
         );
         assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(latest(), 1);
+        assert_eq!(latest(), 2);
     }
 }

@@ -113,10 +113,10 @@ impl RetrieveService {
     pub fn with_postgres(
         embed: EmbedService,
         pool: crate::postgres::Pool,
-        exact_below: usize,
+        pg: &crate::postgres::PgConfig,
         config: RetrieveConfig,
     ) -> Self {
-        let store = postgres::PgStore::new(pool, exact_below);
+        let store = postgres::PgStore::new(pool, pg.exact_below).with_halfvec(pg.halfvec);
         Self::new(embed, Arc::new(store), config)
     }
 

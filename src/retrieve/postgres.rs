@@ -27,18 +27,24 @@ use super::{
 };
 use crate::{
     common::{List, ServiceError},
-    postgres::{Pool, col, has_nul, pg_error, schema},
+    postgres::{
+        Pool, col, has_nul, pg_error,
+        schema::{self, IndexKind},
+    },
 };
 
-/// pgvector's largest `vector` and largest HNSW-indexed `vector`.
+/// pgvector's largest `vector`, and largest HNSW-indexed `vector` and `halfvec`.
 pub const MAX_DIMENSION: usize = 16_000;
 const MAX_HNSW_DIMENSION: usize = 2_000;
+const MAX_HALFVEC_HNSW_DIMENSION: usize = 4_000;
 
 pub struct PgStore {
     pool: Pool,
     exact_below: usize,
-    /// Per incarnation id: (item count, has an HNSW index), as last read.
-    seen: Mutex<HashMap<String, (usize, bool)>>,
+    /// New collections' HNSW index over `halfvec` rather than `vector`.
+    halfvec: bool,
+    /// Per incarnation id: (item count, how it is indexed), as last read.
+    seen: Mutex<HashMap<String, (usize, IndexKind)>>,
 }
 
 /// `42P01`: the collection's table went away (it was deleted meanwhile).
@@ -93,7 +99,7 @@ fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
     })
 }
 
-const COLUMNS: &str = "name, id, dimension, model, count, indexed";
+const COLUMNS: &str = "name, id, dimension, model, count, index_kind";
 
 impl PgStore {
     /// Collections in PostgreSQL through `pool` (shared with the label sets); collections with
@@ -102,8 +108,16 @@ impl PgStore {
         PgStore {
             pool,
             exact_below,
+            halfvec: false,
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Collections created from now on index `halfvec`s (half the index memory, dimensions up to
+    /// 4000); stored vectors stay exact.
+    pub fn with_halfvec(mut self, halfvec: bool) -> Self {
+        self.halfvec = halfvec;
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, ServiceError> {
@@ -112,22 +126,22 @@ impl PgStore {
 
     fn remember(&self, row: &Row) -> Result<(), ServiceError> {
         let id: String = col(row, "id")?;
-        let indexed: bool = col(row, "indexed")?;
+        let kind: String = col(row, "index_kind")?;
         let count = count_of(row, "count")?;
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, (count, indexed));
+            .insert(id, (count, IndexKind::parse(&kind)));
         Ok(())
     }
 
-    fn seen(&self, id: &str) -> (usize, bool) {
+    fn seen(&self, id: &str) -> (usize, IndexKind) {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .copied()
-            .unwrap_or((usize::MAX, true))
+            .unwrap_or((usize::MAX, IndexKind::None))
     }
 
     /// Locks the collection row of a write and checks it is still the incarnation `meta`.
@@ -175,8 +189,14 @@ impl PgStore {
         k: usize,
         filter: Option<&serde_json::Value>,
         exact: bool,
+        kind: IndexKind,
     ) -> Result<Vec<Scored>, ServiceError> {
         let table = schema::items_table(&meta.id);
+        let order = if exact {
+            "embedding <=> $1".to_string()
+        } else {
+            kind.order_by(meta.dimension)
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let settings = if exact {
@@ -191,7 +211,7 @@ impl PgStore {
             Some(filter) => {
                 let sql = format!(
                     "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
-                     WHERE metadata @> $2 ORDER BY embedding <=> $1 LIMIT $3"
+                     WHERE metadata @> $2 ORDER BY {order} LIMIT $3"
                 );
                 let stmt = tx.prepare_cached(&sql).await;
                 match stmt {
@@ -202,7 +222,7 @@ impl PgStore {
             None => {
                 let sql = format!(
                     "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
-                     ORDER BY embedding <=> $1 LIMIT $2"
+                     ORDER BY {order} LIMIT $2"
                 );
                 let stmt = tx.prepare_cached(&sql).await;
                 match stmt {
@@ -261,7 +281,14 @@ impl CollectionStore for PgStore {
                 ),
             ));
         }
-        let indexed = meta.dimension <= MAX_HNSW_DIMENSION;
+        let index = if self.halfvec && meta.dimension <= MAX_HALFVEC_HNSW_DIMENSION {
+            IndexKind::Halfvec
+        } else if meta.dimension <= MAX_HNSW_DIMENSION {
+            IndexKind::Vector
+        } else {
+            IndexKind::None
+        };
+        let indexed = index != IndexKind::None;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
@@ -287,13 +314,21 @@ impl CollectionStore for PgStore {
         }
         let dimension = i32::try_from(meta.dimension).unwrap_or(i32::MAX);
         tx.execute(
-            "INSERT INTO clip_collections (name, id, dimension, model, indexed) VALUES ($1, $2, $3, $4, $5)",
-            &[&meta.name, &meta.id, &dimension, &meta.model, &indexed],
+            "INSERT INTO clip_collections (name, id, dimension, model, indexed, index_kind)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &meta.name,
+                &meta.id,
+                &dimension,
+                &meta.model,
+                &indexed,
+                &index.as_str(),
+            ],
         )
         .await
         .map_err(pg_error)?;
         let table = schema::items_table(&meta.id);
-        tx.batch_execute(&schema::create_items_table(&table, meta.dimension, indexed))
+        tx.batch_execute(&schema::create_items_table(&table, meta.dimension, index))
             .await
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
@@ -439,17 +474,17 @@ impl CollectionStore for PgStore {
         }
         let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
         let query = Vector::from(query);
-        let (count, indexed) = self.seen(&meta.id);
-        let exact = !indexed || count < self.exact_below;
+        let (count, kind) = self.seen(&meta.id);
+        let exact = kind == IndexKind::None || count < self.exact_below;
         let found = self
-            .query_nearest(meta, &query, k, filter.as_ref(), exact)
+            .query_nearest(meta, &query, k, filter.as_ref(), exact, kind)
             .await?;
         if exact || found.len() >= k {
             return Ok(found);
         }
         // The approximate scan stopped short (a selective filter, or dead index entries): the
         // exact one finds every match.
-        self.query_nearest(meta, &query, k, filter.as_ref(), true)
+        self.query_nearest(meta, &query, k, filter.as_ref(), true, kind)
             .await
     }
 

@@ -49,6 +49,7 @@ pub fn pg(url: &str) -> PgConfig {
         exact_below: 10_000,
         connect_timeout: Duration::from_secs(2),
         ca_file: None,
+        halfvec: false,
     }
 }
 

@@ -85,12 +85,21 @@ fn tag_of(id: &str) -> &'static str {
 
 #[tokio::test]
 async fn postgres_hnsw_search_finds_the_exact_neighbours_and_filters_never_come_up_short() {
+    hnsw_case(false).await;
+}
+
+#[tokio::test]
+async fn postgres_halfvec_hnsw_search_is_as_good_and_uses_its_index() {
+    hnsw_case(true).await;
+}
+
+async fn hnsw_case(halfvec: bool) {
     let Some(url) = test_database().await else {
         return;
     };
     let mut cfg = pg(&url);
     cfg.exact_below = 0; // HNSW from the first item
-    let store = pg_store(&cfg);
+    let store = pg_store(&cfg).with_halfvec(halfvec);
     store.load().await.unwrap();
     let dim = 32;
     store
@@ -167,6 +176,32 @@ async fn postgres_hnsw_search_finds_the_exact_neighbours_and_filters_never_come_
     }
     let recall = hits as f64 / (queries as f64 * 10.0);
     assert!(recall >= 0.9, "recall@10 {recall}");
+    // The search's ORDER BY is the one its index serves.
+    let table = clip_serve::postgres::schema::items_table(&meta.id);
+    let order = if halfvec {
+        format!("embedding::halfvec({dim}) <=> $1::vector::halfvec({dim})")
+    } else {
+        "embedding <=> $1".to_string()
+    };
+    let client = clip_serve::postgres::pool(&cfg)
+        .unwrap()
+        .get()
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!("EXPLAIN SELECT id FROM {table} ORDER BY {order} LIMIT 10"),
+            &[&pgvector::Vector::from(unit(pseudo(1, dim)))],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains(&format!("{table}_hnsw"))),
+        "{plan:#?}"
+    );
 }
 
 #[tokio::test]
@@ -195,7 +230,7 @@ async fn postgres_migrations_are_idempotent_and_a_newer_schema_is_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, i64::from(clip_serve::postgres::schema::latest()));
     // A database migrated by a newer server is not touched by this one.
     client
         .execute(
