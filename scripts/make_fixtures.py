@@ -17,6 +17,7 @@ Everything is deterministic (fixed seeds); re-running rewrites identical files f
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import struct
@@ -159,7 +160,188 @@ def make_images(out: str) -> list:
     save("coffee_small.bmp", coffee.resize((300, 200), Image.Resampling.LANCZOS), "coffee", "24-bit BMP")
     save("hubble_lzw.tif", hubble.crop((0, 0, 500, 436)), "hubble_deep_field", "RGB TIFF, LZW compression",
          compression="tiff_lzw")
+    made += make_decoder_variants(out, chelsea, coffee)
     return made
+
+
+def _insert_before_marker(data: bytes, marker: int, junk: bytes) -> bytes:
+    """`data` with `junk` inserted before the first 0xFF `marker` (libjpeg warns, PIL decodes)."""
+    at = data.index(bytes([0xFF, marker]))
+    return data[:at] + junk + data[at:]
+
+
+def make_decoder_variants(out: str, chelsea: Image.Image, coffee: Image.Image) -> list:
+    """Small files in encodings PIL opens that decoders often refuse (tests "decode what PIL decodes")."""
+    made = []
+    small = coffee.crop((120, 40, 504, 328)).resize((64, 48), Image.Resampling.LANCZOS)
+    cat = chelsea.crop((60, 0, 444, 288)).resize((96, 72), Image.Resampling.LANCZOS)
+
+    def write(name, data, source, what):
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+        made.append((name, source, what))
+
+    buf = io.BytesIO()
+    cat.save(buf, "JPEG", quality=85)
+    write("chelsea_extraneous_bytes.jpg", _insert_before_marker(buf.getvalue(), 0xDA, b"\x00\x11\x22"), "chelsea",
+          "JPEG with 3 junk bytes before the SOS marker: libjpeg warns 'Corrupt JPEG data: 3 extraneous bytes "
+          "before marker 0xda', PIL decodes")
+    buf = io.BytesIO()
+    cat.convert("L").save(buf, "GIF")
+    gif = buf.getvalue()
+    flags = gif[10]
+    assert flags & 0x80, "Pillow writes a global colour table"
+    table = 3 * (2 << (flags & 7))
+    write("chelsea_no_colour_table.gif", gif[:10] + bytes([flags & 0x70]) + gif[11:13] + gif[13 + table:], "chelsea",
+          "GIF with no colour table at all (Pillow's grayscale GIF with its global table cut out): PIL opens "
+          "it as mode L, the indices as grey levels")
+
+    # TIFF variants. Pillow (with libtiff) writes the compressions; other layouts are written by hand.
+    def save(name, im, what, **kw):
+        im.save(os.path.join(out, name), **kw)
+        made.append((name, "coffee", what))
+
+    bilevel = coffee.crop((120, 40, 504, 328)).resize((192, 144), Image.Resampling.LANCZOS).convert("L")
+    bilevel = bilevel.point(lambda v: 255 if v > 110 else 0).convert("1")
+    save("coffee_group3.tif", bilevel, "TIFF, CCITT Group 3 (1-D, EOL codes), mode 1", compression="group3")
+    save("coffee_ccitt_rle.tif", bilevel, "TIFF, CCITT RLE (compression 2: Modified Huffman rows, byte-aligned, "
+         "no EOLs), mode 1", compression="tiff_ccitt")
+    buf = io.BytesIO()
+    bilevel.save(buf, "TIFF", compression="group4")
+    write("coffee_group4_miniswhite.tif", _set_photometric(buf.getvalue(), 0), "coffee",
+          "TIFF, CCITT Group 4, Photometric WhiteIsZero (Pillow's group4 file with tag 262 set to 0, as fax "
+          "files in the wild have it; PIL opens it as mode 1 with raw mode 1;I)")
+    save("coffee_jpeg_rgb.tif", small, "TIFF, new-style JPEG (compression 7), Photometric RGB, JPEGTables",
+         compression="jpeg")
+    save("coffee_jpeg_ycbcr.tif", small.convert("YCbCr"), "TIFF, new-style JPEG, Photometric YCbCr (libtiff "
+         "converts to RGB for PIL)", compression="jpeg")
+    save("coffee_jpeg_gray.tif", small.convert("L"), "TIFF, new-style JPEG, grayscale", compression="jpeg")
+    save("coffee_adobe_deflate.tif", small, "TIFF, Adobe Deflate", compression="tiff_adobe_deflate")
+    save("coffee_packbits.tif", small, "TIFF, PackBits", compression="packbits")
+    save("coffee_bigtiff.tif", small, "BigTIFF (magic 43, 64-bit offsets)", big_tiff=True)
+    gray = np.asarray(small.convert("L"))
+    h, w = gray.shape
+    _write_tiff(os.path.join(out, "coffee_gray_miniswhite.tif"), w, h, [8], 0, (255 - gray).tobytes())
+    made.append(("coffee_gray_miniswhite.tif", "coffee", "8-bit gray TIFF, Photometric WhiteIsZero (mode L, inverted)"))
+    ink = (gray > 110).astype(np.uint8)
+    _write_tiff(os.path.join(out, "coffee_1bit_miniswhite.tif"), w, h, [1], 0, _pack_bits(1 - ink, 1))
+    made.append(("coffee_1bit_miniswhite.tif", "coffee", "1-bit TIFF, Photometric WhiteIsZero (mode 1)"))
+    for bits in (2, 4):
+        _write_tiff(os.path.join(out, f"coffee_gray{bits}.tif"), w, h, [bits], 1, _pack_bits(gray >> (8 - bits), bits))
+        made.append((f"coffee_gray{bits}.tif", "coffee", f"{bits}-bit gray TIFF (PIL: mode L, raw mode L;{bits})"))
+    _write_tiff(os.path.join(out, "coffee_gray4_miniswhite.tif"), w, h, [4], 0, _pack_bits((255 - gray) >> 4, 4))
+    made.append(("coffee_gray4_miniswhite.tif", "coffee", "4-bit gray TIFF, WhiteIsZero (raw mode L;4I)"))
+    g12 = (gray.astype(np.uint16) << 4) | (gray >> 4)
+    _write_tiff(os.path.join(out, "coffee_gray12.tif"), w, h, [12], 1, _pack_bits(g12, 12))
+    made.append(("coffee_gray12.tif", "coffee", "12-bit gray TIFF, little-endian (PIL: mode I;16, raw mode I;12)"))
+    g16 = to16(small.convert("L"), (w, h))[..., 0]
+    _write_tiff(os.path.join(out, "coffee_gray16_be.tif"), w, h, [16], 1, g16.astype(">u2").tobytes(), bo=">")
+    made.append(("coffee_gray16_be.tif", "coffee", "16-bit gray big-endian TIFF (PIL: mode I;16B, which Pillow "
+                 "resizes as if little-endian)"))
+    _write_tiff(os.path.join(out, "coffee_gray16_be_low.tif"), w, h, [16], 1, gray.astype(">u2").tobytes(), bo=">")
+    made.append(("coffee_gray16_be_low.tif", "coffee", "16-bit gray big-endian TIFF holding 0..255 (mode I;16B)"))
+    _write_tiff(os.path.join(out, "coffee_gray16_miniswhite.tif"), w, h, [16], 0,
+                (gray.astype("<u2") * 3).tobytes())
+    made.append(("coffee_gray16_miniswhite.tif", "coffee", "16-bit gray TIFF, WhiteIsZero, little-endian (PIL: "
+                 "I;16 as stored, not inverted)"))
+    write("chelsea_jpeg_tiles_420.tif", _jpeg_tiled_tiff(cat.crop((8, 8, 88, 64)), 32), "chelsea",
+          "TIFF, new-style JPEG in 32x32 tiles (3 x 2, the edge tiles padded), Photometric YCbCr 4:2:0, each tile "
+          "a complete JFIF stream (no JPEGTables); written by hand, Pillow cannot write tiles or subsampled YCbCr")
+    return made
+
+
+def _jpeg_tiled_tiff(im: Image.Image, tile: int) -> bytes:
+    """A little-endian TIFF of `im` in JPEG-compressed (YCbCr 4:2:0) tiles of `tile` x `tile` pixels."""
+    w, h = im.size
+    across, down = -(-w // tile), -(-h // tile)
+    padded = np.pad(np.asarray(im), ((0, down * tile - h), (0, across * tile - w), (0, 0)), mode="edge")
+    tiles = []
+    for ty in range(down):
+        for tx in range(across):
+            buf = io.BytesIO()
+            part = padded[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]
+            Image.fromarray(part).save(buf, "JPEG", quality=85, subsampling=2)
+            tiles.append(buf.getvalue())
+    n_tags = 12
+    extra_at = 8 + 2 + 12 * n_tags + 4
+    bps_at, offs_at = extra_at, extra_at + 6
+    counts_at = offs_at + 4 * len(tiles)
+    data_at = counts_at + 4 * len(tiles)
+    offsets, at = [], data_at
+    for t in tiles:
+        offsets.append(at)
+        at += len(t)
+
+    def entry(tag, typ, count, value):
+        return struct.pack("<HHI", tag, typ, count) + value
+
+    short = lambda v, v2=0: struct.pack("<HH", v, v2)  # noqa: E731
+    long_ = lambda v: struct.pack("<I", v)  # noqa: E731
+    entries = [entry(256, 3, 1, short(w)), entry(257, 3, 1, short(h)), entry(258, 3, 3, long_(bps_at)),
+               entry(259, 3, 1, short(7)), entry(262, 3, 1, short(6)), entry(277, 3, 1, short(3)),
+               entry(284, 3, 1, short(1)), entry(322, 3, 1, short(tile)), entry(323, 3, 1, short(tile)),
+               entry(324, 4, len(tiles), long_(offs_at)), entry(325, 4, len(tiles), long_(counts_at)),
+               entry(530, 3, 2, short(2, 2))]
+    assert len(entries) == n_tags
+    out = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", n_tags) + b"".join(entries) + b"\0\0\0\0"
+    out += struct.pack("<3H", 8, 8, 8) + struct.pack(f"<{len(tiles)}I", *offsets)
+    out += struct.pack(f"<{len(tiles)}I", *[len(t) for t in tiles])
+    assert len(out) == data_at
+    return out + b"".join(tiles)
+
+
+def _set_photometric(tiff: bytes, value: int) -> bytes:
+    """`tiff` (little-endian, classic) with its first IFD's PhotometricInterpretation set to `value`."""
+    assert tiff[:4] == b"II*\0"
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    n = struct.unpack_from("<H", tiff, ifd)[0]
+    out = bytearray(tiff)
+    for i in range(n):
+        at = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", tiff, at)[0] == 262:
+            struct.pack_into("<H", out, at + 8, value)
+            return bytes(out)
+    raise ValueError("no PhotometricInterpretation tag")
+
+
+def _pack_bits(v: np.ndarray, bits: int) -> bytes:
+    """Pack samples of `bits` bits MSB first, each row padded to a whole byte (TIFF FillOrder 1)."""
+    rows = []
+    for r in np.asarray(v).reshape(v.shape[0], -1):
+        acc, n, row = 0, 0, bytearray()
+        for x in r:
+            acc, n = (acc << bits) | int(x), n + bits
+            while n >= 8:
+                n -= 8
+                row.append((acc >> n) & 0xFF)
+        if n:
+            row.append((acc << (8 - n)) & 0xFF)
+        rows.append(bytes(row))
+    return b"".join(rows)
+
+
+def _write_tiff(path: str, w: int, h: int, bps: list, photometric: int, data: bytes, bo: str = "<") -> None:
+    """A minimal uncompressed single-strip TIFF (for layouts Pillow cannot write)."""
+    spp = len(bps)
+    n_tags = 10
+    extra_off = 8 + 2 + 12 * n_tags + 4
+    extra = struct.pack(bo + "%dH" % spp, *bps) if spp > 2 else b""
+    data_off = extra_off + len(extra)
+
+    def short(tag, *vals):
+        v = list(vals) + [0] * (2 - len(vals))
+        return struct.pack(bo + "HHIHH", tag, 3, len(vals), v[0], v[1])
+
+    def long(tag, val):
+        return struct.pack(bo + "HHII", tag, 4, 1, val)
+
+    bps_entry = short(258, *bps) if spp <= 2 else struct.pack(bo + "HHII", 258, 3, spp, extra_off)
+    entries = [short(256, w), short(257, h), bps_entry, short(259, 1), short(262, photometric),
+               long(273, data_off), short(277, spp), short(278, h), long(279, len(data)), short(284, 1)]
+    head = (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", 8)
+    ifd = struct.pack(bo + "H", n_tags) + b"".join(entries) + b"\0\0\0\0"
+    with open(path, "wb") as f:
+        f.write(head + ifd + extra + data)
 
 
 def _boundary_text(st, n_tokens: int) -> str:

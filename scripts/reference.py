@@ -92,7 +92,30 @@ def l2n(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def generate(model_dir: str, fixtures: str, out_dir: str, threads: int, cache_dir: str | None) -> Dict[str, Any]:
+def _keep_existing_rows(ref: Dict[str, Any], path: str) -> None:
+    """Keep the rows of `path` (a previous reference.json) for texts and images it already holds.
+
+    Embeddings computed on another machine differ in the last float bits (torch's CPU kernels), so
+    regenerating to add a fixture would rewrite every row; the pixels and ids are bit-identical."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    old_texts = {t["name"]: t for t in old.get("texts", [])}
+    old_images = {r["file"]: r for r in old.get("images", [])}
+    for t in ref["texts"]:
+        o = old_texts.get(t["name"])
+        if o is not None and o["ids"] == t["ids"] and o["text"] == t["text"]:
+            t["embedding"] = o["embedding"]
+    for r in ref["images"]:
+        o = old_images.get(r["file"])
+        if o is not None and all(o[k] == r[k] for k in r if k != "embedding"):
+            r["embedding"] = o["embedding"]
+    ref["versions"] = old.get("versions", ref["versions"])
+
+
+def generate(model_dir: str, fixtures: str, out_dir: str, threads: int, cache_dir: str | None,
+             keep_existing: bool = False) -> Dict[str, Any]:
     torch.set_num_threads(threads)
     model, preprocess, cfg, base_model = load_source_model(model_dir, cache_dir)
     pp = model.visual.preprocess_cfg
@@ -182,6 +205,8 @@ def generate(model_dir: str, fixtures: str, out_dir: str, threads: int, cache_di
         "images": image_rows,
     }
     os.makedirs(out_dir, exist_ok=True)
+    if keep_existing:
+        _keep_existing_rows(ref, os.path.join(out_dir, "reference.json"))
     with open(os.path.join(out_dir, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(ref, f, ensure_ascii=False, indent=1)
         f.write("\n")
@@ -277,9 +302,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--keep-existing", action="store_true",
+                    help="keep the embeddings of texts/images already in reference.json (add new fixtures only)")
     a = ap.parse_args()
     out = a.out or os.path.join(a.fixtures, "reference")
-    ref = generate(a.model_dir, a.fixtures, out, a.threads, a.cache_dir)
+    ref = generate(a.model_dir, a.fixtures, out, a.threads, a.cache_dir, a.keep_existing)
     if a.no_check:
         return 0
     ok = check(ref, a.fixtures, a.model_dir, a.immich_dir, a.threads)

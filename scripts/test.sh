@@ -66,5 +66,6 @@ else
 fi
 step "grpcurl smoke test" scripts/smoke.sh
 step "the official openai Python SDK against the HTTP API" scripts/openai_sdk_test.sh
+step "cohere, huggingface_hub and LangChain JinaEmbeddings against the HTTP drop-ins" scripts/clients_test.sh
 step "deployment files (hadolint, kustomize, Kubernetes schemas; offline)" scripts/validate_deploy.sh
 echo "test: all passed" >&2

@@ -6,15 +6,17 @@
 #   2. hadolint on every deploy/docker/Dockerfile.*, failing on warnings and errors;
 #   3. each Dockerfile has its <Dockerfile>.dockerignore, which keeps target/, .cache/, models/ and
 #      bench-results/ out of the build context but nothing the build needs, and its COPY sources exist;
-#   4. `kubectl kustomize` of base, both overlays, model-pvc, model-export and the persistent-data component
-#      (on top of the cpu overlay), plus the standalone loader pod;
+#   4. `kubectl kustomize` of base, the four overlays (cpu, gpu, cpu-postgres, gpu-postgres), model-pvc,
+#      model-export and the mtls component (on top of cpu and of cpu-postgres), plus the standalone loader pod;
 #   5. kubernetes-validate --strict of every rendered object against the Kubernetes API schemas of each
 #      version in K8S_VERSIONS (1.30 is the oldest that has the preStop `sleep` action). ServiceMonitor is a
 #      CRD, for which kubernetes-validate has no schema: step 6 checks it instead;
 #   6. invariants on the rendered YAML: shutdown grace vs terminationGracePeriodSeconds, non-root and
 #      read-only root filesystem everywhere, writable mounts where the server writes, probes, ports that
-#      match the listen addresses, selectors that match the pods, the GPU overlay's GPU request, and the
-#      ServiceMonitor's required fields and target Service.
+#      match the listen addresses, selectors that match the pods, the GPU overlays' GPU request, the
+#      ServiceMonitor's required fields and target Service, and the store: no render runs more than one
+#      replica (or an HPA) with the local store, whose data must be on a PersistentVolumeClaim; the
+#      postgres store takes its URL from a Secret.
 #
 # Needs python3 and access to PyPI. Idempotent; runs from any directory.
 set -euo pipefail
@@ -136,17 +138,8 @@ PY
 
 # ---------------------------------------------------------------- 4. render
 rm -rf "$OUT"
-mkdir -p "$OUT" "$TOOLS/compose/persistent-data" "$TOOLS/compose/mtls"
-# The persistent-data component, as an overlay would use it.
-cat >"$TOOLS/compose/persistent-data/kustomization.yaml" <<'YAML'
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../../../../deploy/k8s/overlays/cpu
-components:
-  - ../../../../deploy/k8s/components/persistent-data
-YAML
-# The mTLS component, likewise.
+mkdir -p "$OUT" "$TOOLS/compose/mtls" "$TOOLS/compose/postgres-mtls"
+# The mTLS component, as an overlay would use it: over the local store and over postgres.
 cat >"$TOOLS/compose/mtls/kustomization.yaml" <<'YAML'
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -155,14 +148,41 @@ resources:
 components:
   - ../../../../deploy/k8s/components/mtls
 YAML
+cat >"$TOOLS/compose/postgres-mtls/kustomization.yaml" <<'YAML'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../../deploy/k8s/overlays/cpu-postgres
+components:
+  - ../../../../deploy/k8s/components/mtls
+YAML
+# A render that must FAIL the store check (three replicas on the local store): proves the check bites.
+mkdir -p "$TOOLS/compose/negative-local-replicas"
+cat >"$TOOLS/compose/negative-local-replicas/kustomization.yaml" <<'YAML'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../../deploy/k8s/overlays/cpu
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: StatefulSet
+      metadata:
+        name: clip-serve
+      spec:
+        replicas: 3
+YAML
 TARGETS=(
   "base:deploy/k8s/base"
   "overlay-cpu:deploy/k8s/overlays/cpu"
   "overlay-gpu:deploy/k8s/overlays/gpu"
   "model-pvc:deploy/k8s/model-pvc"
   "model-export:deploy/k8s/model-export"
-  "cpu+persistent-data:.cache/deploy-tools/compose/persistent-data"
+  "overlay-cpu-postgres:deploy/k8s/overlays/cpu-postgres"
+  "overlay-gpu-postgres:deploy/k8s/overlays/gpu-postgres"
   "cpu+mtls:.cache/deploy-tools/compose/mtls"
+  "cpu-postgres+mtls:.cache/deploy-tools/compose/postgres-mtls"
+  "negative-local-replicas:.cache/deploy-tools/compose/negative-local-replicas"
 )
 for t in "${TARGETS[@]}"; do
   name="${t%%:*}" dir="${t#*:}"
@@ -252,6 +272,9 @@ def check_render(name, kind_of_deploy):
         if spec.get("automountServiceAccountToken") is not False:
             err(f"{wname}: automountServiceAccountToken is not false")
         vols = {v["name"]: v for v in spec.get("volumes", [])}
+        # A StatefulSet's claim templates are volumes of its pods too.
+        for t in o.get("spec", {}).get("volumeClaimTemplates", []) if o["kind"] == "StatefulSet" else []:
+            vols[t["metadata"]["name"]] = {"name": t["metadata"]["name"], "claimTemplate": t}
         for v in vols.values():
             claim = v.get("persistentVolumeClaim", {}).get("claimName")
             if claim and claim not in pvcs:
@@ -283,15 +306,17 @@ def check_render(name, kind_of_deploy):
                 if cm and cm not in cms:
                     err(f"{cname}: envFrom ConfigMap {cm} is not in the render")
 
-    # -- the server
-    deps = [o for o in by_kind.get("Deployment", []) if o["metadata"]["name"] == "clip-serve"]
+    # -- the server: a StatefulSet (local store) or a Deployment (postgres store)
+    deps = [o for o in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
+            if o["metadata"]["name"] == "clip-serve"]
     if kind_of_deploy is None:
         if deps:
-            err("unexpected clip-serve Deployment")
+            err("unexpected clip-serve workload")
         return
     if len(deps) != 1:
-        err("no clip-serve Deployment"); return
+        err(f"expected one clip-serve workload, found {len(deps)}"); return
     dep = deps[0]
+    workload = dep["kind"]
     spec = pod_spec(dep)
     tmpl_labels = dep["spec"]["template"]["metadata"]["labels"]
     if not subset(dep["spec"]["selector"]["matchLabels"], tmpl_labels):
@@ -301,6 +326,7 @@ def check_render(name, kind_of_deploy):
     for ref in c.get("envFrom", []):
         env.update(cms.get(ref.get("configMapRef", {}).get("name"), {}))
     env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    from_secret = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
     mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
 
@@ -380,14 +406,33 @@ def check_render(name, kind_of_deploy):
     hpas = by_kind.get("HorizontalPodAutoscaler", [])
     for h in hpas:
         ref = h["spec"]["scaleTargetRef"]
-        if (ref["kind"], ref["name"]) != ("Deployment", "clip-serve"):
-            err("HPA does not target the clip-serve Deployment")
+        if (ref["kind"], ref["name"]) != (workload, "clip-serve"):
+            err(f"HPA targets {ref['kind']}/{ref['name']}, not the clip-serve {workload}")
     if hpas and "replicas" in dep["spec"]:
-        err("Deployment sets replicas although an HPA owns them")
-    if not hpas and dep["spec"].get("replicas") != 1:
-        err("without an HPA the Deployment should run exactly 1 replica (persistent data)")
-    if not hpas and dep["spec"]["strategy"]["type"] != "Recreate":
-        err("single replica with a ReadWriteOnce data volume needs strategy Recreate")
+        err(f"{workload} sets replicas although an HPA owns them")
+
+    # -- the store: local state never on more than one replica; postgres URL from a Secret
+    store = env.get("CLIP_SERVE_STORE", "local")
+    if store == "local":
+        if hpas or dep["spec"].get("replicas") != 1:
+            err("the local store keeps collections on one pod's disk: it must run exactly 1 replica, no HPA")
+        if workload != "StatefulSet":
+            err(f"the local store runs as a StatefulSet (one replica with its own volume), not a {workload}")
+        data = env.get("CLIP_SERVE_DATA_DIR")
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        claims = {t["metadata"]["name"] for t in dep["spec"].get("volumeClaimTemplates", [])}
+        m = mounts.get(data)
+        if not m or not (m["name"] in claims or "persistentVolumeClaim" in vols.get(m["name"], {})):
+            err(f"local store: CLIP_SERVE_DATA_DIR {data} is not on a PersistentVolumeClaim (an emptyDir loses collections)")
+    elif store == "postgres":
+        if "CLIP_SERVE_POSTGRES_URL" not in from_secret:
+            err("postgres store: CLIP_SERVE_POSTGRES_URL must come from a Secret (secretKeyRef), not a literal")
+        if "CLIP_SERVE_POSTGRES_URL" in env:
+            err("postgres store: the URL (and its password) is written in plain text in the render")
+        if workload != "Deployment" or not hpas:
+            err("postgres store: expected a Deployment scaled by an HPA")
+    else:
+        err(f"unknown CLIP_SERVE_STORE {store!r}")
     for pdb in by_kind.get("PodDisruptionBudget", []):
         if not subset(pdb["spec"]["selector"]["matchLabels"], tmpl_labels):
             err("PodDisruptionBudget does not select the server pods")
@@ -423,8 +468,16 @@ def check_render(name, kind_of_deploy):
 check_render("base", "base")
 check_render("overlay-cpu", "cpu")
 check_render("overlay-gpu", "gpu")
-check_render("cpu+persistent-data", "cpu")
+check_render("overlay-cpu-postgres", "cpu")
+check_render("overlay-gpu-postgres", "gpu")
 check_render("cpu+mtls", "cpu")
+check_render("cpu-postgres+mtls", "cpu")
+before = len(errors)
+check_render("negative-local-replicas", "cpu")
+caught = [e for e in errors[before:] if "exactly 1 replica" in e]
+del errors[before:]
+if not caught:
+    errors.append("negative-local-replicas: three replicas on the local store were NOT flagged")
 check_render("model-pvc", None)
 check_render("model-export", None)
 check_render("loader-pod", None)
@@ -436,7 +489,8 @@ if errors:
         print("  " + e)
     sys.exit(1)
 print("validate_deploy: invariants ok: grace < terminationGracePeriodSeconds, non-root + read-only root fs, "
-      "writable data/tmp/engine-cache mounts, probes and ports, selectors, GPU request (gpu overlay), ServiceMonitor")
+      "writable data/tmp/engine-cache mounts, probes and ports, selectors, GPU request (gpu overlays), ServiceMonitor, "
+      "local store on one replica with a PVC, postgres URL from a Secret")
 PY
 
 log "all checks passed"

@@ -39,6 +39,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server (the load generator is the separate `clip-bench` binary).
     Serve(Box<ServeArgs>),
+    /// Upsert a folder of images into a collection of a running server (resumable).
+    Index(crate::grpc::client::index::IndexArgs),
+    /// Search a collection of a running server by text (or --image).
+    Search(crate::grpc::client::search::SearchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -111,6 +115,16 @@ pub struct ServeArgs {
     /// ONNX Runtime intra-op threads per session [default: the cores available].
     #[arg(long, env = "CLIP_SERVE_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<NonZeroUsize>,
+
+    /// Extra model names the HTTP API accepts besides the served ids (what drop-in clients send:
+    /// `jina-clip-v2`, `rerank-v3.5`, ...). Repeat the flag or give a comma-separated list. Immich's
+    /// ViT-B-32 names are accepted on `/predict` without it.
+    #[arg(
+        long = "model-alias",
+        env = "CLIP_SERVE_MODEL_ALIAS",
+        value_delimiter = ','
+    )]
+    pub model_aliases: Vec<String>,
 
     /// Most items (images or texts) in one request.
     #[arg(long, env = "CLIP_SERVE_MAX_ITEMS_PER_REQUEST", default_value_t = 64)]
@@ -315,9 +329,15 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// A file of API keys, one per line (`#` comments), re-read on SIGHUP.
+    /// A file of API keys, one per line (`#` comments), re-read on SIGHUP: `name:key` (usage and logs
+    /// show the name; a bare key is named by a short hash) and optionally ` rate=REQ_PER_S[:BURST]`.
     #[arg(long, env = "CLIP_SERVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Requests per second (and burst) each API key may make, unless its key file line sets its own;
+    /// over it: 429 with Retry-After / RESOURCE_EXHAUSTED with RetryInfo. No limit without keys.
+    #[arg(long, env = "CLIP_SERVE_RATE_LIMIT", value_name = "REQ_PER_S[:BURST]")]
+    pub rate_limit: Option<crate::security::RateLimit>,
 
     /// With API keys configured, let gRPC reflection through without a key.
     #[arg(long, env = "CLIP_SERVE_PUBLIC_REFLECTION", default_value_t = false)]
@@ -384,8 +404,11 @@ pub struct Config {
     pub http2_keepalive: Option<Duration>,
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
+    pub rate_limit: Option<crate::security::RateLimit>,
     pub public_reflection: bool,
     pub tls: TlsPaths,
+    /// Model names the HTTP API accepts besides the served ids (`--model-alias`).
+    pub model_aliases: Vec<String>,
 }
 
 impl ServeArgs {
@@ -509,7 +532,14 @@ impl ServeArgs {
             http2_keepalive: Some(self.http2_keepalive).filter(|d| !d.is_zero()),
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
             api_key_file: self.api_key_file,
+            rate_limit: self.rate_limit,
             public_reflection: self.public_reflection,
+            model_aliases: self
+                .model_aliases
+                .into_iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
             tls: TlsPaths {
                 cert: self.tls_cert,
                 key: self.tls_key,
@@ -572,13 +602,20 @@ impl ServeArgs {
             }
         }
     }
+
+    /// Every flag at its default (environment variables apply, as on the command line).
+    fn parse_defaults() -> Box<ServeArgs> {
+        match Cli::parse_from(["clip-serve", "serve"]).command {
+            Command::Serve(args) => args,
+            other => unreachable!("`serve` parsed as {other:?}"),
+        }
+    }
 }
 
 impl Config {
     /// A configuration with every default, for tests and embedding the server as a library.
     pub fn for_model(model_dir: impl Into<PathBuf>) -> Self {
-        let args = Cli::parse_from(["clip-serve", "serve"]);
-        let Command::Serve(mut args) = args.command;
+        let mut args = ServeArgs::parse_defaults();
         args.model_dir = model_dir.into();
         args.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         args.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -598,8 +635,10 @@ mod tests {
         let mut full = vec!["clip-serve", "serve"];
         full.extend_from_slice(args);
         let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
-        let Command::Serve(args) = cli.command;
-        args.validate()
+        match cli.command {
+            Command::Serve(args) => args.validate(),
+            other => Err(format!("parsed as {other:?}")),
+        }
     }
 
     #[test]
@@ -705,6 +744,17 @@ mod tests {
         assert_eq!(gpu.providers.trt_workspace_bytes, Some(1 << 32));
         assert_eq!(gpu.embed.batch.max_batch_size, 128);
         assert_eq!(gpu.providers.max_batch_size, 128);
+        let aliases = parse(&[
+            "--model-alias",
+            "jina-clip-v2,rerank-v3.5",
+            "--model-alias",
+            "ViT-B-32__openai",
+        ])
+        .unwrap();
+        assert_eq!(
+            aliases.model_aliases,
+            ["jina-clip-v2", "rerank-v3.5", "ViT-B-32__openai"]
+        );
         let err = parse(&["--provider", "cuda", "--trt-fp16"]).unwrap_err();
         assert!(err.contains("--provider tensorrt"), "{err}");
     }

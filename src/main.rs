@@ -5,7 +5,17 @@ use clip_serve::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
-    let Command::Serve(args) = command;
+    let args = match command {
+        Command::Serve(args) => args,
+        Command::Index(args) => return client(async move { index(&args).await }),
+        Command::Search(args) => {
+            return client(async move {
+                let hits = clip_serve::grpc::client::search::run(&args).await?;
+                print!("{}", clip_serve::grpc::client::search::render(&hits));
+                Ok(ExitCode::SUCCESS)
+            });
+        }
+    };
     if let Err(e) = clip_serve::telemetry::init(args.log_format, &args.log_filter) {
         eprintln!("clip-serve: {e}");
         return ExitCode::FAILURE;
@@ -39,4 +49,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a command-line client to completion; its errors are one line on stderr.
+fn client(run: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clip-serve: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("clip-serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn index(args: &clip_serve::grpc::client::index::IndexArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let report = clip_serve::grpc::client::index::run(args).await?;
+    print!(
+        "{}",
+        clip_serve::grpc::client::index::render(&report, started.elapsed())
+    );
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

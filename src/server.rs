@@ -133,15 +133,18 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         .map(TcpListener::local_addr)
         .transpose()?;
 
-    let keys = ApiKeys::load(
+    let keys = ApiKeys::load_with(
         config.api_key.as_ref().map(|k| k.0.clone()),
         config.api_key_file.clone(),
+        config.rate_limit,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let tls = config.tls.load().map_err(|e| anyhow::anyhow!(e))?;
     if keys.enabled() {
         tracing::info!(key_file = ?keys.key_file(), public_reflection = config.public_reflection, "API keys required");
         spawn_key_reloader(keys.clone());
+    } else if config.rate_limit.is_some() {
+        tracing::warn!("--rate-limit has no effect without API keys (limits are per key)");
     }
     let metrics = Metrics::new().context("registering metrics")?;
     let classify_metrics = metrics.classify();
@@ -204,12 +207,14 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
-    let http_router = http::router(
-        service.clone(),
-        retrieve.clone(),
+    let http_router = http::router(http::Services {
+        embed: service.clone(),
+        classify: classify.clone(),
+        retrieve: retrieve.clone(),
         keys,
-        config.embed.limits.max_message_bytes,
-    );
+        max_body_bytes: config.embed.limits.max_message_bytes,
+        model_aliases: config.model_aliases.clone(),
+    });
     let probe_router = http::probes::routes(service.clone(), retrieve.clone());
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

@@ -1,5 +1,6 @@
-//! The HTTP API's JSON bodies: parsed with item lists counted while parsing, then turned into the
-//! domain's inputs (texts, data: URIs), as the routes do before any model work.
+//! The HTTP API's JSON bodies (embeddings, classify, rerank, Hugging Face, Weaviate): parsed with item
+//! lists counted while parsing, then turned into the domain's inputs (texts, data: URIs, base64
+//! images), as the routes do before any model work.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -39,6 +39,15 @@ pub enum BenchModality {
     Stream,
 }
 
+/// Which door the requests go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interface {
+    Grpc,
+    /// The HTTP API: `POST /v1/embeddings` (texts, images as data URIs) and `POST /v1/classify`.
+    Http,
+}
+
 /// Closed-loop load generator against a running clip-serve (prints throughput and latency).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "clip-bench", version)]
@@ -50,6 +59,12 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
+    /// The door: gRPC on --addr, or the HTTP API on --http-addr (texts, images, classify).
+    #[arg(long, value_enum, default_value_t = Interface::Grpc)]
+    pub interface: Interface,
+    /// The HTTP API's address, for --interface http.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http_addr: String,
     /// What to send.
     #[arg(long, value_enum, default_value_t = BenchModality::Texts)]
     pub modality: BenchModality,
@@ -92,6 +107,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    pub interface: Interface,
     pub modality: BenchModality,
     pub concurrency: usize,
     pub items_per_request: usize,
@@ -129,6 +145,117 @@ enum Payload {
 struct Clients {
     embed: EmbedClient<Channel>,
     classify: ClassifyClient<Channel>,
+}
+
+/// An HTTP/1.1 client with its own keep-alive connection (one per simulated client, like gRPC's).
+struct HttpClient {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<Bytes>,
+    >,
+    base: String,
+}
+
+impl HttpClient {
+    fn new(base: &str) -> Self {
+        let client = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .pool_max_idle_per_host(1)
+        .build_http();
+        HttpClient {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// POSTs `body` to `path`; `Ok(count)` of the `data` entries of a 200 reply.
+    async fn post(&self, path: &str, body: Vec<u8>) -> Result<usize, (String, String)> {
+        use http_body_util::BodyExt;
+        let failed = |e: &dyn std::fmt::Display| ("HTTP_ERROR".to_string(), e.to_string());
+        let request = tonic::codegen::http::Request::post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .map_err(|e| failed(&e))?;
+        let response = self.client.request(request).await.map_err(|e| failed(&e))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(&e))?
+            .to_bytes();
+        if status.as_u16() == 429 {
+            return Err(("RESOURCE_EXHAUSTED".into(), "429".into()));
+        }
+        if !status.is_success() {
+            return Err((
+                format!("HTTP_{}", status.as_u16()),
+                String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            ));
+        }
+        let reply: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| failed(&e))?;
+        Ok(reply["data"].as_array().map_or(0, Vec::len))
+    }
+}
+
+async fn one_http_request(
+    client: &HttpClient,
+    payload: &Payload,
+    items: usize,
+    n: usize,
+) -> Result<(), (String, String)> {
+    use base64::Engine;
+    let data_uris = |files: &[Bytes]| -> Vec<serde_json::Value> {
+        (0..items)
+            .map(|i| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&files[(n + i) % files.len()]);
+                serde_json::json!({ "image": b64 })
+            })
+            .collect()
+    };
+    let (path, body) = match payload {
+        Payload::Images(files) => ("/v1/embeddings", serde_json::json!({ "input": data_uris(files) })),
+        Payload::Text(text) => {
+            let texts: Vec<String> = (0..items)
+                .map(|i| format!("{text} {}", n * items + i))
+                .collect();
+            ("/v1/embeddings", serde_json::json!({ "input": texts }))
+        }
+        Payload::Classify {
+            images,
+            labels,
+            label_set,
+        } => {
+            let mut body = serde_json::json!({ "input": data_uris(images), "top_k": 5 });
+            if label_set.is_empty() {
+                body["labels"] = serde_json::json!(labels);
+            } else {
+                body["label_set"] = serde_json::json!(label_set);
+            }
+            ("/v1/classify", body)
+        }
+    };
+    let body = serde_json::to_vec(&body).map_err(|e| ("CLIENT".to_string(), e.to_string()))?;
+    match client.post(path, body).await? {
+        count if count == items => Ok(()),
+        count => Err((
+            "WRONG_COUNT".into(),
+            format!("{count} results for {items} items"),
+        )),
+    }
+}
+
+enum Door {
+    Grpc(Clients),
+    Http(HttpClient),
+}
+
+async fn request(door: &mut Door, payload: &Payload, items: usize, n: usize) -> Result<(), (String, String)> {
+    match door {
+        Door::Grpc(clients) => one_request(clients, payload, items, n).await,
+        Door::Http(client) => one_http_request(client, payload, items, n).await,
+    }
 }
 
 async fn one_request(
@@ -301,6 +428,7 @@ async fn run_streams(args: &BenchArgs, images: Vec<Bytes>) -> anyhow::Result<Ben
     latencies.sort_by(f64::total_cmp);
     let duration_s = started.elapsed().as_secs_f64();
     let report = BenchReport {
+        interface: args.interface,
         modality: args.modality,
         concurrency: args.concurrency * args.streams,
         items_per_request: args.items,
@@ -374,18 +502,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     });
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
+        if args.interface == Interface::Http {
+            clients.push(Door::Http(HttpClient::new(&args.http_addr)));
+            continue;
+        }
         let channel = Channel::from_shared(args.addr.clone())?
             .connect()
             .await
             .with_context(|| format!("connecting to {}", args.addr))?;
-        clients.push(Clients {
+        clients.push(Door::Grpc(Clients {
             embed: EmbedClient::new(channel.clone())
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
             classify: ClassifyClient::new(channel)
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
-        });
+        }));
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(args.concurrency));
     let mut tasks = Vec::new();
@@ -399,7 +531,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             let mut errors: BTreeMap<String, usize> = BTreeMap::new();
             let mut first_error = None;
             for w in 0..warmup {
-                let _ = one_request(&mut client, &payload, items, c * 1_000_000 + w).await;
+                let _ = request(&mut client, &payload, items, c * 1_000_000 + w).await;
             }
             // Everyone starts measuring together, after every client has warmed up.
             barrier.wait().await;
@@ -408,7 +540,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             let mut n = 0usize;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match one_request(&mut client, &payload, items, c * 1_000_000 + 1000 + n).await {
+                match request(&mut client, &payload, items, c * 1_000_000 + 1000 + n).await {
                     Ok(()) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
                     Err((code, message)) => {
                         let refused = code == "RESOURCE_EXHAUSTED";
@@ -443,6 +575,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let requests = latencies.len();
     let duration_s = measured.as_secs_f64();
     let report = BenchReport {
+        interface: args.interface,
         modality: args.modality,
         concurrency: args.concurrency,
         items_per_request: args.items,
@@ -458,7 +591,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         first_error,
     };
     println!(
-        "{:?} c={} items={}: {:.1} items/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, {} requests, {} errors {:?}",
+        "{:?} {:?} c={} items={}: {:.1} items/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, {} requests, {} errors {:?}",
+        report.interface,
         report.modality,
         report.concurrency,
         report.items_per_request,

@@ -6,7 +6,6 @@
 //! Layer: a feature, below both doors. Depends on `embed` (texts and images through the batchers),
 //! `model` (logit scale, fingerprints), `telemetry` and `common`.
 
-use bytes::Bytes;
 pub mod classifier;
 pub mod postgres;
 pub mod prompts;
@@ -21,6 +20,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 pub use classifier::{Classifier, LabelScore};
 pub use prompts::{LabelSetSpec, PromptLimits};
 use store::Store;
@@ -296,7 +296,7 @@ impl ClassifyService {
         }
     }
 
-    fn config(&self) -> &ClassifyConfig {
+    pub fn config(&self) -> &ClassifyConfig {
         &self.inner.config
     }
 

@@ -1,8 +1,9 @@
 //! Request limits (the `--max-*` flags Info reports) and the checks every embedding request goes
 //! through before any work: item counts, encoded image size, text length. Errors say which item.
 
-use crate::common::{Field, List, ServiceError};
 use bytes::Bytes;
+
+use crate::common::{Field, List, ServiceError};
 
 /// Request limits; each one answers a client with INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,6 @@
 //!
 //! Both protocol layers call [`EmbedService`]; nothing here knows either wire.
 
-use bytes::Bytes;
 mod limits;
 pub mod pool;
 pub mod slot;
@@ -18,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 pub use limits::Limits;
 use pool::PreprocessPool;
 use slot::{Loaded, ModelSlot};
@@ -32,7 +32,10 @@ use crate::{
     common::{Field, List, Modality, ServiceError},
     model::{LoadedModel, TowerSpec, runtime, trimmed_length},
     preprocess::image::{self as image_pre, ImageOptions},
-    telemetry::metrics::{Metrics, ModelInfoLabels},
+    telemetry::{
+        metrics::{Metrics, ModelInfoLabels},
+        usage::{self, UsageKind},
+    },
 };
 
 /// The embedding service's own configuration (admission has its own, in `admission/`).
@@ -271,6 +274,7 @@ impl EmbedService {
             .submit(pixels, deadline)
             .await
             .map_err(batch_error)?;
+        usage::record(UsageKind::Images, n as u64);
         Ok(embedded(output, preprocess, std::iter::repeat((false, 0))))
     }
 
@@ -358,7 +362,103 @@ impl EmbedService {
             batcher.submit(ids, deadline).await
         }
         .map_err(batch_error)?;
+        if !background {
+            let tokens: u64 = meta.iter().map(|&(_, count)| u64::from(count)).sum();
+            usage::record(UsageKind::TextTokens, tokens);
+        }
         Ok(embedded(output, preprocess, meta))
+    }
+
+    /// Embeds a request's texts and images together, in `items`' order (an HTTP input list may
+    /// mix them): each kind goes through its batcher, both at once. Errors name an item by its
+    /// place in `items` (`texts[5]` is `items[5]`, a text). `permit` is held until inference ends.
+    pub async fn embed_items(
+        &self,
+        items: Vec<Item>,
+        deadline: Option<Instant>,
+        permit: Permit,
+    ) -> Result<Embedded, ServiceError> {
+        let _permit = permit;
+        check_deadline(deadline)?;
+        self.limits().check_count(List::Texts, items.len())?;
+        let n = items.len();
+        let (mut text_at, mut image_at) = (Vec::new(), Vec::new());
+        let (mut texts, mut images) = (Vec::new(), Vec::new());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Item::Text(t) => {
+                    text_at.push(i);
+                    texts.push(t);
+                }
+                Item::Image(b) => {
+                    image_at.push(i);
+                    images.push(b);
+                }
+            }
+        }
+        let place = |at: &[usize], field: Field| match field {
+            Field::Item(list, j) => Field::Item(list, at.get(j).copied().unwrap_or(j)),
+            other => other,
+        };
+        let texts = async {
+            if texts.is_empty() {
+                return Ok(None);
+            }
+            self.encode_texts(texts, deadline)
+                .await
+                .map(Some)
+                .map_err(|e| e.relocate(|f| place(&text_at, f)))
+        };
+        let images = async {
+            if images.is_empty() {
+                return Ok(None);
+            }
+            self.encode_images(images, deadline)
+                .await
+                .map(Some)
+                .map_err(|e| e.relocate(|f| place(&image_at, f)))
+        };
+        let (texts, images) = tokio::try_join!(texts, images)?;
+        let mut slots: Vec<Option<Embedding>> = vec![None; n];
+        let mut timings = Timings::default();
+        for (at, embedded) in [(&text_at, texts), (&image_at, images)] {
+            let Some(embedded) = embedded else { continue };
+            timings.preprocess = timings.preprocess.max(embedded.timings.preprocess);
+            timings.queue = timings.queue.max(embedded.timings.queue);
+            timings.inference = timings.inference.max(embedded.timings.inference);
+            for (&i, e) in at.iter().zip(embedded.embeddings) {
+                slots[i] = Some(e);
+            }
+        }
+        let embeddings: Vec<Embedding> = slots.into_iter().flatten().collect();
+        if embeddings.len() != n {
+            return Err(ServiceError::Internal("an embedding went missing".into()));
+        }
+        Ok(Embedded {
+            embeddings,
+            timings,
+        })
+    }
+
+    /// The (width, height) of an encoded image, decoded in the preprocessing pool (Immich's
+    /// replies carry it). Call it after the image was embedded: a bad image fails there first.
+    pub async fn image_dimensions(&self, bytes: Bytes) -> Result<(usize, usize), ServiceError> {
+        let max_pixels = self.limits().max_image_pixels;
+        let invalid = |e: image_pre::ImageError| ServiceError::invalid_item(List::Images, 0, e);
+        // The header says, without decoding (PIL's `size` is the header's too).
+        let cost = image_pre::decode_cost(&bytes, max_pixels).map_err(invalid)?;
+        if let Some(dims) = cost.dimensions {
+            return Ok(dims);
+        }
+        // A header this module cannot read: decode, within the decode budget.
+        self.state
+            .pool
+            .run_decode("image dimensions", cost.bytes, move || {
+                image_pre::inspect(&bytes, max_pixels).map(|(w, h, _)| (w, h))
+            })
+            .await?
+            .map_err(|over| ServiceError::invalid_item(List::Images, 0, over))?
+            .map_err(invalid)
     }
 
     /// Embeds one stream item. Errors name the item as `image` or `text`.

@@ -1,8 +1,9 @@
 //! What the embedding service hands back: embeddings with their timings, stream items, and the
 //! description of what is served (the Info RPC's content).
 
-use bytes::Bytes;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use super::Limits;
 use crate::model::{Gate, Precision, Provider, WeightsKind};

@@ -46,7 +46,16 @@ impl CallContext {
     ) -> Self {
         let request_id =
             crate::telemetry::request_id(metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok()));
-        let span = tracing::info_span!("call", request_id = %request_id, method = %format_args!("{service}/{method}"));
+        let span = tracing::info_span!(
+            "call",
+            request_id = %request_id,
+            method = %format_args!("{service}/{method}"),
+            key = tracing::field::Empty
+        );
+        // The caller's key name, from the usage scope `grpc/auth.rs` runs the call in.
+        if let Some(usage) = crate::telemetry::usage::current() {
+            span.record("key", usage.key());
+        }
         CallContext {
             service,
             method,

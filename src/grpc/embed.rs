@@ -281,7 +281,9 @@ impl Embed for EmbedApi {
                 let service = service.clone();
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);
-                tasks.spawn(
+                // Items run in tasks of their own, in the caller's usage scope.
+                tasks.spawn(crate::telemetry::usage::carried(
+                    crate::telemetry::usage::current(),
                     async move {
                         let work = async {
                             match <(String, Item)>::try_from(request) {
@@ -313,7 +315,7 @@ impl Embed for EmbedApi {
                         drop(bytes);
                     }
                     .instrument(item_span),
-                );
+                ));
             }
             if tx.is_closed() || client_gone {
                 tasks.abort_all();
@@ -330,7 +332,12 @@ impl Embed for EmbedApi {
                 None => ctx.record(Code::Ok, ""),
             }
         };
-        tokio::spawn(stream.instrument(span));
+        // The stream runs in its own task: it keeps the caller's usage scope.
+        let usage = crate::telemetry::usage::current();
+        tokio::spawn(crate::telemetry::usage::carried(
+            usage,
+            stream.instrument(span),
+        ));
         Ok(response)
     }
 }

@@ -5,7 +5,9 @@
 //! Layer: a door, beside `http/`. Depends on the domain (`embed`, `classify`, `retrieve`), on
 //! `security` (the API-key interceptor, TLS) and `telemetry`; nothing below imports it.
 
+pub mod auth;
 pub mod classify;
+pub mod client;
 pub mod context;
 pub mod embed;
 pub mod info;

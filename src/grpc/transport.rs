@@ -5,11 +5,7 @@ use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::codegen::http;
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
-};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::{
@@ -56,21 +52,6 @@ pub struct Security {
     /// Reflection answers without a key.
     pub public_reflection: bool,
     pub tls: Option<TlsFiles>,
-}
-
-/// The API-key check, as a tonic interceptor on every service but health (and reflection when
-/// it is public). The key is `authorization: Bearer KEY` metadata.
-fn auth(keys: ApiKeys) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |request: Request<()>| {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        match keys.check(presented) {
-            Ok(()) => Ok(request),
-            Err(e) => Err(Status::unauthenticated(e.to_string())),
-        }
-    }
 }
 
 /// Concurrent HTTP/2 streams (calls) per client connection. tonic passes no limit to hyper unless
@@ -235,9 +216,13 @@ pub async fn endpoint(
     let retrieve = RetrieveServer::new(RetrieveApi::new(service.clone(), retrieve))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let info = InfoServer::new(InfoApi::new(service));
+    let info = InfoServer::new(InfoApi::new(service.clone()));
 
-    let check = auth(security.keys.clone());
+    let metrics = service.metrics().clone();
+    let check = super::auth::KeyCheck {
+        keys: security.keys.clone(),
+        metrics,
+    };
     let fix: fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> =
         client_decode_errors;
     let mut builder = Server::builder()
@@ -272,14 +257,14 @@ pub async fn endpoint(
     } else {
         builder
             .add_service(health_service)
-            .add_service(InterceptedService::new(reflection_v1, check.clone()))
-            .add_service(InterceptedService::new(reflection_v1alpha, check.clone()))
+            .add_service(check.wrap(reflection_v1))
+            .add_service(check.wrap(reflection_v1alpha))
     };
     let router = router
-        .add_service(InterceptedService::new(embed, check.clone()))
-        .add_service(InterceptedService::new(classify, check.clone()))
-        .add_service(InterceptedService::new(retrieve, check.clone()))
-        .add_service(InterceptedService::new(info, check));
+        .add_service(check.wrap(embed))
+        .add_service(check.wrap(classify))
+        .add_service(check.wrap(retrieve))
+        .add_service(check.wrap(info));
     Ok((
         Endpoint {
             router,

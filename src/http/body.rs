@@ -65,20 +65,106 @@ pub async fn read(
 thread_local! {
     /// The item limit [`Items`] enforces while a body is parsed on this thread.
     static MAX_ITEMS: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The label limit [`Labels`] enforces while a body is parsed on this thread.
+    static MAX_LABELS: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// Parses `bytes` as `T` with every [`Items`] list in it bounded to `max_items` elements.
+/// Parses `bytes` as `T` with every [`Items`] list in it bounded to `max_items` elements (and
+/// every [`Labels`] list to as many).
 pub fn parse<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     max_items: usize,
 ) -> Result<T, serde_json::Error> {
+    parse_with_labels(bytes, max_items, max_items)
+}
+
+/// [`parse`] with [`Labels`] lists bounded to `max_labels` (`--max-labels`).
+pub fn parse_with_labels<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    max_items: usize,
+    max_labels: usize,
+) -> Result<T, serde_json::Error> {
     let previous = MAX_ITEMS.with(|m| m.replace(max_items));
+    let previous_labels = MAX_LABELS.with(|m| m.replace(max_labels));
     let parsed = serde_json::from_slice(bytes);
     MAX_ITEMS.with(|m| m.set(previous));
+    MAX_LABELS.with(|m| m.set(previous_labels));
     parsed
 }
 
-/// A request's `input`: one string, or a list of items counted while they are parsed (refused
+/// A list of labels: an array of strings, or one string of comma-separated labels (what older
+/// huggingface_hub versions send), counted while parsed (refused past `--max-labels`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Labels(pub Vec<String>);
+
+/// A list of strings (templates) bounded as [`Labels`] are; one string is a list of one.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Strings(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let visitor = LabelsVisitor {
+            max: MAX_LABELS.with(Cell::get),
+            split: false,
+        };
+        deserializer.deserialize_any(visitor).map(|l| Strings(l.0))
+    }
+}
+
+struct LabelsVisitor {
+    max: usize,
+    /// A string is comma-separated labels (else: one string).
+    split: bool,
+}
+
+impl<'de> Visitor<'de> for LabelsVisitor {
+    type Value = Labels;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of strings or a string")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Labels, E> {
+        if !self.split {
+            return Ok(Labels(vec![s.to_string()]));
+        }
+        let labels: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if labels.len() > self.max {
+            return Err(de::Error::custom(format!(
+                "more than {} labels, over the limit (--max-labels)",
+                self.max
+            )));
+        }
+        Ok(Labels(labels))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Labels, A::Error> {
+        let max = self.max;
+        let mut labels = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(max));
+        while let Some(label) = seq.next_element::<String>()? {
+            if labels.len() == max {
+                return Err(de::Error::custom(format!(
+                    "more than {max} labels, over the limit (--max-labels)"
+                )));
+            }
+            labels.push(label);
+        }
+        Ok(Labels(labels))
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LabelsVisitor {
+            max: MAX_LABELS.with(Cell::get),
+            split: true,
+        })
+    }
+}
+
+/// A request's item list (`input`, `documents`): one string, or a list of items counted while they are parsed (refused
 /// past the limit before the rest is read).
 #[derive(Debug, Default)]
 pub struct Items(pub Vec<Value>);
@@ -89,7 +175,7 @@ impl<'de> Deserialize<'de> for Items {
         impl<'de> Visitor<'de> for ItemsVisitor {
             type Value = Items;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or an array of strings")
+                f.write_str("a string or an array")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Items, E> {
                 Ok(Items(vec![Value::String(s.to_string())]))
@@ -103,7 +189,7 @@ impl<'de> Deserialize<'de> for Items {
                 while let Some(item) = seq.next_element::<Value>()? {
                     if items.len() == max {
                         return Err(de::Error::custom(format!(
-                            "input: more than {max} items, over the limit per request (--max-items-per-request)"
+                            "a list of more than {max} items, over the limit per request (--max-items-per-request)"
                         )));
                     }
                     items.push(item);
@@ -112,7 +198,7 @@ impl<'de> Deserialize<'de> for Items {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Items, A::Error> {
                 Err(de::Error::custom(
-                    "input: expected a string or an array of strings, got an object",
+                    "expected a string or an array, got an object",
                 ))
             }
         }
@@ -143,6 +229,22 @@ mod tests {
         // The limit is per call: the next parse on this thread is not bounded by this one's.
         let r: Request = parse(br#"{"input": ["a", "b", "c"]}"#, 3).unwrap();
         assert_eq!(r.input.0.len(), 3);
+    }
+
+    #[test]
+    fn labels_are_lists_or_comma_strings_counted_while_parsing() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Request {
+            labels: Labels,
+        }
+        let r: Request = parse_with_labels(br#"{"labels": ["a", "b c"]}"#, 1, 2).unwrap();
+        assert_eq!(r.labels.0, ["a", "b c"]);
+        let r: Request = parse_with_labels(br#"{"labels": "cat, dog,"}"#, 1, 2).unwrap();
+        assert_eq!(r.labels.0, ["cat", "dog"]);
+        let e =
+            parse_with_labels::<Request>(br#"{"labels": ["a", "b", "c", !!!"#, 1, 2).unwrap_err();
+        assert!(e.to_string().contains("more than 2 labels"), "{e}");
+        assert!(parse_with_labels::<Request>(br#"{"labels": "a,b,c"}"#, 1, 2).is_err());
     }
 
     #[tokio::test]

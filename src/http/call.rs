@@ -1,25 +1,47 @@
-//! What every HTTP API call goes through: the API key check, a `call{request_id, method}` span,
+//! What every HTTP API call goes through: the API key check (and its rate limit: 429 with
+//! `Retry-After`), the key's usage scope, a `call{request_id, method, key}` span,
 //! the request counter and duration (`interface="http"`), and the `x-request-id` header on the
-//! reply, success or error.
+//! reply, success or error, with `server-timing: total;dur=<ms>`.
 
 use std::{future::Future, time::Instant};
 
 use axum::{
     http::{HeaderMap, HeaderValue, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use tracing::Instrument;
 
-use super::error::ApiError;
-use crate::{security::ApiKeys, telemetry::metrics::Metrics};
+use super::error::{ApiError, Shape};
+use crate::{
+    security::{ApiKeys, AuthError},
+    telemetry::{
+        metrics::Metrics,
+        usage::{self, Usage},
+    },
+};
 
 /// Checks the key, runs `handler` in a span with the request id, counts the call under
-/// `service`/`method`, and tags the response with the request id.
+/// `service`/`method`, and tags the response with the request id. Errors in OpenAI's shape.
 pub async fn call<F>(
+    keys: &ApiKeys,
+    metrics: &Metrics,
+    names: (&'static str, &'static str),
+    headers: &HeaderMap,
+    handler: F,
+) -> Response
+where
+    F: Future<Output = Result<Response, ApiError>>,
+{
+    call_shaped(keys, metrics, names, headers, Shape::OpenAi, handler).await
+}
+
+/// [`call`] with errors rendered in `shape`.
+pub async fn call_shaped<F>(
     keys: &ApiKeys,
     metrics: &Metrics,
     (service, method): (&'static str, &'static str),
     headers: &HeaderMap,
+    shape: Shape,
     handler: F,
 ) -> Response
 where
@@ -28,14 +50,31 @@ where
     let started = Instant::now();
     let id =
         crate::telemetry::request_id(headers.get("x-request-id").and_then(|v| v.to_str().ok()));
-    let span =
-        tracing::info_span!("call", request_id = %id, method = %format_args!("{service}/{method}"));
+    let span = tracing::info_span!(
+        "call",
+        request_id = %id,
+        method = %format_args!("{service}/{method}"),
+        key = tracing::field::Empty
+    );
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let result = match keys.check(authorization) {
-        Ok(()) => handler.instrument(span.clone()).await,
-        Err(e) => Err(e.into()),
+    let mut retry_after = None;
+    let result = match keys.authenticate(authorization) {
+        Ok(caller) => {
+            // The key's name (never the key) on the span; what the call computes counts for it.
+            let usage = caller.map(|c| {
+                span.record("key", &*c.key_name);
+                Usage::for_key(metrics, c.key_name)
+            });
+            usage::scoped(usage, handler.instrument(span.clone())).await
+        }
+        Err(e) => {
+            if let AuthError::RateLimited { retry_after: wait } = e {
+                retry_after = Some(wait);
+            }
+            Err(e.into())
+        }
     };
     let (mut response, code) = match result {
         Ok(r) => (r, "OK"),
@@ -44,18 +83,23 @@ where
             if e.status.is_server_error() {
                 span.in_scope(|| tracing::error!(status = e.status.as_u16(), message = %e.message, "call failed"));
             }
-            (e.into_response(), code)
+            (e.into_shaped(shape), code)
         }
     };
-    metrics.observe_call_on(
-        "http",
-        service,
-        method,
-        code,
-        started.elapsed().as_secs_f64(),
-    );
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics.observe_call_on("http", service, method, code, elapsed);
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
+    }
+    if let Some(wait) = retry_after {
+        // Whole seconds, rounded up (RFC 9110); at least 1.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("total;dur={:.3}", elapsed * 1e3)) {
+        response.headers_mut().insert("server-timing", v);
     }
     response
 }

@@ -1,7 +1,12 @@
-//! The one mapping from domain errors to HTTP statuses and OpenAI's error body
-//! (`{"error": {"message", "type", "param", "code"}}`), with the gRPC code name of the same failure
-//! for the metrics both doors share. Field paths render in the HTTP API's words: every item list
-//! of a request is `input` (`input[3]`), other fields keep their names.
+//! The one mapping from domain errors to HTTP statuses and error bodies, with the gRPC code name of
+//! the same failure for the metrics both doors share. Field paths render in the HTTP API's words:
+//! every item list of a request is `input` (`input[3]`) unless a route names its lists itself
+//! ([`ApiError::from_service_named`]: a rerank's `documents[2]`), other fields keep their names.
+//!
+//! Two body shapes ([`Shape`]): OpenAI's `{"error": {"message", "type", "param", "code"}}` plus a
+//! top-level `"detail"` string (Jina's clients read `resp["detail"]`), and a plain
+//! `{"error": "<message>", "detail": "<message>"}` for the clients that want `error` to be a string
+//! (Weaviate's Go client, huggingface_hub, Immich).
 
 use axum::{
     Json,
@@ -40,6 +45,15 @@ impl ApiError {
     }
 }
 
+/// How a route renders its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"error": {"message", "type", "param", "code"}, "detail": "<message>"}`.
+    OpenAi,
+    /// `{"error": "<message>", "detail": "<message>"}`.
+    Plain,
+}
+
 /// The HTTP API's name for a field the domain names: item lists are the request's `input`.
 fn http_name(field: &Field) -> Option<&'static str> {
     match field {
@@ -49,18 +63,29 @@ fn http_name(field: &Field) -> Option<&'static str> {
 }
 
 /// The request parameter an invalid field belongs to.
-fn param_of(field: &Field) -> &'static str {
+fn param_of(field: &Field, name_of: &dyn Fn(&Field) -> Option<&'static str>) -> &'static str {
     match field {
         Field::Param(name) => name,
         Field::List(list) | Field::Item(list, _) => {
-            http_name(&Field::List(*list)).unwrap_or(list.as_str())
+            name_of(&Field::List(*list)).unwrap_or(list.as_str())
         }
-        Field::Part(of, _) => param_of(of),
+        Field::Part(of, _) => param_of(of, name_of),
     }
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        if let AuthError::RateLimited { .. } = e {
+            // OpenAI's shape for 429; `http/call.rs` adds `Retry-After`.
+            return ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                kind: "requests",
+                code: "rate_limit_exceeded",
+                param: None,
+                message: e.to_string(),
+                grpc_code: "RESOURCE_EXHAUSTED",
+            };
+        }
         ApiError {
             status: StatusCode::UNAUTHORIZED,
             kind: "invalid_request_error",
@@ -75,11 +100,27 @@ impl From<AuthError> for ApiError {
 /// The HTTP face of each domain error (the same failures get the matching gRPC codes).
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
+        ApiError::from_service_named(e, &http_name)
+    }
+}
+
+impl ApiError {
+    /// [`From<ServiceError>`] with the route's own names for the domain's fields (`name_of` returns
+    /// `None` for a field that keeps the domain's name).
+    pub fn from_service_named(
+        e: ServiceError,
+        name_of: &dyn Fn(&Field) -> Option<&'static str>,
+    ) -> Self {
         let (status, kind, code, grpc_code, message) = match e {
             ServiceError::InvalidArgument(invalid) => {
                 return ApiError {
-                    param: Some(invalid.field.as_ref().map_or("input", param_of)),
-                    message: invalid.render(&http_name),
+                    param: Some(
+                        invalid
+                            .field
+                            .as_ref()
+                            .map_or("input", |f| param_of(f, name_of)),
+                    ),
+                    message: invalid.render(name_of),
                     ..ApiError::invalid(None, "")
                 };
             }
@@ -151,17 +192,28 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The reply in `shape`.
+    pub fn into_shaped(self, shape: Shape) -> Response {
+        let body = match shape {
+            Shape::OpenAi => json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.kind,
+                    "param": self.param,
+                    "code": self.code,
+                },
+                "detail": self.message,
+            }),
+            Shape::Plain => json!({"error": self.message, "detail": self.message}),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        });
-        (self.status, Json(body)).into_response()
+        self.into_shaped(Shape::OpenAi)
     }
 }
 

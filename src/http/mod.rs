@@ -2,42 +2,87 @@
 //! from domain errors to HTTP statuses ([`error`]).
 //!
 //! - [`probes`]: `/metrics`, `/healthz`, `/readyz` (no key needed);
-//! - [`openai`]: the OpenAI-compatible `/v1/embeddings` and `/v1/models` (API key when configured);
-//! - [`call`]: what every API call goes through (key, span, metrics, request id).
+//! - [`openai`]: the OpenAI- and Jina-compatible `/v1/embeddings` and `/v1/models` (API key when
+//!   configured);
+//! - [`classify`]: Jina's zero-shot `/v1/classify`;
+//! - [`rerank`]: Cohere / Jina / Infinity rerank on `/v1/rerank`, `/v2/rerank`, `/rerank`;
+//! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
+//!   `POST /`;
+//! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
+//! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
+//! - [`api`]: what the API routes share (services, body reading, model names);
+//! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
+//! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing).
+//!
+//! `CLIENTS.md` beside this file records the wire formats of the client libraries these routes
+//! serve, read from their source.
 //!
 //! Plain HTTP/1.1, or TLS with `--tls-cert` (the rustls configuration comes from `security::tls`).
 //! axum and hyper types stop here; handlers call the same domain services as gRPC.
 
+pub mod api;
 pub mod body;
 pub mod call;
+pub mod classify;
 pub mod error;
+pub mod hf;
+pub mod immich;
+pub mod inputs;
 pub mod openai;
 pub mod probes;
+pub mod rerank;
+pub mod weaviate;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::{
     admission::connections::{ConnectionLimit, Counted},
+    classify::ClassifyService,
     embed::EmbedService,
     retrieve::RetrieveService,
     security::{ApiKeys, TlsFiles},
 };
 
-/// Every route, for serving and for tests. API bodies are limited to `max_body_bytes`.
-pub fn router(
-    service: EmbedService,
-    retrieve: RetrieveService,
-    keys: ApiKeys,
-    max_body_bytes: usize,
-) -> Router {
-    probes::routes(service.clone(), retrieve).merge(openai::routes(openai::OpenAi {
-        service,
+/// What the HTTP API serves, and with which settings.
+pub struct Services {
+    pub embed: EmbedService,
+    pub classify: ClassifyService,
+    pub retrieve: RetrieveService,
+    pub keys: ApiKeys,
+    /// API bodies are limited to this (`--max-message-bytes`).
+    pub max_body_bytes: usize,
+    /// `--model-alias`.
+    pub model_aliases: Vec<String>,
+}
+
+/// Every route, for serving and for tests.
+pub fn router(services: Services) -> Router {
+    let Services {
+        embed,
+        classify,
+        retrieve,
         keys,
         max_body_bytes,
-    }))
+        model_aliases,
+    } = services;
+    let api = api::Api {
+        service: embed.clone(),
+        classify,
+        retrieve: retrieve.clone(),
+        keys,
+        max_body_bytes,
+        aliases: Arc::from(model_aliases),
+    };
+    probes::routes(embed, retrieve)
+        .merge(openai::routes(api.clone()))
+        .merge(classify::routes(api.clone()))
+        .merge(rerank::routes(api.clone()))
+        .merge(hf::routes(api.clone()))
+        .merge(weaviate::routes(api.clone()))
+        .merge(immich::routes(api))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).

@@ -1,15 +1,17 @@
-//! The OpenAI-compatible HTTP API on `--http-addr`: `POST /v1/embeddings` and `GET /v1/models`, in
-//! OpenAI's request, response and error shapes, so the `openai` SDKs work unchanged. The same
+//! The OpenAI-compatible HTTP API on `--http-addr`: `POST /v1/embeddings` (also `/embeddings`) and
+//! `GET /v1/models`, in OpenAI's request, response and error shapes, so the `openai` SDKs work
+//! unchanged, and Jina's embeddings API on the same route (its clients post there too). The same
 //! service, batchers, limits and metrics as gRPC sit behind it.
 //!
-//! Images go through the same route the way Infinity does it: `"modality": "image"` with inputs as
-//! `data:image/...;base64,...` URIs. Fetching http(s) URLs server-side is refused (an SSRF door).
+//! `input` items may be strings, `data:image/...;base64,` strings, `{"text"}`, `{"image"}`,
+//! `{"url"}` or `{"bytes"}` (see [`super::inputs`]); Infinity's `"modality": "image"` makes every
+//! string an image. Fetching http(s) URLs server-side is refused (an SSRF door).
 
 use axum::{
     Json, Router,
     body::Body,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -18,30 +20,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
+    api::Api,
     body::{self, Items},
-    call,
     error::ApiError,
+    inputs,
 };
-use crate::{
-    common::ServiceError,
-    embed::{Admission, EmbedService},
-    security::ApiKeys,
-};
+use crate::embed::{Admission, Embedded, Item};
 
-#[derive(Clone)]
-pub struct OpenAi {
-    pub service: EmbedService,
-    pub keys: ApiKeys,
-    /// Bodies are limited to `--max-message-bytes` (413 beyond), read after the key check.
-    pub max_body_bytes: usize,
-}
-
-/// The `/v1` routes.
-pub fn routes(state: OpenAi) -> Router {
+/// The embeddings and models routes.
+pub fn routes(state: Api) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .with_state(state)
+}
+
+/// A field that is one string or a list of them (Jina's `embedding_type`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,15 +49,29 @@ struct EmbeddingsRequest {
     #[serde(default)]
     model: Option<String>,
     input: Items,
+    /// OpenAI's name.
     #[serde(default)]
     encoding_format: Option<String>,
+    /// Jina's name.
+    #[serde(default)]
+    embedding_type: Option<OneOrMany>,
+    /// LlamaIndex's name for Jina's field.
+    #[serde(default)]
+    encoding_type: Option<String>,
     #[serde(default)]
     dimensions: Option<u64>,
-    /// Accepted and ignored, as the issue asks.
+    /// Jina's: embeddings are always L2-normalized here; `false` is refused.
+    #[serde(default)]
+    normalized: Option<bool>,
+    /// Accepted and ignored (OpenAI's `user`, Jina's `task`, `late_chunking`, `truncate`; other
+    /// unknown fields are ignored too).
     #[serde(default)]
     #[allow(dead_code)]
     user: Option<String>,
-    /// `text` (default) or `image` (inputs are data: URIs), as Infinity does it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    task: Option<String>,
+    /// `text` (default) or `image` (every string is an image), as Infinity does it.
     #[serde(default)]
     modality: Option<String>,
 }
@@ -69,85 +83,102 @@ struct EmbeddingData {
     embedding: Value,
 }
 
-/// The id `/v1/models` lists and `model` is checked against: `model_name` or
-/// `model_name:pretrained`.
-fn model_ids(service: &EmbedService) -> Result<Vec<String>, ServiceError> {
-    let config = &service.loaded_model()?.config;
-    let id = config.model_id();
-    Ok(if id == config.model_name {
-        vec![id]
-    } else {
-        vec![id, config.model_name.clone()]
+async fn models(State(state): State<Api>, headers: HeaderMap) -> Response {
+    let api = state.clone();
+    state
+        .call(("OpenAI", "models"), &headers, async move {
+            let data: Vec<Value> = api
+                .model_ids()?
+                .into_iter()
+                .take(1)
+                .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "clip-serve"}))
+                .collect();
+            Ok(Json(json!({"object": "list", "data": data})).into_response())
+        })
+        .await
+}
+
+async fn embeddings(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
+    state
+        .call(("OpenAI", "embeddings"), &headers, async {
+            let (request, _held) = state
+                .read_json::<EmbeddingsRequest>(&headers, body, "embeddings request")
+                .await?;
+            embed(&state, request).await
+        })
+        .await
+}
+
+/// Whether the reply carries base64 (little-endian float32) instead of float lists.
+fn wants_base64(request: &EmbeddingsRequest) -> Result<bool, ApiError> {
+    let asked: Vec<(&'static str, &str)> = [
+        request
+            .encoding_format
+            .as_deref()
+            .map(|f| ("encoding_format", f)),
+        request
+            .encoding_type
+            .as_deref()
+            .map(|f| ("encoding_type", f)),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(match &request.embedding_type {
+        None => Vec::new(),
+        Some(OneOrMany::One(f)) => vec![("embedding_type", f.as_str())],
+        Some(OneOrMany::Many(fs)) => fs.iter().map(|f| ("embedding_type", f.as_str())).collect(),
     })
-}
-
-/// An OpenAI call: key, span, metrics and request id as every HTTP call.
-async fn call<F>(state: &OpenAi, method: &'static str, headers: &HeaderMap, handler: F) -> Response
-where
-    F: std::future::Future<Output = Result<Response, ApiError>>,
-{
-    let metrics = state.service.metrics();
-    call::call(&state.keys, metrics, ("OpenAI", method), headers, handler).await
-}
-
-async fn models(State(state): State<OpenAi>, headers: HeaderMap) -> Response {
-    let service = state.service.clone();
-    call(&state, "models", &headers, async move {
-        let data: Vec<Value> = model_ids(&service)?
-            .into_iter()
-            .take(1)
-            .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "clip-serve"}))
-            .collect();
-        Ok(Json(json!({"object": "list", "data": data})).into_response())
-    })
-    .await
-}
-
-async fn embeddings(State(state): State<OpenAi>, headers: HeaderMap, body: Body) -> Response {
-    let service = state.service.clone();
-    let limit = state.max_body_bytes;
-    call(&state, "embeddings", &headers, async {
-        let (body, _held) = body::read(&headers, body, limit, service.gate().bytes()).await?;
-        let max_items = service.limits().max_items_per_request;
-        let request: EmbeddingsRequest = body::parse(&body, max_items).map_err(|e| {
-            ApiError::invalid(
-                None,
-                format!("the body is not a valid embeddings request: {e}"),
-            )
-        })?;
-        embed(&service, request).await
-    })
-    .await
-}
-
-async fn embed(service: &EmbedService, request: EmbeddingsRequest) -> Result<Response, ApiError> {
-    let ids = model_ids(service)?;
-    let model = ids[0].clone();
-    if let Some(asked) = &request.model
-        && !ids.contains(asked)
-    {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "invalid_request_error",
-            code: "model_not_found",
-            param: Some("model"),
-            message: format!(
-                "the model `{asked}` is not served here; GET /v1/models lists `{model}`"
-            ),
-            grpc_code: "NOT_FOUND",
-        });
-    }
-    let base64 = match request.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
+    .collect();
+    let mut base64 = None;
+    for (field, format) in asked {
+        let this = match format {
+            "float" => false,
+            "base64" => true,
+            other => {
+                return Err(ApiError::invalid(
+                    Some(field),
+                    format!("{field} {other:?}: use \"float\" or \"base64\""),
+                ));
+            }
+        };
+        if base64.is_some_and(|b| b != this) {
             return Err(ApiError::invalid(
-                Some("encoding_format"),
-                format!("encoding_format {other:?}: use \"float\" or \"base64\""),
+                Some(field),
+                "the request asks for both float and base64 embeddings; ask for one",
             ));
         }
-    };
-    let dim = service.loaded_model()?.config.embed_dim;
+        base64 = Some(this);
+    }
+    Ok(base64.unwrap_or(false))
+}
+
+/// The request's items: Infinity's `modality: image` makes every string an image.
+fn items_of(input: Items, modality: Option<&str>) -> Result<Vec<Item>, ApiError> {
+    match modality {
+        None | Some("text") => inputs::items("input", input.0),
+        Some("image") => input
+            .0
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let at = format!("input[{i}]");
+                match v {
+                    Value::String(s) => inputs::image("input", &at, &s).map(Item::Image),
+                    other => inputs::item("input", &at, other),
+                }
+            })
+            .collect(),
+        Some(other) => Err(ApiError::invalid(
+            Some("modality"),
+            format!("modality {other:?}: use \"text\" or \"image\""),
+        )),
+    }
+}
+
+async fn embed(api: &Api, request: EmbeddingsRequest) -> Result<Response, ApiError> {
+    let model = api.check_model(request.model.as_deref())?;
+    let base64 = wants_base64(&request)?;
+    let dim = api.embed_dim()?;
     if let Some(d) = request.dimensions
         && d != dim as u64
     {
@@ -158,28 +189,20 @@ async fn embed(service: &EmbedService, request: EmbeddingsRequest) -> Result<Res
             ),
         ));
     }
-    let inputs = inputs(request.input)?;
-    let image = match request.modality.as_deref() {
-        None | Some("text") => false,
-        Some("image") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                Some("modality"),
-                format!("modality {other:?}: use \"text\" or \"image\""),
-            ));
-        }
-    };
-    let permit = service.admit(Admission::TryNow).await?;
-    let embedded = if image {
-        let images = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| data_uri(i, s).map(bytes::Bytes::from))
-            .collect::<Result<Vec<_>, _>>()?;
-        service.embed_images(images, None, permit).await?
-    } else {
-        service.embed_texts(inputs, None, permit).await?
-    };
+    if request.normalized == Some(false) {
+        return Err(ApiError::invalid(
+            Some("normalized"),
+            "normalized false: this server returns L2-normalized embeddings only",
+        ));
+    }
+    let items = items_of(request.input, request.modality.as_deref())?;
+    let permit = api.service.admit(Admission::TryNow).await?;
+    let embedded = api.service.embed_items(items, None, permit).await?;
+    Ok(Json(reply(embedded, &model, base64)).into_response())
+}
+
+/// The OpenAI / Jina embeddings reply.
+fn reply(embedded: Embedded, model: &str, base64: bool) -> Value {
     let tokens: u64 = embedded
         .embeddings
         .iter()
@@ -200,135 +223,74 @@ async fn embed(service: &EmbedService, request: EmbeddingsRequest) -> Result<Res
             },
         })
         .collect();
-    Ok(Json(json!({
+    json!({
         "object": "list",
         "data": data,
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }))
-    .into_response())
+    })
 }
 
-/// The body handling of `POST /v1/embeddings` up to the model, for the fuzzer (`fuzz/`): parse with
-/// items counted while parsing, check the fields that need no model, decode data: URIs. Errors are
+/// The body handling of every JSON route up to the model, for the fuzzer (`fuzz/`): parse with
+/// items counted while parsing, check the fields that need no model, decode the items. Errors are
 /// fine; a panic or a hang is the bug.
 #[doc(hidden)]
 pub fn fuzz_embeddings_body(bytes: &[u8], max_items: usize) {
-    let Ok(request) = body::parse::<EmbeddingsRequest>(bytes, max_items) else {
-        return;
-    };
-    let image = request.modality.as_deref() == Some("image");
-    if let Ok(items) = inputs(request.input)
-        && image
-    {
-        for (i, item) in items.iter().enumerate() {
-            let _ = data_uri(i, item);
-        }
+    if let Ok(request) = body::parse::<EmbeddingsRequest>(bytes, max_items) {
+        let _ = wants_base64(&request);
+        let _ = items_of(request.input, request.modality.as_deref());
     }
-}
-
-/// `input`: a string or an array of strings. Token-id arrays (which OpenAI also accepts) are
-/// refused: this server tokenizes itself, exactly as open_clip does.
-fn inputs(input: Items) -> Result<Vec<String>, ApiError> {
-    input
-        .0
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s),
-            Value::Number(_) | Value::Array(_) => Err(ApiError::invalid(
-                Some("input"),
-                format!("input[{i}]: token ids are not accepted; send the text itself"),
-            )),
-            other => Err(ApiError::invalid(
-                Some("input"),
-                format!("input[{i}]: expected a string, got {}", kind(&other)),
-            )),
-        })
-        .collect()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The bytes of a `data:image/...;base64,...` URI.
-fn data_uri(i: usize, s: &str) -> Result<Vec<u8>, ApiError> {
-    let invalid = |m: String| ApiError::invalid(Some("input"), format!("input[{i}]: {m}"));
-    let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Err(invalid(
-            "fetching image URLs is disabled on this server (it would let clients make it request \
-             arbitrary addresses); send the image as a data:image/...;base64,... URI"
-                .into(),
-        ));
-    }
-    let rest = s
-        .strip_prefix("data:")
-        .ok_or_else(|| invalid("expected a data:image/...;base64,... URI".into()))?;
-    let (meta, payload) = rest
-        .split_once(',')
-        .ok_or_else(|| invalid("a data URI needs a comma before its payload".into()))?;
-    if !meta.ends_with(";base64") {
-        return Err(invalid(
-            "only base64 data URIs are accepted (`;base64,`)".into(),
-        ));
-    }
-    if !meta.starts_with("image/") {
-        return Err(invalid(format!(
-            "media type {:?} is not an image",
-            meta.trim_end_matches(";base64")
-        )));
-    }
-    base64::engine::general_purpose::STANDARD
-        .decode(payload.trim())
-        .map_err(|e| invalid(format!("the base64 payload does not decode: {e}")))
+    super::classify::fuzz_body(bytes, max_items);
+    super::rerank::fuzz_body(bytes, max_items);
+    super::hf::fuzz_body(bytes, max_items);
+    super::weaviate::fuzz_body(bytes, max_items);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn inputs_take_strings_and_refuse_token_ids() {
-        let items =
-            |v: Value| -> Items { body::parse(&serde_json::to_vec(&v).unwrap(), 64).unwrap() };
-        assert_eq!(inputs(items(json!("a"))).unwrap(), ["a"]);
-        assert_eq!(inputs(items(json!(["a", "b"]))).unwrap(), ["a", "b"]);
-        let e = inputs(items(json!(["a", [1, 2]]))).unwrap_err();
-        assert!(e.message.contains("input[1]: token ids"), "{}", e.message);
-        let e = inputs(items(json!(["a", {"x": 1}]))).unwrap_err();
-        assert!(e.message.contains("got an object"), "{}", e.message);
+    fn request(v: Value) -> EmbeddingsRequest {
+        body::parse(&serde_json::to_vec(&v).unwrap(), 64).unwrap()
     }
 
     #[test]
-    fn data_uris_decode_and_urls_are_refused() {
-        assert_eq!(
-            data_uri(0, "data:image/png;base64,AAEC").unwrap(),
-            [0, 1, 2]
-        );
-        let e = data_uri(3, "https://example.com/cat.jpg").unwrap_err();
+    fn every_encoding_field_is_read() {
+        let b = |v: Value| wants_base64(&request(v));
+        assert!(!b(json!({"input": "a"})).unwrap());
+        assert!(b(json!({"input": "a", "encoding_format": "base64"})).unwrap());
+        assert!(b(json!({"input": "a", "encoding_type": "base64"})).unwrap());
+        assert!(b(json!({"input": "a", "embedding_type": ["base64"]})).unwrap());
+        assert!(!b(json!({"input": "a", "embedding_type": "float"})).unwrap());
+        let e = b(json!({"input": "a", "embedding_type": "ubinary"})).unwrap_err();
         assert!(
-            e.message
-                .starts_with("input[3]: fetching image URLs is disabled"),
+            e.message.contains("embedding_type \"ubinary\""),
             "{}",
             e.message
         );
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        for bad in [
-            "cat.jpg",
-            "data:text/plain;base64,AAEC",
-            "data:image/png,raw",
-            "data:image/png;base64,@@",
-        ] {
-            assert!(data_uri(0, bad).is_err(), "{bad}");
-        }
+        assert!(
+            b(json!({"input": "a", "encoding_format": "float", "embedding_type": "base64"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn infinity_modality_makes_strings_images() {
+        let r =
+            request(json!({"input": ["data:image/png;base64,AAEC", "AAEC"], "modality": "image"}));
+        let items = items_of(r.input, r.modality.as_deref()).unwrap();
+        assert!(items.iter().all(|i| matches!(i, Item::Image(_))));
+        let r = request(json!({"input": ["https://example.com/x.jpg"], "modality": "image"}));
+        let e = items_of(r.input, r.modality.as_deref()).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("input[0]: image URL fetching is not enabled"),
+            "{}",
+            e.message
+        );
+        let r = request(json!({"input": ["a", "data:image/png;base64,AAEC"]}));
+        let items = items_of(r.input, r.modality.as_deref()).unwrap();
+        assert!(matches!(&items[0], Item::Text(t) if t == "a"));
+        assert!(matches!(&items[1], Item::Image(_)));
     }
 }

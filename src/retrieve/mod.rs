@@ -5,7 +5,6 @@
 //!
 //! Layer: a feature, below both doors; owns the stores. Depends on `embed` and `common` only.
 
-use bytes::Bytes;
 pub mod backend;
 pub mod index;
 pub mod local;
@@ -16,6 +15,7 @@ mod validate;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use backend::{Record, SharedStore};
+use bytes::Bytes;
 use index::{Metadata, Scored};
 use store::{CollectionMeta, StoredItem};
 #[cfg(test)]
@@ -24,6 +24,7 @@ use validate::check_vector;
 use crate::{
     common::{Field, List, ServiceError, check_name},
     embed::{EmbedService, Permit},
+    telemetry::usage::UsageKind,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +218,7 @@ impl RetrieveService {
             .map(|(i, v)| (i, index::dot(&query, v)))
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        crate::telemetry::usage::record(UsageKind::RerankDocuments, scored.len() as u64);
         if top_k > 0 {
             scored.truncate(top_k);
         }

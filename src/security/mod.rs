@@ -6,7 +6,7 @@
 pub mod keys;
 pub mod tls;
 
-pub use keys::{ApiKeys, AuthError};
+pub use keys::{ApiKeys, AuthError, Caller, RateLimit};
 pub use tls::{TlsFiles, TlsPaths};
 
 /// A value that never shows in logs or `Debug` output.

@@ -44,6 +44,7 @@ pub struct Metrics {
     connections_refused: IntCounter,
     inflight_bytes: IntGauge,
     decode_reserved_bytes: IntGauge,
+    usage: IntCounterVec,
 }
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
@@ -279,7 +280,16 @@ impl Metrics {
             "Working memory reserved by the image decodes running now, against --max-decode-bytes",
         )?;
         registry.register(Box::new(decode_reserved_bytes.clone()))?;
+        let usage = IntCounterVec::new(
+            Opts::new(
+                "clip_usage_total",
+                "Usage per API key (its name): requests, images and text tokens embedded, rerank documents",
+            ),
+            &["key", "kind"],
+        )?;
+        registry.register(Box::new(usage.clone()))?;
         Ok(Metrics {
+            usage,
             decode_reserved_bytes,
             store_records_skipped,
             text_batch_length,
@@ -307,6 +317,11 @@ impl Metrics {
 
     pub fn classify(&self) -> ClassifyMetrics {
         self.classify.clone()
+    }
+
+    /// The usage counter of `kind` for the key named `key`.
+    pub fn usage_counter(&self, key: &str, kind: &str) -> IntCounter {
+        self.usage.with_label_values(&[key, kind])
     }
 
     /// Decode working memory reserved now.

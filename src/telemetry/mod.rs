@@ -3,6 +3,7 @@
 //! the HTTP layer (`http/probes.rs`).
 
 pub mod metrics;
+pub mod usage;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

@@ -179,7 +179,7 @@ async fn bad_http_requests_get_openai_shaped_errors() {
             json!({"input": ["https://example.com/cat.jpg"], "modality": "image"}),
             400,
             "input",
-            "input[0]: fetching image URLs is disabled",
+            "input[0]: image URL fetching is not enabled",
         ),
         (
             json!({"input": ["data:image/png;base64,bm90IGFuIGltYWdl"], "modality": "image"}),
@@ -221,6 +221,10 @@ async fn bad_http_requests_get_openai_shaped_errors() {
         if !param.is_empty() {
             assert_eq!(error["param"], param, "{reply}");
         }
+        assert_eq!(
+            reply["detail"], error["message"],
+            "Jina's clients read detail"
+        );
     }
 }
 

@@ -90,8 +90,8 @@ pub(crate) fn to_rgb(pixels: &Pixels) -> Vec<u8> {
             })
             .collect(),
         Pixels::Cmyk(d) => d.chunks_exact(4).flat_map(cmyk_to_rgb).collect(),
-        // I16_RGB: values above 255 saturate (clip, not scale).
-        Pixels::I16(d) => gray(
+        // I16_RGB / I16B_RGB: values above 255 saturate (clip, not scale).
+        Pixels::I16(d) | Pixels::I16B(d) => gray(
             d.iter().map(|&v| if v > 255 { 255 } else { v as u8 }),
             d.len(),
         ),

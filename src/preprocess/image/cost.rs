@@ -17,7 +17,7 @@ use std::io::Cursor;
 
 use super::{
     ImageError,
-    decode::{Format, check_dims, sniff},
+    decode::{Format, check_dims, gif_with_global_table, sniff},
 };
 
 /// Fixed part of every reservation: decoder state, tables, the crop and small buffers.
@@ -32,6 +32,8 @@ pub struct DecodeCost {
     pub bytes: u64,
     /// Whether the dimensions came from the header (false: the worst case was assumed).
     pub from_header: bool,
+    /// (width, height) from the header, when read.
+    pub dimensions: Option<(usize, usize)>,
 }
 
 /// Peak working bytes per pixel: the decoder's output plus the conversion into PIL's mode.
@@ -67,7 +69,9 @@ fn header_dims(format: Format, bytes: &[u8]) -> Option<(u64, u64)> {
 fn gif_dims(bytes: &[u8]) -> Option<(u64, u64)> {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::Indexed);
-    let mut decoder = options.read_info(Cursor::new(bytes)).ok()?;
+    // A GIF without any colour table gets the grey one the decoder gives it (`decode/gif.rs`).
+    let bytes = gif_with_global_table(bytes);
+    let mut decoder = options.read_info(Cursor::new(&bytes[..])).ok()?;
     let (sw, sh) = (u64::from(decoder.width()), u64::from(decoder.height()));
     let frame = decoder.next_frame_info().ok()??;
     let w = sw.max(u64::from(frame.left) + u64::from(frame.width));
@@ -82,12 +86,9 @@ pub fn decode_cost(bytes: &[u8], max_pixels: u64) -> Result<DecodeCost, ImageErr
         return Err(ImageError::Empty);
     }
     let format = sniff(bytes).ok_or(ImageError::UnrecognizedFormat)?;
-    let (pixels, from_header) = match header_dims(format, bytes) {
-        Some((w, h)) => {
-            check_dims(format, w, h, max_pixels)?;
-            (w * h, true)
-        }
-        None => (max_pixels, false),
+    let (pixels, dimensions) = match header_dims(format, bytes) {
+        Some((w, h)) => (w * h, Some(check_dims(format, w, h, max_pixels)?)),
+        None => (max_pixels, None),
     };
     let bytes = pixels
         .saturating_mul(bytes_per_pixel(format))
@@ -95,7 +96,8 @@ pub fn decode_cost(bytes: &[u8], max_pixels: u64) -> Result<DecodeCost, ImageErr
     Ok(DecodeCost {
         pixels,
         bytes,
-        from_header,
+        from_header: dimensions.is_some(),
+        dimensions,
     })
 }
 

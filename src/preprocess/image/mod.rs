@@ -388,6 +388,7 @@ fn fill_pixel_rgb(pixels: &Pixels, f: u8) -> [u8; 3] {
         Pixels::RgbaPremul(_) => Pixels::RgbaPremul(vec![f; 4]),
         Pixels::Cmyk(_) => Pixels::Cmyk(vec![f; 4]),
         Pixels::I16(_) => Pixels::I16(vec![f as u16]),
+        Pixels::I16B(_) => Pixels::I16B(vec![f as u16]),
         Pixels::I32(_) => Pixels::I32(vec![f as i32]),
         Pixels::F32(_) => Pixels::F32(vec![f as f32]),
     };
@@ -423,6 +424,7 @@ fn resize_window(px: &Pixels, g: Geometry, win: Window, kernel: Option<Kernel>) 
             Pixels::RgbaPremul(d) => Pixels::RgbaPremul(nearest_scale_affine(d, 4, g, win)),
             Pixels::Cmyk(d) => Pixels::Cmyk(nearest_scale_affine(d, 4, g, win)),
             Pixels::I16(d) => Pixels::I16(nearest_generic(d, g, win)),
+            Pixels::I16B(d) => Pixels::I16B(nearest_generic(d, g, win)),
             Pixels::I32(d) => Pixels::I32(nearest_scale_affine(d, 1, g, win)),
             Pixels::F32(d) => Pixels::F32(nearest_scale_affine(d, 1, g, win)),
         },
@@ -449,6 +451,15 @@ fn resize_window(px: &Pixels, g: Geometry, win: Window, kernel: Option<Kernel>) 
             Pixels::RgbaPremul(d) => Pixels::RgbaPremul(resample_u8::<4>(d, g, win, k)),
             Pixels::Cmyk(d) => Pixels::Cmyk(resample_u8::<4>(d, g, win, k)),
             Pixels::I16(d) => Pixels::I16(resample_u16(d, g, win, k)),
+            // Pillow's 16bpc resampler reads and writes "I;16B" as little-endian unless the host
+            // is big-endian (Resample.c: `bigendian` is set for "I;16N" only): on the x86/ARM
+            // hosts open_clip runs on, it resizes the byte-swapped values and swaps them back.
+            Pixels::I16B(d) => {
+                let swapped: Vec<u16> = d.iter().map(|v| v.swap_bytes()).collect();
+                let mut out = resample_u16(&swapped, g, win, k);
+                out.iter_mut().for_each(|v| *v = v.swap_bytes());
+                Pixels::I16B(out)
+            }
             Pixels::I32(d) => Pixels::I32(resample_i32(d, g, win, k)),
             Pixels::F32(d) => Pixels::F32(resample_f32(d, g, win, k)),
         },
@@ -498,6 +509,7 @@ fn exif_transpose(img: Decoded, o: u16) -> Decoded {
         Pixels::RgbaPremul(d) => Pixels::RgbaPremul(orient(d, 4, w, h, o)),
         Pixels::Cmyk(d) => Pixels::Cmyk(orient(d, 4, w, h, o)),
         Pixels::I16(d) => Pixels::I16(orient(d, 1, w, h, o)),
+        Pixels::I16B(d) => Pixels::I16B(orient(d, 1, w, h, o)),
         Pixels::I32(d) => Pixels::I32(orient(d, 1, w, h, o)),
         Pixels::F32(d) => Pixels::F32(orient(d, 1, w, h, o)),
     };

@@ -509,20 +509,14 @@ fn round_up(f: f64) -> i32 {
     (if f >= 0.0 { f + 0.5 } else { f - 0.5 }) as i32
 }
 
-/// CLIP8 of Pillow's ImPlatform.h.
-#[inline]
-fn clip8_int(v: i32) -> u8 {
-    v.clamp(0, 255) as u8
-}
-
-/// How a 16-bit ("I;16") resample pass stores its double result back into 16 bits.
+/// How a 16-bit ("I;16") resample pass stores its double result back into 16 bits: Pillow 13
+/// saturates to 0..=65535 (measured: `Image.frombytes('I;16', (8, 1), ...)` of 0/65535 steps
+/// upscaled bicubic gives 0xffff on the overshoot, not 0xff?? as the older byte-wise CLIP8 did).
+/// Invisible for "I;16" after `convert('RGB')` clips at 255, but "I;16B" is resized
+/// byte-swapped, where the overshoot lands in the low byte.
 #[inline]
 fn store_16bpc(ss: f64) -> u16 {
-    let v = round_up(ss);
-    // C: out[0] = CLIP8(ss_int % 256); out[1] = CLIP8(ss_int >> 8) (little-endian I;16).
-    let lo = clip8_int(v % 256);
-    let hi = clip8_int(v >> 8);
-    lo as u16 | ((hi as u16) << 8)
+    round_up(ss).clamp(0, 65535) as u16
 }
 
 /// Generic double-precision separable resampler used by the 16- and 32-bit modes: `load` reads a
@@ -882,7 +876,7 @@ mod tests {
     fn store_16bpc_quirks() {
         assert_eq!(store_16bpc(300.4), 300);
         assert_eq!(store_16bpc(-3.0), 0);
-        // Overshoot above 65535 keeps the low byte and saturates the high byte, like Pillow.
-        assert_eq!(store_16bpc(65600.0), 0xFF40);
+        // Overshoot above 65535 saturates, like Pillow 13.
+        assert_eq!(store_16bpc(65600.0), 0xFFFF);
     }
 }

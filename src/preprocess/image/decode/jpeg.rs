@@ -1,4 +1,11 @@
 //! JPEG: libjpeg-turbo's decoder (the one PIL uses), through the TurboJPEG API of mozjpeg-sys.
+//!
+//! PIL's `JpegDecode.c` installs an `error_exit` that aborts but leaves libjpeg's warnings alone
+//! (they are counted, never raised): a file with "Corrupt JPEG data: 3 extraneous bytes before
+//! marker 0xda" opens and decodes. TurboJPEG reports a warning as a failed call whose
+//! `tjGetErrorCode` is `TJERR_WARNING`, in the header call as well as in the decompression, so
+//! both calls accept warnings here. Only a truncated file is refused, as PIL does ("image file is
+//! truncated").
 
 use super::{
     Decoded, Format, ImageError, Pixels, check_dims, corrupt, exif_orientation, unsupported,
@@ -104,6 +111,24 @@ fn jpeg_exif_orientation(b: &[u8]) -> Option<u16> {
     None
 }
 
+/// libjpeg's warning messages (`JWRN_*` in jerror.h). TurboJPEG keeps its warning flag set when a
+/// fatal error follows a warning, so `TJERR_WARNING` alone does not prove the call finished: the
+/// message tells, since libjpeg prints only the first warning and a later fatal error replaces it.
+const WARNINGS: [&str; 7] = [
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Unknown Adobe color transform",
+    "Inconsistent progression sequence",
+    "Warning: unknown JFIF revision",
+    "Invalid SOS parameters for sequential JPEG",
+    "Application transferred too many scanlines",
+];
+
+/// True when a failed TurboJPEG call only reported a libjpeg warning (PIL ignores those).
+fn only_warned(code: c_int, msg: &str) -> bool {
+    code == TJERR_WARNING && WARNINGS.iter().any(|w| msg.starts_with(w))
+}
+
 /// True when no EOI marker follows the last start-of-scan: the data was cut short.
 fn looks_truncated(b: &[u8]) -> bool {
     let last_sos = b.windows(2).rposition(|w| w == [0xFF, 0xDA]);
@@ -113,7 +138,19 @@ fn looks_truncated(b: &[u8]) -> bool {
     }
 }
 
-pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
+/// A decompressed JPEG: interleaved samples as libjpeg outputs them (gray, RGB, or CMYK as
+/// stored, i.e. not yet inverted).
+pub(super) struct Raw {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub samples: Vec<u8>,
+}
+
+/// Decompress a whole JPEG stream with libjpeg-turbo: gray stays gray, 3 components become RGB
+/// (libjpeg's own colour conversion and fancy upsampling, as PIL and libtiff get), 4 stay
+/// CMYK/YCCK->CMYK. `max_pixels` is checked from the header before anything is allocated.
+pub(super) fn decompress(bytes: &[u8], max_pixels: u64) -> Result<Raw, ImageError> {
     let f = Format::Jpeg;
     let size = c_ulong::try_from(bytes.len()).map_err(|_| corrupt(f, "file too large"))?;
     // SAFETY: plain constructor; NULL on failure.
@@ -135,7 +172,15 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             &mut cs,
         )
     };
-    if rc != 0 {
+    // SAFETY: valid handle.
+    let header_code = unsafe { tjGetErrorCode(h.0) };
+    let header_warned = rc != 0
+        && only_warned(header_code, &h.message())
+        && w > 0
+        && ht > 0
+        && subsamp >= 0
+        && cs >= 0;
+    if rc != 0 && !header_warned {
         let msg = h.message();
         if msg.contains("Unsupported color conversion")
             || msg.contains("Unsupported JPEG process")
@@ -151,14 +196,14 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         TJCS_CMYK | TJCS_YCCK => (TJPF_CMYK, 4),
         _ => (TJPF_RGB, 3),
     };
-    let mut buf = vec![0u8; width * height * channels];
-    // SAFETY: `buf` holds exactly width*height*channels bytes and pitch = width*channels.
+    let mut samples = vec![0u8; width * height * channels];
+    // SAFETY: `samples` holds exactly width*height*channels bytes and pitch = width*channels.
     let rc = unsafe {
         tjDecompress2(
             h.0,
             bytes.as_ptr(),
             size,
-            buf.as_mut_ptr(),
+            samples.as_mut_ptr(),
             w,
             (width * channels) as c_int,
             ht,
@@ -172,8 +217,9 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         let msg = h.message();
         // PIL ignores libjpeg warnings (e.g. "Corrupt JPEG data: extraneous bytes") but
         // refuses truncated files ("image file is truncated").
-        if code != TJERR_WARNING || msg.contains("Premature end") || looks_truncated(bytes) {
-            if code == TJERR_WARNING || msg.contains("Premature end") {
+        let warned = only_warned(code, &msg);
+        if !warned || msg.contains("Premature end") || looks_truncated(bytes) {
+            if warned || msg.contains("Premature end") {
                 return Err(corrupt(f, format!("truncated file ({msg})")));
             }
             if msg.contains("more than 500 scans") {
@@ -182,6 +228,21 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             return Err(corrupt(f, msg));
         }
     }
+    Ok(Raw {
+        width,
+        height,
+        channels,
+        samples,
+    })
+}
+
+pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
+    let Raw {
+        width,
+        height,
+        channels,
+        samples: mut buf,
+    } = decompress(bytes, max_pixels)?;
     let pixels = match channels {
         1 => Pixels::L(buf),
         3 => Pixels::Rgb(buf),
@@ -199,4 +260,71 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         pixels,
         orientation: jpeg_exif_orientation(bytes),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = format!(
+            "{}/tests/fixtures/images/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    /// `bytes` with `junk` inserted before the first `marker` (0xFF, marker).
+    fn insert_before(bytes: &[u8], marker: u8, junk: &[u8]) -> Vec<u8> {
+        let at = bytes
+            .windows(2)
+            .position(|w| w == [0xFF, marker])
+            .expect("marker present");
+        [&bytes[..at], junk, &bytes[at..]].concat()
+    }
+
+    #[test]
+    fn extraneous_bytes_before_a_marker_are_a_warning_not_an_error() {
+        // libjpeg: "Corrupt JPEG data: N extraneous bytes before marker 0xNN"; PIL decodes the
+        // image, and the pixels are those of the file without the junk.
+        let clean = fixture("chelsea_baseline_420.jpg");
+        let want = decode(&clean, u64::MAX).expect("clean file").pixels;
+        for (marker, junk) in [
+            (0xDA, &[0x00, 0x11, 0x22][..]),
+            (0xC4, &[1, 2, 3, 4, 5][..]),
+        ] {
+            let dirty = insert_before(&clean, marker, junk);
+            let got = decode(&dirty, u64::MAX)
+                .unwrap_or_else(|e| panic!("junk before 0x{marker:02x}: {e}"));
+            assert_eq!(got.pixels, want, "junk before 0x{marker:02x}");
+        }
+    }
+
+    #[test]
+    fn truncated_files_are_still_refused() {
+        let clean = fixture("chelsea_baseline_420.jpg");
+        let cut = &clean[..clean.len() / 2];
+        let e = decode(cut, u64::MAX).expect_err("truncated").to_string();
+        assert!(e.contains("truncated"), "{e}");
+        // A warning first, then the file ends: still truncated.
+        let dirty = insert_before(&clean, 0xDA, &[0, 1, 2]);
+        let e = decode(&dirty[..dirty.len() / 2], u64::MAX)
+            .expect_err("truncated")
+            .to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn warnings_are_told_from_fatal_errors_by_message() {
+        assert!(only_warned(
+            TJERR_WARNING,
+            "Corrupt JPEG data: 3 extraneous bytes before marker 0xda"
+        ));
+        // A fatal error after a warning keeps TurboJPEG's warning flag set.
+        assert!(!only_warned(
+            TJERR_WARNING,
+            "Bogus Huffman table definition"
+        ));
+        assert!(!only_warned(1, "Corrupt JPEG data: bad Huffman code"));
+    }
 }

@@ -18,6 +18,7 @@ mod webp;
 use super::ImageError;
 
 pub(crate) use exif::exif_orientation;
+pub(crate) use gif::with_global_table as gif_with_global_table;
 
 /// Image container formats, sniffed from magic bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,12 @@ pub fn sniff(b: &[u8]) -> Option<Format> {
         Some(Format::WebP)
     } else if b.starts_with(b"BM") {
         Some(Format::Bmp)
-    } else if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
+    } else if b.starts_with(b"II*\0")
+        || b.starts_with(b"MM\0*")
+        || b.starts_with(b"II+\0")
+        || b.starts_with(b"MM\0+")
+    {
+        // Classic TIFF (42) and BigTIFF (43), both byte orders.
         Some(Format::Tiff)
     } else {
         None
@@ -86,6 +92,9 @@ pub(crate) enum Pixels {
     Cmyk(Vec<u8>),
     /// Mode "I;16".
     I16(Vec<u16>),
+    /// Mode "I;16B" (16-bit grayscale from a big-endian TIFF), values as PIL's `getpixel` reads
+    /// them. It differs from "I;16" only in how Pillow resizes it (see `resize_window`).
+    I16B(Vec<u16>),
     /// Mode "I".
     I32(Vec<i32>),
     /// Mode "F".
@@ -104,6 +113,7 @@ impl Pixels {
             Pixels::RgbaPremul(_) => "RGBa",
             Pixels::Cmyk(_) => "CMYK",
             Pixels::I16(_) => "I;16",
+            Pixels::I16B(_) => "I;16B",
             Pixels::I32(_) => "I",
             Pixels::F32(_) => "F",
         }
