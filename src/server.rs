@@ -9,7 +9,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -26,6 +26,7 @@ use crate::{
     embed::EmbedService,
     grpc, http,
     model::{LoadedModel, ModelFiles, WeightsKind, runtime},
+    postgres::StoreConfig,
     retrieve::RetrieveService,
     security::ApiKeys,
     telemetry::metrics::Metrics,
@@ -159,18 +160,35 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let (open, refused) = metrics.connections();
     let connection_limit = ConnectionLimit::new(config.max_connections, open, refused);
     let service = EmbedService::new(config.embed, gate, metrics);
+    // With --store postgres, collections and label sets share one pool.
+    let shared = match &config.store {
+        StoreConfig::Local => None,
+        StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.clone())),
+    };
     let classify = ClassifyService::open(
         service.clone(),
         &config.data_dir,
         config.classify,
         classify_metrics,
+        shared.as_ref().map(|(pool, _)| pool.clone()),
     )?;
-    let retrieve = RetrieveService::open(
-        service.clone(),
-        &config.data_dir,
-        config.retrieve,
-        service.metrics().store_records_skipped(),
-    )?;
+    let retrieve = match shared {
+        None => RetrieveService::open(
+            service.clone(),
+            &config.data_dir,
+            config.retrieve,
+            service.metrics().store_records_skipped(),
+        )?,
+        Some((pool, pg)) => {
+            tracing::info!(
+                pool_size = pool.status().max_size,
+                exact_below = pg.exact_below,
+                halfvec = pg.halfvec,
+                "collections and label sets in PostgreSQL"
+            );
+            RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
+        }
+    };
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
@@ -211,22 +229,31 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
 
     // The collections are read into memory in the background (seconds for millions of vectors):
-    // Retrieve turns SERVING when they are in.
+    // Retrieve turns SERVING when they are in. A shared store (PostgreSQL) holds back Retrieve
+    // alone while it is being reached and migrated: the server as a whole serves meanwhile.
+    let shared_store = retrieve.store_kind() != "local";
+    if shared_store {
+        health.store_available(false).await;
+        health.ready(grpc::transport::Part::Collections).await;
+    }
     let collections = {
-        let (retrieve, health) = (retrieve.clone(), health.clone());
+        let (retrieve, health, classify) = (retrieve.clone(), health.clone(), classify.clone());
         let hold = options.hold_collections_load;
         tokio::spawn(async move {
             if let Some(hold) = hold {
                 let _ = hold.await;
             }
-            let loading = retrieve.clone();
-            match tokio::task::spawn_blocking(move || loading.load()).await {
-                Ok(Ok(())) => {
+            match retrieve.load().await {
+                Ok(()) if shared_store => {
+                    health.store_available(true).await;
+                    tokio::spawn(watch_store(retrieve, health, classify));
+                    Ok(())
+                }
+                Ok(()) => {
                     health.ready(grpc::transport::Part::Collections).await;
                     Ok(())
                 }
-                Ok(Err(e)) => Err(format!("reading the collections: {e:#}")),
-                Err(e) => Err(format!("reading the collections panicked: {e}")),
+                Err(e) => Err(format!("reading the collections: {e:#}")),
             }
         })
     };
@@ -455,5 +482,44 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Health of a shared store: Retrieve turns NOT_SERVING while it does not answer, and SERVING
+/// again when it does (Embed and Classify are unaffected). Label sets created or deleted through
+/// other replicas are picked up on each round.
+async fn watch_store(
+    retrieve: RetrieveService,
+    health: grpc::transport::Health,
+    classify: ClassifyService,
+) {
+    let mut serving = true;
+    loop {
+        if let Err(e) = classify.refresh().await {
+            tracing::debug!(error = %e, "label sets not refreshed");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(5), retrieve.ping()).await,
+            Ok(Ok(()))
+        );
+        if ok == serving {
+            continue;
+        }
+        serving = ok;
+        let store = retrieve.store_kind();
+        if ok {
+            tracing::info!(
+                store,
+                "the collection store answers again; Retrieve SERVING"
+            );
+            health.store_available(true).await;
+        } else {
+            tracing::warn!(
+                store,
+                "the collection store does not answer; Retrieve NOT_SERVING"
+            );
+            health.store_available(false).await;
+        }
     }
 }

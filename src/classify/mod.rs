@@ -7,6 +7,7 @@
 //! `model` (logit scale, fingerprints), `telemetry` and `common`.
 
 pub mod classifier;
+pub mod postgres;
 pub mod prompts;
 mod store;
 
@@ -135,6 +136,8 @@ struct Inner {
     /// Set once the model is loaded: the text tower's fingerprint keys the data-dir cache.
     fingerprint: OnceLock<String>,
     metrics: ClassifyMetrics,
+    /// With `--store postgres`: the definitions live there, shared by every replica.
+    shared: Option<postgres::LabelSetStore>,
 }
 
 /// Cheap to clone.
@@ -151,6 +154,7 @@ impl ClassifyService {
         data_dir: &std::path::Path,
         config: ClassifyConfig,
         metrics: ClassifyMetrics,
+        shared: Option<crate::postgres::Pool>,
     ) -> anyhow::Result<Self> {
         let store = Store::open(data_dir)?;
         let mut sets = BTreeMap::new();
@@ -166,7 +170,13 @@ impl ClassifyService {
                 },
             );
         }
-        for spec in store.load_definitions() {
+        // Shared definitions arrive with the first [`Self::refresh`].
+        let local = if shared.is_some() {
+            Vec::new()
+        } else {
+            store.load_definitions()
+        };
+        for spec in local {
             if let Err(e) = check_spec(&spec, &config) {
                 tracing::error!(name = %spec.name, error = %e, "skipping a stored label set that is not valid");
                 continue;
@@ -201,6 +211,7 @@ impl ClassifyService {
                 generation,
                 fingerprint: OnceLock::new(),
                 metrics,
+                shared: shared.map(postgres::LabelSetStore::new),
             }),
         })
     }
@@ -340,7 +351,10 @@ impl ClassifyService {
         };
         let classifier = async {
             match classifier {
-                None => self.ready_set(&label_set),
+                None => {
+                    self.refresh_if_unknown(&label_set).await?;
+                    self.ready_set(&label_set)
+                }
                 Some((labels, templates)) => {
                     let texts = prompts::prompts(&labels, &templates);
                     // Embedding thousands of prompts is the work of many requests: it is admitted
@@ -587,6 +601,7 @@ impl ClassifyService {
             ));
         }
         let _store = self.inner.store_lock.lock().await;
+        self.refresh_locked().await?;
         {
             let sets = self.inner.read_sets();
             if sets.contains_key(&name) {
@@ -613,15 +628,22 @@ impl ClassifyService {
                 )));
             }
         }
-        let store_spec = Arc::clone(&spec);
-        let inner = Arc::clone(&self.inner);
-        run_blocking("storing the label set", move || {
-            inner
-                .store
-                .save_definition(&store_spec)
-                .map_err(|e| e.to_string())
-        })
-        .await?;
+        if let Some(shared) = &self.inner.shared {
+            let config = self.config();
+            shared
+                .insert(&spec, config.max_label_sets, config.max_label_set_prompts)
+                .await?;
+        } else {
+            let store_spec = Arc::clone(&spec);
+            let inner = Arc::clone(&self.inner);
+            run_blocking("storing the label set", move || {
+                inner
+                    .store
+                    .save_definition(&store_spec)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        }
         self.inner.write_sets().insert(
             name.clone(),
             Entry {
@@ -633,6 +655,12 @@ impl ClassifyService {
         );
         self.start_build(&name);
         self.get(&name)
+    }
+
+    /// [`Self::get`], first asking the shared store about a name this replica does not know.
+    pub async fn lookup(&self, name: &str) -> Result<LabelSetInfo, ServiceError> {
+        self.refresh_if_unknown(name).await?;
+        self.get(name)
     }
 
     pub fn get(&self, name: &str) -> Result<LabelSetInfo, ServiceError> {
@@ -648,6 +676,7 @@ impl ClassifyService {
     /// Deletes a client-created set (its definition and cached classifiers).
     pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
         let _store = self.inner.store_lock.lock().await;
+        self.refresh_locked().await?;
         {
             let sets = self.inner.read_sets();
             let entry = sets.get(name).ok_or_else(|| not_found(name))?;
@@ -656,6 +685,13 @@ impl ClassifyService {
                     "label set {name:?} is built in and cannot be deleted"
                 )));
             }
+        }
+        if let Some(shared) = &self.inner.shared
+            && !shared.delete(name).await?
+        {
+            // Deleted through another replica meanwhile.
+            self.inner.write_sets().remove(name);
+            return Err(not_found(name));
         }
         let inner = Arc::clone(&self.inner);
         let owned = name.to_string();

@@ -157,7 +157,10 @@ impl Classify for ClassifyApi {
         let result = async {
             let _permit = self.admit_control().await?;
             let pb::GetLabelSetRequest { name } = request.into_inner();
-            Ok::<_, ServiceError>(Response::new(label_set(self.classify.get(&name)?, true)))
+            Ok::<_, ServiceError>(Response::new(label_set(
+                self.classify.lookup(&name).await?,
+                true,
+            )))
         }
         .await
         .map_err(Status::from);

@@ -125,7 +125,7 @@ impl Retrieve for RetrieveApi {
         let result = async {
             let _permit = self.embed.admit(Admission::Control).await?;
             let pb::GetCollectionRequest { name } = request.into_inner();
-            Ok::<_, ServiceError>(Response::new(collection(self.retrieve.get(&name)?)))
+            Ok::<_, ServiceError>(Response::new(collection(self.retrieve.get(&name).await?)))
         }
         .await
         .map_err(Status::from);
@@ -141,7 +141,13 @@ impl Retrieve for RetrieveApi {
         let result = async {
             let _permit = self.embed.admit(Admission::Control).await?;
             Ok::<_, ServiceError>(Response::new(pb::ListCollectionsResponse {
-                collections: self.retrieve.list()?.into_iter().map(collection).collect(),
+                collections: self
+                    .retrieve
+                    .list()
+                    .await?
+                    .into_iter()
+                    .map(collection)
+                    .collect(),
             }))
         }
         .await

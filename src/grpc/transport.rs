@@ -78,9 +78,11 @@ pub enum Part {
 struct HealthState {
     model: bool,
     collections: bool,
+    /// A shared store stopped answering (after the collections were first loaded).
+    store_down: bool,
     stopping: bool,
-    /// What was last published, (model services, Retrieve and ""): watchers see changes only.
-    published: Option<(bool, bool)>,
+    /// What was last published, (model services, Retrieve, ""): watchers see changes only.
+    published: Option<(bool, bool, bool)>,
 }
 
 /// The `grpc.health.v1.Health` status of the server ("": everything is ready) and of each service.
@@ -102,6 +104,14 @@ impl Health {
         self.publish(&mut state).await;
     }
 
+    /// Whether a shared collection store (PostgreSQL) answers: while it does not, Retrieve is
+    /// NOT_SERVING; the server as a whole ("") and the other services are not affected.
+    pub async fn store_available(&self, available: bool) {
+        let mut state = self.state.lock().await;
+        state.store_down = !available;
+        self.publish(&mut state).await;
+    }
+
     /// Shutdown began: NOT_SERVING everywhere, for good.
     pub async fn stopping(&self) {
         let mut state = self.state.lock().await;
@@ -118,12 +128,13 @@ impl Health {
             }
         };
         let model = state.model && !state.stopping;
-        let retrieve = model && state.collections;
-        let now = [model, retrieve];
-        let before = state.published.replace((model, retrieve));
-        let changed = |part: usize| before.is_none_or(|(m, r)| [m, r][part] != now[part]);
-        if changed(1) {
-            self.reporter.set_service_status("", status(retrieve)).await;
+        let whole = model && state.collections;
+        let retrieve = whole && !state.store_down;
+        let now = [model, retrieve, whole];
+        let before = state.published.replace((model, retrieve, whole));
+        let changed = |part: usize| before.is_none_or(|(m, r, w)| [m, r, w][part] != now[part]);
+        if changed(2) {
+            self.reporter.set_service_status("", status(whole)).await;
         }
         for name in SERVICE_NAMES {
             let part = usize::from(name == "clip.v1.Retrieve");

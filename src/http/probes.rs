@@ -51,7 +51,8 @@ pub(super) async fn healthz() -> &'static str {
     ))]
 pub(super) async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     let ready = probes.service.readiness().and_then(|()| {
-        if probes.retrieve.is_loaded() {
+        // A shared store being reached holds back Retrieve's calls only, not the pod.
+        if probes.retrieve.is_loaded() || probes.retrieve.store_kind() != "local" {
             Ok(())
         } else {
             Err("the collections are loading")

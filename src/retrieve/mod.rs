@@ -1,24 +1,24 @@
-//! Image-text retrieval in domain terms: stateless ranking, and collections (durable in redb,
-//! searched in memory by a [`VectorIndex`]). Writes go to disk first, then to the index, one writer
-//! per collection; searches read the index under a read lock, so they proceed while other writes
-//! are being committed.
+//! Image-text retrieval in domain terms: stateless ranking, and collections in a
+//! [`backend::CollectionStore`]: the local one (durable in redb, searched in memory by a
+//! [`index::VectorIndex`]) or PostgreSQL + pgvector (shared by replicas). This service validates
+//! every request and embeds texts and images; the store owns durability, identity and search.
 //!
-//! Layer: a feature, below both doors; owns the [`VectorIndex`] and the store. Depends on `embed`
-//! and `common` only.
+//! Layer: a feature, below both doors; owns the stores. Depends on `embed` and `common` only.
 
+pub mod backend;
 pub mod index;
+pub mod local;
+pub mod postgres;
 pub mod store;
 mod validate;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, PoisonError, RwLock},
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
+use backend::{Record, SharedStore};
 use bytes::Bytes;
-use index::{FlatIndex, Metadata, Scored, VectorIndex};
-use store::{CollectionMeta, Store, StoreError, StoredItem};
+use index::{Metadata, Scored};
+use store::{CollectionMeta, StoredItem};
+#[cfg(test)]
 use validate::check_vector;
 
 use crate::{
@@ -72,24 +72,12 @@ pub struct CollectionInfo {
     pub model: String,
 }
 
-struct Collection {
-    meta: CollectionMeta,
-    index: RwLock<Box<dyn VectorIndex>>,
-    /// One writer at a time, so disk and index see writes in the same order.
-    writer: tokio::sync::Mutex<()>,
-}
-
 struct Inner {
     embed: EmbedService,
-    store: Store,
-    /// Empty until [`RetrieveService::load`] has read the store; calls on collections get
-    /// UNAVAILABLE meanwhile.
-    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    store: SharedStore,
+    /// False until [`RetrieveService::load`] has read (or connected to) the store; calls on
+    /// collections get UNAVAILABLE meanwhile.
     loaded: std::sync::atomic::AtomicBool,
-    /// Stored records that did not decode at start-up.
-    skipped: prometheus::IntCounter,
-    /// Serializes creating and deleting collections.
-    admin: tokio::sync::Mutex<()>,
     config: RetrieveConfig,
 }
 
@@ -98,69 +86,28 @@ pub struct RetrieveService {
     inner: Arc<Inner>,
 }
 
-fn store_error(e: StoreError) -> ServiceError {
-    match e {
-        StoreError::NoCollection(n) => not_found(&n),
-        StoreError::Exists(n) => {
-            ServiceError::AlreadyExists(format!("collection {n:?} already exists"))
-        }
-        StoreError::Replaced(n) => replaced(&n),
-        StoreError::Db(e) => {
-            tracing::error!(error = %e, "collection store failed");
-            ServiceError::Internal(
-                "the collection store failed; the server logged the details".into(),
-            )
+impl RetrieveService {
+    /// A service over `store`; calls on collections wait for [`Self::load`].
+    pub fn new(embed: EmbedService, store: SharedStore, config: RetrieveConfig) -> Self {
+        RetrieveService {
+            inner: Arc::new(Inner {
+                embed,
+                store,
+                loaded: std::sync::atomic::AtomicBool::new(false),
+                config,
+            }),
         }
     }
-}
 
-fn replaced(name: &str) -> ServiceError {
-    ServiceError::Aborted(format!(
-        "collection {name:?} was deleted while this write was in flight; nothing was written"
-    ))
-}
-
-fn not_found(name: &str) -> ServiceError {
-    ServiceError::NotFound(format!(
-        "no collection named {name:?} (ListCollections shows them)"
-    ))
-}
-
-/// Runs blocking storage work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "storage task panicked");
-        Err(ServiceError::Internal(
-            "the collection store failed; the server logged the details".into(),
-        ))
-    })
-}
-
-impl RetrieveService {
-    /// Opens `<data_dir>/collections.redb`; the collections are read into memory by
-    /// [`Self::load`] (seconds for millions of vectors), so listeners and health can answer first.
-    /// `skipped` counts records that do not decode.
+    /// Today's store: `<data_dir>/collections.redb`, searched in memory.
     pub fn open(
         embed: EmbedService,
         data_dir: &std::path::Path,
         config: RetrieveConfig,
         skipped: prometheus::IntCounter,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
-        let store = Store::open(&data_dir.join("collections.redb"))?;
-        Ok(RetrieveService {
-            inner: Arc::new(Inner {
-                embed,
-                store,
-                collections: RwLock::new(BTreeMap::new()),
-                loaded: std::sync::atomic::AtomicBool::new(false),
-                skipped,
-                admin: tokio::sync::Mutex::new(()),
-                config,
-            }),
-        })
+        let store = local::LocalStore::open(data_dir, config.search_threads, skipped)?;
+        Ok(Self::new(embed, Arc::new(store), config))
     }
 
     /// The limits the service enforces (the HTTP layer bounds its parsing by them).
@@ -168,55 +115,36 @@ impl RetrieveService {
         self.inner.config
     }
 
-    /// Reads every collection into memory (blocking: run it on a blocking thread). A record that
-    /// does not decode, or a stored vector that is unusable, is logged, counted in
-    /// `clip_store_records_skipped_total` and left out (it stays on disk).
-    pub fn load(&self) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let skipped = &self.inner.skipped;
-        let config = self.inner.config;
-        let stored = self.inner.store.load_all(|collection, id, why| {
-            skipped.inc();
-            tracing::error!(%collection, id, error = %why, "skipping a stored record that does not decode (kept on disk)");
-        })?;
-        let mut collections = BTreeMap::new();
-        let mut total = 0;
-        for (meta, items) in stored {
-            let mut index = FlatIndex::new(meta.dimension, config.search_threads);
-            for item in items {
-                match check_vector(Field::Param("stored"), &item.vector, meta.dimension) {
-                    Ok(unit) => index.upsert(item.id, &unit, Arc::new(item.metadata)),
-                    Err(e) => {
-                        skipped.inc();
-                        tracing::error!(collection = %meta.name, id = %item.id, error = %e, "skipping an unusable stored item (kept on disk)")
-                    }
-                }
-            }
-            total += index.len();
-            collections.insert(
-                meta.name.clone(),
-                Arc::new(Collection {
-                    meta,
-                    index: RwLock::new(Box::new(index)),
-                    writer: tokio::sync::Mutex::new(()),
-                }),
-            );
-        }
-        tracing::info!(
-            collections = collections.len(),
-            items = total,
-            ms = started.elapsed().as_millis() as u64,
-            "collections loaded"
-        );
-        *self
-            .inner
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = collections;
+    /// Collections in PostgreSQL through `pool` (nothing connects until [`Self::load`]).
+    pub fn with_postgres(
+        embed: EmbedService,
+        pool: crate::postgres::Pool,
+        pg: &crate::postgres::PgConfig,
+        config: RetrieveConfig,
+    ) -> Self {
+        let store = postgres::PgStore::new(pool, pg.exact_below).with_halfvec(pg.halfvec);
+        Self::new(embed, Arc::new(store), config)
+    }
+
+    /// Reads the collections into memory (local) or connects and migrates (postgres); until then
+    /// calls on collections are UNAVAILABLE.
+    pub async fn load(&self) -> anyhow::Result<()> {
+        self.inner.store.load().await?;
         self.inner
             .loaded
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Which store holds the collections ("local", "postgres").
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    /// Whether the store answers now (UNAVAILABLE when it does not).
+    pub async fn ping(&self) -> Result<(), ServiceError> {
+        self.check_loaded()?;
+        self.inner.store.ping().await
     }
 
     /// Whether the collections have been read into memory.
@@ -249,15 +177,9 @@ impl RetrieveService {
         Ok(())
     }
 
-    fn collection(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
+    async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError> {
         self.check_loaded()?;
-        self.inner
-            .collections
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| not_found(name))
+        self.inner.store.collection(name).await
     }
 
     /// The served model's id (`model_name:pretrained`) and dimension.
@@ -350,76 +272,26 @@ impl RetrieveService {
         &self,
         meta: CollectionMeta,
     ) -> Result<CollectionInfo, ServiceError> {
-        let name = meta.name.clone();
         self.check_loaded()?;
-        let _admin = self.inner.admin.lock().await;
-        {
-            let collections = self
-                .inner
-                .collections
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if collections.contains_key(&name) {
-                return Err(ServiceError::AlreadyExists(format!(
-                    "collection {name:?} already exists"
-                )));
-            }
-            if collections.len() >= self.inner.config.max_collections {
-                return Err(ServiceError::ResourceExhausted(format!(
-                    "{} collections exist, the limit (--max-collections); delete one first",
-                    collections.len()
-                )));
-            }
-        }
-        let dimension = meta.dimension;
-        let inner = Arc::clone(&self.inner);
-        let stored = meta.clone();
-        blocking(move || inner.store.create(&stored).map_err(store_error)).await?;
-        let index = FlatIndex::new(dimension, self.inner.config.search_threads);
         self.inner
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                name.clone(),
-                Arc::new(Collection {
-                    meta,
-                    index: RwLock::new(Box::new(index)),
-                    writer: tokio::sync::Mutex::new(()),
-                }),
-            );
-        self.get(&name)
+            .store
+            .create(meta, self.inner.config.max_collections)
+            .await
     }
 
-    pub fn get(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
-        Ok(info(self.collection(name)?.as_ref()))
-    }
-
-    pub fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
+    pub async fn get(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
         self.check_loaded()?;
-        Ok(self
-            .inner
-            .collections
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|c| info(c))
-            .collect())
+        self.inner.store.info(name).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
+        self.check_loaded()?;
+        self.inner.store.list().await
     }
 
     pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
-        let _admin = self.inner.admin.lock().await;
-        let collection = self.collection(name)?;
-        let _writer = collection.writer.lock().await;
-        let inner = Arc::clone(&self.inner);
-        let owned = name.to_string();
-        blocking(move || inner.store.drop_collection(&owned).map_err(store_error)).await?;
-        self.inner
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
-        Ok(())
+        self.check_loaded()?;
+        self.inner.store.drop_collection(name).await
     }
 
     /// Inserts or replaces items; durable when it returns. Returns (upserted, count).
@@ -432,7 +304,7 @@ impl RetrieveService {
         permit: Permit,
     ) -> Result<(usize, usize), ServiceError> {
         let _permit = permit;
-        let collection = self.collection(name)?;
+        let collection = self.collection(name).await?;
         let config = &self.inner.config;
         if items.is_empty() {
             return Err(ServiceError::invalid(
@@ -478,7 +350,7 @@ impl RetrieveService {
         let needs_model = items
             .iter()
             .any(|i| matches!(i.content, Some(Content::Text(_) | Content::Image(_))));
-        self.check_model(&collection.meta, model, needs_model)?;
+        self.check_model(&collection, model, needs_model)?;
         let (ids, contents, metadata): (Vec<String>, Vec<Option<Content>>, Vec<Metadata>) = items
             .into_iter()
             .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, i| {
@@ -500,68 +372,25 @@ impl RetrieveService {
                 Field::List(List::Items),
                 |i| Field::item(List::Items, i),
                 contents,
-                collection.meta.dimension,
+                collection.dimension,
                 deadline,
             )
             .await?;
-        let records: Vec<(String, Vec<f32>, Metadata)> = ids
-            .iter()
-            .zip(&units)
-            .zip(raw)
-            .zip(&metadata)
-            .map(|(((id, unit), raw), md)| {
-                (id.clone(), raw.unwrap_or_else(|| unit.clone()), md.clone())
-            })
-            .collect();
-        let entries: Vec<(String, Vec<f32>, Metadata)> = ids
+        let records: Vec<Record> = ids
             .into_iter()
             .zip(units)
+            .zip(raw)
             .zip(metadata)
-            .map(|((id, unit), md)| (id, unit, md))
+            .map(|(((id, unit), raw), metadata)| Record {
+                id,
+                stored: raw.unwrap_or_else(|| unit.clone()),
+                unit,
+                metadata,
+            })
             .collect();
-        self.commit_upsert(&collection, records, entries).await
-    }
-
-    /// The write half of an Upsert: durable in the store, then visible in the index, both for the
-    /// collection the write began with. Under its writer lock the collection must still be the one
-    /// of that name (in memory and, within the store's transaction, on disk): a write that lost a
-    /// race with DeleteCollection (and CreateCollection of the same name) is ABORTED, whole.
-    async fn commit_upsert(
-        &self,
-        collection: &Arc<Collection>,
-        records: Vec<(String, Vec<f32>, Metadata)>,
-        entries: Vec<(String, Vec<f32>, Metadata)>,
-    ) -> Result<(usize, usize), ServiceError> {
         let n = records.len();
-        let _writer = collection.writer.lock().await;
-        self.check_current(collection)?;
-        let inner = Arc::clone(&self.inner);
-        let meta = collection.meta.clone();
-        blocking(move || inner.store.upsert(&meta, &records).map_err(store_error)).await?;
-        let mut index = collection
-            .index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (id, unit, md) in entries {
-            index.upsert(id, &unit, Arc::new(md));
-        }
-        Ok((n, index.len()))
-    }
-
-    /// `collection` is still the one its name refers to (called under its writer lock, which a
-    /// DeleteCollection of it also takes).
-    fn check_current(&self, collection: &Arc<Collection>) -> Result<(), ServiceError> {
-        let current = self
-            .inner
-            .collections
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&collection.meta.name)
-            .cloned();
-        match current {
-            Some(c) if Arc::ptr_eq(&c, collection) => Ok(()),
-            _ => Err(replaced(&collection.meta.name)),
-        }
+        let count = self.inner.store.upsert(&collection, records).await?;
+        Ok((n, count))
     }
 
     /// Deletes ids (absent ones are fine); durable when it returns. Returns (deleted, count).
@@ -570,32 +399,9 @@ impl RetrieveService {
         name: &str,
         ids: Vec<String>,
     ) -> Result<(usize, usize), ServiceError> {
-        let collection = self.collection(name)?;
+        let collection = self.collection(name).await?;
         self.check_list_len(List::Ids, ids.len())?;
-        self.commit_delete(&collection, ids).await
-    }
-
-    /// The write half of a Delete, for the collection it began with (see [`Self::commit_upsert`]).
-    async fn commit_delete(
-        &self,
-        collection: &Arc<Collection>,
-        ids: Vec<String>,
-    ) -> Result<(usize, usize), ServiceError> {
-        let _writer = collection.writer.lock().await;
-        self.check_current(collection)?;
-        let inner = Arc::clone(&self.inner);
-        let meta = collection.meta.clone();
-        let to_delete = ids.clone();
-        let deleted =
-            blocking(move || inner.store.delete(&meta, &to_delete).map_err(store_error)).await?;
-        let mut index = collection
-            .index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for id in &ids {
-            index.delete(id);
-        }
-        Ok((deleted, index.len()))
+        self.inner.store.delete(&collection, ids).await
     }
 
     pub async fn search(
@@ -613,7 +419,7 @@ impl RetrieveService {
         } = search;
         let model = model.as_str();
         let _permit = permit;
-        let collection = self.collection(name)?;
+        let collection = self.collection(name).await?;
         let max = self.inner.config.max_top_k;
         let k = if top_k == 0 { 10 } else { top_k };
         if k > max {
@@ -624,31 +430,19 @@ impl RetrieveService {
         }
         self.check_metadata(Field::Param("filter"), &filter)?;
         let needs_model = matches!(query, Some(Content::Text(_) | Content::Image(_)));
-        self.check_model(&collection.meta, model, needs_model)?;
+        self.check_model(&collection, model, needs_model)?;
         let query_field = || Field::Param("query");
         let mut q = self
             .vectors(
                 query_field(),
                 |_| query_field(),
                 vec![query],
-                collection.meta.dimension,
+                collection.dimension,
                 deadline,
             )
             .await?;
         let query = q.pop().unwrap_or_default();
-        // The scan runs on the blocking pool (it may take both cores for a large collection).
-        tokio::task::spawn_blocking(move || {
-            collection
-                .index
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .search(&query, k, &filter)
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "search panicked");
-            ServiceError::Internal("search failed; the server logged the details".into())
-        })
+        self.inner.store.search(&collection, query, k, filter).await
     }
 
     /// Items exactly as stored, and the ids that are absent.
@@ -657,12 +451,9 @@ impl RetrieveService {
         name: &str,
         ids: Vec<String>,
     ) -> Result<(Vec<StoredItem>, Vec<String>), ServiceError> {
-        self.collection(name)?;
+        let collection = self.collection(name).await?;
         self.check_list_len(List::Ids, ids.len())?;
-        let inner = Arc::clone(&self.inner);
-        let owned = name.to_string();
-        let wanted = ids.clone();
-        let found = blocking(move || inner.store.get(&owned, &wanted).map_err(store_error)).await?;
+        let found = self.inner.store.get_items(&collection, ids.clone()).await?;
         let mut items = Vec::new();
         let mut missing = Vec::new();
         for (id, item) in ids.into_iter().zip(found) {
@@ -675,133 +466,9 @@ impl RetrieveService {
     }
 }
 
-fn info(c: &Collection) -> CollectionInfo {
-    CollectionInfo {
-        name: c.meta.name.clone(),
-        count: c.index.read().unwrap_or_else(PoisonError::into_inner).len(),
-        dimension: c.meta.dimension,
-        model: c.meta.model.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        admission::{AdmissionConfig, Gate},
-        batch::BatcherConfig,
-        embed::{EmbedConfig, Limits},
-        telemetry::metrics::Metrics,
-    };
-
-    /// A service with no model loaded: vectors only, which is all the write path needs.
-    fn service(dir: &std::path::Path) -> RetrieveService {
-        let metrics = Metrics::new().unwrap();
-        let gate = Gate::new(
-            AdmissionConfig {
-                max_concurrent_requests: 4,
-                max_inflight_bytes: 1 << 20,
-                max_stream_readers: 2,
-            },
-            metrics.requests_in_flight().clone(),
-            metrics.inflight_bytes(),
-        );
-        let embed = EmbedService::new(
-            EmbedConfig {
-                limits: Limits {
-                    max_items_per_request: 8,
-                    max_image_bytes: 1 << 20,
-                    max_image_pixels: 1 << 20,
-                    max_text_bytes: 1024,
-                    max_message_bytes: 1 << 20,
-                    max_concurrent_requests: 4,
-                },
-                batch: BatcherConfig {
-                    max_batch_size: 4,
-                    max_batch_delay: std::time::Duration::ZERO,
-                    max_queue_rows: 64,
-                },
-                max_stream_in_flight: 4,
-                apply_exif_orientation: false,
-                preprocess_workers: 1,
-                max_decode_bytes: 64 << 20,
-            },
-            gate,
-            metrics,
-        );
-        let config = RetrieveConfig {
-            max_top_k: 10,
-            max_upsert_items: 10,
-            max_collections: 4,
-            max_id_bytes: 64,
-            max_metadata_bytes: 1024,
-            search_threads: 1,
-        };
-        let s = RetrieveService::open(
-            embed,
-            dir,
-            config,
-            prometheus::IntCounter::new("s", "s").unwrap(),
-        )
-        .unwrap();
-        assert!(matches!(s.list(), Err(ServiceError::Unavailable(_))));
-        s.load().unwrap();
-        s
-    }
-
-    /// Collection `c` as a write that began against it holds it, after `c` was deleted and
-    /// created again meanwhile.
-    async fn replaced_collection(s: &RetrieveService) -> Arc<Collection> {
-        let meta = || CollectionMeta::new("c".into(), 2, "m".into());
-        s.insert_collection(meta()).await.unwrap();
-        // A write into `c` embeds its items (slow) holding this collection ...
-        let old = s.collection("c").unwrap();
-        // ... while `c` is deleted and created again.
-        s.drop_collection("c").await.unwrap();
-        s.insert_collection(meta()).await.unwrap();
-        old
-    }
-
-    #[tokio::test]
-    async fn an_upsert_that_lost_a_race_with_delete_and_create_is_aborted_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
-        let old = replaced_collection(&s).await;
-        let records = vec![("a".to_string(), vec![1.0, 0.0], Metadata::new())];
-        let e = s
-            .commit_upsert(&old, records.clone(), records)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, ServiceError::Aborted(m) if m.contains("deleted")),
-            "{e}"
-        );
-        // Nothing landed anywhere: not on disk, not in either index.
-        let (items, missing) = s.get_items("c", vec!["a".into()]).await.unwrap();
-        assert!(items.is_empty());
-        assert_eq!(missing, ["a"]);
-        assert_eq!(s.get("c").unwrap().count, 0);
-        assert_eq!(old.index.read().unwrap().len(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_delete_that_lost_the_same_race_is_aborted() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path());
-        let old = replaced_collection(&s).await;
-        let new = s.collection("c").unwrap();
-        let item = vec![("a".to_string(), vec![0.0, 1.0], Metadata::new())];
-        s.commit_upsert(&new, item.clone(), item).await.unwrap();
-        let e = s.commit_delete(&old, vec!["a".into()]).await.unwrap_err();
-        assert!(matches!(e, ServiceError::Aborted(_)), "{e}");
-        assert_eq!(
-            s.get("c").unwrap().count,
-            1,
-            "the new collection keeps its item"
-        );
-        let (items, _) = s.get_items("c", vec!["a".into()]).await.unwrap();
-        assert_eq!(items.len(), 1);
-    }
 
     #[test]
     fn client_vectors_are_checked_and_normalized() {

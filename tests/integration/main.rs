@@ -18,6 +18,10 @@ mod openai;
 mod openapi;
 mod pages;
 mod parity;
+mod postgres;
+#[cfg(unix)]
+mod postgres_replicas;
+mod postgres_store;
 mod retrieve;
 mod server;
 #[cfg(unix)]

@@ -13,11 +13,11 @@ use crate::common::*;
 use clip_serve::grpc::pb::{self, embed_client::EmbedClient};
 use tonic::Code;
 
-struct ChildServer {
-    child: Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    logs: mpsc::Receiver<String>,
+pub struct ChildServer {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub logs: mpsc::Receiver<String>,
 }
 
 impl Drop for ChildServer {
@@ -32,7 +32,7 @@ fn spawn_server(extra: &[&str]) -> ChildServer {
     spawn_server_in(&fresh_data_dir(), extra)
 }
 
-fn spawn_server_in(data_dir: &std::path::Path, extra: &[&str]) -> ChildServer {
+pub fn spawn_server_in(data_dir: &std::path::Path, extra: &[&str]) -> ChildServer {
     let mut child = Command::new(env!("CARGO_BIN_EXE_clip-serve"))
         .arg("serve")
         .arg("--model-dir")
@@ -93,7 +93,7 @@ fn spawn_server_in(data_dir: &std::path::Path, extra: &[&str]) -> ChildServer {
 }
 
 impl ChildServer {
-    fn wait_for_log(&self, needle: &str) -> Vec<String> {
+    pub fn wait_for_log(&self, needle: &str) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = Vec::new();
         loop {
@@ -109,7 +109,7 @@ impl ChildServer {
         }
     }
 
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
@@ -117,7 +117,7 @@ impl ChildServer {
         assert!(status.success());
     }
 
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

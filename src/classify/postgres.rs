@@ -1,0 +1,196 @@
+//! Label set definitions in PostgreSQL (`--store postgres`), shared by every replica: a set created
+//! through one replica is found through any other. Each replica computes (and caches under its
+//! `--data-dir`) its own classifier from the definition; only definitions are shared.
+//!
+//! Creating a set checks the name and the limits (`--max-label-sets`, `--max-label-set-prompts`)
+//! over every replica's sets, under one advisory lock, in the transaction that inserts it.
+
+use super::prompts::LabelSetSpec;
+use crate::{
+    common::ServiceError,
+    postgres::{Pool, client, col, has_nul, pg_error, schema},
+};
+
+pub struct LabelSetStore {
+    pool: Pool,
+}
+
+impl LabelSetStore {
+    pub fn new(pool: Pool) -> Self {
+        LabelSetStore { pool }
+    }
+
+    /// Every stored definition, by name; one that does not decode is logged and skipped.
+    pub async fn load(&self) -> Result<Vec<LabelSetSpec>, ServiceError> {
+        let client = client(&self.pool).await?;
+        let rows = client
+            .query("SELECT name, spec FROM clip_label_sets ORDER BY name", &[])
+            .await
+            .map_err(pg_error)?;
+        let mut specs = Vec::new();
+        for row in rows {
+            let name: String = col(&row, "name")?;
+            let spec: serde_json::Value = col(&row, "spec")?;
+            match serde_json::from_value::<LabelSetSpec>(spec) {
+                Ok(spec) if spec.name == name => specs.push(spec),
+                Ok(_) => {
+                    tracing::error!(%name, "skipping a stored label set whose definition names another")
+                }
+                Err(e) => {
+                    tracing::error!(%name, error = %e, "skipping a stored label set that does not decode")
+                }
+            }
+        }
+        Ok(specs)
+    }
+
+    /// Stores a new definition, durably, unless its name exists or it would exceed the limits.
+    pub async fn insert(
+        &self,
+        spec: &LabelSetSpec,
+        max_sets: usize,
+        max_prompts: usize,
+    ) -> Result<(), ServiceError> {
+        let texts = spec.text_count();
+        if has_nul(&spec.name)
+            || spec.labels.iter().any(|l| has_nul(l))
+            || spec.templates.iter().any(|t| has_nul(t))
+        {
+            return Err(ServiceError::invalid(
+                crate::common::Field::Param("labels"),
+                "a label or template holds a NUL character (U+0000), which the postgres store cannot hold",
+            ));
+        }
+        let json = serde_json::to_value(spec).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let prompts = i32::try_from(texts).unwrap_or(i32::MAX);
+        let mut client = client(&self.pool).await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&schema::LABEL_SET_LOCK],
+        )
+        .await
+        .map_err(pg_error)?;
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM clip_label_sets WHERE name = $1) AS present,
+                        count(*) AS sets, coalesce(sum(prompts), 0)::bigint AS stored
+                 FROM clip_label_sets",
+                &[&spec.name],
+            )
+            .await
+            .map_err(pg_error)?;
+        let (present, sets, stored): (bool, i64, i64) = (
+            col(&row, "present")?,
+            col(&row, "sets")?,
+            col(&row, "stored")?,
+        );
+        if present {
+            return Err(ServiceError::AlreadyExists(format!(
+                "label set {:?} already exists",
+                spec.name
+            )));
+        }
+        let sets = usize::try_from(sets).unwrap_or(usize::MAX);
+        if sets >= max_sets {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "{sets} label sets stored, the limit (--max-label-sets); delete one first"
+            )));
+        }
+        let stored = usize::try_from(stored).unwrap_or(usize::MAX);
+        if stored.saturating_add(texts) > max_prompts {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "the stored label sets have {stored} prompts (labels x templates) and this one {texts}, over the limit of {max_prompts} together (--max-label-set-prompts); delete a set first"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO clip_label_sets (name, spec, prompts) VALUES ($1, $2, $3)",
+            &[&spec.name, &json, &prompts],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)
+    }
+
+    /// Deletes a definition; false when there was none.
+    pub async fn delete(&self, name: &str) -> Result<bool, ServiceError> {
+        let client = client(&self.pool).await?;
+        let n = client
+            .execute("DELETE FROM clip_label_sets WHERE name = $1", &[&name])
+            .await
+            .map_err(pg_error)?;
+        Ok(n > 0)
+    }
+}
+
+impl super::ClassifyService {
+    /// Makes this replica's client-created sets those of the shared store: new ones are added
+    /// (their classifiers computed in the background), deleted ones dropped, changed ones (deleted
+    /// and created again elsewhere) replaced. Nothing to do with the local store. Runs every few
+    /// seconds, and at once when a call names a set this replica does not know.
+    pub async fn refresh(&self) -> Result<(), ServiceError> {
+        if self.inner.shared.is_none() {
+            return Ok(());
+        }
+        let _store = self.inner.store_lock.lock().await;
+        self.refresh_locked().await
+    }
+
+    /// [`Self::refresh`], the caller holding the store lock.
+    pub(super) async fn refresh_locked(&self) -> Result<(), ServiceError> {
+        let Some(shared) = &self.inner.shared else {
+            return Ok(());
+        };
+        let specs = shared.load().await?;
+        let mut added = Vec::new();
+        {
+            let mut sets = self.inner.write_sets();
+            let names: std::collections::HashSet<&str> =
+                specs.iter().map(|s| s.name.as_str()).collect();
+            let gone: Vec<String> = sets
+                .iter()
+                .filter(|(name, e)| !e.builtin && !names.contains(name.as_str()))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                sets.remove(&name);
+                self.inner.metrics.forget(&name);
+            }
+            for spec in specs {
+                match sets.get(&spec.name) {
+                    Some(e) if e.builtin || *e.spec == spec => continue,
+                    _ => {}
+                }
+                if let Err(e) = super::check_spec(&spec, &self.inner.config) {
+                    tracing::error!(name = %spec.name, error = %e, "skipping a shared label set that is not valid under this server's limits");
+                    continue;
+                }
+                added.push(spec.name.clone());
+                sets.insert(
+                    spec.name.clone(),
+                    super::Entry {
+                        spec: std::sync::Arc::new(spec),
+                        builtin: false,
+                        stage: super::Stage::NotBuilt,
+                        generation: self
+                            .inner
+                            .generation
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    },
+                );
+            }
+        }
+        for name in added {
+            self.start_build(&name);
+        }
+        Ok(())
+    }
+
+    /// Refreshes when `name` is unknown here (it may have been created through another replica).
+    pub(super) async fn refresh_if_unknown(&self, name: &str) -> Result<(), ServiceError> {
+        if self.inner.shared.is_none() || self.inner.read_sets().contains_key(name) {
+            return Ok(());
+        }
+        self.refresh().await
+    }
+}

@@ -1,0 +1,117 @@
+//! Where collections live, behind one async trait: [`super::local::LocalStore`] (redb on this
+//! machine, searched exactly in memory) and [`super::postgres::PgStore`] (PostgreSQL + pgvector,
+//! shared by any number of replicas). Another vector database (Qdrant, say) is one more
+//! implementation of [`CollectionStore`].
+//!
+//! The service validates every request (names, ids, limits, vectors, models) before it reaches a
+//! store; a store owns durability, identity and search. Contract every store keeps:
+//! - a write (upsert, delete) is one transaction, acknowledged only once durable;
+//! - a write carries the [`CollectionMeta`] it began with; when the collection of that name is no
+//!   longer that incarnation (`meta.id`), the write is refused whole with ABORTED;
+//! - `get_items` returns vectors exactly as they were stored;
+//! - an unreachable store answers UNAVAILABLE, naming the store.
+
+use std::sync::Arc;
+
+use super::{
+    CollectionInfo,
+    index::{Metadata, Scored},
+    store::{CollectionMeta, StoredItem},
+};
+use crate::common::ServiceError;
+
+/// One item of an Upsert, validated.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: String,
+    /// What is stored and returned by GetItems: a client's vector exactly as sent, or the
+    /// embedding of a text or image.
+    pub stored: Vec<f32>,
+    /// `stored`, L2-normalized (what is searched).
+    pub unit: Vec<f32>,
+    pub metadata: Metadata,
+}
+
+#[async_trait::async_trait]
+pub trait CollectionStore: Send + Sync {
+    /// "local" or "postgres": named in errors and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Start-up: read or connect (and migrate). Until it returns, calls get UNAVAILABLE.
+    async fn load(&self) -> anyhow::Result<()>;
+
+    /// Whether the store answers now (health): UNAVAILABLE when it does not.
+    async fn ping(&self) -> Result<(), ServiceError>;
+
+    /// Creates `meta` unless its name exists (ALREADY_EXISTS) or `max_collections` do
+    /// (RESOURCE_EXHAUSTED); durable when it returns.
+    async fn create(
+        &self,
+        meta: CollectionMeta,
+        max_collections: usize,
+    ) -> Result<CollectionInfo, ServiceError>;
+
+    /// The collection of that name (NOT_FOUND when there is none).
+    async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError>;
+
+    async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError>;
+
+    async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError>;
+
+    async fn drop_collection(&self, name: &str) -> Result<(), ServiceError>;
+
+    /// Inserts or replaces `records` (ids distinct) in `meta`; returns the item count after.
+    async fn upsert(
+        &self,
+        meta: &CollectionMeta,
+        records: Vec<Record>,
+    ) -> Result<usize, ServiceError>;
+
+    /// Deletes ids (absent ones are fine); returns (deleted, count after).
+    async fn delete(
+        &self,
+        meta: &CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<(usize, usize), ServiceError>;
+
+    /// The `k` items nearest (cosine) to `query` (L2-normalized) among those whose metadata holds
+    /// every pair of `filter`, best first. Never fewer than `k` when `k` match.
+    async fn search(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+    ) -> Result<Vec<Scored>, ServiceError>;
+
+    /// Items by id, exactly as stored; `None` for absent ones.
+    async fn get_items(
+        &self,
+        meta: &CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<StoredItem>>, ServiceError>;
+}
+
+pub type SharedStore = Arc<dyn CollectionStore>;
+
+pub fn not_found(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!(
+        "no collection named {name:?} (ListCollections shows them)"
+    ))
+}
+
+pub fn replaced(name: &str) -> ServiceError {
+    ServiceError::Aborted(format!(
+        "collection {name:?} was deleted while this write was in flight; nothing was written"
+    ))
+}
+
+pub fn exists(name: &str) -> ServiceError {
+    ServiceError::AlreadyExists(format!("collection {name:?} already exists"))
+}
+
+pub fn too_many(n: usize) -> ServiceError {
+    ServiceError::ResourceExhausted(format!(
+        "{n} collections exist, the limit (--max-collections); delete one first"
+    ))
+}

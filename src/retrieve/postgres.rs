@@ -1,0 +1,524 @@
+//! The PostgreSQL store (`--store postgres`): collections, their items and label sets in
+//! PostgreSQL with pgvector, so any number of replicas share them. Nothing is cached across calls
+//! but a collection's item count and index flag, read with its description, so every replica sees
+//! every committed write at once.
+//!
+//! Each Upsert and Delete is one transaction (with `synchronous_commit = on`), acknowledged after
+//! its commit. It locks its collection's row and checks the row's incarnation id is the one the
+//! write began with, so a write that lost a race with DeleteCollection (and CreateCollection of the
+//! same name) is ABORTED, never acknowledged-but-invisible. Search is exact (a sequential scan)
+//! below `--postgres-exact-below` items and for collections without an HNSW index; above, HNSW
+//! (cosine) with `hnsw.iterative_scan`, and a filtered search that still finds fewer than `k`
+//! falls back to an exact one, so a filter never returns fewer than `k` rows when `k` match.
+//! PostgreSQL unreachable: UNAVAILABLE naming the store; the pool reconnects by itself.
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+use deadpool_postgres::tokio_postgres::{self, Row};
+use pgvector::Vector;
+
+use super::{
+    CollectionInfo,
+    backend::{CollectionStore, Record, exists, not_found, replaced, too_many},
+    index::{Metadata, Scored},
+    store::{CollectionMeta, StoredItem},
+};
+use crate::{
+    common::{List, ServiceError},
+    postgres::{
+        Pool, col, has_nul, pg_error,
+        schema::{self, IndexKind},
+    },
+};
+
+/// pgvector's largest `vector`, and largest HNSW-indexed `vector` and `halfvec`.
+pub const MAX_DIMENSION: usize = 16_000;
+const MAX_HNSW_DIMENSION: usize = 2_000;
+const MAX_HALFVEC_HNSW_DIMENSION: usize = 4_000;
+
+pub struct PgStore {
+    pool: Pool,
+    exact_below: usize,
+    /// New collections' HNSW index over `halfvec` rather than `vector`.
+    halfvec: bool,
+    /// Per incarnation id: (item count, how it is indexed), as last read.
+    seen: Mutex<HashMap<String, (usize, IndexKind)>>,
+}
+
+/// `42P01`: the collection's table went away (it was deleted meanwhile).
+fn table_gone(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+}
+
+fn metadata_json(md: &Metadata) -> serde_json::Value {
+    serde_json::Value::Object(
+        md.iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+fn metadata_of(v: serde_json::Value) -> Metadata {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Metadata::new(),
+    }
+}
+
+fn meta_of(row: &Row) -> Result<CollectionMeta, ServiceError> {
+    let dimension: i32 = col(row, "dimension")?;
+    Ok(CollectionMeta {
+        name: col(row, "name")?,
+        dimension: usize::try_from(dimension).unwrap_or(0),
+        model: col(row, "model")?,
+        id: col(row, "id")?,
+    })
+}
+
+fn count_of(row: &Row, column: &str) -> Result<usize, ServiceError> {
+    let count: i64 = col(row, column)?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
+    let meta = meta_of(row)?;
+    Ok(CollectionInfo {
+        name: meta.name,
+        count: count_of(row, "count")?,
+        dimension: meta.dimension,
+        model: meta.model,
+    })
+}
+
+const COLUMNS: &str = "name, id, dimension, model, count, index_kind";
+
+impl PgStore {
+    /// Collections in PostgreSQL through `pool` (shared with the label sets); collections with
+    /// fewer than `exact_below` items are searched exactly.
+    pub fn new(pool: Pool, exact_below: usize) -> Self {
+        PgStore {
+            pool,
+            exact_below,
+            halfvec: false,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Collections created from now on index `halfvec`s (half the index memory, dimensions up to
+    /// 4000); stored vectors stay exact.
+    pub fn with_halfvec(mut self, halfvec: bool) -> Self {
+        self.halfvec = halfvec;
+        self
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ServiceError> {
+        crate::postgres::client(&self.pool).await
+    }
+
+    fn remember(&self, row: &Row) -> Result<(), ServiceError> {
+        let id: String = col(row, "id")?;
+        let kind: String = col(row, "index_kind")?;
+        let count = count_of(row, "count")?;
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (count, IndexKind::parse(&kind)));
+        Ok(())
+    }
+
+    fn seen(&self, id: &str) -> (usize, IndexKind) {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+            .unwrap_or((usize::MAX, IndexKind::None))
+    }
+
+    /// Locks the collection row of a write and checks it is still the incarnation `meta`.
+    async fn lock_current(
+        tx: &deadpool_postgres::Transaction<'_>,
+        meta: &CollectionMeta,
+    ) -> Result<(), ServiceError> {
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .await
+            .map_err(pg_error)?;
+        let row = tx
+            .query_opt(
+                "SELECT id FROM clip_collections WHERE name = $1 FOR UPDATE",
+                &[&meta.name],
+            )
+            .await
+            .map_err(pg_error)?;
+        match row {
+            Some(row) if col::<String>(&row, "id")? == meta.id => Ok(()),
+            _ => Err(replaced(&meta.name)),
+        }
+    }
+
+    /// Sets the collection's count after a write (in its transaction); returns it.
+    async fn add_count(
+        tx: &deadpool_postgres::Transaction<'_>,
+        meta: &CollectionMeta,
+        delta: i64,
+    ) -> Result<usize, ServiceError> {
+        let row = tx
+            .query_one(
+                "UPDATE clip_collections SET count = count + $2 WHERE name = $1 RETURNING count",
+                &[&meta.name, &delta],
+            )
+            .await
+            .map_err(pg_error)?;
+        count_of(&row, "count")
+    }
+
+    /// One search query: HNSW (with iterative scans) or exact.
+    async fn query_nearest(
+        &self,
+        meta: &CollectionMeta,
+        query: &Vector,
+        k: usize,
+        filter: Option<&serde_json::Value>,
+        exact: bool,
+        kind: IndexKind,
+    ) -> Result<Vec<Scored>, ServiceError> {
+        let table = schema::items_table(&meta.id);
+        let order = if exact {
+            "embedding <=> $1".to_string()
+        } else {
+            kind.order_by(meta.dimension)
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let settings = if exact {
+            "SET LOCAL enable_indexscan = off".to_string()
+        } else {
+            let ef = (2 * k).clamp(64, 1000);
+            format!("SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = strict_order")
+        };
+        tx.batch_execute(&settings).await.map_err(pg_error)?;
+        let limit = i64::try_from(k).unwrap_or(i64::MAX);
+        let rows = match filter {
+            Some(filter) => {
+                let sql = format!(
+                    "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
+                     WHERE metadata @> $2 ORDER BY {order} LIMIT $3"
+                );
+                let stmt = tx.prepare_cached(&sql).await;
+                match stmt {
+                    Ok(stmt) => tx.query(&stmt, &[query, filter, &limit]).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let sql = format!(
+                    "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
+                     ORDER BY {order} LIMIT $2"
+                );
+                let stmt = tx.prepare_cached(&sql).await;
+                match stmt {
+                    Ok(stmt) => tx.query(&stmt, &[query, &limit]).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let rows = rows.map_err(|e| {
+            if table_gone(&e) {
+                not_found(&meta.name)
+            } else {
+                pg_error(e)
+            }
+        })?;
+        tx.commit().await.map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                let distance: f64 = col(row, "distance")?;
+                Ok(Scored {
+                    id: col(row, "id")?,
+                    score: (1.0 - distance) as f32,
+                    metadata: std::sync::Arc::new(metadata_of(col(row, "metadata")?)),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl CollectionStore for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    /// Connects and migrates (retrying while PostgreSQL is unreachable).
+    async fn load(&self) -> anyhow::Result<()> {
+        crate::postgres::connect_and_migrate(&self.pool).await
+    }
+
+    async fn ping(&self) -> Result<(), ServiceError> {
+        crate::postgres::ping(&self.pool).await
+    }
+
+    async fn create(
+        &self,
+        meta: CollectionMeta,
+        max_collections: usize,
+    ) -> Result<CollectionInfo, ServiceError> {
+        if meta.dimension > MAX_DIMENSION {
+            return Err(ServiceError::invalid(
+                crate::common::Field::Param("dimension"),
+                format!(
+                    "{} is over {MAX_DIMENSION}, the most the postgres store holds",
+                    meta.dimension
+                ),
+            ));
+        }
+        let index = if self.halfvec && meta.dimension <= MAX_HALFVEC_HNSW_DIMENSION {
+            IndexKind::Halfvec
+        } else if meta.dimension <= MAX_HNSW_DIMENSION {
+            IndexKind::Vector
+        } else {
+            IndexKind::None
+        };
+        let indexed = index != IndexKind::None;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
+            .await
+            .map_err(pg_error)?;
+        let (present, total): (bool, i64) = {
+            let row = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM clip_collections WHERE name = $1) AS present,
+                            count(*) AS total FROM clip_collections",
+                    &[&meta.name],
+                )
+                .await
+                .map_err(pg_error)?;
+            (col(&row, "present")?, col(&row, "total")?)
+        };
+        if present {
+            return Err(exists(&meta.name));
+        }
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
+        if total >= max_collections {
+            return Err(too_many(total));
+        }
+        let dimension = i32::try_from(meta.dimension).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO clip_collections (name, id, dimension, model, indexed, index_kind)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &meta.name,
+                &meta.id,
+                &dimension,
+                &meta.model,
+                &indexed,
+                &index.as_str(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+        let table = schema::items_table(&meta.id);
+        tx.batch_execute(&schema::create_items_table(&table, meta.dimension, index))
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(CollectionInfo {
+            name: meta.name,
+            count: 0,
+            dimension: meta.dimension,
+            model: meta.model,
+        })
+    }
+
+    async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
+        let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(&stmt, &[&name])
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| not_found(name))?;
+        self.remember(&row)?;
+        meta_of(&row)
+    }
+
+    async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
+        let row = client
+            .query_opt(&sql, &[&name])
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| not_found(name))?;
+        info_of(&row)
+    }
+
+    async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM clip_collections ORDER BY name");
+        let rows = client.query(&sql, &[]).await.map_err(pg_error)?;
+        rows.iter().map(info_of).collect()
+    }
+
+    async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
+            .await
+            .map_err(pg_error)?;
+        // Waits for writes in flight (they hold the row), then deletes it and the items.
+        let row = tx
+            .query_opt(
+                "DELETE FROM clip_collections WHERE name = $1 RETURNING id",
+                &[&name],
+            )
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| not_found(name))?;
+        let id: String = col(&row, "id")?;
+        let table = schema::items_table(&id);
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        Ok(())
+    }
+
+    async fn upsert(
+        &self,
+        meta: &CollectionMeta,
+        records: Vec<Record>,
+    ) -> Result<usize, ServiceError> {
+        for (i, r) in records.iter().enumerate() {
+            if has_nul(&r.id) || r.metadata.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
+                return Err(ServiceError::invalid_item(
+                    List::Items,
+                    i,
+                    "holds a NUL character (U+0000), which the postgres store cannot hold",
+                ));
+            }
+        }
+        let (ids, (vectors, metadata)): (Vec<String>, (Vec<Vector>, Vec<serde_json::Value>)) =
+            records
+                .into_iter()
+                .map(|r| (r.id, (Vector::from(r.stored), metadata_json(&r.metadata))))
+                .unzip();
+        let table = schema::items_table(&meta.id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        Self::lock_current(&tx, meta).await?;
+        let sql = format!(
+            "INSERT INTO {table} (id, embedding, metadata)
+             SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
+             ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
+             RETURNING (xmax = 0) AS inserted"
+        );
+        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+        let rows = tx
+            .query(&stmt, &[&ids, &vectors, &metadata])
+            .await
+            .map_err(pg_error)?;
+        let mut inserted = 0;
+        for row in &rows {
+            inserted += usize::from(col::<bool>(row, "inserted")?);
+        }
+        let count = Self::add_count(&tx, meta, inserted as i64).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(count)
+    }
+
+    async fn delete(
+        &self,
+        meta: &CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<(usize, usize), ServiceError> {
+        // An id PostgreSQL cannot hold is absent.
+        let ids: Vec<String> = ids.into_iter().filter(|id| !has_nul(id)).collect();
+        let table = schema::items_table(&meta.id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        Self::lock_current(&tx, meta).await?;
+        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
+        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+        let deleted = tx.execute(&stmt, &[&ids]).await.map_err(pg_error)?;
+        let count = Self::add_count(&tx, meta, -(deleted as i64)).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok((deleted as usize, count))
+    }
+
+    async fn search(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+    ) -> Result<Vec<Scored>, ServiceError> {
+        // Nothing stored holds a NUL character.
+        if filter.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
+            return Ok(Vec::new());
+        }
+        let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
+        let query = Vector::from(query);
+        let (count, kind) = self.seen(&meta.id);
+        let exact = kind == IndexKind::None || count < self.exact_below;
+        let found = self
+            .query_nearest(meta, &query, k, filter.as_ref(), exact, kind)
+            .await?;
+        if exact || found.len() >= k {
+            return Ok(found);
+        }
+        // The approximate scan stopped short (a selective filter, or dead index entries): the
+        // exact one finds every match.
+        self.query_nearest(meta, &query, k, filter.as_ref(), true, kind)
+            .await
+    }
+
+    async fn get_items(
+        &self,
+        meta: &CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<StoredItem>>, ServiceError> {
+        let wanted: Vec<&String> = ids.iter().filter(|id| !has_nul(id)).collect();
+        let table = schema::items_table(&meta.id);
+        let client = self.client().await?;
+        let sql = format!("SELECT id, embedding, metadata FROM {table} WHERE id = ANY($1)");
+        let rows = match client.prepare_cached(&sql).await {
+            Ok(stmt) => client.query(&stmt, &[&wanted]).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            if table_gone(&e) {
+                not_found(&meta.name)
+            } else {
+                pg_error(e)
+            }
+        })?;
+        let mut found: HashMap<String, StoredItem> = HashMap::new();
+        for row in rows {
+            let id: String = col(&row, "id")?;
+            let vector: Vector = col(&row, "embedding")?;
+            let item = StoredItem {
+                id: id.clone(),
+                vector: vector.to_vec(),
+                metadata: metadata_of(col(&row, "metadata")?),
+            };
+            found.insert(id, item);
+        }
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
+    }
+}
