@@ -204,16 +204,25 @@ pub struct SearchReply {
     pub hits: Vec<HitReply>,
 }
 
+/// A content as parsed: ready, or an image whose URL is still to be fetched.
+#[derive(Debug)]
+enum Parsed {
+    Ready(Content),
+    Image(String, inputs::Input),
+}
+
 /// The one content of an item or query at `at` (`items[3]`, `query`); none is the domain's to
 /// refuse, as it is for gRPC.
-fn content(param: &'static str, at: &str, c: ContentBody) -> Result<Option<Content>, ApiError> {
+fn content(param: &'static str, at: &str, c: ContentBody) -> Result<Option<Parsed>, ApiError> {
     match (c.text, c.image, c.vector) {
         (None, None, None) => Ok(None),
-        (Some(t), None, None) => Ok(Some(Content::Text(t))),
+        (Some(t), None, None) => Ok(Some(Parsed::Ready(Content::Text(t)))),
         (None, Some(s), None) => {
-            inputs::image(param, &format!("{at}.image"), &s).map(|b| Some(Content::Image(b)))
+            let at = format!("{at}.image");
+            let image = inputs::parse_image(param, &at, &s)?;
+            Ok(Some(Parsed::Image(at, image)))
         }
-        (None, None, Some(v)) => Ok(Some(Content::Vector(v))),
+        (None, None, Some(v)) => Ok(Some(Parsed::Ready(Content::Vector(v)))),
         _ => Err(inputs::invalid(
             param,
             at,
@@ -222,14 +231,53 @@ fn content(param: &'static str, at: &str, c: ContentBody) -> Result<Option<Conte
     }
 }
 
-fn item(i: usize, v: Value) -> Result<ItemInput, ApiError> {
+/// The contents with their image URLs fetched (all at once; refused without `--fetch-image-urls`).
+async fn resolve(
+    api: &Api,
+    param: &'static str,
+    parsed: Vec<Option<Parsed>>,
+) -> Result<Vec<Option<Content>>, ApiError> {
+    let mut images = Vec::new();
+    let mut slots = Vec::with_capacity(parsed.len());
+    for p in parsed {
+        slots.push(match p {
+            Some(Parsed::Image(at, input)) => {
+                images.push((at, input));
+                Err(())
+            }
+            Some(Parsed::Ready(c)) => Ok(Some(c)),
+            None => Ok(None),
+        });
+    }
+    let mut fetched = inputs::resolve(api.fetcher.as_ref(), param, images)
+        .await?
+        .into_iter();
+    slots
+        .into_iter()
+        .map(|slot| match slot {
+            Ok(c) => Ok(c),
+            Err(()) => match fetched.next() {
+                Some(crate::embed::Item::Image(bytes)) => Ok(Some(Content::Image(bytes))),
+                _ => Err(ApiError::from(crate::common::ServiceError::Internal(
+                    "an image went missing while fetching".into(),
+                ))),
+            },
+        })
+        .collect()
+}
+
+/// An item, its image (if any) not yet fetched.
+fn item(i: usize, v: Value) -> Result<(ItemInput, Option<Parsed>), ApiError> {
     let at = format!("items[{i}]");
     let body: ItemBody = serde_json::from_value(v).map_err(|e| inputs::invalid("items", &at, e))?;
-    Ok(ItemInput {
-        id: body.id,
-        content: content("items", &at, body.content)?,
-        metadata: body.metadata,
-    })
+    Ok((
+        ItemInput {
+            id: body.id,
+            content: None,
+            metadata: body.metadata,
+        },
+        content("items", &at, body.content)?,
+    ))
 }
 
 fn ids(values: Vec<Value>) -> Result<Vec<String>, ApiError> {
@@ -284,7 +332,7 @@ pub(super) async fn create(State(api): State<Api>, headers: HeaderMap, body: Bod
 pub(super) async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
     api.call((SERVICE, "ListCollections"), &headers, async {
         let _permit = api.service.admit(Admission::Control).await?;
-        let collections = api.retrieve.list().map_err(service_error)?;
+        let collections = api.retrieve.list().await.map_err(service_error)?;
         Ok(json(CollectionList {
             collections: collections.into_iter().map(Into::into).collect(),
         }))
@@ -305,7 +353,7 @@ pub(super) async fn get_one(
     api.call((SERVICE, "GetCollection"), &headers, async {
         let name = path(name)?;
         let _permit = api.service.admit(Admission::Control).await?;
-        let info = api.retrieve.get(&name).map_err(service_error)?;
+        let info = api.retrieve.get(&name).await.map_err(service_error)?;
         Ok(json(CollectionReply::from(info)))
     })
     .await
@@ -361,6 +409,13 @@ pub(super) async fn upsert(
             .enumerate()
             .map(|(i, v)| item(i, v))
             .collect::<Result<Vec<_>, _>>()?;
+        let (mut items, contents): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        for (item, content) in items
+            .iter_mut()
+            .zip(resolve(&api, "items", contents).await?)
+        {
+            item.content = content;
+        }
         let permit = api.service.admit(Admission::TryNow).await?;
         let model = request.model.unwrap_or_default();
         let (upserted, count) = api
@@ -492,6 +547,7 @@ pub(super) async fn search(
             Some(q) => content("query", "query", q)?,
             None => None,
         };
+        let query = resolve(&api, "query", vec![query]).await?.pop().flatten();
         let permit = api.service.admit(Admission::TryNow).await?;
         let hits = api
             .retrieve
@@ -534,8 +590,8 @@ mod tests {
             json!({"id": "a", "vector": [1.0, 2.0], "metadata": {"k": "v"}}),
         )
         .unwrap();
-        assert!(matches!(i.content, Some(Content::Vector(ref v)) if v == &[1.0, 2.0]));
-        assert_eq!(i.metadata["k"], "v");
+        assert!(matches!(i.1, Some(Parsed::Ready(Content::Vector(ref v))) if v == &[1.0, 2.0]));
+        assert_eq!(i.0.metadata["k"], "v");
         let e = item(3, json!({"id": "a", "text": "t", "vector": [1.0]})).unwrap_err();
         assert!(
             e.message.starts_with("items[3]: more than one"),
