@@ -112,15 +112,14 @@ async function search() {
     const response = await fetch("/v1/collections/" + encodeURIComponent(name) + "/search", {
       method: "POST",
       headers: headers(),
-      body: JSON.stringify({ query, text: query, top_k: topK }),
+      body: JSON.stringify({ query: { text: query }, top_k: topK }),
     });
-    if (response.status === 404 || response.status === 405) {
-      const text = await errorText(response);
-      return status("search-status", "No such collection, or this server has no collection search over HTTP (" + text + "). `clip-serve search` does it over gRPC.", true);
+    if (response.status === 404) {
+      return status("search-status", "No such collection: " + (await errorText(response)) + " Create one with POST /v1/collections or `clip-serve index`.", true);
     }
     if (!response.ok) return status("search-status", await errorText(response), true);
     const body = await response.json();
-    const hits = body.results || body.hits || body.data || body.matches || [];
+    const hits = body.hits || [];
     for (const hit of hits) {
       const li = document.createElement("li");
       const src = thumbnailOf(hit);
@@ -128,7 +127,7 @@ async function search() {
       img.alt = String(hit.id || "");
       if (src) img.src = src;
       const caption = document.createElement("div");
-      const score = hit.score !== undefined ? hit.score : hit.similarity;
+      const score = hit.score;
       caption.textContent = (hit.id || "?") + (score !== undefined ? " · " + Number(score).toFixed(3) : "");
       li.append(img, caption);
       $("hits").append(li);
