@@ -99,10 +99,22 @@ async fn main() -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(5),
         ca_file: None,
         halfvec: false,
+        ef_search: 40,
     };
     let shared = pool(&config(0))?;
     connect_and_migrate(&shared).await?;
-    let hnsw = PgStore::new(shared.clone(), 0);
+    // `hnsw` searches with ef_search = max(2k, 64), what the store did before --postgres-ef-search;
+    // the sweep below shows what larger floors buy.
+    let hnsw = PgStore::new(shared.clone(), 0).with_ef_search(64);
+    let sweep: Vec<(String, PgStore)> = [100, 200, 400]
+        .into_iter()
+        .map(|ef| {
+            (
+                format!("hnsw_ef{ef}"),
+                PgStore::new(shared.clone(), 0).with_ef_search(ef),
+            )
+        })
+        .collect();
     let exact = PgStore::new(shared, usize::MAX);
     hnsw.create(CollectionMeta::new("bench".into(), DIM, "m".into()), 10)
         .await
@@ -151,7 +163,8 @@ async fn main() -> anyhow::Result<()> {
             batches.clear();
             upserted = 0;
         }
-        let records: Vec<Record> = (b * BATCH..((b + 1) * BATCH).min(n + if bulk { tail } else { 0 }))
+        let records: Vec<Record> = (b * BATCH
+            ..((b + 1) * BATCH).min(n + if bulk { tail } else { 0 }))
             .map(|i| {
                 let v = near(&centres, i % centres.len(), &mut rng);
                 let tag = if i % 10 == 0 { "a" } else { "b" };
@@ -176,6 +189,12 @@ async fn main() -> anyhow::Result<()> {
         .collection("bench")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (_, store) in &sweep {
+        store
+            .collection("bench")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     exact
         .collection("bench")
         .await
@@ -200,11 +219,17 @@ async fn main() -> anyhow::Result<()> {
         percentile(&batches, 0.99).into(),
     );
     let mut truth = Vec::new();
-    for (name, store, filtered) in [
+    let mut runs = vec![
         ("exact", &exact, false),
         ("hnsw", &hnsw, false),
         ("hnsw_filter_10pct", &hnsw, true),
-    ] {
+    ];
+    runs.extend(
+        sweep
+            .iter()
+            .map(|(name, store)| (name.as_str(), store, false)),
+    );
+    for (name, store, filtered) in runs {
         let mut times = Vec::new();
         let mut found = 0usize;
         for (qi, q) in queries.iter().enumerate() {
@@ -237,9 +262,9 @@ async fn main() -> anyhow::Result<()> {
             format!("search_{name}_p99_ms"),
             percentile(&times, 0.99).into(),
         );
-        if name == "hnsw" {
+        if name.starts_with("hnsw") && !filtered {
             report.insert(
-                "hnsw_recall_at_10".into(),
+                format!("{name}_recall_at_10"),
                 (found as f64 / (QUERIES as f64 * 10.0)).into(),
             );
         }
@@ -254,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string_pretty(&report)?);
     drop(hnsw);
+    drop(sweep);
     drop(exact);
     drop(bench_db);
     client

@@ -306,6 +306,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_POSTGRES_HALFVEC", default_value_t = false)]
     pub postgres_halfvec: bool,
 
+    /// The least `hnsw.ef_search` (candidates pgvector's HNSW explores) a search uses; it is at
+    /// least 2 x top_k. pgvector's default, 40, finds 0.86 of the true top 10 at 1M vectors
+    /// (BENCHMARKS.md); the default here trades a little speed for recall.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_EF_SEARCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub postgres_ef_search: u32,
+
     /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
     #[arg(long, env = "CLIP_SERVE_POSTGRES_POOL_SIZE", default_value_t = 16)]
     pub postgres_pool_size: u32,
@@ -666,6 +672,7 @@ impl ServeArgs {
                     connect_timeout: self.postgres_connect_timeout,
                     ca_file: self.postgres_ca_file.clone(),
                     halfvec: self.postgres_halfvec,
+                    ef_search: self.postgres_ef_search as usize,
                 }))
             }
         }

@@ -46,6 +46,9 @@ pub struct PgConfig {
     pub ca_file: Option<PathBuf>,
     /// New collections get their HNSW index over `halfvec` (half precision) instead of `vector`.
     pub halfvec: bool,
+    /// The least `hnsw.ef_search` a search uses (it is at least 2 x top_k): more is better recall,
+    /// slower searches.
+    pub ef_search: usize,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for PgConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("ca_file", &self.ca_file)
             .field("halfvec", &self.halfvec)
+            .field("ef_search", &self.ef_search)
             .finish()
     }
 }

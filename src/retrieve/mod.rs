@@ -122,7 +122,9 @@ impl RetrieveService {
         pg: &crate::postgres::PgConfig,
         config: RetrieveConfig,
     ) -> Self {
-        let store = postgres::PgStore::new(pool, pg.exact_below).with_halfvec(pg.halfvec);
+        let store = postgres::PgStore::new(pool, pg.exact_below)
+            .with_halfvec(pg.halfvec)
+            .with_ef_search(pg.ef_search);
         Self::new(embed, Arc::new(store), config)
     }
 

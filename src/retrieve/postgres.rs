@@ -43,6 +43,8 @@ pub struct PgStore {
     exact_below: usize,
     /// New collections' HNSW index over `halfvec` rather than `vector`.
     halfvec: bool,
+    /// The least `hnsw.ef_search` of a search.
+    ef_search: usize,
     /// Per incarnation id: (item count, how it is indexed), as last read.
     seen: Mutex<HashMap<String, (usize, IndexKind)>>,
 }
@@ -99,6 +101,10 @@ fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
     })
 }
 
+/// `--postgres-ef-search`'s default, and pgvector's ceiling for `hnsw.ef_search`.
+const DEFAULT_EF_SEARCH: usize = 200;
+const MAX_EF_SEARCH: usize = 1000;
+
 const COLUMNS: &str = "name, id, dimension, model, count, index_kind";
 
 impl PgStore {
@@ -109,6 +115,7 @@ impl PgStore {
             pool,
             exact_below,
             halfvec: false,
+            ef_search: DEFAULT_EF_SEARCH,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -117,6 +124,12 @@ impl PgStore {
     /// 4000); stored vectors stay exact.
     pub fn with_halfvec(mut self, halfvec: bool) -> Self {
         self.halfvec = halfvec;
+        self
+    }
+
+    /// The least `hnsw.ef_search` a search uses (at least 2 x top_k either way).
+    pub fn with_ef_search(mut self, ef_search: usize) -> Self {
+        self.ef_search = ef_search.clamp(1, MAX_EF_SEARCH);
         self
     }
 
@@ -202,7 +215,7 @@ impl PgStore {
         let settings = if exact {
             "SET LOCAL enable_indexscan = off".to_string()
         } else {
-            let ef = (2 * k).clamp(64, 1000);
+            let ef = (2 * k).max(self.ef_search).min(MAX_EF_SEARCH);
             format!("SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = strict_order")
         };
         tx.batch_execute(&settings).await.map_err(pg_error)?;

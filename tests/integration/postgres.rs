@@ -50,6 +50,7 @@ pub fn pg(url: &str) -> PgConfig {
         connect_timeout: Duration::from_secs(2),
         ca_file: None,
         halfvec: false,
+        ef_search: 200,
     }
 }
 
