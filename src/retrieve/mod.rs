@@ -5,6 +5,7 @@
 //!
 //! Layer: a feature, below both doors; owns the stores. Depends on `embed` and `common` only.
 
+pub mod ann;
 pub mod backend;
 pub mod index;
 pub mod local;
