@@ -76,9 +76,9 @@ impl Default for AnnParams {
     }
 }
 
-/// Concurrent searches usearch keeps a context for, beyond the build threads. A search that finds
-/// none free fails inside usearch, and is then answered by the exact scan.
-const SEARCH_CONTEXTS: usize = 64;
+/// Concurrent searches usearch keeps a context for (a few KiB each), beyond the build threads. A
+/// search that finds none free fails inside usearch, and is then answered by the exact scan.
+const SEARCH_CONTEXTS: usize = 256;
 
 /// How a search was answered (for tests and the benchmark).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
