@@ -4,7 +4,7 @@
 //!   - build time and rate of the ANN index, memory per vector (RSS growth and usearch's count);
 //!   - top-10 search p50/p99 over the queries, exact and ANN, and ANN recall@10 (a sweep of
 //!     expansion_search, then the defaults);
-//!   - filtered search at 1% and 10% selectivity: the planner's choice, and each path forced;
+//!   - filtered search at 1%, 5% and 10% selectivity: the planner's choice, and each path forced;
 //!   - save time and size, and the start-up path (open: verify the saved graph, load it).
 //!
 //! `uniform` vectors are random on the sphere (the hardest case for a graph: no structure);
@@ -104,6 +104,7 @@ fn rss_kib() -> u64 {
 fn meta(i: usize) -> Arc<Metadata> {
     Arc::new(Metadata::from([
         ("p1".to_string(), (i % 100).to_string()),
+        ("p5".to_string(), (i % 20).to_string()),
         ("p10".to_string(), (i % 10).to_string()),
     ]))
 }
@@ -203,9 +204,10 @@ fn run(kind: &str, n: usize, nq: usize, threads: usize) -> serde_json::Value {
     });
 
     let mut filtered = Vec::new();
-    for (key, pct) in [("p1", 1), ("p10", 10)] {
+    for (key, groups) in [("p1", 100), ("p5", 20), ("p10", 10)] {
+        let pct = 100 / groups;
         let filters: Vec<Metadata> = (0..nq)
-            .map(|i| Metadata::from([(key.to_string(), (i % (100 / pct)).to_string())]))
+            .map(|i| Metadata::from([(key.to_string(), (i % groups).to_string())]))
             .collect();
         let mut fi = 0;
         let (fp50, _, _, ftruth) = timed(&queries, |q| {

@@ -2,7 +2,7 @@
 # The approximate-search benchmark (benches/ann.rs): AnnIndex (HNSW over f16, exact f32 rescoring)
 # against the exact FlatIndex, 512 dimensions, uniform and clustered data, at 100k and 1M vectors:
 # build rate, memory per vector, top-10 p50/p99 and recall@10 (with an expansion_search sweep),
-# filtered search at 1% and 10% (planner, graph forced, exact forced), save and start-up (verify +
+# filtered search at 1%, 5% and 10% (planner, graph forced, exact forced), save and start-up (verify +
 # load) times. Writes benchmarks/<date>-ann/ann-{100k,1m}.json.
 #
 # The 1M case holds the data, the exact index and the ANN index at once: about 10 GiB, and the
