@@ -29,8 +29,9 @@
 //!   returned.
 //! * **Defaults** ([`AnnParams::default`]): connectivity 16, expansion_add 128, expansion_search
 //!   256. On clustered 100k sets recall@10 is 1.0 from ef 64 for queries drawn like the items, but
-//!   0.90-0.91 at ef 128 and 0.975-0.99 at ef 256 (1.0 at 512) for "far" queries (cosine ~0.3 to their cluster, as a CLIP
-//!   text query is to images); ef 256 costs ~1.4-2 ms p50 against 13 ms exact. Uniform random
+//!   0.90-0.91 at ef 128 and 0.975-0.99 at ef 256 (1.0 at 512) for "far" queries (cosine ~0.3 to
+//!   their cluster, as a CLIP text query is to images); ef 256 costs ~1.4-2 ms p50 against 13 ms
+//!   exact. Uniform random
 //!   vectors (no structure, the worst case) get recall@10 of only 0.1-0.2: a graph cannot help
 //!   there, and real embeddings are not like that. Build: ~2,100-2,400 vectors/s on two busy cores
 //!   (so ~7-8 min per 1M at first start-up; later start-ups load the saved graph: 0.4 s per 100k).
