@@ -236,6 +236,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// Local store: a collection of at least this many items is searched approximately (an HNSW
+    /// graph proposes candidates, scored exactly; saved under <data-dir>/ann/), smaller ones
+    /// exactly. A collection reaching it through upserts switches while serving. 0: always exact.
+    #[arg(long, env = "CLIP_SERVE_ANN_MIN_VECTORS", default_value_t = 50_000)]
+    pub ann_min_vectors: u64,
+
     /// Most labels in a Classify request or a label set.
     #[arg(long, env = "CLIP_SERVE_MAX_LABELS", default_value_t = 1000)]
     pub max_labels: u32,
@@ -523,6 +529,8 @@ impl ServeArgs {
             max_id_bytes: to_usize("max-id-bytes", self.max_id_bytes.into())?,
             max_metadata_bytes: to_usize("max-metadata-bytes", self.max_metadata_bytes.into())?,
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            ann_min_vectors: usize::try_from(self.ann_min_vectors)
+                .map_err(|_| format!("--ann-min-vectors {} is too large", self.ann_min_vectors))?,
         };
         let fetch = self.fetch_config(limits.max_image_bytes)?;
         let store = self.store_config()?;

@@ -329,6 +329,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
 
     let shutdown_service = service.clone();
     let shutdown_health = health.clone();
+    let flush_retrieve = retrieve.clone();
     let grace = config.shutdown_grace;
     let grace_service = service.clone();
     // When shutdown began: every listener is done by then + grace.
@@ -403,6 +404,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             tracing::warn!("shutdown grace period over; closing the HTTP connections still open");
             http_tasks.abort_all();
         }
+        // Every call is done: what the collections keep beside the store (HNSW graphs) is saved.
+        flush_retrieve.flush().await;
         result.context("gRPC server failed")
     });
 

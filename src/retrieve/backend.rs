@@ -43,6 +43,12 @@ pub trait CollectionStore: Send + Sync {
     /// Whether the store answers now (health): UNAVAILABLE when it does not.
     async fn ping(&self) -> Result<(), ServiceError>;
 
+    /// Graceful shutdown: saves what is worth keeping beyond the store (the local store's HNSW
+    /// graphs), so the next start-up loads rather than builds it.
+    async fn flush(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Creates `meta` unless its name exists (ALREADY_EXISTS) or `max_collections` do
     /// (RESOURCE_EXHAUSTED); durable when it returns.
     async fn create(

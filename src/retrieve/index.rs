@@ -30,6 +30,14 @@ pub trait VectorIndex: Send + Sync {
     /// The `k` best items by dot product with `query` (normalized), best first, among those whose
     /// metadata holds every pair of `filter`.
     fn search(&self, query: &[f32], k: usize, filter: &Metadata) -> Vec<Scored>;
+    /// The approximate index behind this one, if it is one (saving, tests).
+    fn ann(&self) -> Option<&super::ann::AnnIndex> {
+        None
+    }
+    /// The exact index behind this one, if it is one (the switch to approximate search).
+    fn flat(&self) -> Option<&FlatIndex> {
+        None
+    }
 }
 
 /// Exact search over a contiguous matrix.
@@ -59,6 +67,15 @@ impl FlatIndex {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Every item: (id, vector, metadata), in row order.
+    pub fn items(&self) -> impl Iterator<Item = (&str, &[f32], &Arc<Metadata>)> {
+        self.ids
+            .iter()
+            .zip(self.vectors.chunks_exact(self.dim.max(1)))
+            .zip(&self.metadata)
+            .map(|((id, v), m)| (id.as_str(), v, m))
     }
 
     /// Bytes held per item, roughly: the vector, the id, the map entry and the metadata pointer.
@@ -173,6 +190,10 @@ impl VectorIndex for FlatIndex {
 
     fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    fn flat(&self) -> Option<&FlatIndex> {
+        Some(self)
     }
 
     fn search(&self, query: &[f32], k: usize, filter: &Metadata) -> Vec<Scored> {

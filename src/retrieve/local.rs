@@ -2,6 +2,16 @@
 //! searched exactly in memory by a [`VectorIndex`]. Writes go to disk first, then to the index, one
 //! writer per collection; searches read the index under a read lock, so they proceed while other
 //! writes are being committed. One replica's own: another process never sees these collections.
+//!
+//! A collection of at least `--ann-min-vectors` items (0: never) is searched approximately by an
+//! [`AnnIndex`] instead (HNSW proposals, exact rescoring; see [`super::ann`]), whose graph is saved
+//! under `<data_dir>/ann/` on graceful shutdown ([`CollectionStore::flush`]) and after a start-up
+//! build or repair, and verified against the store when loaded. A collection at the threshold at
+//! start-up loads straight into it; one that reaches it through upserts switches while serving: a
+//! background thread builds the graph from a snapshot while writes continue into the exact index
+//! and a journal, then the journal is replayed and the index swapped under the write lock (held for
+//! the replay only). A collection that shrinks below the threshold keeps its graph until the next
+//! start-up.
 
 use std::{
     collections::BTreeMap,
@@ -11,6 +21,7 @@ use std::{
 
 use super::{
     CollectionInfo,
+    ann::{AnnIndex, AnnParams, persist},
     backend::{CollectionStore, Record, exists, not_found, replaced, too_many},
     index::{FlatIndex, Metadata, Scored, VectorIndex},
     store::{CollectionMeta, Store, StoreError, StoredItem},
@@ -23,7 +34,19 @@ struct Collection {
     index: RwLock<Box<dyn VectorIndex>>,
     /// One writer at a time, so disk and index see writes in the same order.
     writer: tokio::sync::Mutex<()>,
+    /// While the approximate index is being built in the background: the writes since its snapshot,
+    /// to replay before it takes over. Locked inside `index`'s write lock.
+    journal: std::sync::Mutex<Option<Vec<Op>>>,
 }
+
+/// A write, as the journal of a background build keeps it.
+enum Op {
+    Upsert(String, Vec<f32>, Arc<Metadata>),
+    Delete(String),
+}
+
+/// Items as the approximate index takes them.
+type Items = Vec<(String, Vec<f32>, Arc<Metadata>)>;
 
 struct Inner {
     store: Store,
@@ -33,6 +56,11 @@ struct Inner {
     /// Serializes creating and deleting collections.
     admin: tokio::sync::Mutex<()>,
     search_threads: usize,
+    /// Collections of at least this many items are searched approximately (0: never).
+    ann_min_vectors: usize,
+    ann_params: AnnParams,
+    /// `<data_dir>/ann`: the saved graphs.
+    ann_dir: std::path::PathBuf,
 }
 
 pub struct LocalStore {
@@ -81,6 +109,7 @@ impl LocalStore {
     pub fn open(
         data_dir: &std::path::Path,
         search_threads: usize,
+        ann_min_vectors: usize,
         skipped: prometheus::IntCounter,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
@@ -92,8 +121,162 @@ impl LocalStore {
                 skipped,
                 admin: tokio::sync::Mutex::new(()),
                 search_threads,
+                ann_min_vectors,
+                ann_params: AnnParams::default(),
+                ann_dir: data_dir.join("ann"),
             }),
         })
+    }
+
+    fn wants_ann(inner: &Inner, len: usize) -> bool {
+        inner.ann_min_vectors > 0 && len >= inner.ann_min_vectors
+    }
+
+    /// The start-up index of a collection: approximate (loaded, repaired or built) at the
+    /// threshold, else exact. An approximate index that cannot be made falls back to exact.
+    fn index_of(inner: &Inner, meta: &CollectionMeta, items: Items) -> Box<dyn VectorIndex> {
+        if Self::wants_ann(inner, items.len()) {
+            let started = Instant::now();
+            let (dir, name) = (&inner.ann_dir, &meta.name);
+            let opened = AnnIndex::open(
+                meta.dimension,
+                inner.search_threads,
+                inner.ann_params,
+                &items,
+                dir,
+                name,
+                &meta.id,
+            );
+            match opened {
+                Ok((index, how)) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(collection = %name, items = index.len(), how = ?how, ms, "approximate index ready");
+                    if how != persist::Opened::Loaded
+                        && let Err(e) = index.save(dir, name, &meta.id)
+                    {
+                        tracing::warn!(collection = %name, error = %e, "could not save the HNSW graph");
+                    }
+                    return Box::new(index);
+                }
+                Err(e) => {
+                    tracing::error!(collection = %name, error = %e, "could not build the approximate index; searching exactly")
+                }
+            }
+        } else {
+            persist::remove_files(&inner.ann_dir, &meta.name);
+        }
+        let mut index = FlatIndex::new(meta.dimension, inner.search_threads);
+        for (id, v, m) in items {
+            index.upsert(id, &v, m);
+        }
+        Box::new(index)
+    }
+
+    /// After a write under `index`'s write lock: journals it for a running background build, or
+    /// starts one when an exact index reached the threshold.
+    fn after_write(
+        inner: &Inner,
+        collection: &Arc<Collection>,
+        index: &dyn VectorIndex,
+        ops: impl FnOnce() -> Vec<Op>,
+    ) {
+        let mut journal = collection
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(journal) = journal.as_mut() {
+            journal.extend(ops());
+            return;
+        }
+        let Some(flat) = index.flat() else { return };
+        if !Self::wants_ann(inner, flat.len()) {
+            return;
+        }
+        let snapshot: Items = flat
+            .items()
+            .map(|(id, v, m)| (id.to_string(), v.to_vec(), Arc::clone(m)))
+            .collect();
+        *journal = Some(Vec::new());
+        let (collection, threads, params) = (
+            Arc::clone(collection),
+            inner.search_threads,
+            inner.ann_params,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("ann-build".into())
+            .spawn(move || Self::build_in_background(&collection, threads, params, &snapshot));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the approximate index build");
+            *journal = None;
+        }
+    }
+
+    fn build_in_background(
+        collection: &Collection,
+        threads: usize,
+        params: AnnParams,
+        snapshot: &[(String, Vec<f32>, Arc<Metadata>)],
+    ) {
+        let started = Instant::now();
+        let name = &collection.meta.name;
+        let built = AnnIndex::build(collection.meta.dimension, threads, params, snapshot);
+        let mut index = collection
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ops = collection
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        match built {
+            Ok(mut ann) => {
+                let replayed = ops.len();
+                for op in ops {
+                    match op {
+                        Op::Upsert(id, v, m) => ann.upsert(id, &v, m),
+                        Op::Delete(id) => {
+                            ann.delete(&id);
+                        }
+                    }
+                }
+                tracing::info!(collection = %name, items = ann.len(), replayed, ms = started.elapsed().as_millis() as u64, "switched to the approximate index");
+                *index = Box::new(ann);
+            }
+            // Stays exact; the next write tries again.
+            Err(e) => {
+                tracing::error!(collection = %name, error = %e, "could not build the approximate index; searching exactly")
+            }
+        }
+    }
+
+    /// Saves every approximate index written since its last save (blocking).
+    fn flush_blocking(inner: &Inner) -> anyhow::Result<()> {
+        let collections: Vec<Arc<Collection>> = inner
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut failed = None;
+        for c in collections {
+            let index = c.index.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(ann) = index.ann().filter(|a| a.is_dirty()) {
+                let started = Instant::now();
+                match ann.save(&inner.ann_dir, &c.meta.name, &c.meta.id) {
+                    Ok(()) => {
+                        tracing::info!(collection = %c.meta.name, ms = started.elapsed().as_millis() as u64, "saved the HNSW graph")
+                    }
+                    Err(e) => {
+                        tracing::error!(collection = %c.meta.name, error = %e, "could not save the HNSW graph");
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Reads every collection into memory (blocking). A record that does not decode, or a stored
@@ -109,19 +292,22 @@ impl LocalStore {
         let mut collections = BTreeMap::new();
         let mut total = 0;
         for (meta, items) in stored {
-            let mut index = FlatIndex::new(meta.dimension, inner.search_threads);
+            let mut units: Items = Vec::with_capacity(items.len());
             for item in items {
                 match check_vector(Field::Param("stored"), &item.vector, meta.dimension) {
-                    Ok(unit) => index.upsert(item.id, &unit, Arc::new(item.metadata)),
+                    Ok(unit) => units.push((item.id, unit, Arc::new(item.metadata))),
                     Err(e) => {
                         skipped.inc();
                         tracing::error!(collection = %meta.name, id = %item.id, error = %e, "skipping an unusable stored item (kept on disk)")
                     }
                 }
             }
+            let index = Self::index_of(inner, &meta, units);
             total += index.len();
             collections.insert(meta.name.clone(), Self::collection_of(meta, index));
         }
+        let names: Vec<&str> = collections.keys().map(String::as_str).collect();
+        persist::remove_others(&inner.ann_dir, &names);
         tracing::info!(
             collections = collections.len(),
             items = total,
@@ -135,11 +321,12 @@ impl LocalStore {
         Ok(())
     }
 
-    fn collection_of(meta: CollectionMeta, index: FlatIndex) -> Arc<Collection> {
+    fn collection_of(meta: CollectionMeta, index: Box<dyn VectorIndex>) -> Arc<Collection> {
         Arc::new(Collection {
             meta,
-            index: RwLock::new(Box::new(index)),
+            index: RwLock::new(index),
             writer: tokio::sync::Mutex::new(()),
+            journal: std::sync::Mutex::new(None),
         })
     }
 
@@ -181,6 +368,13 @@ impl CollectionStore for LocalStore {
         Ok(())
     }
 
+    async fn flush(&self) -> anyhow::Result<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || Self::flush_blocking(&inner))
+            .await
+            .map_err(|e| anyhow::anyhow!("saving the HNSW graphs panicked: {e}"))?
+    }
+
     async fn create(
         &self,
         meta: CollectionMeta,
@@ -205,7 +399,7 @@ impl CollectionStore for LocalStore {
         let stored = meta.clone();
         blocking(move || inner.store.create(&stored).map_err(store_error)).await?;
         let index = FlatIndex::new(meta.dimension, self.inner.search_threads);
-        let collection = Self::collection_of(meta, index);
+        let collection = Self::collection_of(meta, Box::new(index));
         let out = info(&collection);
         self.inner
             .collections
@@ -240,7 +434,12 @@ impl CollectionStore for LocalStore {
         let _writer = collection.writer.lock().await;
         let inner = Arc::clone(&self.inner);
         let owned = name.to_string();
-        blocking(move || inner.store.drop_collection(&owned).map_err(store_error)).await?;
+        blocking(move || {
+            inner.store.drop_collection(&owned).map_err(store_error)?;
+            persist::remove_files(&inner.ann_dir, &owned);
+            Ok(())
+        })
+        .await?;
         self.inner
             .collections
             .write()
@@ -273,9 +472,24 @@ impl CollectionStore for LocalStore {
             .index
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        // Copies for the journal only while a background build runs (it is set and taken under
+        // this write lock).
+        let journaling = collection
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let mut ops = Vec::new();
         for (id, unit, md) in entries {
-            index.upsert(id, &unit, Arc::new(md));
+            let md = Arc::new(md);
+            if journaling {
+                index.upsert(id.clone(), &unit, Arc::clone(&md));
+                ops.push(Op::Upsert(id, unit, md));
+            } else {
+                index.upsert(id, &unit, md);
+            }
         }
+        Self::after_write(&self.inner, &collection, &**index, || ops);
         Ok(index.len())
     }
 
@@ -304,6 +518,9 @@ impl CollectionStore for LocalStore {
         for id in &ids {
             index.delete(id);
         }
+        Self::after_write(&self.inner, &collection, &**index, || {
+            ids.into_iter().map(Op::Delete).collect()
+        });
         Ok((deleted, index.len()))
     }
 
@@ -355,7 +572,8 @@ mod tests {
     }
 
     async fn store(dir: &std::path::Path) -> LocalStore {
-        let s = LocalStore::open(dir, 1, prometheus::IntCounter::new("s", "s").unwrap()).unwrap();
+        let s =
+            LocalStore::open(dir, 1, 0, prometheus::IntCounter::new("s", "s").unwrap()).unwrap();
         s.load().await.unwrap();
         s
     }
@@ -411,6 +629,105 @@ mod tests {
         );
         let items = s.get_items(&new, vec!["a".into()]).await.unwrap();
         assert!(items[0].is_some());
+    }
+
+    fn unit(i: usize, dim: usize) -> Vec<f32> {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.into_iter().map(|a| a / n).collect()
+    }
+
+    fn is_ann(s: &LocalStore) -> bool {
+        let c = s.current("c").unwrap();
+        c.index.read().unwrap().ann().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_collection_reaching_the_threshold_switches_while_serving_and_its_graph_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |min| {
+            LocalStore::open(
+                dir.path(),
+                2,
+                min,
+                prometheus::IntCounter::new("s", "s").unwrap(),
+            )
+            .unwrap()
+        };
+        let s = open(3000);
+        s.load().await.unwrap();
+        s.create(CollectionMeta::new("c".into(), 16, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        for start in (0..4000).step_by(250) {
+            let batch = (start..start + 250)
+                .map(|i| record(&format!("id{i}"), unit(i, 16)))
+                .collect();
+            s.upsert(&meta, batch).await.unwrap();
+            if start == 3000 {
+                // Writes while (likely) the graph is being built: journaled, then replayed.
+                s.delete(&meta, vec!["id5".into(), "id3100".into()])
+                    .await
+                    .unwrap();
+            }
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !is_ann(&s) {
+            assert!(Instant::now() < deadline, "never switched");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let check = |s: &LocalStore| {
+            let c = s.current("c").unwrap();
+            let index = c.index.read().unwrap();
+            assert!(index.ann().is_some());
+            assert_eq!(index.len(), 3998);
+            for i in [0, 5, 17, 2999, 3100, 3500, 3999] {
+                let top = index.search(&unit(i, 16), 1, &Metadata::new());
+                if i == 5 || i == 3100 {
+                    assert_ne!(top[0].id, format!("id{i}"), "deleted");
+                } else {
+                    assert_eq!(top[0].id, format!("id{i}"));
+                    assert!((top[0].score - 1.0).abs() < 1e-5);
+                }
+            }
+        };
+        check(&s);
+        s.flush().await.unwrap();
+        let graph = persist::paths(&dir.path().join("ann"), "c").0;
+        assert!(graph.exists());
+        drop(s);
+
+        // Start-up over the threshold: the saved graph, verified, clean (nothing to save).
+        let s = open(3000);
+        s.load().await.unwrap();
+        check(&s);
+        let c = s.current("c").unwrap();
+        assert!(!c.index.read().unwrap().ann().unwrap().is_dirty());
+        drop((c, s));
+
+        // ANN off: exact, and the graph files go.
+        let s = open(0);
+        s.load().await.unwrap();
+        let c = s.current("c").unwrap();
+        assert!(c.index.read().unwrap().ann().is_none());
+        assert_eq!(c.index.read().unwrap().len(), 3998);
+        assert!(!graph.exists());
+        // Deleting a collection removes its files.
+        drop((c, s));
+        let s = open(3000);
+        s.load().await.unwrap();
+        assert!(graph.exists(), "built and saved at start-up");
+        s.drop_collection("c").await.unwrap();
+        assert!(!graph.exists());
     }
 
     #[tokio::test]

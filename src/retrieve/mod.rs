@@ -5,6 +5,7 @@
 //!
 //! Layer: a feature, below both doors; owns the stores. Depends on `embed` and `common` only.
 
+pub mod ann;
 pub mod backend;
 pub mod index;
 pub mod local;
@@ -36,6 +37,9 @@ pub struct RetrieveConfig {
     pub max_id_bytes: usize,
     pub max_metadata_bytes: usize,
     pub search_threads: usize,
+    /// Local store: collections of at least this many items are searched approximately (HNSW,
+    /// exactly rescored); 0 never.
+    pub ann_min_vectors: usize,
 }
 
 /// A query or candidate or item content.
@@ -106,7 +110,12 @@ impl RetrieveService {
         config: RetrieveConfig,
         skipped: prometheus::IntCounter,
     ) -> anyhow::Result<Self> {
-        let store = local::LocalStore::open(data_dir, config.search_threads, skipped)?;
+        let store = local::LocalStore::open(
+            data_dir,
+            config.search_threads,
+            config.ann_min_vectors,
+            skipped,
+        )?;
         Ok(Self::new(embed, Arc::new(store), config))
     }
 
@@ -136,6 +145,14 @@ impl RetrieveService {
             .loaded
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Graceful shutdown: the store saves what it keeps beside its data (the local store's HNSW
+    /// graphs). Failures are logged.
+    pub async fn flush(&self) {
+        if let Err(e) = self.inner.store.flush().await {
+            tracing::error!(error = %e, "saving the collections' search indexes failed");
+        }
     }
 
     /// Which store holds the collections ("local", "postgres").
