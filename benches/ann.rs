@@ -247,7 +247,7 @@ fn run(kind: &str, n: usize, nq: usize, threads: usize) -> serde_json::Value {
     drop(ann);
     let input = items();
     let t = Instant::now();
-    let (loaded, opened) =
+    let (mut loaded, opened) =
         AnnIndex::open(DIM, threads, defaults, &input, dir.path(), "bench", "inc").expect("open");
     let open_s = t.elapsed().as_secs_f64();
     assert_eq!(opened, persist::Opened::Loaded);
@@ -257,7 +257,24 @@ fn run(kind: &str, n: usize, nq: usize, threads: usize) -> serde_json::Value {
         "{kind} {n}: save {save_s:.2} s ({:.0} B/vector on disk), open (verify + load) {open_s:.2} s, recall after load {loaded_recall:.4}",
         file_bytes as f64 / n as f64
     );
+    // Live upserts, one at a time on one thread, as the store's writer applies them (after the
+    // durable redb commit): new items, into the graph and into the exact index.
+    let fresh = vectors(kind, 2000, 4242);
+    let t = Instant::now();
+    for (i, v) in fresh.chunks_exact(DIM).enumerate() {
+        loaded.upsert(format!("new-{i}"), v, meta(i));
+    }
+    let live_ann = 2000.0 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for (i, v) in fresh.chunks_exact(DIM).enumerate() {
+        flat.upsert(format!("new-{i}"), v, meta(i));
+    }
+    let live_flat = 2000.0 / t.elapsed().as_secs_f64();
+    println!(
+        "{kind} {n}: live upserts (one thread, index only): ANN {live_ann:.0}/s, exact {live_flat:.0}/s"
+    );
     serde_json::json!({
+        "live_upsert_vectors_per_s": {"ann": live_ann, "exact": live_flat},
         "data": kind,
         "vectors": n,
         "queries": nq,

@@ -132,10 +132,14 @@ impl LocalStore {
         inner.ann_min_vectors > 0 && len >= inner.ann_min_vectors
     }
 
-    /// The start-up index of a collection: approximate (loaded, repaired or built) at the
-    /// threshold, else exact. An approximate index that cannot be made falls back to exact.
+    /// The start-up index of a collection: approximate at the threshold when a saved graph is
+    /// there (loaded or repaired), else exact. A collection at the threshold without a saved
+    /// graph starts exact and builds its graph in the background once serving (minutes per
+    /// million vectors), as one that grows past the threshold does: start-up is not held up by
+    /// it. An approximate index that cannot be made falls back to exact.
     fn index_of(inner: &Inner, meta: &CollectionMeta, items: Items) -> Box<dyn VectorIndex> {
-        if Self::wants_ann(inner, items.len()) {
+        let saved = persist::paths(&inner.ann_dir, &meta.name).1.exists();
+        if Self::wants_ann(inner, items.len()) && saved {
             let started = Instant::now();
             let (dir, name) = (&inner.ann_dir, &meta.name);
             let opened = AnnIndex::open(
@@ -162,7 +166,7 @@ impl LocalStore {
                     tracing::error!(collection = %name, error = %e, "could not build the approximate index; searching exactly")
                 }
             }
-        } else {
+        } else if !Self::wants_ann(inner, items.len()) {
             persist::remove_files(&inner.ann_dir, &meta.name);
         }
         let mut index = FlatIndex::new(meta.dimension, inner.search_threads);
@@ -308,6 +312,11 @@ impl LocalStore {
         }
         let names: Vec<&str> = collections.keys().map(String::as_str).collect();
         persist::remove_others(&inner.ann_dir, &names);
+        // Exact collections at the threshold (no saved graph) build theirs in the background.
+        for c in collections.values() {
+            let index = c.index.read().unwrap_or_else(PoisonError::into_inner);
+            Self::after_write(inner, c, &**index, Vec::new);
+        }
         tracing::info!(
             collections = collections.len(),
             items = total,
@@ -723,9 +732,20 @@ mod tests {
         assert!(!graph.exists());
         // Deleting a collection removes its files.
         drop((c, s));
+        // Start-up over the threshold without a saved graph: serving at once (exact), the graph
+        // built in the background, saved by the flush.
         let s = open(3000);
         s.load().await.unwrap();
-        assert!(graph.exists(), "built and saved at start-up");
+        assert_eq!(s.info("c").await.unwrap().count, 3998);
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !is_ann(&s) {
+            assert!(Instant::now() < deadline, "never built in the background");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        check(&s);
+        assert!(!graph.exists());
+        s.flush().await.unwrap();
+        assert!(graph.exists(), "saved by the flush");
         s.drop_collection("c").await.unwrap();
         assert!(!graph.exists());
     }
