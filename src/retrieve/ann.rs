@@ -14,14 +14,15 @@
 //!   removes and re-adds it, a metadata-only replacement leaves the graph alone.
 //! * **Planner.** Per-(key, value) posting bitmaps (roaring, of slots) give each filter's exact
 //!   match set cheaply. A filter whose smallest posting list has at most
-//!   max([`AnnParams::exact_max_rows`] (20,000), `k`, n/20) rows is answered by an exact scan of
+//!   max([`AnnParams::exact_max_rows`] (20,000), `k`, n/10) rows is answered by an exact scan of
 //!   the intersection (both cores past 16k rows): its cost grows with the matches, not the
-//!   collection, while a filtered HNSW search gets slower and less reliable the more selective the
-//!   filter. Measured at 100k x 512 (benches/ann.rs, 2 busy cores): 1% (1,000 rows) exact 0.4 ms
-//!   vs graph 46-54 ms; 10% (10,000 rows) exact 4-6 ms vs graph 7-12 ms with recall 0.56 on
-//!   uniform data. The n/20 term extrapolates the crossover (exact ~0.2 us per row on two cores;
-//!   the graph's cost ~ 1/selectivity^0.8) to 1M, where it lands near 50k rows; the 1M run of
-//!   `scripts/bench_ann.sh` (1%, 5%, 10%, each path forced) checks it. Otherwise the graph is
+//!   collection (~0.2-0.35 us per row), and it is exact, while a filtered HNSW search gets slower
+//!   and less reliable the more selective the filter. Measured at 1M x 512 (`scripts/bench_ann.sh`,
+//!   2 cores), exact scan vs graph p50: clustered 1% 5.3 vs 175 ms, 5% 18.6 vs 38.5 ms, 10% 36 vs
+//!   14.6 ms (graph recall 0.99); uniform 1% 3.9 vs 485 ms, 5% 9.3 vs 116 ms, 10% 18.6 vs 56 ms
+//!   (graph recall 0.20). The crossover is near 7% of the collection for clustered data and 17%
+//!   for uniform; a tenth bounds either side's loss to about 2.5x and keeps every filter at or
+//!   under 10% exactly right. Otherwise the graph is
 //!   searched with the filter as a predicate. Whenever the graph returns fewer than `k` while more
 //!   may match, the exact scan of the matches answers instead: a filter never comes up short.
 //! * **No filter:** the graph is asked for `max(2k, k + 16)` candidates (at least
@@ -74,7 +75,7 @@ pub struct AnnParams {
     pub expansion_add: usize,
     /// Candidates explored per search (ef).
     pub expansion_search: usize,
-    /// A filter matching at most this many rows (or `k`, or a twentieth of the collection, when
+    /// A filter matching at most this many rows (or `k`, or a tenth of the collection, when
     /// larger) is answered exactly. 0: filters always go to the graph first (measurements).
     pub exact_max_rows: usize,
 }
@@ -478,7 +479,7 @@ impl AnnIndex {
         let estimate = lists.first().map_or(n as u64, |b| b.len()) as usize;
         let exact_bound = match self.params.exact_max_rows {
             0 => 0,
-            rows => rows.max(k).max(n / 20),
+            rows => rows.max(k).max(n / 10),
         };
         let (mut best, plan) = if !lists.is_empty() && estimate <= exact_bound {
             (self.exact_matches(&lists, query, k), Plan::ExactMatches)

@@ -137,8 +137,19 @@ fn filters_never_come_up_short_and_the_planner_picks_the_path() {
     );
     assert!(ann.search(&q, 5, &filter(&[("nope", "1")])).is_empty());
 
+    // The bound's tenth-of-the-collection term (the 20,000-row floor set aside): 10% of 10k is
+    // scanned exactly, everything goes to the graph.
+    ann.set_exact_max_rows(1);
+    assert_eq!(
+        ann.search_planned(&q, 10, &filter(&[("mod10", "4")])).1,
+        Plan::ExactMatches
+    );
+    assert_eq!(
+        ann.search_planned(&q, 10, &filter(&[("all", "yes")])).1,
+        Plan::FilteredGraph
+    );
     // 10% through the graph (forced) and unselective: k results, almost all right.
-    ann.set_exact_max_rows(100);
+    ann.set_exact_max_rows(0);
     for f in [filter(&[("mod10", "4")]), filter(&[("all", "yes")])] {
         let (got, plan) = ann.search_planned(&q, 10, &f);
         assert_eq!(plan, Plan::FilteredGraph, "{f:?}");
@@ -151,7 +162,7 @@ fn filters_never_come_up_short_and_the_planner_picks_the_path() {
         let hits = got.iter().filter(|s| truth.contains(&s.id)).count();
         assert!(hits >= 8, "{hits} of 10 for {f:?}");
     }
-    // k above the exact bound, 10 matches: all of them.
+    // The graph forced, 10 matches: it comes up short, the exact scan gives all of them.
     let f = filter(&[("mod10", "5"), ("mod1000", "5")]);
     assert_eq!(ann.search(&q, 120, &f).len(), 10);
     let wide = filter(&[("mod10", "6")]);
