@@ -16,6 +16,9 @@
 //! Usage: cargo bench --bench ann -- [--sizes 100000,1000000] [--data uniform,clustered]
 //!        [--queries 200] [--json OUT]
 
+mod common;
+
+use common::{percentile, rss_kib};
 use std::{sync::Arc, time::Instant};
 
 use clip_serve::retrieve::{
@@ -84,21 +87,6 @@ fn vectors(kind: &str, n: usize, seed: u64) -> Vec<f32> {
         other => panic!("--data uniform|clustered, not {other}"),
     }
     out
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn meta(i: usize) -> Arc<Metadata> {

@@ -6,6 +6,9 @@
 //!
 //! Usage: cargo bench --bench retrieve -- [--sizes 10000,100000,1000000] [--store N] [--json OUT]
 
+mod common;
+
+use common::{percentile, rss_kib};
 use std::{sync::Arc, time::Instant};
 
 use clip_serve::retrieve::{
@@ -30,21 +33,6 @@ fn unit_vectors(n: usize, seed: u64) -> Vec<f32> {
         out[start..].iter_mut().for_each(|v| *v /= norm);
     }
     out
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn main() {
