@@ -13,7 +13,6 @@ PINS=("playwright==1.65.2")
 BIN="${CLIP_SERVE_BIN:-$ROOT/target/debug/clip-serve}"
 VENV="${CLIP_SERVE_BROWSER_VENV:-$ROOT/.cache/browser-venv}"
 SHOT="${CLIP_SERVE_SCREENSHOT:-$ROOT/docs/playground.png}"
-STAMP="$VENV/.pins"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
 skip() { echo "browser-test: SKIPPED: $*" >&2; exit 0; }
 
@@ -28,17 +27,8 @@ if [[ -z "$CHROMIUM" ]]; then
   [[ -n "$CHROMIUM" ]] || skip "no chromium (apt-get install -y chromium failed)"
 fi
 [[ -n "${CLIP_SERVE_BIN:-}" ]] || cargo build --locked --quiet
-if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$STAMP" 2>/dev/null)" != "${PINS[*]}" ]]; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" 2>/dev/null || {
-    SUDO=""; [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"
-  }
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}" || {
-    rm -rf "$VENV"; skip "Playwright did not install (no PyPI?)"
-  }
-  echo "${PINS[*]}" >"$STAMP"
-fi
+source "$ROOT/scripts/lib/venv.sh"
+pinned_venv "$VENV" "${PINS[@]}" || skip "Playwright did not install (no PyPI?)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GRPC="127.0.0.1:$(free_port)"

@@ -9,21 +9,13 @@ cd "$ROOT"
 PINS=("cohere==7.0.9" "huggingface_hub==1.28.0" "langchain-community==0.3.23")
 BIN="${CLIP_SERVE_BIN:-$ROOT/target/debug/clip-serve}"
 VENV="${CLIP_SERVE_CLIENTS_VENV:-$ROOT/.cache/clients-venv}"
-STAMP="$VENV/.pins"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
 [[ -n "${CLIP_SERVE_BIN:-}" ]] || cargo build --locked --quiet
-if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$STAMP" 2>/dev/null)" != "${PINS[*]}" ]]; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" 2>/dev/null || {
-    SUDO=""; [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"
-  }
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}" || {
-    echo "clients-test: SKIPPED: the pinned clients did not install (no PyPI?)" >&2
-    rm -rf "$VENV"; exit 0
-  }
-  echo "${PINS[*]}" >"$STAMP"
-fi
+source "$ROOT/scripts/lib/venv.sh"
+pinned_venv "$VENV" "${PINS[@]}" || {
+  echo "clients-test: SKIPPED: the pinned clients did not install (no PyPI?)" >&2
+  exit 0
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GRPC="127.0.0.1:$(free_port)"
