@@ -35,7 +35,7 @@ cargo build --release --locked
 PID=""
 start_server() {
   PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr 127.0.0.1:0 \
+  target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr 127.0.0.1:0 \
     --intra-op-threads "$THREADS" --log-filter warn "$@" &
   PID=$!
   for _ in $(seq 1 600); do

@@ -25,7 +25,7 @@ DATA="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 HTTP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 # shellcheck disable=SC2086
-target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr "127.0.0.1:$HTTP" \
+target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr "127.0.0.1:$HTTP" \
   --intra-op-threads "$THREADS" --data-dir "$DATA" --log-filter warn ${EXTRA:-} &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true; rm -rf "$DATA"' EXIT

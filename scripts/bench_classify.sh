@@ -31,7 +31,7 @@ cargo build --release --locked
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT="$(free_port)"; HTTP="127.0.0.1:$(free_port)"; DATA="$(mktemp -d)"
-target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr "$HTTP" \
+target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr "$HTTP" \
   --data-dir "$DATA" --intra-op-threads "$THREADS" --log-filter warn &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT

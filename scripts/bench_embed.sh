@@ -38,7 +38,7 @@ cargo bench --locked --bench preprocess -- --runs 21 --cfg "$MODEL/visual/prepro
 
 echo "== clip-serve over gRPC ($THREADS intra-op threads)" >&2
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" \
+target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" \
   --intra-op-threads "$THREADS" --log-filter warn &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT

@@ -37,7 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_server() {
   local name="$1"; shift
   local port; port="$(free_port)"
-  target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$port" --http-addr 127.0.0.1:0 \
+  target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$port" --http-addr 127.0.0.1:0 \
     --intra-op-threads "$THREADS" --data-dir "$OUT/data-$name" --log-filter warn "$@" &
   PIDS+=("$!")
   for _ in $(seq 1 900); do

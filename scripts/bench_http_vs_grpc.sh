@@ -16,7 +16,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 cargo build --release --locked
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GRPC="$(free_port)" HTTP="$(free_port)"
-target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$GRPC" --http-addr "127.0.0.1:$HTTP" \
+target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$GRPC" --http-addr "127.0.0.1:$HTTP" \
   --data-dir "$OUT/data" --log-filter warn &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true' EXIT

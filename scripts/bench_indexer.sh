@@ -20,7 +20,7 @@ for ((i = 0; i < FILES; i++)); do
 done
 cargo build --release --locked
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr 127.0.0.1:0 \
+target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr 127.0.0.1:0 \
   --data-dir "$OUT/data" --log-filter warn &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true' EXIT

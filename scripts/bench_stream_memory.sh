@@ -30,7 +30,7 @@ print(f"{sys.argv[2]}: {os.path.getsize(sys.argv[2]) / 1e6:.2f} MB", file=sys.st
 PY
 cargo build --release --locked
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-target/release/clip-serve serve --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr 127.0.0.1:0 \
+target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "127.0.0.1:$PORT" --http-addr 127.0.0.1:0 \
   --data-dir "$OUT/data" --log-filter warn &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true' EXIT

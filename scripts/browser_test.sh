@@ -38,7 +38,7 @@ DATA="$(mktemp -d)"
 KEYS="$DATA/keys"
 KEY="browser-test-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
 printf '# test keys\n%s\n' "$KEY" >"$KEYS"
-"$BIN" serve --model-dir tests/fixtures/model --grpc-addr "$GRPC" --http-addr "$HTTP" --data-dir "$DATA/data" \
+"$BIN" serve --probe-addr 127.0.0.1:0 --model-dir tests/fixtures/model --grpc-addr "$GRPC" --http-addr "$HTTP" --data-dir "$DATA/data" \
   --intra-op-threads 1 --api-key-file "$KEYS" >"$LOG" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$LOG" "$DATA"; }

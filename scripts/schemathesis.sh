@@ -27,7 +27,7 @@ HTTP="127.0.0.1:$(free_port)"
 LOG="$(mktemp)"
 DATA="$(mktemp -d)"
 REPORT="$DATA/report"
-"$BIN" serve --model-dir tests/fixtures/model --grpc-addr "$GRPC" --http-addr "$HTTP" --data-dir "$DATA/data" \
+"$BIN" serve --probe-addr 127.0.0.1:0 --model-dir tests/fixtures/model --grpc-addr "$GRPC" --http-addr "$HTTP" --data-dir "$DATA/data" \
   --intra-op-threads 1 >"$LOG" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$LOG" "$DATA"; }

@@ -23,7 +23,7 @@ ADDR="127.0.0.1:$(free_port)"
 HTTP="127.0.0.1:$(free_port)"
 LOG="$(mktemp)"
 DATA="$(mktemp -d)"
-"$BIN" serve --model-dir "$MODEL" --grpc-addr "$ADDR" --http-addr "$HTTP" --data-dir "$DATA" --intra-op-threads 1 >"$LOG" 2>&1 &
+"$BIN" serve --probe-addr 127.0.0.1:0 --model-dir "$MODEL" --grpc-addr "$ADDR" --http-addr "$HTTP" --data-dir "$DATA" --intra-op-threads 1 >"$LOG" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$LOG" "$DATA"; }
 trap cleanup EXIT

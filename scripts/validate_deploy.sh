@@ -341,7 +341,9 @@ def check_render(name, kind_of_deploy):
     if ports.get("metrics") != port_of(env.get("CLIP_SERVE_HTTP_ADDR", "0.0.0.0:8080")):
         err("container port `metrics` differs from CLIP_SERVE_HTTP_ADDR")
     tls = "CLIP_SERVE_TLS_CERT" in env
-    probe_port = port_of(env["CLIP_SERVE_PROBE_ADDR"]) if "CLIP_SERVE_PROBE_ADDR" in env else None
+    # The server listens for probes on 0.0.0.0:8081 unless told otherwise (`off`: none).
+    probe_env = env.get("CLIP_SERVE_PROBE_ADDR", "0.0.0.0:8081")
+    probe_port = None if probe_env.strip() in ("", "off", "none") else port_of(probe_env)
     if probe_port is not None and ports.get("probes") != probe_port:
         err("container port `probes` differs from CLIP_SERVE_PROBE_ADDR")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -351,13 +353,12 @@ def check_render(name, kind_of_deploy):
         target = p.get("grpc", {}).get("port") or p.get("httpGet", {}).get("port")
         if target not in (ports.get("grpc"), ports.get("metrics"), ports.get("probes"), "grpc", "metrics", "probes"):
             err(f"{probe} probes port {target}, which the container does not serve")
-        if tls:
-            # The kubelet presents no client certificate and its gRPC probe speaks no TLS: under TLS,
-            # probes must be plain HTTP on the probe listener.
-            if "httpGet" not in p or target not in ("probes", probe_port):
-                err(f"{probe}: with TLS on, probes must be httpGet on the plain probe port (CLIP_SERVE_PROBE_ADDR)")
-            elif p["httpGet"].get("path") not in ("/healthz", "/readyz") or p["httpGet"].get("scheme", "HTTP") != "HTTP":
-                err(f"{probe}: probe path must be /healthz or /readyz over plain HTTP")
+        # Probes go to the probe listener, whose connection places no API client can fill (and which
+        # speaks plain HTTP: the kubelet presents no client certificate, its gRPC probe no TLS).
+        if "httpGet" not in p or target not in ("probes", probe_port):
+            err(f"{probe}: probes must be httpGet on the probe port (CLIP_SERVE_PROBE_ADDR), outside the API's connection places")
+        elif p["httpGet"].get("path") not in ("/healthz", "/readyz") or p["httpGet"].get("scheme", "HTTP") != "HTTP":
+            err(f"{probe}: probe path must be /healthz or /readyz over plain HTTP")
     if tls and probe_port is None:
         err("TLS is on but CLIP_SERVE_PROBE_ADDR is not set: kubelet probes and Prometheus cannot reach the server")
     sp = c.get("startupProbe", {})

@@ -8,6 +8,7 @@ use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    admission::DoorConfig,
     batch::BatcherConfig,
     classify::{ClassifyConfig, PromptLimits},
     common::parse_duration,
@@ -18,6 +19,20 @@ use crate::{
     security::{Secret, TlsPaths},
     telemetry::LogFormat,
 };
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    match s.trim() {
+        "" | "off" | "none" => Ok(OptionalAddr(None)),
+        addr => addr
+            .parse()
+            .map(|a| OptionalAddr(Some(a)))
+            .map_err(|e| format!("{e} (an address like 0.0.0.0:8081, or off)")),
+    }
+}
 
 /// Default model directory, relative to the working directory (scripts/serve.sh exports it there).
 pub const DEFAULT_MODEL_DIR: &str = "models/ViT-B-32__datacomp_xl_s13b_b90k";
@@ -59,11 +74,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// An extra plain-HTTP listener for /healthz, /readyz and /metrics only: never TLS, never an API
-    /// key, so kubelet probes and Prometheus work when the other listeners demand TLS or client
-    /// certificates (e.g. 0.0.0.0:8081). Off by default.
-    #[arg(long, env = "CLIP_SERVE_PROBE_ADDR")]
-    pub probe_addr: Option<SocketAddr>,
+    /// A plain-HTTP listener for /healthz, /readyz and /metrics only, outside the API's connection
+    /// places: never TLS, never an API key, so kubelet probes and Prometheus answer while the API
+    /// listeners are full or demand TLS or client certificates (`off`: none).
+    #[arg(long, env = "CLIP_SERVE_PROBE_ADDR", default_value = "0.0.0.0:8081", value_parser = parse_optional_addr)]
+    pub probe_addr: OptionalAddr,
 
     /// Path of libonnxruntime.so (scripts/setup.sh fetches it into .cache/onnxruntime/lib/).
     #[arg(long, env = "ORT_DYLIB_PATH")]
@@ -217,6 +232,47 @@ pub struct ServeArgs {
     /// closed as soon as it is accepted (clients retry, or a load balancer picks another replica).
     #[arg(long, env = "CLIP_SERVE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: u32,
+
+    /// Open connections of one peer (an IPv4 address, or an IPv6 /64) across both listeners, so
+    /// one client cannot take every place (0: no bound; behind a proxy, all clients are one peer).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
+    pub max_connections_per_peer: u32,
+
+    /// A TLS handshake, an HTTP request's head, the next request on an idle HTTP/1 keep-alive
+    /// connection, and a gRPC connection's HTTP/2 preface must each arrive within this; the
+    /// connection is closed otherwise.
+    #[arg(long, env = "CLIP_SERVE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A gRPC connection on which nothing arrives for this long is closed (0: never). Live
+    /// clients answer the --http2-keepalive pings, so only silent or dead peers are cut; it is
+    /// raised to the keepalive interval + 21 s when shorter.
+    #[arg(long, env = "CLIP_SERVE_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// An HTTP request body, or a unary gRPC request message, must arrive within this (408 /
+    /// DEADLINE_EXCEEDED otherwise, and what it held is freed).
+    #[arg(long, env = "CLIP_SERVE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// The least average rate (bytes/s) at which a body arrives once it has had 5 s (0: none); a
+    /// slower one is cut off like a late one.
+    #[arg(long, env = "CLIP_SERVE_BODY_MIN_RATE", default_value_t = 4096)]
+    pub body_min_rate: u64,
+
+    /// HTTP request bodies being read at once; one more gets 503 at once.
+    #[arg(long, env = "CLIP_SERVE_MAX_BODY_READERS", default_value_t = 128)]
+    pub max_body_readers: u32,
+
+    /// Without an API key, the `Host` names a browser may reach the HTTP API by (DNS-rebinding
+    /// protection), besides IP literals and localhost; `*` allows any. Requests without browser
+    /// headers (Origin, Sec-Fetch-*) are not checked.
+    #[arg(long, env = "CLIP_SERVE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
 
     /// Close each gRPC connection after this long (GOAWAY; calls in flight get --shutdown-grace to
     /// finish), so long-lived clients spread over replicas added later (0: never), e.g. 30m.
@@ -436,7 +492,8 @@ pub struct Config {
     /// Where collections (and with postgres, label sets) live.
     pub store: StoreConfig,
     pub shutdown_grace: Duration,
-    pub max_connections: usize,
+    /// Connection and body bounds of both doors.
+    pub doors: DoorConfig,
     pub max_inflight_bytes: u64,
     pub max_stream_readers: usize,
     /// `None`: connections live as long as their clients keep them.
@@ -534,13 +591,14 @@ impl ServeArgs {
         };
         let fetch = self.fetch_config(limits.max_image_bytes)?;
         let store = self.store_config()?;
+        let doors = self.door_config()?;
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let intra_op_threads = self.intra_op_threads.map_or(cores, NonZeroUsize::get);
         Ok(Config {
             model_dir: self.model_dir,
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
-            probe_addr: self.probe_addr,
+            probe_addr: self.probe_addr.0,
             ort_dylib_path: self
                 .ort_dylib_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),
@@ -570,7 +628,7 @@ impl ServeArgs {
             retrieve,
             store,
             shutdown_grace: self.shutdown_grace,
-            max_connections: to_usize("max-connections", self.max_connections.into())?,
+            doors,
             max_inflight_bytes: positive("max-inflight-bytes", self.max_inflight_bytes)?,
             max_stream_readers: to_usize("max-stream-readers", self.max_stream_readers.into())?,
             max_connection_age: Some(self.max_connection_age).filter(|d| !d.is_zero()),
@@ -596,6 +654,45 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The connection and body flags, checked.
+    fn door_config(&self) -> Result<DoorConfig, String> {
+        if self.max_connections == 0 {
+            return Err("--max-connections must be greater than 0".into());
+        }
+        for (name, d) in [
+            ("header-read-timeout", self.header_read_timeout),
+            ("body-read-timeout", self.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("--{name} must be greater than 0"));
+            }
+        }
+        if self.max_body_readers == 0 {
+            return Err("--max-body-readers must be greater than 0".into());
+        }
+        // A live client's ping answers must come before the idle deadline.
+        let keepalive_floor = (!self.http2_keepalive.is_zero())
+            .then(|| self.http2_keepalive + Duration::from_secs(21));
+        let idle_timeout = Some(self.idle_timeout)
+            .filter(|d| !d.is_zero())
+            .map(|d| keepalive_floor.map_or(d, |floor| d.max(floor)));
+        Ok(DoorConfig {
+            max_connections: self.max_connections as usize,
+            max_connections_per_peer: self.max_connections_per_peer as usize,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            body_min_rate: self.body_min_rate,
+            max_body_readers: self.max_body_readers as usize,
+            allowed_hosts: self
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        })
+    }
+
     /// The `--fetch-*` flags, checked (`None` without `--fetch-image-urls`).
     fn fetch_config(&self, max_image_bytes: usize) -> Result<Option<FetchConfig>, String> {
         if !self.fetch_image_urls {
@@ -702,6 +799,7 @@ impl Config {
         args.model_dir = model_dir.into();
         args.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         args.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        args.probe_addr = OptionalAddr(Some(SocketAddr::from(([127, 0, 0, 1], 0))));
         // The defaults are valid by construction; the unit test below keeps them so.
         match args.validate() {
             Ok(config) => config,

@@ -32,6 +32,9 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+/// Connections the probe listener takes at once (kubelet probes and a scraper need a few).
+const PROBE_MAX_CONNECTIONS: usize = 64;
+
 /// Hooks for tests and embedders.
 #[derive(Default)]
 pub struct StartOptions {
@@ -158,7 +161,32 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         metrics.inflight_bytes(),
     );
     let (open, refused) = metrics.connections();
-    let connection_limit = ConnectionLimit::new(config.max_connections, open, refused);
+    let doors = config.doors.clone();
+    let connection_limit = ConnectionLimit::new(
+        doors.max_connections,
+        doors.max_connections_per_peer,
+        open,
+        refused,
+    );
+    // The probe listener has places of its own, outside those an attacker can fill.
+    let probe_limit = ConnectionLimit::new(
+        PROBE_MAX_CONNECTIONS,
+        0,
+        prometheus::IntGauge::new("probe_connections_open", "unregistered")?,
+        prometheus::IntCounter::new("probe_connections_refused", "unregistered")?,
+    );
+    let unary = grpc::progress::UnaryRules {
+        budget: gate.bytes().clone(),
+        timeout: doors.body_read_timeout,
+        min_rate: doors.body_min_rate,
+    };
+    let body_rules = http::body::BodyRules::new(
+        config.embed.limits.max_message_bytes,
+        gate.bytes().clone(),
+        doors.body_read_timeout,
+        doors.body_min_rate,
+        doors.max_body_readers,
+    );
     let service = EmbedService::new(config.embed, gate, metrics);
     // With --store postgres, collections and label sets share one pool.
     let shared = match &config.store {
@@ -204,6 +232,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             max_age: config.max_connection_age,
             age_grace: config.shutdown_grace,
             keepalive: config.http2_keepalive,
+            preface_timeout: doors.header_read_timeout,
+            idle_timeout: doors.idle_timeout,
+            unary,
         },
     )
     .await?;
@@ -220,7 +251,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         classify: classify.clone(),
         retrieve: retrieve.clone(),
         keys,
-        max_body_bytes: config.embed.limits.max_message_bytes,
+        body: body_rules,
+        allowed_hosts: doors.allowed_hosts.clone(),
         model_aliases: config.model_aliases.clone(),
     });
     let probe_router = http::probes::routes(service.clone(), retrieve.clone());
@@ -364,15 +396,22 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         let mut http_tasks = tokio::task::JoinSet::new();
         {
             let stop = stopped(http_stop_rx.clone());
-            let limit = Some(connection_limit);
+            let rules = http::ConnectionRules {
+                limit: connection_limit,
+                header_read_timeout: doors.header_read_timeout,
+            };
             http_tasks.spawn(async move {
-                http::serve(http_listener, http_router, tls.as_ref(), limit, grace, stop).await
+                http::serve(http_listener, http_router, tls.as_ref(), rules, stop).await
             });
         }
         if let Some(probe_listener) = probe_listener {
             let stop = stopped(http_stop_rx.clone());
+            let rules = http::ConnectionRules {
+                limit: probe_limit,
+                header_read_timeout: doors.header_read_timeout,
+            };
             http_tasks.spawn(async move {
-                http::serve(probe_listener, probe_router, None, None, grace, stop).await
+                http::serve(probe_listener, probe_router, None, rules, stop).await
             });
         }
         let serve = endpoint.serve(listener, signal);

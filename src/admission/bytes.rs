@@ -26,7 +26,7 @@ pub struct ByteBudget {
 /// Bytes held against the budget until dropped.
 #[derive(Debug)]
 pub struct BytesPermit {
-    _units: OwnedSemaphorePermit,
+    units: OwnedSemaphorePermit,
     _share: Option<OwnedSemaphorePermit>,
     bytes: u64,
     in_use: prometheus::IntGauge,
@@ -64,7 +64,7 @@ impl ByteBudget {
     ) -> BytesPermit {
         self.in_use.add(bytes as i64);
         BytesPermit {
-            _units: units,
+            units,
             _share: share,
             bytes,
             in_use: self.in_use.clone(),
@@ -76,12 +76,41 @@ impl ByteBudget {
         Arc::clone(&self.units)
             .try_acquire_many_owned(self.units(bytes))
             .map(|units| self.permit(units, None, bytes))
-            .map_err(|_| {
-                ServiceError::ResourceExhausted(format!(
-                    "the server holds as many request bytes as it may (--max-inflight-bytes {}); retry later",
-                    u64::from(self.total_units) * UNIT
-                ))
-            })
+            .map_err(|_| self.exhausted())
+    }
+
+    /// Nothing yet: a permit that grows as a payload's bytes arrive ([`Self::try_grow`]).
+    pub fn arriving(&self) -> BytesPermit {
+        let units = Arc::clone(&self.units)
+            .try_acquire_many_owned(0)
+            .unwrap_or_else(|_| unreachable!("the budget's semaphore is never closed"));
+        self.permit(units, None, 0)
+    }
+
+    /// Grows `held` to `bytes` in all as they arrive (never reserving what has not come), or
+    /// RESOURCE_EXHAUSTED, holding what it held.
+    pub fn try_grow(&self, held: &mut BytesPermit, bytes: u64) -> Result<(), ServiceError> {
+        let more = self
+            .units(bytes)
+            .saturating_sub(held.units.num_permits() as u32);
+        if more > 0 {
+            let units = Arc::clone(&self.units)
+                .try_acquire_many_owned(more)
+                .map_err(|_| self.exhausted())?;
+            held.units.merge(units);
+        }
+        if bytes > held.bytes {
+            self.in_use.add((bytes - held.bytes) as i64);
+            held.bytes = bytes;
+        }
+        Ok(())
+    }
+
+    fn exhausted(&self) -> ServiceError {
+        ServiceError::ResourceExhausted(format!(
+            "the server holds as many request bytes as it may (--max-inflight-bytes {}); retry later",
+            u64::from(self.total_units) * UNIT
+        ))
     }
 
     /// `bytes` for a stream item, waiting until they are free within the streams' share.
@@ -145,6 +174,32 @@ mod tests {
         // ... while unary calls still get the rest.
         assert!(budget.try_take(2 * 1024).is_ok());
         waiting.abort();
+    }
+
+    #[test]
+    fn arriving_bytes_are_charged_as_they_come_in_whole_kib() {
+        let gauge = prometheus::IntGauge::new("bytes", "t").unwrap();
+        let budget = ByteBudget::new(4 * 1024, gauge.clone());
+        let mut held = budget.arriving();
+        assert_eq!(
+            budget.units.available_permits(),
+            4,
+            "nothing reserved up front"
+        );
+        // A trickle of single bytes costs its bytes, not a KiB each.
+        for n in 1..=1024 {
+            budget.try_grow(&mut held, n).unwrap();
+        }
+        assert_eq!((budget.units.available_permits(), gauge.get()), (3, 1024));
+        let other = budget.try_take(2 * 1024).unwrap();
+        budget.try_grow(&mut held, 2 * 1024).unwrap();
+        assert_eq!(budget.units.available_permits(), 0);
+        let e = budget.try_grow(&mut held, 2 * 1024 + 1).unwrap_err();
+        assert!(matches!(e, ServiceError::ResourceExhausted(_)), "{e}");
+        assert_eq!(gauge.get(), 4 * 1024, "what it held stays held");
+        drop(other);
+        drop(held);
+        assert_eq!((budget.units.available_permits(), gauge.get()), (4, 0));
     }
 
     async fn futures_take(budget: &ByteBudget, kib: usize) -> Vec<BytesPermit> {

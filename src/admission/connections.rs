@@ -1,11 +1,17 @@
-//! A bound on open connections across both listeners (`--max-connections`): a connection over the
-//! bound is closed as soon as it is accepted (clients retry, or a load balancer picks another
-//! replica), so many idle or slow connections cannot pile up buffers. The protocol layers wrap
-//! their accepted streams in [`Counted`], which holds a place until the connection closes.
+//! A bound on open connections across both listeners (`--max-connections`), and on those of one
+//! peer (`--max-connections-per-peer`): a connection over either bound is closed as soon as it is
+//! accepted (clients retry, or a load balancer picks another replica), so many idle or slow
+//! connections cannot pile up buffers, and one client cannot take every place. The protocol layers
+//! wrap their accepted streams in [`Counted`], which holds its places until the connection closes.
+//!
+//! A peer is an IPv4 address, or an IPv6 /64 (one host's usual allocation: an attacker holding a
+//! /64 must not count as 2^64 peers); an IPv4-mapped IPv6 address is its IPv4 address.
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
 };
 
@@ -14,51 +20,96 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
+/// Open connections per peer.
+type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 #[derive(Clone)]
 pub struct ConnectionLimit {
     places: Arc<Semaphore>,
+    /// Open connections per peer (entries only while the peer has one: at most `places` entries).
+    peers: Peers,
+    /// `--max-connections-per-peer` (0: no per-peer bound).
+    per_peer: usize,
     open: prometheus::IntGauge,
     refused: prometheus::IntCounter,
 }
 
+/// The address connections are counted under: IPv4, or the /64 of an IPv6 address.
+pub fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 impl ConnectionLimit {
-    pub fn new(max: usize, open: prometheus::IntGauge, refused: prometheus::IntCounter) -> Self {
+    /// `max` connections in all, `per_peer` of one peer (0: no per-peer bound).
+    pub fn new(
+        max: usize,
+        per_peer: usize,
+        open: prometheus::IntGauge,
+        refused: prometheus::IntCounter,
+    ) -> Self {
         ConnectionLimit {
             places: Arc::new(Semaphore::new(max.max(1))),
+            peers: Arc::default(),
+            per_peer,
             open,
             refused,
         }
     }
 
-    /// A place for a new connection, or `None` (counted) when every place is taken.
-    pub fn try_open<IO>(&self, io: IO) -> Option<Counted<IO>> {
-        match Arc::clone(&self.places).try_acquire_owned() {
-            Ok(permit) => {
-                self.open.inc();
-                Some(Counted {
-                    io,
-                    _permit: permit,
-                    open: self.open.clone(),
-                })
-            }
-            Err(_) => {
+    /// A place for a new connection from `peer`, or `None` (counted) when every place is taken
+    /// or the peer holds its share.
+    pub fn try_open<IO>(&self, io: IO, peer: IpAddr) -> Option<Counted<IO>> {
+        let Ok(permit) = Arc::clone(&self.places).try_acquire_owned() else {
+            self.refused.inc();
+            return None;
+        };
+        let key = peer_key(peer);
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = peers.entry(key).or_insert(0);
+            if self.per_peer > 0 && *held >= self.per_peer {
+                drop(peers);
                 self.refused.inc();
-                None
+                return None;
             }
+            *held += 1;
         }
+        self.open.inc();
+        Some(Counted {
+            io,
+            _permit: permit,
+            peer: Some((key, Arc::clone(&self.peers))),
+            open: self.open.clone(),
+        })
     }
 }
 
-/// An accepted connection holding its place until it is dropped.
+/// An accepted connection holding its places until it is dropped.
 pub struct Counted<IO> {
     pub io: IO,
     _permit: OwnedSemaphorePermit,
+    peer: Option<(IpAddr, Peers)>,
     open: prometheus::IntGauge,
 }
 
 impl<IO> Drop for Counted<IO> {
     fn drop(&mut self) {
         self.open.dec();
+        if let Some((key, peers)) = self.peer.take() {
+            let mut peers = peers.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(held) = peers.get_mut(&key) {
+                *held -= 1;
+                if *held == 0 {
+                    peers.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -106,17 +157,66 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn places_are_held_until_the_connection_drops() {
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    fn limit(max: usize, per_peer: usize) -> (ConnectionLimit, prometheus::IntGauge) {
         let open = prometheus::IntGauge::new("open", "t").unwrap();
         let refused = prometheus::IntCounter::new("refused", "t").unwrap();
-        let limit = ConnectionLimit::new(2, open.clone(), refused.clone());
-        let a = limit.try_open(()).expect("first");
-        let _b = limit.try_open(()).expect("second");
-        assert!(limit.try_open(()).is_none());
-        assert_eq!((open.get(), refused.get()), (2, 1));
+        (
+            ConnectionLimit::new(max, per_peer, open.clone(), refused),
+            open,
+        )
+    }
+
+    #[test]
+    fn places_are_held_until_the_connection_drops() {
+        let (limit, open) = limit(2, 0);
+        let a = limit.try_open((), A).expect("first");
+        let _b = limit.try_open((), A).expect("second");
+        assert!(limit.try_open((), B).is_none());
+        assert_eq!((open.get(), limit.refused.get()), (2, 1));
         drop(a);
         assert_eq!(open.get(), 1);
-        assert!(limit.try_open(()).is_some());
+        assert!(limit.try_open((), B).is_some());
+    }
+
+    #[test]
+    fn one_peer_cannot_take_every_place() {
+        let (limit, open) = limit(10, 2);
+        let a1 = limit.try_open((), A).expect("a1");
+        let _a2 = limit.try_open((), A).expect("a2");
+        assert!(limit.try_open((), A).is_none(), "A holds its share");
+        let _b = limit
+            .try_open((), B)
+            .expect("another peer still gets a place");
+        assert_eq!(open.get(), 3);
+        drop(a1);
+        assert!(limit.try_open((), A).is_some(), "a place of A's came back");
+        // The refused connection's global place was given back (A's new one is dropped already).
+        assert_eq!(limit.places.available_permits(), 10 - 2);
+    }
+
+    #[test]
+    fn peers_are_ipv4_addresses_or_ipv6_64s() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            peer_key(v6("2001:db8:1:2:aaaa::1")),
+            peer_key(v6("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            peer_key(v6("2001:db8:1:2::1")),
+            peer_key(v6("2001:db8:1:3::1"))
+        );
+        assert_eq!(peer_key(v6("::ffff:192.0.2.1")), A);
+        let (limit, _) = limit(10, 1);
+        let _x = limit.try_open((), v6("2001:db8::1")).unwrap();
+        assert!(
+            limit.try_open((), v6("2001:db8::ffff")).is_none(),
+            "same /64"
+        );
+        // The map holds only peers with an open connection.
+        drop(_x);
+        assert!(limit.peers.lock().unwrap().is_empty());
     }
 }

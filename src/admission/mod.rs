@@ -11,6 +11,7 @@
 
 pub mod bytes;
 pub mod connections;
+pub mod deadline;
 
 use std::sync::Arc;
 
@@ -27,6 +28,45 @@ pub struct AdmissionConfig {
     /// Streams that may be reading (and holding) a message not yet admitted against the byte
     /// budget, at once.
     pub max_stream_readers: usize,
+}
+
+/// What both doors hold their connections and request bodies to (DESIGN.md §6d): nothing a
+/// client controls can hold a place forever, and no one client can take every place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoorConfig {
+    /// Open connections across the gRPC and HTTP listeners.
+    pub max_connections: usize,
+    /// Open connections of one peer (an IPv4 address or an IPv6 /64; 0: no bound).
+    pub max_connections_per_peer: usize,
+    /// A TLS handshake, an HTTP request head, the wait for the next request on an idle HTTP/1
+    /// keep-alive connection, and the HTTP/2 preface must each arrive within this.
+    pub header_read_timeout: std::time::Duration,
+    /// A gRPC connection on which nothing arrives for this long is closed (`None`: never).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// A request body (a unary gRPC message) must arrive within this ...
+    pub body_read_timeout: std::time::Duration,
+    /// ... and, after a 5 s grace, at least at this many bytes per second (0: no minimum).
+    pub body_min_rate: u64,
+    /// HTTP bodies being read at once.
+    pub max_body_readers: usize,
+    /// `Host` names a browser may use when no API key is required (besides IP literals and
+    /// `localhost`); `*`: any.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for DoorConfig {
+    fn default() -> Self {
+        DoorConfig {
+            max_connections: 1024,
+            max_connections_per_peer: 256,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: Some(std::time::Duration::from_secs(120)),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            body_min_rate: 4096,
+            max_body_readers: 128,
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 /// How a call is admitted.

@@ -3,6 +3,12 @@
 //! never in the middle of a message that is still coming in. The gRPC frame headers are followed
 //! as the bytes pass, so the handler also knows how much of a message is sitting half-received in
 //! tonic's buffer (a client that stalls mid-message): that part is held against the byte budget.
+//!
+//! A unary call's request (every method but the client-streaming ones) is also bounded here, where
+//! its bytes arrive, before tonic has buffered a whole message: its bytes are charged to
+//! `--max-inflight-bytes` as they come (RESOURCE_EXHAUSTED when they do not fit), and it must
+//! arrive within `--body-read-timeout` and at least at `--body-min-rate` (DEADLINE_EXCEEDED
+//! otherwise). The handler then holds the decoded message against the budget for the call's life.
 
 use std::{
     pin::Pin,
@@ -13,7 +19,107 @@ use std::{
     task::{Context, Poll},
 };
 
-use tonic::{body::Body, codegen::http};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tonic::{Status, body::Body, codegen::http};
+
+use crate::{
+    admission::bytes::{ByteBudget, BytesPermit},
+    common::ServiceError,
+};
+
+/// Methods whose requests are streams: their items are admitted one by one by the handler.
+const STREAMING_REQUESTS: &[&str] = &[
+    "/clip.v1.Embed/EmbedStream",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// A request that arrives slower than the minimum rate is cut off only after this long.
+const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// How unary requests arrive: charged as they come, within a deadline, at a minimum rate.
+#[derive(Clone)]
+pub struct UnaryRules {
+    pub budget: ByteBudget,
+    /// `--body-read-timeout`.
+    pub timeout: Duration,
+    /// `--body-min-rate` (bytes/s; 0: none).
+    pub min_rate: u64,
+}
+
+/// What a unary request's body is held to while it arrives.
+struct Arriving {
+    rules: UnaryRules,
+    held: BytesPermit,
+    started: Instant,
+    deadline: Instant,
+    /// Wakes the body at the deadline, or each second to check the rate.
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Arriving {
+    fn new(rules: UnaryRules) -> Self {
+        let started = Instant::now();
+        let deadline = started + rules.timeout;
+        Arriving {
+            held: rules.budget.arriving(),
+            timer: Box::pin(tokio::time::sleep_until(Self::next_check(deadline))),
+            rules,
+            started,
+            deadline,
+        }
+    }
+
+    fn next_check(deadline: Instant) -> Instant {
+        deadline.min(Instant::now() + Duration::from_secs(1))
+    }
+
+    /// Refuses a request that is late or slow, `received` bytes in.
+    fn check(&self, received: u64) -> Result<(), Status> {
+        let elapsed = self.started.elapsed();
+        if Instant::now() >= self.deadline {
+            return Err(ServiceError::DeadlineExceeded(format!(
+                "the request message did not arrive within {:?} (--body-read-timeout)",
+                self.rules.timeout
+            ))
+            .into());
+        }
+        let min_rate = self.rules.min_rate;
+        if min_rate > 0
+            && elapsed >= MIN_RATE_GRACE
+            && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+        {
+            return Err(ServiceError::DeadlineExceeded(format!(
+                "the request message arrived below the minimum rate of {min_rate} bytes/s (--body-min-rate)"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Charges `received` bytes in all.
+    fn charge(&mut self, received: u64) -> Result<(), Status> {
+        self.rules
+            .budget
+            .try_grow(&mut self.held, received)
+            .map_err(Status::from)
+    }
+
+    /// Polled while the body has nothing: the deadline or the rate check, else pending.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, received: u64) -> Poll<Status> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if let Err(status) = self.check(received) {
+                return Poll::Ready(status);
+            }
+            let next = Self::next_check(self.deadline);
+            self.timer.as_mut().reset(next);
+        }
+        Poll::Pending
+    }
+}
 
 /// Bytes of the request body received so far, and of the message not yet complete.
 #[derive(Clone, Default, Debug)]
@@ -89,6 +195,8 @@ struct Counting {
     inner: Body,
     progress: BodyProgress,
     frames: Frames,
+    /// A unary request's bounds (`None` for streams, and once it has failed or ended).
+    arriving: Option<Arriving>,
 }
 
 impl http_body::Body for Counting {
@@ -109,9 +217,38 @@ impl http_body::Body for Counting {
             counters
                 .partial
                 .store(this.frames.partial(), Ordering::Relaxed);
-            counters
+            let received = counters
                 .received
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                .fetch_add(data.len() as u64, Ordering::Relaxed)
+                + data.len() as u64;
+            if let Some(arriving) = this.arriving.as_mut()
+                && let Err(status) = arriving
+                    .charge(received)
+                    .and_then(|()| arriving.check(received))
+            {
+                // What it held is freed at once; the call fails with this status.
+                this.arriving = None;
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        match &polled {
+            Poll::Pending => {
+                if let Some(arriving) = this.arriving.as_mut()
+                    && let Poll::Ready(status) = arriving.poll_timer(cx, this.progress.received())
+                {
+                    this.arriving = None;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            // Arrived in full: no more deadline (what it holds is freed with the body, once
+            // tonic has decoded the message and the handler holds it instead).
+            Poll::Ready(None) => {
+                if let Some(arriving) = this.arriving.as_mut() {
+                    arriving.timer.as_mut().reset(far_future());
+                    arriving.deadline = far_future();
+                }
+            }
+            Poll::Ready(Some(_)) => {}
         }
         polled
     }
@@ -125,19 +262,63 @@ impl http_body::Body for Counting {
     }
 }
 
-/// Wraps a request's body so its progress can be read from the handler.
-pub fn track(request: http::Request<Body>) -> http::Request<Body> {
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Wraps a request's body so its progress can be read from the handler; a unary request's is
+/// also held to `rules`.
+pub fn track(request: http::Request<Body>, rules: &UnaryRules) -> http::Request<Body> {
     let progress = BodyProgress::default();
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(progress.clone());
+    let unary = !STREAMING_REQUESTS.contains(&parts.uri.path());
     http::Request::from_parts(
         parts,
         Body::new(Counting {
             inner: body,
             progress,
             frames: Frames::default(),
+            arriving: unary.then(|| Arriving::new(rules.clone())),
         }),
     )
+}
+
+/// The tower layer that applies [`track`] to every request of the gRPC endpoint.
+#[derive(Clone)]
+pub struct TrackLayer(pub UnaryRules);
+
+impl<S> tower::Layer<S> for TrackLayer {
+    type Service = Tracked<S>;
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked {
+            inner,
+            rules: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    rules: UnaryRules,
+}
+
+impl<S> tower::Service<http::Request<Body>> for Tracked<S>
+where
+    S: tower::Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> S::Future {
+        self.inner.call(track(request, &self.rules))
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +330,75 @@ mod tests {
         f.extend((message.len() as u32).to_be_bytes());
         f.extend(message);
         f
+    }
+
+    fn rules(budget: &ByteBudget) -> UnaryRules {
+        UnaryRules {
+            budget: budget.clone(),
+            timeout: Duration::from_secs(30),
+            min_rate: 1024,
+        }
+    }
+
+    fn request(path: &str, body: Body) -> http::Request<Body> {
+        http::Request::builder().uri(path).body(body).unwrap()
+    }
+
+    /// A request body whose chunks come from `rx`.
+    fn trickle() -> (tokio::sync::mpsc::Sender<Vec<u8>>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |b| {
+                Ok::<_, Status>(http_body::Frame::data(bytes::Bytes::from(b)))
+            });
+        (tx, Body::new(http_body_util::StreamBody::new(stream)))
+    }
+
+    async fn next(body: &mut Body) -> Option<Result<http_body::Frame<bytes::Bytes>, Status>> {
+        use http_body::Body as _;
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_unary_request_is_charged_as_it_arrives_and_times_out_freeing_it() {
+        let budget = ByteBudget::new(64 * 1024, prometheus::IntGauge::new("b", "t").unwrap());
+        let (tx, body) = trickle();
+        let mut body =
+            track(request("/clip.v1.Embed/EmbedTexts", body), &rules(&budget)).into_body();
+        // A frame header declaring 32 MiB, and 6 bytes of it: 1 KiB is held, not 32 MiB.
+        let mut start = vec![0, 2, 0, 0, 0];
+        start.extend([1; 6]);
+        tx.send(start).await.unwrap();
+        assert!(next(&mut body).await.unwrap().is_ok());
+        assert!(
+            budget.try_take(63 * 1024).is_ok(),
+            "only what arrived is held"
+        );
+        // Then silence: after the 5 s grace the rate check ends it (well before the deadline).
+        let status = next(&mut body).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("--body-min-rate"), "{status:?}");
+        assert!(budget.try_take(64 * 1024).is_ok(), "freed when it failed");
+    }
+
+    #[tokio::test]
+    async fn a_unary_request_over_the_budget_is_refused_where_it_arrives_but_streams_are_not() {
+        let budget = ByteBudget::new(8 * 1024, prometheus::IntGauge::new("b", "t").unwrap());
+        let _other = budget.try_take(4 * 1024).unwrap();
+        let (tx, body) = trickle();
+        let mut body =
+            track(request("/clip.v1.Embed/EmbedImages", body), &rules(&budget)).into_body();
+        tx.send(vec![7; 4 * 1024]).await.unwrap();
+        assert!(next(&mut body).await.unwrap().is_ok());
+        tx.send(vec![7; 1]).await.unwrap();
+        let status = next(&mut body).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        // A stream's items are admitted by its handler, not here.
+        let (tx, body) = trickle();
+        let mut body =
+            track(request("/clip.v1.Embed/EmbedStream", body), &rules(&budget)).into_body();
+        tx.send(vec![7; 8 * 1024]).await.unwrap();
+        assert!(next(&mut body).await.unwrap().is_ok());
     }
 
     #[test]

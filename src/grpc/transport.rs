@@ -37,12 +37,23 @@ pub struct Connections {
     pub age_grace: Duration,
     /// HTTP/2 pings on idle connections; a peer that does not answer within 20 s is dropped.
     pub keepalive: Option<Duration>,
+    /// The HTTP/2 preface (and with TLS, the handshake) must arrive within this
+    /// (`--header-read-timeout`).
+    pub preface_timeout: Duration,
+    /// A connection on which nothing arrives for this long is closed (`--idle-timeout`; `None`:
+    /// never). Live clients answer keepalive pings, so this cuts only silent or dead peers.
+    pub idle_timeout: Option<Duration>,
+    /// Unary requests: charged as they arrive, within `--body-read-timeout`, at
+    /// `--body-min-rate`.
+    pub unary: super::progress::UnaryRules,
 }
 
-impl tonic::transport::server::Connected for Counted<tokio::net::TcpStream> {
+impl tonic::transport::server::Connected
+    for crate::admission::deadline::Deadlined<Counted<tokio::net::TcpStream>>
+{
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.get_ref().io.connect_info()
     }
 }
 
@@ -169,9 +180,7 @@ fn client_decode_errors<B>(mut response: http::Response<B>) -> http::Response<B>
 type DecodeErrorLayer = tower::util::MapResponseLayer<
     fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
 >;
-type ProgressLayer = tower::util::MapRequestLayer<
-    fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>,
->;
+type ProgressLayer = super::progress::TrackLayer;
 
 pub struct Endpoint {
     router: tonic::transport::server::Router<
@@ -181,6 +190,8 @@ pub struct Endpoint {
         >,
     >,
     limit: ConnectionLimit,
+    preface_timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 /// Builds the endpoint; health starts NOT_SERVING.
@@ -236,14 +247,13 @@ pub async fn endpoint(
             .max_connection_age(age)
             .max_connection_age_grace(connections.age_grace);
     }
-    let track: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
-        super::progress::track;
     let mut builder = builder
         .layer(tower::util::MapResponseLayer::new(fix))
-        .layer(tower::util::MapRequestLayer::new(track));
+        .layer(super::progress::TrackLayer(connections.unary.clone()));
     if let Some(tls) = &security.tls {
-        let mut config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+            .timeout(connections.preface_timeout);
         if let Some(ca) = &tls.client_ca_pem {
             config = config.client_ca_root(Certificate::from_pem(ca));
         }
@@ -269,6 +279,8 @@ pub async fn endpoint(
         Endpoint {
             router,
             limit: connections.limit,
+            preface_timeout: connections.preface_timeout,
+            idle_timeout: connections.idle_timeout,
         },
         health,
     ))
@@ -282,14 +294,20 @@ impl Endpoint {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         // Without TCP_NODELAY, small replies wait on delayed ACKs (Nagle): tens of ms per call.
-        let limit = self.limit;
+        let (limit, preface, idle) = (self.limit, self.preface_timeout, self.idle_timeout);
         let incoming = tokio_stream::StreamExt::filter_map(
             TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60))),
             move |accepted| match accepted {
-                // Over --max-connections: closed at once (dropped).
-                Ok(stream) => limit.try_open(stream).map(Ok),
+                Ok(stream) => {
+                    let peer = stream.peer_addr().ok()?.ip();
+                    // Over --max-connections or --max-connections-per-peer: closed at once.
+                    let counted = limit.try_open(stream, peer)?;
+                    Some(Ok(crate::admission::deadline::Deadlined::new(
+                        counted, preface, idle,
+                    )))
+                }
                 Err(e) => Some(Err(e)),
             },
         );

@@ -37,8 +37,8 @@ pub struct Api {
     pub classify: ClassifyService,
     pub retrieve: RetrieveService,
     pub keys: ApiKeys,
-    /// Bodies are limited to `--max-message-bytes` (413 beyond), read after the key check.
-    pub max_body_bytes: usize,
+    /// How bodies are read (size, time, rate, bytes held, readers), after the key check.
+    pub body: body::BodyRules,
     /// `--model-alias`.
     pub aliases: Arc<[String]>,
     /// `--fetch-image-urls` (`None`: image URLs are refused).
@@ -110,13 +110,7 @@ impl Api {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<(axum::body::Bytes, BytesPermit), ApiError> {
-        body::read(
-            headers,
-            body,
-            self.max_body_bytes,
-            self.service.gate().bytes(),
-        )
-        .await
+        body::read(headers, body, &self.body).await
     }
 
     /// The served ids: `model_name:pretrained` first, then `model_name` when they differ.

@@ -459,7 +459,7 @@ async fn stored_label_set_prompts_are_bounded_together() {
 async fn connections_over_the_limit_are_closed_on_accept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut cfg = config(&tiny_model());
-    cfg.max_connections = 2;
+    cfg.doors.max_connections = 2;
     let server = serve(cfg).await;
     // The test's own gRPC channel holds one place; one more idle HTTP connection takes the other.
     let idle = tokio::net::TcpStream::connect(server.server.http_addr)

@@ -24,6 +24,7 @@ mod postgres_replicas;
 mod postgres_store;
 mod retrieve;
 mod server;
+mod siege;
 #[cfg(unix)]
 mod signals;
 mod url_fetch;

@@ -473,7 +473,7 @@ async fn tls_serves_both_listeners() {
 async fn https_connections_count_against_the_connection_limit() {
     let pki = make_pki();
     let mut cfg = tls_config(pki.dir.path(), false);
-    cfg.max_connections = 1;
+    cfg.doors.max_connections = 1;
     let server = start_tls(cfg).await;
     let idle = tokio::net::TcpStream::connect(server.http_addr)
         .await

@@ -44,6 +44,8 @@ pub fn spawn_server_in(data_dir: &std::path::Path, extra: &[&str]) -> ChildServe
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--probe-addr",
+            "127.0.0.1:0",
             "--intra-op-threads",
             "1",
             "--log-format",
