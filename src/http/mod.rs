@@ -98,6 +98,8 @@ pub fn router(services: Services) -> Router {
         .merge(collections::routes(api.clone()))
         .merge(immich::routes(api))
         .merge(pages::routes())
+        // The peer address, for the key check (`call.rs`).
+        .layer(axum::middleware::from_fn(call::peer_scope))
 }
 
 /// A listener whose connections count against `--max-connections` (over it: closed on accept).
