@@ -79,6 +79,36 @@ pub fn refusal(e: AuthError) -> Status {
     }
 }
 
+/// Charges the running call `items` of its key's rate limit (the key check paid for one): each
+/// service calls this with its request's item count before any work.
+pub fn charge(items: usize) -> Result<(), Status> {
+    keys::charge(u64::try_from(items).unwrap_or(u64::MAX)).map_err(refusal)
+}
+
+/// A stream item's charge: one item, waiting while the key's rate limit is spent (the stream
+/// reads nothing meanwhile). `Err(None)`: the client went away while it waited.
+pub async fn charge_stream_item(
+    allowance: Option<&keys::Allowance>,
+    gone: impl Future<Output = ()>,
+) -> Result<(), Option<Status>> {
+    let Some(allowance) = allowance else {
+        return Ok(());
+    };
+    let mut gone = std::pin::pin!(gone);
+    loop {
+        match allowance.charge(1) {
+            Ok(()) => return Ok(()),
+            Err(AuthError::RateLimited { retry_after }) => {
+                tokio::select! {
+                    () = tokio::time::sleep(retry_after) => {}
+                    () = &mut gone => return Err(None),
+                }
+            }
+            Err(e) => return Err(Some(refusal(e))),
+        }
+    }
+}
+
 type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 impl<S> tower::Service<http::Request<Body>> for Authenticated<S>

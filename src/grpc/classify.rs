@@ -89,6 +89,7 @@ impl Classify for ClassifyApi {
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let ctx = self.context("Classify", &request);
         let result = async {
+            super::auth::charge(request.get_ref().images.len())?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -135,6 +136,8 @@ impl Classify for ClassifyApi {
     ) -> Result<Response<pb::LabelSet>, Status> {
         let ctx = self.context("CreateLabelSet", &request);
         let result = async {
+            // Every label is a text the set's build embeds.
+            super::auth::charge(request.get_ref().labels.len())?;
             let _permit = self.admit_control().await?;
             let pb::CreateLabelSetRequest {
                 name,

@@ -225,6 +225,12 @@ impl Allowance {
         let Some(limiter) = &self.inner.limiter else {
             return Ok(());
         };
+        if items > u64::from(self.inner.burst) {
+            return Err(AuthError::OverBurst {
+                cost: items,
+                burst: self.inner.burst,
+            });
+        }
         let prepaid = self
             .inner
             .prepaid
