@@ -298,7 +298,7 @@ impl Metrics {
         let image_fetches = IntCounterVec::new(
             Opts::new(
                 "clip_image_fetches_total",
-                "Image URL fetches (--fetch-image-urls) by outcome: ok, refused, too_large, timeout, error",
+                "Image URL fetches (--fetch-image-urls) by outcome: ok, refused, too_large, timeout, error, busy (the byte budget was full)",
             ),
             &["outcome"],
         )?;
