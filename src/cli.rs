@@ -389,6 +389,8 @@ pub struct ServeArgs {
 
     /// Failed API key checks one peer address may make per minute (IPv6: per /64); past them its
     /// calls get 429 / RESOURCE_EXHAUSTED without a key check until the minute is over. 0: no limit.
+    /// The address is the TCP peer's: behind a proxy that does not keep client addresses (a
+    /// load balancer with SNAT) all clients share one, so raise this or set 0 there.
     #[arg(
         long,
         env = "CLIP_SERVE_AUTH_FAILURES_PER_MINUTE",
