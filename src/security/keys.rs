@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! alice:sk-1234567890             a named key: usage metrics and logs say `alice`
-//! bob:sk-abcdef rate=50:100       a per-key rate limit: 50 requests/s, bursts of 100
+//! bob:sk-abcdef rate=50:100       a per-key rate limit: 50 items/s, bursts of 100
 //! sk-bare-key                     a bare key, named by a short hash of it (`key-1a2b3c4d`)
 //! ```
 //!
@@ -19,7 +19,7 @@
 //! Rate limits count work, not calls: the limit is in items per second. A call spends one item
 //! when its key is checked (so every call, even one with nothing to embed, costs one), and the
 //! doors [`charge`] the rest of its item count once the request is parsed (images and texts
-//! embedded, images classified, items upserted, label-set texts, candidates ranked), so a call of
+//! embedded, images classified, items upserted, candidates ranked and their query), so a call of
 //! n items costs n, and a call of one item costs what a call cost before. A stream spends one
 //! item per item, as items arrive. A call that costs more than its key's burst is refused
 //! (it could never pass); split it.
@@ -45,7 +45,7 @@ use governor::{Quota, RateLimiter, clock::Clock};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-/// Requests per second and the burst a key may spend at once.
+/// Items per second and the burst (in items) a key may spend at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub per_second: NonZeroU32,
@@ -470,7 +470,7 @@ impl ApiKeys {
         self.inner.file.as_deref()
     }
 
-    /// Checks an `authorization` header value (and spends one request of the key's rate limit).
+    /// Checks an `authorization` header value (and spends one item of the key's rate limit).
     pub fn check(&self, authorization: Option<&str>) -> Result<(), AuthError> {
         self.authenticate(authorization).map(drop)
     }
