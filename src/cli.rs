@@ -177,6 +177,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_FETCH_CONCURRENCY", default_value_t = 16)]
     pub fetch_concurrency: u32,
 
+    /// Image fetches of one request at once, a share of --fetch-concurrency (default: a quarter of
+    /// it, at least 1), so one request of many slow URLs cannot hold every fetch slot.
+    #[arg(long, env = "CLIP_SERVE_FETCH_CONCURRENCY_PER_REQUEST")]
+    pub fetch_concurrency_per_request: Option<u32>,
+
     /// Largest decoded image accepted, in pixels (width x height), checked from the header before
     /// any pixel is allocated.
     #[arg(
@@ -430,10 +435,29 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
-    /// Requests per second (and burst) each API key may make, unless its key file line sets its own;
-    /// over it: 429 with Retry-After / RESOURCE_EXHAUSTED with RetryInfo. No limit without keys.
+    /// Items per second (and burst) each API key may spend, unless its key file line sets its own.
+    /// A call costs its item count (images and texts embedded, images classified, items upserted,
+    /// candidates ranked; at least 1), a stream 1 per item: a call of one item costs what a call
+    /// cost before. A call larger than the burst is refused. Over it: 429 with Retry-After /
+    /// RESOURCE_EXHAUSTED with RetryInfo. No limit without keys.
     #[arg(long, env = "CLIP_SERVE_RATE_LIMIT", value_name = "REQ_PER_S[:BURST]")]
     pub rate_limit: Option<crate::security::RateLimit>,
+
+    /// Failed API key checks one peer address may make per minute (IPv6: per /64); past them its
+    /// calls get 429 / RESOURCE_EXHAUSTED without a key check until the minute is over. 0: no limit.
+    /// The address is the TCP peer's: behind a proxy that does not keep client addresses (a
+    /// load balancer with SNAT) all clients share one, so raise this or set 0 there.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub auth_failures_per_minute: u32,
+
+    /// Label /metrics usage series (`clip_usage_total`) with API key names (or, for bare keys,
+    /// hash prefixes). Off: every key counts under key="redacted".
+    #[arg(long, env = "CLIP_SERVE_METRICS_KEY_NAMES", default_value_t = false)]
+    pub metrics_key_names: bool,
 
     /// With API keys configured, let gRPC reflection through without a key.
     #[arg(long, env = "CLIP_SERVE_PUBLIC_REFLECTION", default_value_t = false)]
@@ -502,6 +526,10 @@ pub struct Config {
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
     pub rate_limit: Option<crate::security::RateLimit>,
+    /// `--auth-failures-per-minute` (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// `--metrics-key-names`.
+    pub metrics_key_names: bool,
     pub public_reflection: bool,
     pub tls: TlsPaths,
     /// Model names the HTTP API accepts besides the served ids (`--model-alias`).
@@ -636,6 +664,8 @@ impl ServeArgs {
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
             api_key_file: self.api_key_file,
             rate_limit: self.rate_limit,
+            auth_failures_per_minute: self.auth_failures_per_minute,
+            metrics_key_names: self.metrics_key_names,
             public_reflection: self.public_reflection,
             model_aliases: self
                 .model_aliases
@@ -720,12 +750,19 @@ impl ServeArgs {
         if self.fetch_concurrency == 0 {
             return Err("--fetch-concurrency must be greater than 0".into());
         }
+        let concurrency = self.fetch_concurrency as usize;
+        let per_request = match self.fetch_concurrency_per_request {
+            None => FetchConfig::default_per_request(concurrency),
+            Some(0) => return Err("--fetch-concurrency-per-request must be greater than 0".into()),
+            Some(n) => (n as usize).min(concurrency),
+        };
         Ok(Some(FetchConfig {
             allow_hosts,
             max_bytes,
             timeout: self.fetch_timeout,
             max_redirects: self.fetch_max_redirects,
-            concurrency: self.fetch_concurrency as usize,
+            concurrency,
+            per_request,
         }))
     }
 
@@ -847,6 +884,7 @@ mod tests {
         assert_eq!(fetch.allow_hosts.len(), 2);
         assert_eq!(fetch.max_bytes, 16 * 1024 * 1024);
         assert_eq!(fetch.timeout, Duration::from_secs(10));
+        assert_eq!((fetch.concurrency, fetch.per_request), (16, 4));
         let err = parse(&["--fetch-image-urls", "--fetch-allow-hosts", "*"]).unwrap_err();
         assert!(err.contains("--fetch-allow-hosts"), "{err}");
     }

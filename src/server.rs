@@ -141,7 +141,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         config.api_key_file.clone(),
         config.rate_limit,
     )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    .map_err(|e| anyhow::anyhow!(e))?
+    .throttle_failures(config.auth_failures_per_minute);
     let tls = config.tls.load().map_err(|e| anyhow::anyhow!(e))?;
     if keys.enabled() {
         tracing::info!(key_file = ?keys.key_file(), public_reflection = config.public_reflection, "API keys required");
@@ -149,7 +150,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     } else if config.rate_limit.is_some() {
         tracing::warn!("--rate-limit has no effect without API keys (limits are per key)");
     }
-    let metrics = Metrics::new().context("registering metrics")?;
+    let metrics = Metrics::new()
+        .context("registering metrics")?
+        .with_key_names(config.metrics_key_names);
     let classify_metrics = metrics.classify();
     let gate = Gate::new(
         AdmissionConfig {
@@ -240,8 +243,12 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     .await?;
     let fetcher = match config.fetch.clone() {
         Some(fetch) => Some(
-            crate::embed::fetch::Fetcher::new(fetch, service.metrics().image_fetches())
-                .map_err(anyhow::Error::msg)?,
+            crate::embed::fetch::Fetcher::new(
+                fetch,
+                service.metrics().image_fetches(),
+                Some(service.gate().bytes().clone()),
+            )
+            .map_err(anyhow::Error::msg)?,
         ),
         None => None,
     };

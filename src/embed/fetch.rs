@@ -14,6 +14,15 @@
 //! - the body is read as it streams and dropped at `--fetch-max-bytes`; the whole fetch, waiting
 //!   for a slot included, is bounded by `--fetch-timeout`; `--fetch-concurrency` fetches at once.
 //!
+//! What keeps it from being a way to exhaust the server:
+//! - the body is charged to the byte budget (`--max-inflight-bytes`) as it arrives, in
+//!   [`CHARGE_STEP`] steps, never by its declared `Content-Length`; a body the budget cannot take
+//!   is dropped with [`FetchError::Busy`] (429). The charge travels with the returned [`Bytes`]
+//!   and is released when the last clone of them is dropped;
+//! - one request's URLs ([`Fetcher::fetch_all`]) take at most `--fetch-concurrency-per-request`
+//!   of the `--fetch-concurrency` slots at once (default a quarter), so one request of 64 URLs
+//!   to a slow host cannot hold every slot.
+//!
 //! Each fetch counts in `clip_image_fetches_total{outcome}`.
 
 use std::{
@@ -23,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prometheus::IntCounterVec;
 use reqwest::{
     Url,
@@ -31,6 +40,11 @@ use reqwest::{
     header, redirect,
 };
 use tokio::sync::Semaphore;
+
+use crate::admission::bytes::{ByteBudget, BytesPermit};
+
+/// A fetched body is charged to the byte budget this many bytes at a time, as it arrives.
+pub const CHARGE_STEP: usize = 64 * 1024;
 
 /// `--fetch-*`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +55,15 @@ pub struct FetchConfig {
     pub timeout: Duration,
     pub max_redirects: u32,
     pub concurrency: usize,
+    /// Fetches of one request at once (`--fetch-concurrency-per-request`).
+    pub per_request: usize,
+}
+
+impl FetchConfig {
+    /// The default share of `concurrency` one request may take: a quarter, at least one.
+    pub fn default_per_request(concurrency: usize) -> usize {
+        (concurrency / 4).max(1)
+    }
 }
 
 /// An entry of `--fetch-allow-hosts`: `images.example.com`, `*.example.com` (any subdomain),
@@ -159,6 +182,8 @@ pub enum FetchError {
     Timeout(String),
     /// The connection or the answer failed (DNS, TLS, a non-2xx status).
     Failed(String),
+    /// The byte budget (`--max-inflight-bytes`) could not take the body: retry later (429).
+    Busy(String),
 }
 
 impl FetchError {
@@ -168,6 +193,7 @@ impl FetchError {
             FetchError::TooLarge(_) => "too_large",
             FetchError::Timeout(_) => "timeout",
             FetchError::Failed(_) => "error",
+            FetchError::Busy(_) => "busy",
         }
     }
 }
@@ -178,7 +204,8 @@ impl fmt::Display for FetchError {
             FetchError::Refused(m)
             | FetchError::TooLarge(m)
             | FetchError::Timeout(m)
-            | FetchError::Failed(m) => f.write_str(m),
+            | FetchError::Failed(m)
+            | FetchError::Busy(m) => f.write_str(m),
         }
     }
 }
@@ -211,6 +238,9 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         "a shared (CGNAT)"
     } else if ip.is_documentation() {
         "a documentation"
+    } else if a == 192 && b == 88 && c == 99 {
+        // 6to4 relay anycast (deprecated): whatever answers there relays into IPv6.
+        "a 6to4 relay"
     } else if (a == 192 && b == 0 && c == 0) || (a == 198 && (18..20).contains(&b)) || a >= 240 {
         "a reserved"
     } else {
@@ -220,18 +250,11 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
 
 fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
+    // IPv4-mapped (::ffff:0:0/96): the socket reaches the embedded IPv4 address itself.
     if let Some(v4) = ip.to_ipv4_mapped() {
         return forbidden_v4(v4);
     }
-    // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address that is what gets reached.
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        return forbidden_v4(Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        ));
-    }
+    // 6to4 (2002::/16) carries the IPv4 address that gets reached.
     if s[0] == 0x2002 {
         return forbidden_v4(Ipv4Addr::new(
             (s[1] >> 8) as u8,
@@ -246,14 +269,28 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "an unspecified"
     } else if ip.is_multicast() {
         "a multicast"
+    } else if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+        // NAT64, well-known (64:ff9b::/96) and local-use (64:ff9b:1::/48): a translator inside
+        // the network reaches whatever IPv4 address is embedded, private ones included.
+        "a NAT64"
+    } else if s[0..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated (::ffff:0:0:0/96, SIIT).
+        "an IPv4-translated"
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo (2001::/32): a tunnel whose relay reaches the embedded (obfuscated) IPv4 host.
+        "a Teredo"
     } else if s[0] & 0xfe00 == 0xfc00 {
         "a private (unique local)"
     } else if s[0] & 0xffc0 == 0xfe80 {
         "a link-local"
     } else if s[0] & 0xffc0 == 0xfec0 {
         "a site-local"
-    } else if s[0] == 0x2001 && s[1] == 0xdb8 {
+    } else if (s[0] == 0x2001 && s[1] == 0xdb8) || s[0] & 0xfff0 == 0x3ff0 {
+        // 2001:db8::/32 and 3fff::/20.
         "a documentation"
+    } else if s[0..4] == [0x100, 0, 0, 0] {
+        // The discard prefix (100::/64).
+        "a discard-only"
     } else if s[0..6] == [0; 6] {
         // IPv4-compatible (deprecated) and the rest of ::/96.
         "a reserved"
@@ -295,7 +332,10 @@ async fn resolve_checked(
 ) -> Result<Addrs, Box<dyn std::error::Error + Send + Sync>> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
         .await
-        .map_err(|e| Refusal(format!("{host} does not resolve: {e}"), false))?
+        .map_err(|e| {
+            tracing::debug!(%host, error = %e, "an image URL's host does not resolve");
+            Refusal(format!("{host} does not resolve"), false)
+        })?
         .collect();
     if addrs.is_empty() {
         return Err(Refusal(format!("{host} resolves to no address"), false).into());
@@ -305,10 +345,15 @@ async fn resolve_checked(
     if !allow.iter().any(|p| p.matches_host(&target)) {
         for addr in &addrs {
             if let Some(kind) = forbidden(addr.ip()) {
-                return Err(Refusal(format!(
-                    "{host} resolves to {kind} address ({}); allow the host with --fetch-allow-hosts",
-                    addr.ip()
-                ), true)
+                // The address stays in the server's log: a client learns nothing of the network
+                // behind the server (which names are internal, and where they point).
+                tracing::info!(%host, address = %addr.ip(), kind, "an image URL was refused: its host resolves to a non-public address");
+                return Err(Refusal(
+                    format!(
+                        "{host} resolves to a non-public address; allow the host with --fetch-allow-hosts"
+                    ),
+                    true,
+                )
                 .into());
             }
         }
@@ -322,6 +367,8 @@ struct Inner {
     client: reqwest::Client,
     slots: Semaphore,
     fetches: IntCounterVec,
+    /// `--max-inflight-bytes`, charged as bodies arrive (`None`: not charged).
+    budget: Option<ByteBudget>,
 }
 
 /// Cheap to clone; clones share the client, its connections and the concurrency bound.
@@ -339,8 +386,13 @@ impl fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// `fetches` is `clip_image_fetches_total` (labels: `outcome`).
-    pub fn new(config: FetchConfig, fetches: IntCounterVec) -> Result<Fetcher, String> {
+    /// `fetches` is `clip_image_fetches_total` (labels: `outcome`); fetched bodies are charged to
+    /// `budget` as they arrive.
+    pub fn new(
+        config: FetchConfig,
+        fetches: IntCounterVec,
+        budget: Option<ByteBudget>,
+    ) -> Result<Fetcher, String> {
         let allow: Arc<[HostPattern]> = Arc::from(config.allow_hosts.clone());
         let client = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
@@ -352,7 +404,7 @@ impl Fetcher {
             .user_agent(concat!("clip-serve/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("the image fetch client: {e}"))?;
-        for outcome in ["ok", "refused", "too_large", "timeout", "error"] {
+        for outcome in ["ok", "refused", "too_large", "timeout", "error", "busy"] {
             fetches.with_label_values(&[outcome]);
         }
         Ok(Fetcher {
@@ -362,12 +414,56 @@ impl Fetcher {
                 allow,
                 client,
                 fetches,
+                budget,
             }),
         })
     }
 
     pub fn max_bytes(&self) -> usize {
         self.inner.config.max_bytes
+    }
+
+    /// The images at `urls`, in order, at most `--fetch-concurrency-per-request` at once. Once one
+    /// fails, the fetches not started yet are not started (they answer with that failure): the
+    /// first failure in input order is always among the answers.
+    pub async fn fetch_all(&self, urls: Vec<String>) -> Vec<Result<Bytes, FetchError>> {
+        let per_request = self.inner.config.per_request.max(1);
+        let mut results: Vec<Option<Result<Bytes, FetchError>>> = vec![None; urls.len()];
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending = urls.into_iter().enumerate();
+        let mut failed: Option<FetchError> = None;
+        loop {
+            while failed.is_none() && running.len() < per_request {
+                let Some((i, url)) = pending.next() else {
+                    break;
+                };
+                let fetcher = self.clone();
+                running.spawn(async move { (i, fetcher.fetch(&url).await) });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (i, result) = joined.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "an image fetch task failed");
+                (
+                    usize::MAX,
+                    Err(FetchError::Failed(
+                        "the fetch failed; the server logged why".into(),
+                    )),
+                )
+            });
+            if let Err(e) = &result {
+                failed.get_or_insert_with(|| e.clone());
+            }
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(result);
+            }
+        }
+        let failed = failed.unwrap_or_else(|| FetchError::Failed("the fetch failed".into()));
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(failed.clone())))
+            .collect()
     }
 
     /// The image at `url` (redirects followed and checked), within the limits.
@@ -478,34 +574,109 @@ impl Fetcher {
         }
     }
 
-    /// The body, never buffered past the limit.
+    /// The body, never buffered past the limit, charged to the byte budget as it arrives.
     async fn body(&self, mut response: reqwest::Response) -> Result<Bytes, FetchError> {
         let max = self.inner.config.max_bytes;
         let too_large =
             || FetchError::TooLarge(format!("the image is over {max} bytes (--fetch-max-bytes)"));
+        // A declared length is checked against the limit; it reserves nothing.
         if response.content_length().is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| FetchError::Failed(format!("reading the image failed: {e}")))?
-        {
+        let mut body = Charged::new(self.inner.budget.clone(), max);
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            tracing::info!(error = %error_chain(&e), "reading a fetched image failed");
+            FetchError::Failed("reading the image failed (the connection broke)".into())
+        })? {
             if body.len() + chunk.len() > max {
                 return Err(too_large());
             }
-            body.extend_from_slice(&chunk);
+            body.extend(&chunk)?;
         }
         Ok(body.freeze())
     }
 }
 
-/// A failed request: the resolver's refusal when it was one, else what went wrong (no more than
-/// the client can act on).
+/// A body being read, and what it holds of the byte budget: the bytes are charged before they are
+/// kept, [`CHARGE_STEP`] at a time (never more than `--fetch-max-bytes` in all), and the charge
+/// goes with the frozen [`Bytes`].
+struct Charged {
+    buf: Vec<u8>,
+    max: usize,
+    budget: Option<ByteBudget>,
+    permits: Vec<BytesPermit>,
+    charged: usize,
+}
+
+/// The frozen body with its charge: released when the last `Bytes` clone is dropped.
+struct Owned {
+    buf: Vec<u8>,
+    _permits: Vec<BytesPermit>,
+}
+
+impl AsRef<[u8]> for Owned {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Charged {
+    fn new(budget: Option<ByteBudget>, max: usize) -> Self {
+        Charged {
+            buf: Vec::new(),
+            max,
+            budget,
+            permits: Vec::new(),
+            charged: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Adds `chunk` (the caller checked it stays within `max`), charging it first.
+    fn extend(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        let need = self.buf.len() + chunk.len();
+        if let Some(budget) = &self.budget {
+            while self.charged < need {
+                let step = CHARGE_STEP
+                    .min(self.max.saturating_sub(self.charged))
+                    .max(need - self.charged);
+                let permit = budget.try_take(step as u64).map_err(|_| {
+                    FetchError::Busy(
+                        "the server holds as many request bytes as it may (--max-inflight-bytes); \
+                         retry later"
+                            .into(),
+                    )
+                })?;
+                self.permits.push(permit);
+                self.charged += step;
+            }
+            // Memory grows only as far as it is charged.
+            if self.buf.capacity() < need {
+                self.buf.reserve_exact(self.charged - self.buf.len());
+            }
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn freeze(self) -> Bytes {
+        if self.permits.is_empty() {
+            return Bytes::from(self.buf);
+        }
+        Bytes::from_owner(Owned {
+            buf: self.buf,
+            _permits: self.permits,
+        })
+    }
+}
+
+/// A failed request: the resolver's refusal when it was one, else what went wrong in words that
+/// name no address (the details, which may, go to the server's log).
 fn request_error(url: &Url, error: &reqwest::Error) -> FetchError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    let mut innermost = String::new();
     while let Some(e) = source {
         if let Some(Refusal(message, refused)) = e.downcast_ref::<Refusal>() {
             return if *refused {
@@ -514,14 +685,30 @@ fn request_error(url: &Url, error: &reqwest::Error) -> FetchError {
                 FetchError::Failed(message.clone())
             };
         }
-        innermost = e.to_string();
         source = e.source();
     }
-    if error.is_timeout() {
-        return FetchError::Timeout(format!("connecting to {url} timed out"));
-    }
     let host = url.host_str().unwrap_or_default();
-    FetchError::Failed(format!("requesting {host} failed: {innermost}"))
+    tracing::info!(%host, error = %error_chain(error), "an image fetch failed");
+    if error.is_timeout() {
+        return FetchError::Timeout(format!("connecting to {host} timed out"));
+    }
+    FetchError::Failed(if error.is_connect() {
+        format!("connecting to {host} failed")
+    } else {
+        format!("requesting {host} failed")
+    })
+}
+
+/// An error and its sources, for the log.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -551,14 +738,60 @@ mod tests {
             ("ff02::1", "multicast"),
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:10.0.0.1", "private"),
-            ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("::ffff:169.254.169.254", "link-local"),
             ("2002:c0a8:0101::1", "private"),
+            ("2002:7f00:0001::1", "loopback"),
+            // NAT64 reaches IPv4 through a translator inside the network: refused whatever the
+            // embedded address (well-known and local-use prefixes).
+            ("64:ff9b::a9fe:a9fe", "NAT64"),
+            ("64:ff9b::808:808", "NAT64"),
+            ("64:ff9b:1::a00:1", "NAT64"),
+            ("64:ff9b:1:ffff::1", "NAT64"),
+            // IPv4-translated (::ffff:0:0:0/96).
+            ("::ffff:0:a00:1", "IPv4-translated"),
+            ("::ffff:0:808:808", "IPv4-translated"),
+            // Teredo (2001::/32).
+            ("2001::1", "Teredo"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+            // 6to4 relay anycast.
+            ("192.88.99.1", "6to4 relay"),
+            ("192.88.99.255", "6to4 relay"),
+            ("3fff::1", "documentation"),
+            ("100::1", "discard"),
         ] {
             let why = forbidden(ip(a)).unwrap_or_else(|| panic!("{a} allowed"));
             assert!(why.contains(kind), "{a}: {why}");
         }
-        for a in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+        for a in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::1",
+            "192.88.98.1",
+            "192.88.100.1",
+            "2001:1::1",
+            "2001:4860:4860::8888",
+            "64:ff9b:2::1",
+        ] {
             assert_eq!(forbidden(ip(a)), None, "{a}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_never_show_the_address_a_host_resolves_to() {
+        let f = fetcher(&[]);
+        // localhost resolves (through the hosts file) to 127.0.0.1 and/or ::1.
+        let e = f.fetch("https://localhost:9/a.jpg").await.unwrap_err();
+        assert_eq!(e.outcome(), "refused", "{e}");
+        let m = e.to_string();
+        assert!(
+            m.starts_with("localhost resolves to a non-public address"),
+            "{m}"
+        );
+        for shown in ["127.", "::1", "loopback"] {
+            assert!(!m.contains(shown), "{shown:?} in {m:?}");
         }
     }
 
@@ -585,9 +818,10 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_redirects: 1,
             concurrency: 2,
+            per_request: 1,
         };
         let counter = IntCounterVec::new(prometheus::Opts::new("f", "f"), &["outcome"]).unwrap();
-        Fetcher::new(config, counter).unwrap()
+        Fetcher::new(config, counter, None).unwrap()
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! carries the key's name. Health (and reflection with `--public-reflection`) are not wrapped.
 //!
 //! Refusals: no or wrong key -> UNAUTHENTICATED; the key's rate limit spent -> RESOURCE_EXHAUSTED
-//! with a `google.rpc.RetryInfo` detail saying when to retry.
+//! with a `google.rpc.RetryInfo` detail saying when to retry. The peer's address (tonic's
+//! `TcpConnectInfo`) goes to the key check, which throttles failed checks per address. The call
+//! runs in the key's rate-limit scope too: the services [`charge`](crate::security::keys::charge)
+//! their item counts.
 
 use std::{
     convert::Infallible,
@@ -13,11 +16,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use tonic::{Code, Status, body::Body, codegen::http, server::NamedService};
+use tonic::{
+    Code, Status,
+    body::Body,
+    codegen::http,
+    server::NamedService,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    security::{ApiKeys, AuthError},
+    security::{ApiKeys, AuthError, keys},
     telemetry::{
         metrics::Metrics,
         usage::{self, Usage},
@@ -56,13 +65,46 @@ impl<S: NamedService> NamedService for Authenticated<S> {
 /// The status a refused call gets.
 pub fn refusal(e: AuthError) -> Status {
     match e {
-        AuthError::RateLimited { retry_after } => Status::with_error_details(
-            Code::ResourceExhausted,
-            e.to_string(),
-            ErrorDetails::with_retry_info(Some(retry_after)),
-        ),
+        AuthError::RateLimited { retry_after } | AuthError::PeerThrottled { retry_after } => {
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            )
+        }
+        AuthError::OverBurst { .. } => Status::resource_exhausted(e.to_string()),
         AuthError::Missing | AuthError::Malformed | AuthError::Wrong => {
             Status::unauthenticated(e.to_string())
+        }
+    }
+}
+
+/// Charges the running call `items` of its key's rate limit (the key check paid for one): each
+/// service calls this with its request's item count before any work.
+pub fn charge(items: usize) -> Result<(), Status> {
+    keys::charge(u64::try_from(items).unwrap_or(u64::MAX)).map_err(refusal)
+}
+
+/// A stream item's charge: one item, waiting while the key's rate limit is spent (the stream
+/// reads nothing meanwhile). `Err(None)`: the client went away while it waited.
+pub async fn charge_stream_item(
+    allowance: Option<&keys::Allowance>,
+    gone: impl Future<Output = ()>,
+) -> Result<(), Option<Status>> {
+    let Some(allowance) = allowance else {
+        return Ok(());
+    };
+    let mut gone = std::pin::pin!(gone);
+    loop {
+        match allowance.charge(1) {
+            Ok(()) => return Ok(()),
+            Err(AuthError::RateLimited { retry_after }) => {
+                tokio::select! {
+                    () = tokio::time::sleep(retry_after) => {}
+                    () = &mut gone => return Err(None),
+                }
+            }
+            Err(e) => return Err(Some(refusal(e))),
         }
     }
 }
@@ -90,17 +132,32 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.keys.authenticate(presented) {
+        let extensions = request.extensions();
+        let peer = extensions
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .or_else(|| {
+                extensions
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|tls| tls.get_ref().remote_addr())
+            })
+            .map(|a| a.ip());
+        match self.keys.authenticate_from(presented, peer) {
             Err(e) => {
                 let response = refusal(e).into_http();
                 Box::pin(async move { Ok(response) })
             }
             Ok(caller) => {
-                let usage = caller.map(|c| Usage::for_key(&self.metrics, c.key_name));
+                let (usage, allowance) = caller
+                    .map(|c| (Usage::for_key(&self.metrics, c.key_name), c.allowance))
+                    .unzip();
                 // The clone that was polled ready serves this call (tower's contract).
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(usage::scoped(usage, inner.call(request)))
+                Box::pin(usage::scoped(
+                    usage,
+                    keys::scoped(allowance, inner.call(request)),
+                ))
             }
         }
     }

@@ -89,6 +89,7 @@ impl Classify for ClassifyApi {
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let ctx = self.context("Classify", &request);
         let result = async {
+            super::auth::charge(request.get_ref().images.len())?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());

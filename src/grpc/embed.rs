@@ -108,6 +108,7 @@ impl Embed for EmbedApi {
             request.metadata(),
         );
         let result = async {
+            super::auth::charge(request.get_ref().images.len())?;
             let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -131,6 +132,7 @@ impl Embed for EmbedApi {
             request.metadata(),
         );
         let result = async {
+            super::auth::charge(request.get_ref().texts.len())?;
             let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -151,7 +153,9 @@ impl Embed for EmbedApi {
     /// calls while they wait for input). Replies go out as items finish, each with its request's
     /// id. A message that is not valid protobuf (e.g. a `text` that is not UTF-8) cannot be tied to
     /// an id: the stream ends with INVALID_ARGUMENT. On shutdown the server stops reading, finishes
-    /// the items it has, and ends the stream with UNAVAILABLE.
+    /// the items it has, and ends the stream with UNAVAILABLE. Each item costs one item of the
+    /// key's rate limit (the key check paid for the first); while the limit is spent the stream
+    /// waits and reads nothing more.
     async fn embed_stream(
         &self,
         request: Request<Streaming<pb::EmbedStreamRequest>>,
@@ -173,6 +177,7 @@ impl Embed for EmbedApi {
         let (tx, rx) = mpsc::channel::<Result<pb::EmbedStreamResponse, Status>>(in_flight);
         let service = self.service.clone();
         let span = ctx.span().clone();
+        let allowance = crate::security::keys::current();
         let mut response: Response<Self::EmbedStreamStream> =
             Response::new(Box::pin(ReceiverStream::new(rx)));
         ctx.tag(response.metadata_mut());
@@ -278,6 +283,31 @@ impl Embed for EmbedApi {
                         break;
                     }
                 };
+                // Charged per item as items arrive (the item's bytes are held meanwhile, so a
+                // waiting stream's memory stays counted).
+                let closed = tx.closed();
+                let shutdown = service.shutdown_started();
+                let gone = async {
+                    tokio::select! {
+                        () = closed => {}
+                        () = shutdown => {}
+                    }
+                };
+                match super::auth::charge_stream_item(allowance.as_ref(), gone).await {
+                    Ok(()) => {}
+                    Err(None) => {
+                        if service.gate().is_shutting_down() {
+                            end = Some(
+                                ServiceError::Unavailable("server is shutting down".into()).into(),
+                            );
+                        }
+                        break;
+                    }
+                    Err(Some(status)) => {
+                        end = Some(status);
+                        break;
+                    }
+                }
                 let service = service.clone();
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);

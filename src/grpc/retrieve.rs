@@ -60,6 +60,8 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::RankResponse>, Status> {
         let ctx = self.context("Rank", &request);
         let result = async {
+            // The query and each candidate.
+            super::auth::charge(request.get_ref().candidates.len() + 1)?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -177,6 +179,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::UpsertResponse>, Status> {
         let ctx = self.context("Upsert", &request);
         let result = async {
+            super::auth::charge(request.get_ref().items.len())?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());

@@ -409,6 +409,7 @@ pub(super) async fn upsert(
             .enumerate()
             .map(|(i, v)| item(i, v))
             .collect::<Result<Vec<_>, _>>()?;
+        super::call::charge(items.len())?;
         let (mut items, contents): (Vec<_>, Vec<_>) = items.into_iter().unzip();
         for (item, content) in items
             .iter_mut()

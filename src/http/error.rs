@@ -75,7 +75,10 @@ fn param_of(field: &Field, name_of: &dyn Fn(&Field) -> Option<&'static str>) -> 
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        if let AuthError::RateLimited { .. } = e {
+        if let AuthError::RateLimited { .. }
+        | AuthError::OverBurst { .. }
+        | AuthError::PeerThrottled { .. } = e
+        {
             // OpenAI's shape for 429; `http/call.rs` adds `Retry-After`.
             return ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,

@@ -164,6 +164,11 @@ pub async fn item(
 
 fn fetch_failed(param: &'static str, at: &str, e: &FetchError) -> ApiError {
     let what = match e {
+        FetchError::Busy(_) => {
+            return ApiError::from(crate::common::ServiceError::ResourceExhausted(format!(
+                "{at}: the image URL: {e}"
+            )));
+        }
         FetchError::Refused(_) => "the image URL was refused",
         FetchError::Failed(_) => "fetching the image URL failed",
         FetchError::TooLarge(_) | FetchError::Timeout(_) => "the image URL",
@@ -171,47 +176,41 @@ fn fetch_failed(param: &'static str, at: &str, e: &FetchError) -> ApiError {
     invalid(param, at, format!("{what}: {e}"))
 }
 
-/// The items of `inputs` (each with its name, `input[3]`), their URLs fetched (all at once),
-/// in order. Without a fetcher a URL is refused by name.
+/// The items of `inputs` (each with its name, `input[3]`), their URLs fetched (a request's share
+/// of the fetch slots at once, see [`Fetcher::fetch_all`]), in order. Without a fetcher a URL is
+/// refused by name.
 pub async fn resolve(
     fetcher: Option<&Fetcher>,
     param: &'static str,
     inputs: Vec<(String, Input)>,
 ) -> Result<Vec<Item>, ApiError> {
-    let mut fetches = tokio::task::JoinSet::new();
+    let mut urls = Vec::new();
     let mut items: Vec<Option<Item>> = Vec::with_capacity(inputs.len());
     let mut names = Vec::with_capacity(inputs.len());
-    for (i, (at, input)) in inputs.into_iter().enumerate() {
+    for (at, input) in inputs {
         match input {
             Input::Item(item) => items.push(Some(item)),
             Input::Url(url) => {
-                let Some(fetcher) = fetcher else {
+                if fetcher.is_none() {
                     return Err(invalid(param, &at, NO_URLS));
-                };
-                let fetcher = fetcher.clone();
-                fetches.spawn(async move { (i, fetcher.fetch(&url).await) });
+                }
+                urls.push((items.len(), url));
                 items.push(None);
             }
         }
         names.push(at);
     }
-    // The first failure in input order is the one reported.
-    let mut failed: Option<(usize, FetchError)> = None;
-    while let Some(joined) = fetches.join_next().await {
-        let (i, fetched) = joined.map_err(|e| {
-            tracing::error!(error = %e, "an image fetch task failed");
-            ApiError::from(crate::common::ServiceError::Internal(
-                "an image fetch failed; the server logged the details".into(),
-            ))
-        })?;
-        match fetched {
-            Ok(bytes) => items[i] = Some(Item::Image(bytes)),
-            Err(e) if failed.as_ref().is_none_or(|(j, _)| i < *j) => failed = Some((i, e)),
-            Err(_) => {}
+    if let Some(fetcher) = fetcher
+        && !urls.is_empty()
+    {
+        let (at, urls): (Vec<usize>, Vec<String>) = urls.into_iter().unzip();
+        // The first failure in input order is the one reported.
+        for (i, fetched) in at.into_iter().zip(fetcher.fetch_all(urls).await) {
+            match fetched {
+                Ok(bytes) => items[i] = Some(Item::Image(bytes)),
+                Err(e) => return Err(fetch_failed(param, &names[i], &e)),
+            }
         }
-    }
-    if let Some((i, e)) = failed {
-        return Err(fetch_failed(param, &names[i], &e));
     }
     Ok(items.into_iter().flatten().collect())
 }

@@ -57,7 +57,8 @@ use crate::{
     security::ApiKeys,
 };
 
-pub use serve::{ConnectionRules, PeerAddr, serve};
+pub use call::PeerAddr;
+pub use serve::{ConnectionRules, serve};
 
 /// What the HTTP API serves, and with which settings.
 pub struct Services {
@@ -109,6 +110,8 @@ pub fn router(services: Services) -> Router {
         .merge(collections::routes(api.clone()))
         .merge(immich::routes(api))
         .merge(pages::routes())
-        .layer(axum::middleware::from_fn_with_state(guard, guard::guard));
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+        // The peer address, for the key check (`call.rs`).
+        .layer(axum::middleware::from_fn(call::peer_scope));
     probes::routes(embed, retrieve).merge(api_routes)
 }

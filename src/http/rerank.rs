@@ -166,6 +166,8 @@ async fn run(api: &Api, request: RerankRequest) -> Result<Response, ApiError> {
             document(&at, v, rank_fields.as_deref()).map(|input| (at, input))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // The query and each candidate.
+    super::call::charge(candidates.len() + 1)?;
     let candidates = inputs::resolve(api.fetcher.as_ref(), "documents", candidates)
         .await?
         .into_iter()

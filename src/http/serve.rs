@@ -10,9 +10,9 @@
 //!   connections are closed;
 //! - bodies have their own deadline and minimum rate (`super::body`).
 //!
-//! Each request carries the peer's address (`ConnectInfo<SocketAddr>` and [`PeerAddr`]).
+//! Each request carries the peer's address (`ConnectInfo<SocketAddr>` and `call::PeerAddr`).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
@@ -23,11 +23,8 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
+use super::call::PeerAddr;
 use crate::{admission::connections::ConnectionLimit, security::TlsFiles};
-
-/// The peer address of the connection a request came on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// How a listener treats its connections.
 #[derive(Clone)]

@@ -46,7 +46,13 @@ pub struct Metrics {
     decode_reserved_bytes: IntGauge,
     usage: IntCounterVec,
     image_fetches: IntCounterVec,
+    /// `--metrics-key-names`: usage series carry each key's name; off, all keys count under
+    /// [`REDACTED_KEY`].
+    key_names: bool,
 }
+
+/// The `key` label of usage series without `--metrics-key-names`.
+pub const REDACTED_KEY: &str = "redacted";
 
 /// Classify's instruments: the text-embedding cache and label-set builds.
 #[derive(Clone)]
@@ -284,7 +290,7 @@ impl Metrics {
         let usage = IntCounterVec::new(
             Opts::new(
                 "clip_usage_total",
-                "Usage per API key (its name): requests, images and text tokens embedded, rerank documents",
+                "Usage per API key (its name with --metrics-key-names, else all keys as key=\"redacted\"): requests, images and text tokens embedded, rerank documents",
             ),
             &["key", "kind"],
         )?;
@@ -292,7 +298,7 @@ impl Metrics {
         let image_fetches = IntCounterVec::new(
             Opts::new(
                 "clip_image_fetches_total",
-                "Image URL fetches (--fetch-image-urls) by outcome: ok, refused, too_large, timeout, error",
+                "Image URL fetches (--fetch-image-urls) by outcome: ok, refused, too_large, timeout, error, busy (the byte budget was full)",
             ),
             &["outcome"],
         )?;
@@ -300,6 +306,7 @@ impl Metrics {
         Ok(Metrics {
             usage,
             image_fetches,
+            key_names: false,
             decode_reserved_bytes,
             store_records_skipped,
             text_batch_length,
@@ -329,8 +336,18 @@ impl Metrics {
         self.classify.clone()
     }
 
-    /// The usage counter of `kind` for the key named `key`.
+    /// `--metrics-key-names`: label usage series with key names (off by default: `/metrics` is
+    /// often readable by more people than the key file, and names or hash prefixes tell them which
+    /// keys exist and how busy each is).
+    pub fn with_key_names(mut self, on: bool) -> Self {
+        self.key_names = on;
+        self
+    }
+
+    /// The usage counter of `kind` for the key named `key` (counted under [`REDACTED_KEY`]
+    /// without `--metrics-key-names`).
     pub fn usage_counter(&self, key: &str, kind: &str) -> IntCounter {
+        let key = if self.key_names { key } else { REDACTED_KEY };
         self.usage.with_label_values(&[key, kind])
     }
 

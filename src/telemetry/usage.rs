@@ -1,5 +1,6 @@
 //! Usage per API key: `clip_usage_total{key, kind}` with kinds `requests`, `images`,
-//! `text_tokens` and `rerank_documents`.
+//! `text_tokens` and `rerank_documents`. The `key` label is the key's name only with
+//! `--metrics-key-names`; by default every key counts under `key="redacted"`.
 //!
 //! The doors know who is calling (the key's name, never the key) and scope a [`Usage`] around the
 //! call's future (a tokio task-local); the domain records what it computed where it computes it
@@ -104,8 +105,32 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn usage_is_counted_per_key_inside_a_scope_only() {
+    async fn key_names_stay_out_of_metrics_unless_asked() {
         let metrics = Metrics::new().unwrap();
+        for key in ["alice", "key-1a2b3c4d"] {
+            scoped(Some(Usage::for_key(&metrics, key.into())), async {
+                record(UsageKind::Images, 2);
+            })
+            .await;
+        }
+        let text = metrics.render();
+        assert!(
+            !text.contains("alice") && !text.contains("key-1a2b"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clip_usage_total{key=\"redacted\",kind=\"images\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clip_usage_total{key=\"redacted\",kind=\"requests\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_is_counted_per_key_inside_a_scope_only() {
+        let metrics = Metrics::new().unwrap().with_key_names(true);
         record(UsageKind::Images, 5); // no scope: nothing
         let alice = Usage::for_key(&metrics, "alice".into());
         scoped(Some(alice.clone()), async {

@@ -1,6 +1,10 @@
-//! Named API keys, usage per key and per-key rate limits, on both doors.
+//! Named API keys, usage per key and per-key rate limits (in items), on both doors; key names kept
+//! out of /metrics unless asked; failed key checks throttled per peer address.
+
+use std::time::{Duration, Instant};
 
 use clip_serve::grpc::pb;
+use tokio_stream::StreamExt;
 use tonic::{Code, metadata::MetadataValue};
 use tonic_types::StatusExt;
 
@@ -31,9 +35,10 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: &str, key: &str) -> 
 async fn named_keys_are_metered_and_rate_limited_per_key_on_both_doors() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("keys");
-    std::fs::write(&file, "alice:sk-alice rate=1:2\nsk-bare\n").unwrap();
+    std::fs::write(&file, "alice:sk-alice rate=1:4\nsk-bare\n").unwrap();
     let mut cfg = config(&tiny_model());
     cfg.api_key_file = Some(file);
+    cfg.metrics_key_names = true;
     let server = serve(cfg).await;
     let http = server.server.http_addr;
     let texts = |key: &str| {
@@ -46,7 +51,8 @@ async fn named_keys_are_metered_and_rate_limited_per_key_on_both_doors() {
         );
         r
     };
-    // alice may burst 2 requests: two gRPC calls, then the third (over either door) is refused.
+    // alice may burst 4 items: two gRPC calls of two texts, then the third (over either door) is
+    // refused. (Rate limits count items: with a limit per call, a burst of 4 would let 4 through.)
     for _ in 0..2 {
         server
             .embed()
@@ -114,4 +120,115 @@ async fn named_keys_are_metered_and_rate_limited_per_key_on_both_doors() {
         !metrics.contains("sk-bare") && !metrics.contains("sk-alice"),
         "keys never show"
     );
+}
+
+fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
+    );
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_names_stay_off_metrics_and_streams_pay_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "alice:sk-alice rate=5:1\nsk-bare\n").unwrap();
+    let mut cfg = config(&tiny_model());
+    cfg.api_key_file = Some(file);
+    let server = serve(cfg).await;
+    let http = server.server.http_addr;
+
+    // A stream of 8 items on a key of 5 items/s, burst 1: the key check spends the burst (and
+    // pays for the first item), the other 7 come at 5 a second, so the stream takes 1.4 s.
+    let items: Vec<_> = (0..8)
+        .map(|i| pb::EmbedStreamRequest {
+            id: format!("{i}"),
+            item: Some(pb::embed_stream_request::Item::Text("a cat".into())),
+        })
+        .collect();
+    let started = Instant::now();
+    let replies: Vec<_> = server
+        .embed()
+        .embed_stream(with_key(tokio_stream::iter(items), "sk-alice"))
+        .await
+        .expect("the stream opens")
+        .into_inner()
+        .collect()
+        .await;
+    let took = started.elapsed();
+    assert_eq!(replies.len(), 8);
+    for reply in &replies {
+        let reply = reply
+            .as_ref()
+            .expect("every item waits its turn, none fails");
+        assert!(
+            matches!(
+                reply.result,
+                Some(pb::embed_stream_response::Result::Embedding(_))
+            ),
+            "{reply:?}"
+        );
+    }
+    assert!(
+        took >= Duration::from_millis(1200),
+        "8 items at 5/s after a burst of 1 took {took:?}"
+    );
+
+    let (code, _) = post(
+        http,
+        "/v1/embeddings",
+        r#"{"input": ["a", "b"]}"#,
+        "sk-bare",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let metrics = try_get_metrics(http).await;
+    assert!(
+        !metrics.contains("alice") && !metrics.contains("key=\"key-"),
+        "no key names or hash prefixes without --metrics-key-names:\n{metrics}"
+    );
+    let requests = metric_value(
+        &metrics,
+        "clip_usage_total{key=\"redacted\",kind=\"requests\"}",
+    );
+    assert_eq!(requests, Some(2.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_key_checks_are_throttled_per_peer_address() {
+    let mut cfg = config(&tiny_model());
+    cfg.api_key = Some(clip_serve::security::Secret("sk-right".into()));
+    cfg.auth_failures_per_minute = 3;
+    let server = serve(cfg).await;
+    let texts = || pb::EmbedTextsRequest {
+        texts: vec!["a".into()],
+    };
+    for _ in 0..3 {
+        let e = server
+            .embed()
+            .embed_texts(with_key(texts(), "sk-wrong"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    // This address spent its failures: even the right key gets a quick RESOURCE_EXHAUSTED, with
+    // when to retry.
+    let e = server
+        .embed()
+        .embed_texts(with_key(texts(), "sk-right"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("too many failed API key checks"),
+        "{e:?}"
+    );
+    let delay = e
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(delay > Duration::from_secs(30), "{delay:?}");
 }

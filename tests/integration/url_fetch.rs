@@ -2,10 +2,17 @@
 //! `--fetch-allow-hosts 127.0.0.1` its URL embeds as its base64 does, and the refusals name the
 //! input and say why (loopback, a redirect to a disallowed host, over the size, too slow).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use crate::{common::*, http_clients::*};
-use clip_serve::embed::fetch::FetchConfig;
+use clip_serve::{
+    admission::bytes::ByteBudget,
+    embed::fetch::{CHARGE_STEP, FetchConfig, FetchError, Fetcher},
+};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -16,7 +23,9 @@ const MAX_BYTES: usize = 200_000;
 
 /// Serves `/cat.jpg` (labelled text/plain: the format comes from the content), `/moved` (302 to
 /// `/cat.jpg`), `/to-localhost` (302 to https://localhost, not allowed), `/big` (chunked, over
-/// the limit, no Content-Length) and `/slow` (answers after 5 s). One request per connection.
+/// the limit, no Content-Length), `/slow` (answers after 5 s), `/stall` (declares 190,000 bytes,
+/// sends 70 KiB and stalls for 5 s) and `/hold` (the photo after 150 ms, counting in [`HOLDING`]
+/// and [`MOST_HELD`]). One request per connection.
 async fn image_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -72,6 +81,27 @@ async fn image_server() -> SocketAddr {
                         }
                         b"0\r\n\r\n".to_vec()
                     }
+                    "/stall" => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 190000\r\nConnection: close\r\n\r\n")
+                            .await;
+                        let _ = stream.write_all(&vec![0xffu8; 70 * 1024]).await;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return;
+                    }
+                    "/hold" => {
+                        let now = HOLDING.fetch_add(1, Ordering::SeqCst) + 1;
+                        MOST_HELD.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        HOLDING.fetch_sub(1, Ordering::SeqCst);
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            cat.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(&cat);
+                        r
+                    }
                     "/slow" => {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_vec()
@@ -89,6 +119,10 @@ async fn image_server() -> SocketAddr {
     addr
 }
 
+/// `/hold` requests being answered now, and the most at once (only one test uses `/hold`).
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
+static MOST_HELD: AtomicUsize = AtomicUsize::new(0);
+
 fn fetch_config(allow: &[&str]) -> FetchConfig {
     FetchConfig {
         allow_hosts: allow.iter().map(|p| p.parse().unwrap()).collect(),
@@ -96,6 +130,7 @@ fn fetch_config(allow: &[&str]) -> FetchConfig {
         timeout: Duration::from_secs(1),
         max_redirects: 2,
         concurrency: 4,
+        per_request: 2,
     }
 }
 
@@ -148,7 +183,7 @@ async fn allowed_urls_embed_like_their_bytes_and_bad_ones_are_refused_by_name() 
     for (input, want) in [
         (
             json!(["a", {"image": url("/to-localhost")}]),
-            "input[1]: the image URL was refused: localhost resolves to a loopback address",
+            "input[1]: the image URL was refused: localhost resolves to a non-public address;",
         ),
         (
             json!([{"image": url("/big")}]),
@@ -229,6 +264,104 @@ async fn loopback_needs_an_allow_and_urls_need_the_flag() {
     assert_eq!(reply.status, 400);
     assert!(
         message(&reply).starts_with("input[0]: image URL fetching is not enabled"),
+        "{}",
+        reply.text
+    );
+}
+
+fn charged_fetcher(budget: &ByteBudget) -> Fetcher {
+    let counter =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("f", "f"), &["outcome"]).unwrap();
+    Fetcher::new(fetch_config(&["127.0.0.1"]), counter, Some(budget.clone())).unwrap()
+}
+
+#[tokio::test]
+async fn fetched_bodies_are_charged_to_the_byte_budget_as_they_arrive() {
+    let images = image_server().await;
+    let gauge = prometheus::IntGauge::new("bytes", "b").unwrap();
+    let budget = ByteBudget::new(1 << 20, gauge.clone());
+    let fetcher = charged_fetcher(&budget);
+
+    // 190,000 bytes declared, 70 KiB sent, then nothing: what arrived is charged (in 64 KiB
+    // steps), never the declared length, and all of it comes back when the fetch gives up.
+    let stalled = {
+        let (fetcher, url) = (fetcher.clone(), format!("http://{images}/stall"));
+        tokio::spawn(async move { fetcher.fetch(&url).await })
+    };
+    let mut held = 0;
+    for _ in 0..400 {
+        held = gauge.get();
+        if held >= 70 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(held, 2 * CHARGE_STEP as i64, "70 KiB arrived: two steps");
+    let e = stalled.await.unwrap().unwrap_err();
+    assert_eq!(e.outcome(), "timeout", "{e}");
+    assert_eq!(gauge.get(), 0, "a failed fetch gives its bytes back");
+
+    // A fetched image holds its charge until the last copy of its bytes is dropped.
+    let cat = fetcher
+        .fetch(&format!("http://{images}/cat.jpg"))
+        .await
+        .unwrap();
+    assert_eq!(cat.len(), image(CAT).len());
+    assert_eq!(gauge.get(), CHARGE_STEP as i64);
+    let copy = cat.clone();
+    drop(cat);
+    assert_eq!(gauge.get(), CHARGE_STEP as i64);
+    drop(copy);
+    assert_eq!(gauge.get(), 0);
+
+    // A budget that cannot take the body refuses the fetch at once (429 at the door), long before
+    // --fetch-timeout.
+    let small = ByteBudget::new(CHARGE_STEP as u64, gauge.clone());
+    let started = std::time::Instant::now();
+    let e = charged_fetcher(&small)
+        .fetch(&format!("http://{images}/stall"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Busy(_)), "{e}");
+    assert!(e.to_string().contains("--max-inflight-bytes"), "{e}");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(gauge.get(), 0);
+}
+
+#[tokio::test]
+async fn one_request_takes_its_share_of_the_fetch_slots_and_429s_on_a_full_budget() {
+    let images = image_server().await;
+    let mut cfg = config(&tiny_model());
+    // 4 slots in all, 2 per request.
+    cfg.fetch = Some(fetch_config(&["127.0.0.1"]));
+    let server = serve(cfg).await;
+    let urls: Vec<Value> = (0..6)
+        .map(|_| json!({"url": format!("http://{images}/hold")}))
+        .collect();
+    let reply = embeddings(server.server.http_addr, Value::Array(urls)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json()["data"].as_array().map(Vec::len), Some(6));
+    assert_eq!(
+        MOST_HELD.load(Ordering::SeqCst),
+        2,
+        "--fetch-concurrency-per-request 2 of --fetch-concurrency 4"
+    );
+
+    // The fetched body is charged to --max-inflight-bytes: with less than a step free, a body
+    // that arrives gets a quick 429, not a 400 after --fetch-timeout.
+    let mut cfg = config(&tiny_model());
+    cfg.fetch = Some(fetch_config(&["127.0.0.1"]));
+    cfg.max_inflight_bytes = CHARGE_STEP as u64;
+    let tight = serve(cfg).await;
+    let reply = embeddings(
+        tight.server.http_addr,
+        json!([{"url": format!("http://{images}/stall")}]),
+    )
+    .await;
+    assert_eq!(reply.status, 429, "{}", reply.text);
+    assert!(
+        message(&reply)
+            .starts_with("input[0]: the image URL: the server holds as many request bytes"),
         "{}",
         reply.text
     );
