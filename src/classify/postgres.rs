@@ -4,6 +4,18 @@
 //!
 //! Creating a set checks the name and the limits (`--max-label-sets`, `--max-label-set-prompts`)
 //! over every replica's sets, under one advisory lock, in the transaction that inserts it.
+//!
+//! Changes made through other replicas are noticed by reading one number each second
+//! (`clip_label_sets_version`, bumped by a trigger on every change): the definitions are read
+//! again only when it moved.
+//!
+//! Cancellation: a call whose future is dropped has its statement cancelled and its connection
+//! closed; each change is one statement or one transaction, so it happened whole or not at all.
+
+use std::sync::{
+    Mutex, PoisonError,
+    atomic::{AtomicU64, Ordering},
+};
 
 use super::prompts::LabelSetSpec;
 use crate::{
@@ -13,20 +25,66 @@ use crate::{
 
 pub struct LabelSetStore {
     pool: Pool,
+    /// `clip_label_sets_version` when the definitions were last read (`None`: never).
+    seen_version: Mutex<Option<i64>>,
+    /// How many times every definition was read.
+    loads: AtomicU64,
 }
 
 impl LabelSetStore {
     pub fn new(pool: Pool) -> Self {
-        LabelSetStore { pool }
+        LabelSetStore {
+            pool,
+            seen_version: Mutex::new(None),
+            loads: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times [`Self::load`] read every definition (a metric for tests).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// The label sets' change counter now.
+    async fn version(&self) -> Result<i64, ServiceError> {
+        let conn = client(&self.pool).await?;
+        let row = conn
+            .query_one("SELECT version FROM clip_label_sets_version", &[])
+            .await
+            .map_err(pg_error);
+        let row = conn.done(row)?;
+        col(&row, "version")
+    }
+
+    /// Every stored definition when they changed since the last [`Self::load`] (by any replica),
+    /// `None` when they did not: one row read.
+    pub async fn load_if_changed(&self) -> Result<Option<Vec<LabelSetSpec>>, ServiceError> {
+        let now = self.version().await?;
+        let seen = *self
+            .seen_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen == Some(now) {
+            return Ok(None);
+        }
+        self.load().await.map(Some)
     }
 
     /// Every stored definition, by name; one that does not decode is logged and skipped.
     pub async fn load(&self) -> Result<Vec<LabelSetSpec>, ServiceError> {
-        let client = client(&self.pool).await?;
-        let rows = client
+        // The counter first: a change between the two reads makes the next check read again.
+        let version = self.version().await?;
+        let conn = client(&self.pool).await?;
+        let rows = conn
             .query("SELECT name, spec FROM clip_label_sets ORDER BY name", &[])
             .await
-            .map_err(pg_error)?;
+            .map_err(pg_error);
+        let rows = conn.done(rows)?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        *self
+            .seen_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(version);
         let mut specs = Vec::new();
         for row in rows {
             let name: String = col(&row, "name")?;
@@ -63,8 +121,9 @@ impl LabelSetStore {
         }
         let json = serde_json::to_value(spec).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let prompts = i32::try_from(texts).unwrap_or(i32::MAX);
-        let mut client = client(&self.pool).await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let mut conn = client(&self.pool).await?;
+        let inserted = async {
+        let tx = conn.transaction().await.map_err(pg_error)?;
         tx.execute(
             "SELECT pg_advisory_xact_lock($1)",
             &[&schema::LABEL_SET_LOCK],
@@ -110,16 +169,19 @@ impl LabelSetStore {
         .await
         .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)
+        }
+        .await;
+        conn.done(inserted)
     }
 
     /// Deletes a definition; false when there was none.
     pub async fn delete(&self, name: &str) -> Result<bool, ServiceError> {
-        let client = client(&self.pool).await?;
-        let n = client
+        let conn = client(&self.pool).await?;
+        let n = conn
             .execute("DELETE FROM clip_label_sets WHERE name = $1", &[&name])
             .await
-            .map_err(pg_error)?;
-        Ok(n > 0)
+            .map_err(pg_error);
+        Ok(conn.done(n)? > 0)
     }
 }
 
@@ -136,12 +198,35 @@ impl super::ClassifyService {
         self.refresh_locked().await
     }
 
+    /// [`Self::refresh`] when another replica changed a label set since this one last read them
+    /// (one number read; the definitions only when it moved). What the store watcher runs each
+    /// second.
+    pub async fn refresh_if_changed(&self) -> Result<(), ServiceError> {
+        let Some(shared) = &self.inner.shared else {
+            return Ok(());
+        };
+        let _store = self.inner.store_lock.lock().await;
+        match shared.load_if_changed().await? {
+            Some(specs) => {
+                self.apply_shared(specs);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// [`Self::refresh`], the caller holding the store lock.
     pub(super) async fn refresh_locked(&self) -> Result<(), ServiceError> {
         let Some(shared) = &self.inner.shared else {
             return Ok(());
         };
         let specs = shared.load().await?;
+        self.apply_shared(specs);
+        Ok(())
+    }
+
+    /// Makes this replica's client-created sets `specs` (the shared store's).
+    fn apply_shared(&self, specs: Vec<LabelSetSpec>) {
         let mut added = Vec::new();
         {
             let mut sets = self.inner.write_sets();
@@ -183,7 +268,6 @@ impl super::ClassifyService {
         for name in added {
             self.start_build(&name);
         }
-        Ok(())
     }
 
     /// Refreshes when `name` is unknown here (it may have been created through another replica).
