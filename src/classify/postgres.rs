@@ -48,10 +48,14 @@ impl LabelSetStore {
     /// The label sets' change counter now.
     async fn version(&self) -> Result<i64, ServiceError> {
         let conn = client(&self.pool).await?;
-        let row = conn
-            .query_one("SELECT version FROM clip_label_sets_version", &[])
-            .await
-            .map_err(pg_error);
+        let row = async {
+            let stmt = conn
+                .prepare_cached("SELECT version FROM clip_label_sets_version")
+                .await
+                .map_err(pg_error)?;
+            conn.query_one(&stmt, &[]).await.map_err(pg_error)
+        }
+        .await;
         let row = conn.done(row)?;
         col(&row, "version")
     }
@@ -270,11 +274,13 @@ impl super::ClassifyService {
         }
     }
 
-    /// Refreshes when `name` is unknown here (it may have been created through another replica).
+    /// Refreshes when `name` is unknown here (it may have been created through another replica)
+    /// and the label sets changed since they were last read: calls naming sets that exist
+    /// nowhere cost one number read each, not every definition.
     pub(super) async fn refresh_if_unknown(&self, name: &str) -> Result<(), ServiceError> {
         if self.inner.shared.is_none() || self.inner.read_sets().contains_key(name) {
             return Ok(());
         }
-        self.refresh().await
+        self.refresh_if_changed().await
     }
 }

@@ -259,6 +259,12 @@ pub fn unavailable() -> ServiceError {
 const READ_ONLY: &str =
     "the shared store (PostgreSQL) is read-only now (a failover?); nothing was written; retry";
 
+/// A statement cancelled by `statement_timeout`, a lock wait ended by `lock_timeout`: the
+/// connection is fine.
+const STATEMENT_TIMEOUT: &str =
+    "the shared store (PostgreSQL) took too long (--postgres-statement-timeout); retry";
+const LOCK_TIMEOUT: &str = "the shared store (PostgreSQL) is busy with a conflicting change (--postgres-lock-timeout); retry";
+
 /// A PostgreSQL error as the client sees it: connection trouble, a read-only node (SQLSTATE
 /// 25006, after a failover), a statement over `statement_timeout` and a lock wait over
 /// `lock_timeout` are UNAVAILABLE, a serialization conflict ABORTED, anything else INTERNAL
@@ -277,16 +283,10 @@ pub fn pg_error(e: tokio_postgres::Error) -> ServiceError {
         ServiceError::Unavailable(READ_ONLY.into())
     } else if code == "57014" {
         tracing::warn!(error = %e, code, "a PostgreSQL statement ran past --postgres-statement-timeout");
-        ServiceError::Unavailable(
-            "the shared store (PostgreSQL) took too long (--postgres-statement-timeout); retry"
-                .into(),
-        )
+        ServiceError::Unavailable(STATEMENT_TIMEOUT.into())
     } else if code == "55P03" {
         tracing::warn!(error = %e, code, "a PostgreSQL lock wait ran past --postgres-lock-timeout");
-        ServiceError::Unavailable(
-            "the shared store (PostgreSQL) is busy with a conflicting change (--postgres-lock-timeout); retry"
-                .into(),
-        )
+        ServiceError::Unavailable(LOCK_TIMEOUT.into())
     } else if matches!(code, "40001" | "40P01") {
         ServiceError::Aborted(
             "the write conflicted with a concurrent one in PostgreSQL; nothing was written; retry"
@@ -327,10 +327,13 @@ impl Conn {
     /// The call is over (answered): `result` is handed through, and the connection goes back to
     /// the pool, or is closed when the result says PostgreSQL is unavailable or read-only (then
     /// the pool's idle connections are dropped too, so that the next calls reconnect, possibly to
-    /// the new primary).
+    /// the new primary). A timeout leaves the connection as it was.
     pub fn done<T>(mut self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
         let obj = self.obj.take();
-        if let Err(ServiceError::Unavailable(message)) = &result {
+        if let Err(ServiceError::Unavailable(message)) = &result
+            && message != STATEMENT_TIMEOUT
+            && message != LOCK_TIMEOUT
+        {
             if let Some(obj) = obj {
                 drop(Object::take(obj));
             }

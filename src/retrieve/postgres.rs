@@ -110,6 +110,9 @@ fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
 const DEFAULT_EF_SEARCH: usize = 200;
 const MAX_EF_SEARCH: usize = 1000;
 
+/// Most collection incarnations whose count and index kind are remembered.
+const MAX_SEEN: usize = 4096;
+
 const COLUMNS: &str = "name, id, dimension, model, count, index_kind";
 
 impl PgStore {
@@ -151,10 +154,13 @@ impl PgStore {
         let id: String = col(row, "id")?;
         let kind: String = col(row, "index_kind")?;
         let count = count_of(row, "count")?;
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, (count, IndexKind::parse(&kind)));
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // Collections deleted through other replicas are never removed here one by one: the map
+        // starts over past a bound (each entry is read again with its collection).
+        if seen.len() >= MAX_SEEN && !seen.contains_key(&id) {
+            seen.clear();
+        }
+        seen.insert(id, (count, IndexKind::parse(&kind)));
         Ok(())
     }
 
