@@ -107,6 +107,7 @@ impl LabelSetStore {
     }
 
     /// Stores a new definition, durably, unless its name exists or it would exceed the limits.
+    /// One transaction: dropped mid-way, cancelled and rolled back (or committed whole).
     pub async fn insert(
         &self,
         spec: &LabelSetSpec,
@@ -178,7 +179,8 @@ impl LabelSetStore {
         conn.done(inserted)
     }
 
-    /// Deletes a definition; false when there was none.
+    /// Deletes a definition; false when there was none. One statement: dropped mid-way, it
+    /// happened or not.
     pub async fn delete(&self, name: &str) -> Result<bool, ServiceError> {
         let conn = client(&self.pool).await?;
         let n = conn

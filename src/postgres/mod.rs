@@ -91,6 +91,8 @@ pub const MAX_CACHED_STATEMENTS: usize = 128;
 pub struct Pool {
     inner: deadpool_postgres::Pool,
     tls: MakeRustlsConnect,
+    /// How long a connection whose call was abandoned may take to be idle again.
+    probe_timeout: Duration,
 }
 
 impl Deref for Pool {
@@ -152,7 +154,11 @@ pub fn pool(config: &PgConfig) -> anyhow::Result<Pool> {
         }))
         .build()
         .map_err(|e| anyhow::anyhow!("the PostgreSQL pool: {e}"))?;
-    Ok(Pool { inner, tls })
+    Ok(Pool {
+        inner,
+        tls,
+        probe_timeout: config.connect_timeout,
+    })
 }
 
 /// The `SET`s every new session runs: milliseconds, at least 1 unless zero (PostgreSQL's "no
@@ -313,11 +319,13 @@ pub fn pool_error(e: PoolError) -> ServiceError {
 /// A connection from the pool, or UNAVAILABLE. Dereferences to deadpool's pooled client.
 ///
 /// Cancellation: a `Conn` dropped before [`Conn::done`] (the call's future was dropped: the
-/// client hung up, a deadline passed) is taken out of the pool, the statement it may be running is
-/// cancelled with PostgreSQL's cancel request, and the connection is closed. PostgreSQL rolls back
-/// a transaction left open, so a write either committed (its COMMIT had been sent) or left
-/// nothing. The connection is never reused: a cancel that arrives late cannot hit another call's
-/// statement.
+/// client hung up, a deadline passed) has the statement it may be running cancelled with
+/// PostgreSQL's cancel request, at once, in a task of its own. PostgreSQL rolls back a transaction
+/// left open (tokio-postgres sends ROLLBACK for a dropped one), so a write either committed (its
+/// COMMIT had been sent) or left nothing. The connection counts against the pool until then; it
+/// goes back only once a probe queued behind the cancelled work answers (so a late cancel cannot
+/// hit another call's statement), and is closed instead when the probe fails or takes longer
+/// than the connect timeout.
 pub struct Conn {
     obj: Option<Object>,
     pool: Pool,
@@ -369,22 +377,31 @@ impl Drop for Conn {
         let Some(obj) = self.obj.take() else {
             return;
         };
-        let token = obj.cancel_token();
-        let client = Object::take(obj);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Shutting down: closing the connection ends its session.
+            drop(Object::take(obj));
+            return;
+        };
         let tls = self.pool.tls.clone();
-        let cancel = async move {
-            if let Err(e) = token.cancel_query(tls).await {
+        let probe_timeout = self.pool.probe_timeout;
+        runtime.spawn(async move {
+            let token = obj.cancel_token();
+            let cancelled = token.cancel_query(tls).await;
+            if let Err(e) = &cancelled {
                 tracing::debug!(error = %e, "cancelling an abandoned PostgreSQL statement");
             }
-            // Closing the connection rolls back what it had open.
-            drop(client);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(cancel);
+            // The probe runs after what the connection had queued (the abandoned statement, the
+            // ROLLBACK of a dropped transaction): once it answers, the cancel has been spent.
+            let idle = cancelled.is_ok()
+                && matches!(
+                    tokio::time::timeout(probe_timeout, obj.simple_query("SELECT 1")).await,
+                    Ok(Ok(_))
+                );
+            if !idle {
+                // Closing the connection ends its session (and rolls back what it had open).
+                drop(Object::take(obj));
             }
-            Err(_) => tracing::debug!("no runtime to cancel an abandoned PostgreSQL statement"),
-        }
+        });
     }
 }
 

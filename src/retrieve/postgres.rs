@@ -303,6 +303,8 @@ impl CollectionStore for PgStore {
         crate::postgres::ping(&self.pool).await
     }
 
+    /// One transaction (the row and the item table). Dropped mid-way: cancelled and rolled
+    /// back, or committed whole if its COMMIT had been sent.
     async fn create(
         &self,
         meta: CollectionMeta,
@@ -409,6 +411,8 @@ impl CollectionStore for PgStore {
         rows.iter().map(info_of).collect()
     }
 
+    /// One transaction (the row and the item table). Dropped mid-way: cancelled and rolled
+    /// back, or committed whole if its COMMIT had been sent.
     async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
         let mut conn = self.client().await?;
         let dropped = async {
@@ -442,6 +446,8 @@ impl CollectionStore for PgStore {
         Ok(())
     }
 
+    /// One transaction (the items and the count). Dropped mid-way: cancelled and rolled back,
+    /// or committed whole if its COMMIT had been sent.
     async fn upsert(
         &self,
         meta: &CollectionMeta,
@@ -489,6 +495,8 @@ impl CollectionStore for PgStore {
         conn.done(upserted)
     }
 
+    /// One transaction (the items and the count). Dropped mid-way: cancelled and rolled back,
+    /// or committed whole if its COMMIT had been sent.
     async fn delete(
         &self,
         meta: &CollectionMeta,
@@ -512,6 +520,7 @@ impl CollectionStore for PgStore {
         conn.done(deleted)
     }
 
+    /// Reads only; dropped mid-way, its statement is cancelled.
     async fn search(
         &self,
         meta: &CollectionMeta,

@@ -130,7 +130,8 @@ async fn postgres_a_dropped_call_has_its_statement_cancelled_and_writes_nothing(
         return;
     };
     let mut cfg = pg(&url);
-    // No timeouts: only the cancel can end the wait.
+    // No timeouts: only the cancel can end the wait. One connection: it must come back.
+    cfg.pool_size = 1;
     cfg.statement_timeout = Duration::ZERO;
     cfg.lock_timeout = Duration::ZERO;
     let store = store_with(&cfg).await;
@@ -164,6 +165,27 @@ async fn postgres_a_dropped_call_has_its_statement_cancelled_and_writes_nothing(
         assert!(
             Instant::now() < deadline,
             "the abandoned statement still runs after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its transaction is rolled back, not left open (the lock holder has not let go yet).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let open: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND application_name = 'clip-serve' AND xact_start IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned transaction is still open after 1 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
