@@ -336,7 +336,8 @@ pub struct ServeArgs {
     pub postgres_connect_timeout: Duration,
 
     /// `statement_timeout` of every PostgreSQL session: a statement running longer is cancelled
-    /// and the call answered UNAVAILABLE (0: no limit).
+    /// and the call answered UNAVAILABLE; also its `idle_in_transaction_session_timeout` (a
+    /// replica frozen mid-write loses its locks) (0: no limit).
     #[arg(long, env = "CLIP_SERVE_POSTGRES_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub postgres_statement_timeout: Duration,
 

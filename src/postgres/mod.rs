@@ -162,7 +162,10 @@ pub fn pool(config: &PgConfig) -> anyhow::Result<Pool> {
 }
 
 /// The `SET`s every new session runs: milliseconds, at least 1 unless zero (PostgreSQL's "no
-/// limit"), at most PostgreSQL's largest.
+/// limit"), at most PostgreSQL's largest. A transaction left idle longer than the statement
+/// timeout (a replica frozen or cut off mid-write, holding its collection's row lock) is ended by
+/// PostgreSQL (`idle_in_transaction_session_timeout`), so it cannot block every other replica's
+/// writes to that collection.
 fn session_settings(statement_timeout: Duration, lock_timeout: Duration) -> String {
     let ms = |d: Duration| {
         if d.is_zero() {
@@ -172,7 +175,8 @@ fn session_settings(statement_timeout: Duration, lock_timeout: Duration) -> Stri
         }
     };
     format!(
-        "SET statement_timeout = {}; SET lock_timeout = {}",
+        "SET statement_timeout = {0}; SET lock_timeout = {1}; \
+         SET idle_in_transaction_session_timeout = {0}",
         ms(statement_timeout),
         ms(lock_timeout)
     )
@@ -471,11 +475,16 @@ mod tests {
     fn session_timeouts_are_whole_milliseconds_within_postgres_range() {
         assert_eq!(
             session_settings(Duration::from_secs(30), Duration::from_micros(10)),
-            "SET statement_timeout = 30000; SET lock_timeout = 1"
+            "SET statement_timeout = 30000; SET lock_timeout = 1; \
+             SET idle_in_transaction_session_timeout = 30000"
         );
         assert_eq!(
             session_settings(Duration::ZERO, Duration::from_secs(1 << 40)),
-            format!("SET statement_timeout = 0; SET lock_timeout = {}", i32::MAX)
+            format!(
+                "SET statement_timeout = 0; SET lock_timeout = {}; \
+                 SET idle_in_transaction_session_timeout = 0",
+                i32::MAX
+            )
         );
     }
 }

@@ -89,7 +89,9 @@ async fn postgres_sessions_have_a_statement_and_a_lock_timeout() {
     let pool = clip_serve::postgres::pool(&cfg).unwrap();
     let client = pool.get().await.unwrap();
     let shown: Vec<String> = client
-        .simple_query("SHOW statement_timeout; SHOW lock_timeout")
+        .simple_query(
+            "SHOW statement_timeout; SHOW lock_timeout; SHOW idle_in_transaction_session_timeout",
+        )
         .await
         .unwrap()
         .into_iter()
@@ -98,7 +100,7 @@ async fn postgres_sessions_have_a_statement_and_a_lock_timeout() {
             _ => None,
         })
         .collect();
-    assert_eq!(shown, ["300ms", "200ms"]);
+    assert_eq!(shown, ["300ms", "200ms", "300ms"]);
     // A statement past the timeout is cancelled by PostgreSQL.
     let started = Instant::now();
     let e = client.simple_query("SELECT pg_sleep(5)").await.unwrap_err();
