@@ -128,52 +128,52 @@ impl LabelSetStore {
         let prompts = i32::try_from(texts).unwrap_or(i32::MAX);
         let mut conn = client(&self.pool).await?;
         let inserted = async {
-        let tx = conn.transaction().await.map_err(pg_error)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&schema::LABEL_SET_LOCK],
-        )
-        .await
-        .map_err(pg_error)?;
-        let row = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM clip_label_sets WHERE name = $1) AS present,
-                        count(*) AS sets, coalesce(sum(prompts), 0)::bigint AS stored
-                 FROM clip_label_sets",
-                &[&spec.name],
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&schema::LABEL_SET_LOCK],
             )
             .await
             .map_err(pg_error)?;
-        let (present, sets, stored): (bool, i64, i64) = (
-            col(&row, "present")?,
-            col(&row, "sets")?,
-            col(&row, "stored")?,
-        );
-        if present {
-            return Err(ServiceError::AlreadyExists(format!(
-                "label set {:?} already exists",
-                spec.name
-            )));
-        }
-        let sets = usize::try_from(sets).unwrap_or(usize::MAX);
-        if sets >= max_sets {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "{sets} label sets stored, the limit (--max-label-sets); delete one first"
-            )));
-        }
-        let stored = usize::try_from(stored).unwrap_or(usize::MAX);
-        if stored.saturating_add(texts) > max_prompts {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "the stored label sets have {stored} prompts (labels x templates) and this one {texts}, over the limit of {max_prompts} together (--max-label-set-prompts); delete a set first"
-            )));
-        }
-        tx.execute(
-            "INSERT INTO clip_label_sets (name, spec, prompts) VALUES ($1, $2, $3)",
-            &[&spec.name, &json, &prompts],
-        )
-        .await
-        .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)
+            let row = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM clip_label_sets WHERE name = $1) AS present,
+                            count(*) AS sets, coalesce(sum(prompts), 0)::bigint AS stored
+                     FROM clip_label_sets",
+                    &[&spec.name],
+                )
+                .await
+                .map_err(pg_error)?;
+            let (present, sets, stored): (bool, i64, i64) = (
+                col(&row, "present")?,
+                col(&row, "sets")?,
+                col(&row, "stored")?,
+            );
+            if present {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "label set {:?} already exists",
+                    spec.name
+                )));
+            }
+            let sets = usize::try_from(sets).unwrap_or(usize::MAX);
+            if sets >= max_sets {
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "{sets} label sets stored, the limit (--max-label-sets); delete one first"
+                )));
+            }
+            let stored = usize::try_from(stored).unwrap_or(usize::MAX);
+            if stored.saturating_add(texts) > max_prompts {
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "the stored label sets have {stored} prompts (labels x templates) and this one {texts}, over the limit of {max_prompts} together (--max-label-set-prompts); delete a set first"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO clip_label_sets (name, spec, prompts) VALUES ($1, $2, $3)",
+                &[&spec.name, &json, &prompts],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)
         }
         .await;
         conn.done(inserted)
@@ -194,8 +194,9 @@ impl LabelSetStore {
 impl super::ClassifyService {
     /// Makes this replica's client-created sets those of the shared store: new ones are added
     /// (their classifiers computed in the background), deleted ones dropped, changed ones (deleted
-    /// and created again elsewhere) replaced. Nothing to do with the local store. Runs every few
-    /// seconds, and at once when a call names a set this replica does not know.
+    /// and created again elsewhere) replaced, whether they changed or not. Nothing to do with the
+    /// local store. The store watcher and calls naming a set this replica does not know use
+    /// [`Self::refresh_if_changed`].
     pub async fn refresh(&self) -> Result<(), ServiceError> {
         if self.inner.shared.is_none() {
             return Ok(());

@@ -470,26 +470,26 @@ impl CollectionStore for PgStore {
         let table = schema::items_table(&meta.id);
         let mut conn = self.client().await?;
         let upserted = async {
-        let tx = conn.transaction().await.map_err(pg_error)?;
-        Self::lock_current(&tx, meta).await?;
-        let sql = format!(
-            "INSERT INTO {table} (id, embedding, metadata)
-             SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
-             ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
-             RETURNING (xmax = 0) AS inserted"
-        );
-        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
-        let rows = tx
-            .query(&stmt, &[&ids, &vectors, &metadata])
-            .await
-            .map_err(pg_error)?;
-        let mut inserted = 0;
-        for row in &rows {
-            inserted += usize::from(col::<bool>(row, "inserted")?);
-        }
-        let count = Self::add_count(&tx, meta, inserted as i64).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(count)
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            Self::lock_current(&tx, meta).await?;
+            let sql = format!(
+                "INSERT INTO {table} (id, embedding, metadata)
+                 SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
+                 ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
+                 RETURNING (xmax = 0) AS inserted"
+            );
+            let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+            let rows = tx
+                .query(&stmt, &[&ids, &vectors, &metadata])
+                .await
+                .map_err(pg_error)?;
+            let mut inserted = 0;
+            for row in &rows {
+                inserted += usize::from(col::<bool>(row, "inserted")?);
+            }
+            let count = Self::add_count(&tx, meta, inserted as i64).await?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(count)
         }
         .await;
         conn.done(upserted)
