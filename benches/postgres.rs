@@ -100,6 +100,8 @@ async fn main() -> anyhow::Result<()> {
         ca_file: None,
         halfvec: false,
         ef_search: 40,
+        statement_timeout: Duration::from_secs(30),
+        lock_timeout: Duration::from_secs(5),
     };
     let shared = pool(&config(0))?;
     connect_and_migrate(&shared).await?;

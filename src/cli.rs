@@ -396,6 +396,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_POSTGRES_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub postgres_connect_timeout: Duration,
 
+    /// `statement_timeout` of every PostgreSQL session: a statement running longer is cancelled
+    /// and the call answered UNAVAILABLE; also its `idle_in_transaction_session_timeout` (a
+    /// replica frozen mid-write loses its locks) (0: no limit).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub postgres_statement_timeout: Duration,
+
+    /// `lock_timeout` of every PostgreSQL session: a statement waiting longer for a lock (a write
+    /// behind another on the same collection, a search behind a DeleteCollection) gives up,
+    /// UNAVAILABLE (0: no limit).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub postgres_lock_timeout: Duration,
+
     /// Longest item id, in bytes.
     #[arg(long, env = "CLIP_SERVE_MAX_ID_BYTES", default_value_t = 256)]
     pub max_id_bytes: u32,
@@ -815,6 +827,8 @@ impl ServeArgs {
                     ca_file: self.postgres_ca_file.clone(),
                     halfvec: self.postgres_halfvec,
                     ef_search: self.postgres_ef_search as usize,
+                    statement_timeout: self.postgres_statement_timeout,
+                    lock_timeout: self.postgres_lock_timeout,
                 }))
             }
         }
@@ -923,6 +937,10 @@ mod tests {
         };
         assert_eq!(pg.password.as_deref(), Some("s3cret"));
         assert_eq!((pg.pool_size, pg.exact_below), (4, 10_000));
+        assert_eq!(
+            (pg.statement_timeout, pg.lock_timeout),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
         // Neither the password nor the URL is ever printed.
         let shown = format!("{config:?}");
         assert!(

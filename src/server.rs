@@ -544,7 +544,9 @@ async fn watch_store(
 ) {
     let mut serving = true;
     loop {
-        if let Err(e) = classify.refresh().await {
+        // Reads the label sets' change counter; the definitions only when another replica changed
+        // them.
+        if let Err(e) = classify.refresh_if_changed().await {
             tracing::debug!(error = %e, "label sets not refreshed");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

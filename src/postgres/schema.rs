@@ -11,6 +11,26 @@
 //!   `embedding vector(dim)` with an HNSW index (cosine; dimensions up to 2000), `metadata jsonb`
 //!   with a GIN index (`jsonb_path_ops`, for `@>` filters).
 //! - `clip_label_sets`: client-created label set definitions (name, JSON spec, its prompt count).
+//! - `clip_label_sets_version`: one row, a number a trigger on `clip_label_sets` bumps with every
+//!   change (by any replica, of any version), so replicas notice changes by reading one number each
+//!   second instead of every definition.
+//!
+//! # Rolling upgrades: the compatibility rule
+//!
+//! During a rolling upgrade old and new replicas serve from one database at once, and the newest
+//! migrates it first. So:
+//! - A migration only adds: tables, columns (nullable or with a default, so an old replica's
+//!   `INSERT` that does not name them still works), indexes, triggers, functions. It never drops,
+//!   renames or retypes what an older replica reads or writes, nor adds a constraint its writes
+//!   would break.
+//! - Each migration records `min_reader`: the oldest schema version whose servers still work
+//!   against a database with it applied (for an additive migration, the version before it).
+//!   A server that finds a database newer than it knows starts (and migrates nothing) when every
+//!   newer migration's `min_reader` is at most its own version; otherwise it refuses.
+//! - Removing something is two releases: stop using it, then (once no replica that reads it can
+//!   be running) a migration that drops it with `min_reader` past the versions that read it.
+//! - Servers from before `min_reader` (schema 1 and 2) refuse any newer schema at start-up; once
+//!   migrated they keep serving, but restart only as the new version.
 
 use deadpool_postgres::tokio_postgres::Client;
 
@@ -21,11 +41,21 @@ pub const ADMIN_LOCK: i64 = 0x636c_6970_636f_6c6c;
 /// `pg_advisory_xact_lock` key that serializes creating label sets ("cliplabl").
 pub const LABEL_SET_LOCK: i64 = 0x636c_6970_6c61_626c;
 
-/// Each version's statements, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[
-    (
-        1,
-        "CREATE EXTENSION IF NOT EXISTS vector;
+/// One schema version: its statements and the oldest schema version that still works with it.
+pub struct Migration {
+    pub version: i32,
+    /// The oldest schema version whose servers work against a database with this applied.
+    pub min_reader: i32,
+    pub sql: &'static str,
+}
+
+/// Each version's statements, applied in order, each once. Follow the rule in the module doc:
+/// additive only.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        min_reader: 1,
+        sql: "CREATE EXTENSION IF NOT EXISTS vector;
      CREATE TABLE clip_collections (
          name text PRIMARY KEY,
          id text NOT NULL UNIQUE,
@@ -41,26 +71,61 @@ const MIGRATIONS: &[(i32, &str)] = &[
          prompts integer NOT NULL,
          created_at timestamptz NOT NULL DEFAULT now()
      );",
-    ),
-    (
-        2,
-        // How a collection's vectors are indexed: 'vector' (HNSW over the stored vectors),
-        // 'halfvec' (HNSW over them cast to half precision), 'none' (searched exactly).
-        "ALTER TABLE clip_collections ADD COLUMN index_kind text;
+    },
+    // How a collection's vectors are indexed: 'vector' (HNSW over the stored vectors),
+    // 'halfvec' (HNSW over them cast to half precision), 'none' (searched exactly). (It made a
+    // schema-1 server's INSERT fail: before the rule above.)
+    Migration {
+        version: 2,
+        min_reader: 2,
+        sql: "ALTER TABLE clip_collections ADD COLUMN index_kind text;
          UPDATE clip_collections SET index_kind = CASE WHEN indexed THEN 'vector' ELSE 'none' END;
          ALTER TABLE clip_collections ALTER COLUMN index_kind SET NOT NULL;",
-    ),
+    },
+    // Each migration's `min_reader`, and the label sets' change counter (bumped by a trigger, so
+    // schema-2 servers' writes bump it too). Additive: schema-2 servers keep working.
+    Migration {
+        version: 3,
+        min_reader: 2,
+        sql: "ALTER TABLE clip_schema_migrations ADD COLUMN IF NOT EXISTS min_reader integer;
+         UPDATE clip_schema_migrations SET min_reader = version WHERE min_reader IS NULL;
+         CREATE TABLE IF NOT EXISTS clip_label_sets_version (
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),
+             version bigint NOT NULL
+         );
+         INSERT INTO clip_label_sets_version (one, version) VALUES (true, 1) ON CONFLICT DO NOTHING;
+         CREATE OR REPLACE FUNCTION clip_label_sets_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE clip_label_sets_version SET version = version + 1;
+             RETURN NULL;
+         END $$;
+         CREATE OR REPLACE TRIGGER clip_label_sets_changed
+             AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON clip_label_sets
+             FOR EACH STATEMENT EXECUTE FUNCTION clip_label_sets_bump();",
+    },
 ];
+
+/// The first version whose `clip_schema_migrations` has `min_reader`.
+const MIN_READER_SINCE: i32 = 3;
 
 /// The newest schema version this server knows.
 pub fn latest() -> i32 {
-    MIGRATIONS.last().map_or(0, |m| m.0)
+    MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
 /// Brings the schema to [`latest`]; returns the version it found. A database migrated by a newer
-/// server is refused (this one would not know its tables).
+/// server is left alone: this one starts when the newer migrations say it still works with them
+/// (`min_reader`, see the module doc), and is refused otherwise.
 pub async fn migrate(client: &mut Client) -> Result<i32, MigrateError> {
+    migrate_to(client, latest()).await
+}
+
+/// [`migrate`] as a server that knows the schema up to `known` (tests: an older replica).
+pub async fn migrate_to(client: &mut Client, known: i32) -> Result<i32, MigrateError> {
     let tx = client.transaction().await?;
+    // Migrations may take long (indexes); waiting for another replica's migration lock is bounded
+    // by the session's lock_timeout, and the caller retries.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
@@ -77,20 +142,50 @@ pub async fn migrate(client: &mut Client) -> Result<i32, MigrateError> {
         )
         .await?
         .try_get(0)?;
-    if found > latest() {
-        return Err(MigrateError::Newer {
+    if found > known {
+        // A migration recorded without `min_reader` (by a server before it) needs its own version.
+        let needs: i32 = if found >= MIN_READER_SINCE {
+            tx.query_one(
+                "SELECT coalesce(max(coalesce(min_reader, version)), 0)
+                 FROM clip_schema_migrations WHERE version > $1",
+                &[&known],
+            )
+            .await?
+            .try_get(0)?
+        } else {
+            found
+        };
+        if needs > known {
+            return Err(MigrateError::Newer { found, known });
+        }
+        tracing::info!(
             found,
-            known: latest(),
-        });
+            known,
+            needs,
+            "the PostgreSQL schema is newer than this server knows, and compatible with it"
+        );
+        tx.commit().await?;
+        return Ok(found);
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO clip_schema_migrations (version) VALUES ($1)",
-            &[version],
-        )
-        .await?;
-        tracing::info!(version, "PostgreSQL schema migrated");
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > found && m.version <= known)
+    {
+        tx.batch_execute(m.sql).await?;
+        if m.version >= MIN_READER_SINCE {
+            tx.execute(
+                "INSERT INTO clip_schema_migrations (version, min_reader) VALUES ($1, $2)",
+                &[&m.version, &m.min_reader],
+            )
+            .await?;
+        } else {
+            tx.execute(
+                "INSERT INTO clip_schema_migrations (version) VALUES ($1)",
+                &[&m.version],
+            )
+            .await?;
+        }
+        tracing::info!(version = m.version, "PostgreSQL schema migrated");
     }
     tx.commit().await?;
     Ok(found)
@@ -189,7 +284,11 @@ mod tests {
             items_table("6f1c-2a;DROP TABLE x"),
             "clip_items_6f1c2adroptablex"
         );
-        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(latest(), 2);
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        // A migration is read by servers of its own version at least; additive ones by the
+        // previous version's too.
+        assert!(MIGRATIONS.iter().all(|m| m.min_reader <= m.version));
+        assert_eq!(latest(), 3);
+        assert_eq!(MIGRATIONS[2].min_reader, 2);
     }
 }

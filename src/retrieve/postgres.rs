@@ -11,6 +11,11 @@
 //! (cosine) with `hnsw.iterative_scan`, and a filtered search that still finds fewer than `k`
 //! falls back to an exact one, so a filter never returns fewer than `k` rows when `k` match.
 //! PostgreSQL unreachable: UNAVAILABLE naming the store; the pool reconnects by itself.
+//!
+//! Cancellation (every method): a call whose future is dropped mid-way (the client hung up) has
+//! its running statement cancelled and its connection closed (see [`crate::postgres::Conn`]); a
+//! write is one transaction, so it either committed or left nothing. Every session runs under
+//! `--postgres-statement-timeout` and `--postgres-lock-timeout`.
 use std::{
     collections::HashMap,
     sync::{Mutex, PoisonError},
@@ -105,6 +110,9 @@ fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
 const DEFAULT_EF_SEARCH: usize = 200;
 const MAX_EF_SEARCH: usize = 1000;
 
+/// Most collection incarnations whose count and index kind are remembered.
+const MAX_SEEN: usize = 4096;
+
 const COLUMNS: &str = "name, id, dimension, model, count, index_kind";
 
 impl PgStore {
@@ -133,7 +141,12 @@ impl PgStore {
         self
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ServiceError> {
+    /// The pool this store uses.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn client(&self) -> Result<crate::postgres::Conn, ServiceError> {
         crate::postgres::client(&self.pool).await
     }
 
@@ -141,10 +154,13 @@ impl PgStore {
         let id: String = col(row, "id")?;
         let kind: String = col(row, "index_kind")?;
         let count = count_of(row, "count")?;
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, (count, IndexKind::parse(&kind)));
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // Collections deleted through other replicas are never removed here one by one: the map
+        // starts over past a bound (each entry is read again with its collection).
+        if seen.len() >= MAX_SEEN && !seen.contains_key(&id) {
+            seen.clear();
+        }
+        seen.insert(id, (count, IndexKind::parse(&kind)));
         Ok(())
     }
 
@@ -210,48 +226,55 @@ impl PgStore {
         } else {
             kind.order_by(meta.dimension)
         };
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let settings = if exact {
-            "SET LOCAL enable_indexscan = off".to_string()
-        } else {
-            let ef = (2 * k).max(self.ef_search).min(MAX_EF_SEARCH);
-            format!("SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = strict_order")
-        };
-        tx.batch_execute(&settings).await.map_err(pg_error)?;
-        let limit = i64::try_from(k).unwrap_or(i64::MAX);
-        let rows = match filter {
-            Some(filter) => {
-                let sql = format!(
-                    "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
-                     WHERE metadata @> $2 ORDER BY {order} LIMIT $3"
-                );
-                let stmt = tx.prepare_cached(&sql).await;
-                match stmt {
-                    Ok(stmt) => tx.query(&stmt, &[query, filter, &limit]).await,
-                    Err(e) => Err(e),
-                }
-            }
-            None => {
-                let sql = format!(
-                    "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
-                     ORDER BY {order} LIMIT $2"
-                );
-                let stmt = tx.prepare_cached(&sql).await;
-                match stmt {
-                    Ok(stmt) => tx.query(&stmt, &[query, &limit]).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        let rows = rows.map_err(|e| {
-            if table_gone(&e) {
-                not_found(&meta.name)
+        let mut conn = self.client().await?;
+        let rows = async {
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            let settings = if exact {
+                "SET LOCAL enable_indexscan = off".to_string()
             } else {
-                pg_error(e)
-            }
-        })?;
-        tx.commit().await.map_err(pg_error)?;
+                let ef = (2 * k).max(self.ef_search).min(MAX_EF_SEARCH);
+                format!(
+                    "SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = strict_order"
+                )
+            };
+            tx.batch_execute(&settings).await.map_err(pg_error)?;
+            let limit = i64::try_from(k).unwrap_or(i64::MAX);
+            let rows = match filter {
+                Some(filter) => {
+                    let sql = format!(
+                        "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
+                     WHERE metadata @> $2 ORDER BY {order} LIMIT $3"
+                    );
+                    let stmt = tx.prepare_cached(&sql).await;
+                    match stmt {
+                        Ok(stmt) => tx.query(&stmt, &[query, filter, &limit]).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                None => {
+                    let sql = format!(
+                        "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
+                     ORDER BY {order} LIMIT $2"
+                    );
+                    let stmt = tx.prepare_cached(&sql).await;
+                    match stmt {
+                        Ok(stmt) => tx.query(&stmt, &[query, &limit]).await,
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let rows = rows.map_err(|e| {
+                if table_gone(&e) {
+                    not_found(&meta.name)
+                } else {
+                    pg_error(e)
+                }
+            })?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(rows)
+        }
+        .await;
+        let rows = conn.done(rows)?;
         rows.iter()
             .map(|row| {
                 let distance: f64 = col(row, "distance")?;
@@ -280,6 +303,8 @@ impl CollectionStore for PgStore {
         crate::postgres::ping(&self.pool).await
     }
 
+    /// One transaction (the row and the item table). Dropped mid-way: cancelled and rolled
+    /// back, or committed whole if its COMMIT had been sent.
     async fn create(
         &self,
         meta: CollectionMeta,
@@ -302,49 +327,53 @@ impl CollectionStore for PgStore {
             IndexKind::None
         };
         let indexed = index != IndexKind::None;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
-            .await
-            .map_err(pg_error)?;
-        let (present, total): (bool, i64) = {
-            let row = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM clip_collections WHERE name = $1) AS present,
-                            count(*) AS total FROM clip_collections",
-                    &[&meta.name],
-                )
+        let mut conn = self.client().await?;
+        let created = async {
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
                 .await
                 .map_err(pg_error)?;
-            (col(&row, "present")?, col(&row, "total")?)
-        };
-        if present {
-            return Err(exists(&meta.name));
-        }
-        let total = usize::try_from(total).unwrap_or(usize::MAX);
-        if total >= max_collections {
-            return Err(too_many(total));
-        }
-        let dimension = i32::try_from(meta.dimension).unwrap_or(i32::MAX);
-        tx.execute(
-            "INSERT INTO clip_collections (name, id, dimension, model, indexed, index_kind)
+            let (present, total): (bool, i64) = {
+                let row = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM clip_collections WHERE name = $1) AS present,
+                            count(*) AS total FROM clip_collections",
+                        &[&meta.name],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                (col(&row, "present")?, col(&row, "total")?)
+            };
+            if present {
+                return Err(exists(&meta.name));
+            }
+            let total = usize::try_from(total).unwrap_or(usize::MAX);
+            if total >= max_collections {
+                return Err(too_many(total));
+            }
+            let dimension = i32::try_from(meta.dimension).unwrap_or(i32::MAX);
+            tx.execute(
+                "INSERT INTO clip_collections (name, id, dimension, model, indexed, index_kind)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &meta.name,
-                &meta.id,
-                &dimension,
-                &meta.model,
-                &indexed,
-                &index.as_str(),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
-        let table = schema::items_table(&meta.id);
-        tx.batch_execute(&schema::create_items_table(&table, meta.dimension, index))
+                &[
+                    &meta.name,
+                    &meta.id,
+                    &dimension,
+                    &meta.model,
+                    &indexed,
+                    &index.as_str(),
+                ],
+            )
             .await
             .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+            let table = schema::items_table(&meta.id);
+            tx.batch_execute(&schema::create_items_table(&table, meta.dimension, index))
+                .await
+                .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)
+        }
+        .await;
+        conn.done(created)?;
         Ok(CollectionInfo {
             name: meta.name,
             count: 0,
@@ -354,57 +383,62 @@ impl CollectionStore for PgStore {
     }
 
     async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError> {
-        let client = self.client().await?;
+        let conn = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
-        let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
-        let row = client
-            .query_opt(&stmt, &[&name])
-            .await
-            .map_err(pg_error)?
-            .ok_or_else(|| not_found(name))?;
+        let row = async {
+            let stmt = conn.prepare_cached(&sql).await.map_err(pg_error)?;
+            conn.query_opt(&stmt, &[&name]).await.map_err(pg_error)
+        }
+        .await;
+        let row = conn.done(row)?.ok_or_else(|| not_found(name))?;
         self.remember(&row)?;
         meta_of(&row)
     }
 
     async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
-        let client = self.client().await?;
+        let conn = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
-        let row = client
-            .query_opt(&sql, &[&name])
-            .await
-            .map_err(pg_error)?
-            .ok_or_else(|| not_found(name))?;
+        let row = conn.query_opt(&sql, &[&name]).await.map_err(pg_error);
+        let row = conn.done(row)?.ok_or_else(|| not_found(name))?;
         info_of(&row)
     }
 
     async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
-        let client = self.client().await?;
+        let conn = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM clip_collections ORDER BY name");
-        let rows = client.query(&sql, &[]).await.map_err(pg_error)?;
+        let rows = conn.query(&sql, &[]).await.map_err(pg_error);
+        let rows = conn.done(rows)?;
         rows.iter().map(info_of).collect()
     }
 
+    /// One transaction (the row and the item table). Dropped mid-way: cancelled and rolled
+    /// back, or committed whole if its COMMIT had been sent.
     async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
-            .await
-            .map_err(pg_error)?;
-        // Waits for writes in flight (they hold the row), then deletes it and the items.
-        let row = tx
-            .query_opt(
-                "DELETE FROM clip_collections WHERE name = $1 RETURNING id",
-                &[&name],
-            )
-            .await
-            .map_err(pg_error)?
-            .ok_or_else(|| not_found(name))?;
-        let id: String = col(&row, "id")?;
-        let table = schema::items_table(&id);
-        tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-            .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+        let mut conn = self.client().await?;
+        let dropped = async {
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::ADMIN_LOCK])
+                .await
+                .map_err(pg_error)?;
+            // Waits for writes in flight (they hold the row), then deletes it and the items.
+            let row = tx
+                .query_opt(
+                    "DELETE FROM clip_collections WHERE name = $1 RETURNING id",
+                    &[&name],
+                )
+                .await
+                .map_err(pg_error)?
+                .ok_or_else(|| not_found(name))?;
+            let id: String = col(&row, "id")?;
+            let table = schema::items_table(&id);
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+                .await
+                .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(id)
+        }
+        .await;
+        let id = conn.done(dropped)?;
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -412,6 +446,8 @@ impl CollectionStore for PgStore {
         Ok(())
     }
 
+    /// One transaction (the items and the count). Dropped mid-way: cancelled and rolled back,
+    /// or committed whole if its COMMIT had been sent.
     async fn upsert(
         &self,
         meta: &CollectionMeta,
@@ -432,29 +468,35 @@ impl CollectionStore for PgStore {
                 .map(|r| (r.id, (Vector::from(r.stored), metadata_json(&r.metadata))))
                 .unzip();
         let table = schema::items_table(&meta.id);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        Self::lock_current(&tx, meta).await?;
-        let sql = format!(
-            "INSERT INTO {table} (id, embedding, metadata)
-             SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
-             ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
-             RETURNING (xmax = 0) AS inserted"
-        );
-        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
-        let rows = tx
-            .query(&stmt, &[&ids, &vectors, &metadata])
-            .await
-            .map_err(pg_error)?;
-        let mut inserted = 0;
-        for row in &rows {
-            inserted += usize::from(col::<bool>(row, "inserted")?);
+        let mut conn = self.client().await?;
+        let upserted = async {
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            Self::lock_current(&tx, meta).await?;
+            let sql = format!(
+                "INSERT INTO {table} (id, embedding, metadata)
+                 SELECT * FROM unnest($1::text[], $2::vector[], $3::jsonb[])
+                 ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata
+                 RETURNING (xmax = 0) AS inserted"
+            );
+            let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+            let rows = tx
+                .query(&stmt, &[&ids, &vectors, &metadata])
+                .await
+                .map_err(pg_error)?;
+            let mut inserted = 0;
+            for row in &rows {
+                inserted += usize::from(col::<bool>(row, "inserted")?);
+            }
+            let count = Self::add_count(&tx, meta, inserted as i64).await?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(count)
         }
-        let count = Self::add_count(&tx, meta, inserted as i64).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(count)
+        .await;
+        conn.done(upserted)
     }
 
+    /// One transaction (the items and the count). Dropped mid-way: cancelled and rolled back,
+    /// or committed whole if its COMMIT had been sent.
     async fn delete(
         &self,
         meta: &CollectionMeta,
@@ -463,17 +505,22 @@ impl CollectionStore for PgStore {
         // An id PostgreSQL cannot hold is absent.
         let ids: Vec<String> = ids.into_iter().filter(|id| !has_nul(id)).collect();
         let table = schema::items_table(&meta.id);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        Self::lock_current(&tx, meta).await?;
-        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
-        let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
-        let deleted = tx.execute(&stmt, &[&ids]).await.map_err(pg_error)?;
-        let count = Self::add_count(&tx, meta, -(deleted as i64)).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok((deleted as usize, count))
+        let mut conn = self.client().await?;
+        let deleted = async {
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            Self::lock_current(&tx, meta).await?;
+            let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
+            let stmt = tx.prepare_cached(&sql).await.map_err(pg_error)?;
+            let deleted = tx.execute(&stmt, &[&ids]).await.map_err(pg_error)?;
+            let count = Self::add_count(&tx, meta, -(deleted as i64)).await?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok((deleted as usize, count))
+        }
+        .await;
+        conn.done(deleted)
     }
 
+    /// Reads only; dropped mid-way, its statement is cancelled.
     async fn search(
         &self,
         meta: &CollectionMeta,
@@ -508,10 +555,10 @@ impl CollectionStore for PgStore {
     ) -> Result<Vec<Option<StoredItem>>, ServiceError> {
         let wanted: Vec<&String> = ids.iter().filter(|id| !has_nul(id)).collect();
         let table = schema::items_table(&meta.id);
-        let client = self.client().await?;
+        let conn = self.client().await?;
         let sql = format!("SELECT id, embedding, metadata FROM {table} WHERE id = ANY($1)");
-        let rows = match client.prepare_cached(&sql).await {
-            Ok(stmt) => client.query(&stmt, &[&wanted]).await,
+        let rows = match conn.prepare_cached(&sql).await {
+            Ok(stmt) => conn.query(&stmt, &[&wanted]).await,
             Err(e) => Err(e),
         }
         .map_err(|e| {
@@ -520,7 +567,8 @@ impl CollectionStore for PgStore {
             } else {
                 pg_error(e)
             }
-        })?;
+        });
+        let rows = conn.done(rows)?;
         let mut found: HashMap<String, StoredItem> = HashMap::new();
         for row in rows {
             let id: String = col(&row, "id")?;

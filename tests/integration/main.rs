@@ -21,6 +21,7 @@ mod parity;
 mod postgres;
 #[cfg(unix)]
 mod postgres_replicas;
+mod postgres_siege;
 mod postgres_store;
 mod retrieve;
 mod server;

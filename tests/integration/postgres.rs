@@ -51,6 +51,8 @@ pub fn pg(url: &str) -> PgConfig {
         ca_file: None,
         halfvec: false,
         ef_search: 200,
+        statement_timeout: Duration::from_secs(30),
+        lock_timeout: Duration::from_secs(5),
     }
 }
 
