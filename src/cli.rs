@@ -253,9 +253,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// A gRPC connection on which nothing arrives for this long is closed (0: never). Live
-    /// clients answer the --http2-keepalive pings, so only silent or dead peers are cut; it is
-    /// raised to the keepalive interval + 21 s when shorter.
+    /// A gRPC connection on which nothing arrives for this long is closed, and so is a connection
+    /// on either port whose reply makes no progress that long (0: never). Live clients answer the
+    /// --http2-keepalive pings, so only silent or dead peers are cut; it is raised to the
+    /// keepalive interval + 21 s when shorter.
     #[arg(long, env = "CLIP_SERVE_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 

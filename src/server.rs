@@ -406,6 +406,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             let rules = http::ConnectionRules {
                 limit: connection_limit,
                 header_read_timeout: doors.header_read_timeout,
+                write_stall: doors.idle_timeout,
             };
             http_tasks.spawn(async move {
                 http::serve(http_listener, http_router, tls.as_ref(), rules, stop).await
@@ -416,6 +417,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             let rules = http::ConnectionRules {
                 limit: probe_limit,
                 header_read_timeout: doors.header_read_timeout,
+                write_stall: doors.idle_timeout,
             };
             http_tasks.spawn(async move {
                 http::serve(probe_listener, probe_router, None, rules, stop).await

@@ -1,9 +1,13 @@
-//! Deadlines on a connection's incoming bytes, for the gRPC listener (hyper's HTTP/2 server has no
-//! timer for them): the first bytes (the HTTP/2 preface, or a TLS ClientHello) must arrive within
-//! `--header-read-timeout`, and a connection on which nothing arrives for `--idle-timeout` is
-//! closed. A live client answers the server's keepalive pings (`--http2-keepalive`), so only
-//! silent or dead peers are cut; a connection that sends nothing at all holds its place for
-//! seconds, not forever.
+//! Deadlines on a connection's bytes that hyper has no timer for:
+//!
+//! - gRPC (HTTP/2): the first bytes (the HTTP/2 preface, or a TLS ClientHello) must arrive within
+//!   `--header-read-timeout`, and a connection on which nothing arrives for `--idle-timeout` is
+//!   closed. A live client answers the server's keepalive pings (`--http2-keepalive`), so only
+//!   silent or dead peers are cut; a connection that sends nothing at all holds its place for
+//!   seconds, not forever.
+//! - Both doors: a connection whose writes make no progress for `--idle-timeout` (a client that
+//!   stopped reading its replies, so they sit in buffers) is closed. (HTTP/1 reads have hyper's
+//!   own header-read timer, and bodies their own deadline.)
 
 use std::{
     pin::Pin,
@@ -24,18 +28,56 @@ pub struct Deadlined<IO> {
     received: u64,
     preface_timeout: Duration,
     idle: Option<Duration>,
-    /// The preface deadline until the first bytes are in, then the idle deadline.
-    timer: Pin<Box<Sleep>>,
+    /// The preface deadline until the first bytes are in, then the idle deadline (`None`: reads
+    /// have no deadline here).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// How long a write may make no progress (`None`: forever).
+    write_stall: Option<Duration>,
+    /// Armed while a write waits.
+    write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Deadlined<IO> {
+    /// Read deadlines (preface, then idle) and the write-stall deadline `idle`.
     pub fn new(io: IO, preface_timeout: Duration, idle: Option<Duration>) -> Self {
         Deadlined {
             io,
             received: 0,
             preface_timeout,
             idle,
-            timer: Box::pin(tokio::time::sleep(preface_timeout)),
+            timer: Some(Box::pin(tokio::time::sleep(preface_timeout))),
+            write_stall: idle,
+            write_timer: None,
+        }
+    }
+
+    /// Only the write-stall deadline (for HTTP/1, whose reads hyper times itself).
+    pub fn writes_only(io: IO, write_stall: Option<Duration>) -> Self {
+        Deadlined {
+            io,
+            received: 0,
+            preface_timeout: Duration::ZERO,
+            idle: None,
+            timer: None,
+            write_stall,
+            write_timer: None,
+        }
+    }
+
+    /// Polled when a write is pending: an error once it has waited `write_stall`.
+    fn poll_write_stall(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let Some(stall) = self.write_stall else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer read nothing of the reply for {stall:?} (--idle-timeout)"),
+            )),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -72,21 +114,43 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Deadlined<IO> {
                 let n = (buf.filled().len() - before) as u64;
                 if n > 0 {
                     this.received += n;
-                    if this.received >= FIRST_BYTES {
+                    if this.received >= FIRST_BYTES
+                        && let Some(timer) = this.timer.as_mut()
+                    {
                         // Far enough away when idle connections are never cut.
                         let idle = this.idle.unwrap_or(Duration::from_secs(86_400 * 365));
-                        this.timer.as_mut().reset(Instant::now() + idle);
+                        timer.as_mut().reset(Instant::now() + idle);
                     }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+                if let Some(timer) = this.timer.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(Err(this.timed_out()));
                 }
                 Poll::Pending
             }
+        }
+    }
+}
+
+/// A write's outcome: progress disarms the stall timer; waiting polls it.
+fn after_write<T>(
+    this: &mut Deadlined<impl Sized>,
+    cx: &mut Context<'_>,
+    polled: Poll<std::io::Result<T>>,
+) -> Poll<std::io::Result<T>> {
+    match polled {
+        Poll::Pending => match this.poll_write_stall(cx) {
+            Poll::Ready(e) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        },
+        ready => {
+            this.write_timer = None;
+            ready
         }
     }
 }
@@ -97,11 +161,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlined<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        after_write(this, cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        after_write(this, cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -113,7 +181,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlined<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        after_write(this, cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -178,5 +248,29 @@ mod tests {
         let e = conn.read(&mut buf).await.unwrap_err();
         assert!(e.to_string().contains("--idle-timeout"), "{e}");
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_replies_is_cut_after_the_stall() {
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut conn = Deadlined::writes_only(server, Some(Duration::from_secs(30)));
+        // Reads have no deadline here.
+        let mut buf = [0; 4];
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), conn.read(&mut buf))
+                .await
+                .is_err()
+        );
+        // A reader that keeps up: no stall.
+        conn.write_all(&[1; 16]).await.unwrap();
+        let mut got = [0; 16];
+        client.read_exact(&mut got).await.unwrap();
+        // One that stops reading: the write waits, then fails at the stall deadline.
+        let started = Instant::now();
+        conn.write_all(&[1; 16]).await.unwrap();
+        let e = conn.write_all(&[2; 16]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("--idle-timeout"), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 }

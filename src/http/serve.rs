@@ -8,7 +8,8 @@
 //! - a request's head must arrive within `--header-read-timeout`, and so must the next request on
 //!   a keep-alive connection (hyper runs the same timer while the connection is idle): idle
 //!   connections are closed;
-//! - bodies have their own deadline and minimum rate (`super::body`).
+//! - bodies have their own deadline and minimum rate (`super::body`);
+//! - a reply the client stops reading closes the connection after `--idle-timeout`.
 //!
 //! Each request carries the peer's address (`ConnectInfo<SocketAddr>` and `call::PeerAddr`).
 
@@ -24,7 +25,10 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 use super::call::PeerAddr;
-use crate::{admission::connections::ConnectionLimit, security::TlsFiles};
+use crate::{
+    admission::{connections::ConnectionLimit, deadline::Deadlined},
+    security::TlsFiles,
+};
 
 /// How a listener treats its connections.
 #[derive(Clone)]
@@ -34,6 +38,9 @@ pub struct ConnectionRules {
     /// The TLS handshake, a request head, and the wait for the next request on an idle
     /// keep-alive connection (`--header-read-timeout`).
     pub header_read_timeout: Duration,
+    /// A reply whose writing makes no progress for this long closes the connection (a client that
+    /// stopped reading; `--idle-timeout`).
+    pub write_stall: Option<Duration>,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish (the
@@ -80,6 +87,7 @@ pub async fn serve(
         let Some(counted) = rules.limit.try_open(stream, peer.ip()) else {
             continue;
         };
+        let counted = Deadlined::writes_only(counted, rules.write_stall);
         let service = router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
