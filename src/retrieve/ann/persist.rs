@@ -23,7 +23,8 @@ use anyhow::{Context, bail};
 
 use super::{AnnIndex, AnnParams, Metadata};
 
-const MAGIC: &[u8; 8] = b"CLIPANN1";
+/// Version 2 added the graph file's checksum; a version-1 sidecar does not read (rebuilt).
+const MAGIC: &[u8; 8] = b"CLIPANN2";
 
 /// How [`AnnIndex::open`] got its graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,15 +104,63 @@ pub fn vector_hash(v: &[f32]) -> u64 {
 }
 
 fn bytes_hash(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for chunk in b.chunks(8) {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        h = (h ^ u64::from_le_bytes(w))
+    let mut h = Hasher::new();
+    h.update(b);
+    h.finish()
+}
+
+/// A fast checksum of a byte stream, fed in pieces of any size (8-byte words; a tail shorter
+/// than a word is carried to the next piece).
+struct Hasher {
+    h: u64,
+    len: u64,
+    tail: Vec<u8>,
+}
+
+impl Hasher {
+    fn new() -> Self {
+        Hasher {
+            h: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+            tail: Vec::with_capacity(8),
+        }
+    }
+
+    fn word(&mut self, w: [u8; 8]) {
+        self.h = (self.h ^ u64::from_le_bytes(w))
             .wrapping_mul(0x0100_0000_01b3)
             .rotate_left(23);
     }
-    h ^ b.len() as u64
+
+    fn update(&mut self, mut b: &[u8]) {
+        self.len += b.len() as u64;
+        if !self.tail.is_empty() {
+            let take = (8 - self.tail.len()).min(b.len());
+            self.tail.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if self.tail.len() < 8 {
+                return;
+            }
+            let w: [u8; 8] = self.tail[..].try_into().unwrap_or_default();
+            self.tail.clear();
+            self.word(w);
+        }
+        let words = b.chunks_exact(8);
+        let rest = words.remainder();
+        for c in words {
+            self.word(c.try_into().unwrap_or_default());
+        }
+        self.tail.extend_from_slice(rest);
+    }
+
+    fn finish(mut self) -> u64 {
+        if !self.tail.is_empty() {
+            let mut w = [0u8; 8];
+            w[..self.tail.len()].copy_from_slice(&self.tail);
+            self.word(w);
+        }
+        self.h ^ self.len
+    }
 }
 
 struct Sidecar {
@@ -119,6 +168,8 @@ struct Sidecar {
     dim: usize,
     connectivity: usize,
     graph_len: u64,
+    /// [`file_hash`] of the graph file.
+    graph_hash: u64,
     /// Per slot: (id, vector hash), `None` for a free slot.
     slots: Vec<Option<(String, u64)>>,
 }
@@ -131,6 +182,7 @@ fn encode(s: &Sidecar) -> Vec<u8> {
     b.extend_from_slice(&(s.dim as u32).to_le_bytes());
     b.extend_from_slice(&(s.connectivity as u32).to_le_bytes());
     b.extend_from_slice(&s.graph_len.to_le_bytes());
+    b.extend_from_slice(&s.graph_hash.to_le_bytes());
     b.extend_from_slice(&(s.slots.len() as u64).to_le_bytes());
     for slot in &s.slots {
         match slot {
@@ -168,6 +220,7 @@ fn decode(b: &[u8]) -> anyhow::Result<Sidecar> {
     let dim = u32_(take(4)?) as usize;
     let connectivity = u32_(take(4)?) as usize;
     let graph_len = u64_(take(8)?);
+    let graph_hash = u64_(take(8)?);
     let count = u64_(take(8)?) as usize;
     let mut slots = Vec::with_capacity(count.min(body.len() / 4));
     for _ in 0..count {
@@ -185,6 +238,7 @@ fn decode(b: &[u8]) -> anyhow::Result<Sidecar> {
         dim,
         connectivity,
         graph_len,
+        graph_hash,
         slots,
     })
 }
@@ -208,11 +262,13 @@ impl AnnIndex {
                 .map_err(super::graph_error)?;
             std::fs::File::open(&graph_tmp)?.sync_all()?;
             let graph_len = std::fs::metadata(&graph_tmp)?.len();
+            let graph_hash = file_hash(&graph_tmp)?;
             let side = Sidecar {
                 incarnation: incarnation.to_string(),
                 dim: self.dim,
                 connectivity: self.params.connectivity,
                 graph_len,
+                graph_hash,
                 slots: self
                     .ids
                     .iter()
@@ -244,7 +300,9 @@ impl AnnIndex {
     }
 
     /// The index over `items` (unit vectors, distinct ids), its graph from `dir` when the saved
-    /// one checks out against them (repaired when a few differ), else built.
+    /// one checks out against them (repaired when a few differ), else built. Blocking, and long
+    /// when it builds (minutes per million vectors): start-up calls [`Self::load_current`] instead
+    /// and leaves this to a background thread.
     pub fn open(
         dim: usize,
         threads: usize,
@@ -254,7 +312,60 @@ impl AnnIndex {
         name: &str,
         incarnation: &str,
     ) -> anyhow::Result<(Self, Opened)> {
-        let (graph, sidecar) = paths(dir, name);
+        let saved = Saved {
+            dir,
+            name,
+            incarnation,
+        };
+        match Self::attempt(dim, threads, params, items, &saved, true)? {
+            Attempt::Done(index, opened) => Ok((*index, opened)),
+            Attempt::Stale(why) => Ok((
+                Self::build(dim, threads, params, items)?,
+                Opened::Rebuilt(why),
+            )),
+        }
+    }
+
+    /// The saved graph when it matches `items` exactly and checks out, without repairing or
+    /// building anything (quick: reading and hashing the files): `Err(why)` when it is stale,
+    /// missing or damaged.
+    pub fn load_current(
+        dim: usize,
+        threads: usize,
+        params: AnnParams,
+        items: &[(String, Vec<f32>, Arc<Metadata>)],
+        dir: &Path,
+        name: &str,
+        incarnation: &str,
+    ) -> anyhow::Result<Result<Self, String>> {
+        let saved = Saved {
+            dir,
+            name,
+            incarnation,
+        };
+        Ok(
+            match Self::attempt(dim, threads, params, items, &saved, false)? {
+                Attempt::Done(index, _) => Ok(*index),
+                Attempt::Stale(why) => Err(why),
+            },
+        )
+    }
+
+    /// Loads the saved graph after checking it: the sidecar (checksum, incarnation, dimension,
+    /// connectivity), the graph file's length and checksum (recorded at save: a graph file whose
+    /// bytes changed, neighbour lists included, is never handed to usearch), then the loaded graph
+    /// (node count, dimension, every live slot present as a key, no node with more neighbours per
+    /// level than the connectivity allows). With `repair`, brings it up to date when a tenth of
+    /// the items or fewer differ; without, any difference makes it stale.
+    fn attempt(
+        dim: usize,
+        threads: usize,
+        params: AnnParams,
+        items: &[(String, Vec<f32>, Arc<Metadata>)],
+        saved: &Saved<'_>,
+        repair: bool,
+    ) -> anyhow::Result<Attempt> {
+        let (graph, sidecar) = paths(saved.dir, saved.name);
         let side = match std::fs::read(&sidecar) {
             Ok(b) => decode(&b).map_err(|e| format!("the slots file does not read: {e}")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no saved graph".into()),
@@ -262,7 +373,7 @@ impl AnnIndex {
         };
         let side = side.and_then(|s| {
             let graph_len = std::fs::metadata(&graph).map(|m| m.len()).ok();
-            if s.incarnation != incarnation {
+            if s.incarnation != saved.incarnation {
                 Err("saved for another collection of that name".to_string())
             } else if s.dim != dim || s.connectivity != params.connectivity {
                 Err("saved with other dimensions or connectivity".into())
@@ -274,62 +385,70 @@ impl AnnIndex {
         });
         let side = match side {
             Ok(s) => s,
-            Err(why) => {
-                return Ok((
-                    Self::build(dim, threads, params, items)?,
-                    Opened::Rebuilt(why),
-                ));
-            }
+            Err(why) => return Ok(Attempt::Stale(why)),
         };
-        let mut index = Self::new(dim, threads, params)?;
-        if let Err(e) = index.graph.load(path_str(&graph)?) {
-            let why = format!("the graph file does not load: {e}");
-            return Ok((
-                Self::build(dim, threads, params, items)?,
-                Opened::Rebuilt(why),
-            ));
-        }
-        index.graph.change_expansion_search(params.expansion_search);
-        index.graph.change_expansion_add(params.expansion_add);
-        let saved_live = side.slots.iter().flatten().count();
-        // Search contexts for concurrent callers (the file's limits are the saving machine's).
-        index.reserve(index.graph.capacity().max(saved_live + 1))?;
-        if index.graph.size() != saved_live || index.graph.dimensions() != dim {
-            let why = "the graph file does not match its slots file".to_string();
-            return Ok((
-                Self::build(dim, threads, params, items)?,
-                Opened::Rebuilt(why),
-            ));
-        }
         let total = items.len();
-        let mut by_id: HashMap<&str, (u32, u64)> = HashMap::with_capacity(saved_live);
+        let mut by_id: HashMap<&str, (u32, u64)> = HashMap::with_capacity(side.slots.len());
         for (slot, entry) in side.slots.iter().enumerate() {
             if let Some((id, hash)) = entry {
                 by_id.insert(id.as_str(), (slot as u32, *hash));
             }
         }
-        index.reserve_slots(side.slots.len().max(total));
-        let (mut changed, mut unplaced) = (Vec::new(), Vec::new());
+        let saved_live = by_id.len();
+        // Which items keep their slot, before touching the graph file: a stale graph is
+        // refused without reading it.
+        let (mut kept, mut changed, mut unplaced) = (Vec::new(), Vec::new(), Vec::new());
         for item in items {
-            let (id, vector, metadata) = item;
-            match by_id.remove(id.as_str()) {
+            match by_id.remove(item.0.as_str()) {
                 Some((slot, hash)) => {
-                    if vector_hash(vector) != hash {
+                    if vector_hash(&item.1) != hash {
                         changed.push(slot);
                     }
-                    index.place(slot, id.clone(), vector, Arc::clone(metadata));
+                    kept.push((slot, item));
                 }
                 None => unplaced.push(item),
             }
         }
         let gone: Vec<u32> = by_id.into_values().map(|(slot, _)| slot).collect();
         let differing = changed.len() + gone.len() + unplaced.len();
+        if differing > 0 && !repair {
+            return Ok(Attempt::Stale(format!(
+                "{differing} of {total} items differ from the saved graph"
+            )));
+        }
         if differing > total / 10 + 16 {
-            let why = format!("{differing} of {total} items differ from the saved graph");
-            return Ok((
-                Self::build(dim, threads, params, items)?,
-                Opened::Rebuilt(why),
+            return Ok(Attempt::Stale(format!(
+                "{differing} of {total} items differ from the saved graph"
+            )));
+        }
+        match file_hash(&graph) {
+            Ok(h) if h == side.graph_hash => {}
+            Ok(_) => {
+                return Ok(Attempt::Stale(
+                    "the graph file's checksum does not match".into(),
+                ));
+            }
+            Err(e) => return Ok(Attempt::Stale(format!("the graph file does not read: {e}"))),
+        }
+        let mut index = Self::new(dim, threads, params)?;
+        if let Err(e) = index.graph.load(path_str(&graph)?) {
+            return Ok(Attempt::Stale(format!("the graph file does not load: {e}")));
+        }
+        index.graph.change_expansion_search(params.expansion_search);
+        index.graph.change_expansion_add(params.expansion_add);
+        // Search contexts for concurrent callers (the file's limits are the saving machine's).
+        index.reserve(index.graph.capacity().max(saved_live + 1))?;
+        if index.graph.size() != saved_live || index.graph.dimensions() != dim {
+            return Ok(Attempt::Stale(
+                "the graph file does not match its slots file".into(),
             ));
+        }
+        if let Some(why) = check_graph(&index.graph, &side, params) {
+            return Ok(Attempt::Stale(why));
+        }
+        index.reserve_slots(side.slots.len().max(total));
+        for (slot, (id, vector, metadata)) in kept {
+            index.place(slot, id.clone(), vector, Arc::clone(metadata));
         }
         // Free slots: those the store did not fill (popped lowest first).
         if index.ids.len() < side.slots.len() {
@@ -360,6 +479,66 @@ impl AnnIndex {
                 removed: gone.len(),
             }
         };
-        Ok((index, opened))
+        Ok(Attempt::Done(Box::new(index), opened))
     }
+}
+
+/// Where a collection's graph was saved.
+struct Saved<'a> {
+    dir: &'a Path,
+    name: &'a str,
+    incarnation: &'a str,
+}
+
+enum Attempt {
+    Done(Box<AnnIndex>, Opened),
+    /// Not usable as saved (or, without repair, not exactly current): why.
+    Stale(String),
+}
+
+/// A checksum of a file's bytes, read in blocks.
+fn file_hash(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut h = Hasher::new();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
+}
+
+/// What can be checked of a loaded graph through usearch's API: every live slot of the sidecar
+/// is a key of the graph, and no node lists more neighbours on a level than the connectivity
+/// allows (2x on the base level). usearch hands out neighbours as keys only, looked up through
+/// their internal slot without a bounds check, so an out-of-range neighbour id cannot be asked
+/// about safely: the graph file's checksum (checked before loading) is what rules those out.
+fn check_graph(graph: &usearch::Index, side: &Sidecar, params: AnnParams) -> Option<String> {
+    for (slot, entry) in side.slots.iter().enumerate() {
+        if entry.is_none() {
+            continue;
+        }
+        let key = slot as u64;
+        if !graph.contains(key) {
+            return Some(format!("slot {slot} is not in the graph file"));
+        }
+        for level in 0..=graph.level_of_key(key) {
+            let max = if level == 0 {
+                2 * params.connectivity
+            } else {
+                params.connectivity
+            };
+            let n = graph.neighbors(key, level).total();
+            if n > max {
+                return Some(format!(
+                    "slot {slot} has {n} neighbours on level {level}, over {max}"
+                ));
+            }
+        }
+    }
+    None
 }
