@@ -280,11 +280,6 @@ impl RetrieveService {
             let model = self.inner.embed.loaded_model()?;
             (model.config.model_id(), model.config.embed_dim)
         };
-        let model = if model.is_empty() {
-            served_model.clone()
-        } else {
-            model
-        };
         let max_model = self.inner.config.max_model_bytes;
         if model.len() > max_model {
             return Err(ServiceError::invalid(
@@ -295,6 +290,11 @@ impl RetrieveService {
                 ),
             ));
         }
+        let model = if model.is_empty() {
+            served_model.clone()
+        } else {
+            model
+        };
         let dimension = if dimension == 0 {
             served_dim
         } else {
