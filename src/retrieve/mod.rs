@@ -518,25 +518,37 @@ impl RetrieveService {
     ) -> Result<(Vec<StoredItem>, Vec<String>), ServiceError> {
         let collection = self.collection(name).await?;
         self.check_list_len(List::Ids, ids.len())?;
-        let found = self.inner.store.get_items(&collection, ids.clone()).await?;
-        let max = self.inner.config.max_reply_bytes;
+        let config = &self.inner.config;
+        let max = config.max_reply_bytes;
+        // Read in chunks that fit the budget even at the largest item this collection can hold,
+        // so a refused reply never held much more than the budget in memory.
+        let largest =
+            collection.dimension * 4 + config.max_id_bytes + config.max_metadata_bytes * 2;
+        let chunk = (max / largest.max(1)).clamp(1, ids.len().max(1));
         let (mut items, mut missing, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for (id, item) in ids.into_iter().zip(found) {
-            match item {
-                Some(item) => {
-                    bytes += item_bytes(&item);
-                    if bytes > max {
-                        return Err(ServiceError::invalid(
-                            Field::List(List::Ids),
-                            format!(
-                                "the items found pass the reply limit of {max} bytes (--max-reply-bytes) by items[{}]; ask for fewer ids at a time",
-                                items.len()
-                            ),
-                        ));
+        for part in ids.chunks(chunk) {
+            let found = self
+                .inner
+                .store
+                .get_items(&collection, part.to_vec())
+                .await?;
+            for (id, item) in part.iter().zip(found) {
+                match item {
+                    Some(item) => {
+                        bytes += item_bytes(&item);
+                        if bytes > max {
+                            return Err(ServiceError::invalid(
+                                Field::List(List::Ids),
+                                format!(
+                                    "the items found pass the reply limit of {max} bytes (--max-reply-bytes) at items[{}]; ask for fewer ids at a time",
+                                    items.len()
+                                ),
+                            ));
+                        }
+                        items.push(item)
                     }
-                    items.push(item)
+                    None => missing.push(id.clone()),
                 }
-                None => missing.push(id),
             }
         }
         Ok((items, missing))

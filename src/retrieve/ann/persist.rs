@@ -542,3 +542,25 @@ fn check_graph(graph: &usearch::Index, side: &Sidecar, params: AnnParams) -> Opt
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checksum_does_not_depend_on_how_the_bytes_are_fed() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let whole = bytes_hash(&bytes);
+        for piece in [1, 3, 7, 8, 9, 64, 999] {
+            let mut h = Hasher::new();
+            for p in bytes.chunks(piece) {
+                h.update(p);
+            }
+            assert_eq!(h.finish(), whole, "pieces of {piece}");
+        }
+        let mut changed = bytes.clone();
+        changed[500] ^= 1;
+        assert_ne!(bytes_hash(&changed), whole);
+        assert_ne!(bytes_hash(&bytes[..999]), whole);
+    }
+}
