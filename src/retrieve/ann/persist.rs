@@ -353,9 +353,9 @@ impl AnnIndex {
 
     /// Loads the saved graph after checking it: the sidecar (checksum, incarnation, dimension,
     /// connectivity), the graph file's length and checksum (recorded at save: a graph file whose
-    /// bytes changed, neighbour lists included, is never handed to usearch), then the loaded graph
-    /// (node count, dimension, every live slot present as a key, no node with more neighbours per
-    /// level than the connectivity allows). With `repair`, brings it up to date when a tenth of
+    /// bytes changed is never handed to usearch) and structure ([`scan_graph_file`]: every
+    /// neighbour id in range, no neighbour list over its capacity), then the loaded graph (node
+    /// count, dimension, every live slot present as a key). With `repair`, brings it up to date when a tenth of
     /// the items or fewer differ; without, any difference makes it stale.
     fn attempt(
         dim: usize,
@@ -421,14 +421,18 @@ impl AnnIndex {
                 "{differing} of {total} items differ from the saved graph"
             )));
         }
-        match file_hash(&graph) {
+        match scan_graph_file(&graph) {
             Ok(h) if h == side.graph_hash => {}
             Ok(_) => {
                 return Ok(Attempt::Stale(
                     "the graph file's checksum does not match".into(),
                 ));
             }
-            Err(e) => return Ok(Attempt::Stale(format!("the graph file does not read: {e}"))),
+            Err(e) => {
+                return Ok(Attempt::Stale(format!(
+                    "the graph file does not check out: {e}"
+                )));
+            }
         }
         let mut index = Self::new(dim, threads, params)?;
         if let Err(e) = index.graph.load(path_str(&graph)?) {
@@ -512,6 +516,117 @@ fn file_hash(path: &Path) -> std::io::Result<u64> {
     Ok(h.finish())
 }
 
+/// A reader that checksums what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Hasher,
+}
+
+impl<R: std::io::Read> Hashing<R> {
+    fn exact<const N: usize>(&mut self) -> std::io::Result<[u8; N]> {
+        let mut b = [0u8; N];
+        self.read(&mut b)?;
+        Ok(b)
+    }
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_exact(b)?;
+        self.hash.update(b);
+        Ok(())
+    }
+    fn u32(&mut self) -> std::io::Result<u32> {
+        self.exact::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> std::io::Result<u64> {
+        self.exact::<8>().map(u64::from_le_bytes)
+    }
+    fn skip(&mut self, mut n: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        while n > 0 {
+            let take = n.min(buf.len() as u64) as usize;
+            self.read(&mut buf[..take])?;
+            n -= take as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a saved usearch graph file (the dense index's format: the vector matrix, a 64-byte
+/// head, then the graph: a header of node count, connectivities, top level and entry slot, each
+/// node's level, then each node: key, level and per level a neighbour count and slots) and checks
+/// every node's neighbour count against its level's capacity and every neighbour id, and the
+/// entry slot, against the node count; returns the file's checksum (as [`file_hash`]). usearch
+/// trusts these ids when it searches, so a graph failing this is never handed to it.
+fn scan_graph_file(path: &Path) -> Result<u64, String> {
+    use std::io::{BufReader, Read};
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut r = Hashing {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hash: Hasher::new(),
+    };
+    let io = |e: std::io::Error| format!("truncated or unreadable: {e}");
+    let mut buf = vec![0u8; 1 << 16];
+    let (rows, cols) = (r.u32().map_err(io)?, r.u32().map_err(io)?);
+    r.skip(u64::from(rows) * u64::from(cols), &mut buf)
+        .map_err(io)?;
+    r.skip(64, &mut buf).map_err(io)?;
+    let size = r.u64().map_err(io)?;
+    let connectivity = r.u64().map_err(io)?;
+    let connectivity_base = r.u64().map_err(io)?;
+    let max_level = r.u64().map_err(io)?;
+    let entry = r.u64().map_err(io)?;
+    if size > u64::from(u32::MAX) || connectivity > 4096 || connectivity_base > 8192 {
+        return Err(format!(
+            "implausible header: {size} nodes, connectivity {connectivity}/{connectivity_base}"
+        ));
+    }
+    if size > 0 && entry >= size {
+        return Err(format!("entry slot {entry} of {size} nodes"));
+    }
+    let mut levels = Vec::with_capacity(size as usize);
+    for _ in 0..size {
+        let level = i16::from_le_bytes(r.exact::<2>().map_err(io)?);
+        if level < 0 || level as u64 > max_level {
+            return Err(format!("a node of level {level}, the top is {max_level}"));
+        }
+        levels.push(level);
+    }
+    let mut tape = vec![0u8; connectivity_base.max(connectivity) as usize * 4];
+    for (node, &level) in levels.iter().enumerate() {
+        r.skip(8, &mut buf).map_err(io)?;
+        let stored = i16::from_le_bytes(r.exact::<2>().map_err(io)?);
+        if stored != level {
+            return Err(format!("node {node}: level {stored}, listed as {level}"));
+        }
+        for l in 0..=level {
+            let cap = if l == 0 {
+                connectivity_base
+            } else {
+                connectivity
+            } as usize;
+            let count = r.u32().map_err(io)? as usize;
+            if count > cap {
+                return Err(format!(
+                    "node {node} has {count} neighbours on level {l}, over {cap}"
+                ));
+            }
+            let slots = &mut tape[..cap * 4];
+            r.read(slots).map_err(io)?;
+            for id in slots[..count * 4].chunks_exact(4) {
+                let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+                if u64::from(id) >= size {
+                    return Err(format!(
+                        "node {node} links to node {id}, out of range ({size} nodes)"
+                    ));
+                }
+            }
+        }
+    }
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest).map_err(io)? != 0 {
+        return Err("bytes after the graph".into());
+    }
+    Ok(r.hash.finish())
+}
+
 /// What can be checked of a loaded graph through usearch's API: every live slot of the sidecar
 /// is a key of the graph, and no node lists more neighbours on a level than the connectivity
 /// allows (2x on the base level). usearch hands out neighbours as keys only, looked up through
@@ -562,5 +677,50 @@ mod tests {
         changed[500] ^= 1;
         assert_ne!(bytes_hash(&changed), whole);
         assert_ne!(bytes_hash(&bytes[..999]), whole);
+    }
+
+    #[test]
+    fn a_saved_graph_with_a_neighbour_id_out_of_range_is_stale() {
+        let dim = 8;
+        let items: Vec<(String, Vec<f32>, Arc<Metadata>)> = (0..200u32)
+            .map(|i| {
+                let v: Vec<f32> = (0..dim)
+                    .map(|d| ((i * 31 + d as u32 * 17) % 97) as f32 + 1.0)
+                    .collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let v = v.into_iter().map(|x| x / n).collect();
+                (format!("id{i}"), v, Arc::new(Metadata::new()))
+            })
+            .collect();
+        let params = AnnParams::default();
+        let ann = AnnIndex::build(dim, 1, params, &items).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        ann.save(dir.path(), "c", "inc").unwrap();
+        let (graph, sidecar) = paths(dir.path(), "c");
+        let load = || AnnIndex::load_current(dim, 1, params, &items, dir.path(), "c", "inc");
+        assert!(load().unwrap().is_ok(), "as saved, it loads");
+
+        // Node 0's first neighbour, pointed past the last node; the checksum in the sidecar made
+        // to agree, so only the structural check can tell.
+        let mut bytes = std::fs::read(&graph).unwrap();
+        let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let (rows, cols) = (u32_at(&bytes, 0) as usize, u32_at(&bytes, 4) as usize);
+        let header = 8 + rows * cols + 64;
+        let size = u64::from_le_bytes(bytes[header..header + 8].try_into().unwrap()) as usize;
+        let node0 = header + 40 + 2 * size;
+        assert!(u32_at(&bytes, node0 + 10) > 0, "node 0 has neighbours");
+        bytes[node0 + 14..node0 + 18].copy_from_slice(&(size as u32 + 5).to_le_bytes());
+        std::fs::write(&graph, &bytes).unwrap();
+        let mut side = decode(&std::fs::read(&sidecar).unwrap()).unwrap();
+        side.graph_hash = bytes_hash(&bytes);
+        std::fs::write(&sidecar, encode(&side)).unwrap();
+
+        let Err(why) = load().unwrap() else {
+            panic!("loaded a graph linking out of range")
+        };
+        assert!(why.contains("out of range"), "{why}");
+        // The repairing open rebuilds it rather than load it.
+        let (_, opened) = AnnIndex::open(dim, 1, params, &items, dir.path(), "c", "inc").unwrap();
+        assert!(matches!(opened, Opened::Rebuilt(ref why) if why.contains("out of range")));
     }
 }
