@@ -42,8 +42,9 @@
 //!   tables) + 2,135 B outside it (f32 vector, id, maps, postings): RSS grows ~3.7 KB per item,
 //!   ~3.7 GB per 1M. On disk: 1,194 B per item.
 //! * **Persistence** ([`persist`]): the graph is saved beside the store with a sidecar of
-//!   slot -> (id, vector hash); start-up verifies it against what the store loaded and loads,
-//!   repairs or rebuilds it.
+//!   slot -> (id, vector hash) and the graph file's checksum; start-up loads it when it matches
+//!   what the store loaded exactly and checks out, else serves exactly while it is repaired or
+//!   rebuilt in the background.
 //!
 //! Not done: the graph is never compacted (usearch reuses removed nodes for later adds, so a
 //! collection's graph stays at its largest size); memory-mapped `view` is not used, as the index

@@ -3,14 +3,21 @@
 //! writer per collection; searches read the index under a read lock, so they proceed while other
 //! writes are being committed. One replica's own: another process never sees these collections.
 //!
+//! Cancellation and the runtime: every write runs in a task of its own (the caller only awaits it),
+//! and its redb commit and index update run in one blocking section, so a client that hangs up
+//! never leaves disk and memory apart. The index lock is taken on the blocking pool only (searches
+//! and writes alike); `info` and `list` read a count kept beside it, so no tokio worker waits
+//! behind a long scan.
+//!
 //! A collection of at least `--ann-min-vectors` items (0: never) is searched approximately by an
 //! [`AnnIndex`] instead (HNSW proposals, exact rescoring; see [`super::ann`]), whose graph is saved
-//! under `<data_dir>/ann/` on graceful shutdown ([`CollectionStore::flush`]) and after a start-up
-//! build or repair, and verified against the store when loaded. A collection at the threshold at
-//! start-up loads straight into it; one that reaches it through upserts switches while serving: a
-//! background thread builds the graph from a snapshot while writes continue into the exact index
-//! and a journal, then the journal is replayed and the index swapped under the write lock (held for
-//! the replay only). A collection that shrinks below the threshold keeps its graph until the next
+//! under `<data_dir>/ann/` on graceful shutdown ([`CollectionStore::flush`]) and after a
+//! background build or repair, and verified against the store when loaded. A collection at the
+//! threshold at start-up loads straight into it when its saved graph is current; otherwise it
+//! starts exact and switches while serving, as one that reaches the threshold through upserts does:
+//! a background thread builds the graph from a snapshot (or repairs the saved one) while writes
+//! continue into the exact index and a journal, then the journal is replayed and the index swapped
+//! under the write lock (held for the replay only). A collection that shrinks below the threshold keeps its graph until the next
 //! start-up.
 
 use std::{

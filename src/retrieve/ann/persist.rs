@@ -7,10 +7,16 @@
 //! the sidecar: the sidecar's rename commits, and a crash anywhere before it leaves no sidecar (so
 //! a rebuild), never a sidecar describing another graph.
 //!
-//! At start-up [`AnnIndex::open`] checks the sidecar against what the store loaded: items whose
-//! vector hash matches keep their slot and node; changed, new and gone items are re-added or
-//! removed (a repair); when more than a tenth of the items differ, or anything does not read, the
-//! graph is rebuilt. A stale graph is never served.
+//! The graph file's checksum is kept in the sidecar, and the file is read and checked before
+//! usearch loads it (every neighbour id in range, neighbour counts within capacity): a damaged
+//! graph is never handed to usearch, which trusts those ids.
+//!
+//! At start-up [`AnnIndex::load_current`] takes the saved graph only when the sidecar matches what
+//! the store loaded exactly (quick); anything else leaves the collection exact while a background
+//! thread runs [`AnnIndex::open`]: items whose vector hash matches keep their slot and node;
+//! changed, new and gone items are re-added or removed (a repair); when more than a tenth of the
+//! items differ, or anything does not read or check out, the graph is rebuilt. A stale graph is
+//! never served.
 
 use std::{
     collections::HashMap,
