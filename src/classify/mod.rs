@@ -582,7 +582,7 @@ impl ClassifyService {
     /// Stores a new set (durably, before answering) and starts computing its classifier.
     ///
     /// Cancellation: once validated, the write runs in a task of its own that the caller only
-    /// awaits ([`detached`]): a caller that goes away never leaves a definition stored but not in
+    /// awaits: a caller that goes away never leaves a definition stored but not in
     /// memory (or the reverse); the set is stored and visible, or neither.
     pub async fn create(
         &self,

@@ -588,7 +588,7 @@ impl LocalStore {
 }
 
 /// Cancellation: every write (create, drop_collection, upsert, delete) runs in a task of its own
-/// ([`detached`]) that the caller's future only awaits. Dropping the caller's future (a client
+/// that the caller's future only awaits. Dropping the caller's future (a client
 /// that hangs up) never cancels a write: once called, it runs to its end, and its redb commit and
 /// in-memory update happen together in one blocking section, so disk and memory never disagree.
 /// A write dropped before it took its locks still happens (it was asked for). Reads (collection,
