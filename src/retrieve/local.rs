@@ -903,7 +903,7 @@ mod tests {
 
     /// Waits (bounded) until `done` holds.
     async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
         while !done().await {
             assert!(Instant::now() < deadline, "{what}: never");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -1045,7 +1045,7 @@ mod tests {
         let search = std::thread::spawn(move || {
             let guard = c.index.read().unwrap();
             held_tx.send(()).unwrap();
-            let _ = stop_rx.recv_timeout(std::time::Duration::from_secs(3));
+            let _ = stop_rx.recv_timeout(std::time::Duration::from_secs(10));
             flag.store(true, Ordering::SeqCst);
             drop(guard);
         });
@@ -1057,7 +1057,7 @@ mod tests {
         // This runtime has one thread: it keeps ticking, and info keeps answering, until the
         // upsert is on disk (waiting for the index) and 20 ticks after.
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
-        let (mut after, deadline) = (0, Instant::now() + std::time::Duration::from_secs(10));
+        let (mut after, deadline) = (0, Instant::now() + std::time::Duration::from_secs(30));
         while after < 20 {
             tick.tick().await;
             assert!(

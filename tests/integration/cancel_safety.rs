@@ -19,7 +19,7 @@ fn poll_once_and_drop<F: std::future::Future>(f: F) {
 
 /// Waits (bounded) until `done` holds.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(Instant::now() < deadline, "{what}: never");
         tokio::time::sleep(Duration::from_millis(5)).await;
