@@ -417,6 +417,23 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
     pub max_metadata_bytes: u32,
 
+    /// Most bytes of items (ids, vectors, metadata) in one GetItems reply, and of collections in
+    /// one ListCollections reply; a GetItems past it is refused, naming the limit.
+    #[arg(long, env = "CLIP_SERVE_MAX_REPLY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_reply_bytes: u64,
+
+    /// Most items in one collection; an Upsert that would pass it is refused whole.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_MAX_COLLECTION_ITEMS",
+        default_value_t = 10_000_000
+    )]
+    pub max_collection_items: u64,
+
+    /// Longest `model` string of a collection, in bytes.
+    #[arg(long, env = "CLIP_SERVE_MAX_MODEL_BYTES", default_value_t = 256)]
+    pub max_model_bytes: u32,
+
     /// Size of the text-embedding cache that spares repeated inline labels, in bytes (0: off).
     #[arg(long, env = "CLIP_SERVE_TEXT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub text_cache_bytes: u64,
@@ -629,6 +646,9 @@ impl ServeArgs {
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             ann_min_vectors: usize::try_from(self.ann_min_vectors)
                 .map_err(|_| format!("--ann-min-vectors {} is too large", self.ann_min_vectors))?,
+            max_reply_bytes: to_usize("max-reply-bytes", self.max_reply_bytes)?,
+            max_collection_items: to_usize("max-collection-items", self.max_collection_items)?,
+            max_model_bytes: to_usize("max-model-bytes", self.max_model_bytes.into())?,
         };
         let fetch = self.fetch_config(limits.max_image_bytes)?;
         let store = self.store_config()?;

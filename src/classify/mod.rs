@@ -580,6 +580,10 @@ impl ClassifyService {
     }
 
     /// Stores a new set (durably, before answering) and starts computing its classifier.
+    ///
+    /// Cancellation: once validated, the write runs in a task of its own that the caller only
+    /// awaits: a caller that goes away never leaves a definition stored but not in
+    /// memory (or the reverse); the set is stored and visible, or neither.
     pub async fn create(
         &self,
         name: String,
@@ -600,6 +604,17 @@ impl ClassifyService {
                     .into(),
             ));
         }
+        let service = self.clone();
+        detached(async move { service.create_unit(name, spec).await }).await
+    }
+
+    /// One Create, whole (see [`detached`]): the definition stored (file or PostgreSQL) and the
+    /// set put into memory, under the store lock.
+    async fn create_unit(
+        &self,
+        name: String,
+        spec: Arc<LabelSetSpec>,
+    ) -> Result<LabelSetInfo, ServiceError> {
         let _store = self.inner.store_lock.lock().await;
         self.refresh_locked().await?;
         {
@@ -674,7 +689,17 @@ impl ClassifyService {
     }
 
     /// Deletes a client-created set (its definition and cached classifiers).
+    ///
+    /// Cancellation: as [`Self::create`], detached: the stored definition and the set in memory
+    /// go together, whatever the caller does.
     pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
+        let service = self.clone();
+        let name = name.to_string();
+        detached(async move { service.delete_unit(&name).await }).await
+    }
+
+    /// One Delete, whole (see [`detached`]).
+    async fn delete_unit(&self, name: &str) -> Result<(), ServiceError> {
         let _store = self.inner.store_lock.lock().await;
         self.refresh_locked().await?;
         {
@@ -761,6 +786,20 @@ fn check_spec(spec: &LabelSetSpec, config: &ClassifyConfig) -> Result<(), Servic
     }
     prompts::check_templates(spec.templates.clone(), limits)?;
     prompts::check_prompt_length(&spec.labels, &spec.templates, limits)
+}
+
+/// Runs a label-set write to completion in a task of its own: dropping the caller's future (a
+/// client that hung up) does not cancel it, so the stored definition and the in-memory sets never
+/// disagree.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::spawn(write).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "label set write panicked");
+        Err(ServiceError::Internal(
+            "storing the label set failed; the server logged the details".into(),
+        ))
+    })
 }
 
 fn not_found(name: &str) -> ServiceError {

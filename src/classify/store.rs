@@ -86,6 +86,9 @@ impl Store {
         specs
     }
 
+    /// Writes a definition atomically (blocking). Cancellation: synchronous, so it cannot be cut
+    /// short; [`super::ClassifyService::create`] runs it, and the in-memory update after it, in a
+    /// task the caller cannot cancel.
     pub fn save_definition(&self, spec: &LabelSetSpec) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(spec).map_err(io::Error::other)?;
         write_atomic(
@@ -95,6 +98,8 @@ impl Store {
     }
 
     /// Removes a definition and its cached classifiers. Missing files are fine (idempotent).
+    /// Blocking; run, with the in-memory update after it, in a task the caller cannot cancel
+    /// ([`super::ClassifyService::delete`]).
     pub fn delete(&self, name: &str) -> io::Result<()> {
         let ignore_missing = |r: io::Result<()>| match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

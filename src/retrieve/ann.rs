@@ -23,7 +23,9 @@
 //!   (graph recall 0.20). The crossover is near 7% of the collection for clustered data and 17%
 //!   for uniform; a tenth bounds either side's loss to about 2.5x and keeps every filter at or
 //!   under 10% exactly right. Otherwise the graph is
-//!   searched with the filter as a predicate. Whenever the graph returns fewer than `k` while more
+//!   searched with the filter as a predicate, within a visit budget (the estimated matches, at
+//!   least `32 * ef`): a walk past it (a filter whose matches lie far from the query, which
+//!   would visit most of the graph) stops and the exact scan of the matches answers. Whenever the graph returns fewer than `k` while more
 //!   may match, the exact scan of the matches answers instead: a filter never comes up short.
 //! * **No filter:** the graph is asked for `max(2k, k + 16)` candidates (at least
 //!   `expansion_search` are explored anyway), which are rescored exactly; the best `k` are
@@ -40,8 +42,9 @@
 //!   tables) + 2,135 B outside it (f32 vector, id, maps, postings): RSS grows ~3.7 KB per item,
 //!   ~3.7 GB per 1M. On disk: 1,194 B per item.
 //! * **Persistence** ([`persist`]): the graph is saved beside the store with a sidecar of
-//!   slot -> (id, vector hash); start-up verifies it against what the store loaded and loads,
-//!   repairs or rebuilds it.
+//!   slot -> (id, vector hash) and the graph file's checksum; start-up loads it when it matches
+//!   what the store loaded exactly and checks out, else serves exactly while it is repaired or
+//!   rebuilt in the background.
 //!
 //! Not done: the graph is never compacted (usearch reuses removed nodes for later adds, so a
 //! collection's graph stays at its largest size); memory-mapped `view` is not used, as the index
@@ -431,19 +434,45 @@ impl AnnIndex {
         })
     }
 
-    /// Graph candidates for `query` (`count` of them), rescored exactly.
+    /// Nodes a filtered graph search may visit before it gives up for the exact scan of the
+    /// filter's matches: as many as the filter's estimated matches (a visit costs at least what
+    /// scoring a row does, so past that the scan is cheaper), but at least enough for an ordinary
+    /// walk through a filter of a tenth or more (`32 * max(expansion_search, count)`).
+    fn visit_budget(&self, estimate: usize, count: usize) -> usize {
+        estimate.max(32 * self.params.expansion_search.max(count))
+    }
+
+    /// Graph candidates for `query` (`count` of them), rescored exactly. `None` when the graph
+    /// failed, or when a filtered walk passed its visit budget (a filter whose matches lie far
+    /// from the query, which would walk most of the graph).
     fn candidates(
         &self,
         query: &[f32],
         count: usize,
         lists: &[&RoaringBitmap],
+        estimate: usize,
     ) -> Option<Vec<(f32, u32)>> {
+        let budget = self.visit_budget(estimate, count);
+        let visits = std::cell::Cell::new(0usize);
         let found = if lists.is_empty() {
             self.graph.search(query, count)
         } else {
-            self.graph
-                .filtered_search(query, count, |key| Self::matches_all(lists, key as u32))
+            self.graph.filtered_search(query, count, |key| {
+                let n = visits.get() + 1;
+                visits.set(n);
+                // Past the budget every node "matches": usearch's result list fills at once and
+                // the walk ends; the caller throws the results away and scans the matches.
+                n > budget || Self::matches_all(lists, key as u32)
+            })
         };
+        if visits.get() > budget {
+            tracing::debug!(
+                visits = visits.get(),
+                budget,
+                "filtered HNSW walk over its visit budget; scanning the matches exactly"
+            );
+            return None;
+        }
         match found {
             Ok(m) => Some(
                 m.keys
@@ -490,7 +519,7 @@ impl AnnIndex {
             } else {
                 Plan::FilteredGraph
             };
-            match self.candidates(query, count, &lists) {
+            match self.candidates(query, count, &lists, estimate) {
                 // Fewer than k while at least that many may match: ask the exact scan (it knows).
                 Some(c) if c.len() >= k.min(estimate) => (c, plan),
                 _ if lists.is_empty() => (self.exact_all(query, k), Plan::ExactAll),
@@ -546,6 +575,10 @@ impl VectorIndex for AnnIndex {
 
     fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.slots.contains_key(id)
     }
 
     fn search(&self, query: &[f32], k: usize, filter: &Metadata) -> Vec<Scored> {

@@ -9,7 +9,10 @@
 //! - a write carries the [`CollectionMeta`] it began with; when the collection of that name is no
 //!   longer that incarnation (`meta.id`), the write is refused whole with ABORTED;
 //! - `get_items` returns vectors exactly as they were stored;
-//! - an unreachable store answers UNAVAILABLE, naming the store.
+//! - an unreachable store answers UNAVAILABLE, naming the store;
+//! - cancellation: a write (create, drop_collection, upsert, delete) whose caller goes away (its
+//!   future dropped: a client hung up) happens whole or not at all, on disk and in any memory the
+//!   store keeps, never half. Each method's doc says how.
 
 use std::sync::Arc;
 
@@ -51,6 +54,10 @@ pub trait CollectionStore: Send + Sync {
 
     /// Creates `meta` unless its name exists (ALREADY_EXISTS) or `max_collections` do
     /// (RESOURCE_EXHAUSTED); durable when it returns.
+    ///
+    /// Cancellation: local, runs to its end in a task of its own whatever the caller does (redb
+    /// commit and in-memory map updated in one blocking section); PostgreSQL, one transaction,
+    /// which commits or not (a dropped caller may leave it either way, never half).
     async fn create(
         &self,
         meta: CollectionMeta,
@@ -60,13 +67,26 @@ pub trait CollectionStore: Send + Sync {
     /// The collection of that name (NOT_FOUND when there is none).
     async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError>;
 
+    /// The collection's name, count, dimension and model. Never waits behind a search or a
+    /// writer (the local store keeps the count beside its index).
     async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError>;
 
+    /// Every collection, as [`Self::info`].
     async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError>;
 
+    /// Deletes the collection and its items (NOT_FOUND when there is none).
+    ///
+    /// Cancellation: local, runs to its end in a task of its own (redb commit, graph files and
+    /// in-memory map in one blocking section, under the collection's writer lock); PostgreSQL,
+    /// one transaction, which commits or not.
     async fn drop_collection(&self, name: &str) -> Result<(), ServiceError>;
 
     /// Inserts or replaces `records` (ids distinct) in `meta`; returns the item count after.
+    ///
+    /// Cancellation: local, runs to its end in a task of its own (the item cap checked, redb
+    /// commit and index update in one blocking section, under the collection's writer lock); an
+    /// upserted item is then both stored and searchable. PostgreSQL, one transaction, which
+    /// commits or not.
     async fn upsert(
         &self,
         meta: &CollectionMeta,
@@ -74,6 +94,8 @@ pub trait CollectionStore: Send + Sync {
     ) -> Result<usize, ServiceError>;
 
     /// Deletes ids (absent ones are fine); returns (deleted, count after).
+    ///
+    /// Cancellation: as [`Self::upsert`]; a deleted id is then neither stored nor searchable.
     async fn delete(
         &self,
         meta: &CollectionMeta,
@@ -82,6 +104,9 @@ pub trait CollectionStore: Send + Sync {
 
     /// The `k` items nearest (cosine) to `query` (L2-normalized) among those whose metadata holds
     /// every pair of `filter`, best first. Never fewer than `k` when `k` match.
+    ///
+    /// Reads only: dropping the caller's future changes nothing (a local scan on the blocking
+    /// pool finishes there; PostgreSQL's query is left to the pool's connection).
     async fn search(
         &self,
         meta: &CollectionMeta,

@@ -24,6 +24,8 @@ pub trait VectorIndex: Send + Sync {
     /// Removes `id`; false when it was absent.
     fn delete(&mut self, id: &str) -> bool;
     fn len(&self) -> usize;
+    /// Whether `id` is held.
+    fn contains(&self, id: &str) -> bool;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -190,6 +192,10 @@ impl VectorIndex for FlatIndex {
 
     fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.rows.contains_key(id)
     }
 
     fn flat(&self) -> Option<&FlatIndex> {

@@ -3,19 +3,29 @@
 //! writer per collection; searches read the index under a read lock, so they proceed while other
 //! writes are being committed. One replica's own: another process never sees these collections.
 //!
+//! Cancellation and the runtime: every write runs in a task of its own (the caller only awaits it),
+//! and its redb commit and index update run in one blocking section, so a client that hangs up
+//! never leaves disk and memory apart. The index lock is taken on the blocking pool only (searches
+//! and writes alike); `info` and `list` read a count kept beside it, so no tokio worker waits
+//! behind a long scan.
+//!
 //! A collection of at least `--ann-min-vectors` items (0: never) is searched approximately by an
 //! [`AnnIndex`] instead (HNSW proposals, exact rescoring; see [`super::ann`]), whose graph is saved
-//! under `<data_dir>/ann/` on graceful shutdown ([`CollectionStore::flush`]) and after a start-up
-//! build or repair, and verified against the store when loaded. A collection at the threshold at
-//! start-up loads straight into it; one that reaches it through upserts switches while serving: a
-//! background thread builds the graph from a snapshot while writes continue into the exact index
-//! and a journal, then the journal is replayed and the index swapped under the write lock (held for
-//! the replay only). A collection that shrinks below the threshold keeps its graph until the next
+//! under `<data_dir>/ann/` on graceful shutdown ([`CollectionStore::flush`]) and after a
+//! background build or repair, and verified against the store when loaded. A collection at the
+//! threshold at start-up loads straight into it when its saved graph is current; otherwise it
+//! starts exact and switches while serving, as one that reaches the threshold through upserts does:
+//! a background thread builds the graph from a snapshot (or repairs the saved one) while writes
+//! continue into the exact index and a journal, then the journal is replayed and the index swapped
+//! under the write lock (held for the replay only). A collection that shrinks below the threshold keeps its graph until the next
 //! start-up.
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Instant,
 };
 
@@ -31,7 +41,12 @@ use crate::common::{Field, ServiceError};
 
 struct Collection {
     meta: CollectionMeta,
+    /// Searched on the blocking pool only, and written there only (inside a write's unit): no
+    /// tokio worker ever waits for this lock.
     index: RwLock<Box<dyn VectorIndex>>,
+    /// The index's item count, set under `index`'s write lock: `info` and `list` read it without
+    /// the lock, so they never wait behind a writer that waits behind a long search.
+    count: AtomicUsize,
     /// One writer at a time, so disk and index see writes in the same order.
     writer: tokio::sync::Mutex<()>,
     /// While the approximate index is being built in the background: the writes since its snapshot,
@@ -61,6 +76,8 @@ struct Inner {
     ann_params: AnnParams,
     /// `<data_dir>/ann`: the saved graphs.
     ann_dir: std::path::PathBuf,
+    /// Items per collection (`--max-collection-items`).
+    max_items: usize,
 }
 
 pub struct LocalStore {
@@ -93,10 +110,23 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// Runs a write to completion in a task of its own: when the caller's future is dropped (a client
+/// hung up), the write still finishes, disk and memory together, and releases its locks after.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::spawn(write).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "storage write panicked");
+        Err(ServiceError::Internal(
+            "the collection store failed; the server logged the details".into(),
+        ))
+    })
+}
+
 fn info(c: &Collection) -> CollectionInfo {
     CollectionInfo {
         name: c.meta.name.clone(),
-        count: c.index.read().unwrap_or_else(PoisonError::into_inner).len(),
+        count: c.count.load(Ordering::Acquire),
         dimension: c.meta.dimension,
         model: c.meta.model.clone(),
     }
@@ -124,6 +154,7 @@ impl LocalStore {
                 ann_min_vectors,
                 ann_params: AnnParams::default(),
                 ann_dir: data_dir.join("ann"),
+                max_items: usize::MAX,
             }),
         })
     }
@@ -132,17 +163,18 @@ impl LocalStore {
         inner.ann_min_vectors > 0 && len >= inner.ann_min_vectors
     }
 
-    /// The start-up index of a collection: approximate at the threshold when a saved graph is
-    /// there (loaded or repaired), else exact. A collection at the threshold without a saved
-    /// graph starts exact and builds its graph in the background once serving (minutes per
-    /// million vectors), as one that grows past the threshold does: start-up is not held up by
-    /// it. An approximate index that cannot be made falls back to exact.
+    /// The start-up index of a collection: approximate at the threshold when its saved graph is
+    /// current (matches the store exactly and checks out: [`AnnIndex::load_current`], a read and
+    /// a few checksums), else exact. Start-up never waits for a graph to be built or repaired: a
+    /// collection at the threshold whose graph is missing, stale or damaged starts exact and gets
+    /// its graph in the background once serving ([`Self::after_write`], repaired from the saved
+    /// one when only a few items differ, else built), as one that grows past the threshold does.
     fn index_of(inner: &Inner, meta: &CollectionMeta, items: Items) -> Box<dyn VectorIndex> {
         let saved = persist::paths(&inner.ann_dir, &meta.name).1.exists();
         if Self::wants_ann(inner, items.len()) && saved {
             let started = Instant::now();
             let (dir, name) = (&inner.ann_dir, &meta.name);
-            let opened = AnnIndex::open(
+            let loaded = AnnIndex::load_current(
                 meta.dimension,
                 inner.search_threads,
                 inner.ann_params,
@@ -151,19 +183,17 @@ impl LocalStore {
                 name,
                 &meta.id,
             );
-            match opened {
-                Ok((index, how)) => {
+            match loaded {
+                Ok(Ok(index)) => {
                     let ms = started.elapsed().as_millis() as u64;
-                    tracing::info!(collection = %name, items = index.len(), how = ?how, ms, "approximate index ready");
-                    if how != persist::Opened::Loaded
-                        && let Err(e) = index.save(dir, name, &meta.id)
-                    {
-                        tracing::warn!(collection = %name, error = %e, "could not save the HNSW graph");
-                    }
+                    tracing::info!(collection = %name, items = index.len(), ms, "approximate index loaded");
                     return Box::new(index);
                 }
+                Ok(Err(why)) => {
+                    tracing::info!(collection = %name, reason = %why, "the saved HNSW graph is not current; searching exactly until it is repaired or rebuilt in the background")
+                }
                 Err(e) => {
-                    tracing::error!(collection = %name, error = %e, "could not build the approximate index; searching exactly")
+                    tracing::error!(collection = %name, error = %e, "could not load the approximate index; searching exactly until it is rebuilt in the background")
                 }
             }
         } else if !Self::wants_ann(inner, items.len()) {
@@ -201,29 +231,52 @@ impl LocalStore {
             .map(|(id, v, m)| (id.to_string(), v.to_vec(), Arc::clone(m)))
             .collect();
         *journal = Some(Vec::new());
-        let (collection, threads, params) = (
+        let (collection, threads, params, dir) = (
             Arc::clone(collection),
             inner.search_threads,
             inner.ann_params,
+            inner.ann_dir.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name("ann-build".into())
-            .spawn(move || Self::build_in_background(&collection, threads, params, &snapshot));
+            .spawn(move || {
+                Self::build_in_background(&collection, threads, params, &dir, &snapshot)
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the approximate index build");
             *journal = None;
         }
     }
 
+    /// Builds the approximate index from `snapshot`: from the saved graph when there is one
+    /// (repaired when few items differ, saved again then), else from scratch. Then replays the
+    /// journal and swaps it in under the write lock.
     fn build_in_background(
         collection: &Collection,
         threads: usize,
         params: AnnParams,
+        dir: &std::path::Path,
         snapshot: &[(String, Vec<f32>, Arc<Metadata>)],
     ) {
         let started = Instant::now();
-        let name = &collection.meta.name;
-        let built = AnnIndex::build(collection.meta.dimension, threads, params, snapshot);
+        let (name, id, dim) = (
+            &collection.meta.name,
+            &collection.meta.id,
+            collection.meta.dimension,
+        );
+        let built = if persist::paths(dir, name).1.exists() {
+            AnnIndex::open(dim, threads, params, snapshot, dir, name, id).map(|(ann, how)| {
+                tracing::info!(collection = %name, how = ?how, "approximate index opened from the saved graph");
+                if how != persist::Opened::Loaded
+                    && let Err(e) = ann.save(dir, name, id)
+                {
+                    tracing::warn!(collection = %name, error = %e, "could not save the HNSW graph");
+                }
+                ann
+            })
+        } else {
+            AnnIndex::build(dim, threads, params, snapshot)
+        };
         let mut index = collection
             .index
             .write()
@@ -246,6 +299,7 @@ impl LocalStore {
                     }
                 }
                 tracing::info!(collection = %name, items = ann.len(), replayed, ms = started.elapsed().as_millis() as u64, "switched to the approximate index");
+                collection.count.store(ann.len(), Ordering::Release);
                 *index = Box::new(ann);
             }
             // Stays exact; the next write tries again.
@@ -333,6 +387,7 @@ impl LocalStore {
     fn collection_of(meta: CollectionMeta, index: Box<dyn VectorIndex>) -> Arc<Collection> {
         Arc::new(Collection {
             meta,
+            count: AtomicUsize::new(index.len()),
             index: RwLock::new(index),
             writer: tokio::sync::Mutex::new(()),
             journal: std::sync::Mutex::new(None),
@@ -340,7 +395,11 @@ impl LocalStore {
     }
 
     fn current(&self, name: &str) -> Result<Arc<Collection>, ServiceError> {
-        self.inner
+        Self::current_in(&self.inner, name)
+    }
+
+    fn current_in(inner: &Inner, name: &str) -> Result<Arc<Collection>, ServiceError> {
+        inner
             .collections
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -352,14 +411,188 @@ impl LocalStore {
     /// The collection a write began with, under its writer lock: it must still be the one of that
     /// name (in memory here and, within the store's transaction, on disk). A write that lost a race
     /// with DeleteCollection (and CreateCollection of the same name) is ABORTED, whole.
-    fn incarnation(&self, meta: &CollectionMeta) -> Result<Arc<Collection>, ServiceError> {
-        match self.current(&meta.name) {
+    fn incarnation(inner: &Inner, meta: &CollectionMeta) -> Result<Arc<Collection>, ServiceError> {
+        match Self::current_in(inner, &meta.name) {
             Ok(c) if c.meta.id == meta.id => Ok(c),
             _ => Err(replaced(&meta.name)),
         }
     }
+
+    /// Caps a collection's items (`--max-collection-items`); unlimited by default.
+    pub fn with_max_items(mut self, max: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.max_items = max;
+        }
+        self
+    }
+
+    /// One Create, whole: runs detached (see [`detached`]); the redb commit and the insertion
+    /// into the in-memory map happen in one blocking section.
+    async fn create_unit(
+        inner: Arc<Inner>,
+        meta: CollectionMeta,
+        max_collections: usize,
+    ) -> Result<CollectionInfo, ServiceError> {
+        let _admin = inner.admin.lock().await;
+        {
+            let collections = inner
+                .collections
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if collections.contains_key(&meta.name) {
+                return Err(exists(&meta.name));
+            }
+            if collections.len() >= max_collections {
+                return Err(too_many(collections.len()));
+            }
+        }
+        let section = Arc::clone(&inner);
+        blocking(move || {
+            section.store.create(&meta).map_err(store_error)?;
+            let index = FlatIndex::new(meta.dimension, section.search_threads);
+            let name = meta.name.clone();
+            let collection = Self::collection_of(meta, Box::new(index));
+            let out = info(&collection);
+            section
+                .collections
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name, collection);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One DeleteCollection, whole: runs detached; the redb commit, the graph files and the
+    /// removal from the in-memory map happen in one blocking section, under the collection's
+    /// writer lock (so no write of it is half done).
+    async fn drop_unit(inner: Arc<Inner>, name: String) -> Result<(), ServiceError> {
+        let _admin = inner.admin.lock().await;
+        let collection = Self::current_in(&inner, &name)?;
+        let _writer = collection.writer.lock().await;
+        let section = Arc::clone(&inner);
+        blocking(move || {
+            section.store.drop_collection(&name).map_err(store_error)?;
+            persist::remove_files(&section.ann_dir, &name);
+            section
+                .collections
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name);
+            Ok(())
+        })
+        .await
+    }
+
+    /// One Upsert, whole: runs detached; under the collection's writer lock, one blocking
+    /// section checks the item cap, commits to redb, then updates the index (taking its write
+    /// lock on the blocking pool, never on a tokio worker) and the journal of a running build.
+    async fn upsert_unit(
+        inner: Arc<Inner>,
+        meta: CollectionMeta,
+        records: Vec<Record>,
+    ) -> Result<usize, ServiceError> {
+        let collection = Self::current_in(&inner, &meta.name).map_err(|_| replaced(&meta.name))?;
+        let _writer = collection.writer.lock().await;
+        let collection = Self::incarnation(&inner, &meta)?;
+        let section = Arc::clone(&inner);
+        blocking(move || {
+            let inner = section;
+            if inner.max_items < usize::MAX {
+                let index = collection
+                    .index
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let added = records.iter().filter(|r| !index.contains(&r.id)).count();
+                let count = index.len();
+                if count + added > inner.max_items {
+                    return Err(ServiceError::ResourceExhausted(format!(
+                        "collection {:?} holds {count} items and this upsert adds {added}, over the limit of {} items per collection (--max-collection-items); nothing was written",
+                        meta.name, inner.max_items
+                    )));
+                }
+            }
+            // The index holds what a start-up would load: the stored vector normalized by
+            // `check_vector` (the same bits, so a saved graph's vector hashes match at start-up;
+            // an embedding normalized elsewhere may differ in its last bits).
+            let dim = meta.dimension;
+            let (rows, entries): (Vec<_>, Vec<_>) = records
+                .into_iter()
+                .map(|r| {
+                    let unit =
+                        check_vector(Field::Param("stored"), &r.stored, dim).unwrap_or(r.unit);
+                    (
+                        (r.id.clone(), r.stored, r.metadata.clone()),
+                        (r.id, unit, r.metadata),
+                    )
+                })
+                .unzip();
+            inner.store.upsert(&meta, &rows).map_err(store_error)?;
+            drop(rows);
+            let mut index = collection
+                .index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Copies for the journal only while a background build runs (it is set and taken
+            // under this write lock).
+            let journaling = collection
+                .journal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
+            let mut ops = Vec::new();
+            for (id, unit, md) in entries {
+                let md = Arc::new(md);
+                if journaling {
+                    index.upsert(id.clone(), &unit, Arc::clone(&md));
+                    ops.push(Op::Upsert(id, unit, md));
+                } else {
+                    index.upsert(id, &unit, md);
+                }
+            }
+            Self::after_write(&inner, &collection, &**index, || ops);
+            collection.count.store(index.len(), Ordering::Release);
+            Ok(index.len())
+        })
+        .await
+    }
+
+    /// One Delete, whole: as [`Self::upsert_unit`].
+    async fn delete_unit(
+        inner: Arc<Inner>,
+        meta: CollectionMeta,
+        ids: Vec<String>,
+    ) -> Result<(usize, usize), ServiceError> {
+        let collection = Self::current_in(&inner, &meta.name).map_err(|_| replaced(&meta.name))?;
+        let _writer = collection.writer.lock().await;
+        let collection = Self::incarnation(&inner, &meta)?;
+        let section = Arc::clone(&inner);
+        blocking(move || {
+            let inner = section;
+            let deleted = inner.store.delete(&meta, &ids).map_err(store_error)?;
+            let mut index = collection
+                .index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for id in &ids {
+                index.delete(id);
+            }
+            Self::after_write(&inner, &collection, &**index, || {
+                ids.into_iter().map(Op::Delete).collect()
+            });
+            collection.count.store(index.len(), Ordering::Release);
+            Ok((deleted, index.len()))
+        })
+        .await
+    }
 }
 
+/// Cancellation: every write (create, drop_collection, upsert, delete) runs in a task of its own
+/// that the caller's future only awaits. Dropping the caller's future (a client
+/// that hangs up) never cancels a write: once called, it runs to its end, and its redb commit and
+/// in-memory update happen together in one blocking section, so disk and memory never disagree.
+/// A write dropped before it took its locks still happens (it was asked for). Reads (collection,
+/// info, list, search, get_items) change nothing and may be dropped at any point.
 #[async_trait::async_trait]
 impl CollectionStore for LocalStore {
     fn kind(&self) -> &'static str {
@@ -384,48 +617,26 @@ impl CollectionStore for LocalStore {
             .map_err(|e| anyhow::anyhow!("saving the HNSW graphs panicked: {e}"))?
     }
 
+    /// Cancellation-safe: detached; commit and map insertion in one blocking section.
     async fn create(
         &self,
         meta: CollectionMeta,
         max_collections: usize,
     ) -> Result<CollectionInfo, ServiceError> {
-        let name = meta.name.clone();
-        let _admin = self.inner.admin.lock().await;
-        {
-            let collections = self
-                .inner
-                .collections
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if collections.contains_key(&name) {
-                return Err(exists(&name));
-            }
-            if collections.len() >= max_collections {
-                return Err(too_many(collections.len()));
-            }
-        }
         let inner = Arc::clone(&self.inner);
-        let stored = meta.clone();
-        blocking(move || inner.store.create(&stored).map_err(store_error)).await?;
-        let index = FlatIndex::new(meta.dimension, self.inner.search_threads);
-        let collection = Self::collection_of(meta, Box::new(index));
-        let out = info(&collection);
-        self.inner
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name, collection);
-        Ok(out)
+        detached(Self::create_unit(inner, meta, max_collections)).await
     }
 
     async fn collection(&self, name: &str) -> Result<CollectionMeta, ServiceError> {
         Ok(self.current(name)?.meta.clone())
     }
 
+    /// Never waits for an index lock (the count is kept beside the index).
     async fn info(&self, name: &str) -> Result<CollectionInfo, ServiceError> {
         Ok(info(self.current(name)?.as_ref()))
     }
 
+    /// Never waits for an index lock.
     async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
         Ok(self
             .inner
@@ -437,102 +648,34 @@ impl CollectionStore for LocalStore {
             .collect())
     }
 
+    /// Cancellation-safe: detached; commit, graph files and map removal in one blocking section.
     async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
-        let _admin = self.inner.admin.lock().await;
-        let collection = self.current(name)?;
-        let _writer = collection.writer.lock().await;
         let inner = Arc::clone(&self.inner);
-        let owned = name.to_string();
-        blocking(move || {
-            inner.store.drop_collection(&owned).map_err(store_error)?;
-            persist::remove_files(&inner.ann_dir, &owned);
-            Ok(())
-        })
-        .await?;
-        self.inner
-            .collections
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
-        Ok(())
+        detached(Self::drop_unit(inner, name.to_string())).await
     }
 
+    /// Cancellation-safe: detached; commit and index update in one blocking section.
     async fn upsert(
         &self,
         meta: &CollectionMeta,
         records: Vec<Record>,
     ) -> Result<usize, ServiceError> {
-        let collection = self.current(&meta.name).map_err(|_| replaced(&meta.name))?;
-        let _writer = collection.writer.lock().await;
-        let collection = self.incarnation(meta)?;
-        let (rows, entries): (Vec<_>, Vec<_>) = records
-            .into_iter()
-            .map(|r| {
-                (
-                    (r.id.clone(), r.stored, r.metadata.clone()),
-                    (r.id, r.unit, r.metadata),
-                )
-            })
-            .unzip();
         let inner = Arc::clone(&self.inner);
-        let stored_meta = meta.clone();
-        blocking(move || inner.store.upsert(&stored_meta, &rows).map_err(store_error)).await?;
-        let mut index = collection
-            .index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Copies for the journal only while a background build runs (it is set and taken under
-        // this write lock).
-        let journaling = collection
-            .journal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
-        let mut ops = Vec::new();
-        for (id, unit, md) in entries {
-            let md = Arc::new(md);
-            if journaling {
-                index.upsert(id.clone(), &unit, Arc::clone(&md));
-                ops.push(Op::Upsert(id, unit, md));
-            } else {
-                index.upsert(id, &unit, md);
-            }
-        }
-        Self::after_write(&self.inner, &collection, &**index, || ops);
-        Ok(index.len())
+        detached(Self::upsert_unit(inner, meta.clone(), records)).await
     }
 
+    /// Cancellation-safe: detached; commit and index update in one blocking section.
     async fn delete(
         &self,
         meta: &CollectionMeta,
         ids: Vec<String>,
     ) -> Result<(usize, usize), ServiceError> {
-        let collection = self.current(&meta.name).map_err(|_| replaced(&meta.name))?;
-        let _writer = collection.writer.lock().await;
-        let collection = self.incarnation(meta)?;
         let inner = Arc::clone(&self.inner);
-        let stored_meta = meta.clone();
-        let to_delete = ids.clone();
-        let deleted = blocking(move || {
-            inner
-                .store
-                .delete(&stored_meta, &to_delete)
-                .map_err(store_error)
-        })
-        .await?;
-        let mut index = collection
-            .index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for id in &ids {
-            index.delete(id);
-        }
-        Self::after_write(&self.inner, &collection, &**index, || {
-            ids.into_iter().map(Op::Delete).collect()
-        });
-        Ok((deleted, index.len()))
+        detached(Self::delete_unit(inner, meta.clone(), ids)).await
     }
 
+    /// Runs on the blocking pool under the index's read lock; dropping the caller's future
+    /// leaves the scan to finish there (it changes nothing).
     async fn search(
         &self,
         meta: &CollectionMeta,
@@ -748,6 +891,299 @@ mod tests {
         assert!(graph.exists(), "saved by the flush");
         s.drop_collection("c").await.unwrap();
         assert!(!graph.exists());
+    }
+
+    /// Polls a write once, then drops it: a client that hangs up right after its write began
+    /// (on the blocking pool, its redb commit under way).
+    fn poll_once_and_drop<F: std::future::Future>(f: F) {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(f.as_mut().poll(&mut cx).is_pending(), "done in one poll");
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !done().await {
+            assert!(Instant::now() < deadline, "{what}: never");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for the write running in `name`, if any, to end (its writer lock).
+    async fn settled(s: &LocalStore, name: &str) {
+        let c = s.current(name).unwrap();
+        drop(c.writer.lock().await);
+    }
+
+    async fn stored(s: &LocalStore, meta: &CollectionMeta, id: &str) -> bool {
+        s.get_items(meta, vec![id.into()]).await.unwrap()[0].is_some()
+    }
+
+    async fn found(s: &LocalStore, meta: &CollectionMeta, id: &str, v: Vec<f32>) -> bool {
+        let top = s.search(meta, v, 10, Metadata::new()).await.unwrap();
+        top.iter().any(|t| t.id == id)
+    }
+
+    #[tokio::test]
+    async fn an_upsert_dropped_after_its_commit_began_is_both_stored_and_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        s.upsert(&meta, vec![record("keep", vec![1.0, 0.0])])
+            .await
+            .unwrap();
+        poll_once_and_drop(s.upsert(&meta, vec![record("a", vec![0.0, 1.0])]));
+        until("the upsert on disk", || stored(&s, &meta, "a")).await;
+        settled(&s, "c").await;
+        assert!(
+            found(&s, &meta, "a", vec![0.0, 1.0]).await,
+            "stored, so searchable"
+        );
+        assert_eq!(s.info("c").await.unwrap().count, 2);
+    }
+
+    #[tokio::test]
+    async fn a_delete_dropped_after_its_commit_began_leaves_the_ids_neither_stored_nor_searchable()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        s.upsert(
+            &meta,
+            vec![record("a", vec![0.0, 1.0]), record("b", vec![1.0, 0.0])],
+        )
+        .await
+        .unwrap();
+        poll_once_and_drop(s.delete(&meta, vec!["a".into()]));
+        until("the delete on disk", || async {
+            !stored(&s, &meta, "a").await
+        })
+        .await;
+        settled(&s, "c").await;
+        assert!(
+            !found(&s, &meta, "a", vec![0.0, 1.0]).await,
+            "deleted, yet searchable"
+        );
+        assert!(found(&s, &meta, "b", vec![1.0, 0.0]).await);
+        assert_eq!(s.info("c").await.unwrap().count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_create_dropped_after_its_commit_began_leaves_a_usable_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        poll_once_and_drop(s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4));
+        until("the collection listed", || async {
+            s.info("c").await.is_ok()
+        })
+        .await;
+        let meta = s.collection("c").await.unwrap();
+        assert_eq!(
+            s.upsert(&meta, vec![record("a", vec![0.0, 1.0])])
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(found(&s, &meta, "a", vec![0.0, 1.0]).await);
+        // And it survives a restart (it was on disk).
+        drop(s);
+        let s = store(dir.path()).await;
+        assert_eq!(s.info("c").await.unwrap().count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_collection_delete_dropped_after_its_commit_began_leaves_no_zombie() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        s.upsert(&meta, vec![record("a", vec![0.0, 1.0])])
+            .await
+            .unwrap();
+        poll_once_and_drop(s.drop_collection("c"));
+        until("the collection gone", || async {
+            matches!(s.info("c").await, Err(ServiceError::NotFound(_)))
+        })
+        .await;
+        assert!(s.list().await.unwrap().is_empty());
+        // Not a zombie: created again, empty.
+        s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        assert!(!stored(&s, &meta, "a").await);
+        assert_eq!(s.info("c").await.unwrap().count, 0);
+    }
+
+    #[tokio::test]
+    async fn a_writer_and_info_never_stall_the_runtime_behind_a_long_search() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(store(dir.path()).await);
+        s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        s.upsert(&meta, vec![record("a", vec![0.0, 1.0])])
+            .await
+            .unwrap();
+        // A search scanning a huge collection: the index's read lock, held on another thread.
+        let c = s.current("c").unwrap();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&released);
+        let search = std::thread::spawn(move || {
+            let guard = c.index.read().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = stop_rx.recv_timeout(std::time::Duration::from_secs(10));
+            flag.store(true, Ordering::SeqCst);
+            drop(guard);
+        });
+        held_rx.recv().unwrap();
+        let writer = {
+            let (s, meta) = (Arc::clone(&s), meta.clone());
+            tokio::spawn(async move { s.upsert(&meta, vec![record("b", vec![1.0, 0.0])]).await })
+        };
+        // This runtime has one thread: it keeps ticking, and info keeps answering, until the
+        // upsert is on disk (waiting for the index) and 20 ticks after.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
+        let (mut after, deadline) = (0, Instant::now() + std::time::Duration::from_secs(30));
+        while after < 20 {
+            tick.tick().await;
+            assert!(
+                Instant::now() < deadline,
+                "the upsert never reached the disk"
+            );
+            s.info("c").await.unwrap();
+            s.list().await.unwrap();
+            if stored(&s, &meta, "b").await {
+                after += 1;
+            }
+        }
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "the runtime stalled until the search ended"
+        );
+        stop_tx.send(()).unwrap();
+        search.join().unwrap();
+        assert_eq!(writer.await.unwrap().unwrap(), 2);
+        assert_eq!(s.info("c").await.unwrap().count, 2);
+        assert!(found(&s, &meta, "b", vec![1.0, 0.0]).await);
+    }
+
+    #[tokio::test]
+    async fn an_upsert_past_the_item_cap_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(
+            dir.path(),
+            1,
+            0,
+            prometheus::IntCounter::new("s", "s").unwrap(),
+        )
+        .unwrap()
+        .with_max_items(3);
+        s.load().await.unwrap();
+        s.create(CollectionMeta::new("c".into(), 2, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        let v = || vec![1.0, 0.0];
+        s.upsert(&meta, vec![record("a", v()), record("b", v())])
+            .await
+            .unwrap();
+        // A replacement and one new item: at the cap, fine.
+        s.upsert(&meta, vec![record("a", v()), record("c", v())])
+            .await
+            .unwrap();
+        let e = s
+            .upsert(&meta, vec![record("b", v()), record("d", v())])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ServiceError::ResourceExhausted(m) if m.contains("--max-collection-items") && m.contains("limit of 3")),
+            "{e}"
+        );
+        assert!(!stored(&s, &meta, "d").await, "refused whole");
+        assert_eq!(s.info("c").await.unwrap().count, 3);
+    }
+
+    #[tokio::test]
+    async fn a_stale_or_damaged_saved_graph_serves_exactly_at_once_then_switches() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            LocalStore::open(
+                dir.path(),
+                2,
+                500,
+                prometheus::IntCounter::new("s", "s").unwrap(),
+            )
+            .unwrap()
+        };
+        let batch = |r: std::ops::Range<usize>| -> Vec<Record> {
+            r.map(|i| record(&format!("id{i}"), unit(i, 16))).collect()
+        };
+        let wait_ann = |s: &LocalStore| {
+            let deadline = Instant::now() + std::time::Duration::from_secs(30);
+            while !is_ann(s) {
+                assert!(Instant::now() < deadline, "never switched");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let s = open();
+        s.load().await.unwrap();
+        s.create(CollectionMeta::new("c".into(), 16, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        s.upsert(&meta, batch(0..600)).await.unwrap();
+        wait_ann(&s);
+        s.flush().await.unwrap();
+        drop(s);
+        let (graph, _) = persist::paths(&dir.path().join("ann"), "c");
+
+        // Damaged: bytes changed inside the graph file (its length the same).
+        let mut bytes = std::fs::read(&graph).unwrap();
+        let at = bytes.len() / 2;
+        for b in &mut bytes[at..at + 64] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&graph, &bytes).unwrap();
+        let s = open();
+        s.load().await.unwrap();
+        assert!(
+            !is_ann(&s),
+            "a damaged graph is never loaded: exact at once"
+        );
+        assert_eq!(s.info("c").await.unwrap().count, 600);
+        assert!(found(&s, &meta, "id7", unit(7, 16)).await);
+        wait_ann(&s);
+        assert!(found(&s, &meta, "id7", unit(7, 16)).await);
+        s.flush().await.unwrap();
+        // Stale: written after the last save (a crash, no flush).
+        s.upsert(&meta, batch(600..610)).await.unwrap();
+        drop(s);
+        let s = open();
+        s.load().await.unwrap();
+        assert!(!is_ann(&s), "a stale graph is repaired in the background");
+        assert!(found(&s, &meta, "id605", unit(605, 16)).await);
+        wait_ann(&s);
+        assert!(found(&s, &meta, "id605", unit(605, 16)).await);
+        drop(s);
+        // Repaired and saved by the background build: loaded at once next time.
+        let s = open();
+        s.load().await.unwrap();
+        assert!(is_ann(&s), "a current graph loads at start-up");
+        assert_eq!(s.info("c").await.unwrap().count, 610);
     }
 
     #[tokio::test]

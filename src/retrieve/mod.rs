@@ -40,6 +40,25 @@ pub struct RetrieveConfig {
     /// Local store: collections of at least this many items are searched approximately (HNSW,
     /// exactly rescored); 0 never.
     pub ann_min_vectors: usize,
+    /// Bytes of items (ids, vectors, metadata) one GetItems reply may carry, and of collections
+    /// one ListCollections reply may carry (`--max-reply-bytes`).
+    pub max_reply_bytes: usize,
+    /// Items per collection (`--max-collection-items`).
+    pub max_collection_items: usize,
+    /// Longest collection `model` string (`--max-model-bytes`).
+    pub max_model_bytes: usize,
+}
+
+/// Bytes an item takes in a reply, roughly: id, vector, metadata keys and values.
+fn item_bytes(item: &StoredItem) -> usize {
+    item.id.len()
+        + item.vector.len() * 4
+        + item
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+        + 16
 }
 
 /// A query or candidate or item content.
@@ -115,7 +134,8 @@ impl RetrieveService {
             config.search_threads,
             config.ann_min_vectors,
             skipped,
-        )?;
+        )?
+        .with_max_items(config.max_collection_items);
         Ok(Self::new(embed, Arc::new(store), config))
     }
 
@@ -260,6 +280,16 @@ impl RetrieveService {
             let model = self.inner.embed.loaded_model()?;
             (model.config.model_id(), model.config.embed_dim)
         };
+        let max_model = self.inner.config.max_model_bytes;
+        if model.len() > max_model {
+            return Err(ServiceError::invalid(
+                Field::Param("model"),
+                format!(
+                    "{} bytes, over the limit of {max_model} (--max-model-bytes)",
+                    model.len()
+                ),
+            ));
+        }
         let model = if model.is_empty() {
             served_model.clone()
         } else {
@@ -303,9 +333,20 @@ impl RetrieveService {
         self.inner.store.info(name).await
     }
 
+    /// Every collection; refused (RESOURCE_EXHAUSTED) when the reply would pass
+    /// `--max-reply-bytes` (names and models are bounded, so only a very low limit gets there).
     pub async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
         self.check_loaded()?;
-        self.inner.store.list().await
+        let all = self.inner.store.list().await?;
+        let bytes: usize = all.iter().map(|c| c.name.len() + c.model.len() + 32).sum();
+        let max = self.inner.config.max_reply_bytes;
+        if bytes > max {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "the {} collections take {bytes} bytes, over the reply limit of {max} (--max-reply-bytes)",
+                all.len()
+            )));
+        }
+        Ok(all)
     }
 
     pub async fn drop_collection(&self, name: &str) -> Result<(), ServiceError> {
@@ -408,6 +449,11 @@ impl RetrieveService {
             })
             .collect();
         let n = records.len();
+        if self.inner.store.kind() != "local" {
+            // The local store checks the cap exactly, in the write (replacements do not count);
+            // elsewhere every item counts as new.
+            self.check_collection_items(&collection.name, n).await?;
+        }
         let count = self.inner.store.upsert(&collection, records).await?;
         Ok((n, count))
     }
@@ -472,16 +518,52 @@ impl RetrieveService {
     ) -> Result<(Vec<StoredItem>, Vec<String>), ServiceError> {
         let collection = self.collection(name).await?;
         self.check_list_len(List::Ids, ids.len())?;
-        let found = self.inner.store.get_items(&collection, ids.clone()).await?;
-        let mut items = Vec::new();
-        let mut missing = Vec::new();
-        for (id, item) in ids.into_iter().zip(found) {
-            match item {
-                Some(item) => items.push(item),
-                None => missing.push(id),
+        let config = &self.inner.config;
+        let max = config.max_reply_bytes;
+        // Read in chunks that fit the budget even at the largest item this collection can hold,
+        // so a refused reply never held much more than the budget in memory.
+        let largest =
+            collection.dimension * 4 + config.max_id_bytes + config.max_metadata_bytes * 2;
+        let chunk = (max / largest.max(1)).clamp(1, ids.len().max(1));
+        let (mut items, mut missing, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for part in ids.chunks(chunk) {
+            let found = self
+                .inner
+                .store
+                .get_items(&collection, part.to_vec())
+                .await?;
+            for (id, item) in part.iter().zip(found) {
+                match item {
+                    Some(item) => {
+                        bytes += item_bytes(&item);
+                        if bytes > max {
+                            return Err(ServiceError::invalid(
+                                Field::List(List::Ids),
+                                format!(
+                                    "the items found pass the reply limit of {max} bytes (--max-reply-bytes) at items[{}]; ask for fewer ids at a time",
+                                    items.len()
+                                ),
+                            ));
+                        }
+                        items.push(item)
+                    }
+                    None => missing.push(id.clone()),
+                }
             }
         }
         Ok((items, missing))
+    }
+
+    /// RESOURCE_EXHAUSTED when `adding` more items would pass `--max-collection-items`.
+    async fn check_collection_items(&self, name: &str, adding: usize) -> Result<(), ServiceError> {
+        let max = self.inner.config.max_collection_items;
+        let count = self.inner.store.info(name).await?.count;
+        if count.saturating_add(adding) > max {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "collection {name:?} holds {count} items and this upsert has {adding}, over the limit of {max} items per collection (--max-collection-items); nothing was written"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod cancel_safety;
 mod classify;
 mod fast_paths;
 mod hardening;

@@ -175,6 +175,32 @@ fn filters_never_come_up_short_and_the_planner_picks_the_path() {
 }
 
 #[test]
+fn a_filtered_walk_past_its_visit_budget_falls_back_to_the_exact_scan() {
+    let dim = 32;
+    let data = items(&clustered(10_000, dim, 2));
+    let flat = flat_of(&data);
+    let mut ann = AnnIndex::build(dim, 2, AnnParams::default(), &data).unwrap();
+    // The graph forced for every filter, and a walk budget of 32 x 64 visits.
+    ann.set_exact_max_rows(0);
+    ann.set_expansion_search(64);
+    // The query sits in cluster 7; the filter's 10 matches all lie in cluster 52, far away. Fewer
+    // matches than the walk wants (ef 64): unbounded, it would walk the whole graph.
+    let q = clustered(1, dim, 7).remove(0);
+    let f = filter(&[("mod1000", "50")]);
+    let (got, plan) = ann.search_planned(&q, 10, &f);
+    assert_eq!(
+        plan,
+        Plan::ExactMatches,
+        "the walk went past its budget: scanned exactly"
+    );
+    assert_eq!(ids(&got), ids(&flat.search(&q, 10, &f)));
+    // A filter whose matches are plentiful stays on the graph.
+    let (got, plan) = ann.search_planned(&q, 10, &filter(&[("all", "yes")]));
+    assert_eq!(plan, Plan::FilteredGraph);
+    assert_eq!(got.len(), 10);
+}
+
+#[test]
 fn deletes_and_replacements_are_reflected() {
     let dim = 32;
     let vectors = clustered(6_000, dim, 3);
