@@ -66,6 +66,8 @@ pub struct Services {
     pub model_aliases: Vec<String>,
     /// `--fetch-image-urls`: image URLs are fetched with it (`None`: refused).
     pub fetcher: Option<Fetcher>,
+    /// The bounds request bodies are parsed under.
+    pub json: body::JsonLimits,
 }
 
 /// Every route, for serving and for tests.
@@ -78,6 +80,7 @@ pub fn router(services: Services) -> Router {
         max_body_bytes,
         model_aliases,
         fetcher,
+        json,
     } = services;
     let api = api::Api {
         service: embed.clone(),
@@ -87,6 +90,7 @@ pub fn router(services: Services) -> Router {
         max_body_bytes,
         aliases: Arc::from(model_aliases),
         fetcher,
+        json,
     };
     probes::routes(embed, retrieve)
         .merge(openapi::routes())
