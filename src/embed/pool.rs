@@ -12,8 +12,9 @@
 //! its jobs in its own FIFO, and a free worker takes the next job of the next request in turn
 //! (round-robin), so one request of 64 large images delays another request's image by at most
 //! one job per request ahead of it, not by 64. A worker and a job's decode bytes are granted
-//! together; when the request whose turn it is waits for bytes, no later request is served
-//! before it, so a large image is not starved by a stream of small ones.
+//! together; when the request whose turn it is waits for bytes, no later request's decode starts
+//! before it, so a large image is not starved by a stream of small ones (jobs that need no bytes,
+//! tokenization, still run meanwhile).
 //!
 //! Grants move into the blocking job, so work that outlives a cancelled call still counts
 //! against both bounds; a job whose caller went away before it started never runs. A panicking
@@ -106,32 +107,43 @@ impl Shared {
     /// Starts waiting jobs, a request at a time in turn, while a worker and their bytes are free.
     fn dispatch(self: &Arc<Self>, state: &mut Scheduler) {
         while state.free_workers > 0 {
-            let Some(&request) = state.turns.front() else {
+            // Jobs whose callers went away are dropped unstarted.
+            let Scheduler { queues, turns, .. } = &mut *state;
+            turns.retain(|id| {
+                let empty = queues.get_mut(id).is_none_or(|queue| {
+                    while queue.front().is_some_and(|w| w.grant.is_closed()) {
+                        queue.pop_front();
+                    }
+                    queue.is_empty()
+                });
+                if empty {
+                    queues.remove(id);
+                }
+                !empty
+            });
+            // The request whose turn it is, when its next job's bytes are free; while they are
+            // not, no one else's decode starts before it (running decodes will free them), but a
+            // job that needs no bytes (tokenization) does.
+            let free_units = state.free_units;
+            let position = state.turns.iter().enumerate().find_map(|(i, id)| {
+                let units = state.queues.get(id)?.front()?.units;
+                let runs = if i == 0 {
+                    units <= free_units
+                } else {
+                    units == 0
+                };
+                runs.then_some(i)
+            });
+            let Some(request) = position.and_then(|i| state.turns.remove(i)) else {
                 return;
             };
             let Some(queue) = state.queues.get_mut(&request) else {
-                state.turns.pop_front();
                 continue;
             };
-            // Jobs whose callers went away are dropped unstarted.
-            while queue.front().is_some_and(|w| w.grant.is_closed()) {
-                queue.pop_front();
-            }
-            let Some(head) = queue.front() else {
-                state.queues.remove(&request);
-                state.turns.pop_front();
-                continue;
-            };
-            if head.units > state.free_units {
-                // Its turn holds until running decodes free enough bytes.
-                return;
-            }
             let Some(waiter) = queue.pop_front() else {
-                return;
+                continue;
             };
-            let now_empty = queue.is_empty();
-            state.turns.pop_front();
-            if now_empty {
+            if queue.is_empty() {
                 state.queues.remove(&request);
             } else {
                 state.turns.push_back(request);
@@ -470,6 +482,37 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap().expect("fits the budget");
         }
+    }
+
+    /// A decode waiting for bytes holds back other decodes, not tokenization: a text request
+    /// runs while an image request waits for a running decode's bytes.
+    #[tokio::test]
+    async fn tokenization_does_not_wait_behind_a_decode_waiting_for_bytes() {
+        let pool = PreprocessPool::new(2, 10 << 20, IntGauge::new("g", "g").unwrap());
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run_decode("test", 6 << 20, move || hold.recv().ok())
+                    .await
+            }
+        });
+        until(|| pool.shared.lock().free_workers == 1).await;
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run_decode("test", 6 << 20, || 2).await }
+        });
+        until(|| pool.waiting() == 1).await;
+        assert_eq!(pool.waiting(), 1, "the second decode waits for bytes");
+        let text = tokio::time::timeout(Duration::from_secs(10), pool.run("tokenization", || 3))
+            .await
+            .expect("tokenization is not held back")
+            .unwrap();
+        assert_eq!(text, 3);
+        assert_eq!(pool.waiting(), 1, "the second decode still waits");
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap().expect("fits");
+        assert_eq!(second.await.unwrap().unwrap(), Ok(2));
     }
 
     /// A caller that goes away before its job starts frees its place: the job never runs, and
