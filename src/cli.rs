@@ -434,6 +434,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_MODEL_BYTES", default_value_t = 256)]
     pub max_model_bytes: u32,
 
+    /// Deepest nesting of free-form JSON in a request body (an item, a document, a query),
+    /// checked while the body is parsed.
+    #[arg(long, env = "CLIP_SERVE_MAX_JSON_DEPTH", default_value_t = 32)]
+    pub max_json_depth: u32,
+
+    /// Memory the free-form JSON of one request body (items, documents, queries) may take once
+    /// parsed besides its strings' bytes, estimated while it is parsed (each value's slot, object
+    /// entries, string buffers): a body of tiny values is refused before it grows many times its
+    /// size.
+    #[arg(long, env = "CLIP_SERVE_MAX_JSON_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_json_bytes: u64,
+
     /// Size of the text-embedding cache that spares repeated inline labels, in bytes (0: off).
     #[arg(long, env = "CLIP_SERVE_TEXT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub text_cache_bytes: u64,
@@ -566,6 +578,10 @@ pub struct Config {
     pub model_aliases: Vec<String>,
     /// `--fetch-image-urls` and its settings; `None`: URLs are refused.
     pub fetch: Option<FetchConfig>,
+    /// `--max-json-depth`: nesting of free-form JSON in request bodies.
+    pub max_json_depth: usize,
+    /// `--max-json-bytes`: parsed free-form JSON per request body.
+    pub max_json_bytes: usize,
 }
 
 impl ServeArgs {
@@ -707,6 +723,8 @@ impl ServeArgs {
                 .filter(|a| !a.is_empty())
                 .collect(),
             fetch,
+            max_json_depth: to_usize("max-json-depth", self.max_json_depth.into())?,
+            max_json_bytes: to_usize("max-json-bytes", self.max_json_bytes)?,
             tls: TlsPaths {
                 cert: self.tls_cert,
                 key: self.tls_key,

@@ -261,6 +261,13 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         body: body_rules,
         allowed_hosts: doors.allowed_hosts.clone(),
         model_aliases: config.model_aliases.clone(),
+        json: http::body::JsonLimits {
+            max_labels: config.classify.prompts.max_labels,
+            max_depth: config.max_json_depth,
+            max_value_bytes: config.max_json_bytes,
+            max_metadata_bytes: config.retrieve.max_metadata_bytes,
+            ..Default::default()
+        },
     });
     let probe_router = http::probes::routes(service.clone(), retrieve.clone());
 

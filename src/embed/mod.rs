@@ -192,6 +192,7 @@ impl EmbedService {
         &self,
         model: Arc<LoadedModel>,
         bytes: Bytes,
+        share: pool::RequestShare,
     ) -> Result<Result<Vec<u8>, String>, ServiceError> {
         let options = self.image_options();
         // The header says what the decode will need: reserve it (or refuse the image) first.
@@ -200,9 +201,7 @@ impl EmbedService {
             Err(e) => return Ok(Err(e.to_string())),
         };
         let histogram = self.state.metrics.preprocess(Modality::Image);
-        let preprocessed = self
-            .state
-            .pool
+        let preprocessed = share
             .run_decode("image preprocessing", cost.bytes, move || {
                 let Some(image) = model.image.as_ref() else {
                     return Err("this model has no visual tower".to_string());
@@ -243,14 +242,18 @@ impl EmbedService {
         limits.check_count(List::Images, images.len())?;
         limits.check_images(&images)?;
         // One task per image, so a request's images decode in parallel (bounded by the pool). The
-        // set aborts the remaining tasks if this future is dropped (the caller went away).
+        // set aborts the remaining tasks if this future is dropped (the caller went away). The
+        // request's images take turns with other requests' in the pool (one share per call).
         let n = images.len();
+        let share = self.state.pool.request();
         let mut tasks = JoinSet::new();
         for (i, bytes) in images.into_iter().enumerate() {
             let service = self.clone();
             let model = Arc::clone(&model);
+            let share = share.clone();
             tasks.spawn(
-                async move { (i, service.preprocess_image(model, bytes).await) }.in_current_span(),
+                async move { (i, service.preprocess_image(model, bytes, share).await) }
+                    .in_current_span(),
             );
         }
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];

@@ -43,6 +43,9 @@ pub struct Api {
     pub aliases: Arc<[String]>,
     /// `--fetch-image-urls` (`None`: image URLs are refused).
     pub fetcher: Option<crate::embed::fetch::Fetcher>,
+    /// What bodies are parsed under (`--max-json-depth`, `--max-json-bytes`, `--max-labels`,
+    /// `--max-metadata-bytes`); the item limit is set per route.
+    pub json: body::JsonLimits,
 }
 
 impl Api {
@@ -76,7 +79,8 @@ impl Api {
     }
 
     /// The body (limited, held against `--max-inflight-bytes`) parsed as `T`, with its item lists
-    /// bounded by `--max-items-per-request` and its label lists by `--max-labels` while parsing. `what` names the request in errors.
+    /// bounded by `--max-items-per-request`, its label lists by `--max-labels` and the rest by
+    /// [`Self::json`] while parsing. `what` names the request in errors.
     pub async fn read_json<T: for<'de> Deserialize<'de>>(
         &self,
         headers: &HeaderMap,
@@ -99,7 +103,12 @@ impl Api {
         flag: &'static str,
     ) -> Result<(T, BytesPermit), ApiError> {
         let (bytes, held) = self.read_bytes(headers, body).await?;
-        let request = body::parse_limited_by(&bytes, max_items, flag)
+        let limits = body::JsonLimits {
+            max_items,
+            items_flag: flag,
+            ..self.json
+        };
+        let request = body::parse_bounded(&bytes, limits)
             .map_err(|e| ApiError::invalid(None, format!("the body is not a valid {what}: {e}")))?;
         Ok((request, held))
     }

@@ -177,34 +177,79 @@ pub async fn read(
     Ok((buf.freeze(), held))
 }
 
+/// The bounds a body is parsed under, all checked by the deserializer as it goes (a body over one
+/// is refused before the rest is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// Elements of each [`Items`] list.
+    pub max_items: usize,
+    /// The flag named when an [`Items`] list is over `max_items`.
+    pub items_flag: &'static str,
+    /// Elements of each [`Labels`] and [`Strings`] list.
+    pub max_labels: usize,
+    /// Nesting of free-form JSON (an item, a document, a query): `--max-json-depth`.
+    pub max_depth: usize,
+    /// Memory the free-form JSON of one body may take once parsed besides its strings' bytes
+    /// (which are never more than the body's), estimated while it is parsed (every value's slot,
+    /// object entries, string buffers' overhead): `--max-json-bytes`.
+    pub max_value_bytes: usize,
+    /// Key and value bytes of each metadata or filter map: `--max-metadata-bytes`.
+    pub max_metadata_bytes: usize,
+}
+
+/// `--max-json-depth`'s default.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+/// `--max-json-bytes`'s default.
+pub const DEFAULT_MAX_JSON_BYTES: usize = 64 << 20;
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        JsonLimits {
+            max_items: usize::MAX,
+            items_flag: "--max-items-per-request",
+            max_labels: usize::MAX,
+            max_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_value_bytes: DEFAULT_MAX_JSON_BYTES,
+            max_metadata_bytes: usize::MAX,
+        }
+    }
+}
+
 thread_local! {
-    /// The item limit [`Items`] enforces while a body is parsed on this thread.
-    static MAX_ITEMS: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// The label limit [`Labels`] enforces while a body is parsed on this thread.
-    static MAX_LABELS: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// The flag named when an [`Items`] list is over its limit.
-    static ITEMS_FLAG: Cell<&'static str> = const { Cell::new("--max-items-per-request") };
+    /// The limits the body being parsed on this thread is held to (outside [`parse_bounded`]:
+    /// no memory bound, so what is charged there never adds up to a refusal).
+    static LIMITS: Cell<JsonLimits> = Cell::new(JsonLimits {
+        max_value_bytes: usize::MAX,
+        ..JsonLimits::default()
+    });
+    /// Bytes of free-form JSON the body being parsed on this thread holds so far.
+    static CHARGED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn limits() -> JsonLimits {
+    LIMITS.with(Cell::get)
+}
+
+/// Parses `bytes` as `T` under `limits` (see [`JsonLimits`]).
+pub fn parse_bounded<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    limits: JsonLimits,
+) -> Result<T, serde_json::Error> {
+    let previous = LIMITS.with(|l| l.replace(limits));
+    let charged = CHARGED.with(|c| c.replace(0));
+    let parsed = serde_json::from_slice(bytes);
+    LIMITS.with(|l| l.set(previous));
+    CHARGED.with(|c| c.set(charged));
+    parsed
 }
 
 /// Parses `bytes` as `T` with every [`Items`] list in it bounded to `max_items` elements (and
-/// every [`Labels`] list to as many).
+/// every [`Labels`] list to as many), free-form JSON under the default depth and memory bounds.
 pub fn parse<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     max_items: usize,
 ) -> Result<T, serde_json::Error> {
     parse_with_labels(bytes, max_items, max_items)
-}
-
-/// [`parse`] with the limit set by `flag` (named when a list is over it: `--max-upsert-items`).
-pub fn parse_limited_by<T: for<'de> Deserialize<'de>>(
-    bytes: &[u8],
-    max_items: usize,
-    flag: &'static str,
-) -> Result<T, serde_json::Error> {
-    let previous = ITEMS_FLAG.with(|f| f.replace(flag));
-    let parsed = parse(bytes, max_items);
-    ITEMS_FLAG.with(|f| f.set(previous));
-    parsed
 }
 
 /// [`parse`] with [`Labels`] lists bounded to `max_labels` (`--max-labels`).
@@ -213,12 +258,187 @@ pub fn parse_with_labels<T: for<'de> Deserialize<'de>>(
     max_items: usize,
     max_labels: usize,
 ) -> Result<T, serde_json::Error> {
-    let previous = MAX_ITEMS.with(|m| m.replace(max_items));
-    let previous_labels = MAX_LABELS.with(|m| m.replace(max_labels));
-    let parsed = serde_json::from_slice(bytes);
-    MAX_ITEMS.with(|m| m.set(previous));
-    MAX_LABELS.with(|m| m.set(previous_labels));
-    parsed
+    parse_bounded(
+        bytes,
+        JsonLimits {
+            max_items,
+            max_labels,
+            ..JsonLimits::default()
+        },
+    )
+}
+
+/// Adds `bytes` to what the body being parsed holds; an error naming `--max-json-bytes` past it.
+fn charge<E: de::Error>(bytes: usize) -> Result<(), E> {
+    let max = limits().max_value_bytes;
+    let total = CHARGED.with(|c| {
+        let total = c.get().saturating_add(bytes);
+        c.set(total);
+        total
+    });
+    if total > max {
+        return Err(E::custom(format!(
+            "the body's JSON would take more than {max} bytes once parsed, over the limit \
+             (--max-json-bytes)"
+        )));
+    }
+    Ok(())
+}
+
+fn refund(bytes: usize) {
+    CHARGED.with(|c| c.set(c.get().saturating_sub(bytes)));
+}
+
+/// What one object entry costs besides its key: the key's `String`, the value's slot and the
+/// map's node overhead (a B-tree node, or an index map's hash slot, per entry).
+const ENTRY_BYTES: usize = std::mem::size_of::<String>() + std::mem::size_of::<Value>() + 32;
+/// One value's slot in its list.
+const VALUE_BYTES: usize = std::mem::size_of::<Value>();
+
+/// What a string costs besides its bytes (which the body limit bounds already: a parsed string
+/// is never longer than its JSON): the allocator's overhead on its buffer.
+fn string_bytes(s: &str) -> usize {
+    if s.is_empty() { 0 } else { 16 }
+}
+
+/// A free-form JSON value (an item, a document, a query) parsed under the body's
+/// [`JsonLimits`]: nested at most `max_depth` deep, and charged to `max_value_bytes` as it is
+/// built (a list's slots as it grows, object entries, string buffers), so a body of tiny values
+/// never becomes many times its size in memory.
+#[derive(Clone, Copy)]
+struct BoundedValue {
+    /// Arrays and objects this value is inside.
+    depth: usize,
+}
+
+impl BoundedValue {
+    fn enter<E: de::Error>(self) -> Result<BoundedValue, E> {
+        let max = limits().max_depth;
+        if self.depth >= max {
+            return Err(E::custom(format!(
+                "JSON nested more than {max} levels deep, over the limit (--max-json-depth)"
+            )));
+        }
+        Ok(BoundedValue {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for BoundedValue {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedValue {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        charge(string_bytes(v))?;
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        charge(string_bytes(&v))?;
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut values: Vec<Value> = Vec::new();
+        // The list's slots are charged before they are allocated, spare capacity included.
+        let mut slots = 0;
+        loop {
+            if values.len() == values.capacity() {
+                let grow = values.capacity().max(4);
+                charge(grow * VALUE_BYTES)?;
+                slots += grow;
+                values.reserve_exact(grow);
+            }
+            match seq.next_element_seed(inner)? {
+                Some(v) => values.push(v),
+                None => break,
+            }
+        }
+        values.shrink_to_fit();
+        refund(slots.saturating_sub(values.capacity()) * VALUE_BYTES);
+        Ok(Value::Array(values))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
+        let mut values = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            charge(ENTRY_BYTES + string_bytes(&key))?;
+            let value = map.next_value_seed(inner)?;
+            values.insert(key, value);
+        }
+        Ok(Value::Object(values))
+    }
+}
+
+/// A free-form JSON value parsed under the body's [`JsonLimits`] (`#[serde(deserialize_with)]`).
+pub fn value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    charge(VALUE_BYTES)?;
+    de::DeserializeSeed::deserialize(BoundedValue { depth: 0 }, deserializer)
+}
+
+/// A metadata or filter map of strings, its key and value bytes counted while it is parsed
+/// (refused past `--max-metadata-bytes` before the rest is read, so a map of a million keys is
+/// never built).
+pub fn string_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    struct MapVisitor(usize);
+    impl<'de> Visitor<'de> for MapVisitor {
+        type Value = std::collections::BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let max = self.0;
+            let (mut bytes, mut entries) = (0usize, 0usize);
+            let mut out = std::collections::BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value::<String>()?;
+                bytes = bytes.saturating_add(key.len() + value.len());
+                entries += 1;
+                // Every entry but one (the empty key) takes at least a byte, so the entries are
+                // bounded too, duplicates and all.
+                if bytes > max || entries > max.saturating_add(1) {
+                    return Err(de::Error::custom(format!(
+                        "more than {max} bytes of keys and values, over the limit \
+                         (--max-metadata-bytes)"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(MapVisitor(limits().max_metadata_bytes))
 }
 
 /// A list of labels: an array of strings, or one string of comma-separated labels (what older
@@ -233,7 +453,7 @@ pub struct Strings(pub Vec<String>);
 impl<'de> Deserialize<'de> for Strings {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let visitor = LabelsVisitor {
-            max: MAX_LABELS.with(Cell::get),
+            max: limits().max_labels,
             split: false,
         };
         deserializer.deserialize_any(visitor).map(|l| Strings(l.0))
@@ -255,19 +475,15 @@ impl<'de> Visitor<'de> for LabelsVisitor {
         if !self.split {
             return Ok(Labels(vec![s.to_string()]));
         }
-        let labels: Vec<String> = s
-            .split(',')
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        if labels.len() > self.max {
+        // Counted before anything is split off: a string of a million commas builds nothing.
+        let labels = || s.split(',').map(str::trim).filter(|l| !l.is_empty());
+        if labels().take(self.max.saturating_add(1)).count() > self.max {
             return Err(de::Error::custom(format!(
                 "more than {} labels, over the limit (--max-labels)",
                 self.max
             )));
         }
-        Ok(Labels(labels))
+        Ok(Labels(labels().map(str::to_string).collect()))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Labels, A::Error> {
         let max = self.max;
@@ -287,7 +503,7 @@ impl<'de> Visitor<'de> for LabelsVisitor {
 impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(LabelsVisitor {
-            max: MAX_LABELS.with(Cell::get),
+            max: limits().max_labels,
             split: true,
         })
     }
@@ -315,14 +531,22 @@ impl<'de> Deserialize<'de> for Items {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
                 let max = self.0;
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(max));
-                while let Some(item) = seq.next_element::<Value>()? {
+                loop {
+                    // Counted before the next item is parsed, and each item built bounded.
                     if items.len() == max {
+                        if seq.next_element::<de::IgnoredAny>()?.is_none() {
+                            break;
+                        }
                         return Err(de::Error::custom(format!(
                             "a list of more than {max} items, over the limit per request ({})",
                             self.1
                         )));
                     }
-                    items.push(item);
+                    charge(VALUE_BYTES)?;
+                    match seq.next_element_seed(BoundedValue { depth: 0 })? {
+                        Some(item) => items.push(item),
+                        None => break,
+                    }
                 }
                 Ok(Items(items))
             }
@@ -332,10 +556,8 @@ impl<'de> Deserialize<'de> for Items {
                 ))
             }
         }
-        deserializer.deserialize_any(ItemsVisitor(
-            MAX_ITEMS.with(Cell::get),
-            ITEMS_FLAG.with(Cell::get),
-        ))
+        let limits = limits();
+        deserializer.deserialize_any(ItemsVisitor(limits.max_items, limits.items_flag))
     }
 }
 
@@ -382,6 +604,199 @@ mod tests {
 
     fn rules(budget: &ByteBudget, limit: usize) -> BodyRules {
         BodyRules::new(limit, budget.clone(), Duration::from_secs(30), 1024, 4)
+    }
+
+    /// The limits a server with default flags parses under.
+    fn defaults() -> JsonLimits {
+        JsonLimits {
+            max_items: 64,
+            max_labels: 1000,
+            max_metadata_bytes: 16 * 1024,
+            ..JsonLimits::default()
+        }
+    }
+
+    /// A 32 MiB body: `head`, then `unit` repeated, then `tail`.
+    fn body_of(head: &str, unit: &str, tail: &str) -> Vec<u8> {
+        let n = (32usize << 20).saturating_sub(head.len() + tail.len()) / unit.len();
+        let mut body = Vec::with_capacity(32 << 20);
+        body.extend_from_slice(head.as_bytes());
+        for _ in 0..n {
+            body.extend_from_slice(unit.as_bytes());
+        }
+        body.extend_from_slice(tail.as_bytes());
+        body
+    }
+
+    /// Parses `body` as `T` under `limits`: the error, and the peak bytes the parse allocated.
+    fn refused<T: for<'de> Deserialize<'de>>(
+        body: &[u8],
+        limits: JsonLimits,
+    ) -> (String, u64, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let mut error = String::new();
+        let peak = crate::preprocess::image::peak_of(|| {
+            error = match parse_bounded::<T>(body, limits) {
+                Ok(_) => "parsed: not refused".to_string(),
+                Err(e) => e.to_string(),
+            };
+        });
+        (error, peak, started.elapsed())
+    }
+
+    /// The worst shapes of a 32 MiB body are refused while they are parsed, each with an error
+    /// naming its limit, holding a bounded multiple of the body at most (today's parser built
+    /// hundreds of MiB from some of them), and quickly.
+    #[test]
+    fn hostile_bodies_are_refused_within_bounded_memory() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Classify {
+            #[allow(dead_code)]
+            input: Items,
+            #[allow(dead_code)]
+            labels: Labels,
+        }
+        use crate::http::collections::{SearchRequest, UpsertRequest};
+        let mib = |n: u64| n << 20;
+        /// Name, body, its parse, what the error names, the most the parse may allocate.
+        type Case = (&'static str, Vec<u8>, Parse, &'static str, u64);
+        type Parse = fn(&[u8]) -> (String, u64, std::time::Duration);
+        let cases: Vec<Case> = vec![
+            (
+                "many tiny items",
+                body_of(r#"{"input": ["#, r#""","#, r#""x"]}"#),
+                |b| refused::<Request>(b, defaults()),
+                "more than 64 items",
+                mib(1),
+            ),
+            (
+                "a million numbers in one item",
+                body_of(r#"{"input": [["#, "0,", "0]]}"),
+                |b| refused::<Request>(b, defaults()),
+                "(--max-json-bytes)",
+                mib(160),
+            ),
+            (
+                "a vector of a million numbers in an upserted item",
+                body_of(r#"{"items": [{"id": "a", "vector": ["#, "0,", "0]}]}"),
+                |b| refused::<UpsertRequest>(b, defaults()),
+                "(--max-json-bytes)",
+                mib(160),
+            ),
+            (
+                "deeply nested arrays",
+                body_of(r#"{"input": ["#, "[", "]"),
+                |b| refused::<Request>(b, defaults()),
+                "more than 32 levels deep, over the limit (--max-json-depth)",
+                mib(1),
+            ),
+            (
+                "metadata of a million keys",
+                {
+                    let mut body = br#"{"items": [{"id": "a", "metadata": {"#.to_vec();
+                    for i in 0..2_000_000 {
+                        body.extend_from_slice(format!(r#""k{i}":"","#).as_bytes());
+                    }
+                    body.extend_from_slice(br#""z":""}}]}"#);
+                    body
+                },
+                |b| refused::<UpsertRequest>(b, defaults()),
+                "(--max-json-bytes)",
+                mib(160),
+            ),
+            (
+                "a filter of a million keys",
+                {
+                    let mut body = br#"{"filter": {"#.to_vec();
+                    for i in 0..2_000_000 {
+                        body.extend_from_slice(format!(r#""k{i}":"","#).as_bytes());
+                    }
+                    body.extend_from_slice(br#""z":""}}"#);
+                    body
+                },
+                |b| refused::<SearchRequest>(b, defaults()),
+                "over the limit (--max-metadata-bytes)",
+                mib(1),
+            ),
+            (
+                "a comma string of a million labels",
+                body_of(r#"{"input": "x", "labels": ""#, "a,", r#"a"}"#),
+                |b| refused::<Classify>(b, defaults()),
+                "more than 1000 labels, over the limit (--max-labels)",
+                mib(1),
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, body, parse, expected, max_peak) in cases {
+            assert!(body.len() <= 32 << 20, "{name}: {} bytes", body.len());
+            let (error, peak, took) = parse(&body);
+            if !error.contains(expected) {
+                failures.push(format!("{name}: {error:?} does not name {expected:?}"));
+            }
+            if peak > max_peak {
+                failures.push(format!(
+                    "{name}: parsing peaked at {} MiB, over {} MiB",
+                    peak >> 20,
+                    max_peak >> 20
+                ));
+            }
+            if took > std::time::Duration::from_secs(10) {
+                failures.push(format!("{name}: took {took:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn free_form_json_within_the_limits_parses_as_before() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Query {
+            #[serde(deserialize_with = "value")]
+            query: Value,
+        }
+        let text = br#"{"query": {"a": [1, -2, 2.5, "s", null, true, {"b": []}]}}"#;
+        let q: Query = parse_bounded(text, defaults()).unwrap();
+        let expected: Value = serde_json::from_slice::<Value>(text).unwrap()["query"].clone();
+        assert_eq!(q.query, expected);
+        // 32 levels pass, 33 do not.
+        let nested = |n: usize| format!(r#"{{"query": {}{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(parse_bounded::<Query>(nested(32).as_bytes(), defaults()).is_ok());
+        let e = parse_bounded::<Query>(nested(33).as_bytes(), defaults()).unwrap_err();
+        assert!(e.to_string().contains("--max-json-depth"), "{e}");
+        // The memory estimate is per body: two values that fit alone do not fit together.
+        let limits = JsonLimits {
+            max_value_bytes: 3000,
+            ..defaults()
+        };
+        let list = |n: usize| format!("[{}0]", "0,".repeat(n - 1));
+        let one = format!(r#"{{"input": [{}]}}"#, list(60));
+        let r: Request = parse_bounded(one.as_bytes(), limits).unwrap();
+        assert_eq!(r.input.0[0].as_array().map(Vec::len), Some(60));
+        let two = format!(r#"{{"input": [{}, {}]}}"#, list(60), list(60));
+        let e = parse_bounded::<Request>(two.as_bytes(), limits).unwrap_err();
+        assert!(e.to_string().contains("--max-json-bytes"), "{e}");
+        // The next body starts from nothing.
+        assert!(parse_bounded::<Request>(one.as_bytes(), limits).is_ok());
+    }
+
+    #[test]
+    fn filter_maps_are_bounded_by_their_bytes_while_parsing() {
+        use crate::http::collections::SearchRequest;
+        let limits = JsonLimits {
+            max_metadata_bytes: 8,
+            ..defaults()
+        };
+        let r: SearchRequest =
+            parse_bounded(br#"{"filter": {"k": "v", "kk": "vv"}}"#, limits).unwrap();
+        assert_eq!(r.filter.len(), 2);
+        let e = parse_bounded::<SearchRequest>(br#"{"filter": {"k": "v", "kkkk": "vvv"}}"#, limits)
+            .unwrap_err();
+        assert!(e.to_string().contains("--max-metadata-bytes"), "{e}");
+        // A repeated key counts every time.
+        let repeated = format!(r#"{{"filter": {{{}"a": ""}}}}"#, r#""a": "","#.repeat(20));
+        assert!(parse_bounded::<SearchRequest>(repeated.as_bytes(), limits).is_err());
+        let r: SearchRequest = parse_bounded(br#"{}"#, limits).unwrap();
+        assert!(r.filter.is_empty());
     }
 
     #[tokio::test]

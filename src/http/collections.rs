@@ -185,7 +185,7 @@ pub struct SearchRequest {
     #[serde(default)]
     pub top_k: Option<u64>,
     /// Items whose metadata has every one of these key-value pairs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::body::string_map")]
     pub filter: BTreeMap<String, String>,
     /// The model a query vector comes from, if the client says.
     #[serde(default)]

@@ -74,6 +74,8 @@ pub struct Services {
     pub fetcher: Option<Fetcher>,
     /// `--allowed-hosts`: the `Host` names a browser may use without a key.
     pub allowed_hosts: Vec<String>,
+    /// The bounds request bodies are parsed under.
+    pub json: body::JsonLimits,
 }
 
 /// Every route, for serving and for tests.
@@ -87,6 +89,7 @@ pub fn router(services: Services) -> Router {
         model_aliases,
         fetcher,
         allowed_hosts,
+        json,
     } = services;
     let guard = guard::Guard {
         keys: keys.clone(),
@@ -100,6 +103,7 @@ pub fn router(services: Services) -> Router {
         body,
         aliases: Arc::from(model_aliases),
         fetcher,
+        json,
     };
     let api_routes = openapi::routes()
         .merge(openai::routes(api.clone()))

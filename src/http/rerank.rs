@@ -51,6 +51,7 @@ struct RerankRequest {
     #[serde(default)]
     model: Option<String>,
     /// A string, `{text}` or `{image}`.
+    #[serde(deserialize_with = "super::body::value")]
     query: Value,
     /// Strings, `{text}` / `{image}` objects, or objects of string fields.
     #[schema(value_type = Vec<serde_json::Value>)]

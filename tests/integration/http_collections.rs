@@ -377,6 +377,9 @@ async fn collections_over_http_equal_grpc() {
 async fn collection_bodies_are_bounded_while_parsing() {
     let mut cfg = config(&tiny_model());
     cfg.retrieve.max_upsert_items = 8;
+    cfg.max_json_depth = 4;
+    cfg.max_json_bytes = 64 * 1024;
+    let max_metadata_bytes = cfg.retrieve.max_metadata_bytes;
     let server = serve(cfg).await;
     let http = server.server.http_addr;
     let made = post_json(http, "/v1/collections", &json!({"name": "c"}), None).await;
@@ -403,4 +406,27 @@ async fn collection_bodies_are_bounded_while_parsing() {
     let empty = post_json(http, "/v1/collections/c/items", &json!({"items": []}), None).await;
     assert_eq!(empty.status, 400, "{}", empty.text);
     assert!(empty.text.contains("items: none given"), "{}", empty.text);
+    // Free-form JSON and filters are held to the server's flags while they are parsed.
+    let refused = [
+        (
+            "/v1/collections/c/items",
+            json!({"items": [{"id": "a", "vector": [[[[[1.0]]]]]}]}),
+            "(--max-json-depth)",
+        ),
+        (
+            "/v1/collections/c/items",
+            json!({"items": [{"id": "a", "vector": vec![0.5; 4096]}]}),
+            "(--max-json-bytes)",
+        ),
+        (
+            "/v1/collections/c/search",
+            json!({"query": {"text": "a"}, "filter": {"k": "x".repeat(max_metadata_bytes)}}),
+            "(--max-metadata-bytes)",
+        ),
+    ];
+    for (path, body, flag) in refused {
+        let r = post_json(http, path, &body, None).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(r.text.contains(flag), "{path}: {}", r.text);
+    }
 }

@@ -99,7 +99,7 @@ pub fn decode_cost(bytes: &[u8], max_pixels: u64) -> Result<DecodeCost, ImageErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         alloc::{GlobalAlloc, Layout, System},
         cell::Cell,
@@ -144,7 +144,8 @@ mod tests {
     #[global_allocator]
     static ALLOCATOR: Counting = Counting;
 
-    fn peak_of(f: impl FnOnce()) -> u64 {
+    /// Peak bytes this thread allocated while `f` ran, above what it held before.
+    pub(crate) fn peak_of(f: impl FnOnce()) -> u64 {
         let start = LIVE.with(Cell::get);
         PEAK.with(|p| p.set(start));
         f();

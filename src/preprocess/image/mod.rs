@@ -23,6 +23,9 @@ mod decode;
 mod resample;
 
 pub use config::{ConfigError, Interpolation, PreprocessConfig, ResizeMode};
+/// Peak bytes this thread allocates while running a closure (tests; the counting allocator).
+#[cfg(test)]
+pub(crate) use cost::tests::peak_of;
 pub use cost::{DecodeCost, decode_cost};
 pub use decode::{Format, sniff};
 
