@@ -21,6 +21,8 @@ use std::{
 use bytes::Bytes;
 pub use limits::Limits;
 use pool::PreprocessPool;
+/// One request's turn in the preprocessing pool (a stream's items share one).
+pub use pool::RequestShare as DecodeShare;
 use slot::{Loaded, ModelSlot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -228,12 +230,28 @@ impl EmbedService {
         self.encode_images(images, deadline).await
     }
 
+    /// A new turn in the preprocessing pool, for calls whose images arrive one by one (a stream).
+    pub fn decode_share(&self) -> DecodeShare {
+        self.state.pool.request()
+    }
+
     /// Embeds encoded images for work already admitted (the caller holds its request permit).
     /// Errors name the images as `images[i]`.
     pub async fn encode_images(
         &self,
         images: Vec<Bytes>,
         deadline: Option<Instant>,
+    ) -> Result<Embedded, ServiceError> {
+        self.encode_images_in(images, deadline, self.decode_share())
+            .await
+    }
+
+    /// [`Self::encode_images`] taking its turns in the pool as `share`.
+    async fn encode_images_in(
+        &self,
+        images: Vec<Bytes>,
+        deadline: Option<Instant>,
+        share: DecodeShare,
     ) -> Result<Embedded, ServiceError> {
         let started = Instant::now();
         let (model, batcher) = self.state.slot.image()?;
@@ -245,7 +263,6 @@ impl EmbedService {
         // set aborts the remaining tasks if this future is dropped (the caller went away). The
         // request's images take turns with other requests' in the pool (one share per call).
         let n = images.len();
-        let share = self.state.pool.request();
         let mut tasks = JoinSet::new();
         for (i, bytes) in images.into_iter().enumerate() {
             let service = self.clone();
@@ -465,18 +482,23 @@ impl EmbedService {
             .map_err(invalid)
     }
 
-    /// Embeds one stream item. Errors name the item as `image` or `text`.
+    /// Embeds one stream item, its image taking the stream's turn in the pool (`share`). Errors
+    /// name the item as `image` or `text`.
     pub async fn embed_item(
         &self,
         item: Item,
         deadline: Option<Instant>,
         permit: Permit,
+        share: &DecodeShare,
     ) -> Result<Embedding, ServiceError> {
         let (result, name) = match item {
-            Item::Image(bytes) => (
-                self.embed_images(vec![bytes], deadline, permit).await,
-                "image",
-            ),
+            Item::Image(bytes) => {
+                let _permit = permit;
+                let embedded = self
+                    .encode_images_in(vec![bytes], deadline, share.clone())
+                    .await;
+                (embedded, "image")
+            }
             Item::Text(text) => (self.embed_texts(vec![text], deadline, permit).await, "text"),
         };
         result

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     common::{Field, ServiceError},
-    embed::{Admission, EmbedService, Embedded, Embedding, Item},
+    embed::{Admission, DecodeShare, EmbedService, Embedded, Embedding, Item},
 };
 
 const SERVICE: &str = "Embed";
@@ -167,6 +167,8 @@ impl Embed for EmbedApi {
             request.metadata(),
         );
         let deadline = deadline_of(request.metadata());
+        // The stream's images take one turn in the decode pool, like one request's.
+        let share = self.service.decode_share();
         let progress = request
             .extensions()
             .get::<super::progress::BodyProgress>()
@@ -309,6 +311,7 @@ impl Embed for EmbedApi {
                     }
                 }
                 let service = service.clone();
+                let share = share.clone();
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);
                 // Items run in tasks of their own, in the caller's usage scope.
@@ -319,7 +322,7 @@ impl Embed for EmbedApi {
                             match <(String, Item)>::try_from(request) {
                                 Err((id, error)) => item_error(id, &error),
                                 Ok((id, item)) => {
-                                    match embed_admitted(&service, item, deadline).await {
+                                    match embed_admitted(&service, item, deadline, &share).await {
                                         Ok(embedding) => pb::EmbedStreamResponse {
                                             id,
                                             result: Some(
@@ -377,9 +380,10 @@ async fn embed_admitted(
     service: &EmbedService,
     item: Item,
     deadline: Option<Instant>,
+    share: &DecodeShare,
 ) -> Result<Embedding, ServiceError> {
     let permit = service.admit(Admission::Wait).await?;
-    service.embed_item(item, deadline, permit).await
+    service.embed_item(item, deadline, permit, share).await
 }
 
 /// The call's deadline from its `grpc-timeout` header (`100m`, `5S`, ...; gRPC over HTTP/2 spec).
