@@ -491,6 +491,10 @@ mod tests {
         assert_eq!(trailers["grpc-status"], "0");
         assert!(counted(&m, "OK", "Info", "GetInfo"));
 
+        // A reply dropped before its trailers (the client went away) counts as CANCELLED.
+        drop(call(&layer, false, path, &[key]).await);
+        assert!(counted(&m, "CANCELLED", "Info", "GetInfo"));
+
         let unknown = call(&layer, false, "/clip.v1.Info/MadeUp", &[key]).await;
         assert_eq!(unknown.headers()["grpc-status"], "12", "UNIMPLEMENTED");
         assert!(counted(&m, "UNIMPLEMENTED", "Info", "unknown"));

@@ -237,7 +237,16 @@ fn classify(method: &Method, path: Option<&str>) -> Kind {
             shape: r.shape,
         };
     }
-    // A route nobody listed: named by its pattern (as many names as there are routes).
+    if ROUTES.iter().any(|r| r.path == path) || PUBLIC.iter().any(|&(_, p)| p == path) {
+        // A listed route asked with a method it does not serve: its 405, as before the layer.
+        return Kind::Public;
+    }
+    // A route nobody listed: named by its pattern and a standard method (clients cannot mint
+    // label values: as many names as routes times methods).
+    let method = match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method,
+        _ => "OTHER",
+    };
     Kind::Api {
         service: "http",
         method: Cow::Owned(format!("{method} {path}")),
@@ -519,6 +528,21 @@ mod tests {
             Kind::Public
         ));
         assert!(matches!(classify(&Method::POST, None), Kind::Public));
+        // A listed route asked with another method keeps its 405.
+        assert!(matches!(
+            classify(&Method::PUT, Some("/v1/embeddings")),
+            Kind::Public
+        ));
+        // An unlisted route is an API call; odd methods cannot mint label values.
+        let odd = Method::from_bytes(b"FROB").unwrap();
+        match classify(&odd, Some("/new")) {
+            Kind::Api {
+                service, method, ..
+            } => {
+                assert_eq!((service, &*method), ("http", "OTHER /new"));
+            }
+            Kind::Public => panic!("an unlisted route is an API call"),
+        }
         assert!(matches!(
             classify(&Method::POST, Some("/")),
             Kind::Api {

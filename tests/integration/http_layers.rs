@@ -98,6 +98,9 @@ async fn every_api_route_is_keyed_named_and_shaped_as_the_route_table_says() {
         );
         assert_eq!(after, before + 2.0, "{what}");
     }
+    // A route asked with a method it does not serve keeps its 405 (no key asked).
+    let (code, _, body) = send(http, "PUT", "/v1/embeddings", None).await;
+    assert_eq!(code, 405, "{body}");
     for &(method, path) in PUBLIC {
         let (code, head, body) = send(http, method, path, None).await;
         assert!((200..300).contains(&code), "{method} {path}: {code} {body}");
