@@ -1,7 +1,7 @@
-//! API keys on the gRPC door: a wrapper around each API service that checks the caller's key
-//! (and its rate limit) before the call, and runs the call in that key's usage scope
-//! (`telemetry::usage`), so what the domain computes is counted for the key and the call's span
-//! carries the key's name. Health (and reflection with `--public-reflection`) are not wrapped.
+//! API keys on the gRPC door: the call layer (`context.rs`) checks the caller's key (and its rate
+//! limit) before every call but health's (and reflection's with `--public-reflection`), and runs
+//! the call in that key's usage scope (`telemetry::usage`), so what the domain computes is counted
+//! for the key and the call's span carries the key's name. Here: the refusals and the charges.
 //!
 //! Refusals: no or wrong key -> UNAUTHENTICATED; the key's rate limit spent -> RESOURCE_EXHAUSTED
 //! with a `google.rpc.RetryInfo` detail saying when to retry. The peer's address (tonic's
@@ -9,58 +9,12 @@
 //! runs in the key's rate-limit scope too: the services [`charge`](crate::security::keys::charge)
 //! their item counts.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::future::Future;
 
-use tonic::{
-    Code, Status,
-    body::Body,
-    codegen::http,
-    server::NamedService,
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-};
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{
-    security::{ApiKeys, AuthError, keys},
-    telemetry::{
-        metrics::Metrics,
-        usage::{self, Usage},
-    },
-};
-
-/// `inner` behind the API-key check.
-#[derive(Clone)]
-pub struct Authenticated<S> {
-    inner: S,
-    keys: ApiKeys,
-    metrics: Metrics,
-}
-
-/// Wraps services in [`Authenticated`] with the same keys and metrics.
-#[derive(Clone)]
-pub struct KeyCheck {
-    pub keys: ApiKeys,
-    pub metrics: Metrics,
-}
-
-impl KeyCheck {
-    pub fn wrap<S>(&self, inner: S) -> Authenticated<S> {
-        Authenticated {
-            inner,
-            keys: self.keys.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for Authenticated<S> {
-    const NAME: &'static str = S::NAME;
-}
+use crate::security::{AuthError, keys};
 
 /// The status a refused call gets.
 pub fn refusal(e: AuthError) -> Status {
@@ -105,60 +59,6 @@ pub async fn charge_stream_item(
                 }
             }
             Err(e) => return Err(Some(refusal(e))),
-        }
-    }
-}
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
-impl<S> tower::Service<http::Request<Body>> for Authenticated<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> BoxFuture {
-        let presented = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let extensions = request.extensions();
-        let peer = extensions
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .or_else(|| {
-                extensions
-                    .get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|tls| tls.get_ref().remote_addr())
-            })
-            .map(|a| a.ip());
-        match self.keys.authenticate_from(presented, peer) {
-            Err(e) => {
-                let response = refusal(e).into_http();
-                Box::pin(async move { Ok(response) })
-            }
-            Ok(caller) => {
-                let (usage, allowance) = caller
-                    .map(|c| (Usage::for_key(&self.metrics, c.key_name), c.allowance))
-                    .unzip();
-                // The clone that was polled ready serves this call (tower's contract).
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(usage::scoped(
-                    usage,
-                    keys::scoped(allowance, inner.call(request)),
-                ))
-            }
         }
     }
 }

@@ -1,10 +1,9 @@
 //! `clip.v1.Classify`: zero-shot classification and label sets.
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::{
-    context::{CallContext, hold_payload},
+    context::hold_payload,
     embed::deadline_of,
     pb::{self, classify_server::Classify},
 };
@@ -14,8 +13,6 @@ use crate::{
     embed::{Admission, EmbedService, Permit},
 };
 
-const SERVICE: &str = "Classify";
-
 pub struct ClassifyApi {
     embed: EmbedService,
     classify: ClassifyService,
@@ -24,10 +21,6 @@ pub struct ClassifyApi {
 impl ClassifyApi {
     pub fn new(embed: EmbedService, classify: ClassifyService) -> Self {
         ClassifyApi { embed, classify }
-    }
-
-    fn context<T>(&self, method: &'static str, request: &Request<T>) -> CallContext {
-        CallContext::begin(self.embed.metrics(), SERVICE, method, request.metadata())
     }
 
     /// Label-set calls are cheap bookkeeping, but they still wait for the model, and they are
@@ -87,8 +80,7 @@ impl Classify for ClassifyApi {
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        let ctx = self.context("Classify", &request);
-        let result = async {
+        async {
             super::auth::charge(request.get_ref().images.len())?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
@@ -125,17 +117,14 @@ impl Classify for ClassifyApi {
                 model: self.embed.model_name(),
             }))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn create_label_set(
         &self,
         request: Request<pb::CreateLabelSetRequest>,
     ) -> Result<Response<pb::LabelSet>, Status> {
-        let ctx = self.context("CreateLabelSet", &request);
-        let result = async {
+        async {
             let _permit = self.admit_control().await?;
             let pb::CreateLabelSetRequest {
                 name,
@@ -145,17 +134,14 @@ impl Classify for ClassifyApi {
             let info = self.classify.create(name, labels, templates).await?;
             Ok(Response::new(label_set(info, true)))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn get_label_set(
         &self,
         request: Request<pb::GetLabelSetRequest>,
     ) -> Result<Response<pb::LabelSet>, Status> {
-        let ctx = self.context("GetLabelSet", &request);
-        let result = async {
+        async {
             let _permit = self.admit_control().await?;
             let pb::GetLabelSetRequest { name } = request.into_inner();
             Ok::<_, ServiceError>(Response::new(label_set(
@@ -164,17 +150,15 @@ impl Classify for ClassifyApi {
             )))
         }
         .await
-        .map_err(Status::from);
-        ctx.finish(result)
+        .map_err(Status::from)
     }
 
     async fn list_label_sets(
         &self,
         request: Request<pb::ListLabelSetsRequest>,
     ) -> Result<Response<pb::ListLabelSetsResponse>, Status> {
-        let ctx = self.context("ListLabelSets", &request);
         let pb::ListLabelSetsRequest {} = request.into_inner();
-        let result = async {
+        async {
             let _permit = self.admit_control().await?;
             Ok::<_, ServiceError>(Response::new(pb::ListLabelSetsResponse {
                 label_sets: self
@@ -186,23 +170,19 @@ impl Classify for ClassifyApi {
             }))
         }
         .await
-        .map_err(Status::from);
-        ctx.finish(result)
+        .map_err(Status::from)
     }
 
     async fn delete_label_set(
         &self,
         request: Request<pb::DeleteLabelSetRequest>,
     ) -> Result<Response<pb::DeleteLabelSetResponse>, Status> {
-        let ctx = self.context("DeleteLabelSet", &request);
-        let result = async {
+        async {
             let _permit = self.admit_control().await?;
             let pb::DeleteLabelSetRequest { name } = request.into_inner();
             self.classify.delete(&name).await?;
             Ok(Response::new(pb::DeleteLabelSetResponse {}))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 }

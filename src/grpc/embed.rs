@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::Instrument;
 
 use super::{
-    context::{CallContext, add_timings, hold_payload},
+    context::{add_timings, hold_payload},
     pb::{self, embed_server::Embed},
     status::{code_name, code_of, message_of},
 };
@@ -20,8 +20,6 @@ use crate::{
     common::{Field, ServiceError},
     embed::{Admission, DecodeShare, EmbedService, Embedded, Embedding, Item},
 };
-
-const SERVICE: &str = "Embed";
 
 /// How long a stream may hold a reading turn (`--max-stream-readers`) with no byte arriving.
 const READER_TURN: Duration = Duration::from_millis(500);
@@ -101,13 +99,7 @@ impl Embed for EmbedApi {
         &self,
         request: Request<pb::EmbedImagesRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let ctx = CallContext::begin(
-            self.service.metrics(),
-            SERVICE,
-            "EmbedImages",
-            request.metadata(),
-        );
-        let result = async {
+        async {
             super::auth::charge(request.get_ref().images.len())?;
             let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
@@ -116,22 +108,14 @@ impl Embed for EmbedApi {
             let embedded = self.service.embed_images(images, deadline, permit).await?;
             Ok(self.response(embedded))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn embed_texts(
         &self,
         request: Request<pb::EmbedTextsRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let ctx = CallContext::begin(
-            self.service.metrics(),
-            SERVICE,
-            "EmbedTexts",
-            request.metadata(),
-        );
-        let result = async {
+        async {
             super::auth::charge(request.get_ref().texts.len())?;
             let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
@@ -140,9 +124,7 @@ impl Embed for EmbedApi {
             let embedded = self.service.embed_texts(texts, deadline, permit).await?;
             Ok(self.response(embedded))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     type EmbedStreamStream = ReplyStream;
@@ -160,12 +142,6 @@ impl Embed for EmbedApi {
         &self,
         request: Request<Streaming<pb::EmbedStreamRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
-        let mut ctx = CallContext::begin(
-            self.service.metrics(),
-            SERVICE,
-            "EmbedStream",
-            request.metadata(),
-        );
         let deadline = deadline_of(request.metadata());
         // The stream's images take one turn in the decode pool, like one request's.
         let share = self.service.decode_share();
@@ -178,11 +154,11 @@ impl Embed for EmbedApi {
         let in_flight = self.service.max_stream_in_flight();
         let (tx, rx) = mpsc::channel::<Result<pb::EmbedStreamResponse, Status>>(in_flight);
         let service = self.service.clone();
-        let span = ctx.span().clone();
+        // The call's span (the call layer runs this handler in it), for the stream's own task.
+        let span = tracing::Span::current();
         let allowance = crate::security::keys::current();
-        let mut response: Response<Self::EmbedStreamStream> =
+        let response: Response<Self::EmbedStreamStream> =
             Response::new(Box::pin(ReceiverStream::new(rx)));
-        ctx.tag(response.metadata_mut());
         let stream = async move {
             let slots = Arc::new(Semaphore::new(in_flight));
             let mut tasks = tokio::task::JoinSet::new();
@@ -354,15 +330,10 @@ impl Embed for EmbedApi {
                 tasks.abort_all();
             }
             while tasks.join_next().await.is_some() {}
-            match end {
-                Some(status) => {
-                    ctx.record(status.code(), status.message());
-                    let _ = tx.send(Err(status)).await;
-                }
-                None if tx.is_closed() || client_gone => {
-                    ctx.record(Code::Cancelled, "the client went away");
-                }
-                None => ctx.record(Code::Ok, ""),
+            // The call layer counts the stream by the status its trailers carry (CANCELLED when
+            // the client went away before them).
+            if let Some(status) = end {
+                let _ = tx.send(Err(status)).await;
             }
         };
         // The stream runs in its own task: it keeps the caller's usage scope.

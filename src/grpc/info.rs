@@ -2,10 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    context::CallContext,
-    pb::{self, info_server::Info},
-};
+use super::pb::{self, info_server::Info};
 use crate::{
     embed::{EmbedService, ModelInfo, TowerInfo},
     model::WeightsKind,
@@ -27,19 +24,11 @@ impl Info for InfoApi {
         &self,
         request: Request<pb::GetInfoRequest>,
     ) -> Result<Response<pb::GetInfoResponse>, Status> {
-        let ctx = CallContext::begin(
-            self.service.metrics(),
-            "Info",
-            "GetInfo",
-            request.metadata(),
-        );
         let pb::GetInfoRequest {} = request.into_inner();
-        let result = self
-            .service
+        self.service
             .info()
             .map(|info| Response::new(info.into()))
-            .map_err(Status::from);
-        ctx.finish(result)
+            .map_err(Status::from)
     }
 }
 

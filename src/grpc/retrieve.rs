@@ -1,10 +1,9 @@
 //! `clip.v1.Retrieve`: ranking and collections.
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::{
-    context::{CallContext, hold_payload},
+    context::hold_payload,
     embed::deadline_of,
     pb::{self, retrieve_server::Retrieve},
 };
@@ -14,8 +13,6 @@ use crate::{
     retrieve::{CollectionInfo, Content, ItemInput, RetrieveService, SearchInput},
 };
 
-const SERVICE: &str = "Retrieve";
-
 pub struct RetrieveApi {
     embed: EmbedService,
     retrieve: RetrieveService,
@@ -24,10 +21,6 @@ pub struct RetrieveApi {
 impl RetrieveApi {
     pub fn new(embed: EmbedService, retrieve: RetrieveService) -> Self {
         RetrieveApi { embed, retrieve }
-    }
-
-    fn context<T>(&self, method: &'static str, request: &Request<T>) -> CallContext {
-        CallContext::begin(self.embed.metrics(), SERVICE, method, request.metadata())
     }
 }
 
@@ -58,8 +51,7 @@ impl Retrieve for RetrieveApi {
         &self,
         request: Request<pb::RankRequest>,
     ) -> Result<Response<pb::RankResponse>, Status> {
-        let ctx = self.context("Rank", &request);
-        let result = async {
+        async {
             // The query and each candidate.
             super::auth::charge(request.get_ref().candidates.len() + 1)?;
             let _bytes = hold_payload(&self.embed, &request)?;
@@ -91,17 +83,14 @@ impl Retrieve for RetrieveApi {
                     .collect(),
             }))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn create_collection(
         &self,
         request: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
-        let ctx = self.context("CreateCollection", &request);
-        let result = async {
+        async {
             let _permit = self.embed.admit(Admission::Control).await?;
             let pb::CreateCollectionRequest {
                 name,
@@ -114,33 +103,28 @@ impl Retrieve for RetrieveApi {
                 .await?;
             Ok(Response::new(collection(info)))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn get_collection(
         &self,
         request: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::Collection>, Status> {
-        let ctx = self.context("GetCollection", &request);
-        let result = async {
+        async {
             let _permit = self.embed.admit(Admission::Control).await?;
             let pb::GetCollectionRequest { name } = request.into_inner();
             Ok::<_, ServiceError>(Response::new(collection(self.retrieve.get(&name).await?)))
         }
         .await
-        .map_err(Status::from);
-        ctx.finish(result)
+        .map_err(Status::from)
     }
 
     async fn list_collections(
         &self,
         request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        let ctx = self.context("ListCollections", &request);
         let pb::ListCollectionsRequest {} = request.into_inner();
-        let result = async {
+        async {
             let _permit = self.embed.admit(Admission::Control).await?;
             Ok::<_, ServiceError>(Response::new(pb::ListCollectionsResponse {
                 collections: self
@@ -153,32 +137,27 @@ impl Retrieve for RetrieveApi {
             }))
         }
         .await
-        .map_err(Status::from);
-        ctx.finish(result)
+        .map_err(Status::from)
     }
 
     async fn delete_collection(
         &self,
         request: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
-        let ctx = self.context("DeleteCollection", &request);
-        let result = async {
+        async {
             let _permit = self.embed.admit(Admission::Control).await?;
             let pb::DeleteCollectionRequest { name } = request.into_inner();
             self.retrieve.drop_collection(&name).await?;
             Ok(Response::new(pb::DeleteCollectionResponse {}))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn upsert(
         &self,
         request: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
-        let ctx = self.context("Upsert", &request);
-        let result = async {
+        async {
             super::auth::charge(request.get_ref().items.len())?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
@@ -209,17 +188,14 @@ impl Retrieve for RetrieveApi {
                 count: count as u64,
             }))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let ctx = self.context("Delete", &request);
-        let result = async {
+        async {
             let _permit = self.embed.admit(Admission::Control).await?;
             let pb::DeleteRequest { collection, ids } = request.into_inner();
             let (deleted, count) = self.retrieve.delete(&collection, ids).await?;
@@ -228,17 +204,14 @@ impl Retrieve for RetrieveApi {
                 count: count as u64,
             }))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn search(
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let ctx = self.context("Search", &request);
-        let result = async {
+        async {
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -278,17 +251,14 @@ impl Retrieve for RetrieveApi {
                     .collect(),
             }))
         }
-        .instrument(ctx.span().clone())
-        .await;
-        ctx.finish(result)
+        .await
     }
 
     async fn get_items(
         &self,
         request: Request<pb::GetItemsRequest>,
     ) -> Result<Response<pb::GetItemsResponse>, Status> {
-        let ctx = self.context("GetItems", &request);
-        let result = async {
+        async {
             let _permit = self.embed.admit(Admission::Control).await?;
             let pb::GetItemsRequest { collection, ids } = request.into_inner();
             let (items, missing) = self.retrieve.get_items(&collection, ids).await?;
@@ -304,9 +274,7 @@ impl Retrieve for RetrieveApi {
                 missing,
             }))
         }
-        .instrument(ctx.span().clone())
         .await
-        .map_err(Status::from);
-        ctx.finish(result)
+        .map_err(Status::from)
     }
 }

@@ -181,14 +181,19 @@ type DecodeErrorLayer = tower::util::MapResponseLayer<
     fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
 >;
 type ProgressLayer = super::progress::TrackLayer;
+type CallLayer = super::context::CallLayer;
+
+/// The server's layers, outermost first: the call layer, the decode-error fix, body progress.
+type Layers = tower::layer::util::Stack<
+    ProgressLayer,
+    tower::layer::util::Stack<
+        DecodeErrorLayer,
+        tower::layer::util::Stack<CallLayer, tower::layer::util::Identity>,
+    >,
+>;
 
 pub struct Endpoint {
-    router: tonic::transport::server::Router<
-        tower::layer::util::Stack<
-            ProgressLayer,
-            tower::layer::util::Stack<DecodeErrorLayer, tower::layer::util::Identity>,
-        >,
-    >,
+    router: tonic::transport::server::Router<Layers>,
     limit: ConnectionLimit,
     preface_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -229,11 +234,13 @@ pub async fn endpoint(
         .max_encoding_message_size(max_message_bytes);
     let info = InfoServer::new(InfoApi::new(service.clone()));
 
-    let metrics = service.metrics().clone();
-    let check = super::auth::KeyCheck {
-        keys: security.keys.clone(),
-        metrics,
-    };
+    // Every call (health's aside) goes through the call layer: request id, key check, usage
+    // scope, span, metrics by code. It is outermost, so it sees the status clients see.
+    let calls = CallLayer::new(
+        security.keys.clone(),
+        service.metrics().clone(),
+        security.public_reflection,
+    );
     let fix: fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> =
         client_decode_errors;
     let mut builder = Server::builder()
@@ -248,6 +255,7 @@ pub async fn endpoint(
             .max_connection_age_grace(connections.age_grace);
     }
     let mut builder = builder
+        .layer(calls)
         .layer(tower::util::MapResponseLayer::new(fix))
         .layer(super::progress::TrackLayer(connections.unary.clone()));
     if let Some(tls) = &security.tls {
@@ -259,22 +267,14 @@ pub async fn endpoint(
         }
         builder = builder.tls_config(config)?;
     }
-    let router = if security.public_reflection {
-        builder
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-    } else {
-        builder
-            .add_service(health_service)
-            .add_service(check.wrap(reflection_v1))
-            .add_service(check.wrap(reflection_v1alpha))
-    };
-    let router = router
-        .add_service(check.wrap(embed))
-        .add_service(check.wrap(classify))
-        .add_service(check.wrap(retrieve))
-        .add_service(check.wrap(info));
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(embed)
+        .add_service(classify)
+        .add_service(retrieve)
+        .add_service(info);
     Ok((
         Endpoint {
             router,

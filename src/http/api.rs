@@ -49,33 +49,33 @@ pub struct Api {
 }
 
 impl Api {
-    /// A call with OpenAI-shaped errors: key, span, metrics and request id as every HTTP call.
+    /// A call with OpenAI-shaped errors: runs `handler` and names the call for the layer that
+    /// every API route is behind (`call::layer`: key, span, metrics, request id); `_headers` is
+    /// read by that layer.
     pub async fn call<F>(
         &self,
         names: (&'static str, &'static str),
-        headers: &HeaderMap,
+        _headers: &HeaderMap,
         handler: F,
     ) -> Response
     where
         F: Future<Output = Result<Response, ApiError>>,
     {
-        self.call_shaped(names, headers, Shape::OpenAi, handler)
-            .await
+        call::reply(names, Shape::OpenAi, handler.await)
     }
 
     /// [`Self::call`] with errors in `shape`.
     pub async fn call_shaped<F>(
         &self,
         names: (&'static str, &'static str),
-        headers: &HeaderMap,
+        _headers: &HeaderMap,
         shape: Shape,
         handler: F,
     ) -> Response
     where
         F: Future<Output = Result<Response, ApiError>>,
     {
-        let metrics = self.service.metrics();
-        call::call_shaped(&self.keys, metrics, names, headers, shape, handler).await
+        call::reply(names, shape, handler.await)
     }
 
     /// The body (limited, held against `--max-inflight-bytes`) parsed as `T`, with its item lists

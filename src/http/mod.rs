@@ -19,7 +19,8 @@
 //! - [`inputs`]: the input item shapes clients send (texts, base64 images, data URIs);
 //! - [`guard`]: DNS-rebinding and cross-site refusals, JSON content types (a layer on every API
 //!   route);
-//! - [`call`]: what every API call goes through (key, span, metrics, request id, server-timing);
+//! - [`call`]: the layer every API call goes through (key, span, metrics, request id,
+//!   server-timing), and the table naming each API route's call;
 //! - [`serve`]: the accept loop (connection places, TLS handshake, header and idle deadlines).
 //!
 //! `CLIENTS.md` beside this file records the wire formats of the client libraries these routes
@@ -105,6 +106,10 @@ pub fn router(services: Services) -> Router {
         fetcher,
         json,
     };
+    let calls = call::Calls {
+        keys: api.keys.clone(),
+        metrics: embed.metrics().clone(),
+    };
     let api_routes = openapi::routes()
         .merge(openai::routes(api.clone()))
         .merge(classify::routes(api.clone()))
@@ -113,9 +118,14 @@ pub fn router(services: Services) -> Router {
         .merge(weaviate::routes(api.clone()))
         .merge(collections::routes(api.clone()))
         .merge(immich::routes(api))
-        .merge(pages::routes())
+        .merge(pages::routes());
+    probes::routes(embed, retrieve).merge(api_layers(api_routes, calls, guard))
+}
+
+/// The layers on every API route: the call layer (key, usage, span, metrics, request id; see
+/// `call.rs`) on each matched route, inside the guard (Host, Origin, content types).
+fn api_layers(routes: Router, calls: call::Calls, guard: guard::Guard) -> Router {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(calls, call::layer))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
-        // The peer address, for the key check (`call.rs`).
-        .layer(axum::middleware::from_fn(call::peer_scope));
-    probes::routes(embed, retrieve).merge(api_routes)
 }

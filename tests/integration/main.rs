@@ -11,6 +11,7 @@ mod hardening;
 mod http_clients;
 mod http_collections;
 mod http_dropins;
+mod http_layers;
 mod indexer;
 mod keys;
 mod memory;
