@@ -10,7 +10,8 @@
 //!   `max_batch_delay` > 0 the engine waits up to that long for a batch to fill (useful on GPUs).
 //! - Fairness: rows are taken round-robin across *all* queued jobs, one row per job per turn, and
 //!   the turn carries over from one batch to the next. A job queued behind J others gets its first
-//!   row into one of the next ceil((J + 1) / max_batch_size) batches, however many rows they have.
+//!   row into one of the next ceil((J + 1) / max_batch_size) batches, however many rows they have
+//!   (J + 1 batches when rows of different cost are grouped: see `fill`).
 //! - Dropped callers (their receiver is gone) and jobs whose deadline passed are removed when the
 //!   batch that would carry them is formed, so their rows never cost compute, and counted.
 //! - Background work (label-set classifier builds, [`Batcher::submit_background`]) runs below live
@@ -474,7 +475,10 @@ fn drop_dead<R, O>(
 /// Grouping by cost: the first row sets the batch's cost; jobs whose next row costs more are set
 /// aside while cheaper-or-equal rows fill the batch, and only if room is left do they join (so a
 /// batch is never smaller for it). Set-aside jobs keep their turn: they go back to the front, and
-/// the next batch starts with them. A job waits at most one batch longer than without grouping.
+/// the next batch starts with them. Every batch serves the job at the front and moves a job it
+/// passes over at least one place forward, so a job behind J others gets a row within J + 1
+/// batches (not ceil((J + 1) / max) as without grouping: costlier and costlier jobs ahead, each
+/// set aside behind the last while cheap rows fill the batches, take a batch each).
 fn fill<R, O>(
     batch: &mut Batch<R, O>,
     jobs: &mut VecDeque<Job<R, O>>,
@@ -598,6 +602,9 @@ fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {

@@ -58,7 +58,7 @@ struct ClassifyRequest {
 }
 
 /// Zero-shot image classification (Jina's shape).
-#[utoipa::path(post, path = "/v1/classify", tag = "classify", request_body = ClassifyRequest,
+#[utoipa::path(post, path = "/v1/classify", tag = "classify", request_body(content = ClassifyRequest, example = json!({"input": [{"image": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="}], "labels": ["a cat", "a dog"]})),
     responses((status = 200, description = "`{usage, data: [{object, index, prediction, score, predictions}]}`", body = serde_json::Value),
         (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
     ))]

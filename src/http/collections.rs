@@ -341,7 +341,7 @@ pub(super) async fn list(State(api): State<Api>, headers: HeaderMap) -> Response
 }
 
 /// One collection.
-#[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "The collection")),
+#[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "The collection", example = "photos")),
     responses((status = 200, description = "The collection", body = CollectionReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
@@ -360,7 +360,7 @@ pub(super) async fn get_one(
 }
 
 /// Deletes a collection and its items.
-#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "The collection")),
+#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "The collection", example = "scratch")),
     responses((status = 200, description = "Deleted", body = Deleted),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
@@ -385,8 +385,10 @@ pub(super) async fn drop_one(
 }
 
 /// Inserts or replaces items (durable when it returns).
-#[utoipa::path(post, path = "/v1/collections/{name}/items", tag = "collections", params(("name" = String, Path, description = "The collection")),
-    request_body = UpsertRequest,
+#[utoipa::path(post, path = "/v1/collections/{name}/items", tag = "collections", params(("name" = String, Path, description = "The collection", example = "photos")),
+    request_body(content = UpsertRequest, example = json!({"items": [
+        {"id": "cat", "text": "a photo of a cat", "metadata": {"kind": "animal"}},
+        {"id": "car", "text": "a red car", "metadata": {"kind": "vehicle"}}]})),
     responses((status = 200, description = "Upserted", body = UpsertReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
@@ -441,8 +443,8 @@ async fn read_ids(api: &Api, headers: &HeaderMap, body: Body) -> Result<Vec<Stri
 }
 
 /// Items exactly as stored, and the ids that are absent.
-#[utoipa::path(post, path = "/v1/collections/{name}/items/get", tag = "collections", params(("name" = String, Path, description = "The collection")),
-    request_body = IdsRequest,
+#[utoipa::path(post, path = "/v1/collections/{name}/items/get", tag = "collections", params(("name" = String, Path, description = "The collection", example = "photos")),
+    request_body(content = IdsRequest, example = json!({"ids": ["cat", "dog"]})),
     responses((status = 200, description = "The items", body = ItemsReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
@@ -490,8 +492,8 @@ async fn delete_ids(api: &Api, name: &str, ids: Vec<String>) -> Result<Response,
 }
 
 /// Deletes items by id.
-#[utoipa::path(post, path = "/v1/collections/{name}/items/delete", tag = "collections", params(("name" = String, Path, description = "The collection")),
-    request_body = IdsRequest,
+#[utoipa::path(post, path = "/v1/collections/{name}/items/delete", tag = "collections", params(("name" = String, Path, description = "The collection", example = "photos")),
+    request_body(content = IdsRequest, example = json!({"ids": ["car"]})),
     responses((status = 200, description = "Deleted", body = DeleteReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
@@ -511,7 +513,8 @@ pub(super) async fn delete_items(
 
 /// Deletes one item.
 #[utoipa::path(delete, path = "/v1/collections/{name}/items/{id}", tag = "collections",
-    params(("name" = String, Path, description = "The collection"), ("id" = String, Path, description = "The item")),
+    params(("name" = String, Path, description = "The collection", example = "photos"),
+        ("id" = String, Path, description = "The item", example = "cat")),
     responses((status = 200, description = "Deleted", body = DeleteReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
@@ -528,8 +531,8 @@ pub(super) async fn delete_item(
 }
 
 /// The items nearest a text, image or vector, best first, among those matching `filter`.
-#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "collections", params(("name" = String, Path, description = "The collection")),
-    request_body = SearchRequest,
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "collections", params(("name" = String, Path, description = "The collection", example = "photos")),
+    request_body(content = SearchRequest, example = json!({"query": {"text": "a cat"}, "top_k": 3, "filter": {"kind": "animal"}})),
     responses((status = 200, description = "The hits", body = SearchReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]

@@ -178,7 +178,7 @@ fn task(request: InferenceRequest) -> Result<Task, ApiError> {
 }
 
 /// Hugging Face Inference: zero-shot image classification or feature extraction.
-#[utoipa::path(post, path = "/", tag = "huggingface", request_body = InferenceRequest,
+#[utoipa::path(post, path = "/", tag = "huggingface", request_body(content = InferenceRequest, example = json!({"inputs": "a photo of a cat"})),
     responses((status = 200, description = "`[{label, score}]` best first, or the feature vectors", body = serde_json::Value),
         (status = "4XX", description = "An error (`{error, detail}` strings)"),
     ))]

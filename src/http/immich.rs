@@ -159,9 +159,11 @@ fn clean(name: &str) -> String {
 
 /// Immich machine learning: CLIP smart-search embeddings of an image or a text.
 #[utoipa::path(post, path = "/predict", tag = "immich",
-    request_body(content = PredictForm, content_type = "multipart/form-data"),
+    request_body(content = PredictForm, content_type = "multipart/form-data",
+        example = json!({"entries": "{\"clip\": {\"textual\": {\"modelName\": \"ViT-B-32__openai\"}}}", "text": "a photo of a cat"})),
     responses((status = 200, description = "`{clip: <embedding as a JSON string>, imageHeight?, imageWidth?}`", body = serde_json::Value),
         (status = "4XX", description = "An error (`{error, detail}` strings)"),
+        (status = 501, description = "A task other than `clip` (facial recognition, OCR)"),
     ))]
 pub(super) async fn predict(State(state): State<Api>, headers: HeaderMap, body: Body) -> Response {
     state

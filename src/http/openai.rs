@@ -106,7 +106,7 @@ pub(super) async fn models(State(state): State<Api>, headers: HeaderMap) -> Resp
 }
 
 /// Embeddings (OpenAI and Jina shapes); also on `/embeddings`.
-#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body(content = EmbeddingsRequest, example = json!({"input": ["a photo of a cat", "a red car"]})),
     responses((status = 200, description = "`{object: list, data: [{object, index, embedding}], model, usage}`", body = serde_json::Value),
         (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
     ))]

@@ -181,4 +181,27 @@ mod tests {
             );
         }
     }
+
+    /// A fuzzer (scripts/schemathesis.sh) reaches a route behind a path parameter only with a
+    /// name that exists: every path parameter has an example (a collection the script creates).
+    #[test]
+    fn every_path_parameter_has_an_example() {
+        let doc: serde_json::Value = serde_json::from_str(document().unwrap()).unwrap();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" {
+                        seen += 1;
+                        assert!(
+                            p["example"].is_string(),
+                            "{method} {path}: {} has no example",
+                            p["name"]
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 8, "the collection routes' path parameters");
+    }
 }

@@ -66,7 +66,7 @@ struct RerankRequest {
 }
 
 /// Rerank (Cohere, Jina, Infinity); also on `/v2/rerank` and `/rerank`.
-#[utoipa::path(post, path = "/v1/rerank", tag = "rerank", request_body = RerankRequest,
+#[utoipa::path(post, path = "/v1/rerank", tag = "rerank", request_body(content = RerankRequest, example = json!({"query": "a cat", "documents": ["a photo of a cat", "a red car"], "top_n": 1})),
     responses((status = 200, description = "`{id, object, model, results: [{index, relevance_score, document?}], usage, meta}`", body = serde_json::Value),
         (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
     ))]

@@ -568,6 +568,9 @@ impl RetrieveService {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
