@@ -102,7 +102,7 @@ fi
 {
   echo "### Siege: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
   echo
-  echo "Release clip-serve, default flags, model $(basename "$MODEL_DIR"), on $(nproc) cores of$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); open files $(ulimit -n)."
+  echo "Release clip-serve, default flags, model ${MODEL_DIR#"$ROOT"/}, on $(nproc) cores of$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); open files $(ulimit -n)."
   echo
 } >"$WORK/table.md"
 set +e

@@ -97,10 +97,10 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "silent,idle,hangup,amplify,trickle,kubelet"
+        default_value = "silent,idle,hangup,trickle,kubelet,amplify"
     )]
     attacks: Vec<Attack>,
-    /// How long each timed attack lasts (silent, idle, amplify, trickle).
+    /// How long each timed attack lasts (silent, idle, amplify).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
     /// Silent uploads per round, one round each (comma-separated).
@@ -136,6 +136,10 @@ struct Args {
     /// How long the kubelet scenario lasts.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     kubelet_duration: Duration,
+    /// How long the slow trickle lasts: past the server's body and header deadlines, to see
+    /// whether it cuts them.
+    #[arg(long, default_value = "35s", value_parser = parse_duration)]
+    trickle_duration: Duration,
     /// Honest callers per door, each calling in a loop.
     #[arg(long, default_value_t = 2)]
     callers: usize,
@@ -503,6 +507,8 @@ struct Watch {
     rss_max_kib: Arc<Mutex<u64>>,
     peak_reset: bool,
     started: Instant,
+    /// The server's RSS when the attack began (what earlier attacks left behind).
+    rss_at_start_kib: Option<u64>,
 }
 
 /// Sleeps `d`, or less when `stop` turns true.
@@ -616,6 +622,7 @@ impl Watch {
             rss_max_kib,
             peak_reset,
             started: Instant::now(),
+            rss_at_start_kib: args.pid.and_then(|pid| proc_status_kib(pid, "VmRSS:")),
         }
     }
 
@@ -626,6 +633,10 @@ impl Watch {
         let peak_kib = args
             .pid
             .map(|pid| proc_status_kib(pid, "VmHWM:").unwrap_or(0).max(sampled));
+        let mut notes = Vec::new();
+        if let Some(kib) = self.rss_at_start_kib {
+            notes.push(format!("RSS at the start {} MiB", kib >> 10));
+        }
         Row {
             attack,
             seconds: self.started.elapsed().as_secs_f64(),
@@ -637,7 +648,7 @@ impl Watch {
             peak_rss_bytes: peak_kib.filter(|&k| k > 0).map(|k| k * 1024),
             peak_since_start: !self.peak_reset,
             lost: None,
-            notes: Vec::new(),
+            notes,
             missed: Vec::new(),
         }
     }
@@ -1123,8 +1134,10 @@ impl Siege {
     /// 5. Requests sent 1 byte per --trickle-interval: half trickle the body, half the headers.
     async fn trickle(&self) -> Row {
         let args = &self.args;
-        let bytes_needed =
-            (args.duration.as_secs_f64() / args.trickle_interval.as_secs_f64()).ceil() as usize + 8;
+        let bytes_needed = (args.trickle_duration.as_secs_f64()
+            / args.trickle_interval.as_secs_f64())
+        .ceil() as usize
+            + 8;
         // A valid body padded with spaces, so that it lasts past the attack.
         let mut body = br#"{"input":["a slow text"]}"#.to_vec();
         body.resize(body.len().max(bytes_needed), b' ');
@@ -1161,7 +1174,7 @@ impl Siege {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let watch = Watch::start(args);
-        tokio::time::sleep(args.duration).await;
+        tokio::time::sleep(args.trickle_duration).await;
         let mut row = watch
             .finish(
                 args,
@@ -1380,13 +1393,13 @@ impl Siege {
             .finish(
                 args,
                 format!(
-                    "hang-up during writes: {} items, socket closed {} after sending",
+                    "hang-up during writes ({} items; closed {} ms after sending)",
                     args.hangup_items,
                     args.hangup_delays
                         .iter()
-                        .map(|d| ms(d.as_secs_f64() * 1e3))
+                        .map(|d| format!("{}", d.as_secs_f64() * 1e3))
                         .collect::<Vec<_>>()
-                        .join(" / "),
+                        .join("/"),
                 ),
             )
             .await;
