@@ -1239,7 +1239,7 @@ impl Siege {
                 ),
             ),
             (
-                "metadata with a million keys",
+                "metadata with millions of keys",
                 "/v1/collections/siege-amp/items",
                 fill(
                     &format!(r#"{{"items":[{{"id":"m","vector":[{vector}],"metadata":{{"#),
