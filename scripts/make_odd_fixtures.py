@@ -219,6 +219,12 @@ def make(out: str) -> list:
     p256.save(buf, "TIFF", compression="tiff_lzw")
     write("coffee_palette8_lzw.tif", buf.getvalue(), "8-bit palette TIFF, LZW (Pillow)")
     base = {258: [8], 259: [1], 262: [3], 277: [1], 278: [h]}
+    buf = io.BytesIO()
+    p256.save(buf, "TIFF", big_tiff=True)
+    write("coffee_palette8_bigtiff.tif", buf.getvalue(), "8-bit palette BigTIFF (Pillow big_tiff=True)")
+    write("coffee_palette8_be.tif",
+          tiff(w, h, {**base, 320: colormap(p256.getpalette(), 8)}, np.asarray(p256).tobytes(), bo=">"),
+          "8-bit palette TIFF, big-endian, hand-written")
     write("coffee_palette4.tif",
           tiff(w, h, {**base, 258: [4], 320: colormap(p16.getpalette(), 4)}, pack(np.asarray(p16), 4)),
           "4-bit palette TIFF (P;4), hand-written")
@@ -250,6 +256,9 @@ def make(out: str) -> list:
     write("coffee_multipage.tif", buf.getvalue(), "3-page TIFF (Pillow save_all), first page RGB")
     write("coffee_multipage_cycle.tif", set_next_ifd(buf.getvalue(), 1, struct.unpack_from("<I", buf.getvalue(), 4)[0]),
           "2 pages then an IFD cycle back to the first")
+    # A single page whose IFD points back at itself.
+    write("coffee_ifd_self_cycle.tif", tiff(w, h, rgb_tags, np.asarray(rgb).tobytes(), next_ifd_to_self=True),
+          "RGB TIFF whose only IFD's next pointer points at itself")
     return made
 
 

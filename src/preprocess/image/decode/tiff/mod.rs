@@ -66,10 +66,8 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
     limits.decoding_buffer_size = (max_pixels as usize).saturating_mul(16).max(1 << 20);
     // A palette file is read with its Photometric overlaid as BlackIsZero (`source.rs`): its
     // indices come back as gray samples and are mapped through the ColorMap below.
-    let (source, palette) = match Source::palette_as_gray(bytes) {
-        Some(s) => (s, true),
-        None => (Source::new(bytes), false),
-    };
+    // Its first IFD's next pointer reads as 0: PIL takes the first image whatever follows it.
+    let (source, palette) = Source::new(bytes);
     let mut dec = tiff::decoder::Decoder::new(source)
         .map_err(|e| corrupt(f, e))?
         .with_limits(limits);

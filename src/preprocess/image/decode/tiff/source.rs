@@ -1,4 +1,8 @@
-//! The file as the `tiff` crate reads it, with at most one small in-place patch and no copy.
+//! The file as the `tiff` crate reads it, with at most two small in-place patches and no copy.
+//!
+//! PIL reads the first image and nothing after it, so the first IFD's pointer to the next one is
+//! read as 0: the crate refuses a file whose IFD chain has a cycle (even the first IFD pointing at
+//! itself) although PIL opens it.
 //!
 //! The crate refuses palette images (PhotometricInterpretation 3) before decoding a single strip,
 //! although their samples are plain 1- to 8-bit indices it decodes for gray images with every
@@ -13,40 +17,49 @@ pub(in super::super) struct Source<'a> {
     bytes: &'a [u8],
     pos: u64,
     /// (offset, replacement bytes, how many of them).
-    patch: Option<(usize, [u8; 8], usize)>,
+    patches: [Option<(usize, [u8; 8], usize)>; 2],
 }
 
 impl<'a> Source<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
-        Source {
+    /// The file with its first IFD's next pointer read as 0 and, when its Photometric is 3
+    /// (palette), that value read as 1; the flag says whether the second patch was made.
+    pub fn new(bytes: &'a [u8]) -> (Self, bool) {
+        let ifd = first_ifd(bytes);
+        let next = ifd
+            .and_then(|i| i.next_at)
+            .map(|at| (at, [0; 8], i_len(ifd)));
+        let palette = ifd.and_then(|i| i.photometric).and_then(|(offset, typ)| {
+            let big = ifd.is_some_and(|i| i.big);
+            let len = if typ == 3 { 2 } else { 4 };
+            if read_uint(bytes, offset, len, big)? != 3 {
+                return None;
+            }
+            let mut value = [0u8; 8];
+            value[if big { len - 1 } else { 0 }] = 1;
+            Some((offset, value, len))
+        });
+        let source = Source {
             bytes,
             pos: 0,
-            patch: None,
-        }
+            patches: [next, palette],
+        };
+        (source, palette.is_some())
     }
+}
 
-    /// The file with its first IFD's PhotometricInterpretation read as 1 when it says 3
-    /// (palette); `None` when it does not (or the IFD cannot be read: the crate reports that).
-    pub fn palette_as_gray(bytes: &'a [u8]) -> Option<Self> {
-        let at = photometric_value_at(bytes)?;
-        let (offset, typ, big) = at;
-        let mut value = [0u8; 8];
-        let len = if typ == 3 { 2 } else { 4 };
-        let current = read_uint(bytes, offset, len, big)?;
-        if current != 3 {
-            return None;
-        }
-        if big {
-            value[len - 1] = 1;
-        } else {
-            value[0] = 1;
-        }
-        Some(Source {
-            bytes,
-            pos: 0,
-            patch: Some((offset, value, len)),
-        })
-    }
+/// Width of the next-IFD pointer: 4 bytes, 8 in BigTIFF.
+fn i_len(ifd: Option<Ifd>) -> usize {
+    ifd.map_or(4, |i| i.offset_len)
+}
+
+#[derive(Clone, Copy)]
+struct Ifd {
+    big: bool,
+    offset_len: usize,
+    /// Where the pointer to the next IFD lies.
+    next_at: Option<usize>,
+    /// Where the PhotometricInterpretation value lies and its field type (SHORT or LONG only).
+    photometric: Option<(usize, u16)>,
 }
 
 fn read_uint(b: &[u8], at: usize, len: usize, big: bool) -> Option<u64> {
@@ -59,9 +72,8 @@ fn read_uint(b: &[u8], at: usize, len: usize, big: bool) -> Option<u64> {
     Some(v)
 }
 
-/// Where the first IFD's PhotometricInterpretation value lies: (offset, field type, big-endian).
-/// Only SHORT (3) and LONG (4) values are considered.
-fn photometric_value_at(b: &[u8]) -> Option<(usize, u16, bool)> {
+/// The first IFD's layout, when its header and entry count can be read.
+fn first_ifd(b: &[u8]) -> Option<Ifd> {
     let big = match b.get(0..2)? {
         b"II" => false,
         b"MM" => true,
@@ -76,6 +88,7 @@ fn photometric_value_at(b: &[u8]) -> Option<(usize, u16, bool)> {
     let ifd = usize::try_from(ifd).ok()?;
     let n = usize::try_from(read_uint(b, ifd, count_len, big)?).ok()?;
     let first = ifd.checked_add(count_len)?;
+    let mut photometric = None;
     for i in 0..n.min(4096) {
         let e = first.checked_add(i.checked_mul(entry_len)?)?;
         if read_uint(b, e, 2, big)? != 262 {
@@ -84,12 +97,20 @@ fn photometric_value_at(b: &[u8]) -> Option<(usize, u16, bool)> {
         let typ = read_uint(b, e + 2, 2, big)? as u16;
         // The count field is as wide as the value field (4 bytes, 8 in BigTIFF).
         let count = read_uint(b, e + 4, value_len, big)?;
-        if !matches!(typ, 3 | 4) || count != 1 {
-            return None;
+        if matches!(typ, 3 | 4) && count == 1 {
+            photometric = Some((e + 4 + value_len, typ));
         }
-        return Some((e + 4 + value_len, typ, big));
+        break;
     }
-    None
+    let next_at = first
+        .checked_add(n.checked_mul(entry_len)?)
+        .filter(|&at| at.saturating_add(value_len) <= b.len());
+    Some(Ifd {
+        big,
+        offset_len: value_len,
+        next_at,
+        photometric,
+    })
 }
 
 impl Read for Source<'_> {
@@ -99,7 +120,7 @@ impl Read for Source<'_> {
             .min(self.bytes.len());
         let n = buf.len().min(self.bytes.len() - start);
         buf[..n].copy_from_slice(&self.bytes[start..start + n]);
-        if let Some((at, value, len)) = self.patch {
+        for &(at, value, len) in self.patches.iter().flatten() {
             for (k, &v) in value[..len].iter().enumerate() {
                 if let Some(i) = (at + k).checked_sub(start)
                     && i < n
@@ -141,11 +162,14 @@ mod tests {
         b.extend_from_slice(&3u16.to_le_bytes());
         b.extend_from_slice(&1u32.to_le_bytes());
         b.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
-        let mut s = Source::palette_as_gray(&b).expect("a palette file");
+        b.extend_from_slice(&8u32.to_le_bytes()); // next IFD: itself
+        let (mut s, palette) = Source::new(&b);
+        assert!(palette, "a palette file");
         let mut all = Vec::new();
         s.read_to_end(&mut all).expect("read");
         assert_eq!(all[18..20], [1, 0]);
         assert_eq!(all[..18], b[..18]);
+        assert_eq!(all[22..26], [0; 4], "no IFD after the first");
         s.seek(SeekFrom::Start(19)).expect("seek");
         let mut one = [9u8; 3];
         assert_eq!(s.read(&mut one).expect("read"), 3);
@@ -155,6 +179,6 @@ mod tests {
         s.read_exact(&mut two).expect("read");
         assert_eq!(two, [0, 1], "the count's last byte, then the patched value");
         b[18] = 1;
-        assert!(Source::palette_as_gray(&b).is_none(), "not a palette file");
+        assert!(!Source::new(&b).1, "not a palette file");
     }
 }
