@@ -220,6 +220,9 @@ def make(out: str) -> list:
     write("coffee_palette8_lzw.tif", buf.getvalue(), "8-bit palette TIFF, LZW (Pillow)")
     base = {258: [8], 259: [1], 262: [3], 277: [1], 278: [h]}
     buf = io.BytesIO()
+    p16.save(buf, "TIFF", compression="tiff_adobe_deflate")
+    write("coffee_palette8_deflate.tif", buf.getvalue(), "8-bit palette TIFF (16 colours used), Adobe Deflate (Pillow)")
+    buf = io.BytesIO()
     p256.save(buf, "TIFF", big_tiff=True)
     write("coffee_palette8_bigtiff.tif", buf.getvalue(), "8-bit palette BigTIFF (Pillow big_tiff=True)")
     write("coffee_palette8_be.tif",
