@@ -187,6 +187,19 @@ def set_next_ifd(data: bytes, ifd_index: int, target: int) -> bytes:
     return bytes(out)
 
 
+def rename_tag(data: bytes, tag: int, new: int) -> bytes:
+    """Little-endian classic TIFF with the first IFD's entry `tag` renamed `new` (in place)."""
+    at = struct.unpack_from("<I", data, 4)[0]
+    n = struct.unpack_from("<H", data, at)[0]
+    out = bytearray(data)
+    for i in range(n):
+        e = at + 2 + 12 * i
+        if struct.unpack_from("<H", data, e)[0] == tag:
+            struct.pack_into("<H", out, e, new)
+            return bytes(out)
+    raise ValueError(f"no tag {tag}")
+
+
 def make(out: str) -> list:
     src = Image.open(os.path.join(IMAGES, "coffee_small.bmp")).convert("RGB")
     rgb = src.crop((130, 60, 170, 90))  # 40x30
@@ -251,6 +264,11 @@ def make(out: str) -> list:
     rgb_tags = {258: [8, 8, 8], 259: [1], 262: [2], 277: [3], 284: [1]}
     write("coffee_no_rowsperstrip.tif", tiff(w, h, rgb_tags, np.asarray(rgb).tobytes()),
           "RGB TIFF without RowsPerStrip (one strip)")
+
+    buf = io.BytesIO()
+    rgb.save(buf, "TIFF", compression="tiff_lzw")
+    write("coffee_no_rowsperstrip_lzw.tif", rename_tag(buf.getvalue(), 278, 65000),
+          "LZW RGB TIFF (Pillow, one strip) with its RowsPerStrip tag renamed to an unknown private tag")
 
     # Multi-page: Pillow's save_all; the second IFD's next pointer is made to point at the first (a cycle).
     buf = io.BytesIO()
