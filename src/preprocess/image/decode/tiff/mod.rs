@@ -7,7 +7,11 @@
 //! `OPEN_INFO`: 2/4-bit gray scales to 8 bits ("L;2"/"L;4": v * 85 / v * 17, inverted for
 //! WhiteIsZero), 12-bit gray of a little-endian file is "I;16" holding the 12-bit values
 //! ("I;12"), 16-bit gray is "I;16" or, in a big-endian file, "I;16B" (which Pillow resizes
-//! differently), and BigTIFF files read like classic ones.
+//! differently), and BigTIFF files read like classic ones. Palette images ("P;1".."P", through
+//! `source.rs`, which also hides every IFD after the first), signed samples (8-bit: "L" read
+//! unsigned; 16-bit: "I") and FillOrder 2 of uncompressed data ("…R" raw modes) follow PIL too;
+//! CIELab and FillOrder 2 of compressed data (which libtiff reverses before decoding) are
+//! refused by name.
 
 use super::{Decoded, Format, ImageError, Pixels, check_dims, corrupt, unsupported};
 
@@ -196,6 +200,14 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         return Err(unsupported(
             f,
             format!("palette TIFF with SampleFormat {sample_format} is not supported"),
+        ));
+    }
+    if reversed_bits && compression != 1 {
+        // libtiff (PIL's path for compressed files) reverses the bits of the *compressed* strips
+        // before decoding them; the `tiff` crate does not, and reversing its output is not the same.
+        return Err(unsupported(
+            f,
+            format!("FillOrder 2 with compression {compression} is not supported"),
         ));
     }
     if !layout_supported(color, white_is_zero, sample_format, big_endian) {
@@ -526,6 +538,14 @@ mod refusals {
     }
 
     #[test]
+    fn fill_order_2_of_compressed_data_is_refused() {
+        // Pillow (libtiff) writes such LZW strips bit-reversed before coding; refused, not misread.
+        let lzw = [(258, 8), (259, 5), (262, 1), (266, 2), (277, 1)];
+        let e = refusal(&tiff(4, 1, &lzw, &[0x80, 0x01]));
+        assert!(e.contains("FillOrder 2 with compression 5"), "{e}");
+    }
+
+    #[test]
     fn signed_samples_read_as_pil_reads_them() {
         // 8-bit signed: "L", the bytes unsigned; 16-bit signed: "I", the signed values.
         let s8 = [(258, 8), (259, 1), (262, 1), (277, 1), (339, 2)];
@@ -569,6 +589,11 @@ mod refusals {
         let four = [(258, 4), (259, 1), (262, 1), (266, 2), (277, 1)];
         let b = tiff(4, 1, &four, &[0x12, 0x34]);
         let want = Pixels::L(vec![68, 136, 34, 204]);
+        assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
+        // Pillow 13: "L;R" -> [128, 64, 1, 240].
+        let eight = [(258, 8), (259, 1), (262, 1), (266, 2), (277, 1)];
+        let b = tiff(4, 1, &eight, &[1, 2, 0x80, 0x0F]);
+        let want = Pixels::L(vec![128, 64, 1, 240]);
         assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
     }
 
