@@ -17,7 +17,7 @@ use std::io::Cursor;
 
 use super::{
     ImageError,
-    decode::{Format, check_dims, gif_with_global_table, sniff},
+    decode::{Format, bmp_dimensions, check_dims, gif_with_global_table, sniff},
 };
 
 /// Fixed part of every reservation: decoder state, tables, the crop and small buffers.
@@ -55,8 +55,12 @@ fn bytes_per_pixel(format: Format) -> u64 {
 
 /// The header's dimensions, when this module can read them.
 fn header_dims(format: Format, bytes: &[u8]) -> Option<(u64, u64)> {
-    if format == Format::Gif {
-        return gif_dims(bytes);
+    match format {
+        Format::Gif => return gif_dims(bytes),
+        // `imagesize` reads every BMP header as 32-bit fields and a top-down (negative) height
+        // as unsigned: PIL's reading instead.
+        Format::Bmp => return bmp_dimensions(bytes).ok(),
+        _ => {}
     }
     let size = imagesize::blob_size(bytes).ok()?;
     Some((size.width as u64, size.height as u64))

@@ -20,6 +20,8 @@ pub mod config;
 mod convert;
 mod cost;
 mod decode;
+#[cfg(test)]
+mod odd_files;
 mod resample;
 
 pub use config::{ConfigError, Interpolation, PreprocessConfig, ResizeMode};

@@ -16,6 +16,32 @@ fn u32le(b: &[u8], o: usize) -> Result<u32, ImageError> {
         .ok_or_else(|| corrupt(F, "truncated header"))
 }
 
+/// The size PIL's BmpImagePlugin reads from the header: 16-bit fields in the 12-byte OS/2 v1
+/// (BITMAPCOREHEADER) header; 32-bit ones in the 40- to 124-byte headers (OS/2 v2's 64 included),
+/// where a negative height (its top byte 0xFF, as PIL tests it) means a top-down file of
+/// `2**32 - height` rows. Other header sizes (e.g. OS/2 v2's 16-byte short form) are refused by
+/// name, as PIL refuses them.
+pub(crate) fn dimensions(b: &[u8]) -> Result<(u64, u64), ImageError> {
+    let header_size = u32le(b, 14)?;
+    match header_size {
+        12 => Ok((u64::from(u16le(b, 18)?), u64::from(u16le(b, 20)?))),
+        40 | 52 | 56 | 64 | 108 | 124 => {
+            let width = u64::from(u32le(b, 18)?);
+            let h = u32le(b, 22)?;
+            let height = if h >> 24 == 0xFF {
+                (1u64 << 32) - u64::from(h)
+            } else {
+                u64::from(h)
+            };
+            Ok((width, height))
+        }
+        _ => Err(unsupported(
+            F,
+            format!("BMP header size {header_size} (PIL reads 12, 40, 52, 56, 64, 108 and 124)"),
+        )),
+    }
+}
+
 pub(super) fn decode(b: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
     let offset = u32le(b, 10)? as usize;
     let header_size = u32le(b, 14)? as usize;
@@ -27,8 +53,7 @@ pub(super) fn decode(b: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
     let mut after_header = 14 + header_size;
     match header_size {
         12 => {
-            width = u16le(hd, 0)? as u64;
-            height = u16le(hd, 2)? as u64;
+            (width, height) = dimensions(b)?;
             bits = u16le(hd, 6)?;
             compression = 0;
             colors = 0;
@@ -37,13 +62,7 @@ pub(super) fn decode(b: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
         }
         40 | 52 | 56 | 64 | 108 | 124 => {
             top_down = hd[7] == 0xFF;
-            width = u32le(hd, 0)? as u64;
-            let h = u32le(hd, 4)?;
-            height = if top_down {
-                (1u64 << 32) - h as u64
-            } else {
-                h as u64
-            };
+            (width, height) = dimensions(b)?;
             bits = u16le(hd, 10)?;
             compression = u32le(hd, 12)?;
             colors = u32le(hd, 28)? as u64;
@@ -63,7 +82,8 @@ pub(super) fn decode(b: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
                 }
             }
         }
-        _ => return Err(unsupported(F, format!("BMP header type {header_size}"))),
+        // Refused by name, as `dimensions` refuses it.
+        _ => return Err(dimensions(b).err().unwrap_or_else(|| corrupt(F, "header"))),
     }
     let (w, h) = check_dims(F, width, height, max_pixels)?;
     if colors == 0 {
@@ -371,4 +391,43 @@ fn decode_rle(d: &[u8], base: usize, w: usize, h: usize, rle4: bool) -> Vec<u8> 
     data.resize(dest, 0);
     data.truncate(dest);
     data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BMP file header and the first bytes of a DIB header of `size` bytes.
+    fn head(size: u32, fields: &[u8]) -> Vec<u8> {
+        let mut b = b"BM".to_vec();
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&(14 + size).to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
+        b.extend_from_slice(fields);
+        b
+    }
+
+    #[test]
+    fn header_sizes_are_read_as_pil_reads_them() {
+        // OS/2 v1: 16-bit width and height (40 x 30), then planes and bits.
+        let os2 = head(12, &[40, 0, 30, 0, 1, 0, 24, 0]);
+        assert_eq!(dimensions(&os2).expect("os2 v1"), (40, 30));
+        // Top-down: height -30.
+        let mut v3 = head(40, &40u32.to_le_bytes());
+        v3.extend_from_slice(&(-30i32).to_le_bytes());
+        assert_eq!(dimensions(&v3).expect("top-down"), (40, 30));
+        // OS/2 v2's 16-byte short header: PIL refuses it ("Unsupported BMP header type (16)").
+        let mut short = head(16, &40u32.to_le_bytes());
+        short.extend_from_slice(&30u32.to_le_bytes());
+        short.extend_from_slice(&[1, 0, 24, 0]);
+        for e in [
+            dimensions(&short).unwrap_err(),
+            decode(&short, u64::MAX).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, ImageError::Unsupported { reason, .. } if reason.contains("BMP header size 16")),
+                "{e}"
+            );
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod webp;
 
 use super::ImageError;
 
+pub(crate) use bmp::dimensions as bmp_dimensions;
 pub(crate) use exif::exif_orientation;
 pub(crate) use gif::with_global_table as gif_with_global_table;
 

@@ -2,12 +2,11 @@
 //! rather than by the `tiff` crate (CCITT Group 3, JPEG): libtiff's `TIFFReadEncodedStrip` /
 //! `TIFFReadEncodedTile` hand each chunk to the codec on its own, and so do we.
 
-use std::io::Cursor;
-
 use tiff::decoder::Decoder;
 use tiff::tags::Tag;
 
 use super::super::{Format, ImageError, corrupt, unsupported};
+use super::source::Source;
 
 /// One strip or tile: its compressed bytes and where its pixels go.
 pub(super) struct Chunk<'a> {
@@ -20,7 +19,7 @@ pub(super) struct Chunk<'a> {
     pub height: usize,
 }
 
-fn tag_vec(dec: &mut Decoder<Cursor<&[u8]>>, tag: Tag) -> Result<Option<Vec<u64>>, ImageError> {
+fn tag_vec(dec: &mut Decoder<Source<'_>>, tag: Tag) -> Result<Option<Vec<u64>>, ImageError> {
     dec.find_tag_unsigned_vec::<u64>(tag)
         .map_err(|e| corrupt(Format::Tiff, e))
 }
@@ -29,7 +28,7 @@ fn tag_vec(dec: &mut Decoder<Cursor<&[u8]>>, tag: Tag) -> Result<Option<Vec<u64>
 /// Separate colour planes (PlanarConfiguration 2) are refused: the codecs here decode one
 /// interleaved chunk per position.
 pub(super) fn chunks<'a>(
-    dec: &mut Decoder<Cursor<&[u8]>>,
+    dec: &mut Decoder<Source<'_>>,
     bytes: &'a [u8],
     width: usize,
     height: usize,

@@ -7,15 +7,20 @@
 //! `OPEN_INFO`: 2/4-bit gray scales to 8 bits ("L;2"/"L;4": v * 85 / v * 17, inverted for
 //! WhiteIsZero), 12-bit gray of a little-endian file is "I;16" holding the 12-bit values
 //! ("I;12"), 16-bit gray is "I;16" or, in a big-endian file, "I;16B" (which Pillow resizes
-//! differently), and BigTIFF files read like classic ones.
-
-use std::io::Cursor;
+//! differently), and BigTIFF files read like classic ones. Palette images ("P;1".."P", through
+//! `source.rs`, which also hides every IFD after the first), signed samples (8-bit: "L" read
+//! unsigned; 16-bit: "I") and FillOrder 2 of uncompressed data ("…R" raw modes) follow PIL too;
+//! CIELab and FillOrder 2 of compressed data (which libtiff reverses before decoding) are
+//! refused by name.
 
 use super::{Decoded, Format, ImageError, Pixels, check_dims, corrupt, unsupported};
 
 mod chunks;
 mod fax;
 mod jpeg;
+mod source;
+
+use source::Source;
 
 /// TIFF compression codes (tag 259) handled outside the `tiff` crate.
 const CCITT_RLE: u16 = 2;
@@ -34,12 +39,23 @@ fn layout_supported(
 ) -> bool {
     use tiff::ColorType as C;
     match color {
-        C::Gray(1 | 2 | 4 | 8) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8) => true,
-        C::Palette(1 | 2 | 4 | 8) => true,
+        C::Gray(1 | 2 | 4) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8) => true,
+        // SampleFormat 2: (II, 1, (2,), 1, (8,)) -> "L" (the bytes read unsigned); no
+        // WhiteIsZero entry.
+        C::Gray(8) => match sample_format {
+            1 => true,
+            2 => !white_is_zero,
+            _ => false,
+        },
         // PIL: (II, 1, (1,), 1, (12,), ()) -> "I;16" only; no big-endian or WhiteIsZero entry.
         C::Gray(12) => !white_is_zero && !big_endian && sample_format == 1,
         // (II, 0, 16) -> "I;16" as stored (not inverted); (MM, 0, 16) is not in OPEN_INFO.
-        C::Gray(16) => !(white_is_zero && big_endian),
+        // Signed: (II, 1, (2,), 1, (16,)) -> "I" ("I;16S"), (MM, ...) -> "I" ("I;16BS").
+        C::Gray(16) => match sample_format {
+            1 => !(white_is_zero && big_endian),
+            2 => !white_is_zero,
+            _ => false,
+        },
         C::Gray(32) => !white_is_zero && matches!(sample_format, 1..=3),
         _ => false,
     }
@@ -52,15 +68,22 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
     let f = Format::Tiff;
     let mut limits = tiff::decoder::Limits::default();
     limits.decoding_buffer_size = (max_pixels as usize).saturating_mul(16).max(1 << 20);
-    let mut dec = tiff::decoder::Decoder::new(Cursor::new(bytes))
+    // A palette file is read with its Photometric overlaid as BlackIsZero (`source.rs`): its
+    // indices come back as gray samples and are mapped through the ColorMap below.
+    // Its first IFD's next pointer reads as 0: PIL takes the first image whatever follows it.
+    let (source, palette) = Source::new(bytes);
+    let mut dec = tiff::decoder::Decoder::new(source)
         .map_err(|e| corrupt(f, e))?
         .with_limits(limits);
     let (w, h) = dec.dimensions().map_err(|e| corrupt(f, e))?;
     let (width, height) = check_dims(f, w as u64, h as u64, max_pixels)?;
-    let photometric = dec
-        .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
-        .ok()
-        .flatten();
+    let photometric = if palette {
+        Some(3)
+    } else {
+        dec.find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+            .ok()
+            .flatten()
+    };
     let orientation = dec
         .find_tag_unsigned::<u16>(Tag::Orientation)
         .ok()
@@ -167,6 +190,26 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
     let bad = |what: &str| unsupported(f, format!("{what} ({color:?})"));
     // Refuse a layout this decoder cannot convert from the header, before the pixels are decoded
     // (decoding a 40-megapixel 16-bit image to then refuse it costs seconds and ~650 MB).
+    if palette && !matches!(color, C::Gray(1 | 2 | 4 | 8)) {
+        return Err(unsupported(
+            f,
+            format!("palette TIFF with {color:?} samples is not supported"),
+        ));
+    }
+    if palette && sample_format != 1 {
+        return Err(unsupported(
+            f,
+            format!("palette TIFF with SampleFormat {sample_format} is not supported"),
+        ));
+    }
+    if reversed_bits && compression != 1 {
+        // libtiff (PIL's path for compressed files) reverses the bits of the *compressed* strips
+        // before decoding them; the `tiff` crate does not, and reversing its output is not the same.
+        return Err(unsupported(
+            f,
+            format!("FillOrder 2 with compression {compression} is not supported"),
+        ));
+    }
     if !layout_supported(color, white_is_zero, sample_format, big_endian) {
         return Err(bad("unsupported TIFF sample layout"));
     }
@@ -215,6 +258,31 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
     // The `tiff` crate already inverts WhiteIsZero gray samples (1 to 64 bits), which is what
     // PIL's "1;I" / "L;2I" / "L;4I" / "L;I" raw modes do: the arms below take them as they come.
     let pixels = match (color, img) {
+        // Palette indices ("P;1" / "P;2" / "P;4" / "P", and the bit-reversed "R" variants).
+        (C::Gray(bits @ (1 | 2 | 4 | 8)), R::U8(d)) if palette => {
+            let idx = if bits == 8 {
+                need(d.len(), 1)?;
+                if reversed_bits {
+                    d[..n].iter().map(|b| b.reverse_bits()).collect()
+                } else {
+                    d[..n].to_vec()
+                }
+            } else {
+                unpack_bits(&d, bits as usize)?
+            };
+            let cmap = colormap.ok_or_else(|| corrupt(f, "palette image without ColorMap"))?;
+            let entries = cmap.len() / 3;
+            let mut pal = Box::new([[0u8; 3]; 256]);
+            for (i, e) in pal.iter_mut().enumerate().take(entries.min(256)) {
+                // PIL: o8(v // 256), planar R..., G..., B...
+                *e = [
+                    (cmap[i] >> 8) as u8,
+                    (cmap[entries + i] >> 8) as u8,
+                    (cmap[2 * entries + i] >> 8) as u8,
+                ];
+            }
+            Pixels::P { idx, palette: pal }
+        }
         (C::Gray(1), R::U8(d)) => {
             let v = unpack_bits(&d, 1)?;
             Pixels::Bilevel(
@@ -232,7 +300,26 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         (C::Gray(8), R::U8(mut d)) => {
             need(d.len(), 1)?;
             d.truncate(n);
+            if reversed_bits {
+                // "L;R" (FillOrder 2).
+                d.iter_mut().for_each(|b| *b = b.reverse_bits());
+            }
             Pixels::L(d)
+        }
+        // SampleFormat 2, 8 bits: PIL's "L" raw mode reads the bytes as unsigned.
+        (C::Gray(8), R::I8(d)) => {
+            need(d.len(), 1)?;
+            let it = d[..n].iter().map(|&v| v as u8);
+            Pixels::L(if reversed_bits {
+                it.map(u8::reverse_bits).collect()
+            } else {
+                it.collect()
+            })
+        }
+        // SampleFormat 2, 16 bits: mode "I" holding the signed values.
+        (C::Gray(16), R::I16(d)) if !white_is_zero => {
+            need(d.len(), 1)?;
+            Pixels::I32(d[..n].iter().map(|&v| i32::from(v)).collect())
         }
         (C::Gray(16), R::U16(mut d)) => {
             need(d.len(), 1)?;
@@ -304,33 +391,13 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             d.truncate(n * 4);
             Pixels::Cmyk(d)
         }
-        (C::Palette(bits @ (1 | 2 | 4 | 8)), R::U8(d)) => {
-            let idx = if bits == 8 {
-                need(d.len(), 1)?;
-                d[..n].to_vec()
-            } else {
-                unpack_bits(&d, bits as usize)?
-            };
-            let cmap = colormap.ok_or_else(|| corrupt(f, "palette image without ColorMap"))?;
-            let entries = cmap.len() / 3;
-            let mut pal = Box::new([[0u8; 3]; 256]);
-            for (i, e) in pal.iter_mut().enumerate().take(entries.min(256)) {
-                // PIL: o8(v // 256), planar R..., G..., B...
-                *e = [
-                    (cmap[i] >> 8) as u8,
-                    (cmap[entries + i] >> 8) as u8,
-                    (cmap[2 * entries + i] >> 8) as u8,
-                ];
-            }
-            Pixels::P { idx, palette: pal }
-        }
         _ => return Err(bad("unsupported TIFF sample layout")),
     };
     done(pixels)
 }
 
 /// CCITT codecs code 1 bit per pixel.
-fn one_bit(dec: &mut tiff::decoder::Decoder<Cursor<&[u8]>>, codec: &str) -> Result<(), ImageError> {
+fn one_bit(dec: &mut tiff::decoder::Decoder<Source<'_>>, codec: &str) -> Result<(), ImageError> {
     let bits = dec
         .find_tag_unsigned_vec::<u16>(tiff::tags::Tag::BitsPerSample)
         .ok()
@@ -456,6 +523,42 @@ mod refusals {
     }
 
     #[test]
+    fn signed_and_palette_layouts_pil_lacks_are_refused_by_name() {
+        // Signed WhiteIsZero: not in PIL's OPEN_INFO.
+        let s16 = [(258, 16), (259, 1), (262, 0), (277, 1), (339, 2)];
+        let e = refusal(&tiff(2, 1, &s16, &[0; 4]));
+        assert!(
+            e.contains("unsupported TIFF sample layout (Gray(16))"),
+            "{e}"
+        );
+        // Palette with two samples per pixel ("PA" / "PX" in PIL: not served here).
+        let pa = [(258, 8), (259, 1), (262, 3), (277, 2)];
+        let e = refusal(&tiff(2, 1, &pa, &[0; 4]));
+        assert!(e.contains("palette TIFF with"), "{e}");
+    }
+
+    #[test]
+    fn fill_order_2_of_compressed_data_is_refused() {
+        // Pillow (libtiff) writes such LZW strips bit-reversed before coding; refused, not misread.
+        let lzw = [(258, 8), (259, 5), (262, 1), (266, 2), (277, 1)];
+        let e = refusal(&tiff(4, 1, &lzw, &[0x80, 0x01]));
+        assert!(e.contains("FillOrder 2 with compression 5"), "{e}");
+    }
+
+    #[test]
+    fn signed_samples_read_as_pil_reads_them() {
+        // 8-bit signed: "L", the bytes unsigned; 16-bit signed: "I", the signed values.
+        let s8 = [(258, 8), (259, 1), (262, 1), (277, 1), (339, 2)];
+        let b = tiff(2, 1, &s8, &[0x80, 0x7F]);
+        let want = Pixels::L(vec![128, 127]);
+        assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
+        let s16 = [(258, 16), (259, 1), (262, 1), (277, 1), (339, 2)];
+        let b = tiff(2, 1, &s16, &[0x00, 0x80, 0x2C, 0x01]);
+        let want = Pixels::I32(vec![-32768, 300]);
+        assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
+    }
+
+    #[test]
     fn white_is_zero_is_inverted_once() {
         // 8-bit WhiteIsZero: PIL's "L;I" gives 255 - v (the `tiff` crate inverts already).
         let b = tiff(2, 1, &[(258, 8), (259, 1), (262, 0), (277, 1)], &[0, 200]);
@@ -486,6 +589,11 @@ mod refusals {
         let four = [(258, 4), (259, 1), (262, 1), (266, 2), (277, 1)];
         let b = tiff(4, 1, &four, &[0x12, 0x34]);
         let want = Pixels::L(vec![68, 136, 34, 204]);
+        assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
+        // Pillow 13: "L;R" -> [128, 64, 1, 240].
+        let eight = [(258, 8), (259, 1), (262, 1), (266, 2), (277, 1)];
+        let b = tiff(4, 1, &eight, &[1, 2, 0x80, 0x0F]);
+        let want = Pixels::L(vec![128, 64, 1, 240]);
         assert_eq!(decode(&b, u64::MAX).expect("decodes").pixels, want);
     }
 
