@@ -61,9 +61,36 @@ pub struct BodyRules {
     /// `--body-min-rate` (bytes/s, 0: none): after a grace of 5 s, a body whose average rate is
     /// below it is cut off.
     pub min_rate: u64,
-    /// `--max-body-readers`: bodies being read at once.
+    /// `--max-body-readers`: bodies being read at once ...
     readers: Arc<Semaphore>,
     max_readers: usize,
+    /// ... of which one peer (an IPv4 address or IPv6 /64) may read a quarter.
+    peers: PeerReaders,
+}
+
+/// A body-reading place, and its peer's share, held while a body is read.
+struct Reading {
+    _place: tokio::sync::OwnedSemaphorePermit,
+    peer: Option<(std::net::IpAddr, PeerReaders)>,
+}
+
+/// Bodies being read per peer.
+type PeerReaders = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if let Some((peer, peers)) = self.peer.take() {
+            let mut peers = peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = peers.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(&peer);
+                }
+            }
+        }
+    }
 }
 
 impl BodyRules {
@@ -81,7 +108,51 @@ impl BodyRules {
             min_rate,
             readers: Arc::new(Semaphore::new(readers.max(1))),
             max_readers: readers.max(1),
+            peers: Arc::default(),
         }
+    }
+
+    /// The most bodies one peer may be read at once: a quarter of the places, so a client that
+    /// trickles many bodies cannot take them all.
+    fn per_peer(&self) -> usize {
+        (self.max_readers / 4).max(1)
+    }
+
+    /// A place to read a body from `peer` (its address, when known), or 503.
+    fn reading(&self, peer: Option<std::net::IpAddr>) -> Result<Reading, ApiError> {
+        let busy = |what: String| ApiError::from(ServiceError::Unavailable(what));
+        let place = Arc::clone(&self.readers).try_acquire_owned().map_err(|_| {
+            busy(format!(
+                "too many request bodies are being read at once (--max-body-readers {}); retry later",
+                self.max_readers
+            ))
+        })?;
+        let Some(peer) = peer.map(crate::admission::connections::peer_key) else {
+            return Ok(Reading {
+                _place: place,
+                peer: None,
+            });
+        };
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = peers.entry(peer).or_insert(0);
+        if *held >= self.per_peer() {
+            if *held == 0 {
+                peers.remove(&peer);
+            }
+            return Err(busy(format!(
+                "this client has {} request bodies being read already, a quarter of --max-body-readers {}; retry later",
+                self.per_peer(),
+                self.max_readers
+            )));
+        }
+        *held += 1;
+        Ok(Reading {
+            _place: place,
+            peer: Some((peer, Arc::clone(&self.peers))),
+        })
     }
 
     /// Refuses a body arriving below the minimum rate, `received` bytes after `elapsed`.
@@ -105,8 +176,8 @@ impl BodyRules {
 /// read, an undeclared one as soon as the bytes read pass it. Nothing is reserved for bytes that
 /// have not arrived: they are charged to `--max-inflight-bytes` as they come (429 when they do not
 /// fit), the body must arrive within `--body-read-timeout` and at least at `--body-min-rate` (408
-/// otherwise), and at most `--max-body-readers` bodies are read at once (503 beyond). Whatever a
-/// refused body held is freed with it.
+/// otherwise), and at most `--max-body-readers` bodies are read at once, a quarter of them for one
+/// peer (503 beyond). Whatever a refused body held is freed with it.
 pub async fn read(
     headers: &HeaderMap,
     mut body: Body,
@@ -120,12 +191,7 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let _reading = Arc::clone(&rules.readers).try_acquire_owned().map_err(|_| {
-        ApiError::from(ServiceError::Unavailable(format!(
-            "too many request bodies are being read at once (--max-body-readers {}); retry later",
-            rules.max_readers
-        )))
-    })?;
+    let _reading = rules.reading(super::call::current_peer())?;
     let mut held = rules.budget.arriving();
     let mut buf = BytesMut::new();
     let started = Instant::now();

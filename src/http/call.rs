@@ -273,6 +273,16 @@ fn code_of_status(status: StatusCode) -> &'static str {
     }
 }
 
+tokio::task_local! {
+    /// The peer address of the call being handled (for per-peer shares below the layer).
+    static PEER: Option<std::net::IpAddr>;
+}
+
+/// The address of the peer whose call this task is handling, if known.
+pub fn current_peer() -> Option<std::net::IpAddr> {
+    PEER.try_with(|p| *p).ok().flatten()
+}
+
 /// The layer (`axum::middleware::from_fn_with_state` with [`Calls`], as a `route_layer` so
 /// unmatched paths and methods keep their 404 and 405): key, scopes, span, metrics, request id.
 pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> Response {
@@ -322,7 +332,10 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
                 .unzip();
             let work = keys::scoped(
                 allowance.clone(),
-                next.run(request).instrument(span.clone()),
+                PEER.scope(
+                    peer.map(|p| p.ip()),
+                    next.run(request).instrument(span.clone()),
+                ),
             );
             let response = usage::scoped(usage, work).await;
             let (service, method, code) = match response.extensions().get::<CallInfo>() {
