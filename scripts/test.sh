@@ -36,6 +36,9 @@ step "set-up (ONNX Runtime, grpcurl, nasm)" scripts/setup.sh
 export ORT_DYLIB_PATH="$ROOT/.cache/onnxruntime/lib/libonnxruntime.so"
 
 step "cargo fmt --check" cargo fmt --all -- --check
+# The layering rules of docs/ARCHITECTURE.md (module cycles, protocol types outside the doors, file
+# sizes); a second or two, before anything compiles.
+step "architecture check (scripts/check_architecture.py)" python3 scripts/check_architecture.py
 step "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnings
 # The GPU providers compile (they run only with onnxruntime-gpu): only the library changes with them.
 step "cargo clippy --lib --features cuda,tensorrt" cargo clippy --locked --lib --features cuda,tensorrt -- -D warnings
