@@ -58,13 +58,16 @@ STOP_POSTGRES=
 # The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
 # gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests
-# The fuzz targets (fuzz/) over their committed seeds plus a brief run each; the campaign itself is
-# `scripts/fuzz.sh 600`, by hand. Needs the nightly toolchain; cargo-fuzz is installed when missing.
+# The fuzz targets: all four targets' bodies run over their committed seeds and fixed mutations of them
+# in `cargo test` (tests/integration/fuzz_seeds.rs); here the decoders and the tokenizer, which link
+# only src/preprocess, get their sanitizer build and a brief run each. The campaign over all four
+# (http_json and proto build the whole crate with the sanitizer) is `scripts/fuzz.sh 600`, by hand.
+# Needs the nightly toolchain; cargo-fuzz is installed when missing.
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     step "install cargo-fuzz" cargo install cargo-fuzz --locked --quiet
   fi
-  step "fuzz targets (seeds + 10 s each)" scripts/fuzz.sh 10
+  step "fuzz targets image and text (sanitizer build of src/preprocess; seeds + 10 s each)" scripts/fuzz.sh 10 image text
 else
   echo "test: SKIPPED the fuzz targets: no nightly toolchain (rustup toolchain install nightly)" >&2
 fi

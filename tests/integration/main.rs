@@ -6,6 +6,7 @@ mod common;
 
 mod classify;
 mod fast_paths;
+mod fuzz_seeds;
 mod hardening;
 mod http_clients;
 mod http_collections;
