@@ -36,6 +36,9 @@ step "set-up (ONNX Runtime, grpcurl, nasm)" scripts/setup.sh
 export ORT_DYLIB_PATH="$ROOT/.cache/onnxruntime/lib/libonnxruntime.so"
 
 step "cargo fmt --check" cargo fmt --all -- --check
+# The layering rules of docs/ARCHITECTURE.md (module cycles, protocol types outside the doors, file
+# sizes); a second or two, before anything compiles.
+step "architecture check (scripts/check_architecture.py)" python3 scripts/check_architecture.py
 step "cargo clippy -D warnings" cargo clippy --locked --all-targets -- -D warnings
 # The GPU providers compile (they run only with onnxruntime-gpu): only the library changes with them.
 step "cargo clippy --lib --features cuda,tensorrt" cargo clippy --locked --lib --features cuda,tensorrt -- -D warnings
@@ -55,13 +58,16 @@ STOP_POSTGRES=
 # The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
 # gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests
-# The fuzz targets (fuzz/) over their committed seeds plus a brief run each; the campaign itself is
-# `scripts/fuzz.sh 600`, by hand. Needs the nightly toolchain; cargo-fuzz is installed when missing.
+# The fuzz targets: all four targets' bodies run over their committed seeds and fixed mutations of them
+# in `cargo test` (tests/integration/fuzz_seeds.rs); here the decoders and the tokenizer, which link
+# only src/preprocess, get their sanitizer build and a brief run each. The campaign over all four
+# (http_json and proto build the whole crate with the sanitizer) is `scripts/fuzz.sh 600`, by hand.
+# Needs the nightly toolchain; cargo-fuzz is installed when missing.
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     step "install cargo-fuzz" cargo install cargo-fuzz --locked --quiet
   fi
-  step "fuzz targets (seeds + 10 s each)" scripts/fuzz.sh 10
+  step "fuzz targets image and text (sanitizer build of src/preprocess; seeds + 10 s each)" scripts/fuzz.sh 10 image text
 else
   echo "test: SKIPPED the fuzz targets: no nightly toolchain (rustup toolchain install nightly)" >&2
 fi

@@ -1,10 +1,4 @@
-//! The HTTP API's JSON bodies (embeddings, classify, rerank, Hugging Face, Weaviate): parsed with item
-//! lists counted while parsing, then turned into the domain's inputs (texts, data: URIs, base64
-//! images), as the routes do before any model work.
+//! The HTTP API's JSON bodies (src/targets/http_json.rs); needs the feature `app`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    clip_serve::http::openai::fuzz_embeddings_body(data, 64);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| clip_serve_fuzz::http_json::run(data));

@@ -30,8 +30,8 @@ pub struct AdmissionConfig {
     pub max_stream_readers: usize,
 }
 
-/// What both doors hold their connections and request bodies to (DESIGN.md §6d): nothing a
-/// client controls can hold a place forever, and no one client can take every place.
+/// What both doors hold their connections and request bodies to (docs/ARCHITECTURE.md, "Bounds"):
+/// nothing a client controls can hold a place forever, and no one client can take every place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoorConfig {
     /// Open connections across the gRPC and HTTP listeners.

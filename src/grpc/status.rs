@@ -1,6 +1,7 @@
-//! The one mapping from domain errors to gRPC statuses (DESIGN.md §5). Exhaustive on purpose: a new
-//! error variant does not compile until it is given a code here. Field paths render with the
-//! proto's own field names, which are the domain's (`images[3]`, `items[4].vector`, `query`).
+//! The one mapping from domain errors to gRPC statuses (docs/ARCHITECTURE.md, "The error model").
+//! Exhaustive on purpose: a new error variant does not compile until it is given a code here. Field
+//! paths render with the proto's own field names, which are the domain's (`images[3]`,
+//! `items[4].vector`, `query`).
 
 use tonic::{Code, Status};
 

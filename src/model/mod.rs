@@ -1,4 +1,4 @@
-//! The model directory (DESIGN.md §3, the layout Immich publishes) and its ONNX towers.
+//! The model directory (the layout Immich publishes; docs/ARCHITECTURE.md) and its ONNX towers.
 //!
 //! ```text
 //! <model>/config.json                 open_clip model config (+ model_name, pretrained, weights, logit_scale)

@@ -1,7 +1,7 @@
 //! One ONNX tower (visual or textual): its session, the input/output layout discovered from the
 //! session metadata, and batched execution.
 //!
-//! Exports in the wild differ (DESIGN.md §3): float32 NCHW normalized or uint8 NHWC raw pixels,
+//! Exports in the wild differ: float32 NCHW normalized or uint8 NHWC raw pixels,
 //! int64 or int32 token ids, dynamic or static batch 1, outputs normalized in the graph or not. The
 //! layout is read from the model, checked against the model directory's configuration, and anything
 //! that cannot work is a start-up error naming the file and the mismatch.

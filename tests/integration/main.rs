@@ -7,6 +7,7 @@ mod common;
 mod cancel_safety;
 mod classify;
 mod fast_paths;
+mod fuzz_seeds;
 mod hardening;
 mod http_clients;
 mod http_collections;
