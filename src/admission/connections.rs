@@ -20,16 +20,70 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-/// Open connections per peer.
-type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// Places held per peer ([`peer_key`]), at most `per_peer` each (0: no bound). A peer has an
+/// entry only while it holds a place, so the map is never larger than the places held.
+#[derive(Clone, Default)]
+pub struct PeerShares {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_peer: usize,
+}
+
+/// A peer's place, given back when dropped.
+pub struct PeerPlace {
+    key: IpAddr,
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PeerShares {
+    pub fn new(per_peer: usize) -> Self {
+        PeerShares {
+            held: Arc::default(),
+            per_peer,
+        }
+    }
+
+    /// A place for `ip`, or `None` when its peer holds its share.
+    pub fn try_take(&self, ip: IpAddr) -> Option<PeerPlace> {
+        let key = peer_key(ip);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(key).or_insert(0);
+        if self.per_peer > 0 && *n >= self.per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPlace {
+            key,
+            held: Arc::clone(&self.held),
+        })
+    }
+
+    /// Peers holding a place (tests).
+    #[cfg(test)]
+    pub fn peers(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct ConnectionLimit {
     places: Arc<Semaphore>,
-    /// Open connections per peer (entries only while the peer has one: at most `places` entries).
-    peers: Peers,
-    /// `--max-connections-per-peer` (0: no per-peer bound).
-    per_peer: usize,
+    /// `--max-connections-per-peer` of them for one peer.
+    peers: PeerShares,
     open: prometheus::IntGauge,
     refused: prometheus::IntCounter,
 }
@@ -55,8 +109,7 @@ impl ConnectionLimit {
     ) -> Self {
         ConnectionLimit {
             places: Arc::new(Semaphore::new(max.max(1))),
-            peers: Arc::default(),
-            per_peer,
+            peers: PeerShares::new(per_peer),
             open,
             refused,
         }
@@ -69,22 +122,15 @@ impl ConnectionLimit {
             self.refused.inc();
             return None;
         };
-        let key = peer_key(peer);
-        {
-            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-            let held = peers.entry(key).or_insert(0);
-            if self.per_peer > 0 && *held >= self.per_peer {
-                drop(peers);
-                self.refused.inc();
-                return None;
-            }
-            *held += 1;
-        }
+        let Some(place) = self.peers.try_take(peer) else {
+            self.refused.inc();
+            return None;
+        };
         self.open.inc();
         Some(Counted {
             io,
             _permit: permit,
-            peer: Some((key, Arc::clone(&self.peers))),
+            _peer: place,
             open: self.open.clone(),
         })
     }
@@ -94,22 +140,13 @@ impl ConnectionLimit {
 pub struct Counted<IO> {
     pub io: IO,
     _permit: OwnedSemaphorePermit,
-    peer: Option<(IpAddr, Peers)>,
+    _peer: PeerPlace,
     open: prometheus::IntGauge,
 }
 
 impl<IO> Drop for Counted<IO> {
     fn drop(&mut self) {
         self.open.dec();
-        if let Some((key, peers)) = self.peer.take() {
-            let mut peers = peers.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(held) = peers.get_mut(&key) {
-                *held -= 1;
-                if *held == 0 {
-                    peers.remove(&key);
-                }
-            }
-        }
     }
 }
 
@@ -217,6 +254,6 @@ mod tests {
         );
         // The map holds only peers with an open connection.
         drop(_x);
-        assert!(limit.peers.lock().unwrap().is_empty());
+        assert_eq!(limit.peers.peers(), 0);
     }
 }

@@ -69,6 +69,18 @@ impl Default for DoorConfig {
     }
 }
 
+/// A body slower than `--body-min-rate` is cut off only after this long (a client's first bytes
+/// may wait on its own scheduling or a TCP slow start).
+pub const MIN_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `received` bytes after `elapsed` are below `min_rate` bytes/s (0: no minimum), once the
+/// grace is over: the one rule both doors cut slow bodies by.
+pub fn below_min_rate(min_rate: u64, received: u64, elapsed: std::time::Duration) -> bool {
+    min_rate > 0
+        && elapsed >= MIN_RATE_GRACE
+        && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+}
+
 /// How a call is admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {

@@ -37,9 +37,6 @@ const STREAMING_REQUESTS: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
-/// A request that arrives slower than the minimum rate is cut off only after this long.
-const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
-
 /// How unary requests arrive: charged as they come, within a deadline, at a minimum rate.
 #[derive(Clone)]
 pub struct UnaryRules {
@@ -88,10 +85,7 @@ impl Arriving {
             .into());
         }
         let min_rate = self.rules.min_rate;
-        if min_rate > 0
-            && elapsed >= MIN_RATE_GRACE
-            && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
-        {
+        if crate::admission::below_min_rate(min_rate, received, elapsed) {
             return Err(ServiceError::DeadlineExceeded(format!(
                 "the request message arrived below the minimum rate of {min_rate} bytes/s (--body-min-rate)"
             ))

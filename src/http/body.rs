@@ -16,7 +16,10 @@ use tokio::{sync::Semaphore, time::Instant};
 
 use super::error::ApiError;
 use crate::{
-    admission::bytes::{ByteBudget, BytesPermit},
+    admission::{
+        bytes::{ByteBudget, BytesPermit},
+        connections::{PeerPlace, PeerShares},
+    },
     common::ServiceError,
 };
 
@@ -44,10 +47,6 @@ fn too_slow(message: String) -> ApiError {
     }
 }
 
-/// A body slower than the minimum rate is cut off only after this long (a client's first bytes
-/// may wait on its own scheduling or a TCP slow start).
-const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
-
 /// How request bodies are read: bounded in size, in time, in rate, in bytes held and in how many
 /// are read at once.
 #[derive(Clone)]
@@ -65,32 +64,13 @@ pub struct BodyRules {
     readers: Arc<Semaphore>,
     max_readers: usize,
     /// ... of which one peer (an IPv4 address or IPv6 /64) may read a quarter.
-    peers: PeerReaders,
+    peers: PeerShares,
 }
 
 /// A body-reading place, and its peer's share, held while a body is read.
 struct Reading {
     _place: tokio::sync::OwnedSemaphorePermit,
-    peer: Option<(std::net::IpAddr, PeerReaders)>,
-}
-
-/// Bodies being read per peer.
-type PeerReaders = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
-
-impl Drop for Reading {
-    fn drop(&mut self) {
-        if let Some((peer, peers)) = self.peer.take() {
-            let mut peers = peers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = peers.get_mut(&peer) {
-                *n -= 1;
-                if *n == 0 {
-                    peers.remove(&peer);
-                }
-            }
-        }
-    }
+    _peer: Option<PeerPlace>,
 }
 
 impl BodyRules {
@@ -108,14 +88,14 @@ impl BodyRules {
             min_rate,
             readers: Arc::new(Semaphore::new(readers.max(1))),
             max_readers: readers.max(1),
-            peers: Arc::default(),
+            // A quarter of the places, so a client that trickles many bodies cannot take them all.
+            peers: PeerShares::new(Self::per_peer(readers.max(1))),
         }
     }
 
-    /// The most bodies one peer may be read at once: a quarter of the places, so a client that
-    /// trickles many bodies cannot take them all.
-    fn per_peer(&self) -> usize {
-        (self.max_readers / 4).max(1)
+    /// The most bodies one peer may have read at once, of `max_readers`.
+    fn per_peer(max_readers: usize) -> usize {
+        (max_readers / 4).max(1)
     }
 
     /// A place to read a body from `peer` (its address, when known), or 503.
@@ -127,41 +107,25 @@ impl BodyRules {
                 self.max_readers
             ))
         })?;
-        let Some(peer) = peer.map(crate::admission::connections::peer_key) else {
-            return Ok(Reading {
-                _place: place,
-                peer: None,
-            });
+        let peer_place = match peer {
+            None => None,
+            Some(ip) => Some(self.peers.try_take(ip).ok_or_else(|| {
+                busy(format!(
+                    "this client has {} request bodies being read already, a quarter of --max-body-readers {}; retry later",
+                    Self::per_peer(self.max_readers),
+                    self.max_readers
+                ))
+            })?),
         };
-        let mut peers = self
-            .peers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = peers.entry(peer).or_insert(0);
-        if *held >= self.per_peer() {
-            if *held == 0 {
-                peers.remove(&peer);
-            }
-            return Err(busy(format!(
-                "this client has {} request bodies being read already, a quarter of --max-body-readers {}; retry later",
-                self.per_peer(),
-                self.max_readers
-            )));
-        }
-        *held += 1;
         Ok(Reading {
             _place: place,
-            peer: Some((peer, Arc::clone(&self.peers))),
+            _peer: peer_place,
         })
     }
 
     /// Refuses a body arriving below the minimum rate, `received` bytes after `elapsed`.
     fn check_rate(&self, received: usize, elapsed: Duration) -> Result<(), ApiError> {
-        if self.min_rate == 0 || elapsed < MIN_RATE_GRACE {
-            return Ok(());
-        }
-        let expected = self.min_rate as f64 * elapsed.as_secs_f64();
-        if (received as f64) < expected {
+        if crate::admission::below_min_rate(self.min_rate, received as u64, elapsed) {
             return Err(too_slow(format!(
                 "the body arrived at {:.0} bytes/s, below the minimum of {} bytes/s (--body-min-rate)",
                 received as f64 / elapsed.as_secs_f64(),
@@ -985,5 +949,28 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn one_peer_reads_at_most_a_quarter_of_the_bodies() {
+        let budget = ByteBudget::new(64 * 1024, prometheus::IntGauge::new("b", "t").unwrap());
+        let rules = BodyRules::new(1 << 20, budget, Duration::from_secs(30), 0, 8);
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..2).map(|_| rules.reading(Some(a)).unwrap()).collect();
+        let e = rules.reading(Some(a)).err().unwrap();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            e.message.contains("a quarter of --max-body-readers 8"),
+            "{}",
+            e.message
+        );
+        // Another peer, and a caller of unknown address, still read.
+        let _b = rules.reading(Some(b)).unwrap();
+        let _unknown = rules.reading(None).unwrap();
+        assert_eq!(rules.readers.available_permits(), 8 - 4);
+        drop(held);
+        assert!(rules.reading(Some(a)).is_ok(), "A's places came back");
+        assert_eq!(rules.peers.peers(), 1, "only B holds a place now");
     }
 }
