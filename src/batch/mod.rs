@@ -239,6 +239,10 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             cost: E::cost,
         });
         let owner = Arc::clone(&shared);
+        #[allow(
+            clippy::expect_used,
+            reason = "at start-up, before any request: a process that cannot start a thread cannot serve"
+        )]
         thread::Builder::new()
             .name("batch-engine".into())
             .spawn(move || engine_loop(engine, &owner))
