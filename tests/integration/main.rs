@@ -36,4 +36,5 @@ mod server;
 mod siege;
 #[cfg(unix)]
 mod signals;
+mod traces;
 mod url_fetch;
