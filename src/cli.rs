@@ -485,6 +485,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_RATE_LIMIT", value_name = "REQ_PER_S[:BURST]")]
     pub rate_limit: Option<crate::security::RateLimit>,
 
+    /// Items per UTC day or month each API key may spend, unless its key file line sets its own
+    /// `quota=`; counted in the store (shared by replicas with --store postgres). Over it: 429
+    /// `insufficient_quota` / RESOURCE_EXHAUSTED, saying when it resets. Off by default.
+    #[arg(long, env = "CLIP_SERVE_DEFAULT_QUOTA", value_name = "N/day|N/month")]
+    pub default_quota: Option<crate::security::quota::QuotaSpec>,
+
     /// Failed API key checks one peer address may make per minute (IPv6: per /64); past them its
     /// calls get 429 / RESOURCE_EXHAUSTED without a key check until the minute is over. 0: no limit.
     /// The address is the TCP peer's: behind a proxy that does not keep client addresses (a
@@ -571,6 +577,7 @@ pub struct Config {
     pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
     pub rate_limit: Option<crate::security::RateLimit>,
+    pub default_quota: Option<crate::security::quota::QuotaSpec>,
     /// `--auth-failures-per-minute` (0: no limit).
     pub auth_failures_per_minute: u32,
     /// `--metrics-key-names`.
@@ -716,6 +723,7 @@ impl ServeArgs {
             api_key: self.api_key.filter(|k| !k.is_empty()).map(Secret),
             api_key_file: self.api_key_file,
             rate_limit: self.rate_limit,
+            default_quota: self.default_quota,
             auth_failures_per_minute: self.auth_failures_per_minute,
             metrics_key_names: self.metrics_key_names,
             public_reflection: self.public_reflection,

@@ -203,6 +203,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         classify_metrics,
         shared.as_ref().map(|(pool, _)| pool.clone()),
     )?;
+    let keys = with_usage_store(keys, &config, shared.as_ref().map(|(pool, _)| pool))?;
     let retrieve = match shared {
         None => RetrieveService::open(
             service.clone(),
@@ -498,8 +499,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     server.shutdown().await
 }
 
+/// Counts keyed calls' usage (and enforces quotas) in the configured store: PostgreSQL's
+/// `clip_usage` when shared, else `<data-dir>/usage.redb`. Nothing without keys.
+fn with_usage_store(
+    keys: ApiKeys,
+    config: &Config,
+    pool: Option<&crate::postgres::Pool>,
+) -> anyhow::Result<ApiKeys> {
+    if !keys.enabled() {
+        return Ok(keys);
+    }
+    let store: Arc<dyn crate::security::quota::UsageStore> = match pool {
+        Some(pool) => Arc::new(crate::postgres::usage::PgUsage::new(pool.clone())),
+        None => Arc::new(
+            crate::security::usage_local::LocalUsage::open(&config.data_dir)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+    };
+    Ok(keys.with_quotas(store, config.default_quota))
+}
+
 /// Re-reads the API key file on SIGHUP (the keys themselves are never logged).
 fn spawn_key_reloader(keys: ApiKeys) {
+    // Weak: a server shut down in-process lets go of its keys (and their usage store's file).
+    let keys = keys.downgrade();
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -508,6 +531,7 @@ fn spawn_key_reloader(keys: ApiKeys) {
             return;
         };
         while hup.recv().await.is_some() {
+            let Some(keys) = keys.upgrade() else { return };
             match keys.reload() {
                 Ok(n) => tracing::info!(keys = n, "SIGHUP: API key file reloaded"),
                 Err(e) => {

@@ -19,14 +19,18 @@ use crate::security::{AuthError, keys};
 /// The status a refused call gets.
 pub fn refusal(e: AuthError) -> Status {
     match e {
-        AuthError::RateLimited { retry_after } | AuthError::PeerThrottled { retry_after } => {
-            Status::with_error_details(
-                Code::ResourceExhausted,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            )
-        }
+        AuthError::RateLimited { retry_after }
+        | AuthError::PeerThrottled { retry_after }
+        | AuthError::QuotaExhausted {
+            reset_in: retry_after,
+            ..
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
         AuthError::OverBurst { .. } => Status::resource_exhausted(e.to_string()),
+        AuthError::QuotaUnavailable => Status::unavailable(e.to_string()),
         AuthError::Missing | AuthError::Malformed | AuthError::Wrong => {
             Status::unauthenticated(e.to_string())
         }
@@ -35,8 +39,11 @@ pub fn refusal(e: AuthError) -> Status {
 
 /// Charges the running call `items` of its key's rate limit (the key check paid for one): each
 /// service calls this with its request's item count before any work.
-pub fn charge(items: usize) -> Result<(), Status> {
-    keys::charge(u64::try_from(items).unwrap_or(u64::MAX)).map_err(refusal)
+/// Then the same items of its quota (one round trip to the usage store).
+pub async fn charge(items: usize) -> Result<(), Status> {
+    keys::charge_with_quota(u64::try_from(items).unwrap_or(u64::MAX))
+        .await
+        .map_err(refusal)
 }
 
 /// A stream item's charge: one item, waiting while the key's rate limit is spent (the stream
@@ -51,7 +58,12 @@ pub async fn charge_stream_item(
     let mut gone = std::pin::pin!(gone);
     loop {
         match allowance.charge(1) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                return allowance
+                    .charge_quota(1)
+                    .await
+                    .map_err(|e| Some(refusal(e)));
+            }
             Err(AuthError::RateLimited { retry_after }) => {
                 tokio::select! {
                     () = tokio::time::sleep(retry_after) => {}

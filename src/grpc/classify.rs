@@ -81,7 +81,7 @@ impl Classify for ClassifyApi {
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         async {
-            super::auth::charge(request.get_ref().images.len())?;
+            super::auth::charge(request.get_ref().images.len()).await?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());

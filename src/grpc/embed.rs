@@ -100,7 +100,7 @@ impl Embed for EmbedApi {
         request: Request<pb::EmbedImagesRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         async {
-            super::auth::charge(request.get_ref().images.len())?;
+            super::auth::charge(request.get_ref().images.len()).await?;
             let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -116,7 +116,7 @@ impl Embed for EmbedApi {
         request: Request<pb::EmbedTextsRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         async {
-            super::auth::charge(request.get_ref().texts.len())?;
+            super::auth::charge(request.get_ref().texts.len()).await?;
             let _bytes = hold_payload(&self.service, &request)?;
             let permit = self.service.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());

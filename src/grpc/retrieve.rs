@@ -53,7 +53,7 @@ impl Retrieve for RetrieveApi {
     ) -> Result<Response<pb::RankResponse>, Status> {
         async {
             // The query and each candidate.
-            super::auth::charge(request.get_ref().candidates.len() + 1)?;
+            super::auth::charge(request.get_ref().candidates.len() + 1).await?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());
@@ -158,7 +158,7 @@ impl Retrieve for RetrieveApi {
         request: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
         async {
-            super::auth::charge(request.get_ref().items.len())?;
+            super::auth::charge(request.get_ref().items.len()).await?;
             let _bytes = hold_payload(&self.embed, &request)?;
             let permit = self.embed.admit(Admission::TryNow).await?;
             let deadline = deadline_of(request.metadata());

@@ -89,6 +89,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/vectorize", ("Weaviate", "vectorize"), PLAIN),
     route("GET", "/meta", ("Weaviate", "meta"), PLAIN),
     route("POST", "/predict", ("Immich", "predict"), PLAIN),
+    route("GET", "/v1/usage", ("Usage", "usage"), OPENAI),
     route(
         "POST",
         "/v1/collections",
@@ -175,8 +176,11 @@ pub struct CallInfo {
 /// Charges the running call `items` of its key's rate limit (in items per second; the key check
 /// paid for one): a handler calls this with its request's item count once the request is parsed,
 /// before any work on the items (image URLs fetched included).
-pub fn charge(items: usize) -> Result<(), ApiError> {
-    keys::charge(u64::try_from(items).unwrap_or(u64::MAX)).map_err(ApiError::from)
+/// Then the same items of its quota (one round trip to the usage store).
+pub async fn charge(items: usize) -> Result<(), ApiError> {
+    keys::charge_with_quota(u64::try_from(items).unwrap_or(u64::MAX))
+        .await
+        .map_err(ApiError::from)
 }
 
 /// Renders a handler's result (errors in `shape`; server errors logged in the call's span) and
@@ -345,6 +349,10 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
                 Some(info) => (info.service, Cow::Borrowed(info.method), info.grpc_code),
                 None => (service, method, code_of_status(response.status())),
             };
+            let mut response = response;
+            if let Some(allowance) = &allowance {
+                super::ratelimit::put(response.headers_mut(), allowance);
+            }
             if code != "OK" {
                 retry_after = allowance.and_then(|a| a.retry_after());
             }
@@ -414,7 +422,7 @@ mod tests {
                         .and_then(|v| v.to_str().ok()?.parse().ok())
                         .unwrap_or(1);
                     let result = async move {
-                        charge(items)?;
+                        charge(items).await?;
                         Ok(axum::response::IntoResponse::into_response("ok"))
                     };
                     reply(("T", "t"), Shape::OpenAi, result.await)

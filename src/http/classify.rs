@@ -96,7 +96,7 @@ async fn images(
 
 async fn run(api: &Api, request: ClassifyRequest) -> Result<Response, ApiError> {
     api.check_model(request.model.as_deref())?;
-    super::call::charge(request.input.0.len())?;
+    super::call::charge(request.input.0.len()).await?;
     let images = images(api.fetcher.as_ref(), request.input).await?;
     let label_set = request.label_set.unwrap_or_default();
     let top_k = request

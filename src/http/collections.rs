@@ -411,7 +411,7 @@ pub(super) async fn upsert(
             .enumerate()
             .map(|(i, v)| item(i, v))
             .collect::<Result<Vec<_>, _>>()?;
-        super::call::charge(items.len())?;
+        super::call::charge(items.len()).await?;
         let (mut items, contents): (Vec<_>, Vec<_>) = items.into_iter().unzip();
         for (item, content) in items
             .iter_mut()

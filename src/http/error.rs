@@ -75,6 +75,31 @@ fn param_of(field: &Field, name_of: &dyn Fn(&Field) -> Option<&'static str>) -> 
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        match e {
+            // OpenAI's shape for a spent quota (429 `insufficient_quota`); `Retry-After` says when
+            // the period resets.
+            AuthError::QuotaExhausted { .. } => {
+                return ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    kind: "insufficient_quota",
+                    code: "insufficient_quota",
+                    param: None,
+                    message: e.to_string(),
+                    grpc_code: "RESOURCE_EXHAUSTED",
+                };
+            }
+            AuthError::QuotaUnavailable => {
+                return ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    kind: "server_error",
+                    code: "usage_store_unavailable",
+                    param: None,
+                    message: e.to_string(),
+                    grpc_code: "UNAVAILABLE",
+                };
+            }
+            _ => {}
+        }
         if let AuthError::RateLimited { .. }
         | AuthError::OverBurst { .. }
         | AuthError::PeerThrottled { .. } = e

@@ -261,7 +261,7 @@ async fn features(api: &Api, inputs: Items, normalize: Option<bool>) -> Result<R
             "normalize false: this server returns L2-normalized embeddings only",
         ));
     }
-    super::call::charge(inputs.0.len())?;
+    super::call::charge(inputs.0.len()).await?;
     let items: Vec<Item> = inputs::items(api.fetcher.as_ref(), "inputs", inputs.0).await?;
     let permit = api.service.admit(Admission::TryNow).await?;
     let embedded = api

@@ -43,8 +43,10 @@ pub mod openai;
 pub mod openapi;
 pub mod pages;
 pub mod probes;
+pub mod ratelimit;
 pub mod rerank;
 pub mod serve;
+pub mod usage;
 pub mod weaviate;
 
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub fn router(services: Services) -> Router {
         .merge(hf::routes(api.clone()))
         .merge(weaviate::routes(api.clone()))
         .merge(collections::routes(api.clone()))
+        .merge(usage::routes(api.clone()))
         .merge(immich::routes(api))
         .merge(pages::routes());
     probes::routes(embed, retrieve).merge(api_layers(api_routes, calls, guard))

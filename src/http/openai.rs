@@ -213,7 +213,7 @@ async fn embed(api: &Api, request: EmbeddingsRequest) -> Result<Response, ApiErr
         ));
     }
     let items = items_of(request.input, request.modality.as_deref())?;
-    super::call::charge(items.len())?;
+    super::call::charge(items.len()).await?;
     let items = inputs::resolve(api.fetcher.as_ref(), "input", items).await?;
     let permit = api.service.admit(Admission::TryNow).await?;
     let embedded = api.service.embed_items(items, None, permit).await?;

@@ -19,7 +19,7 @@ use utoipa::{
     },
 };
 
-use super::{classify, collections, hf, immich, openai, pages, probes, rerank, weaviate};
+use super::{classify, collections, hf, immich, openai, pages, probes, rerank, usage, weaviate};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +56,7 @@ use super::{classify, collections, hf, immich, openai, pages, probes, rerank, we
         collections::search,
         pages::index,
         pages::docs,
+        usage::usage,
     ),
     modifiers(&Aliases, &Bearer),
     security(("bearer" = []))

@@ -168,7 +168,7 @@ async fn run(api: &Api, request: RerankRequest) -> Result<Response, ApiError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     // The query and each candidate.
-    super::call::charge(candidates.len() + 1)?;
+    super::call::charge(candidates.len() + 1).await?;
     let candidates = inputs::resolve(api.fetcher.as_ref(), "documents", candidates)
         .await?
         .into_iter()

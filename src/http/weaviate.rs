@@ -159,7 +159,7 @@ fn items(request: VectorizeRequest) -> Result<(Vec<(String, Input)>, usize), Api
 
 async fn run(api: &Api, request: VectorizeRequest) -> Result<Response, ApiError> {
     let (items, n_texts) = items(request)?;
-    super::call::charge(items.len())?;
+    super::call::charge(items.len()).await?;
     // Errors about images name them `images[i]` already.
     let items = inputs::resolve(api.fetcher.as_ref(), "images", items).await?;
     if items.is_empty() {

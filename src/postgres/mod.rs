@@ -6,6 +6,7 @@
 //! Layer: shared below the features, beside `common` (which it uses).
 
 pub mod schema;
+pub mod usage;
 
 use std::{
     ops::{Deref, DerefMut},

@@ -9,6 +9,8 @@
 //! ```text
 //! alice:sk-1234567890             a named key: usage metrics and logs say `alice`
 //! bob:sk-abcdef rate=50:100       a per-key rate limit: 50 items/s, bursts of 100
+//! carol:sk-xyz quota=10000/day    a quota: 10,000 items per UTC day (or N/month), see `quota`
+//! billing:sk-adm role=admin       an admin key: may read `GET /v1/usage`
 //! sk-bare-key                     a bare key, named by a short hash of it (`key-1a2b3c4d`)
 //! ```
 //!
@@ -42,6 +44,8 @@ use std::{
 };
 
 use governor::{Quota, RateLimiter, clock::Clock};
+
+use super::quota::{self, Charged, QuotaSpec, QuotaState, Quotas};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
@@ -77,14 +81,23 @@ impl std::str::FromStr for RateLimit {
     }
 }
 
-type Limiter = governor::DefaultDirectRateLimiter;
+/// A key's bucket; its state after each admitted charge says what the bucket still holds.
+type Limiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::DefaultClock,
+    governor::middleware::StateInformationMiddleware,
+>;
 
 /// One configured key: its SHA-256 digest, never the key.
 struct Key {
     name: Arc<str>,
     digest: [u8; 32],
     limiter: Option<Arc<Limiter>>,
+    rate: Option<RateLimit>,
     burst: u32,
+    quota: Option<QuotaSpec>,
+    admin: bool,
 }
 
 fn digest(secret: &[u8]) -> [u8; 32] {
@@ -107,10 +120,14 @@ impl Key {
             name,
             digest,
             burst: rate.map_or(u32::MAX, |r| r.burst.get()),
+            quota: None,
+            admin: false,
+            rate,
             limiter: rate.map(|r| {
-                Arc::new(RateLimiter::direct(
-                    Quota::per_second(r.per_second).allow_burst(r.burst),
-                ))
+                Arc::new(
+                    RateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst))
+                        .with_middleware::<governor::middleware::StateInformationMiddleware>(),
+                )
             }),
         }
     }
@@ -126,6 +143,15 @@ pub struct ApiKeys {
     inner: Arc<Inner>,
 }
 
+/// [`ApiKeys::downgrade`].
+pub struct WeakKeys(std::sync::Weak<Inner>);
+
+impl WeakKeys {
+    pub fn upgrade(&self) -> Option<ApiKeys> {
+        self.0.upgrade().map(|inner| ApiKeys { inner })
+    }
+}
+
 struct Inner {
     fixed: Option<Key>,
     file: Option<PathBuf>,
@@ -133,6 +159,8 @@ struct Inner {
     from_file: RwLock<Vec<Key>>,
     /// `--auth-failures-per-minute` (unset: failures are not throttled).
     failures: OnceLock<FailureThrottle>,
+    /// Where usage is counted and `--default-quota` (unset: nowhere, no quotas).
+    quotas: OnceLock<Quotas>,
 }
 
 /// Peers whose failed key checks are remembered, at most.
@@ -187,12 +215,47 @@ pub struct Allowance {
 }
 
 struct AllowanceInner {
+    /// The key's name, quota and role, and where its usage is counted.
+    key: Arc<str>,
+    quota: Option<QuotaSpec>,
+    admin: bool,
+    quotas: Option<Quotas>,
+    /// The quota's state after the last admitted charge.
+    quota_state: Mutex<Option<QuotaState>>,
     limiter: Option<Arc<Limiter>>,
+    rate: Option<RateLimit>,
+    /// What the key's bucket held after the last admitted charge (u64::MAX: not known).
+    bucket_left: AtomicU64,
     burst: u32,
     /// Items paid for by the key check and not charged yet.
     prepaid: AtomicU64,
     /// When the last refused charge may be retried (for `Retry-After`).
     refused: Mutex<Option<Duration>>,
+}
+
+impl AllowanceInner {
+    fn new(limiter: Option<Arc<Limiter>>, burst: u32, prepaid: u64) -> Self {
+        AllowanceInner {
+            key: "".into(),
+            quota: None,
+            admin: false,
+            quotas: None,
+            quota_state: Mutex::new(None),
+            limiter,
+            rate: None,
+            bucket_left: AtomicU64::new(u64::MAX),
+            burst,
+            prepaid: AtomicU64::new(prepaid),
+            refused: Mutex::new(None),
+        }
+    }
+
+    fn admitted(&self, snapshot: &governor::middleware::StateSnapshot) {
+        self.bucket_left.store(
+            u64::from(snapshot.remaining_burst_capacity()),
+            Ordering::Release,
+        );
+    }
 }
 
 impl std::fmt::Debug for Allowance {
@@ -206,12 +269,7 @@ impl std::fmt::Debug for Allowance {
 impl Allowance {
     fn new(limiter: Option<Arc<Limiter>>, burst: u32, prepaid: u64) -> Self {
         Allowance {
-            inner: Arc::new(AllowanceInner {
-                limiter,
-                burst,
-                prepaid: AtomicU64::new(prepaid),
-                refused: Mutex::new(None),
-            }),
+            inner: Arc::new(AllowanceInner::new(limiter, burst, prepaid)),
         }
     }
 
@@ -243,7 +301,10 @@ impl Allowance {
             return Ok(());
         };
         let refusal = match limiter.check_n(n) {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(snapshot)) => {
+                self.inner.admitted(&snapshot);
+                return Ok(());
+            }
             Ok(Err(not_until)) => AuthError::RateLimited {
                 retry_after: not_until
                     .wait_time_from(governor::clock::DefaultClock::default().now()),
@@ -261,6 +322,84 @@ impl Allowance {
                 .unwrap_or_else(PoisonError::into_inner) = Some(retry_after);
         }
         Err(refusal)
+    }
+
+    /// Counts `items` for the key (the day's usage) and spends them of its quota, if it has one:
+    /// one atomic step of the usage store. Refused while the period's count is at the quota.
+    pub async fn charge_quota(&self, items: u64) -> Result<(), AuthError> {
+        let inner = &self.inner;
+        let Some(quotas) = &inner.quotas else {
+            return Ok(());
+        };
+        let now = quota::now_secs();
+        let (day, _) = quota::window(quota::Period::Day, now);
+        let window = inner.quota.map(|q| (q, quota::window(q.period, now)));
+        let charge = quota::Charge {
+            key: inner.key.to_string(),
+            day,
+            items,
+            quota: window.as_ref().map(|(q, (row, _))| (row.clone(), q.limit)),
+        };
+        let charged = quotas.store.charge(charge).await.map_err(|e| {
+            tracing::error!(error = %e, "the usage store failed; the call is refused");
+            AuthError::QuotaUnavailable
+        })?;
+        let Some((quota, (_, reset_in))) = window else {
+            return Ok(());
+        };
+        let lock = || {
+            inner
+                .quota_state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        match charged {
+            Charged::Admitted { used } => {
+                let remaining = quota.limit.saturating_sub(used.unwrap_or(0));
+                *lock() = Some(QuotaState {
+                    quota,
+                    remaining,
+                    reset_in,
+                });
+                Ok(())
+            }
+            Charged::Refused => {
+                *lock() = Some(QuotaState {
+                    quota,
+                    remaining: 0,
+                    reset_in,
+                });
+                *inner.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(reset_in);
+                Err(AuthError::QuotaExhausted {
+                    limit: quota.limit,
+                    period: quota.period,
+                    reset_in,
+                })
+            }
+        }
+    }
+
+    /// The key's quota after this call's last charge, if it has one and was charged.
+    pub fn quota_state(&self) -> Option<QuotaState> {
+        *self
+            .inner
+            .quota_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The key's rate limit and the items its bucket held after this call's last charge.
+    pub fn rate_state(&self) -> Option<(RateLimit, u32)> {
+        let rate = self.inner.rate?;
+        let left = self.inner.bucket_left.load(Ordering::Acquire);
+        Some((rate, u32::try_from(left).unwrap_or(rate.burst.get())))
+    }
+
+    /// Whether the key is an admin key (`role=admin`), and the usage store when there is one.
+    pub fn admin_usage(&self) -> Option<Option<&Arc<dyn quota::UsageStore>>> {
+        self.inner
+            .admin
+            .then(|| self.inner.quotas.as_ref().map(|q| &q.store))
     }
 
     /// When a refused charge of this call may be retried, if one was refused.
@@ -299,6 +438,15 @@ pub fn charge(items: u64) -> Result<(), AuthError> {
         .unwrap_or(Ok(()))
 }
 
+/// [`charge`], then the same items of the key's quota (and its usage record): what the doors call.
+pub async fn charge_with_quota(items: u64) -> Result<(), AuthError> {
+    let Some(allowance) = current() else {
+        return Ok(());
+    };
+    allowance.charge(items)?;
+    allowance.charge_quota(items).await
+}
+
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiKeys")
@@ -328,6 +476,14 @@ pub enum AuthError {
     PeerThrottled {
         retry_after: Duration,
     },
+    /// The key's quota for this period is spent; it resets after `reset_in`.
+    QuotaExhausted {
+        limit: u64,
+        period: quota::Period,
+        reset_in: Duration,
+    },
+    /// The usage store did not answer: the quota cannot be checked.
+    QuotaUnavailable,
 }
 
 impl AuthError {
@@ -342,9 +498,12 @@ impl AuthError {
     /// When to retry, for refusals that pass with time.
     pub fn retry_after(self) -> Option<Duration> {
         match self {
-            AuthError::RateLimited { retry_after } | AuthError::PeerThrottled { retry_after } => {
-                Some(retry_after)
-            }
+            AuthError::RateLimited { retry_after }
+            | AuthError::PeerThrottled { retry_after }
+            | AuthError::QuotaExhausted {
+                reset_in: retry_after,
+                ..
+            } => Some(retry_after),
             _ => None,
         }
     }
@@ -373,6 +532,19 @@ impl std::fmt::Display for AuthError {
                 "too many failed API key checks from this address; retry in {} s",
                 retry_after.as_secs().max(1)
             ),
+            AuthError::QuotaExhausted {
+                limit,
+                period,
+                reset_in,
+            } => write!(
+                f,
+                "this API key's quota of {limit} items per {} (UTC) is spent; it resets in {} s",
+                period.name(),
+                reset_in.as_secs().max(1)
+            ),
+            AuthError::QuotaUnavailable => {
+                f.write_str("the usage store does not answer, so this key's quota cannot be checked; retry shortly")
+            }
         }
     }
 }
@@ -414,6 +586,7 @@ impl ApiKeys {
                 default_rate,
                 from_file: RwLock::new(Vec::new()),
                 failures: OnceLock::new(),
+                quotas: OnceLock::new(),
             }),
         };
         keys.reload()?;
@@ -429,8 +602,20 @@ impl ApiKeys {
                 default_rate: None,
                 from_file: RwLock::new(Vec::new()),
                 failures: OnceLock::new(),
+                quotas: OnceLock::new(),
             }),
         }
+    }
+
+    /// Counts usage in `store` (and enforces quotas there); `default` is the quota of every key
+    /// without one (`--default-quota`). Set once, at start-up.
+    pub fn with_quotas(
+        self,
+        store: Arc<dyn quota::UsageStore>,
+        default: Option<QuotaSpec>,
+    ) -> Self {
+        let _ = self.inner.quotas.set(Quotas { store, default });
+        self
     }
 
     /// `--auth-failures-per-minute`: past `per_minute` failed key checks from one peer address in
@@ -444,6 +629,11 @@ impl ApiKeys {
             });
         }
         self
+    }
+
+    /// A handle that does not keep the keys (and their usage store) alive.
+    pub fn downgrade(&self) -> WeakKeys {
+        WeakKeys(Arc::downgrade(&self.inner))
     }
 
     pub fn enabled(&self) -> bool {
@@ -530,17 +720,32 @@ impl ApiKeys {
             }
         }
         let key = found.ok_or(AuthError::Wrong)?;
-        if let Some(limiter) = &key.limiter
-            && let Err(not_until) = limiter.check()
-        {
-            let now = governor::clock::DefaultClock::default().now();
-            return Err(AuthError::RateLimited {
-                retry_after: not_until.wait_time_from(now),
-            });
+        let mut allowance = AllowanceInner {
+            key: Arc::clone(&key.name),
+            admin: key.admin,
+            rate: key.rate,
+            ..AllowanceInner::new(key.limiter.clone(), key.burst, 1)
+        };
+        if let Some(limiter) = &key.limiter {
+            match limiter.check() {
+                Ok(snapshot) => allowance.admitted(&snapshot),
+                Err(not_until) => {
+                    let now = governor::clock::DefaultClock::default().now();
+                    return Err(AuthError::RateLimited {
+                        retry_after: not_until.wait_time_from(now),
+                    });
+                }
+            }
+        }
+        if let Some(quotas) = self.inner.quotas.get() {
+            allowance.quota = key.quota.or(quotas.default);
+            allowance.quotas = Some(quotas.clone());
         }
         Ok(Some(Caller {
             key_name: Arc::clone(&key.name),
-            allowance: Allowance::new(key.limiter.clone(), key.burst, 1),
+            allowance: Allowance {
+                inner: Arc::new(allowance),
+            },
         }))
     }
 }
@@ -564,12 +769,19 @@ fn read_key_file(path: &Path, default_rate: Option<RateLimit>) -> Result<Vec<Key
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         let mut rate = default_rate;
+        let (mut quota, mut admin) = (None, false);
         for option in words {
+            if let Some(q) = option.strip_prefix("quota=") {
+                quota = Some(q.parse().map_err(|e| format!("{}: quota={e}", at()))?);
+                continue;
+            }
             match option.strip_prefix("rate=") {
                 Some(r) => rate = Some(r.parse().map_err(|e| format!("{}: rate={e}", at()))?),
+                None if option == "role=admin" => admin = true,
                 None => {
                     return Err(format!(
-                        "{}: unknown option {option:?} (expected rate=REQ_PER_S[:BURST])",
+                        "{}: unknown option {option:?} (expected rate=REQ_PER_S[:BURST], \
+                         quota=N/day, quota=N/month or role=admin)",
                         at()
                     ));
                 }
@@ -579,7 +791,11 @@ fn read_key_file(path: &Path, default_rate: Option<RateLimit>) -> Result<Vec<Key
             Some((name, secret)) if is_name(name) && !secret.is_empty() => (Some(name), secret),
             _ => (None, first),
         };
-        keys.push(Key::new(name, secret, rate));
+        keys.push(Key {
+            quota,
+            admin,
+            ..Key::new(name, secret, rate)
+        });
     }
     if keys.is_empty() {
         return Err(format!(
@@ -593,6 +809,58 @@ fn read_key_file(path: &Path, default_rate: Option<RateLimit>) -> Result<Vec<Key
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_and_role_options_parse_with_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(
+            &file,
+            "alice:sk-a rate=5:10 quota=1000/day\nbob:sk-b quota=7/month role=admin\nsk-c\n",
+        )
+        .unwrap();
+        let default = QuotaSpec {
+            limit: 3,
+            period: quota::Period::Day,
+        };
+        let keys = read_key_file(&file, None).unwrap();
+        let got: Vec<_> = keys.iter().map(|k| (k.quota, k.admin)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(QuotaSpec {
+                        limit: 1000,
+                        period: quota::Period::Day
+                    }),
+                    false
+                ),
+                (
+                    Some(QuotaSpec {
+                        limit: 7,
+                        period: quota::Period::Month
+                    }),
+                    true
+                ),
+                (None, false),
+            ]
+        );
+        assert_ne!(Some(default), got[2].0, "the default applies at check time");
+        for (line, says) in [
+            (
+                "a:sk-a quota=0/day",
+                "line 1: quota=\"0/day\": \"0\" is not a positive",
+            ),
+            ("a:sk-a quota=10/week", "unknown period \"week\""),
+            ("a:sk-a quota=tokens:10/day", "only item quotas"),
+            ("a:sk-a quota=", "expected N/day or N/month"),
+            ("a:sk-a role=root", "unknown option \"role=root\""),
+        ] {
+            std::fs::write(&file, line).unwrap();
+            let e = read_key_file(&file, None).err().unwrap();
+            assert!(e.contains(says), "{line}: {e}");
+        }
+    }
 
     #[test]
     fn keys_from_flag_and_file_are_checked_and_the_file_reloads() {

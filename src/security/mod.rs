@@ -4,7 +4,9 @@
 //! the gRPC interceptor and TLS acceptor in `grpc/transport.rs`, the HTTP check in `http/call.rs`.
 
 pub mod keys;
+pub mod quota;
 pub mod tls;
+pub mod usage_local;
 
 pub use keys::{ApiKeys, AuthError, Caller, RateLimit};
 pub use tls::{TlsFiles, TlsPaths};
