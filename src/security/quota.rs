@@ -326,7 +326,8 @@ mod tests {
         assert_eq!(parse_date("2027-02-29"), None);
         assert_eq!(format_day(0), "1970-01-01");
         assert!(check_range("2026-01-02", "2026-01-01").is_err());
-        assert!(check_range("2025-01-01", "2026-01-01").is_err());
+        assert!(check_range("2025-01-01", "2026-01-02").is_err());
+        assert!(check_range("2025-01-01", "2026-01-01").is_ok(), "366 days");
         assert!(check_range("2026-01-01", "2026-12-31").is_ok());
     }
 }
