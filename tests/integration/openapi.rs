@@ -15,6 +15,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/openapi.json"),
     ("post", "/v1/embeddings"),
+    ("get", "/v1/usage"),
     ("post", "/embeddings"),
     ("get", "/v1/models"),
     ("post", "/v1/classify"),
