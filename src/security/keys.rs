@@ -11,6 +11,7 @@
 //! bob:sk-abcdef rate=50:100       a per-key rate limit: 50 items/s, bursts of 100
 //! carol:sk-xyz quota=10000/day    a quota: 10,000 items per UTC day (or N/month), see `quota`
 //! billing:sk-adm role=admin       an admin key: may read `GET /v1/usage`
+//! free:sk-0987 priority=low       calls of this key run in the low class at most (and by default)
 //! sk-bare-key                     a bare key, named by a short hash of it (`key-1a2b3c4d`)
 //! ```
 //!
@@ -43,6 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::batch::priority::{Allowed, Priority};
 use governor::{Quota, RateLimiter, clock::Clock};
 
 use super::quota::{self, Charged, QuotaSpec, QuotaState, Quotas};
@@ -98,6 +100,8 @@ struct Key {
     burst: u32,
     quota: Option<QuotaSpec>,
     admin: bool,
+    /// The priority classes its calls may use (`priority=`; any, by default).
+    priority: Allowed,
 }
 
 fn digest(secret: &[u8]) -> [u8; 32] {
@@ -119,6 +123,7 @@ impl Key {
         Key {
             name,
             digest,
+            priority: Allowed::OPEN,
             burst: rate.map_or(u32::MAX, |r| r.burst.get()),
             quota: None,
             admin: false,
@@ -555,6 +560,8 @@ impl std::fmt::Display for AuthError {
 pub struct Caller {
     pub key_name: Arc<str>,
     pub allowance: Allowance,
+    /// The priority classes the key's calls may use.
+    pub priority: Allowed,
 }
 
 impl PartialEq for Caller {
@@ -746,6 +753,7 @@ impl ApiKeys {
             allowance: Allowance {
                 inner: Arc::new(allowance),
             },
+            priority: key.priority,
         }))
     }
 }
@@ -769,33 +777,38 @@ fn read_key_file(path: &Path, default_rate: Option<RateLimit>) -> Result<Vec<Key
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         let mut rate = default_rate;
+        let mut priority = Allowed::OPEN;
         let (mut quota, mut admin) = (None, false);
         for option in words {
-            if let Some(q) = option.strip_prefix("quota=") {
+            if let Some(r) = option.strip_prefix("rate=") {
+                rate = Some(r.parse().map_err(|e| format!("{}: rate={e}", at()))?);
+            } else if let Some(q) = option.strip_prefix("quota=") {
                 quota = Some(q.parse().map_err(|e| format!("{}: quota={e}", at()))?);
-                continue;
-            }
-            match option.strip_prefix("rate=") {
-                Some(r) => rate = Some(r.parse().map_err(|e| format!("{}: rate={e}", at()))?),
-                None if option == "role=admin" => admin = true,
-                None => {
-                    return Err(format!(
-                        "{}: unknown option {option:?} (expected rate=REQ_PER_S[:BURST], \
-                         quota=N/day, quota=N/month or role=admin)",
-                        at()
-                    ));
-                }
+            } else if option == "role=admin" {
+                admin = true;
+            } else if let Some(p) = option.strip_prefix("priority=") {
+                let class = match p {
+                    "high" | "normal" | "low" => p.parse::<Priority>(),
+                    _ => Err(format!("{p:?} is not high, normal or low")),
+                };
+                priority = Allowed::pinned(class.map_err(|e| format!("{}: priority={e}", at()))?);
+            } else {
+                return Err(format!(
+                    "{}: unknown option {option:?} (expected rate=REQ_PER_S[:BURST], \
+                     priority=high|normal|low, quota=N/day, quota=N/month or role=admin)",
+                    at()
+                ));
             }
         }
         let (name, secret) = match first.split_once(':') {
             Some((name, secret)) if is_name(name) && !secret.is_empty() => (Some(name), secret),
             _ => (None, first),
         };
-        keys.push(Key {
-            quota,
-            admin,
-            ..Key::new(name, secret, rate)
-        });
+        let mut key = Key::new(name, secret, rate);
+        key.priority = priority;
+        key.quota = quota;
+        key.admin = admin;
+        keys.push(key);
     }
     if keys.is_empty() {
         return Err(format!(
@@ -941,6 +954,28 @@ mod tests {
         assert!(keys.reload().unwrap_err().contains("line 1"));
         std::fs::write(&file, "a:b limit=3\n").unwrap();
         assert!(keys.reload().unwrap_err().contains("unknown option"));
+    }
+
+    #[test]
+    fn a_key_line_pins_its_priority_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "free:sk-free priority=low\nopen:sk-open rate=5\n").unwrap();
+        let keys = ApiKeys::load_with(None, Some(file.clone()), None).unwrap();
+        let free = keys.authenticate(Some("Bearer sk-free")).unwrap().unwrap();
+        assert_eq!(free.priority, Allowed::pinned(Priority::Low));
+        let open = keys.authenticate(Some("Bearer sk-open")).unwrap().unwrap();
+        assert_eq!(open.priority, Allowed::OPEN);
+        std::fs::write(&file, "a:b priority=urgent\n").unwrap();
+        let err = keys.reload().unwrap_err();
+        assert!(err.contains("line 1") && err.contains("priority="), "{err}");
+        // Integers are for requests (vLLM's field), not for key lines.
+        std::fs::write(&file, "a:b priority=-1\n").unwrap();
+        assert!(
+            keys.reload()
+                .unwrap_err()
+                .contains("not high, normal or low")
+        );
     }
 
     /// The least of a few timings of `f`: what it takes when the machine does not interfere.

@@ -31,6 +31,7 @@ mod postgres;
 mod postgres_replicas;
 mod postgres_siege;
 mod postgres_store;
+mod priorities;
 mod quota;
 mod retrieve;
 mod server;
