@@ -19,6 +19,7 @@ mod memory;
 mod observability;
 mod openai;
 mod openapi;
+mod openvino;
 mod pages;
 mod parity;
 mod postgres;
