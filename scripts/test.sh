@@ -32,8 +32,14 @@ summary() {
 }
 trap summary EXIT
 
-step "set-up (ONNX Runtime, grpcurl, nasm)" scripts/setup.sh
+step "set-up (ONNX Runtime, OpenVINO plugin, grpcurl, nasm)" scripts/setup.sh
 export ORT_DYLIB_PATH="$ROOT/.cache/onnxruntime/lib/libonnxruntime.so"
+# The OpenVINO tests run whenever set-up could fetch the plugin wheel (they skip, saying so, only when not).
+if [[ -f "$ROOT/.cache/onnxruntime-ep-openvino/1.8.1/lib/libonnxruntime_providers_openvino_plugin.so" ]]; then
+  export CLIP_SERVE_REQUIRE_OPENVINO=1
+else
+  echo "test: SKIPPED OpenVINO tests: scripts/setup.sh could not fetch onnxruntime-ep-openvino" >&2
+fi
 
 step "cargo fmt --check" cargo fmt --all -- --check
 # The layering rules of docs/ARCHITECTURE.md (module cycles, protocol types outside the doors, file
