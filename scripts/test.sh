@@ -61,6 +61,19 @@ trap 'rc=$?; stop_postgres; (exit $rc); summary' EXIT
 step "cargo test" cargo test --locked
 stop_postgres
 STOP_POSTGRES=
+# OpenVINO's vectors against the CPU provider on Intel CPUs (the plugin publishes devices there only):
+# written on AMD and not yet run on Intel, so their verdict is printed loudly but does not fail CI
+# until they have passed on an Intel machine once (then fold them into `cargo test` above).
+if [[ -n "${CLIP_SERVE_REQUIRE_OPENVINO:-}" ]] && grep -q GenuineIntel /proc/cpuinfo; then
+  openvino_vectors() {
+    if CLIP_SERVE_TEST_OPENVINO_VECTORS=1 cargo test --locked --test integration openvino -- --nocapture; then
+      echo "test: OpenVINO vectors on Intel: PASSED" >&2
+    else
+      echo "test: OpenVINO vectors on Intel: FAILED (non-fatal for now; see above)" >&2
+    fi
+  }
+  step "OpenVINO vectors on Intel (non-fatal until they have passed once)" openvino_vectors
+fi
 # The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
 # gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests
