@@ -899,6 +899,9 @@ impl Config {
 }
 
 #[cfg(test)]
+mod help_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
