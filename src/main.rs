@@ -16,7 +16,9 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Err(e) = clip_serve::telemetry::init(args.log_format, &args.log_filter) {
+    if let Err(e) =
+        clip_serve::telemetry::init(args.telemetry.log_format, &args.telemetry.log_filter)
+    {
         eprintln!("clip-serve: {e}");
         return ExitCode::FAILURE;
     }

@@ -30,7 +30,7 @@ pub(super) fn rerun_alone(name: &str, env: &[(&str, &str)]) {
 }
 
 /// Set in the child process [`rerun_alone`] starts (not a `CLIP_SERVE_*` name: no flag reads it).
-const CHILD: &str = "CLI_TEST_CHILD";
+pub(super) const CHILD: &str = "CLI_TEST_CHILD";
 
 /// What `clip-serve ARGS...` prints for a help flag.
 fn rendered(args: &[&str]) -> String {
