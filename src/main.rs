@@ -16,12 +16,18 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Err(e) =
-        clip_serve::telemetry::init(args.telemetry.log_format, &args.telemetry.log_filter)
-    {
-        eprintln!("clip-serve: {e}");
-        return ExitCode::FAILURE;
-    }
+    // Held until the server has stopped: dropping it flushes the spans still queued.
+    let _traces = match clip_serve::telemetry::init(
+        args.telemetry.log_format,
+        &args.telemetry.log_filter,
+        &args.telemetry.trace,
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("clip-serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match args.validate() {
         Ok(config) => config,
         Err(e) => {

@@ -1,10 +1,11 @@
-//! Logs and metrics: the log format and filter, and whether usage series name API keys.
+//! Logs, metrics and traces: the log format and filter, whether usage series name API keys, and the
+//! OpenTelemetry exporter's flags (`TraceArgs`, flattened in from `telemetry::trace`).
 
 use clap::Args;
 
 use crate::telemetry::LogFormat;
 
-/// Logs and metrics.
+/// Logs, metrics and traces.
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
     /// Label /metrics usage series (`clip_usage_total`) with API key names (or, for bare keys,
@@ -29,4 +30,9 @@ pub struct TelemetryArgs {
         display_order = 880
     )]
     pub log_filter: String,
+
+    // OpenTelemetry traces (`--otlp-*`), defined beside the exporter in `telemetry::trace`; listed
+    // after every other flag, as they always were.
+    #[command(flatten, next_display_order = 890)]
+    pub trace: crate::telemetry::TraceArgs,
 }
