@@ -1,4 +1,5 @@
-//! The dynamic batcher: rows per batch, how long a batch waits to fill, rows queued per modality.
+//! The dynamic batcher: rows per batch, how long a batch waits to fill, rows queued per modality,
+//! and when a waiting low-priority call is served with the high class.
 
 use std::time::Duration;
 
@@ -32,6 +33,11 @@ pub struct BatchArgs {
         display_order = 310
     )]
     pub max_queue_rows: u32,
+
+    /// A normal- or low-priority call that has waited this long in the queue is served with the
+    /// high class (the starvation bound), e.g. 2s.
+    #[arg(long, env = "CLIP_SERVE_PRIORITY_AGING", default_value = "2s", value_parser = parse_duration, display_order = 315)]
+    pub priority_aging: Duration,
 }
 
 impl BatchArgs {
@@ -42,6 +48,7 @@ impl BatchArgs {
             max_batch_size: to_usize("max-batch-size", self.max_batch_size.into())?,
             max_batch_delay: self.max_batch_delay,
             max_queue_rows: to_usize("max-queue-rows", self.max_queue_rows.into())?,
+            priority_aging: self.priority_aging,
         };
         if batch.max_queue_rows < max_items_per_request {
             return Err(format!(

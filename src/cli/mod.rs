@@ -25,7 +25,7 @@ use crate::{
     admission::DoorConfig,
     classify::ClassifyConfig,
     embed::{EmbedConfig, fetch::FetchConfig},
-    model::{Precision, ProviderOptions},
+    model::{CpuFeatures, PrecisionArg, ProviderOptions},
     postgres::StoreConfig,
     retrieve::RetrieveConfig,
     security::{Secret, TlsPaths},
@@ -103,7 +103,10 @@ pub struct Config {
     pub ort_dylib_path: PathBuf,
     /// The execution provider and its options (its `max_batch_size` follows `embed.batch`).
     pub providers: ProviderOptions,
-    pub precision: Precision,
+    pub precision: PrecisionArg,
+    /// The CPU features `--precision auto` and bf16 go by; `None`: this machine's (tests inject
+    /// others).
+    pub cpu_features: Option<CpuFeatures>,
     pub allow_ungated_precision: bool,
     pub full_length_text: bool,
     pub intra_op_threads: usize,
@@ -197,6 +200,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ORT_DYLIB)),
             providers,
             precision: model.precision,
+            cpu_features: None,
             allow_ungated_precision: model.allow_ungated_precision,
             full_length_text: model.full_length_text,
             intra_op_threads,

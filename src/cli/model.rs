@@ -5,7 +5,7 @@ use std::{num::NonZeroUsize, path::PathBuf};
 
 use clap::Args;
 
-use crate::model::{Precision, Provider, ProviderOptions};
+use crate::model::{PrecisionArg, Provider, ProviderOptions};
 
 /// Default model directory, relative to the working directory (scripts/serve.sh exports it there).
 pub const DEFAULT_MODEL_DIR: &str = "models/ViT-B-32__datacomp_xl_s13b_b90k";
@@ -28,11 +28,17 @@ pub struct ModelArgs {
     #[arg(long, env = "CLIP_SERVE_PROVIDER", value_enum, default_value_t = Provider::Cpu, display_order = 50)]
     pub provider: Provider,
 
-    /// Which graph of each tower to serve: fp32 (model.onnx), int8 (model.int8.onnx, for CPUs) or
-    /// fp16 (model.fp16.onnx, for GPUs). A variant is served only when its accuracy gate in the
-    /// model directory's quantization.json passed (scripts/quantize.py writes both).
-    #[arg(long, env = "CLIP_SERVE_PRECISION", value_enum, default_value_t = Precision::Fp32, display_order = 60)]
-    pub precision: Precision,
+    /// Which graph of each tower to serve: fp32 (model.onnx), int8 (model.int8.onnx, for CPUs),
+    /// fp16 (model.fp16.onnx, for GPUs) or bf16 (model.onnx at OpenVINO's bf16 inference precision:
+    /// --provider openvino on a CPU with AVX512-BF16 or AMX-BF16). A variant is served only when its
+    /// accuracy gate in the model directory's quantization.json passed (scripts/quantize.py writes
+    /// both).
+    ///
+    /// auto (the default of scripts/serve.sh and the deploy manifests): per tower, the fastest
+    /// variant whose gate passed and which this CPU runs fast (AMX-BF16: bf16; VNNI or AMX-INT8:
+    /// int8; otherwise fp32), logged with its reason and reported by Info.
+    #[arg(long, env = "CLIP_SERVE_PRECISION", value_enum, default_value_t = PrecisionArg::Fp32, display_order = 60)]
+    pub precision: PrecisionArg,
 
     /// Run every text at the full context length even when the text tower has a dynamic sequence
     /// axis (by default a batch runs only up to its longest text's end-of-text token, which is exact
@@ -54,6 +60,11 @@ pub struct ModelArgs {
         display_order = 80
     )]
     pub allow_ungated_precision: bool,
+
+    /// --provider openvino: the plugin library of PyPI's onnxruntime-ep-openvino, with the OpenVINO
+    /// and TBB libraries beside it (scripts/setup.sh installs them there).
+    #[arg(long, env = "CLIP_SERVE_OPENVINO_PLUGIN", default_value = crate::model::openvino::DEFAULT_PLUGIN, display_order = 85)]
+    pub openvino_plugin: PathBuf,
 
     /// GPU device ordinal for the cuda and tensorrt providers.
     #[arg(
@@ -136,6 +147,7 @@ impl ModelArgs {
             trt_engine_cache_dir: self.trt_engine_cache_dir.clone(),
             trt_workspace_bytes: self.trt_workspace_bytes,
             max_batch_size,
+            openvino_plugin: self.openvino_plugin.clone(),
         })
     }
 
