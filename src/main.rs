@@ -17,8 +17,11 @@ fn main() -> ExitCode {
         }
     };
     // Held until the server has stopped: dropping it flushes the spans still queued.
-    let _traces = match clip_serve::telemetry::init(args.log_format, &args.log_filter, &args.trace)
-    {
+    let _traces = match clip_serve::telemetry::init(
+        args.telemetry.log_format,
+        &args.telemetry.log_filter,
+        &args.telemetry.trace,
+    ) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("clip-serve: {e}");

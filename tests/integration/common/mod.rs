@@ -38,6 +38,10 @@ pub fn tiny_model_immich() -> PathBuf {
 /// A test configuration: ephemeral port, the library from scripts/setup.sh (or ORT_DYLIB_PATH).
 pub fn config(model_dir: &Path) -> Config {
     let mut config = Config::for_model(model_dir);
+    // `for_model` reads no environment; where the library is, is the one thing a test takes from it.
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        config.ort_dylib_path = path.into();
+    }
     config.intra_op_threads = 1;
     config.data_dir = fresh_data_dir();
     config
