@@ -10,6 +10,12 @@
 //! crate then hands back the indices as gray samples, and the decoder maps them through the
 //! ColorMap as PIL does. The patch is an overlay on the read path (a multi-megabyte file is not
 //! copied for two bytes).
+//!
+//! FillOrder 2 (bits of each byte stored least significant first): libtiff reverses the bits of
+//! each strip or tile as read from the file, before any codec sees it (`TIFFReadRawStrip1` /
+//! `TIFFFillStrip`; the CCITT codecs do the same through their bit tables), and PIL's raw
+//! decoder reverses each byte of uncompressed data ("…R" raw modes). So the strips and tiles of
+//! such a file are read here with their bits reversed, and the crate decodes them as FillOrder 1.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -18,6 +24,8 @@ pub(in super::super) struct Source<'a> {
     pos: u64,
     /// (offset, replacement bytes, how many of them).
     patches: [Option<(usize, [u8; 8], usize)>; 2],
+    /// Byte ranges [start, end) read with their bits reversed: sorted, disjoint.
+    reversed: Vec<(usize, usize)>,
 }
 
 impl<'a> Source<'a> {
@@ -42,8 +50,36 @@ impl<'a> Source<'a> {
             bytes,
             pos: 0,
             patches: [next, palette],
+            reversed: Vec::new(),
         };
         (source, palette.is_some())
+    }
+}
+
+impl Source<'_> {
+    /// Read the bytes of these (offset, length) ranges with their bits reversed from now on.
+    pub fn reverse_bits_in(&mut self, ranges: impl IntoIterator<Item = (u64, u64)>) {
+        let len = self.bytes.len();
+        let mut r: Vec<(usize, usize)> = ranges
+            .into_iter()
+            .filter_map(|(at, n)| {
+                let start = usize::try_from(at).ok()?.min(len);
+                let end = usize::try_from(at.saturating_add(n))
+                    .unwrap_or(len)
+                    .min(len);
+                (start < end).then_some((start, end))
+            })
+            .collect();
+        r.sort_unstable();
+        // Overlapping chunks share bytes: each byte is reversed once.
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(r.len());
+        for (start, end) in r {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        self.reversed = merged;
     }
 }
 
@@ -120,6 +156,13 @@ impl Read for Source<'_> {
             .min(self.bytes.len());
         let n = buf.len().min(self.bytes.len() - start);
         buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+        let end = start + n;
+        let first = self.reversed.partition_point(|&(_, e)| e <= start);
+        for &(a, b) in self.reversed[first..].iter().take_while(|&&(a, _)| a < end) {
+            for v in &mut buf[a.max(start) - start..b.min(end) - start] {
+                *v = v.reverse_bits();
+            }
+        }
         for &(at, value, len) in self.patches.iter().flatten() {
             for (k, &v) in value[..len].iter().enumerate() {
                 if let Some(i) = (at + k).checked_sub(start)
@@ -180,5 +223,30 @@ mod tests {
         assert_eq!(two, [0, 1], "the count's last byte, then the patched value");
         b[18] = 1;
         assert!(!Source::new(&b).1, "not a palette file");
+    }
+
+    #[test]
+    fn reversed_ranges_are_reversed_once_wherever_a_read_starts() {
+        let b: Vec<u8> = (0..32).map(|i| i * 7 + 1).collect();
+        let (mut s, _) = Source::new(&b);
+        // Overlapping and out-of-order ranges, one past the end.
+        s.reverse_bits_in([(20, 4), (4, 4), (6, 6), (30, 10)]);
+        let want: Vec<u8> = b
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let r = (4..12).contains(&i) || (20..24).contains(&i) || i >= 30;
+                if r { v.reverse_bits() } else { v }
+            })
+            .collect();
+        for start in 0..32 {
+            for len in [1, 3, 7, 32] {
+                s.seek(SeekFrom::Start(start)).expect("seek");
+                let mut got = vec![0; len];
+                let n = s.read(&mut got).expect("read");
+                let i = start as usize;
+                assert_eq!(got[..n], want[i..i + n], "read {len} at {start}");
+            }
+        }
     }
 }
