@@ -25,6 +25,7 @@ import io
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
 from PIL import Image, TiffImagePlugin
@@ -109,15 +110,17 @@ def bmp(im: Image.Image, header: str, top_down: bool = False, bits: int = 24) ->
 SHORT, LONG = 3, 4
 
 
-def tiff(w: int, h: int, tags: dict, data: bytes, bo: str = "<", next_ifd_to_self: bool = False) -> bytes:
-    """An uncompressed single-strip classic TIFF with the given {tag: [values]} (SHORT unless a value
-    exceeds 65535, LONG then); StripOffsets / StripByteCounts are added. `next_ifd_to_self`: the
-    IFD's next pointer points back at itself (a cycle)."""
+def tiff(w: int, h: int, tags: dict, data, bo: str = "<", next_ifd_to_self: bool = False) -> bytes:
+    """A classic TIFF with the given {tag: [values]} (SHORT unless a value exceeds 65535, LONG
+    then); StripOffsets / StripByteCounts are added for `data`, one strip (bytes) or a list of
+    strips. `next_ifd_to_self`: the IFD's next pointer points back at itself (a cycle)."""
+    strips = data if isinstance(data, list) else [data]
+    data = b"".join(strips)
     tags = dict(tags)
     tags[256] = [w]
     tags[257] = [h]
-    tags[273] = [0]
-    tags[279] = [len(data)]
+    tags[273] = [0] * len(strips)
+    tags[279] = [len(c) for c in strips]
     n = len(tags)
     ifd_at = 8
     extra_at = ifd_at + 2 + 12 * n + 4
@@ -135,7 +138,7 @@ def tiff(w: int, h: int, tags: dict, data: bytes, bo: str = "<", next_ifd_to_sel
     data_at = extra_at + ext_len
     for tag, typ, vals in layout:
         if tag == 273:
-            vals = [data_at]
+            vals = [data_at + sum(len(c) for c in strips[:i]) for i in range(len(strips))]
         fmt = bo + ("%dH" if typ == SHORT else "%dI") % len(vals)
         raw = struct.pack(fmt, *vals)
         if len(raw) <= 4:
@@ -366,6 +369,25 @@ def make(out: str) -> list:
     write("coffee_gray_la.tif",
           tiff(w, h, {258: [8, 8], 259: [1], 262: [1], 277: [2], 278: [h], 338: [2]}, la.astype(np.uint8).tobytes()),
           "8-bit gray with unassociated alpha (PIL: LA)")
+    # PlanarConfiguration 2: one plane per sample (PIL reads each band from its own plane).
+    def planes(arr, dtype="u1", deflate=False):
+        out = [np.ascontiguousarray(arr[:, :, i]).astype(dtype).tobytes() for i in range(arr.shape[2])]
+        return [zlib.compress(c) for c in out] if deflate else out
+
+    write("coffee_planar_rgb.tif", tiff(w, h, {**rgb_tags, 278: [h], 284: [2]}, planes(a)),
+          "8-bit RGB, separate planes (PlanarConfiguration 2), uncompressed")
+    write("coffee_planar_rgba16_associated_deflate.tif",
+          tiff(w, h, {**rgba_tags, 258: [16] * 4, 259: [8], 284: [2]}, planes(pre16, "<u2", deflate=True)),
+          "16-bit RGB with associated alpha, separate planes, Adobe Deflate")
+    write("coffee_planar_gray_lx.tif",
+          tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0]},
+               planes(la, deflate=True)),
+          "8-bit gray plus an unspecified extra sample, separate planes, Deflate (PIL: L; Pillow's raw decoder "
+          "cannot read this layout uncompressed)")
+    write("coffee_planar_signed_gray_lx.tif",
+          tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0], 339: [2, 2]},
+               planes(np.stack([s8.astype(np.int32), alpha], axis=2), "i1", deflate=True)),
+          "8-bit signed gray plus an unspecified extra sample, separate planes, Deflate (PIL: L, bytes unsigned)")
     return made
 
 

@@ -41,11 +41,11 @@ fn layout_supported(
     use tiff::ColorType as C;
     match color {
         C::Gray(1 | 2 | 4) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8 | 16) => true,
-        // "LX" / "LA" (BlackIsZero only).
+        // "LX" / "LA" (BlackIsZero only; signed only as separate planes, below).
         C::Multiband {
             bit_depth: 8,
             num_samples: 2,
-        } => !white_is_zero && sample_format == 1,
+        } => !white_is_zero && matches!(sample_format, 1 | 2),
         // SampleFormat 2: (II, 1, (2,), 1, (8,)) -> "L" (the bytes read unsigned); no
         // WhiteIsZero entry.
         C::Gray(8) => match sample_format {
@@ -243,6 +243,11 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
     if !layout_supported(color, white_is_zero, sample_format, big_endian) {
         return Err(bad("unsupported TIFF sample layout"));
     }
+    let planar = dec
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .ok()
+        .flatten()
+        == Some(2);
     // Extra samples PIL has a mode for (`OPEN_INFO`), known before decoding.
     match color {
         C::RGB(b @ (8 | 16)) | C::RGBA(b @ (8 | 16))
@@ -255,6 +260,11 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
         }
         C::Multiband { .. } if !matches!(extra[..], [0] | [2]) => {
             return Err(bad_extra("gray", &extra));
+        }
+        // PIL drops unspecified extra planes of a planar file before it picks the mode, so
+        // signed 8-bit gray + X as planes is its "L" (bytes read unsigned); chunky it is refused.
+        C::Multiband { .. } if sample_format == 2 && !(planar && extra[..] == [0]) => {
+            return Err(bad_extra("signed gray", &extra));
         }
         _ => {}
     }
@@ -270,7 +280,18 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
         let c = chunks::chunks(&mut dec, bytes, width, height, "12-bit samples")?;
         return done(Pixels::I16(read_12bit(&c, width, height)?));
     }
-    let img = dec.read_image().map_err(|e| corrupt(f, e))?;
+    let img = if planar && samples > 1 {
+        if dec.find_tag(Tag::TileWidth).ok().flatten().is_some() {
+            // The `tiff` crate (0.11) asserts on tiled planes: refused before it reads one.
+            return Err(unsupported(
+                f,
+                "tiled images with separate colour planes (PlanarConfiguration 2) are not supported",
+            ));
+        }
+        read_planes(&mut dec, width * height, usize::from(color.num_samples()))?
+    } else {
+        dec.read_image().map_err(|e| corrupt(f, e))?
+    };
     let n = width * height;
     // Unpack 1..4-bit samples (MSB first; FillOrder 2 was undone as the file was read; rows
     // padded to bytes).
@@ -390,6 +411,16 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
             }
         }
         // RGB, RGBA, RGBX… ("RGB;16L" and the like keep the high byte of each sample).
+        (
+            C::Multiband {
+                bit_depth: 8,
+                num_samples: 2,
+            },
+            R::I8(d),
+        ) if photometric == Some(1) && extra[..] == [0] => {
+            need(d.len(), 2)?;
+            Pixels::L(d[..n * 2].iter().step_by(2).map(|&v| v as u8).collect())
+        }
         // RGB, RGBA, RGBX… (the crate drops unspecified extra samples; "RGB;16L" and the like
         // keep the high byte of each sample).
         (C::RGB(8) | C::RGBA(8), R::U8(d)) => {
@@ -416,6 +447,45 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
         _ => return Err(bad("unsupported TIFF sample layout")),
     };
     done(pixels)
+}
+
+/// A PlanarConfiguration 2 image (one plane per sample, as PIL reads it: each band from its own
+/// plane) with its first `cs` planes interleaved, as the crate hands back a chunky image
+/// (unspecified extra samples, the planes after `cs`, are dropped).
+fn read_planes(
+    dec: &mut tiff::decoder::Decoder<Source<'_>>,
+    n: usize,
+    cs: usize,
+) -> Result<tiff::decoder::DecodingResult, ImageError> {
+    use tiff::decoder::DecodingResult as R;
+    let f = Format::Tiff;
+    let mut planes = R::U8(Vec::new());
+    dec.read_image_to_buffer(&mut planes)
+        .map_err(|e| corrupt(f, e))?;
+    fn interleave<T: Copy>(d: Vec<T>, n: usize, cs: usize) -> Result<Vec<T>, ImageError> {
+        if d.len() < n * cs {
+            return Err(corrupt(
+                Format::Tiff,
+                "truncated image data (separate planes)",
+            ));
+        }
+        let mut out = Vec::with_capacity(n * cs);
+        for i in 0..n {
+            out.extend((0..cs).map(|p| d[p * n + i]));
+        }
+        Ok(out)
+    }
+    Ok(match planes {
+        R::U8(d) => R::U8(interleave(d, n, cs)?),
+        R::U16(d) => R::U16(interleave(d, n, cs)?),
+        R::I8(d) => R::I8(interleave(d, n, cs)?),
+        _ => {
+            return Err(unsupported(
+                f,
+                "separate colour planes (PlanarConfiguration 2) of samples wider than 16 bits are not supported",
+            ));
+        }
+    })
 }
 
 fn truncated(mut d: Vec<u8>, len: usize) -> Vec<u8> {
