@@ -91,7 +91,7 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
     // Its first IFD's next pointer reads as 0: PIL takes the first image whatever follows it.
     let (source, palette) = Source::new(bytes);
     let mut dec = tiff::decoder::Decoder::new(source)
-        .map_err(|e| corrupt(f, e))?
+        .map_err(crate_error)?
         .with_limits(limits);
     let (w, h) = dec.dimensions().map_err(|e| corrupt(f, e))?;
     let (width, height) = check_dims(f, w as u64, h as u64, max_pixels)?;
@@ -190,7 +190,10 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
         ));
     }
     let big_endian = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
-    let color = dec.colortype().map_err(|e| unsupported(f, e.to_string()))?;
+    let color = dec.colortype().map_err(|e| match e {
+        tiff::TiffError::UnsupportedError(_) => crate_error(e),
+        e => unsupported(f, e.to_string()),
+    })?;
     let extra: Vec<u16> = dec
         .find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
         .ok()
@@ -290,7 +293,7 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
         }
         read_planes(&mut dec, width * height, usize::from(color.num_samples()))?
     } else {
-        dec.read_image().map_err(|e| corrupt(f, e))?
+        dec.read_image().map_err(crate_error)?
     };
     let n = width * height;
     // Unpack 1..4-bit samples (MSB first; FillOrder 2 was undone as the file was read; rows
@@ -460,8 +463,7 @@ fn read_planes(
     use tiff::decoder::DecodingResult as R;
     let f = Format::Tiff;
     let mut planes = R::U8(Vec::new());
-    dec.read_image_to_buffer(&mut planes)
-        .map_err(|e| corrupt(f, e))?;
+    dec.read_image_to_buffer(&mut planes).map_err(crate_error)?;
     fn interleave<T: Copy>(d: Vec<T>, n: usize, cs: usize) -> Result<Vec<T>, ImageError> {
         if d.len() < n * cs {
             return Err(corrupt(
@@ -591,6 +593,35 @@ fn chunk_ranges(
     Ok(offsets.into_iter().zip(counts).collect())
 }
 
+/// A `tiff` crate error as the client reads it: what the crate does not support is named as such
+/// (LZMA and other compressions, a missing or unknown PhotometricInterpretation, samples of
+/// different widths), anything else is a corrupt file.
+fn crate_error(e: tiff::TiffError) -> ImageError {
+    use tiff::TiffUnsupportedError as U;
+    use tiff::tags::CompressionMethod;
+    let f = Format::Tiff;
+    let tiff::TiffError::UnsupportedError(u) = e else {
+        return corrupt(f, e);
+    };
+    match u {
+        U::UnsupportedCompressionMethod(CompressionMethod::Unknown(34925)) => {
+            unsupported(f, "LZMA compression (34925) is not supported")
+        }
+        U::UnsupportedCompressionMethod(m) => {
+            unsupported(f, format!("compression {m:?} is not supported"))
+        }
+        U::UnknownInterpretation => unsupported(
+            f,
+            "a missing or unknown PhotometricInterpretation is not supported",
+        ),
+        U::InconsistentBitsPerSample(b) => unsupported(
+            f,
+            format!("samples of different widths (BitsPerSample {b:?}) are not supported"),
+        ),
+        u => unsupported(f, u.to_string()),
+    }
+}
+
 /// CCITT codecs code 1 bit per pixel.
 fn one_bit(dec: &mut tiff::decoder::Decoder<Source<'_>>, codec: &str) -> Result<(), ImageError> {
     let bits = dec
@@ -713,6 +744,22 @@ mod refusals {
         let e = refusal(&tiff(1, 1, &lab, &[50, 0, 0]));
         assert!(
             e.contains("CIELab colour (PhotometricInterpretation 8)"),
+            "{e}"
+        );
+        let e = refusal(&tiff(
+            4,
+            4,
+            &with(34925),
+            &[0xFD, b'7', b'z', b'X', b'Z', 0],
+        ));
+        assert!(
+            e.contains("LZMA compression (34925) is not supported"),
+            "{e}"
+        );
+        let no_photometric = [(258, 32), (259, 1), (277, 1), (339, 3)];
+        let e = refusal(&tiff(2, 1, &no_photometric, &[0; 8]));
+        assert!(
+            e.contains("missing or unknown PhotometricInterpretation"),
             "{e}"
         );
         let twelve = [(258, 12), (259, 5), (262, 1), (277, 1)];
