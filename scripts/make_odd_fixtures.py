@@ -388,6 +388,11 @@ def make(out: str) -> list:
           tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0], 339: [2, 2]},
                planes(np.stack([s8.astype(np.int32), alpha], axis=2), "i1", deflate=True)),
           "8-bit signed gray plus an unspecified extra sample, separate planes, Deflate (PIL: L, bytes unsigned)")
+    lx = planes(la, deflate=True)
+    write("coffee_planar_gray_lx_junk_plane.tif",
+          tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0]},
+               [lx[0], b"not a deflate stream"]),
+          "8-bit gray plus an unspecified extra plane that is not valid Deflate data (PIL never reads it: L)")
     return made
 
 

@@ -291,7 +291,17 @@ fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
                 "tiled images with separate colour planes (PlanarConfiguration 2) are not supported",
             ));
         }
-        read_planes(&mut dec, width * height, usize::from(color.num_samples()))?
+        if matches!(color, C::Multiband { .. }) && extra[..] == [0] {
+            // PIL drops an unspecified last plane before it reads the file and decodes the first
+            // plane alone (whatever the other holds); the arms below take it as "LX".
+            match dec.read_image().map_err(crate_error)? {
+                R::U8(d) => R::U8(d.into_iter().flat_map(|v| [v, 0]).collect()),
+                R::I8(d) => R::I8(d.into_iter().flat_map(|v| [v, 0]).collect()),
+                _ => return Err(bad("unsupported TIFF sample layout")),
+            }
+        } else {
+            read_planes(&mut dec, width * height, usize::from(color.num_samples()))?
+        }
     } else {
         dec.read_image().map_err(crate_error)?
     };
