@@ -393,6 +393,10 @@ def make(out: str) -> list:
           tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0]},
                [lx[0], b"not a deflate stream"]),
           "8-bit gray plus an unspecified extra plane that is not valid Deflate data (PIL never reads it: L)")
+    # BitsPerSample with more values than SamplesPerPixel: PIL keeps the first SamplesPerPixel.
+    write("coffee_bits_per_sample_extra_value.tif",
+          tiff(w, h, {258: [8, 8, 8, 1], 259: [1], 262: [2], 277: [3], 278: [h]}, np.asarray(rgb).tobytes()),
+          "8-bit RGB whose BitsPerSample lists 4 values (8, 8, 8, 1) for 3 samples")
     return made
 
 

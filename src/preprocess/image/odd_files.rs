@@ -46,7 +46,7 @@ fn read_rgb_png(path: &std::path::Path) -> Vec<u8> {
 fn odd_files_preprocess_like_pil() {
     let text = std::fs::read_to_string(fixtures().join("reference/odd.json")).expect("odd.json");
     let odd: Odd = serde_json::from_str(&text).expect("odd.json parses");
-    assert!(odd.images.len() >= 49, "odd.json lists the fixtures");
+    assert!(odd.images.len() >= 50, "odd.json lists the fixtures");
     let cfg = PreprocessConfig::default();
     let options = ImageOptions {
         max_pixels: 100_000_000,

@@ -1,4 +1,4 @@
-//! The file as the `tiff` crate reads it, with at most two small in-place patches and no copy.
+//! The file as the `tiff` crate reads it, with at most three small in-place patches and no copy.
 //!
 //! PIL reads the first image and nothing after it, so the first IFD's pointer to the next one is
 //! read as 0: the crate refuses a file whose IFD chain has a cycle (even the first IFD pointing at
@@ -23,7 +23,7 @@ pub(in super::super) struct Source<'a> {
     bytes: &'a [u8],
     pos: u64,
     /// (offset, replacement bytes, how many of them).
-    patches: [Option<(usize, [u8; 8], usize)>; 2],
+    patches: [Option<(usize, [u8; 8], usize)>; 3],
     /// Byte ranges [start, end) read with their bits reversed: sorted, disjoint.
     reversed: Vec<(usize, usize)>,
 }
@@ -49,7 +49,7 @@ impl<'a> Source<'a> {
         let source = Source {
             bytes,
             pos: 0,
-            patches: [next, palette],
+            patches: [next, palette, ifd.and_then(|i| i.bits_count)],
             reversed: Vec::new(),
         };
         (source, palette.is_some())
@@ -96,6 +96,11 @@ struct Ifd {
     next_at: Option<usize>,
     /// Where the PhotometricInterpretation value lies and its field type (SHORT or LONG only).
     photometric: Option<(usize, u16)>,
+    /// BitsPerSample with more values than SamplesPerPixel: PIL keeps the first
+    /// SamplesPerPixel of them (the crate refuses the file), so its count is read as that many
+    /// (a patch of the count field), when the values stay where they are (both counts inline,
+    /// or both out of line).
+    bits_count: Option<(usize, [u8; 8], usize)>,
 }
 
 fn read_uint(b: &[u8], at: usize, len: usize, big: bool) -> Option<u64> {
@@ -125,19 +130,41 @@ fn first_ifd(b: &[u8]) -> Option<Ifd> {
     let n = usize::try_from(read_uint(b, ifd, count_len, big)?).ok()?;
     let first = ifd.checked_add(count_len)?;
     let mut photometric = None;
+    // (where its count field lies, its count) for BitsPerSample as SHORTs.
+    let mut bits = None;
+    let mut samples = None;
     for i in 0..n.min(4096) {
         let e = first.checked_add(i.checked_mul(entry_len)?)?;
-        if read_uint(b, e, 2, big)? != 262 {
+        let tag = read_uint(b, e, 2, big)?;
+        if !matches!(tag, 258 | 262 | 277) {
             continue;
         }
         let typ = read_uint(b, e + 2, 2, big)? as u16;
         // The count field is as wide as the value field (4 bytes, 8 in BigTIFF).
         let count = read_uint(b, e + 4, value_len, big)?;
-        if matches!(typ, 3 | 4) && count == 1 {
-            photometric = Some((e + 4 + value_len, typ));
+        let value_at = e + 4 + value_len;
+        match (tag, typ, count) {
+            (262, 3 | 4, 1) => photometric = Some((value_at, typ)),
+            (258, 3, _) => bits = Some((e + 4, count)),
+            (277, 3, 1) => samples = read_uint(b, value_at, 2, big),
+            (277, 4, 1) => samples = read_uint(b, value_at, 4, big),
+            _ => {}
         }
-        break;
     }
+    let bits_count = match (bits, samples) {
+        (Some((at, count)), Some(spp)) if spp >= 1 && count > spp => {
+            let inline = |c: u64| c * 2 <= value_len as u64;
+            (inline(count) == inline(spp)).then(|| {
+                let mut v = [0u8; 8];
+                for (k, byte) in v[..value_len].iter_mut().enumerate() {
+                    let shift = 8 * if big { value_len - 1 - k } else { k };
+                    *byte = (spp >> shift) as u8;
+                }
+                (at, v, value_len)
+            })
+        }
+        _ => None,
+    };
     let next_at = first
         .checked_add(n.checked_mul(entry_len)?)
         .filter(|&at| at.saturating_add(value_len) <= b.len());
@@ -146,6 +173,7 @@ fn first_ifd(b: &[u8]) -> Option<Ifd> {
         offset_len: value_len,
         next_at,
         photometric,
+        bits_count,
     })
 }
 
