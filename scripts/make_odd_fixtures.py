@@ -25,9 +25,10 @@ import io
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 IMAGES = os.path.join(ROOT, "images")
@@ -109,15 +110,17 @@ def bmp(im: Image.Image, header: str, top_down: bool = False, bits: int = 24) ->
 SHORT, LONG = 3, 4
 
 
-def tiff(w: int, h: int, tags: dict, data: bytes, bo: str = "<", next_ifd_to_self: bool = False) -> bytes:
-    """An uncompressed single-strip classic TIFF with the given {tag: [values]} (SHORT unless a value
-    exceeds 65535, LONG then); StripOffsets / StripByteCounts are added. `next_ifd_to_self`: the
-    IFD's next pointer points back at itself (a cycle)."""
+def tiff(w: int, h: int, tags: dict, data, bo: str = "<", next_ifd_to_self: bool = False) -> bytes:
+    """A classic TIFF with the given {tag: [values]} (SHORT unless a value exceeds 65535, LONG
+    then); StripOffsets / StripByteCounts are added for `data`, one strip (bytes) or a list of
+    strips. `next_ifd_to_self`: the IFD's next pointer points back at itself (a cycle)."""
+    strips = data if isinstance(data, list) else [data]
+    data = b"".join(strips)
     tags = dict(tags)
     tags[256] = [w]
     tags[257] = [h]
-    tags[273] = [0]
-    tags[279] = [len(data)]
+    tags[273] = [0] * len(strips)
+    tags[279] = [len(c) for c in strips]
     n = len(tags)
     ifd_at = 8
     extra_at = ifd_at + 2 + 12 * n + 4
@@ -135,7 +138,7 @@ def tiff(w: int, h: int, tags: dict, data: bytes, bo: str = "<", next_ifd_to_sel
     data_at = extra_at + ext_len
     for tag, typ, vals in layout:
         if tag == 273:
-            vals = [data_at]
+            vals = [data_at + sum(len(c) for c in strips[:i]) for i in range(len(strips))]
         fmt = bo + ("%dH" if typ == SHORT else "%dI") % len(vals)
         raw = struct.pack(fmt, *vals)
         if len(raw) <= 4:
@@ -280,6 +283,120 @@ def make(out: str) -> list:
     # A single page whose IFD points back at itself.
     write("coffee_ifd_self_cycle.tif", tiff(w, h, rgb_tags, np.asarray(rgb).tobytes(), next_ifd_to_self=True),
           "RGB TIFF whose only IFD's next pointer points at itself")
+
+    # Orientation (tag 274, or tiff:Orientation in the XMP packet when the tag is absent): Pillow
+    # transposes every TIFF by it as it loads (TiffImageFile.load_end), whatever the compression.
+    bw = rgb.resize((120, 90), Image.Resampling.BICUBIC).convert("1")
+
+    def pil_tiff(im, compression=None, **tags):
+        info = TiffImagePlugin.ImageFileDirectory_v2()
+        for tag, value in tags.items():
+            info[int(tag[1:])] = value
+        buf = io.BytesIO()
+        im.save(buf, "TIFF", compression=compression, tiffinfo=info)
+        return buf.getvalue()
+
+    for o in (3, 6, 8):
+        write(f"coffee_group4_orientation{o}.tif", pil_tiff(bw, "group4", t274=o),
+              f"CCITT Group 4 TIFF, Orientation {o} (Pillow)")
+    write("coffee_group3_orientation5.tif", pil_tiff(bw, "group3", t274=5), "CCITT Group 3 TIFF, Orientation 5 (Pillow)")
+    write("coffee_ccitt_rle_orientation7.tif", pil_tiff(bw, "tiff_ccitt", t274=7),
+          "CCITT RLE TIFF, Orientation 7 (Pillow)")
+    write("coffee_lzw_orientation2.tif", pil_tiff(rgb, "tiff_lzw", t274=2), "LZW RGB TIFF, Orientation 2 (Pillow)")
+    write("coffee_palette_orientation4.tif", pil_tiff(p256, None, t274=4), "8-bit palette TIFF, Orientation 4 (Pillow)")
+    write("coffee_xmp_orientation6.tif",
+          pil_tiff(gray, "tiff_adobe_deflate",
+                   t700=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/>'
+                        b'</rdf:RDF></x:xmpmeta>'),
+          "Deflate gray TIFF without an Orientation tag, tiff:Orientation=6 in its XMP packet (Pillow)")
+
+    # FillOrder 2: libtiff (which Pillow writes and reads compressed files with) bit-reverses each
+    # compressed strip; Pillow's raw decoder reverses each uncompressed byte.
+    write("coffee_group4_fillorder2.tif", pil_tiff(bw, "group4", t266=2), "CCITT Group 4 TIFF, FillOrder 2 (Pillow)")
+    write("coffee_group4_fillorder2_orientation6.tif", pil_tiff(bw, "group4", t266=2, t274=6),
+          "CCITT Group 4 TIFF, FillOrder 2 and Orientation 6 (Pillow)")
+    write("coffee_ccitt_rle_fillorder2.tif", pil_tiff(bw, "tiff_ccitt", t266=2), "CCITT RLE TIFF, FillOrder 2 (Pillow)")
+    write("coffee_lzw_fillorder2_gray.tif", pil_tiff(gray, "tiff_lzw", t266=2), "LZW gray TIFF, FillOrder 2 (Pillow)")
+    write("coffee_deflate_fillorder2_rgb.tif", pil_tiff(rgb, "tiff_adobe_deflate", t266=2),
+          "Deflate RGB TIFF, FillOrder 2 (Pillow)")
+    write("coffee_packbits_fillorder2_palette4.tif", pil_tiff(p16, "packbits", t266=2),
+          "PackBits palette TIFF (16 colours), FillOrder 2 (Pillow)")
+
+    # Four samples per pixel: associated alpha (ExtraSamples 1, PIL's "RGBa" raw modes, which it
+    # unpremultiplies as it unpacks into "RGBA"), 8 and 16 bits; and no ExtraSamples tag ("RGBA").
+    a = np.asarray(rgb).astype(np.int32)
+    alpha = (np.arange(w)[None, :] * 255 // (w - 1) + np.zeros((h, 1), np.int32)).astype(np.int32)
+    alpha[::7, ::5] = 0
+    pre = np.concatenate([(a * alpha[..., None] + 127) // 255, alpha[..., None]], axis=2)
+    rgba_tags = {258: [8] * 4, 259: [1], 262: [2], 277: [4], 278: [h], 338: [1]}
+    write("coffee_rgba_associated8.tif", tiff(w, h, rgba_tags, pre.astype(np.uint8).tobytes()),
+          "8-bit RGB with associated (premultiplied) alpha, ExtraSamples 1")
+    pre16 = pre * 257 + (np.arange(pre.size).reshape(pre.shape) % 251)
+    pre16 = np.minimum(pre16, 65535)
+    write("coffee_rgba_associated16.tif", tiff(w, h, {**rgba_tags, 258: [16] * 4}, pre16.astype("<u2").tobytes()),
+          "16-bit RGB with associated alpha (RGBa;16L), ExtraSamples 1")
+    write("coffee_rgba_associated16_be.tif",
+          tiff(w, h, {**rgba_tags, 258: [16] * 4}, pre16.astype(">u2").tobytes(), bo=">"),
+          "16-bit RGB with associated alpha, big-endian (RGBa;16B)")
+    straight = np.concatenate([a, alpha[..., None]], axis=2).astype(np.uint8)
+    no_extra = {k: v for k, v in rgba_tags.items() if k != 338}
+    write("coffee_rgba_no_extrasamples.tif", tiff(w, h, no_extra, straight.tobytes()),
+          "8-bit RGB with a fourth sample and no ExtraSamples tag (PIL: RGBA)")
+    # Extra samples the `tiff` crate reports as a plain colour type although each pixel holds more
+    # samples: "RGBX" (unspecified fourth sample, dropped), "RGBaX" (five samples), "CMYKX", and
+    # gray with an unspecified ("LX": mode L) or unassociated ("LA") extra sample.
+    x = (np.arange(h * w).reshape(h, w, 1) * 37 % 256).astype(np.int32)
+    write("coffee_rgbx_unspecified.tif",
+          tiff(w, h, {**rgba_tags, 338: [0]}, np.concatenate([a, x], axis=2).astype(np.uint8).tobytes()),
+          "8-bit RGB plus an unspecified extra sample (ExtraSamples 0, PIL: RGBX -> RGB)")
+    write("coffee_rgbax_5samples.tif",
+          tiff(w, h, {**rgba_tags, 258: [8] * 5, 277: [5], 338: [1, 0]},
+               np.concatenate([pre, x], axis=2).astype(np.uint8).tobytes()),
+          "8-bit RGB, associated alpha and an unspecified fifth sample (PIL: RGBaX -> RGBA)")
+    cmyk = np.asarray(rgb.convert("CMYK")).astype(np.int32)
+    write("coffee_cmykx.tif",
+          tiff(w, h, {258: [8] * 5, 259: [1], 262: [5], 277: [5], 278: [h], 338: [0]},
+               np.concatenate([cmyk, x], axis=2).astype(np.uint8).tobytes()),
+          "8-bit CMYK plus an unspecified extra sample (PIL: CMYKX -> CMYK)")
+    write("coffee_cmyk16.tif",
+          tiff(w, h, {258: [16] * 4, 259: [1], 262: [5], 277: [4], 278: [h]},
+               (cmyk * 257 + x % 200).astype("<u2").tobytes()),
+          "16-bit CMYK, little-endian (PIL: CMYK;16L -> CMYK)")
+    la = np.stack([g, alpha], axis=2)
+    write("coffee_gray_lx.tif",
+          tiff(w, h, {258: [8, 8], 259: [1], 262: [1], 277: [2], 278: [h], 338: [0]}, la.astype(np.uint8).tobytes()),
+          "8-bit gray plus an unspecified extra sample (PIL: LX -> L)")
+    write("coffee_gray_la.tif",
+          tiff(w, h, {258: [8, 8], 259: [1], 262: [1], 277: [2], 278: [h], 338: [2]}, la.astype(np.uint8).tobytes()),
+          "8-bit gray with unassociated alpha (PIL: LA)")
+    # PlanarConfiguration 2: one plane per sample (PIL reads each band from its own plane).
+    def planes(arr, dtype="u1", deflate=False):
+        out = [np.ascontiguousarray(arr[:, :, i]).astype(dtype).tobytes() for i in range(arr.shape[2])]
+        return [zlib.compress(c) for c in out] if deflate else out
+
+    write("coffee_planar_rgb.tif", tiff(w, h, {**rgb_tags, 278: [h], 284: [2]}, planes(a)),
+          "8-bit RGB, separate planes (PlanarConfiguration 2), uncompressed")
+    write("coffee_planar_rgba16_associated_deflate.tif",
+          tiff(w, h, {**rgba_tags, 258: [16] * 4, 259: [8], 284: [2]}, planes(pre16, "<u2", deflate=True)),
+          "16-bit RGB with associated alpha, separate planes, Adobe Deflate")
+    write("coffee_planar_gray_lx.tif",
+          tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0]},
+               planes(la, deflate=True)),
+          "8-bit gray plus an unspecified extra sample, separate planes, Deflate (PIL: L; Pillow's raw decoder "
+          "cannot read this layout uncompressed)")
+    write("coffee_planar_signed_gray_lx.tif",
+          tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0], 339: [2, 2]},
+               planes(np.stack([s8.astype(np.int32), alpha], axis=2), "i1", deflate=True)),
+          "8-bit signed gray plus an unspecified extra sample, separate planes, Deflate (PIL: L, bytes unsigned)")
+    lx = planes(la, deflate=True)
+    write("coffee_planar_gray_lx_junk_plane.tif",
+          tiff(w, h, {258: [8, 8], 259: [8], 262: [1], 277: [2], 278: [h], 284: [2], 338: [0]},
+               [lx[0], b"not a deflate stream"]),
+          "8-bit gray plus an unspecified extra plane that is not valid Deflate data (PIL never reads it: L)")
+    # BitsPerSample with more values than SamplesPerPixel: PIL keeps the first SamplesPerPixel.
+    write("coffee_bits_per_sample_extra_value.tif",
+          tiff(w, h, {258: [8, 8, 8, 1], 259: [1], 262: [2], 277: [3], 278: [h]}, np.asarray(rgb).tobytes()),
+          "8-bit RGB whose BitsPerSample lists 4 values (8, 8, 8, 1) for 3 samples")
     return made
 
 
@@ -300,13 +417,17 @@ def main() -> int:
     rows = []
     for name, what in made:
         im = Image.open(os.path.join(IMAGES, name))
-        mode, size = im.mode, im.size
+        # The size as stored (before the Orientation PIL applies as it loads a TIFF).
+        mode, stored = im.mode, getattr(im, "_tile_size", im.size)
+        im.load()
+        size = im.size
         px = open_clip_pixels(im)
         stem = os.path.splitext(name)[0]
         png = f"reference/pixels/{stem}.png"
         px.save(os.path.join(ROOT, png))
         rows.append({"file": f"images/{name}", "pil_format": im.format, "pil_mode": mode, "width": size[0],
-                     "height": size[1], "pixels": png, "what": what})
+                     "height": size[1], "stored_width": stored[0], "stored_height": stored[1],
+                     "pixels": png, "what": what})
         print(f"{name:32} {im.format:5} {mode:6} {size}  {what}")
     with open(os.path.join(ROOT, "reference", "odd.json"), "w") as f:
         json.dump({"pillow": Image.__version__ if hasattr(Image, "__version__") else None,

@@ -78,17 +78,6 @@ pub(crate) fn to_rgb(pixels: &Pixels) -> Vec<u8> {
         Pixels::Rgb(d) => d.clone(),
         // rgba2rgb: alpha dropped.
         Pixels::Rgba(d) => d.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        // rgba2rgb_: unpremultiplied.
-        Pixels::RgbaPremul(d) => d
-            .chunks_exact(4)
-            .flat_map(|p| {
-                [
-                    unpremultiply_sample(p[0], p[3]),
-                    unpremultiply_sample(p[1], p[3]),
-                    unpremultiply_sample(p[2], p[3]),
-                ]
-            })
-            .collect(),
         Pixels::Cmyk(d) => d.chunks_exact(4).flat_map(cmyk_to_rgb).collect(),
         // I16_RGB / I16B_RGB: values above 255 saturate (clip, not scale).
         Pixels::I16(d) | Pixels::I16B(d) => gray(
@@ -140,8 +129,6 @@ mod tests {
     #[test]
     fn rgb_conversions_match_pillow() {
         // Values from Pillow 13: Image.frombytes(mode, size, data).convert('RGB').
-        let p = Pixels::RgbaPremul(vec![100, 50, 25, 128, 200, 100, 50, 0]);
-        assert_eq!(to_rgb(&p), vec![199, 99, 49, 200, 100, 50]);
         let p = Pixels::F32(vec![-1.5, 100.7, 300.0, 254.99]);
         assert_eq!(
             to_rgb(&p)[..].chunks(3).map(|c| c[0]).collect::<Vec<_>>(),

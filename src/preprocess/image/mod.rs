@@ -107,7 +107,7 @@ pub fn preprocess(
     if opts.apply_exif_orientation
         && let Some(o) = img.orientation
     {
-        img = exif_transpose(img, o);
+        img = decode::transpose(img, o);
     }
     check_resized_size(&img, cfg)?;
     Ok(transform(&img, cfg))
@@ -390,7 +390,6 @@ fn fill_pixel_rgb(pixels: &Pixels, f: u8) -> [u8; 3] {
         Pixels::La(_) => Pixels::La(vec![f, f]),
         Pixels::Rgb(_) => Pixels::Rgb(vec![f; 3]),
         Pixels::Rgba(_) => Pixels::Rgba(vec![f; 4]),
-        Pixels::RgbaPremul(_) => Pixels::RgbaPremul(vec![f; 4]),
         Pixels::Cmyk(_) => Pixels::Cmyk(vec![f; 4]),
         Pixels::I16(_) => Pixels::I16(vec![f as u16]),
         Pixels::I16B(_) => Pixels::I16B(vec![f as u16]),
@@ -426,7 +425,6 @@ fn resize_window(px: &Pixels, g: Geometry, win: Window, kernel: Option<Kernel>) 
             Pixels::La(d) => Pixels::La(nearest_scale_affine(d, 2, g, win)),
             Pixels::Rgb(d) => Pixels::Rgb(nearest_scale_affine(d, 3, g, win)),
             Pixels::Rgba(d) => Pixels::Rgba(nearest_scale_affine(d, 4, g, win)),
-            Pixels::RgbaPremul(d) => Pixels::RgbaPremul(nearest_scale_affine(d, 4, g, win)),
             Pixels::Cmyk(d) => Pixels::Cmyk(nearest_scale_affine(d, 4, g, win)),
             Pixels::I16(d) => Pixels::I16(nearest_generic(d, g, win)),
             Pixels::I16B(d) => Pixels::I16B(nearest_generic(d, g, win)),
@@ -453,7 +451,6 @@ fn resize_window(px: &Pixels, g: Geometry, win: Window, kernel: Option<Kernel>) 
                 convert::unpremultiply(&mut out, 4);
                 Pixels::Rgba(out)
             }
-            Pixels::RgbaPremul(d) => Pixels::RgbaPremul(resample_u8::<4>(d, g, win, k)),
             Pixels::Cmyk(d) => Pixels::Cmyk(resample_u8::<4>(d, g, win, k)),
             Pixels::I16(d) => Pixels::I16(resample_u16(d, g, win, k)),
             // Pillow's 16bpc resampler reads and writes "I;16B" as little-endian unless the host
@@ -468,62 +465,6 @@ fn resize_window(px: &Pixels, g: Geometry, win: Window, kernel: Option<Kernel>) 
             Pixels::I32(d) => Pixels::I32(resample_i32(d, g, win, k)),
             Pixels::F32(d) => Pixels::F32(resample_f32(d, g, win, k)),
         },
-    }
-}
-
-// ------------------------------------------------------------------------------------------------
-// EXIF orientation (PIL.ImageOps.exif_transpose)
-
-fn orient<T: Copy>(v: &[T], c: usize, w: usize, h: usize, o: u16) -> Vec<T> {
-    let (nw, nh) = if o >= 5 { (h, w) } else { (w, h) };
-    let mut out = Vec::with_capacity(v.len());
-    for y in 0..nh {
-        for x in 0..nw {
-            let (sx, sy) = match o {
-                2 => (w - 1 - x, y),         // FLIP_LEFT_RIGHT
-                3 => (w - 1 - x, h - 1 - y), // ROTATE_180
-                4 => (x, h - 1 - y),         // FLIP_TOP_BOTTOM
-                5 => (y, x),                 // TRANSPOSE
-                6 => (y, h - 1 - x),         // ROTATE_270
-                7 => (w - 1 - y, h - 1 - x), // TRANSVERSE
-                8 => (w - 1 - y, x),         // ROTATE_90
-                _ => (x, y),
-            };
-            let s = (sy * w + sx) * c;
-            out.extend_from_slice(&v[s..s + c]);
-        }
-    }
-    out
-}
-
-fn exif_transpose(img: Decoded, o: u16) -> Decoded {
-    if !(2..=8).contains(&o) {
-        return img;
-    }
-    let (w, h) = (img.width, img.height);
-    let pixels = match &img.pixels {
-        Pixels::Bilevel(d) => Pixels::Bilevel(orient(d, 1, w, h, o)),
-        Pixels::L(d) => Pixels::L(orient(d, 1, w, h, o)),
-        Pixels::P { idx, palette } => Pixels::P {
-            idx: orient(idx, 1, w, h, o),
-            palette: palette.clone(),
-        },
-        Pixels::La(d) => Pixels::La(orient(d, 2, w, h, o)),
-        Pixels::Rgb(d) => Pixels::Rgb(orient(d, 3, w, h, o)),
-        Pixels::Rgba(d) => Pixels::Rgba(orient(d, 4, w, h, o)),
-        Pixels::RgbaPremul(d) => Pixels::RgbaPremul(orient(d, 4, w, h, o)),
-        Pixels::Cmyk(d) => Pixels::Cmyk(orient(d, 4, w, h, o)),
-        Pixels::I16(d) => Pixels::I16(orient(d, 1, w, h, o)),
-        Pixels::I16B(d) => Pixels::I16B(orient(d, 1, w, h, o)),
-        Pixels::I32(d) => Pixels::I32(orient(d, 1, w, h, o)),
-        Pixels::F32(d) => Pixels::F32(orient(d, 1, w, h, o)),
-    };
-    let (width, height) = if o >= 5 { (h, w) } else { (w, h) };
-    Decoded {
-        width,
-        height,
-        pixels,
-        orientation: None,
     }
 }
 
@@ -805,7 +746,7 @@ mod tests {
             (8, &[2, 5, 1, 4, 0, 3]),
         ];
         for (o, w) in want {
-            assert_eq!(orient(&src, 1, 3, 2, o), w, "orientation {o}");
+            assert_eq!(decode::orient(&src, 1, 3, 2, o), w, "orientation {o}");
         }
         // EXIF parsing: big-endian TIFF header, one IFD entry (0x0112, SHORT, 1, value 6).
         let exif = [

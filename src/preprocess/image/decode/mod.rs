@@ -11,6 +11,7 @@ mod bmp;
 mod exif;
 mod gif;
 mod jpeg;
+mod orient;
 mod png;
 mod tiff;
 mod webp;
@@ -20,6 +21,9 @@ use super::ImageError;
 pub(crate) use bmp::dimensions as bmp_dimensions;
 pub(crate) use exif::exif_orientation;
 pub(crate) use gif::with_global_table as gif_with_global_table;
+#[cfg(test)]
+pub(crate) use orient::orient;
+pub(crate) use orient::transpose;
 
 /// Image container formats, sniffed from magic bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,8 +91,6 @@ pub(crate) enum Pixels {
     Rgb(Vec<u8>),
     /// Mode "RGBA" (straight alpha).
     Rgba(Vec<u8>),
-    /// Mode "RGBa" (premultiplied alpha, e.g. TIFF with associated alpha).
-    RgbaPremul(Vec<u8>),
     /// Mode "CMYK" as PIL stores it (JPEG values already inverted, Adobe convention).
     Cmyk(Vec<u8>),
     /// Mode "I;16".
@@ -111,7 +113,6 @@ impl Pixels {
             Pixels::La(_) => "LA",
             Pixels::Rgb(_) => "RGB",
             Pixels::Rgba(_) => "RGBA",
-            Pixels::RgbaPremul(_) => "RGBa",
             Pixels::Cmyk(_) => "CMYK",
             Pixels::I16(_) => "I;16",
             Pixels::I16B(_) => "I;16B",

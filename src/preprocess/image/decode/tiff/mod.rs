@@ -13,11 +13,12 @@
 //! CIELab and FillOrder 2 of compressed data (which libtiff reverses before decoding) are
 //! refused by name.
 
-use super::{Decoded, Format, ImageError, Pixels, check_dims, corrupt, unsupported};
+use super::{Decoded, Format, ImageError, Pixels, check_dims, corrupt, transpose, unsupported};
 
 mod chunks;
 mod fax;
 mod jpeg;
+mod orientation;
 mod source;
 
 use source::Source;
@@ -39,7 +40,12 @@ fn layout_supported(
 ) -> bool {
     use tiff::ColorType as C;
     match color {
-        C::Gray(1 | 2 | 4) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8) => true,
+        C::Gray(1 | 2 | 4) | C::RGB(8 | 16) | C::RGBA(8 | 16) | C::CMYK(8 | 16) => true,
+        // "LX" / "LA" (BlackIsZero only; signed only as separate planes, below).
+        C::Multiband {
+            bit_depth: 8,
+            num_samples: 2,
+        } => !white_is_zero && matches!(sample_format, 1 | 2),
         // SampleFormat 2: (II, 1, (2,), 1, (8,)) -> "L" (the bytes read unsigned); no
         // WhiteIsZero entry.
         C::Gray(8) => match sample_format {
@@ -61,7 +67,19 @@ fn layout_supported(
     }
 }
 
+/// The first image as `Image.open(f)` holds it once loaded: in its PIL mode, transposed by its
+/// Orientation tag (`orientation.rs`; the result carries no orientation left to apply).
 pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
+    let img = decode_stored(bytes, max_pixels)?;
+    Ok(match img.orientation {
+        Some(o) => transpose(img, o),
+        None => img,
+    })
+}
+
+/// The first image as stored (rows top to bottom as in the file), with the orientation PIL
+/// applies to it.
+fn decode_stored(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageError> {
     use tiff::ColorType as C;
     use tiff::decoder::DecodingResult as R;
     use tiff::tags::Tag;
@@ -73,7 +91,7 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
     // Its first IFD's next pointer reads as 0: PIL takes the first image whatever follows it.
     let (source, palette) = Source::new(bytes);
     let mut dec = tiff::decoder::Decoder::new(source)
-        .map_err(|e| corrupt(f, e))?
+        .map_err(crate_error)?
         .with_limits(limits);
     let (w, h) = dec.dimensions().map_err(|e| corrupt(f, e))?;
     let (width, height) = check_dims(f, w as u64, h as u64, max_pixels)?;
@@ -84,11 +102,7 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             .ok()
             .flatten()
     };
-    let orientation = dec
-        .find_tag_unsigned::<u16>(Tag::Orientation)
-        .ok()
-        .flatten()
-        .filter(|v| (1..=8).contains(v));
+    let orientation = orientation::pil_orientation(&mut dec);
     let compression = dec
         .find_tag_unsigned::<u16>(Tag::Compression)
         .ok()
@@ -146,6 +160,12 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
                 reversed_bits,
             )?);
         }
+        JPEG if reversed_bits => {
+            return Err(unsupported(
+                f,
+                "FillOrder 2 with JPEG compression is not supported",
+            ));
+        }
         JPEG => {
             let tables = dec.get_tag_u8_vec(Tag::JPEGTables).ok();
             let c = chunks::chunks(&mut dec, bytes, width, height, "JPEG compression")?;
@@ -170,12 +190,22 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         ));
     }
     let big_endian = dec.byte_order() == tiff::tags::ByteOrder::BigEndian;
-    let color = dec.colortype().map_err(|e| unsupported(f, e.to_string()))?;
+    let color = dec.colortype().map_err(|e| match e {
+        tiff::TiffError::UnsupportedError(_) => crate_error(e),
+        e => unsupported(f, e.to_string()),
+    })?;
     let extra: Vec<u16> = dec
         .find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
         .ok()
         .flatten()
         .unwrap_or_default();
+    let samples = usize::from(
+        dec.find_tag_unsigned::<u16>(Tag::SamplesPerPixel)
+            .ok()
+            .flatten()
+            .unwrap_or(1)
+            .max(1),
+    );
     let sample_format = dec
         .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
         .ok()
@@ -202,16 +232,44 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             format!("palette TIFF with SampleFormat {sample_format} is not supported"),
         ));
     }
-    if reversed_bits && compression != 1 {
-        // libtiff (PIL's path for compressed files) reverses the bits of the *compressed* strips
-        // before decoding them; the `tiff` crate does not, and reversing its output is not the same.
-        return Err(unsupported(
-            f,
-            format!("FillOrder 2 with compression {compression} is not supported"),
-        ));
+    if reversed_bits {
+        // PIL opens FillOrder 2 only for the layouts with a fill-order-2 entry in `OPEN_INFO`.
+        if !fill_order_2_opens(color, photometric, sample_format, big_endian, extra.len()) {
+            return Err(unsupported(
+                f,
+                format!("FillOrder 2 with {color:?} samples is not supported (nor by PIL)"),
+            ));
+        }
+        let ranges = chunk_ranges(&mut dec)?;
+        dec.inner().reverse_bits_in(ranges);
     }
     if !layout_supported(color, white_is_zero, sample_format, big_endian) {
         return Err(bad("unsupported TIFF sample layout"));
+    }
+    let planar = dec
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .ok()
+        .flatten()
+        == Some(2);
+    // Extra samples PIL has a mode for (`OPEN_INFO`), known before decoding.
+    match color {
+        C::RGB(b @ (8 | 16)) | C::RGBA(b @ (8 | 16))
+            if rgb_mode(vec![0; 4.min(samples)], samples, &extra, b).is_none() =>
+        {
+            return Err(bad_extra("RGB", &extra));
+        }
+        C::CMYK(b) if !cmyk_extra_ok(samples, &extra, b) => {
+            return Err(bad_extra("CMYK", &extra));
+        }
+        C::Multiband { .. } if !matches!(extra[..], [0] | [2]) => {
+            return Err(bad_extra("gray", &extra));
+        }
+        // PIL drops unspecified extra planes of a planar file before it picks the mode, so
+        // signed 8-bit gray + X as planes is its "L" (bytes read unsigned); chunky it is refused.
+        C::Multiband { .. } if sample_format == 2 && !(planar && extra[..] == [0]) => {
+            return Err(bad_extra("signed gray", &extra));
+        }
+        _ => {}
     }
     if color == C::Gray(12) {
         // "I;12": the `tiff` crate does not read 12-bit samples; PIL's raw decoder unpacks them
@@ -225,9 +283,31 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         let c = chunks::chunks(&mut dec, bytes, width, height, "12-bit samples")?;
         return done(Pixels::I16(read_12bit(&c, width, height)?));
     }
-    let img = dec.read_image().map_err(|e| corrupt(f, e))?;
+    let img = if planar && samples > 1 {
+        if dec.find_tag(Tag::TileWidth).ok().flatten().is_some() {
+            // The `tiff` crate (0.11) asserts on tiled planes: refused before it reads one.
+            return Err(unsupported(
+                f,
+                "tiled images with separate colour planes (PlanarConfiguration 2) are not supported",
+            ));
+        }
+        if matches!(color, C::Multiband { .. }) && extra[..] == [0] {
+            // PIL drops an unspecified last plane before it reads the file and decodes the first
+            // plane alone (whatever the other holds); the arms below take it as "LX".
+            match dec.read_image().map_err(crate_error)? {
+                R::U8(d) => R::U8(d.into_iter().flat_map(|v| [v, 0]).collect()),
+                R::I8(d) => R::I8(d.into_iter().flat_map(|v| [v, 0]).collect()),
+                _ => return Err(bad("unsupported TIFF sample layout")),
+            }
+        } else {
+            read_planes(&mut dec, width * height, usize::from(color.num_samples()))?
+        }
+    } else {
+        dec.read_image().map_err(crate_error)?
+    };
     let n = width * height;
-    // Unpack 1..4-bit samples (MSB first, or LSB first for FillOrder 2; rows padded to bytes).
+    // Unpack 1..4-bit samples (MSB first; FillOrder 2 was undone as the file was read; rows
+    // padded to bytes).
     let unpack_bits = |data: &[u8], bits: usize| -> Result<Vec<u8>, ImageError> {
         let stride = (width * bits).div_ceil(8);
         if data.len() < stride * height {
@@ -238,12 +318,7 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         let mut v = Vec::with_capacity(n);
         for r in data.chunks(stride).take(height) {
             for x in 0..width {
-                let byte = if reversed_bits {
-                    r[x / per].reverse_bits()
-                } else {
-                    r[x / per]
-                };
-                v.push((byte >> (8 - bits * (x % per + 1))) & mask);
+                v.push((r[x / per] >> (8 - bits * (x % per + 1))) & mask);
             }
         }
         Ok(v)
@@ -262,11 +337,7 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         (C::Gray(bits @ (1 | 2 | 4 | 8)), R::U8(d)) if palette => {
             let idx = if bits == 8 {
                 need(d.len(), 1)?;
-                if reversed_bits {
-                    d[..n].iter().map(|b| b.reverse_bits()).collect()
-                } else {
-                    d[..n].to_vec()
-                }
+                d[..n].to_vec()
             } else {
                 unpack_bits(&d, bits as usize)?
             };
@@ -300,21 +371,12 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
         (C::Gray(8), R::U8(mut d)) => {
             need(d.len(), 1)?;
             d.truncate(n);
-            if reversed_bits {
-                // "L;R" (FillOrder 2).
-                d.iter_mut().for_each(|b| *b = b.reverse_bits());
-            }
             Pixels::L(d)
         }
         // SampleFormat 2, 8 bits: PIL's "L" raw mode reads the bytes as unsigned.
         (C::Gray(8), R::I8(d)) => {
             need(d.len(), 1)?;
-            let it = d[..n].iter().map(|&v| v as u8);
-            Pixels::L(if reversed_bits {
-                it.map(u8::reverse_bits).collect()
-            } else {
-                it.collect()
-            })
+            Pixels::L(d[..n].iter().map(|&v| v as u8).collect())
         }
         // SampleFormat 2, 16 bits: mode "I" holding the signed values.
         (C::Gray(16), R::I16(d)) if !white_is_zero => {
@@ -346,54 +408,228 @@ pub(super) fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, ImageErro
             need(d.len(), 1)?;
             Pixels::F32(d[..n].to_vec())
         }
+        // Gray with an extra sample: "LX" (unspecified: dropped, mode "L") or "LA".
         (
-            C::GrayA(8)
-            | C::Multiband {
+            C::Multiband {
                 bit_depth: 8,
                 num_samples: 2,
             },
-            R::U8(mut d),
-        ) if photometric == Some(1) && extra.first() != Some(&1) => {
+            R::U8(d),
+        ) if photometric == Some(1) => {
             need(d.len(), 2)?;
-            d.truncate(n * 2);
-            Pixels::La(d)
-        }
-        (C::RGB(8), R::U8(mut d)) => {
-            need(d.len(), 3)?;
-            d.truncate(n * 3);
-            Pixels::Rgb(d)
-        }
-        (C::RGB(16), R::U16(d)) => {
-            need(d.len(), 3)?;
-            Pixels::Rgb(d[..n * 3].iter().map(|&v| (v >> 8) as u8).collect())
-        }
-        (C::RGBA(8), R::U8(mut d)) => {
-            need(d.len(), 4)?;
-            d.truncate(n * 4);
-            match extra.first() {
-                Some(1) => Pixels::RgbaPremul(d),
-                Some(2) => Pixels::Rgba(d),
-                // Unspecified extra sample: PIL uses "RGBX" (the fourth band is ignored).
-                _ => Pixels::Rgb(d.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()),
+            match extra[..] {
+                [0] => Pixels::L(d[..n * 2].iter().step_by(2).copied().collect()),
+                [2] => Pixels::La(truncated(d, n * 2)),
+                _ => return Err(bad_extra("gray", &extra)),
             }
         }
-        (C::RGBA(16), R::U16(d)) => {
-            need(d.len(), 4)?;
-            let v: Vec<u8> = d[..n * 4].iter().map(|&v| (v >> 8) as u8).collect();
-            match extra.first() {
-                Some(1) => Pixels::RgbaPremul(v),
-                Some(2) => Pixels::Rgba(v),
-                _ => Pixels::Rgb(v.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()),
-            }
+        // RGB, RGBA, RGBX… ("RGB;16L" and the like keep the high byte of each sample).
+        (
+            C::Multiband {
+                bit_depth: 8,
+                num_samples: 2,
+            },
+            R::I8(d),
+        ) if photometric == Some(1) && extra[..] == [0] => {
+            need(d.len(), 2)?;
+            Pixels::L(d[..n * 2].iter().step_by(2).map(|&v| v as u8).collect())
         }
-        (C::CMYK(8), R::U8(mut d)) => {
+        // RGB, RGBA, RGBX… (the crate drops unspecified extra samples; "RGB;16L" and the like
+        // keep the high byte of each sample).
+        (C::RGB(8) | C::RGBA(8), R::U8(d)) => {
+            let cs = usize::from(color.num_samples());
+            need(d.len(), cs)?;
+            rgb_mode(truncated(d, n * cs), samples, &extra, 8)
+                .ok_or_else(|| bad_extra("RGB", &extra))?
+        }
+        (C::RGB(16) | C::RGBA(16), R::U16(d)) => {
+            let cs = usize::from(color.num_samples());
+            need(d.len(), cs)?;
+            let v = d[..n * cs].iter().map(|v| (v >> 8) as u8).collect();
+            rgb_mode(v, samples, &extra, 16).ok_or_else(|| bad_extra("RGB", &extra))?
+        }
+        // "CMYK", "CMYKX", "CMYKXX" (8-bit); "CMYK;16L" / "CMYK;16B" keep the high byte.
+        (C::CMYK(8), R::U8(d)) if cmyk_extra_ok(samples, &extra, 8) => {
             need(d.len(), 4)?;
-            d.truncate(n * 4);
-            Pixels::Cmyk(d)
+            Pixels::Cmyk(truncated(d, n * 4))
+        }
+        (C::CMYK(16), R::U16(d)) if cmyk_extra_ok(samples, &extra, 16) => {
+            need(d.len(), 4)?;
+            Pixels::Cmyk(d[..n * 4].iter().map(|&v| (v >> 8) as u8).collect())
         }
         _ => return Err(bad("unsupported TIFF sample layout")),
     };
     done(pixels)
+}
+
+/// A PlanarConfiguration 2 image (one plane per sample, as PIL reads it: each band from its own
+/// plane) with its first `cs` planes interleaved, as the crate hands back a chunky image
+/// (unspecified extra samples, the planes after `cs`, are dropped).
+fn read_planes(
+    dec: &mut tiff::decoder::Decoder<Source<'_>>,
+    n: usize,
+    cs: usize,
+) -> Result<tiff::decoder::DecodingResult, ImageError> {
+    use tiff::decoder::DecodingResult as R;
+    let f = Format::Tiff;
+    let mut planes = R::U8(Vec::new());
+    dec.read_image_to_buffer(&mut planes).map_err(crate_error)?;
+    fn interleave<T: Copy>(d: Vec<T>, n: usize, cs: usize) -> Result<Vec<T>, ImageError> {
+        if d.len() < n * cs {
+            return Err(corrupt(
+                Format::Tiff,
+                "truncated image data (separate planes)",
+            ));
+        }
+        let mut out = Vec::with_capacity(n * cs);
+        for i in 0..n {
+            out.extend((0..cs).map(|p| d[p * n + i]));
+        }
+        Ok(out)
+    }
+    Ok(match planes {
+        R::U8(d) => R::U8(interleave(d, n, cs)?),
+        R::U16(d) => R::U16(interleave(d, n, cs)?),
+        R::I8(d) => R::I8(interleave(d, n, cs)?),
+        _ => {
+            return Err(unsupported(
+                f,
+                "separate colour planes (PlanarConfiguration 2) of samples wider than 16 bits are not supported",
+            ));
+        }
+    })
+}
+
+fn truncated(mut d: Vec<u8>, len: usize) -> Vec<u8> {
+    d.truncate(len);
+    d
+}
+
+/// RGB samples in PIL's mode for the file's ExtraSamples (PIL's `OPEN_INFO`). The `tiff` crate
+/// hands back 3 samples per pixel, or 4 when the first extra sample is alpha or the pixel has 4
+/// samples and no ExtraSamples tag: it drops the unspecified ones. No extra sample is "RGB" or
+/// "RGBA" (4 samples); unspecified (0) is "RGBX" (dropped); associated alpha (1) is the "RGBa"
+/// raw mode, which PIL unpremultiplies as it unpacks (`unpackRGBa`: 0 where alpha is 0,
+/// `min(255, v * 255 / a)`) into mode "RGBA"; unassociated (2) is "RGBA". 8-bit files may carry
+/// one or two more unspecified samples ("RGBXX", "RGBaX", "RGBAXX"…). `None`: a layout PIL does
+/// not open, or (ExtraSamples 999, which PIL reads as "RGBA") one the crate reads as "RGB".
+fn rgb_mode(mut d: Vec<u8>, samples: usize, extra: &[u16], bits: u8) -> Option<Pixels> {
+    let Some((&first, rest)) = extra.split_first() else {
+        return match samples {
+            3 => Some(Pixels::Rgb(d)),
+            4 => Some(Pixels::Rgba(d)),
+            _ => None,
+        };
+    };
+    let more_ok = rest.is_empty() || (bits == 8 && rest.len() <= 2 && rest.iter().all(|&e| e == 0));
+    if samples != 4 + rest.len() || !more_ok {
+        return None;
+    }
+    Some(match first {
+        0 => Pixels::Rgb(d),
+        1 => {
+            for p in d.chunks_exact_mut(4) {
+                let a = u32::from(p[3]);
+                match a {
+                    0 => p.fill(0),
+                    255 => {}
+                    _ => {
+                        for v in &mut p[..3] {
+                            *v = (u32::from(*v) * 255 / a).min(255) as u8;
+                        }
+                    }
+                }
+            }
+            Pixels::Rgba(d)
+        }
+        2 => Pixels::Rgba(d),
+        _ => return None,
+    })
+}
+
+/// PIL's CMYK layouts: 4 samples, or 8-bit with one or two unspecified extra samples.
+fn cmyk_extra_ok(samples: usize, extra: &[u16], bits: u8) -> bool {
+    match extra {
+        [] => samples == 4,
+        [0] | [0, 0] => bits == 8 && samples == 4 + extra.len(),
+        _ => false,
+    }
+}
+
+fn bad_extra(what: &str, extra: &[u16]) -> ImageError {
+    unsupported(
+        Format::Tiff,
+        format!("{what} with ExtraSamples {extra:?} is not supported (nor by PIL)"),
+    )
+}
+
+/// The layouts PIL's `OPEN_INFO` has a FillOrder 2 entry for: gray 1/2/4/8-bit (and 16-bit in a
+/// little-endian file), palette 1/2/4/8-bit, 8-bit RGB without extra samples, unsigned.
+fn fill_order_2_opens(
+    color: tiff::ColorType,
+    photometric: Option<u16>,
+    sample_format: u16,
+    big_endian: bool,
+    extra: usize,
+) -> bool {
+    use tiff::ColorType as C;
+    sample_format == 1
+        && match (color, photometric) {
+            (C::Gray(1 | 2 | 4 | 8), Some(0 | 1 | 3)) => true,
+            (C::Gray(16), Some(1)) => !big_endian,
+            (C::RGB(8), Some(2)) => extra == 0,
+            _ => false,
+        }
+}
+
+/// (offset, length) of every strip or tile of the first image.
+fn chunk_ranges(
+    dec: &mut tiff::decoder::Decoder<Source<'_>>,
+) -> Result<Vec<(u64, u64)>, ImageError> {
+    use tiff::tags::Tag;
+    let tiled = dec.find_tag(Tag::TileOffsets).ok().flatten().is_some();
+    let (offsets, counts) = if tiled {
+        (Tag::TileOffsets, Tag::TileByteCounts)
+    } else {
+        (Tag::StripOffsets, Tag::StripByteCounts)
+    };
+    let mut read = |tag| {
+        dec.find_tag_unsigned_vec::<u64>(tag)
+            .map_err(|e| corrupt(Format::Tiff, e))
+            .map(Option::unwrap_or_default)
+    };
+    let offsets = read(offsets)?;
+    let counts = read(counts)?;
+    Ok(offsets.into_iter().zip(counts).collect())
+}
+
+/// A `tiff` crate error as the client reads it: what the crate does not support is named as such
+/// (LZMA and other compressions, a missing or unknown PhotometricInterpretation, samples of
+/// different widths), anything else is a corrupt file.
+fn crate_error(e: tiff::TiffError) -> ImageError {
+    use tiff::TiffUnsupportedError as U;
+    use tiff::tags::CompressionMethod;
+    let f = Format::Tiff;
+    let tiff::TiffError::UnsupportedError(u) = e else {
+        return corrupt(f, e);
+    };
+    match u {
+        U::UnsupportedCompressionMethod(CompressionMethod::Unknown(34925)) => {
+            unsupported(f, "LZMA compression (34925) is not supported")
+        }
+        U::UnsupportedCompressionMethod(m) => {
+            unsupported(f, format!("compression {m:?} is not supported"))
+        }
+        U::UnknownInterpretation => unsupported(
+            f,
+            "a missing or unknown PhotometricInterpretation is not supported",
+        ),
+        U::InconsistentBitsPerSample(b) => unsupported(
+            f,
+            format!("samples of different widths (BitsPerSample {b:?}) are not supported"),
+        ),
+        u => unsupported(f, u.to_string()),
+    }
 }
 
 /// CCITT codecs code 1 bit per pixel.
@@ -470,7 +706,7 @@ mod refusals {
     use super::*;
 
     /// A little-endian single-strip TIFF: `w` x `h`, the given (tag, value) SHORT/LONG entries
-    /// (sorted here), StripOffsets/StripByteCounts pointing at `strip`.
+    /// (sorted here; ExtraSamples as SHORT), StripOffsets/StripByteCounts pointing at `strip`.
     fn tiff(w: u32, h: u32, tags: &[(u16, u32)], strip: &[u8]) -> Vec<u8> {
         let mut e: Vec<(u16, u32)> = vec![(256, w), (257, h), (278, h), (279, strip.len() as u32)];
         e.extend_from_slice(tags);
@@ -483,7 +719,10 @@ mod refusals {
         for (tag, v) in e {
             let v = if tag == 273 { data_at } else { v };
             b.extend_from_slice(&tag.to_le_bytes());
-            b.extend_from_slice(&4u16.to_le_bytes()); // LONG
+            // ExtraSamples must be SHORT; everything else is a LONG (the value lies in the
+            // first bytes either way, little-endian).
+            let typ: u16 = if tag == 338 { 3 } else { 4 };
+            b.extend_from_slice(&typ.to_le_bytes());
             b.extend_from_slice(&1u32.to_le_bytes());
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -517,6 +756,22 @@ mod refusals {
             e.contains("CIELab colour (PhotometricInterpretation 8)"),
             "{e}"
         );
+        let e = refusal(&tiff(
+            4,
+            4,
+            &with(34925),
+            &[0xFD, b'7', b'z', b'X', b'Z', 0],
+        ));
+        assert!(
+            e.contains("LZMA compression (34925) is not supported"),
+            "{e}"
+        );
+        let no_photometric = [(258, 32), (259, 1), (277, 1), (339, 3)];
+        let e = refusal(&tiff(2, 1, &no_photometric, &[0; 8]));
+        assert!(
+            e.contains("missing or unknown PhotometricInterpretation"),
+            "{e}"
+        );
         let twelve = [(258, 12), (259, 5), (262, 1), (277, 1)];
         let e = refusal(&tiff(4, 4, &twelve, &[0; 24]));
         assert!(e.contains("12-bit samples with compression 5"), "{e}");
@@ -538,11 +793,31 @@ mod refusals {
     }
 
     #[test]
-    fn fill_order_2_of_compressed_data_is_refused() {
-        // Pillow (libtiff) writes such LZW strips bit-reversed before coding; refused, not misread.
-        let lzw = [(258, 8), (259, 5), (262, 1), (266, 2), (277, 1)];
-        let e = refusal(&tiff(4, 1, &lzw, &[0x80, 0x01]));
-        assert!(e.contains("FillOrder 2 with compression 5"), "{e}");
+    fn fill_order_2_pil_cannot_open_is_refused() {
+        // PIL's OPEN_INFO has no FillOrder 2 entry for 16-bit RGB or signed samples, and libtiff's
+        // JPEG path is not reproduced with reversed bits: refused by name, never misread.
+        let rgb16 = [(258, 16), (259, 5), (262, 2), (266, 2), (277, 3)];
+        let e = refusal(&tiff(4, 1, &rgb16, &[0x80, 0x01]));
+        assert!(e.contains("FillOrder 2 with RGB(16) samples"), "{e}");
+        let s8 = [(258, 8), (259, 1), (262, 1), (266, 2), (277, 1), (339, 2)];
+        let e = refusal(&tiff(4, 1, &s8, &[0; 4]));
+        assert!(e.contains("FillOrder 2 with Gray(8) samples"), "{e}");
+        let jpeg = [(258, 8), (259, 7), (262, 1), (266, 2), (277, 1)];
+        let e = refusal(&tiff(4, 1, &jpeg, &[0xFF, 0xD8, 0xFF, 0xD9]));
+        assert!(e.contains("FillOrder 2 with JPEG compression"), "{e}");
+    }
+
+    #[test]
+    fn rgb_with_extra_samples_pil_lacks_is_refused() {
+        // ExtraSamples 3 is not a value PIL knows; 999 is one only for 8-bit samples.
+        let rgba = |bits: u32, extra: u32| {
+            let tags = [(258, bits), (259, 1), (262, 2), (277, 4), (338, extra)];
+            tiff(1, 1, &tags, &[0; 8])
+        };
+        assert!(refusal(&rgba(8, 3)).contains("ExtraSamples [3]"));
+        assert!(refusal(&rgba(16, 999)).contains("ExtraSamples [999]"));
+        // PIL reads 8-bit 999 as "RGBA"; the crate drops the sample as unspecified: refused.
+        assert!(refusal(&rgba(8, 999)).contains("ExtraSamples [999]"));
     }
 
     #[test]
