@@ -7,6 +7,8 @@ use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+mod batch_args;
+
 use crate::{
     admission::DoorConfig,
     batch::BatcherConfig,
@@ -517,6 +519,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub batch: batch_args::BatchArgs,
+
     /// Log format.
     #[arg(long, env = "CLIP_SERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -555,6 +560,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub classify: ClassifyConfig,
     pub retrieve: RetrieveConfig,
+    /// The Batch API's bounds (`--batch-*`).
+    pub jobs: crate::jobs::JobsConfig,
     /// Where collections (and with postgres, label sets) live.
     pub store: StoreConfig,
     pub shutdown_grace: Duration,
@@ -703,6 +710,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             classify,
             retrieve,
+            jobs: self.batch.config()?,
             store,
             shutdown_grace: self.shutdown_grace,
             doors,

@@ -125,6 +125,12 @@ pub(super) async fn embeddings(
         .await
 }
 
+/// The embeddings route's answer to a body already read (a Batch API line): the same parsing and
+/// the same code as [`embeddings`].
+pub(super) async fn embed_body(api: &Api, bytes: &[u8]) -> Result<Response, ApiError> {
+    embed(api, api.parse_json(bytes, "embeddings request")?).await
+}
+
 /// Whether the reply carries base64 (little-endian float32) instead of float lists.
 fn wants_base64(request: &EmbeddingsRequest) -> Result<bool, ApiError> {
     let asked: Vec<(&'static str, &str)> = [
