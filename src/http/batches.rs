@@ -214,7 +214,8 @@ type IdPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
 
 /// Uploads a JSONL file of batch requests (multipart: `file`, `purpose=batch`).
 #[utoipa::path(post, path = "/v1/files", tag = "batches",
-    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    request_body(content = UploadForm, content_type = "multipart/form-data",
+        example = json!({"purpose": "batch", "file": "{\"custom_id\": \"a\", \"method\": \"POST\", \"url\": \"/v1/embeddings\", \"body\": {\"input\": \"a photo of a cat\"}}\n"})),
     responses((status = 200, description = "The file: `{id, object: file, bytes, created_at, filename, purpose, status}`", body = serde_json::Value),
         (status = "4XX", description = "An error (OpenAI shape): 400 not JSONL or over --batch-max-file-bytes / --batch-max-file-lines, 413 body too large, 429 over the key's files or bytes"),
     ))]

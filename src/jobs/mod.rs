@@ -363,7 +363,16 @@ impl JobsService {
                 config.max_file_bytes
             )));
         }
-        let lines = check_jsonl(&content, config.max_file_lines)?;
+        let (max_lines, checked) = (config.max_file_lines, content.clone());
+        let lines =
+            match tokio::task::spawn_blocking(move || check_jsonl(&checked, max_lines)).await {
+                Ok(lines) => lines?,
+                Err(e) => {
+                    return Err(ServiceError::Internal(format!(
+                        "checking a batch file failed: {e}"
+                    )));
+                }
+            };
         if lines == 0 {
             return Err(ServiceError::invalid_request(
                 "file: no request lines; a batch file has one JSON request per line",
@@ -556,13 +565,15 @@ impl JobsService {
     }
 
     /// Cancels one of `owner`'s batches: `cancelling` at once, `cancelled` once the lines being
-    /// worked on are done (what finished is kept in the output). A finished batch: 409.
+    /// worked on are done (what finished is kept in the output). A batch that completed, failed or
+    /// expired: 409.
     pub async fn cancel_batch(&self, owner: &str, id: &str) -> Result<Batch, ServiceError> {
         let _write = self.shared.writes.lock().await;
         let mut batch = self.get_batch(owner, id)?;
         match batch.status {
             Status::Validating | Status::InProgress => {}
-            Status::Cancelling => return Ok(batch),
+            // Cancelling again is answered with the batch as it is.
+            Status::Cancelling | Status::Cancelled => return Ok(batch),
             other => {
                 return Err(ServiceError::Aborted(format!(
                     "batch {id:?} is {}; only a validating or in-progress batch can be cancelled",

@@ -21,7 +21,7 @@ use std::{
 use serde_json::{Value, json};
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use super::{Batch, Endpoint, Executor, InputError, JobsService, Status, now, store::LineRecord};
+use super::{Batch, Endpoint, Executor, InputError, JobsService, Status, now};
 use crate::{
     common::ServiceError,
     embed::priority,
@@ -109,12 +109,7 @@ async fn drive(
         return Ok(());
     };
     if matches!(batch.status, Status::Validating | Status::InProgress) {
-        let content = {
-            let store = jobs.shared.store.clone();
-            let file = batch.input_file_id.clone();
-            super::blocking(move || store.read_file(&file)).await?
-        };
-        let lines = match parse_lines(&content, batch.endpoint) {
+        let lines = match read_input(jobs, &batch).await? {
             Ok(lines) => lines,
             Err(errors) => {
                 return update(jobs, id, |b| {
@@ -193,6 +188,31 @@ async fn update_returning(
     change(&mut batch);
     jobs.persist(&batch).await?;
     Ok(Some(batch))
+}
+
+/// The request lines of a batch's input file (read and parsed off the async threads), or why the
+/// input is refused.
+async fn read_input(
+    jobs: &JobsService,
+    batch: &Batch,
+) -> Result<Result<Vec<Line>, Vec<InputError>>, ServiceError> {
+    let store = jobs.shared.store.clone();
+    let (file, endpoint) = (batch.input_file_id.clone(), batch.endpoint);
+    let parsed = tokio::task::spawn_blocking(move || {
+        store.read_file(&file).map(|c| parse_lines(&c, endpoint))
+    });
+    match parsed.await {
+        Ok(Ok(parsed)) => Ok(parsed),
+        Ok(Err(e)) => Ok(Err(vec![InputError {
+            code: "input_file_unreadable".into(),
+            message: format!("the input file could not be read: {e}"),
+            param: Some("input_file_id".into()),
+            line: None,
+        }])),
+        Err(e) => Err(ServiceError::Internal(format!(
+            "reading a batch input failed: {e}"
+        ))),
+    }
 }
 
 /// The request lines of a batch input, or why the input is refused (OpenAI's batch errors).
@@ -297,12 +317,10 @@ async fn run_lines(
     let done = {
         let store = jobs.shared.store.clone();
         let id = batch.id.clone();
-        super::blocking(move || store.read_lines(&id)).await?
+        super::blocking(move || store.line_index(&id)).await?
     };
     let output_bytes = Arc::new(AtomicU64::new(
-        done.values()
-            .map(|r| r.line.to_string().len() as u64 + 1)
-            .sum(),
+        done.values().map(|&(_, bytes)| bytes + 1).sum(),
     ));
     let counted = |jobs: &JobsService, ok: bool| {
         if let Some(b) = jobs.state().batches.get_mut(&batch.id) {
@@ -314,8 +332,8 @@ async fn run_lines(
         }
     };
     if let Some(b) = jobs.state().batches.get_mut(&batch.id) {
-        b.request_counts.completed = done.values().filter(|r| r.ok).count() as u64;
-        b.request_counts.failed = done.values().filter(|r| !r.ok).count() as u64;
+        b.request_counts.completed = done.values().filter(|&&(ok, _)| ok).count() as u64;
+        b.request_counts.failed = done.values().filter(|&&(ok, _)| !ok).count() as u64;
     }
     let usage = (!batch.owner.is_empty())
         .then(|| Usage::for_key(jobs.shared.embed.metrics(), batch.owner.as_str().into()));
@@ -355,10 +373,9 @@ async fn run_lines(
                 )
                 .await;
                 match record {
-                    Some(record) => {
+                    Some((ok, line)) => {
                         let store = jobs.shared.store.clone();
-                        let ok = record.ok;
-                        super::blocking(move || store.write_line(&batch_id, index, &record))
+                        super::blocking(move || store.write_line(&batch_id, index, ok, &line))
                             .await
                             .map(|()| Some(ok))
                     }
@@ -400,7 +417,7 @@ async fn run_line(
     line: Line,
     usage: Option<Usage>,
     output_bytes: &AtomicU64,
-) -> Option<LineRecord> {
+) -> Option<(bool, Value)> {
     let mut wait = Duration::from_millis(100);
     let mut first = true;
     let answer = loop {
@@ -422,9 +439,7 @@ async fn run_line(
     };
     let ok = (200..300).contains(&answer.status_code);
     let id = format!("batch_req_{}", uuid::Uuid::new_v4().simple());
-    let mut record = LineRecord {
-        ok,
-        line: json!({
+    let line_json = json!({
             "id": id,
             "custom_id": line.custom_id,
             "response": {
@@ -433,9 +448,8 @@ async fn run_line(
                 "body": answer.body,
             },
             "error": null,
-        }),
-    };
-    let size = record.line.to_string().len() as u64 + 1;
+    });
+    let size = line_json.to_string().len() as u64 + 1;
     let max = jobs.shared.config.max_output_bytes;
     let fits = output_bytes
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -443,19 +457,15 @@ async fn run_line(
         })
         .is_ok();
     if !fits {
-        record = LineRecord {
-            ok: false,
-            line: error_line(
-                &id,
-                &line.custom_id,
-                "output_too_large",
-                &format!(
-                    "this answer would take the batch's output past {max} bytes (--batch-max-output-bytes)"
-                ),
-            ),
-        };
+        let message = format!(
+            "this answer would take the batch's output past {max} bytes (--batch-max-output-bytes)"
+        );
+        return Some((
+            false,
+            error_line(&id, &line.custom_id, "output_too_large", &message),
+        ));
     }
-    Some(record)
+    Some((ok, line_json))
 }
 
 /// An output line for a request that has no response (OpenAI's `error` object).
@@ -469,8 +479,9 @@ fn error_line(id: &str, custom_id: &str, code: &str, message: &str) -> Value {
 }
 
 /// Writes the output and error files of a finalizing batch from its line records (in input
-/// order; an expired batch's unrun lines as `batch_expired` errors), then its final state.
-/// Idempotent: a crash midway is finalized again from the same records.
+/// order, streamed; an expired batch's unrun lines as `batch_expired` errors), then its final
+/// state. Idempotent: the files' ids derive from the batch's, so a crash midway is finalized again
+/// from the same records into the same files.
 async fn finalize(jobs: &JobsService, id: &str) -> Result<(), ServiceError> {
     let Some(batch) = jobs.state().batches.get(id).cloned() else {
         return Ok(());
@@ -478,72 +489,58 @@ async fn finalize(jobs: &JobsService, id: &str) -> Result<(), ServiceError> {
     let ending = batch.ending.unwrap_or(Status::Completed);
     let store = jobs.shared.store.clone();
     let batch_id = batch.id.clone();
-    let records = super::blocking(move || store.read_lines(&batch_id)).await?;
-    let (mut output, mut errors) = (Vec::new(), Vec::new());
+    let index = super::blocking(move || store.line_index(&batch_id)).await?;
     let mut counts = batch.request_counts;
-    counts.completed = 0;
-    counts.failed = 0;
-    for record in records.values() {
-        let into = if record.ok { &mut output } else { &mut errors };
-        into.extend_from_slice(record.line.to_string().as_bytes());
-        into.push(b'\n');
-        if record.ok {
-            counts.completed += 1;
-        } else {
-            counts.failed += 1;
-        }
-    }
-    if ending == Status::Expired {
-        // The lines that never ran, by custom_id, in the error file.
-        let content = {
-            let store = jobs.shared.store.clone();
-            let file = batch.input_file_id.clone();
-            super::blocking(move || store.read_file(&file)).await?
-        };
-        if let Ok(lines) = parse_lines(&content, batch.endpoint) {
-            for (i, line) in lines.iter().enumerate() {
-                if records.contains_key(&i) {
-                    continue;
-                }
+    counts.completed = index.values().filter(|&&(ok, _)| ok).count() as u64;
+    counts.failed = index.values().filter(|&&(ok, _)| !ok).count() as u64;
+    let mut extra = Vec::new();
+    if ending == Status::Expired
+        && let Ok(lines) = read_input(jobs, &batch).await?
+    {
+        for (i, line) in lines.iter().enumerate() {
+            if !index.contains_key(&i) {
                 let id = format!("batch_req_{}", uuid::Uuid::new_v4().simple());
-                let line = error_line(
+                extra.push(error_line(
                     &id,
                     &line.custom_id,
                     "batch_expired",
                     "This request could not be executed before the completion window expired.",
-                );
-                errors.extend_from_slice(line.to_string().as_bytes());
-                errors.push(b'\n');
-                counts.failed += 1;
+                ));
             }
         }
+        counts.failed += extra.len() as u64;
     }
-    let mut written = [None, None];
-    for (slot, (content, suffix)) in written
-        .iter_mut()
-        .zip([(output, "output"), (errors, "error")])
+    // Derived from the batch id, so finalizing again overwrites instead of adding a file.
+    let stem = batch.id.strip_prefix("batch_").unwrap_or(&batch.id);
+    let meta = |suffix: &str, seq: u64| super::FileMeta {
+        id: format!("file-{stem}{}", &suffix[..1]),
+        owner: batch.owner.clone(),
+        bytes: 0,
+        created_at: now(),
+        filename: format!("{}_{suffix}.jsonl", batch.id),
+        purpose: "batch_output".into(),
+        seq,
+    };
+    let (mut output, mut errors) = (
+        meta("output", jobs.next_seq()),
+        meta("error", jobs.next_seq()),
+    );
+    let store = jobs.shared.store.clone();
+    let batch_id = batch.id.clone();
+    let (output, errors) = super::blocking(move || {
+        let (out_bytes, err_bytes) = store.assemble(&batch_id, &mut output, &mut errors, &extra)?;
+        Ok((
+            (out_bytes > 0).then_some(output),
+            (err_bytes > 0).then_some(errors),
+        ))
+    })
+    .await?;
     {
-        if content.is_empty() {
-            continue;
+        let mut state = jobs.state();
+        for file in output.iter().chain(&errors) {
+            state.files.insert(file.id.clone(), file.clone());
         }
-        // Derived from the batch id, so finalizing again overwrites instead of adding a file.
-        let file_id = format!(
-            "file-{}{}",
-            &batch.id["batch_".len().min(batch.id.len())..],
-            &suffix[..1]
-        );
-        let meta = super::FileMeta {
-            id: file_id,
-            owner: batch.owner.clone(),
-            bytes: content.len() as u64,
-            created_at: now(),
-            filename: format!("{}_{suffix}.jsonl", batch.id),
-            purpose: "batch_output".into(),
-            seq: jobs.next_seq(),
-        };
-        *slot = Some(jobs.write_file(meta, content.into()).await?.id);
     }
-    let [output_file_id, error_file_id] = written;
     update(jobs, id, |b| {
         let at = Some(now());
         match ending {
@@ -554,8 +551,8 @@ async fn finalize(jobs: &JobsService, id: &str) -> Result<(), ServiceError> {
         b.status = ending;
         b.ending = None;
         b.request_counts = counts;
-        b.output_file_id = output_file_id;
-        b.error_file_id = error_file_id;
+        b.output_file_id = output.map(|f| f.id);
+        b.error_file_id = errors.map(|f| f.id);
     })
     .await?;
     let store = jobs.shared.store.clone();

@@ -173,6 +173,7 @@ async fn batch_lines_equal_the_synchronous_answers_and_stay_with_their_key() {
     cfg.api_key_file = Some(keys_file(dir.path()));
     cfg.jobs.max_files_per_key = 4;
     cfg.jobs.max_file_lines = 20;
+    cfg.metrics_key_names = true;
     let server = serve(cfg).await;
     let http = server.server.http_addr;
     let image = read_fixture("images/astronaut_rgb.png");
@@ -246,6 +247,18 @@ async fn batch_lines_equal_the_synchronous_answers_and_stay_with_their_key() {
     for field in ["in_progress_at", "finalizing_at", "completed_at"] {
         assert!(batch[field].is_u64(), "{field}: {batch}");
     }
+    // The lines' work counts as Alice's usage, as live calls do (none of hers has run yet).
+    let metrics = crate::hardening::try_get_metrics(http).await;
+    let usage = |key: &str, kind: &str| {
+        metric_value(
+            &metrics,
+            &format!("clip_usage_total{{key=\"{key}\",kind=\"{kind}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(usage("alice", "images"), 1.0, "{metrics}");
+    assert!(usage("alice", "text_tokens") > 0.0, "{metrics}");
+    assert_eq!(usage("bob", "images"), 0.0);
     let output = content(http, "sk-alice", batch["output_file_id"].as_str().unwrap()).await;
     assert_eq!(output.len(), 3);
     for out in &output {
@@ -504,9 +517,10 @@ fn recorded(data_dir: &Path, batch: &str) -> HashMap<usize, String> {
             entries
                 .filter_map(|e| {
                     let path = e.ok()?.path();
-                    let index = path.file_stem()?.to_str()?.parse().ok()?;
-                    let record: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-                    Some((index, record["line"]["id"].as_str()?.to_string()))
+                    let name = path.file_name()?.to_str()?.to_string();
+                    let index = name.split('.').next()?.parse().ok()?;
+                    let line: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                    Some((index, line["id"].as_str()?.to_string()))
                 })
                 .collect()
         })
@@ -575,4 +589,45 @@ async fn a_restart_mid_job_finishes_each_line_exactly_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!lines.exists(), "the line records outlived the batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_and_unfinished_batch_bounds_hold() {
+    let mut cfg = config(&tiny_model());
+    cfg.jobs.line_concurrency = 1;
+    cfg.jobs.max_output_bytes = 1;
+    cfg.jobs.max_active_batches_per_key = 1;
+    let server = serve(cfg).await;
+    let http = server.server.http_addr;
+    let (_, file) = upload(http, "", "batch", &texts_file(400)).await;
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"});
+    let (status, first) = call(http, "POST", "/v1/batches", "", Some(&create)).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, e) = call(http, "POST", "/v1/batches", "", Some(&create)).await;
+    assert_eq!(status, 429, "a second unfinished batch: {e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--batch-max-active-per-key"),
+        "{e}"
+    );
+    let b = wait_final(http, "", &e_id(&first)).await;
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 400, "completed": 0, "failed": 400}),
+        "{b}"
+    );
+    assert_eq!(b["output_file_id"], Value::Null);
+    let errors = content(http, "", b["error_file_id"].as_str().unwrap()).await;
+    assert_eq!(errors.len(), 400);
+    assert_eq!(
+        errors[0]["error"]["code"], "output_too_large",
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0]["response"], Value::Null);
+    // Finished: another batch may start.
+    let (status, e) = call(http, "POST", "/v1/batches", "", Some(&create)).await;
+    assert_eq!(status, 200, "{e}");
 }
