@@ -557,20 +557,31 @@ async fn a_restart_mid_job_finishes_each_line_exactly_once() {
     );
 
     let server = serve(cfg).await;
-    let http = server.server.http_addr;
-    let b = wait_final(http, "", &id).await;
+    finishes_each_line_once(server.server.http_addr, &id, N, &before, &data_dir).await;
+}
+
+/// After a restart: batch `id` of `n` lines completes with each line once, in input order, and
+/// the lines recorded before the stop (`before`) kept (not run again).
+async fn finishes_each_line_once(
+    http: SocketAddr,
+    id: &str,
+    n: usize,
+    before: &HashMap<usize, String>,
+    data_dir: &Path,
+) {
+    let b = wait_final(http, "", id).await;
     assert_eq!(b["status"], "completed", "{b}");
     assert_eq!(
         b["request_counts"],
-        json!({"total": N, "completed": N, "failed": 0})
+        json!({"total": n, "completed": n, "failed": 0})
     );
     let output = content(http, "", b["output_file_id"].as_str().unwrap()).await;
-    assert_eq!(output.len(), N, "each line exactly once");
+    assert_eq!(output.len(), n, "each line exactly once");
     let ids: HashSet<&str> = output
         .iter()
         .map(|o| o["custom_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), N);
+    assert_eq!(ids.len(), n);
     // In input order, and the lines finished before the stop were not run again (same ids).
     for (i, out) in output.iter().enumerate() {
         assert_eq!(out["custom_id"], format!("line-{i}"));
@@ -583,7 +594,7 @@ async fn a_restart_mid_job_finishes_each_line_exactly_once() {
         }
     }
     // The line records go once the output is written (just after the batch reads completed).
-    let lines = data_dir.join("jobs").join("lines").join(&id);
+    let lines = data_dir.join("jobs").join("lines").join(id);
     let started = Instant::now();
     while lines.exists() && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -630,4 +641,45 @@ async fn output_and_unfinished_batch_bounds_hold() {
     // Finished: another batch may start.
     let (status, e) = call(http, "POST", "/v1/batches", "", Some(&create)).await;
     assert_eq!(status, 200, "{e}");
+}
+
+async fn wait_ready(http: SocketAddr) {
+    let started = Instant::now();
+    while http_get(http, "/readyz").await.0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `kill -9` mid-job (a real process), then a restart on the same data dir.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_job_loses_no_line_and_redoes_none() {
+    const N: usize = 400;
+    let data_dir = fresh_data_dir();
+    let args = ["--batch-line-concurrency", "1"];
+    let mut server = crate::signals::spawn_server_in(&data_dir, &args);
+    wait_ready(server.http).await;
+    let (_, file) = upload(server.http, "", "batch", &texts_file(N)).await;
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"});
+    let (_, batch) = call(server.http, "POST", "/v1/batches", "", Some(&create)).await;
+    let id = e_id(&batch);
+    loop {
+        let (_, b) = call(server.http, "GET", &format!("/v1/batches/{id}"), "", None).await;
+        if b["request_counts"]["completed"].as_u64().unwrap() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let before = recorded(&data_dir, &id);
+    assert!(
+        before.len() >= 5 && before.len() < N,
+        "{} lines done at the kill",
+        before.len()
+    );
+    let server = crate::signals::spawn_server_in(&data_dir, &args);
+    wait_ready(server.http).await;
+    finishes_each_line_once(server.http, &id, N, &before, &data_dir).await;
 }
