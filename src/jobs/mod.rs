@@ -230,6 +230,8 @@ struct Shared {
     /// under concurrent calls.
     writes: tokio::sync::Mutex<()>,
     wake: tokio::sync::Notify,
+    /// Lines executing now (their request permits are not live calls).
+    lines_in_flight: std::sync::atomic::AtomicUsize,
     /// Set when the server begins shutting down: no new lines start.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -320,6 +322,7 @@ impl JobsService {
                 writes: tokio::sync::Mutex::new(()),
                 wake: tokio::sync::Notify::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
+                lines_in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
