@@ -32,9 +32,11 @@ mod postgres;
 mod postgres_replicas;
 mod postgres_siege;
 mod postgres_store;
+mod priorities;
 mod retrieve;
 mod server;
 mod siege;
 #[cfg(unix)]
 mod signals;
+mod traces;
 mod url_fetch;
