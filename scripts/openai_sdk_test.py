@@ -5,7 +5,10 @@
   the gRPC EmbedTexts vectors for the same texts (read with grpcurl), and `usage` counts their tokens;
 - image embeddings (`extra_body={"modality": "image"}`, data: URIs) equal gRPC EmbedImages;
 - a wrong key is refused on both interfaces (openai.AuthenticationError / gRPC Unauthenticated);
-- `client.models.list()` lists the served model.
+- `client.models.list()` lists the served model;
+- the Batch API: `client.files.create` uploads a small JSONL (texts and a data-URI image),
+  `client.batches.create` / `retrieve` poll it to `completed`, `client.files.content` downloads the
+  output, and each line equals `client.embeddings.create` with the same body.
 Exits non-zero with a message on the first mismatch.
 """
 
@@ -89,9 +92,47 @@ def main() -> int:
         raise AssertionError("dimensions=8 was accepted")
     except openai.BadRequestError as e:
         assert "dimensions" in str(e), e
+    check_batches(client, model, uri)
     print(f"openai {openai.__version__}: embeddings equal gRPC's for {len(texts)} texts and an image; "
-          "wrong keys refused on both interfaces")
+          "wrong keys refused on both interfaces; a batch of embeddings equals the live answers")
     return 0
+
+
+def check_batches(client, model, uri):
+    """Files and batches through the SDK: each output line equals the synchronous answer."""
+    import io
+    import time
+
+    bodies = [{"model": model, "input": ["a photo of a cat", "a red car"], "encoding_format": "float"},
+              {"model": model, "input": [uri], "encoding_format": "float"},
+              {"model": model, "input": "a diagram", "encoding_format": "float"}]
+    jsonl = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings", "body": b}) + "\n"
+                    for i, b in enumerate(bodies))
+    f = client.files.create(file=("requests.jsonl", io.BytesIO(jsonl.encode())), purpose="batch")
+    assert f.purpose == "batch" and f.bytes == len(jsonl.encode()), f
+    assert client.files.retrieve(f.id).id == f.id
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h",
+                                  metadata={"check": "sdk"})
+    assert batch.status == "validating" and batch.metadata == {"check": "sdk"}, batch
+    deadline = time.time() + 30
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.time() < deadline, batch
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (3, 3, 0)
+    assert batch.id in [b.id for b in client.batches.list(limit=10)]
+    out = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["r0", "r1", "r2"], out
+    for o in out:
+        body = bodies[int(o["custom_id"][1:])]
+        assert o["response"]["status_code"] == 200 and o["error"] is None, o
+        live = client.embeddings.create(**body).data
+        got = o["response"]["body"]["data"]
+        assert len(got) == len(live)
+        for g, l in zip(got, live):
+            assert max(abs(a - b) for a, b in zip(g["embedding"], l.embedding)) < 1e-6
+    assert client.files.delete(f.id).deleted
 
 
 if __name__ == "__main__":

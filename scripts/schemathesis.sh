@@ -5,7 +5,8 @@
 # each (CLIP_SERVE_SCHEMATHESIS_EXAMPLES, default 20) within a time budget
 # (CLIP_SERVE_SCHEMATHESIS_SECONDS, default 60). Any 5xx fails the run (--checks not_a_server_error).
 # The collections the document's examples name (`photos`; `scratch`, the one its DELETE example
-# drops) are created first, so the collection routes get past 404; at the end, how many operations
+# drops) are created first, so the collection routes get past 404 (and a Batch API file and batch,
+# their ids put into a copy of the document's examples); at the end, how many operations
 # answered 2xx at least once is printed, and one that never did fails the run.
 set -euo pipefail
 
@@ -48,6 +49,43 @@ for name in photos scratch; do
   curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
     -d "{\"name\": \"$name\"}" "http://$HTTP/v1/collections" || fail "could not create collection $name"
 done
+# The Batch API's examples name a file and a batch by placeholder ids: make them (a long batch,
+# cancelled at once, so cancelling it again answers 200; a second file for the DELETE example), and
+# run schemathesis on a copy of the document whose examples carry their real ids.
+python3 - "http://$HTTP" "$DATA/openapi.json" <<'PY' || fail "could not make the Batch API's example file and batch"
+import json, sys, time, urllib.request
+base, out = sys.argv[1], sys.argv[2]
+def call(method, path, body=b"", ctype="application/json"):
+    r = urllib.request.Request(base + path, data=body, method=method, headers={"content-type": ctype})
+    return json.load(urllib.request.urlopen(r))
+def upload(lines):
+    jsonl = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
+                                "body": {"input": f"a photo of thing {i}"}}) + "\n" for i in range(lines))
+    b = "----schemathesisexample"
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--{b}\r\n'
+            f'Content-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{jsonl}\r\n--{b}--\r\n')
+    return call("POST", "/v1/files", body.encode(), f"multipart/form-data; boundary={b}")["id"]
+keep, scratch = upload(5000), upload(1)
+batch = call("POST", "/v1/batches", json.dumps({"input_file_id": keep, "endpoint": "/v1/embeddings",
+                                                "completion_window": "24h"}).encode())["id"]
+call("POST", f"/v1/batches/{batch}/cancel")
+for _ in range(600):
+    if call("GET", f"/v1/batches/{batch}")["status"] == "cancelled":
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("the example batch was never cancelled")
+doc = json.load(urllib.request.urlopen(base + "/openapi.json"))
+for path, item in doc["paths"].items():
+    for method, op in item.items():
+        file_id = scratch if (method, path) == ("delete", "/v1/files/{file_id}") else keep
+        for p in op.get("parameters", []):
+            p["example"] = {"file_id": file_id, "batch_id": batch}.get(p["name"], p.get("example"))
+        example = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+        if isinstance(example, dict) and "input_file_id" in example:
+            example["input_file_id"] = keep
+json.dump(doc, open(out, "w"))
+PY
 # Immich's other tasks (facial recognition, OCR) get a 501 by design; the /predict example lets
 # the fuzzer reach that answer.
 cat >"$DATA/schemathesis.toml" <<'TOML'
@@ -55,7 +93,7 @@ cat >"$DATA/schemathesis.toml" <<'TOML'
 include-name = "POST /predict"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "501"]
 TOML
-"$VENV/bin/schemathesis" --config-file "$DATA/schemathesis.toml" run "http://$HTTP/openapi.json" \
+"$VENV/bin/schemathesis" --config-file "$DATA/schemathesis.toml" run "$DATA/openapi.json" --url "http://$HTTP" \
   --checks not_a_server_error \
   --report har --report-har-path "$REPORT.har" \
   --max-examples "$EXAMPLES" \

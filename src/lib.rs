@@ -7,7 +7,8 @@
 //!   both listeners; shutdown), `main.rs`, and the `clip-bench` load generator under `src/bin/`;
 //! - protocol layers, side by side: [`grpc`] (tonic) and [`http`] (axum). tonic, prost, axum and
 //!   hyper types stop there;
-//! - features: [`classify`] (zero-shot, label sets) and [`retrieve`] (ranking, collections);
+//! - features: [`classify`] (zero-shot, label sets), [`retrieve`] (ranking, collections) and
+//!   [`jobs`] (OpenAI's Batch API: files, batches, the background runner);
 //! - [`embed`]: the embedding service (validation, preprocessing pool, model slot, batchers);
 //! - engines: [`batch`] (the dynamic batcher), [`model`] (ONNX Runtime, providers, towers),
 //!   [`preprocess`] (image decode + resample, text clean + tokenize; pure);
@@ -25,6 +26,7 @@ pub mod common;
 pub mod embed;
 pub mod grpc;
 pub mod http;
+pub mod jobs;
 pub mod model;
 pub mod postgres;
 pub mod preprocess;

@@ -243,6 +243,13 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
         }
     };
+    let jobs = crate::jobs::JobsService::open(&config.data_dir, config.jobs, service.clone())
+        .with_context(|| {
+            format!(
+                "opening the Batch API's files under {}",
+                config.data_dir.display()
+            )
+        })?;
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
@@ -280,6 +287,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         embed: service.clone(),
         classify: classify.clone(),
         retrieve: retrieve.clone(),
+        jobs,
         keys,
         body: body_rules,
         allowed_hosts: doors.allowed_hosts.clone(),

@@ -32,6 +32,7 @@ use crate::{
 };
 
 pub mod batch;
+pub mod batch_args;
 pub mod classify;
 pub mod fetch;
 pub mod limits;
@@ -88,6 +89,8 @@ pub struct ServeArgs {
     pub store: store::StoreArgs,
     #[command(flatten)]
     pub security: security::SecurityArgs,
+    #[command(flatten, next_display_order = 880)]
+    pub batch_api: batch_args::BatchApiArgs,
     #[command(flatten)]
     pub telemetry: telemetry::TelemetryArgs,
 }
@@ -117,6 +120,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub classify: ClassifyConfig,
     pub retrieve: RetrieveConfig,
+    /// The Batch API's bounds (`--batch-*`).
+    pub jobs: crate::jobs::JobsConfig,
     /// Where collections (and with postgres, label sets) live.
     pub store: StoreConfig,
     pub shutdown_grace: Duration,
@@ -174,6 +179,7 @@ impl ServeArgs {
             retrieve,
             store,
             security,
+            batch_api,
             telemetry,
         } = self;
         let limits = limit_args.limits()?;
@@ -217,6 +223,7 @@ impl ServeArgs {
             data_dir: store.data_dir,
             classify,
             retrieve,
+            jobs: batch_api.config()?,
             store: store_config,
             shutdown_grace: network.shutdown_grace,
             doors,

@@ -10,6 +10,7 @@
 pub mod fetch;
 mod limits;
 pub mod pool;
+pub mod priority;
 pub mod slot;
 mod types;
 
@@ -272,10 +273,12 @@ impl EmbedService {
             .instrument(tracing::debug_span!("preprocess", images = n))
             .await?;
         let preprocess = started.elapsed();
-        let output = batcher
-            .submit(pixels, deadline)
-            .await
-            .map_err(batch_error)?;
+        let output = if priority::is_background() {
+            batcher.submit_background(pixels).await
+        } else {
+            batcher.submit(pixels, deadline).await
+        }
+        .map_err(batch_error)?;
         usage::record(UsageKind::Images, n as u64);
         Ok(embedded(output, preprocess, std::iter::repeat((false, 0))))
     }
@@ -399,7 +402,7 @@ impl EmbedService {
             .collect();
         let ids: Vec<Vec<i64>> = tokenized.into_iter().map(|t| t.ids).collect();
         let preprocess = started.elapsed();
-        let output = if background {
+        let output = if background || priority::is_background() {
             batcher.submit_background(ids).await
         } else {
             batcher.submit(ids, deadline).await

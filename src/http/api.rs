@@ -113,6 +113,21 @@ impl Api {
         Ok((request, held))
     }
 
+    /// `bytes` parsed as `T` under [`Self::read_json`]'s bounds (a Batch API line's body).
+    pub fn parse_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<T, ApiError> {
+        let limits = body::JsonLimits {
+            max_items: self.service.limits().max_items_per_request,
+            items_flag: "--max-items-per-request",
+            ..self.json
+        };
+        body::parse_bounded(bytes, limits)
+            .map_err(|e| ApiError::invalid(None, format!("the body is not a valid {what}: {e}")))
+    }
+
     /// The raw body, limited and held as [`Self::read_json`] does.
     pub async fn read_bytes(
         &self,

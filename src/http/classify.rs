@@ -73,6 +73,12 @@ pub(super) async fn classify(State(state): State<Api>, headers: HeaderMap, body:
         .await
 }
 
+/// The classify route's answer to a body already read (a Batch API line): the same parsing and
+/// the same code as [`classify`].
+pub(super) async fn classify_body(api: &Api, bytes: &[u8]) -> Result<Response, ApiError> {
+    run(api, api.parse_json(bytes, "classify request")?).await
+}
+
 /// The images of `input`; a text is refused by name.
 async fn images(
     fetcher: Option<&crate::embed::fetch::Fetcher>,

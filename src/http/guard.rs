@@ -31,8 +31,8 @@ pub struct Guard {
     pub allowed_hosts: std::sync::Arc<[String]>,
 }
 
-/// Routes whose POST body is not JSON (Immich's multipart upload).
-const NON_JSON_ROUTES: &[&str] = &["/predict"];
+/// Routes whose POST body is not JSON (Immich's and the Batch API's multipart uploads).
+const NON_JSON_ROUTES: &[&str] = &["/predict", "/v1/files"];
 
 fn refused(status: StatusCode, code: &'static str, message: String) -> Box<ApiError> {
     Box::new(ApiError {

@@ -11,6 +11,7 @@
 //! - [`weaviate`]: Weaviate's multi2vec-clip `/vectorize`, `/meta`, `/.well-known/{ready,live}`;
 //! - [`collections`]: collections (create, list, delete, upsert, get, search) under
 //!   `/v1/collections`, the REST face of gRPC `Retrieve`;
+//! - [`batches`]: OpenAI's Batch API (`/v1/files`, `/v1/batches`) over [`crate::jobs`];
 //! - [`immich`]: Immich machine learning's `/predict` (CLIP smart search) and `/ping`;
 //! - [`openapi`]: `/openapi.json`, the OpenAPI 3.1 document of these routes (no key needed);
 //! - [`pages`]: the browser playground on `GET /` (for `Accept: text/html`) and Swagger UI on
@@ -30,6 +31,7 @@
 //! axum and hyper types stop here; handlers call the same domain services as gRPC.
 
 pub mod api;
+pub mod batches;
 pub mod body;
 pub mod call;
 pub mod classify;
@@ -56,6 +58,7 @@ use axum::Router;
 use crate::{
     classify::ClassifyService,
     embed::{EmbedService, fetch::Fetcher},
+    jobs::JobsService,
     retrieve::RetrieveService,
     security::ApiKeys,
 };
@@ -68,6 +71,8 @@ pub struct Services {
     pub embed: EmbedService,
     pub classify: ClassifyService,
     pub retrieve: RetrieveService,
+    /// The Batch API's files and batches (its runner starts with the routes).
+    pub jobs: JobsService,
     pub keys: ApiKeys,
     /// How API bodies are read (`--max-message-bytes`, `--body-read-timeout`, ...).
     pub body: body::BodyRules,
@@ -87,6 +92,7 @@ pub fn router(services: Services) -> Router {
         embed,
         classify,
         retrieve,
+        jobs,
         keys,
         body,
         model_aliases,
@@ -120,6 +126,7 @@ pub fn router(services: Services) -> Router {
         .merge(weaviate::routes(api.clone()))
         .merge(collections::routes(api.clone()))
         .merge(usage::routes(api.clone()))
+        .merge(batches::routes(api.clone(), jobs))
         .merge(immich::routes(api))
         .merge(pages::routes());
     probes::routes(embed, retrieve).merge(api_layers(api_routes, calls, guard))

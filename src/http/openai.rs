@@ -148,6 +148,15 @@ fn vllm_priority(value: Option<&Value>) -> Result<Option<Priority>, ApiError> {
     }
 }
 
+/// The embeddings route's answer to a body already read (a Batch API line): the same parsing and
+/// the same code as [`embeddings`].
+pub(super) async fn embed_body(api: &Api, bytes: &[u8]) -> Result<Response, ApiError> {
+    let request: EmbeddingsRequest = api.parse_json(bytes, "embeddings request")?;
+    // Checked as the route checks it; a batch line runs in the background class whatever it asks.
+    vllm_priority(request.priority.as_ref())?;
+    embed(api, request).await
+}
+
 /// Whether the reply carries base64 (little-endian float32) instead of float lists.
 fn wants_base64(request: &EmbeddingsRequest) -> Result<bool, ApiError> {
     let asked: Vec<(&'static str, &str)> = [

@@ -19,7 +19,9 @@ use utoipa::{
     },
 };
 
-use super::{classify, collections, hf, immich, openai, pages, probes, rerank, usage, weaviate};
+use super::{
+    batches, classify, collections, hf, immich, openai, pages, probes, rerank, usage, weaviate,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,6 +56,15 @@ use super::{classify, collections, hf, immich, openai, pages, probes, rerank, us
         collections::delete_items,
         collections::delete_item,
         collections::search,
+        batches::create_file,
+        batches::list_files,
+        batches::get_file,
+        batches::file_content,
+        batches::delete_file,
+        batches::create_batch,
+        batches::list_batches,
+        batches::get_batch,
+        batches::cancel_batch,
         pages::index,
         pages::docs,
         usage::usage,
@@ -203,6 +214,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 8, "the collection routes' path parameters");
+        assert_eq!(
+            seen, 13,
+            "the collection routes' and the Batch API's path parameters"
+        );
     }
 }

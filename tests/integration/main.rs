@@ -9,6 +9,7 @@
 
 mod common;
 
+mod batches;
 mod cancel_safety;
 mod classify;
 mod fast_paths;

@@ -38,6 +38,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/collections/{name}/items/delete"),
     ("delete", "/v1/collections/{name}/items/{id}"),
     ("post", "/v1/collections/{name}/search"),
+    ("post", "/v1/files"),
+    ("get", "/v1/files"),
+    ("get", "/v1/files/{file_id}"),
+    ("delete", "/v1/files/{file_id}"),
+    ("get", "/v1/files/{file_id}/content"),
+    ("post", "/v1/batches"),
+    ("get", "/v1/batches"),
+    ("get", "/v1/batches/{batch_id}"),
+    ("post", "/v1/batches/{batch_id}/cancel"),
     ("get", "/"),
     ("get", "/docs"),
 ];
@@ -75,7 +84,11 @@ async fn openapi_document_lists_every_route() {
     assert_eq!(documented, served);
     // Each documented operation reaches a handler (an unrouted one is a bare 404 or a 405).
     for (method, path) in &documented {
-        let concrete = path.replace("{name}", "none").replace("{id}", "x");
+        let concrete = path
+            .replace("{name}", "none")
+            .replace("{id}", "x")
+            .replace("{file_id}", "file-x")
+            .replace("{batch_id}", "batch_x");
         let body = (method == "post").then_some(("application/json", &b"{}"[..]));
         let reply = request(http, &method.to_uppercase(), &concrete, body, Some("k1")).await;
         assert_ne!(reply.status, 405, "{method} {path}");
