@@ -277,7 +277,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     // The collections are read into memory in the background (seconds for millions of vectors):
     // Retrieve turns SERVING when they are in. A shared store (PostgreSQL) holds back Retrieve
     // alone while it is being reached and migrated: the server as a whole serves meanwhile.
-    let shared_store = retrieve.store_kind() != "local";
+    let shared_store = retrieve.store_kind().is_shared();
     if shared_store {
         health.store_available(false).await;
         health.ready(grpc::transport::Part::Collections).await;
@@ -567,7 +567,7 @@ async fn watch_store(
             continue;
         }
         serving = ok;
-        let store = retrieve.store_kind();
+        let store = retrieve.store_kind().as_str();
         if ok {
             tracing::info!(
                 store,

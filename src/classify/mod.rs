@@ -12,6 +12,7 @@ pub mod prompts;
 mod sets;
 mod store;
 
+use crate::common::limit::MAX_INLINE_PROMPTS;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -342,7 +343,7 @@ impl ClassifyService {
             let n = labels.len() * templates.len();
             if n > self.config().max_inline_prompts {
                 return Err(ServiceError::invalid_request(format!(
-                    "{} labels x {} templates = {n} texts to embed, over the limit of {} (--max-inline-prompts); store them as a label set instead",
+                    "{} labels x {} templates = {n} texts to embed, over the limit of {} ({MAX_INLINE_PROMPTS}); store them as a label set instead",
                     labels.len(),
                     templates.len(),
                     self.config().max_inline_prompts

@@ -381,10 +381,10 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// tonic reports a request message it cannot decode as INTERNAL; it is the client's message that is
-/// wrong, so say INVALID_ARGUMENT. Transport errors keep their code.
+/// A stream message that does not decode is INVALID_ARGUMENT (`grpc::codec`); say that it was a
+/// stream message. Transport errors keep their code and words.
 fn client_decode_error(status: Status) -> Status {
-    if status.code() == tonic::Code::Internal && status.message().contains("decode") {
+    if status.code() == Code::InvalidArgument {
         Status::invalid_argument(format!("malformed stream message: {}", status.message()))
     } else {
         status

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod classify;
 pub mod client;
+pub mod codec;
 pub mod context;
 pub mod embed;
 pub mod info;
