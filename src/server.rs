@@ -23,6 +23,7 @@ use crate::{
     admission::{AdmissionConfig, Gate, connections::ConnectionLimit},
     classify::ClassifyService,
     cli::Config,
+    common::tasks::Background,
     embed::EmbedService,
     grpc, http,
     model::{LoadedModel, ModelFiles, WeightsKind, runtime},
@@ -144,9 +145,11 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     .map_err(|e| anyhow::anyhow!(e))?
     .throttle_failures(config.auth_failures_per_minute);
     let tls = config.tls.load().map_err(|e| anyhow::anyhow!(e))?;
+    // The server's own tasks (loads, the store watch, the key reloader): stopped at shutdown.
+    let background = Background::new();
     if keys.enabled() {
         tracing::info!(key_file = ?keys.key_file(), public_reflection = config.public_reflection, "API keys required");
-        spawn_key_reloader(keys.clone());
+        spawn_key_reloader(&background, keys.clone());
     } else if config.rate_limit.is_some() {
         tracing::warn!("--rate-limit has no effect without API keys (limits are per key)");
     }
@@ -285,14 +288,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let collections = {
         let (retrieve, health, classify) = (retrieve.clone(), health.clone(), classify.clone());
         let hold = options.hold_collections_load;
-        tokio::spawn(async move {
+        let tasks = background.clone();
+        background.spawn("collections load", async move {
             if let Some(hold) = hold {
                 let _ = hold.await;
             }
             match retrieve.load().await {
                 Ok(()) if shared_store => {
                     health.store_available(true).await;
-                    tokio::spawn(watch_store(retrieve, health, classify));
+                    tasks.spawn("store watch", watch_store(retrieve, health, classify));
                     Ok(())
                 }
                 Ok(()) => {
@@ -305,7 +309,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     };
 
     // Load and warm up in the background; health turns SERVING when done.
-    let loader = {
+    {
         let service = service.clone();
         let classify = classify.clone();
         let health = health.clone();
@@ -315,7 +319,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         let threads = config.intra_op_threads;
         let skip_warmup = config.skip_warmup;
         let hold = options.hold_model_load;
-        tokio::spawn(async move {
+        background.spawn("model load", async move {
             if let Some(hold) = hold {
                 let _ = hold.await;
             }
@@ -353,11 +357,12 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                         "model loaded and warmed up; Embed, Classify and Info serving"
                     );
                     let ready = match collections.await {
-                        Ok(Ok(())) => {
+                        Ok(Some(Ok(()))) => {
                             tracing::info!("collections loaded; every service SERVING");
                             Readiness::Ready
                         }
-                        Ok(Err(e)) => Readiness::Failed(e),
+                        Ok(Some(Err(e))) => Readiness::Failed(e),
+                        Ok(None) => Readiness::Failed("shut down while loading".into()),
                         Err(e) => Readiness::Failed(format!("reading the collections: {e}")),
                     };
                     let _ = ready_tx.send(ready);
@@ -370,12 +375,13 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                         ready_tx.send(Readiness::Failed(format!("model loading panicked: {e}")));
                 }
             }
-        })
-    };
+        });
+    }
 
     let shutdown_service = service.clone();
     let shutdown_health = health.clone();
     let flush_retrieve = retrieve.clone();
+    let stop_classify = classify.clone();
     let grace = config.shutdown_grace;
     let grace_service = service.clone();
     // When shutdown began: every listener is done by then + grace.
@@ -438,7 +444,10 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 Ok(())
             }
         };
-        loader.abort();
+        // Background work stops in order: the loads and the store watch, then classifier
+        // builds (nothing starts new ones once the loads are gone), then the HTTP side.
+        background.stop().await;
+        stop_classify.stop_builds().await;
         let _ = http_stop_tx.send(true);
         // HTTP connections still open (a client trickling a body) get what is left of the grace
         // period, then they are dropped with their listener.
@@ -499,9 +508,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Re-reads the API key file on SIGHUP (the keys themselves are never logged).
-fn spawn_key_reloader(keys: ApiKeys) {
+fn spawn_key_reloader(background: &Background, keys: ApiKeys) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    background.spawn("API key reloader", async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("cannot listen for SIGHUP; the API key file will not be reloaded");
@@ -517,7 +526,7 @@ fn spawn_key_reloader(keys: ApiKeys) {
         }
     });
     #[cfg(not(unix))]
-    let _ = keys;
+    let _ = (background, keys);
 }
 
 async fn shutdown_signal() {

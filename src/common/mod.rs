@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod limit;
+pub mod tasks;
 
 use std::{fmt, time::Duration};
 

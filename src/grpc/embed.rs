@@ -291,8 +291,8 @@ impl Embed for EmbedApi {
                 let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);
                 // Items run in tasks of their own, in the caller's usage scope.
-                tasks.spawn(crate::telemetry::usage::carried(
-                    crate::telemetry::usage::current(),
+                crate::telemetry::usage::spawn_in(
+                    &mut tasks,
                     async move {
                         let work = async {
                             match <(String, Item)>::try_from(request) {
@@ -324,7 +324,7 @@ impl Embed for EmbedApi {
                         drop(bytes);
                     }
                     .instrument(item_span),
-                ));
+                );
             }
             if tx.is_closed() || client_gone {
                 tasks.abort_all();
@@ -337,11 +337,7 @@ impl Embed for EmbedApi {
             }
         };
         // The stream runs in its own task: it keeps the caller's usage scope.
-        let usage = crate::telemetry::usage::current();
-        tokio::spawn(crate::telemetry::usage::carried(
-            usage,
-            stream.instrument(span),
-        ));
+        crate::telemetry::usage::spawn(stream.instrument(span));
         Ok(response)
     }
 }
