@@ -11,6 +11,7 @@ pub mod client;
 pub mod codec;
 pub mod context;
 pub mod embed;
+mod embed_stream;
 pub mod info;
 pub mod progress;
 pub mod retrieve;
