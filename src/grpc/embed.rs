@@ -174,10 +174,12 @@ impl Embed for EmbedApi {
                 };
                 let item_span = tracing::debug_span!("item", id = %request.id);
                 let work = answer(service.clone(), request, deadline, share.clone());
-                // Items run in tasks of their own, in the caller's usage scope.
+                // Items run in tasks of their own, in the caller's usage scope and priority class.
                 crate::telemetry::usage::spawn_in(
                     &mut tasks,
-                    run_item(work, tx.clone(), held).instrument(item_span),
+                    crate::batch::priority::carried(
+                        run_item(work, tx.clone(), held).instrument(item_span),
+                    ),
                 );
             };
             let status = match end {
@@ -198,8 +200,8 @@ impl Embed for EmbedApi {
                 let _ = tx.send(Err(status)).await;
             }
         };
-        // The stream runs in its own task: it keeps the caller's usage scope.
-        crate::telemetry::usage::spawn(stream.instrument(span));
+        // The stream runs in its own task: it keeps the caller's usage scope and priority class.
+        crate::telemetry::usage::spawn(crate::batch::priority::carried(stream.instrument(span)));
         Ok(response)
     }
 }
