@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // EmbedStream's buffer would otherwise keep the capacity of its largest message for the
         // stream's life (see `grpc/embed.rs`).
         .bytes(".")
+        // prost's codec, but a request message that does not decode is INVALID_ARGUMENT.
+        .codec_path("crate::grpc::codec::ClientErrorCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -20,9 +20,10 @@ use tokio::{
 };
 
 use crate::{
-    admission::{AdmissionConfig, Gate, connections::ConnectionLimit},
+    admission::{AdmissionConfig, DoorConfig, Gate, connections::ConnectionLimit},
     classify::ClassifyService,
     cli::Config,
+    common::tasks::Background,
     embed::EmbedService,
     grpc, http,
     model::{
@@ -31,9 +32,13 @@ use crate::{
     },
     postgres::StoreConfig,
     retrieve::RetrieveService,
-    security::ApiKeys,
+    security::{ApiKeys, tls::TlsFiles},
     telemetry::metrics::Metrics,
 };
+
+mod keys;
+
+use keys::{load_security, shutdown_signal, with_usage_store};
 
 /// Connections the probe listener takes at once (kubelet probes and a scraper need a few).
 const PROBE_MAX_CONNECTIONS: usize = 64;
@@ -93,9 +98,102 @@ impl RunningServer {
 }
 
 /// Validates the model directory, binds the gRPC listener, starts serving health checks, and loads
-/// the model in the background.
+/// the model in the background. Each step is one function below, in this order.
 pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<RunningServer> {
     // Cheap checks first, so a wrong path or a missing library fails before anything is bound.
+    let (env, files) = open_model_files(&config)?;
+    let listeners = Listeners::bind(&config).await?;
+    // The server's own tasks (loads, the store watch, the key reloader): stopped at shutdown.
+    let background = Background::new();
+    let (keys, tls) = load_security(&config, &background)?;
+    let metrics = Metrics::new()
+        .context("registering metrics")?
+        .with_key_names(config.metrics_key_names);
+    let classify_metrics = metrics.classify();
+    let bounds = Bounds::new(&config, &metrics)?;
+    let service = EmbedService::new(config.embed, bounds.gate.clone(), metrics);
+    let (classify, retrieve, keys) = open_stores(&config, &service, classify_metrics, keys)?;
+    let (endpoint, health) = grpc::transport::endpoint(
+        service.clone(),
+        classify.clone(),
+        retrieve.clone(),
+        config.embed.limits.max_message_bytes,
+        grpc::transport::Security {
+            keys: keys.clone(),
+            public_reflection: config.public_reflection,
+            tls: tls.clone(),
+        },
+        grpc::transport::Connections {
+            limit: bounds.connections.clone(),
+            max_age: config.max_connection_age,
+            age_grace: config.shutdown_grace,
+            keepalive: config.http2_keepalive,
+            preface_timeout: config.doors.header_read_timeout,
+            idle_timeout: config.doors.idle_timeout,
+            unary: bounds.unary.clone(),
+        },
+    )
+    .await?;
+    let routers = http_routers(&config, &service, &classify, &retrieve, keys, &bounds)?;
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
+    let collections = spawn_collections_load(
+        &background,
+        &retrieve,
+        &health,
+        &classify,
+        options.hold_collections_load,
+    )
+    .await;
+    spawn_model_load(
+        &background,
+        &config,
+        ModelLoad {
+            files,
+            env,
+            service: service.clone(),
+            classify: classify.clone(),
+            health: health.clone(),
+            hold: options.hold_model_load,
+            collections,
+            ready: ready_tx,
+        },
+    );
+    let (grpc_addr, http_addr, probe_addr) = listeners.addrs;
+    let task = tokio::spawn(serve_until_shutdown(Serving {
+        endpoint,
+        listeners,
+        routers,
+        tls,
+        bounds,
+        doors: config.doors.clone(),
+        grace: config.shutdown_grace,
+        service: service.clone(),
+        health,
+        classify: classify.clone(),
+        retrieve,
+        background,
+        shutdown: shutdown_rx,
+    }));
+
+    tracing::info!(%grpc_addr, %http_addr, probe_addr = ?probe_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        probe_addr,
+        service,
+        classify,
+        shutdown: Some(shutdown_tx),
+        ready: ready_rx,
+        task,
+    })
+}
+
+/// Step 1: the ONNX Runtime library and the model directory, checked before anything is bound.
+fn open_model_files(
+    config: &Config,
+) -> anyhow::Result<(&'static ort::environment::Environment, ModelFiles)> {
     let env = runtime::environment(&config.ort_dylib_path)?;
     let cpu = config.cpu_features.unwrap_or_else(CpuFeatures::detect);
     let plugin = &config.providers.openvino_plugin;
@@ -136,84 +234,110 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         ),
         WeightsKind::Pretrained => {}
     }
+    Ok((env, files))
+}
 
-    let listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding {}", config.grpc_addr))?;
-    let grpc_addr = listener.local_addr()?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
-    let http_addr = http_listener.local_addr()?;
-    let probe_listener = match config.probe_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding --probe-addr {addr}"))?,
-        ),
-        None => None,
-    };
-    let probe_addr = probe_listener
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()?;
+/// Step 2: the listeners, bound before the model loads so that probes answer meanwhile.
+struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
+    probe: Option<TcpListener>,
+    /// The addresses bound (port 0 resolved): gRPC, HTTP, probes.
+    addrs: (SocketAddr, SocketAddr, Option<SocketAddr>),
+}
 
-    let keys = ApiKeys::load_with(
-        config.api_key.as_ref().map(|k| k.0.clone()),
-        config.api_key_file.clone(),
-        config.rate_limit,
-    )
-    .map_err(|e| anyhow::anyhow!(e))?
-    .throttle_failures(config.auth_failures_per_minute);
-    let tls = config.tls.load().map_err(|e| anyhow::anyhow!(e))?;
-    if keys.enabled() {
-        tracing::info!(key_file = ?keys.key_file(), public_reflection = config.public_reflection, "API keys required");
-        spawn_key_reloader(keys.clone());
-    } else if config.rate_limit.is_some() {
-        tracing::warn!("--rate-limit has no effect without API keys (limits are per key)");
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding {}", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding --http-addr {}", config.http_addr))?;
+        let probe = match config.probe_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --probe-addr {addr}"))?,
+            ),
+            None => None,
+        };
+        let probe_addr = probe.as_ref().map(TcpListener::local_addr).transpose()?;
+        let addrs = (grpc.local_addr()?, http.local_addr()?, probe_addr);
+        Ok(Listeners {
+            grpc,
+            http,
+            probe,
+            addrs,
+        })
     }
-    let metrics = Metrics::new()
-        .context("registering metrics")?
-        .with_key_names(config.metrics_key_names);
-    let classify_metrics = metrics.classify();
-    let gate = Gate::new(
-        AdmissionConfig {
-            max_concurrent_requests: config.embed.limits.max_concurrent_requests,
-            max_inflight_bytes: config.max_inflight_bytes,
-            max_stream_readers: config.max_stream_readers,
-        },
-        metrics.requests_in_flight().clone(),
-        metrics.inflight_bytes(),
-    );
-    let (open, refused) = metrics.connections();
-    let doors = config.doors.clone();
-    let connection_limit = ConnectionLimit::new(
-        doors.max_connections,
-        doors.max_connections_per_peer,
-        open,
-        refused,
-    );
-    // The probe listener has places of its own, outside those an attacker can fill.
-    let probe_limit = ConnectionLimit::new(
-        PROBE_MAX_CONNECTIONS,
-        0,
-        prometheus::IntGauge::new("probe_connections_open", "unregistered")?,
-        prometheus::IntCounter::new("probe_connections_refused", "unregistered")?,
-    );
-    let unary = grpc::progress::UnaryRules {
-        budget: gate.bytes().clone(),
-        timeout: doors.body_read_timeout,
-        min_rate: doors.body_min_rate,
-    };
-    let body_rules = http::body::BodyRules::new(
-        config.embed.limits.max_message_bytes,
-        gate.bytes().clone(),
-        doors.body_read_timeout,
-        doors.body_min_rate,
-        doors.max_body_readers,
-    );
-    let service = EmbedService::new(config.embed, gate, metrics);
-    // With --store postgres, collections and label sets share one pool.
+}
+
+/// Step 4: what both doors are held to (docs/ARCHITECTURE.md, "Bounds").
+struct Bounds {
+    gate: Gate,
+    connections: ConnectionLimit,
+    /// The probe listener has places of its own, outside those an attacker can fill.
+    probe_connections: ConnectionLimit,
+    unary: grpc::progress::UnaryRules,
+    body: http::body::BodyRules,
+}
+
+impl Bounds {
+    fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+        let gate = Gate::new(
+            AdmissionConfig {
+                max_concurrent_requests: config.embed.limits.max_concurrent_requests,
+                max_inflight_bytes: config.max_inflight_bytes,
+                max_stream_readers: config.max_stream_readers,
+            },
+            metrics.requests_in_flight().clone(),
+            metrics.inflight_bytes(),
+        );
+        let (open, refused) = metrics.connections();
+        let doors = &config.doors;
+        let connections = ConnectionLimit::new(
+            doors.max_connections,
+            doors.max_connections_per_peer,
+            open,
+            refused,
+        );
+        let probe_connections = ConnectionLimit::new(
+            PROBE_MAX_CONNECTIONS,
+            0,
+            prometheus::IntGauge::new("probe_connections_open", "unregistered")?,
+            prometheus::IntCounter::new("probe_connections_refused", "unregistered")?,
+        );
+        let unary = grpc::progress::UnaryRules {
+            budget: gate.bytes().clone(),
+            timeout: doors.body_read_timeout,
+            min_rate: doors.body_min_rate,
+        };
+        let body = http::body::BodyRules::new(
+            config.embed.limits.max_message_bytes,
+            gate.bytes().clone(),
+            doors.body_read_timeout,
+            doors.body_min_rate,
+            doors.max_body_readers,
+        );
+        Ok(Bounds {
+            gate,
+            connections,
+            probe_connections,
+            unary,
+            body,
+        })
+    }
+}
+
+/// Step 5: the label sets and the collections, in the data directory or PostgreSQL (with
+/// `--store postgres` both share one pool).
+fn open_stores(
+    config: &Config,
+    service: &EmbedService,
+    classify_metrics: crate::telemetry::metrics::ClassifyMetrics,
+    keys: ApiKeys,
+) -> anyhow::Result<(ClassifyService, RetrieveService, ApiKeys)> {
     let shared = match &config.store {
         StoreConfig::Local => None,
         StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.clone())),
@@ -225,7 +349,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         classify_metrics,
         shared.as_ref().map(|(pool, _)| pool.clone()),
     )?;
-    let keys = with_usage_store(keys, &config, shared.as_ref().map(|(pool, _)| pool))?;
+    let keys = with_usage_store(keys, config, shared.as_ref().map(|(pool, _)| pool))?;
     let retrieve = match shared {
         None => RetrieveService::open(
             service.clone(),
@@ -243,6 +367,24 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
         }
     };
+    Ok((classify, retrieve, keys))
+}
+
+/// The HTTP API's router and the probe listener's.
+struct Routers {
+    api: axum::Router,
+    probes: axum::Router,
+}
+
+/// Step 6: the HTTP side (the gRPC endpoint is `grpc::transport::endpoint`).
+fn http_routers(
+    config: &Config,
+    service: &EmbedService,
+    classify: &ClassifyService,
+    retrieve: &RetrieveService,
+    keys: ApiKeys,
+    bounds: &Bounds,
+) -> anyhow::Result<Routers> {
     let jobs = crate::jobs::JobsService::open(&config.data_dir, config.jobs, service.clone())
         .with_context(|| {
             format!(
@@ -250,27 +392,6 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 config.data_dir.display()
             )
         })?;
-    let (endpoint, health) = grpc::transport::endpoint(
-        service.clone(),
-        classify.clone(),
-        retrieve.clone(),
-        config.embed.limits.max_message_bytes,
-        grpc::transport::Security {
-            keys: keys.clone(),
-            public_reflection: config.public_reflection,
-            tls: tls.clone(),
-        },
-        grpc::transport::Connections {
-            limit: connection_limit.clone(),
-            max_age: config.max_connection_age,
-            age_grace: config.shutdown_grace,
-            keepalive: config.http2_keepalive,
-            preface_timeout: doors.header_read_timeout,
-            idle_timeout: doors.idle_timeout,
-            unary,
-        },
-    )
-    .await?;
     let fetcher = match config.fetch.clone() {
         Some(fetch) => Some(
             crate::embed::fetch::Fetcher::new(
@@ -282,15 +403,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         ),
         None => None,
     };
-    let http_router = http::router(http::Services {
+    let api = http::router(http::Services {
         fetcher,
         embed: service.clone(),
         classify: classify.clone(),
         retrieve: retrieve.clone(),
         jobs,
         keys,
-        body: body_rules,
-        allowed_hosts: doors.allowed_hosts.clone(),
+        body: bounds.body.clone(),
+        allowed_hosts: config.doors.allowed_hosts.clone(),
         model_aliases: config.model_aliases.clone(),
         json: http::body::JsonLimits {
             max_labels: config.classify.prompts.max_labels,
@@ -300,213 +421,283 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             ..Default::default()
         },
     });
-    let probe_router = http::probes::routes(service.clone(), retrieve.clone());
+    let probes = http::probes::routes(service.clone(), retrieve.clone());
+    Ok(Routers { api, probes })
+}
 
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
-
-    // The collections are read into memory in the background (seconds for millions of vectors):
-    // Retrieve turns SERVING when they are in. A shared store (PostgreSQL) holds back Retrieve
-    // alone while it is being reached and migrated: the server as a whole serves meanwhile.
-    let shared_store = retrieve.store_kind() != "local";
+/// Step 7: the collections are read into memory in the background (seconds for millions of
+/// vectors): Retrieve turns SERVING when they are in. A shared store (PostgreSQL) holds back
+/// Retrieve alone while it is being reached and migrated: the server as a whole serves meanwhile,
+/// and the store is watched from then on.
+async fn spawn_collections_load(
+    background: &Background,
+    retrieve: &RetrieveService,
+    health: &grpc::transport::Health,
+    classify: &ClassifyService,
+    hold: Option<oneshot::Receiver<()>>,
+) -> JoinHandle<Option<Result<(), String>>> {
+    let shared_store = retrieve.store_kind().is_shared();
     if shared_store {
         health.store_available(false).await;
         health.ready(grpc::transport::Part::Collections).await;
     }
-    let collections = {
-        let (retrieve, health, classify) = (retrieve.clone(), health.clone(), classify.clone());
-        let hold = options.hold_collections_load;
-        tokio::spawn(async move {
-            if let Some(hold) = hold {
-                let _ = hold.await;
+    let (retrieve, health, classify) = (retrieve.clone(), health.clone(), classify.clone());
+    let tasks = background.clone();
+    background.spawn("collections load", async move {
+        if let Some(hold) = hold {
+            let _ = hold.await;
+        }
+        match retrieve.load().await {
+            Ok(()) if shared_store => {
+                health.store_available(true).await;
+                tasks.spawn("store watch", watch_store(retrieve, health, classify));
+                Ok(())
             }
-            match retrieve.load().await {
-                Ok(()) if shared_store => {
-                    health.store_available(true).await;
-                    tokio::spawn(watch_store(retrieve, health, classify));
-                    Ok(())
-                }
-                Ok(()) => {
-                    health.ready(grpc::transport::Part::Collections).await;
-                    Ok(())
-                }
-                Err(e) => Err(format!("reading the collections: {e:#}")),
+            Ok(()) => {
+                health.ready(grpc::transport::Part::Collections).await;
+                Ok(())
             }
-        })
-    };
+            Err(e) => Err(format!("reading the collections: {e:#}")),
+        }
+    })
+}
 
-    // Load and warm up in the background; health turns SERVING when done.
-    let loader = {
-        let service = service.clone();
-        let classify = classify.clone();
-        let health = health.clone();
-        // TensorRT's profiles cover the batches the batcher forms.
-        let mut providers = config.providers.clone();
-        providers.max_batch_size = config.embed.batch.max_batch_size;
-        let threads = config.intra_op_threads;
-        let skip_warmup = config.skip_warmup;
-        let hold = options.hold_model_load;
-        tokio::spawn(async move {
-            if let Some(hold) = hold {
-                let _ = hold.await;
+/// What the model load needs and reports to.
+struct ModelLoad {
+    files: ModelFiles,
+    env: &'static ort::environment::Environment,
+    service: EmbedService,
+    classify: ClassifyService,
+    health: grpc::transport::Health,
+    hold: Option<oneshot::Receiver<()>>,
+    collections: JoinHandle<Option<Result<(), String>>>,
+    ready: watch::Sender<Readiness>,
+}
+
+/// Step 8: load and warm up the model in the background; health turns SERVING when done, and
+/// readiness once the collections are in too.
+fn spawn_model_load(background: &Background, config: &Config, load: ModelLoad) {
+    // TensorRT's profiles cover the batches the batcher forms.
+    let mut providers = config.providers.clone();
+    providers.max_batch_size = config.embed.batch.max_batch_size;
+    let threads = config.intra_op_threads;
+    let skip_warmup = config.skip_warmup;
+    let ModelLoad {
+        files,
+        env,
+        service,
+        classify,
+        health,
+        hold,
+        collections,
+        ready: ready_tx,
+    } = load;
+    background.spawn("model load", async move {
+        if let Some(hold) = hold {
+            let _ = hold.await;
+        }
+        let started = Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
+            let model = LoadedModel::load(files, env, &providers, threads)?;
+            if !skip_warmup {
+                model.warm_up()?;
             }
-            let started = Instant::now();
-            let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
-                let model = LoadedModel::load(files, env, &providers, threads)?;
-                if !skip_warmup {
-                    model.warm_up()?;
+            Ok(model)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(model)) => {
+                let model = Arc::new(model);
+                // Label sets first, so that Classify sees their stored classifiers from its
+                // very first call.
+                let pending = classify.load_classifiers(&model).await;
+                service.set_model(Arc::clone(&model));
+                classify.start_builds(pending);
+                // A shutdown that began while loading keeps health at NOT_SERVING.
+                if !service.is_ready() {
+                    let _ = ready_tx.send(Readiness::Failed("shut down while loading".into()));
+                    return;
                 }
-                Ok(model)
-            })
-            .await;
-            match loaded {
-                Ok(Ok(model)) => {
-                    let model = Arc::new(model);
-                    // Label sets first, so that Classify sees their stored classifiers from its
-                    // very first call.
-                    let pending = classify.load_classifiers(&model).await;
-                    service.set_model(Arc::clone(&model));
-                    classify.start_builds(pending);
-                    // A shutdown that began while loading keeps health at NOT_SERVING.
-                    if !service.is_ready() {
-                        let _ = ready_tx.send(Readiness::Failed("shut down while loading".into()));
-                        return;
+                health.ready(grpc::transport::Part::Model).await;
+                tracing::info!(
+                    model = %model.config.display_name(),
+                    weights = model.config.weights.as_str(),
+                    provider = %model.provider_label(),
+                    precision = %model.precision_label(),
+                    image_tower = model.image.is_some(),
+                    text_tower = model.text.is_some(),
+                    onnxruntime = %runtime::onnxruntime_version(),
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "model loaded and warmed up; Embed, Classify and Info serving"
+                );
+                let ready = match collections.await {
+                    Ok(Some(Ok(()))) => {
+                        tracing::info!("collections loaded; every service SERVING");
+                        Readiness::Ready
                     }
-                    health.ready(grpc::transport::Part::Model).await;
-                    tracing::info!(
-                        model = %model.config.display_name(),
-                        weights = model.config.weights.as_str(),
-                        provider = %model.provider_label(),
-                        precision = %model.precision_label(),
-                        image_tower = model.image.is_some(),
-                        text_tower = model.text.is_some(),
-                        onnxruntime = %runtime::onnxruntime_version(),
-                        load_ms = started.elapsed().as_millis() as u64,
-                        "model loaded and warmed up; Embed, Classify and Info serving"
-                    );
-                    let ready = match collections.await {
-                        Ok(Ok(())) => {
-                            tracing::info!("collections loaded; every service SERVING");
-                            Readiness::Ready
-                        }
-                        Ok(Err(e)) => Readiness::Failed(e),
-                        Err(e) => Readiness::Failed(format!("reading the collections: {e}")),
-                    };
-                    let _ = ready_tx.send(ready);
-                }
-                Ok(Err(e)) => {
-                    let _ = ready_tx.send(Readiness::Failed(format!("{e:#}")));
-                }
-                Err(e) => {
-                    let _ =
-                        ready_tx.send(Readiness::Failed(format!("model loading panicked: {e}")));
-                }
+                    Ok(Some(Err(e))) => Readiness::Failed(e),
+                    Ok(None) => Readiness::Failed("shut down while loading".into()),
+                    Err(e) => Readiness::Failed(format!("reading the collections: {e}")),
+                };
+                let _ = ready_tx.send(ready);
             }
-        })
-    };
+            Ok(Err(e)) => {
+                let _ = ready_tx.send(Readiness::Failed(format!("{e:#}")));
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Readiness::Failed(format!("model loading panicked: {e}")));
+            }
+        }
+    });
+}
 
-    let shutdown_service = service.clone();
-    let shutdown_health = health.clone();
-    let flush_retrieve = retrieve.clone();
-    let grace = config.shutdown_grace;
-    let grace_service = service.clone();
+/// Everything the serving task owns.
+struct Serving {
+    endpoint: grpc::transport::Endpoint,
+    listeners: Listeners,
+    routers: Routers,
+    tls: Option<TlsFiles>,
+    bounds: Bounds,
+    doors: DoorConfig,
+    grace: Duration,
+    service: EmbedService,
+    health: grpc::transport::Health,
+    classify: ClassifyService,
+    retrieve: RetrieveService,
+    background: Background,
+    shutdown: oneshot::Receiver<()>,
+}
+
+/// Step 9: serve both doors until shutdown, then stop in order: the gRPC listener once the calls
+/// in flight are done (or the grace period is over), the background tasks, classifier builds, the
+/// HTTP listeners (with what is left of the grace period), and last the collections' flush.
+async fn serve_until_shutdown(serving: Serving) -> anyhow::Result<()> {
+    let Serving {
+        endpoint,
+        listeners,
+        routers,
+        tls,
+        bounds,
+        doors,
+        grace,
+        service,
+        health,
+        classify,
+        retrieve,
+        background,
+        shutdown,
+    } = serving;
     // When shutdown began: every listener is done by then + grace.
     let shutdown_at: Arc<OnceLock<Instant>> = Arc::default();
-    let shutdown_at_signal = Arc::clone(&shutdown_at);
-    let task = tokio::spawn(async move {
-        // The listener stays open while admitted calls finish, so that a client calling on its open
-        // connection meanwhile gets a clear UNAVAILABLE (retry elsewhere) rather than a reset
-        // connection; then it closes and tonic waits for the remaining connections.
-        let signal = async move {
-            let _ = shutdown_rx.await;
-            let _ = shutdown_at_signal.set(Instant::now());
-            shutdown_service.begin_shutdown();
-            shutdown_health.stopping().await;
+    // The listener stays open while admitted calls finish, so that a client calling on its open
+    // connection meanwhile gets a clear UNAVAILABLE (retry elsewhere) rather than a reset
+    // connection; then it closes and tonic waits for the remaining connections.
+    let signal = {
+        let (service, shutdown_at) = (service.clone(), Arc::clone(&shutdown_at));
+        async move {
+            let _ = shutdown.await;
+            let _ = shutdown_at.set(Instant::now());
+            service.begin_shutdown();
+            health.stopping().await;
             tracing::info!(
                 grace_ms = grace.as_millis() as u64,
                 "shutting down: NOT_SERVING, finishing calls in flight"
             );
-            shutdown_service.drained().await;
+            service.drained().await;
             tracing::info!("calls in flight finished; closing the listener");
-        };
-        // Streams that never end (a client's Health.Watch, an idle EmbedStream) must not hold the
-        // process forever: after the grace period the remaining connections are dropped.
-        let grace_over = async move {
-            grace_service.shutdown_started().await;
-            tokio::time::sleep(grace).await;
-        };
-        let (http_stop_tx, http_stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let mut http_tasks = tokio::task::JoinSet::new();
-        {
-            let stop = stopped(http_stop_rx.clone());
-            let rules = http::ConnectionRules {
-                limit: connection_limit,
-                header_read_timeout: doors.header_read_timeout,
-                write_stall: doors.idle_timeout,
-            };
-            http_tasks.spawn(async move {
-                http::serve(http_listener, http_router, tls.as_ref(), rules, stop).await
-            });
         }
-        if let Some(probe_listener) = probe_listener {
-            let stop = stopped(http_stop_rx.clone());
-            let rules = http::ConnectionRules {
-                limit: probe_limit,
-                header_read_timeout: doors.header_read_timeout,
-                write_stall: doors.idle_timeout,
-            };
-            http_tasks.spawn(async move {
-                http::serve(probe_listener, probe_router, None, rules, stop).await
-            });
+    };
+    // Streams that never end (a client's Health.Watch, an idle EmbedStream) must not hold the
+    // process forever: after the grace period the remaining connections are dropped.
+    let grace_over = async move {
+        service.shutdown_started().await;
+        tokio::time::sleep(grace).await;
+    };
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let mut http_tasks = serve_http(
+        listeners.http,
+        listeners.probe,
+        routers,
+        tls,
+        &bounds,
+        &doors,
+        &http_stop_rx,
+    );
+    let serve = endpoint.serve(listeners.grpc, signal);
+    let result = tokio::select! {
+        result = serve => result,
+        () = grace_over => {
+            tracing::warn!("shutdown grace period over; closing the connections still open");
+            Ok(())
         }
-        let serve = endpoint.serve(listener, signal);
-        let result = tokio::select! {
-            result = serve => result,
-            () = grace_over => {
-                tracing::warn!("shutdown grace period over; closing the connections still open");
-                Ok(())
+    };
+    // Background work stops in order: the loads and the store watch, then classifier builds
+    // (nothing starts new ones once the loads are gone), then the HTTP side.
+    background.stop().await;
+    classify.stop_builds().await;
+    let _ = http_stop_tx.send(true);
+    // HTTP connections still open (a client trickling a body) get what is left of the grace
+    // period, then they are dropped with their listener.
+    let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + grace;
+    let all_stopped = async {
+        while let Some(joined) = http_tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener failed"),
+                Err(e) => tracing::warn!(error = %e, "HTTP listener panicked"),
             }
-        };
-        loader.abort();
-        let _ = http_stop_tx.send(true);
-        // HTTP connections still open (a client trickling a body) get what is left of the grace
-        // period, then they are dropped with their listener.
-        let deadline = shutdown_at.get().copied().unwrap_or_else(Instant::now) + grace;
-        let all_stopped = async {
-            while let Some(joined) = http_tasks.join_next().await {
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener failed"),
-                    Err(e) => tracing::warn!(error = %e, "HTTP listener panicked"),
-                }
-            }
-        };
-        if tokio::time::timeout_at(deadline.into(), all_stopped)
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace period over; closing the HTTP connections still open");
-            http_tasks.abort_all();
         }
-        // Every call is done: what the collections keep beside the store (HNSW graphs) is saved.
-        flush_retrieve.flush().await;
-        result.context("gRPC server failed")
-    });
+    };
+    if tokio::time::timeout_at(deadline.into(), all_stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing the HTTP connections still open");
+        http_tasks.abort_all();
+    }
+    // Every call is done: what the collections keep beside the store (HNSW graphs) is saved.
+    retrieve.flush().await;
+    result.context("gRPC server failed")
+}
 
-    tracing::info!(%grpc_addr, %http_addr, probe_addr = ?probe_addr, model_dir = %config.model_dir.display(), "listening; loading the model");
-    Ok(RunningServer {
-        grpc_addr,
-        http_addr,
-        probe_addr,
-        service,
-        classify,
-        shutdown: Some(shutdown_tx),
-        ready: ready_rx,
-        task,
-    })
+/// The HTTP API listener and the probe listener, each until `stop` turns true.
+fn serve_http(
+    http_listener: TcpListener,
+    probe_listener: Option<TcpListener>,
+    routers: Routers,
+    tls: Option<TlsFiles>,
+    bounds: &Bounds,
+    doors: &DoorConfig,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinSet<std::io::Result<()>> {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut http_tasks = tokio::task::JoinSet::new();
+    let rules = |limit: &ConnectionLimit| http::ConnectionRules {
+        limit: limit.clone(),
+        header_read_timeout: doors.header_read_timeout,
+        write_stall: doors.idle_timeout,
+    };
+    let (api_rules, api_stop) = (rules(&bounds.connections), stopped(stop.clone()));
+    http_tasks.spawn(async move {
+        http::serve(
+            http_listener,
+            routers.api,
+            tls.as_ref(),
+            api_rules,
+            api_stop,
+        )
+        .await
+    });
+    if let Some(probe_listener) = probe_listener {
+        let (probe_rules, probe_stop) = (rules(&bounds.probe_connections), stopped(stop.clone()));
+        let probes = routers.probes;
+        http_tasks.spawn(async move {
+            http::serve(probe_listener, probes, None, probe_rules, probe_stop).await
+        });
+    }
+    http_tasks
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. A model that fails to load
@@ -528,74 +719,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     signal.await;
     server.shutdown().await
-}
-
-/// Counts keyed calls' usage (and enforces quotas) in the configured store: PostgreSQL's
-/// `clip_usage` when shared, else `<data-dir>/usage.redb`. Nothing without keys.
-fn with_usage_store(
-    keys: ApiKeys,
-    config: &Config,
-    pool: Option<&crate::postgres::Pool>,
-) -> anyhow::Result<ApiKeys> {
-    if !keys.enabled() {
-        return Ok(keys);
-    }
-    let store: Arc<dyn crate::security::quota::UsageStore> = match pool {
-        Some(pool) => Arc::new(crate::postgres::usage::PgUsage::new(pool.clone())),
-        None => Arc::new(
-            crate::security::usage_local::LocalUsage::open(&config.data_dir)
-                .map_err(|e| anyhow::anyhow!(e))?,
-        ),
-    };
-    Ok(keys.with_quotas(store, config.default_quota))
-}
-
-/// Re-reads the API key file on SIGHUP (the keys themselves are never logged).
-fn spawn_key_reloader(keys: ApiKeys) {
-    // Weak: a server shut down in-process lets go of its keys (and their usage store's file).
-    let keys = keys.downgrade();
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP; the API key file will not be reloaded");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let Some(keys) = keys.upgrade() else { return };
-            match keys.reload() {
-                Ok(n) => tracing::info!(keys = n, "SIGHUP: API key file reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: API key file not reloaded; the previous keys stay")
-                }
-            }
-        }
-    });
-    #[cfg(not(unix))]
-    let _ = keys;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
 
 /// Health of a shared store: Retrieve turns NOT_SERVING while it does not answer, and SERVING
@@ -622,7 +745,7 @@ async fn watch_store(
             continue;
         }
         serving = ok;
-        let store = retrieve.store_kind();
+        let store = retrieve.store_kind().as_str();
         if ok {
             tracing::info!(
                 store,

@@ -5,6 +5,7 @@
 //! flow control pushes back on its client. Streams may hold three quarters of the budget at most
 //! (as with request permits), so streams that always wait cannot leave unary callers nothing.
 
+use crate::common::limit::MAX_INFLIGHT_BYTES;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -108,7 +109,7 @@ impl ByteBudget {
 
     fn exhausted(&self) -> ServiceError {
         ServiceError::ResourceExhausted(format!(
-            "the server holds as many request bytes as it may (--max-inflight-bytes {}); retry later",
+            "the server holds as many request bytes as it may ({MAX_INFLIGHT_BYTES} {}); retry later",
             u64::from(self.total_units) * UNIT
         ))
     }

@@ -9,6 +9,7 @@
 //!   stopped reading its replies, so they sit in buffers) is closed. (HTTP/1 reads have hyper's
 //!   own header-read timer, and bodies their own deadline.)
 
+use crate::common::limit::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT};
 use std::{
     pin::Pin,
     task::{Context, Poll},
@@ -75,7 +76,7 @@ impl<IO> Deadlined<IO> {
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("the peer read nothing of the reply for {stall:?} (--idle-timeout)"),
+                format!("the peer read nothing of the reply for {stall:?} ({IDLE_TIMEOUT})"),
             )),
             Poll::Pending => Poll::Pending,
         }
@@ -88,12 +89,12 @@ impl<IO> Deadlined<IO> {
     fn timed_out(&self) -> std::io::Error {
         let what = if self.received < FIRST_BYTES {
             format!(
-                "no preface within {:?} (--header-read-timeout)",
+                "no preface within {:?} ({HEADER_READ_TIMEOUT})",
                 self.preface_timeout
             )
         } else {
             format!(
-                "idle for {:?} (--idle-timeout)",
+                "idle for {:?} ({IDLE_TIMEOUT})",
                 self.idle.unwrap_or_default()
             )
         };

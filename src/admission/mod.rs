@@ -13,6 +13,7 @@ pub mod bytes;
 pub mod connections;
 pub mod deadline;
 
+use crate::common::limit::MAX_CONCURRENT_REQUESTS;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -218,7 +219,7 @@ impl Gate {
         let max = self.inner.config.max_concurrent_requests;
         if n >= max {
             return Err(ServiceError::invalid_request(format!(
-                "{what} costs {} requests' worth of work, more than the server's {max} (--max-concurrent-requests)",
+                "{what} costs {} requests' worth of work, more than the server's {max} ({MAX_CONCURRENT_REQUESTS})",
                 n + 1
             )));
         }
@@ -226,7 +227,7 @@ impl Gate {
             .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
             .map_err(|_| {
                 ServiceError::ResourceExhausted(format!(
-                    "{what} costs {} requests' worth of work and the server is too busy for it now (--max-concurrent-requests {max}); retry later",
+                    "{what} costs {} requests' worth of work and the server is too busy for it now ({MAX_CONCURRENT_REQUESTS} {max}); retry later",
                     n + 1
                 ))
             })?;
@@ -241,7 +242,7 @@ impl Gate {
         let requests = Arc::clone(&self.inner.requests);
         let at_limit = |what: &str| {
             ServiceError::ResourceExhausted(format!(
-                "server is at its limit of {} concurrent {what} (--max-concurrent-requests); retry later",
+                "server is at its limit of {} concurrent {what} ({MAX_CONCURRENT_REQUESTS}); retry later",
                 self.inner.config.max_concurrent_requests
             ))
         };

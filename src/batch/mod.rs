@@ -50,14 +50,14 @@ pub mod priority;
 
 pub use priority::Priority;
 
-pub use crate::telemetry::metrics::BatchMetrics;
+pub use crate::{model::EngineError, telemetry::metrics::BatchMetrics};
 
 /// Runs batches. Implemented by the ONNX towers and, in tests, by fakes.
 pub trait Engine: Send + 'static {
     type Row: Send + 'static;
     type Output: Send + 'static;
     /// Returns one output per input row, in order.
-    fn run(&mut self, rows: Vec<Self::Row>) -> Result<Vec<Self::Output>, String>;
+    fn run(&mut self, rows: Vec<Self::Row>) -> Result<Vec<Self::Output>, EngineError>;
 
     /// What a row costs relative to others in the same batch, when a batch costs as much as its
     /// most expensive row (token rows run at the length of the longest). Rows of similar cost are
@@ -80,7 +80,7 @@ pub struct BatcherConfig {
 pub const DEFAULT_PRIORITY_AGING: Duration = Duration::from_secs(2);
 
 /// Why a job got no result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BatchError {
     #[error(
         "queue full: {queued} rows queued, {requested} more would pass the limit of {limit} rows"
@@ -93,7 +93,7 @@ pub enum BatchError {
     #[error("deadline passed before the rows were computed")]
     DeadlineExceeded,
     #[error("engine failed: {0}")]
-    Engine(String),
+    Engine(EngineError),
     #[error("the batcher has stopped")]
     Stopped,
 }
@@ -657,7 +657,7 @@ fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
         // A panicking engine fails its batch, not the batcher: the thread lives on.
         let outcome = span.in_scope(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(rows)))
-                .unwrap_or_else(|_| Err("the engine panicked (see the log)".to_string()))
+                .unwrap_or_else(|_| Err(EngineError::Panicked))
         });
         let took = started.elapsed();
         metrics.batch_size.observe(n as f64);
@@ -684,7 +684,10 @@ fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
                 }
                 continue;
             }
-            Ok(outputs) => BatchError::Engine(format!("{} outputs for {n} rows", outputs.len())),
+            Ok(outputs) => BatchError::Engine(EngineError::OutputCount {
+                outputs: outputs.len(),
+                rows: n,
+            }),
             Err(e) => BatchError::Engine(e),
         };
         for job in jobs {
@@ -804,12 +807,12 @@ mod tests {
     impl Engine for Doubler {
         type Row = u32;
         type Output = u32;
-        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, EngineError> {
             let _ = self.sizes.send(rows.len());
             if let Some(bad) = self.fail_on
                 && rows.contains(&bad)
             {
-                return Err(format!("row {bad} is poison"));
+                return Err(format!("row {bad} is poison").into());
             }
             Ok(rows.into_iter().map(|r| r * 2).collect())
         }
@@ -898,7 +901,7 @@ mod tests {
         impl Engine for Fragile {
             type Row = u32;
             type Output = u32;
-            fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+            fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, EngineError> {
                 assert!(!rows.contains(&0), "zero is fatal");
                 Ok(rows)
             }
@@ -930,7 +933,7 @@ mod tests {
     impl Engine for Gated {
         type Row = u32;
         type Output = u32;
-        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, EngineError> {
             let _ = self.sizes.send(rows.len());
             self.go.recv().map_err(|e| e.to_string())?;
             Ok(rows.into_iter().map(|r| r + 1).collect())
@@ -1032,7 +1035,7 @@ mod tests {
         impl Engine for Slow {
             type Row = u32;
             type Output = u32;
-            fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+            fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, EngineError> {
                 thread::sleep(Duration::from_millis(30));
                 Ok(rows)
             }
@@ -1097,7 +1100,7 @@ mod tests {
     impl Engine for Held {
         type Row = u32;
         type Output = u32;
-        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, EngineError> {
             let _ = self.seen.send(rows.clone());
             self.go.recv().map_err(|e| e.to_string())?;
             Ok(rows)

@@ -114,7 +114,7 @@ async fn the_class_comes_from_the_call_and_its_wait_is_counted_by_class() {
     impl Engine for Echo {
         type Row = u32;
         type Output = u32;
-        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, String> {
+        fn run(&mut self, rows: Vec<u32>) -> Result<Vec<u32>, EngineError> {
             Ok(rows)
         }
     }

@@ -274,7 +274,7 @@ struct Echo<const GROUPED: bool>(Arc<Mutex<Vec<Vec<Row>>>>);
 impl<const GROUPED: bool> Engine for Echo<GROUPED> {
     type Row = Row;
     type Output = Row;
-    fn run(&mut self, rows: Vec<Row>) -> Result<Vec<Row>, String> {
+    fn run(&mut self, rows: Vec<Row>) -> Result<Vec<Row>, crate::batch::EngineError> {
         self.0.lock().unwrap().push(rows.clone());
         Ok(rows)
     }

@@ -12,6 +12,7 @@ pub mod prompts;
 mod sets;
 mod store;
 
+use crate::common::limit::MAX_INLINE_PROMPTS;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -130,6 +131,8 @@ struct Inner {
     cache: Option<TextCache>,
     /// One classifier is computed at a time.
     builds: Semaphore,
+    /// The builds running or waiting: stopped at shutdown ([`ClassifyService::stop_builds`]).
+    build_tasks: crate::common::tasks::Background,
     /// Serializes creating and deleting sets, so a set is visible only once its file is durable and
     /// a delete never races a create's write.
     store_lock: tokio::sync::Mutex<()>,
@@ -208,6 +211,7 @@ impl ClassifyService {
                 sets: RwLock::new(sets),
                 cache,
                 builds: Semaphore::new(1),
+                build_tasks: crate::common::tasks::Background::new(),
                 store_lock: tokio::sync::Mutex::new(()),
                 generation,
                 fingerprint: OnceLock::new(),
@@ -342,7 +346,7 @@ impl ClassifyService {
             let n = labels.len() * templates.len();
             if n > self.config().max_inline_prompts {
                 return Err(ServiceError::invalid_request(format!(
-                    "{} labels x {} templates = {n} texts to embed, over the limit of {} (--max-inline-prompts); store them as a label set instead",
+                    "{} labels x {} templates = {n} texts to embed, over the limit of {} ({MAX_INLINE_PROMPTS}); store them as a label set instead",
                     labels.len(),
                     templates.len(),
                     self.config().max_inline_prompts
@@ -496,23 +500,31 @@ impl ClassifyService {
             (Arc::clone(&entry.spec), entry.generation, done)
         };
         let service = self.clone();
-        tokio::spawn(async move {
-            let name = spec.name.clone();
-            let outcome = service.build(&spec, generation, &done).await;
-            let stage = match outcome {
-                Ok(Some(classifier)) => Stage::Ready(classifier, ClassifierSource::Computed),
-                Ok(None) => return, // deleted meanwhile
-                Err(ServiceError::Unavailable(e)) => {
-                    tracing::info!(label_set = %name, reason = %e, "classifier build stopped");
-                    Stage::NotBuilt
-                }
-                Err(e) => {
-                    tracing::error!(label_set = %name, error = %e, "classifier build failed");
-                    Stage::Failed(e.to_string())
-                }
-            };
-            service.inner.set_stage(&name, Some(generation), stage);
-        });
+        self.inner
+            .build_tasks
+            .spawn("classifier build", async move {
+                let name = spec.name.clone();
+                let outcome = service.build(&spec, generation, &done).await;
+                let stage = match outcome {
+                    Ok(Some(classifier)) => Stage::Ready(classifier, ClassifierSource::Computed),
+                    Ok(None) => return, // deleted meanwhile
+                    Err(ServiceError::Unavailable(e)) => {
+                        tracing::info!(label_set = %name, reason = %e, "classifier build stopped");
+                        Stage::NotBuilt
+                    }
+                    Err(e) => {
+                        tracing::error!(label_set = %name, error = %e, "classifier build failed");
+                        Stage::Failed(e.to_string())
+                    }
+                };
+                service.inner.set_stage(&name, Some(generation), stage);
+            });
+    }
+
+    /// Stops the classifier builds (shutdown): each is dropped at its next `.await`, its set left
+    /// as it was (a build is retried on the next start). Builds asked for later do not run.
+    pub async fn stop_builds(&self) {
+        self.inner.build_tasks.stop().await;
     }
 
     async fn build(

@@ -12,6 +12,7 @@
 //! Cancellation: a call whose future is dropped has its statement cancelled and its connection
 //! closed; each change is one statement or one transaction, so it happened whole or not at all.
 
+use crate::common::limit::{MAX_LABEL_SET_PROMPTS, MAX_LABEL_SETS};
 use std::sync::{
     Mutex, PoisonError,
     atomic::{AtomicU64, Ordering},
@@ -158,13 +159,13 @@ impl LabelSetStore {
             let sets = usize::try_from(sets).unwrap_or(usize::MAX);
             if sets >= max_sets {
                 return Err(ServiceError::ResourceExhausted(format!(
-                    "{sets} label sets stored, the limit (--max-label-sets); delete one first"
+                    "{sets} label sets stored, the limit ({MAX_LABEL_SETS}); delete one first"
                 )));
             }
             let stored = usize::try_from(stored).unwrap_or(usize::MAX);
             if stored.saturating_add(texts) > max_prompts {
                 return Err(ServiceError::ResourceExhausted(format!(
-                    "the stored label sets have {stored} prompts (labels x templates) and this one {texts}, over the limit of {max_prompts} together (--max-label-set-prompts); delete a set first"
+                    "the stored label sets have {stored} prompts (labels x templates) and this one {texts}, over the limit of {max_prompts} together ({MAX_LABEL_SET_PROMPTS}); delete a set first"
                 )));
             }
             tx.execute(

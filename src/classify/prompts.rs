@@ -1,6 +1,7 @@
 //! Labels, prompt templates and label-set names: validation with messages that name the item, and
 //! the built-in label sets (`assets/label_sets/*.json`, compiled into the binary).
 
+use crate::common::limit::{MAX_LABELS, MAX_TEMPLATES, MAX_TEXT_BYTES};
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -56,7 +57,7 @@ pub fn check_labels(labels: &[String], limits: &PromptLimits) -> Result<(), Serv
         return Err(ServiceError::invalid(
             Field::List(List::Labels),
             format!(
-                "{} labels, over the limit of {} (--max-labels)",
+                "{} labels, over the limit of {} ({MAX_LABELS})",
                 labels.len(),
                 limits.max_labels
             ),
@@ -72,7 +73,7 @@ pub fn check_labels(labels: &[String], limits: &PromptLimits) -> Result<(), Serv
                 List::Labels,
                 i,
                 format!(
-                    "label is {} bytes, over the limit of {} (--max-text-bytes)",
+                    "label is {} bytes, over the limit of {} ({MAX_TEXT_BYTES})",
                     label.len(),
                     limits.max_text_bytes
                 ),
@@ -102,7 +103,7 @@ pub fn check_templates(
         return Err(ServiceError::invalid(
             Field::List(List::Templates),
             format!(
-                "{} templates, over the limit of {} (--max-templates)",
+                "{} templates, over the limit of {} ({MAX_TEMPLATES})",
                 templates.len(),
                 limits.max_templates
             ),
@@ -131,7 +132,7 @@ pub fn check_templates(
                 List::Templates,
                 i,
                 format!(
-                    "template is {} bytes, over the limit of {} (--max-text-bytes)",
+                    "template is {} bytes, over the limit of {} ({MAX_TEXT_BYTES})",
                     template.len(),
                     limits.max_text_bytes
                 ),
@@ -160,7 +161,7 @@ pub fn check_prompt_length(
     let longest = (label + template).saturating_sub(2);
     if longest > limits.max_text_bytes {
         return Err(ServiceError::invalid_request(format!(
-            "the longest label in the longest template makes a {longest}-byte prompt, over the limit of {} (--max-text-bytes)",
+            "the longest label in the longest template makes a {longest}-byte prompt, over the limit of {} ({MAX_TEXT_BYTES})",
             limits.max_text_bytes
         )));
     }

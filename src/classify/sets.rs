@@ -2,6 +2,7 @@
 //! classifiers they are computed into live in the parent module).
 
 use super::*;
+use crate::common::limit::{MAX_LABEL_SET_PROMPTS, MAX_LABEL_SETS};
 
 impl ClassifyService {
     /// Stores a new set (durably, before answering) and starts computing its classifier.
@@ -52,7 +53,7 @@ impl ClassifyService {
             let created = sets.values().filter(|e| !e.builtin).count();
             if created >= self.config().max_label_sets {
                 return Err(ServiceError::ResourceExhausted(format!(
-                    "{created} label sets stored, the limit (--max-label-sets); delete one first"
+                    "{created} label sets stored, the limit ({MAX_LABEL_SETS}); delete one first"
                 )));
             }
             let stored: usize = sets
@@ -63,7 +64,7 @@ impl ClassifyService {
             let max = self.config().max_label_set_prompts;
             if stored + spec.text_count() > max {
                 return Err(ServiceError::ResourceExhausted(format!(
-                    "the stored label sets have {stored} prompts (labels x templates) and this one {}, over the limit of {max} together (--max-label-set-prompts); delete a set first",
+                    "the stored label sets have {stored} prompts (labels x templates) and this one {}, over the limit of {max} together ({MAX_LABEL_SET_PROMPTS}); delete a set first",
                     spec.text_count()
                 )));
             }

@@ -4,10 +4,13 @@
 //! crate.
 
 pub mod error;
+pub mod limit;
+pub mod tasks;
 
 use std::{fmt, time::Duration};
 
 pub use error::{Field, Invalid, List, ServiceError};
+pub use limit::Limit;
 
 /// The two modalities of a CLIP model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -25,6 +25,9 @@
 //!
 //! Each fetch counts in `clip_image_fetches_total{outcome}`.
 
+use crate::common::limit::{
+    FETCH_ALLOW_HOSTS, FETCH_MAX_BYTES, FETCH_MAX_REDIRECTS, FETCH_TIMEOUT, MAX_INFLIGHT_BYTES,
+};
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -350,7 +353,7 @@ async fn resolve_checked(
                 tracing::info!(%host, address = %addr.ip(), kind, "an image URL was refused: its host resolves to a non-public address");
                 return Err(Refusal(
                     format!(
-                        "{host} resolves to a non-public address; allow the host with --fetch-allow-hosts"
+                        "{host} resolves to a non-public address; allow the host with {FETCH_ALLOW_HOSTS}"
                     ),
                     true,
                 )
@@ -482,7 +485,7 @@ impl Fetcher {
         {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout(format!(
-                "the fetch took longer than {timeout:?} (--fetch-timeout)"
+                "the fetch took longer than {timeout:?} ({FETCH_TIMEOUT})"
             ))),
         };
         let outcome = result.as_ref().map_or_else(FetchError::outcome, |_| "ok");
@@ -514,19 +517,19 @@ impl Fetcher {
         if !host_matches.is_empty() && !allowed {
             // The resolver lets a matching name be private: refuse the other ports here.
             return refused(format!(
-                "{host} is allowed only on other ports (--fetch-allow-hosts)"
+                "{host} is allowed only on other ports ({FETCH_ALLOW_HOSTS})"
             ));
         }
         if let (Target::Ip(ip), false) = (&target, allowed)
             && let Some(kind) = forbidden(*ip)
         {
             return refused(format!(
-                "{host} is {kind} address; allow it with --fetch-allow-hosts"
+                "{host} is {kind} address; allow it with {FETCH_ALLOW_HOSTS}"
             ));
         }
         if scheme != "https" && !allowed {
             return refused(format!(
-                "not https ({host} is not in --fetch-allow-hosts, so only https is fetched)"
+                "not https ({host} is not in {FETCH_ALLOW_HOSTS}, so only https is fetched)"
             ));
         }
         Ok(())
@@ -551,7 +554,7 @@ impl Fetcher {
             if status.is_redirection() {
                 if hop == max_redirects {
                     return Err(FetchError::Refused(format!(
-                        "more than {max_redirects} redirects (--fetch-max-redirects)"
+                        "more than {max_redirects} redirects ({FETCH_MAX_REDIRECTS})"
                     )));
                 }
                 let location = response
@@ -578,7 +581,7 @@ impl Fetcher {
     async fn body(&self, mut response: reqwest::Response) -> Result<Bytes, FetchError> {
         let max = self.inner.config.max_bytes;
         let too_large =
-            || FetchError::TooLarge(format!("the image is over {max} bytes (--fetch-max-bytes)"));
+            || FetchError::TooLarge(format!("the image is over {max} bytes ({FETCH_MAX_BYTES})"));
         // A declared length is checked against the limit; it reserves nothing.
         if response.content_length().is_some_and(|n| n > max as u64) {
             return Err(too_large());
@@ -644,11 +647,10 @@ impl Charged {
                     .min(self.max.saturating_sub(self.charged))
                     .max(need - self.charged);
                 let permit = budget.try_take(step as u64).map_err(|_| {
-                    FetchError::Busy(
-                        "the server holds as many request bytes as it may (--max-inflight-bytes); \
+                    FetchError::Busy(format!(
+                        "the server holds as many request bytes as it may ({MAX_INFLIGHT_BYTES}); \
                          retry later"
-                            .into(),
-                    )
+                    ))
                 })?;
                 self.permits.push(permit);
                 self.charged += step;

@@ -1,6 +1,7 @@
 //! Request limits (the `--max-*` flags Info reports) and the checks every embedding request goes
 //! through before any work: item counts, encoded image size, text length. Errors say which item.
 
+use crate::common::limit::{MAX_IMAGE_BYTES, MAX_ITEMS_PER_REQUEST, MAX_TEXT_BYTES};
 use bytes::Bytes;
 
 use crate::common::{Field, List, ServiceError};
@@ -29,7 +30,7 @@ impl Limits {
         if n > max {
             return Err(ServiceError::invalid(
                 Field::List(list),
-                format!("{n} items, over the limit of {max} per request (--max-items-per-request)"),
+                format!("{n} items, over the limit of {max} per request ({MAX_ITEMS_PER_REQUEST})"),
             ));
         }
         Ok(())
@@ -51,7 +52,7 @@ impl Limits {
                     List::Images,
                     i,
                     format!(
-                        "image is {} bytes, over the limit of {max} (--max-image-bytes)",
+                        "image is {} bytes, over the limit of {max} ({MAX_IMAGE_BYTES})",
                         bytes.len()
                     ),
                 ));
@@ -68,7 +69,7 @@ impl Limits {
                 List::Texts,
                 i,
                 format!(
-                    "text is {} bytes, over the limit of {max} (--max-text-bytes)",
+                    "text is {} bytes, over the limit of {max} ({MAX_TEXT_BYTES})",
                     texts[i].len()
                 ),
             )),

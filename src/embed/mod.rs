@@ -14,6 +14,7 @@ pub mod priority;
 pub mod slot;
 mod types;
 
+use crate::common::limit::MAX_QUEUE_ROWS;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -622,7 +623,7 @@ struct ImageEngine(Arc<LoadedModel>);
 impl Engine for ImageEngine {
     type Row = Vec<u8>;
     type Output = Vec<f32>;
-    fn run(&mut self, rows: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, String> {
+    fn run(&mut self, rows: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, crate::batch::EngineError> {
         self.0.embed_pixels(&rows)
     }
 }
@@ -634,7 +635,7 @@ struct TextEngine(Arc<LoadedModel>, prometheus::Histogram);
 impl Engine for TextEngine {
     type Row = Vec<i64>;
     type Output = Vec<f32>;
-    fn run(&mut self, rows: Vec<Vec<i64>>) -> Result<Vec<Vec<f32>>, String> {
+    fn run(&mut self, rows: Vec<Vec<i64>>) -> Result<Vec<Vec<f32>>, crate::batch::EngineError> {
         let (vectors, len) = self.0.embed_token_ids_at(&rows)?;
         self.1.observe(len as f64);
         Ok(vectors)
@@ -659,7 +660,7 @@ fn check_deadline(deadline: Option<Instant>) -> Result<(), ServiceError> {
 fn batch_error(error: BatchError) -> ServiceError {
     match error {
         BatchError::QueueFull { .. } => {
-            ServiceError::ResourceExhausted(format!("{error} (--max-queue-rows); retry later"))
+            ServiceError::ResourceExhausted(format!("{error} ({MAX_QUEUE_ROWS}); retry later"))
         }
         BatchError::DeadlineExceeded => ServiceError::DeadlineExceeded(error.to_string()),
         BatchError::Stopped => ServiceError::Unavailable("server is shutting down".into()),

@@ -20,6 +20,7 @@
 //! against both bounds; a job whose caller went away before it started never runs. A panicking
 //! job becomes INTERNAL, never a crash.
 
+use crate::common::limit::MAX_DECODE_BYTES;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -182,7 +183,7 @@ impl std::fmt::Display for OverBudget {
         write!(
             f,
             "decoding this image needs about {} MiB, more than the server's decode budget of {} MiB \
-             (--max-decode-bytes)",
+             ({MAX_DECODE_BYTES})",
             self.needed.div_ceil(1 << 20),
             self.limit >> 20
         )

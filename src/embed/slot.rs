@@ -95,7 +95,7 @@ mod tests {
     impl Engine for Echo {
         type Row = Vec<u8>;
         type Output = Vec<f32>;
-        fn run(&mut self, rows: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, String> {
+        fn run(&mut self, rows: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, crate::batch::EngineError> {
             Ok(rows
                 .into_iter()
                 .map(|r| r.into_iter().map(f32::from).collect())

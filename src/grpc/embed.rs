@@ -2,17 +2,17 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Code, Request, Response, Status, Streaming, metadata::MetadataMap};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::Instrument;
 
 use super::{
     context::{add_timings, hold_payload},
+    embed_stream::{End, Reader, Step, run_item},
     pb::{self, embed_server::Embed},
     status::{code_name, code_of, message_of},
 };
@@ -20,9 +20,6 @@ use crate::{
     common::{Field, ServiceError},
     embed::{Admission, DecodeShare, EmbedService, Embedded, Embedding, Item},
 };
-
-/// How long a stream may hold a reading turn (`--max-stream-readers`) with no byte arriving.
-const READER_TURN: Duration = Duration::from_millis(500);
 
 pub struct EmbedApi {
     service: EmbedService,
@@ -150,7 +147,7 @@ impl Embed for EmbedApi {
             .get::<super::progress::BodyProgress>()
             .cloned()
             .unwrap_or_default();
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let in_flight = self.service.max_stream_in_flight();
         let (tx, rx) = mpsc::channel::<Result<pb::EmbedStreamResponse, Status>>(in_flight);
         let service = self.service.clone();
@@ -160,189 +157,73 @@ impl Embed for EmbedApi {
         let response: Response<Self::EmbedStreamStream> =
             Response::new(Box::pin(ReceiverStream::new(rx)));
         let stream = async move {
-            let slots = Arc::new(Semaphore::new(in_flight));
+            let mut reader = Reader::new(
+                inbound,
+                service.gate().clone(),
+                progress,
+                in_flight,
+                tx.clone(),
+                allowance,
+            );
             let mut tasks = tokio::task::JoinSet::new();
-            let mut end: Option<Status> = None;
-            let mut client_gone = false;
-            // The part of a message that arrived before its sender stalled sits in tonic's
-            // buffer: it is held against the byte budget until the message completes, and a
-            // stream whose half-sent message does not fit the budget is ended.
-            let mut parked: Option<crate::admission::bytes::BytesPermit> = None;
-            loop {
+            let end = loop {
                 while tasks.try_join_next().is_some() {}
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    break;
+                let (request, held) = match reader.next().await {
+                    Step::Item(request, held) => (request, held),
+                    Step::End(end) => break end,
                 };
-                // A turn to read: the decoded message is held until the byte budget admits it. A
-                // stream on which nothing at all arrived during its turn gives the turn to the next
-                // one, so idle streams cannot hold every turn; a message still arriving keeps it.
-                let message = loop {
-                    let reader = tokio::select! {
-                        reader = service.gate().stream_reader() => match reader {
-                            Ok(reader) => reader,
-                            Err(e) => {
-                                end = Some(e.into());
-                                break None;
-                            }
-                        },
-                        () = tx.closed() => break None,
-                    };
-                    let mut arrived = progress.received();
-                    let turn = async {
-                        loop {
-                            tokio::time::sleep(READER_TURN).await;
-                            let now = progress.received();
-                            if now == arrived {
-                                return;
-                            }
-                            arrived = now;
-                        }
-                    };
-                    tokio::select! {
-                        message = inbound.message() => break Some((message, reader)),
-                        () = turn => {
-                            drop(reader);
-                            let partial = progress.partial();
-                            drop(parked.take());
-                            if partial > 0 {
-                                match service.gate().bytes().try_take(partial) {
-                                    Ok(bytes) => drop(parked.replace(bytes)),
-                                    Err(_) => {
-                                        end = Some(Status::resource_exhausted(format!(
-                                            "the stream stalled in the middle of a message ({partial} bytes received) \
-                                             while the server holds as many request bytes as it may \
-                                             (--max-inflight-bytes); send whole messages, or retry later"
-                                        )));
-                                        break None;
-                                    }
-                                }
-                            }
-                        }
-                        () = tx.closed() => break None,
-                        () = service.shutdown_started() => {
-                            end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
-                            break None;
-                        }
-                    }
-                };
-                let Some((message, reader)) = message else {
-                    break;
-                };
-                drop(reader);
-                drop(parked.take());
-                let request = match message {
-                    Ok(Some(request)) => request,
-                    Ok(None) => break,
-                    // The connection broke under the stream (the client went away): nothing to
-                    // answer, and nothing wrong on our side.
-                    Err(status) if status.code() == Code::Unknown => {
-                        client_gone = true;
-                        break;
-                    }
-                    Err(status) => {
-                        end = Some(client_decode_error(status));
-                        break;
-                    }
-                };
-                // The item is held against --max-inflight-bytes while it is worked on; when the
-                // budget is spent the stream waits here, reading nothing more.
-                let size = prost::Message::encoded_len(&request) as u64;
-                let bytes = tokio::select! {
-                    bytes = service.gate().bytes().take(size) => match bytes {
-                        Ok(bytes) => bytes,
-                        Err(e) => {
-                            end = Some(e.into());
-                            break;
-                        }
-                    },
-                    () = tx.closed() => break,
-                    () = service.shutdown_started() => {
-                        end = Some(ServiceError::Unavailable("server is shutting down".into()).into());
-                        break;
-                    }
-                };
-                // Charged per item as items arrive (the item's bytes are held meanwhile, so a
-                // waiting stream's memory stays counted).
-                let closed = tx.closed();
-                let shutdown = service.shutdown_started();
-                let gone = async {
-                    tokio::select! {
-                        () = closed => {}
-                        () = shutdown => {}
-                    }
-                };
-                match super::auth::charge_stream_item(allowance.as_ref(), gone).await {
-                    Ok(()) => {}
-                    Err(None) => {
-                        if service.gate().is_shutting_down() {
-                            end = Some(
-                                ServiceError::Unavailable("server is shutting down".into()).into(),
-                            );
-                        }
-                        break;
-                    }
-                    Err(Some(status)) => {
-                        end = Some(status);
-                        break;
-                    }
-                }
-                let service = service.clone();
-                let share = share.clone();
-                let tx = tx.clone();
                 let item_span = tracing::debug_span!("item", id = %request.id);
-                // Items run in tasks of their own, in the caller's usage scope.
-                tasks.spawn(crate::telemetry::usage::carried(
-                    crate::telemetry::usage::current(),
-                    async move {
-                        let work = async {
-                            match <(String, Item)>::try_from(request) {
-                                Err((id, error)) => item_error(id, &error),
-                                Ok((id, item)) => {
-                                    match embed_admitted(&service, item, deadline, &share).await {
-                                        Ok(embedding) => pb::EmbedStreamResponse {
-                                            id,
-                                            result: Some(
-                                                pb::embed_stream_response::Result::Embedding(
-                                                    embedding.into(),
-                                                ),
-                                            ),
-                                        },
-                                        Err(error) => item_error(id, &error),
-                                    }
-                                }
-                            }
-                        };
-                        // A client that went away cancels its items: dropping the work withdraws
-                        // their rows from the batcher before they cost compute.
-                        tokio::select! {
-                            reply = work => {
-                                let _ = tx.send(Ok(reply)).await;
-                            }
-                            () = tx.closed() => {}
-                        }
-                        drop(slot);
-                        drop(bytes);
-                    }
-                    .instrument(item_span),
-                ));
-            }
-            if tx.is_closed() || client_gone {
+                let work = answer(service.clone(), request, deadline, share.clone());
+                // Items run in tasks of their own, in the caller's usage scope and priority class.
+                crate::telemetry::usage::spawn_in(
+                    &mut tasks,
+                    crate::batch::priority::carried(
+                        run_item(work, tx.clone(), held).instrument(item_span),
+                    ),
+                );
+            };
+            let status = match end {
+                End::Finished => None,
+                End::ClientGone => {
+                    tasks.abort_all();
+                    None
+                }
+                End::Status(status) => Some(status),
+            };
+            if tx.is_closed() {
                 tasks.abort_all();
             }
             while tasks.join_next().await.is_some() {}
             // The call layer counts the stream by the status its trailers carry (CANCELLED when
             // the client went away before them).
-            if let Some(status) = end {
+            if let Some(status) = status {
                 let _ = tx.send(Err(status)).await;
             }
         };
         // The stream runs in its own task: it keeps the caller's usage scope and priority class.
-        let usage = crate::telemetry::usage::current();
-        tokio::spawn(crate::telemetry::usage::carried(
-            usage,
-            crate::batch::priority::carried(stream.instrument(span)),
-        ));
+        crate::telemetry::usage::spawn(crate::batch::priority::carried(stream.instrument(span)));
         Ok(response)
+    }
+}
+
+/// One stream item's reply: its embedding or its error, with its id.
+async fn answer(
+    service: EmbedService,
+    request: pb::EmbedStreamRequest,
+    deadline: Option<Instant>,
+    share: DecodeShare,
+) -> pb::EmbedStreamResponse {
+    match <(String, Item)>::try_from(request) {
+        Err((id, error)) => item_error(id, &error),
+        Ok((id, item)) => match embed_admitted(&service, item, deadline, &share).await {
+            Ok(embedding) => pb::EmbedStreamResponse {
+                id,
+                result: Some(pb::embed_stream_response::Result::Embedding(
+                    embedding.into(),
+                )),
+            },
+            Err(error) => item_error(id, &error),
+        },
     }
 }
 
@@ -379,16 +260,6 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-/// tonic reports a request message it cannot decode as INTERNAL; it is the client's message that is
-/// wrong, so say INVALID_ARGUMENT. Transport errors keep their code.
-fn client_decode_error(status: Status) -> Status {
-    if status.code() == tonic::Code::Internal && status.message().contains("decode") {
-        Status::invalid_argument(format!("malformed stream message: {}", status.message()))
-    } else {
-        status
-    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 pub mod auth;
 pub mod classify;
 pub mod client;
+pub mod codec;
 pub mod context;
 pub mod embed;
+mod embed_stream;
 pub mod info;
 pub mod progress;
 pub mod retrieve;

@@ -4,7 +4,6 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::codegen::http;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -158,40 +157,17 @@ impl Health {
     }
 }
 
-/// Everything that answers on the gRPC port, not yet listening.
-/// Rewrites tonic's status for a request message it could not decode (for example a `text` that
-/// is not UTF-8): tonic answers INTERNAL, but the message is the client's, so it is
-/// INVALID_ARGUMENT. Unary errors travel as trailers-only responses, so the status is a header here.
-fn client_decode_errors<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let headers = response.headers();
-    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
-    let decode = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| m.contains("decode%20Protobuf") || m.contains("decode Protobuf"));
-    if internal && decode {
-        response
-            .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("3"));
-    }
-    response
-}
-
-type DecodeErrorLayer = tower::util::MapResponseLayer<
-    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
->;
 type ProgressLayer = super::progress::TrackLayer;
 type CallLayer = super::context::CallLayer;
 
-/// The server's layers, outermost first: the call layer, the decode-error fix, body progress.
+/// The server's layers, outermost first: the call layer, body progress. (A request message that
+/// does not decode is INVALID_ARGUMENT from the codec itself, `grpc::codec`.)
 type Layers = tower::layer::util::Stack<
     ProgressLayer,
-    tower::layer::util::Stack<
-        DecodeErrorLayer,
-        tower::layer::util::Stack<CallLayer, tower::layer::util::Identity>,
-    >,
+    tower::layer::util::Stack<CallLayer, tower::layer::util::Identity>,
 >;
 
+/// Everything that answers on the gRPC port, not yet listening.
 pub struct Endpoint {
     router: tonic::transport::server::Router<Layers>,
     limit: ConnectionLimit,
@@ -241,8 +217,6 @@ pub async fn endpoint(
         service.metrics().clone(),
         security.public_reflection,
     );
-    let fix: fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> =
-        client_decode_errors;
     let mut builder = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
@@ -256,7 +230,6 @@ pub async fn endpoint(
     }
     let mut builder = builder
         .layer(calls)
-        .layer(tower::util::MapResponseLayer::new(fix))
         .layer(super::progress::TrackLayer(connections.unary.clone()));
     if let Some(tls) = &security.tls {
         let mut config = ServerTlsConfig::new()

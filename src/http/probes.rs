@@ -52,7 +52,7 @@ pub(super) async fn healthz() -> &'static str {
 pub(super) async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     let ready = probes.service.readiness().and_then(|()| {
         // A shared store being reached holds back Retrieve's calls only, not the pod.
-        if probes.retrieve.is_loaded() || probes.retrieve.store_kind() != "local" {
+        if probes.retrieve.is_loaded() || probes.retrieve.store_kind().is_shared() {
             Ok(())
         } else {
             Err("the collections are loading")

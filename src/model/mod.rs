@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod error;
 pub mod openvino;
 pub mod plan;
 pub mod precision;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{ModelConfig, WeightsKind};
 pub use cpu::CpuFeatures;
+pub use error::{EngineError, TowerName};
 pub use plan::{Plan, PrecisionArg, TowerPlan};
 pub use precision::{Gate, Precision};
 pub use runtime::{Provider, ProviderOptions};
@@ -363,7 +365,7 @@ impl LoadedModel {
     pub fn warm_up(&self) -> Result<(), ModelError> {
         // Two rows when the batch axis is dynamic: exports with a symbolic batch axis but batch-1
         // reshapes baked in fail here rather than on the first multi-item request.
-        let check = |what: &str, rows: usize, out: Result<Vec<Vec<f32>>, String>| {
+        let check = |what: &str, rows: usize, out: Result<Vec<Vec<f32>>, EngineError>| {
             let out = out.map_err(|e| ModelError::WarmUp(format!("{what}: {e}")))?;
             let dim = self.config.embed_dim;
             if out.len() == rows
@@ -402,18 +404,21 @@ impl LoadedModel {
     }
 
     /// Embeds preprocessed images (HWC RGB levels of the preprocess size), one vector per image.
-    pub fn embed_pixels(&self, crops: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, String> {
+    pub fn embed_pixels(&self, crops: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EngineError> {
         let image = self
             .image
             .as_ref()
-            .ok_or("this model has no visual tower")?;
+            .ok_or(EngineError::NoTower(TowerName::Visual))?;
         let rows = crops.len();
         let row_len = image.tower.row_len();
         if let Some(bad) = crops.iter().position(|c| c.len() != row_len) {
-            return Err(format!(
-                "image {bad} has {} values; {row_len} expected",
-                crops[bad].len()
-            ));
+            return Err(EngineError::RowLength {
+                what: "image",
+                unit: "values",
+                index: bad,
+                got: crops[bad].len(),
+                expected: row_len,
+            });
         }
         let input = match image.tower.spec.input {
             InputKind::Image {
@@ -430,7 +435,7 @@ impl LoadedModel {
                 layout: ImageLayout::NhwcU8,
                 ..
             } => BatchInput::U8(crops.concat()),
-            InputKind::Text { .. } => return Err("visual tower has a text input".into()),
+            InputKind::Text { .. } => return Err(EngineError::WrongInput(TowerName::Visual)),
         };
         image.tower.run(input, rows)
     }
@@ -438,28 +443,34 @@ impl LoadedModel {
     /// Embeds token id rows (context_length ids each), one vector per row. On a tower with a
     /// dynamic sequence axis the batch runs only as long as its longest text needs
     /// ([`trimmed_length`]): the same vectors, a fraction of the work for short texts.
-    pub fn embed_token_ids(&self, rows: &[Vec<i64>]) -> Result<Vec<Vec<f32>>, String> {
+    pub fn embed_token_ids(&self, rows: &[Vec<i64>]) -> Result<Vec<Vec<f32>>, EngineError> {
         self.embed_token_ids_at(rows).map(|(vectors, _)| vectors)
     }
 
     /// [`Self::embed_token_ids`], and the number of ids per row the batch ran with.
-    pub fn embed_token_ids_at(&self, rows: &[Vec<i64>]) -> Result<(Vec<Vec<f32>>, usize), String> {
+    pub fn embed_token_ids_at(
+        &self,
+        rows: &[Vec<i64>],
+    ) -> Result<(Vec<Vec<f32>>, usize), EngineError> {
         let text = self
             .text
             .as_ref()
-            .ok_or("this model has no textual tower")?;
+            .ok_or(EngineError::NoTower(TowerName::Textual))?;
         let InputKind::Text {
             dtype,
             context_length,
         } = text.tower.spec.input
         else {
-            return Err("textual tower has an image input".into());
+            return Err(EngineError::WrongInput(TowerName::Textual));
         };
         if let Some(bad) = rows.iter().position(|r| r.len() != context_length) {
-            return Err(format!(
-                "token row {bad} has {} ids; {context_length} expected",
-                rows[bad].len()
-            ));
+            return Err(EngineError::RowLength {
+                what: "token row",
+                unit: "ids",
+                index: bad,
+                got: rows[bad].len(),
+                expected: context_length,
+            });
         }
         let len = if text.tower.spec.dynamic_length && !self.full_length_text {
             trimmed_length(rows, context_length)

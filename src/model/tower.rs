@@ -17,7 +17,7 @@ use ort::{
     value::{Outlet, Tensor, TensorElementType, ValueType},
 };
 
-use super::{ModelError, runtime::ProviderOptions};
+use super::{EngineError, ModelError, runtime::ProviderOptions};
 
 /// How a visual tower takes its pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +228,7 @@ impl Tower {
 
     /// Runs `rows` rows of `input` (laid out row-major, `row_len` elements each) and returns one
     /// L2-normalized embedding per row. Static-batch models run row by row.
-    pub fn run(&self, input: BatchInput, rows: usize) -> Result<Vec<Vec<f32>>, String> {
+    pub fn run(&self, input: BatchInput, rows: usize) -> Result<Vec<Vec<f32>>, EngineError> {
         self.run_rows(input, rows, self.row_len())
     }
 
@@ -239,18 +239,18 @@ impl Tower {
         input: BatchInput,
         rows: usize,
         len: usize,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         match self.spec.input {
             InputKind::Text { context_length, .. }
                 if len == context_length || (self.spec.dynamic_length && len < context_length) =>
             {
                 self.run_rows(input, rows, len)
             }
-            _ => Err(format!(
-                "{}: cannot run token rows of {len} ids (input {})",
-                self.spec.path.display(),
-                self.spec.input_desc
-            )),
+            _ => Err(EngineError::SequenceLength {
+                path: self.spec.path.clone(),
+                len,
+                input: self.spec.input_desc.clone(),
+            }),
         }
     }
 
@@ -259,16 +259,17 @@ impl Tower {
         input: BatchInput,
         rows: usize,
         expected_row_len: usize,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         if rows == 0 {
             return Ok(Vec::new());
         }
         let row_len = input.len() / rows;
         if row_len * rows != input.len() || row_len != expected_row_len {
-            return Err(format!(
-                "batch of {rows} rows has {} elements; {expected_row_len} per row expected",
-                input.len(),
-            ));
+            return Err(EngineError::BatchShape {
+                rows,
+                elements: input.len(),
+                per_row: expected_row_len,
+            });
         }
         if self.spec.dynamic_batch {
             return self.run_batch(input, rows, row_len);
@@ -320,7 +321,7 @@ impl Tower {
         input: BatchInput,
         rows: usize,
         row_len: usize,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let shape = self.shape(rows, row_len);
         let value: ort::value::DynValue = match input {
             BatchInput::F32(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
@@ -328,7 +329,7 @@ impl Tower {
             BatchInput::I64(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
             BatchInput::I32(v) => Tensor::from_array((shape, v)).map(|t| t.into_dyn()),
         }
-        .map_err(|e| format!("could not create the input tensor: {e}"))?;
+        .map_err(|e| EngineError::InputTensor(e.to_string()))?;
         // A panic in an earlier run leaves the session itself intact: keep serving.
         let mut session = self
             .session
@@ -336,34 +337,38 @@ impl Tower {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session
             .run(ort::inputs![self.spec.input_name.as_str() => value])
-            .map_err(|e| format!("{}: inference failed: {e}", self.spec.path.display()))?;
-        let output = outputs.get(&self.spec.output_name).ok_or_else(|| {
-            format!(
-                "output `{}` missing from the run's results",
-                self.spec.output_name
-            )
-        })?;
-        let (out_shape, data) = output.try_extract_tensor::<f32>().map_err(|e| {
-            format!(
-                "output `{}` is not a float32 tensor: {e}",
-                self.spec.output_name
-            )
-        })?;
+            .map_err(|e| EngineError::Inference {
+                path: self.spec.path.clone(),
+                detail: e.to_string(),
+            })?;
+        let output = outputs
+            .get(&self.spec.output_name)
+            .ok_or_else(|| EngineError::MissingOutput(self.spec.output_name.clone()))?;
+        let (out_shape, data) =
+            output
+                .try_extract_tensor::<f32>()
+                .map_err(|e| EngineError::OutputType {
+                    name: self.spec.output_name.clone(),
+                    detail: e.to_string(),
+                })?;
         let dim = self.spec.embed_dim;
         if out_shape.len() != 2 || out_shape[0] != rows as i64 || out_shape[1] != dim as i64 {
-            return Err(format!(
-                "output `{}` has shape {out_shape:?}; expected [{rows}, {dim}]",
-                self.spec.output_name
-            ));
+            return Err(EngineError::OutputShape {
+                name: self.spec.output_name.clone(),
+                shape: out_shape.to_vec(),
+                rows,
+                dim,
+            });
         }
         let mut rows_out = Vec::with_capacity(rows);
         for (i, row) in data.chunks_exact(dim).enumerate() {
             let norm = l2_norm(row);
             if !norm.is_finite() || norm == 0.0 {
-                return Err(format!(
-                    "{}: output row {i} has norm {norm}: not a usable embedding (NaN, infinite or zero values)",
-                    self.spec.path.display()
-                ));
+                return Err(EngineError::UnusableRow {
+                    path: self.spec.path.clone(),
+                    row: i,
+                    norm,
+                });
             }
             rows_out.push(scaled(row, norm));
         }

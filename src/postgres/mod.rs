@@ -8,6 +8,7 @@
 pub mod schema;
 pub mod usage;
 
+use crate::common::limit::{POSTGRES_LOCK_TIMEOUT, POSTGRES_STATEMENT_TIMEOUT};
 use std::{
     ops::{Deref, DerefMut},
     path::PathBuf,
@@ -272,9 +273,14 @@ const READ_ONLY: &str =
 
 /// A statement cancelled by `statement_timeout`, a lock wait ended by `lock_timeout`: the
 /// connection is fine.
-const STATEMENT_TIMEOUT: &str =
-    "the shared store (PostgreSQL) took too long (--postgres-statement-timeout); retry";
-const LOCK_TIMEOUT: &str = "the shared store (PostgreSQL) is busy with a conflicting change (--postgres-lock-timeout); retry";
+static STATEMENT_TIMEOUT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("the shared store (PostgreSQL) took too long ({POSTGRES_STATEMENT_TIMEOUT}); retry")
+});
+static LOCK_TIMEOUT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "the shared store (PostgreSQL) is busy with a conflicting change ({POSTGRES_LOCK_TIMEOUT}); retry"
+    )
+});
 
 /// A PostgreSQL error as the client sees it: connection trouble, a read-only node (SQLSTATE
 /// 25006, after a failover), a statement over `statement_timeout` and a lock wait over
@@ -294,10 +300,10 @@ pub fn pg_error(e: tokio_postgres::Error) -> ServiceError {
         ServiceError::Unavailable(READ_ONLY.into())
     } else if code == "57014" {
         tracing::warn!(error = %e, code, "a PostgreSQL statement ran past --postgres-statement-timeout");
-        ServiceError::Unavailable(STATEMENT_TIMEOUT.into())
+        ServiceError::Unavailable(STATEMENT_TIMEOUT.clone())
     } else if code == "55P03" {
         tracing::warn!(error = %e, code, "a PostgreSQL lock wait ran past --postgres-lock-timeout");
-        ServiceError::Unavailable(LOCK_TIMEOUT.into())
+        ServiceError::Unavailable(LOCK_TIMEOUT.clone())
     } else if matches!(code, "40001" | "40P01") {
         ServiceError::Aborted(
             "the write conflicted with a concurrent one in PostgreSQL; nothing was written; retry"
@@ -344,8 +350,8 @@ impl Conn {
     pub fn done<T>(mut self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
         let obj = self.obj.take();
         if let Err(ServiceError::Unavailable(message)) = &result
-            && message != STATEMENT_TIMEOUT
-            && message != LOCK_TIMEOUT
+            && *message != *STATEMENT_TIMEOUT
+            && *message != *LOCK_TIMEOUT
         {
             if let Some(obj) = obj {
                 drop(Object::take(obj));

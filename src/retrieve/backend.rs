@@ -14,6 +14,7 @@
 //!   future dropped: a client hung up) happens whole or not at all, on disk and in any memory the
 //!   store keeps, never half. Each method's doc says how.
 
+use crate::common::limit::MAX_COLLECTIONS;
 use std::sync::Arc;
 
 use super::{
@@ -35,10 +36,40 @@ pub struct Record {
     pub metadata: Metadata,
 }
 
+/// Which store holds the collections (and label sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In this process, persisted under `--data-dir`: one replica owns it.
+    Local,
+    /// A PostgreSQL database shared by every replica.
+    Postgres,
+}
+
+impl StoreKind {
+    /// The name in logs and errors (and of the `--store` value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Local => "local",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+
+    /// Whether other replicas may change the store behind this one's back.
+    pub fn is_shared(self) -> bool {
+        self != StoreKind::Local
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[async_trait::async_trait]
 pub trait CollectionStore: Send + Sync {
-    /// "local" or "postgres": named in errors and logs.
-    fn kind(&self) -> &'static str;
+    /// Which store this is: decides start-up and write checks, named in errors and logs.
+    fn kind(&self) -> StoreKind;
 
     /// Start-up: read or connect (and migrate). Until it returns, calls get UNAVAILABLE.
     async fn load(&self) -> anyhow::Result<()>;
@@ -143,6 +174,6 @@ pub fn exists(name: &str) -> ServiceError {
 
 pub fn too_many(n: usize) -> ServiceError {
     ServiceError::ResourceExhausted(format!(
-        "{n} collections exist, the limit (--max-collections); delete one first"
+        "{n} collections exist, the limit ({MAX_COLLECTIONS}); delete one first"
     ))
 }

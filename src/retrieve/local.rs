@@ -20,6 +20,7 @@
 //! under the write lock (held for the replay only). A collection that shrinks below the threshold keeps its graph until the next
 //! start-up.
 
+use crate::common::limit::MAX_COLLECTION_ITEMS;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -32,7 +33,7 @@ use std::{
 use super::{
     CollectionInfo,
     ann::{AnnIndex, AnnParams, persist},
-    backend::{CollectionStore, Record, exists, not_found, replaced, too_many},
+    backend::{CollectionStore, Record, StoreKind, exists, not_found, replaced, too_many},
     index::{FlatIndex, Metadata, Scored, VectorIndex},
     store::{CollectionMeta, Store, StoreError, StoredItem},
     validate::check_vector,
@@ -507,7 +508,7 @@ impl LocalStore {
                 let count = index.len();
                 if count + added > inner.max_items {
                     return Err(ServiceError::ResourceExhausted(format!(
-                        "collection {:?} holds {count} items and this upsert adds {added}, over the limit of {} items per collection (--max-collection-items); nothing was written",
+                        "collection {:?} holds {count} items and this upsert adds {added}, over the limit of {} items per collection ({MAX_COLLECTION_ITEMS}); nothing was written",
                         meta.name, inner.max_items
                     )));
                 }
@@ -595,8 +596,8 @@ impl LocalStore {
 /// info, list, search, get_items) change nothing and may be dropped at any point.
 #[async_trait::async_trait]
 impl CollectionStore for LocalStore {
-    fn kind(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> StoreKind {
+        StoreKind::Local
     }
 
     async fn load(&self) -> anyhow::Result<()> {

@@ -13,8 +13,12 @@ pub mod postgres;
 pub mod store;
 mod validate;
 
+use crate::common::limit::{
+    MAX_COLLECTION_ITEMS, MAX_MODEL_BYTES, MAX_REPLY_BYTES, MAX_TOP_K, MAX_UPSERT_ITEMS,
+};
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
+pub use backend::StoreKind;
 use backend::{Record, SharedStore};
 use bytes::Bytes;
 use index::{Metadata, Scored};
@@ -176,8 +180,8 @@ impl RetrieveService {
         }
     }
 
-    /// Which store holds the collections ("local", "postgres").
-    pub fn store_kind(&self) -> &'static str {
+    /// Which store holds the collections.
+    pub fn store_kind(&self) -> StoreKind {
         self.inner.store.kind()
     }
 
@@ -209,7 +213,7 @@ impl RetrieveService {
             return Err(ServiceError::invalid(
                 Field::List(list),
                 format!(
-                    "{n} {}, over the limit of {max} (--max-upsert-items)",
+                    "{n} {}, over the limit of {max} ({MAX_UPSERT_ITEMS})",
                     list.as_str()
                 ),
             ));
@@ -286,7 +290,7 @@ impl RetrieveService {
             return Err(ServiceError::invalid(
                 Field::Param("model"),
                 format!(
-                    "{} bytes, over the limit of {max_model} (--max-model-bytes)",
+                    "{} bytes, over the limit of {max_model} ({MAX_MODEL_BYTES})",
                     model.len()
                 ),
             ));
@@ -343,7 +347,7 @@ impl RetrieveService {
         let max = self.inner.config.max_reply_bytes;
         if bytes > max {
             return Err(ServiceError::ResourceExhausted(format!(
-                "the {} collections take {bytes} bytes, over the reply limit of {max} (--max-reply-bytes)",
+                "the {} collections take {bytes} bytes, over the reply limit of {max} ({MAX_REPLY_BYTES})",
                 all.len()
             )));
         }
@@ -377,7 +381,7 @@ impl RetrieveService {
             return Err(ServiceError::invalid(
                 Field::List(List::Items),
                 format!(
-                    "{} items, over the limit of {} per Upsert (--max-upsert-items)",
+                    "{} items, over the limit of {} per Upsert ({MAX_UPSERT_ITEMS})",
                     items.len(),
                     config.max_upsert_items
                 ),
@@ -450,7 +454,7 @@ impl RetrieveService {
             })
             .collect();
         let n = records.len();
-        if self.inner.store.kind() != "local" {
+        if self.inner.store.kind().is_shared() {
             // The local store checks the cap exactly, in the write (replacements do not count);
             // elsewhere every item counts as new.
             self.check_collection_items(&collection.name, n).await?;
@@ -500,7 +504,7 @@ impl RetrieveService {
         if k > max {
             return Err(ServiceError::invalid(
                 Field::Param("top_k"),
-                format!("{k} is over the limit of {max} (--max-top-k)"),
+                format!("{k} is over the limit of {max} ({MAX_TOP_K})"),
             ));
         }
         self.check_metadata(Field::Param("filter"), &filter)?;
@@ -554,7 +558,7 @@ impl RetrieveService {
                             return Err(ServiceError::invalid(
                                 Field::List(List::Ids),
                                 format!(
-                                    "the items found pass the reply limit of {max} bytes (--max-reply-bytes) at items[{}]; ask for fewer ids at a time",
+                                    "the items found pass the reply limit of {max} bytes ({MAX_REPLY_BYTES}) at items[{}]; ask for fewer ids at a time",
                                     items.len()
                                 ),
                             ));
@@ -574,7 +578,7 @@ impl RetrieveService {
         let count = self.inner.store.info(name).await?.count;
         if count.saturating_add(adding) > max {
             return Err(ServiceError::ResourceExhausted(format!(
-                "collection {name:?} holds {count} items and this upsert has {adding}, over the limit of {max} items per collection (--max-collection-items); nothing was written"
+                "collection {name:?} holds {count} items and this upsert has {adding}, over the limit of {max} items per collection ({MAX_COLLECTION_ITEMS}); nothing was written"
             )));
         }
         Ok(())

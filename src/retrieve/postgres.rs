@@ -26,7 +26,7 @@ use pgvector::Vector;
 
 use super::{
     CollectionInfo,
-    backend::{CollectionStore, Record, exists, not_found, replaced, too_many},
+    backend::{CollectionStore, Record, StoreKind, exists, not_found, replaced, too_many},
     index::{Metadata, Scored},
     store::{CollectionMeta, StoredItem},
 };
@@ -290,8 +290,8 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl CollectionStore for PgStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> StoreKind {
+        StoreKind::Postgres
     }
 
     /// Connects and migrates (retrying while PostgreSQL is unreachable).

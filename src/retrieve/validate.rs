@@ -2,6 +2,7 @@
 //! through the batchers, vectors checked and normalized. Errors name the field as data (a Rank's
 //! first content is its `query`, the texts of an Upsert are `items[i].text`).
 
+use crate::common::limit::{MAX_ITEMS_PER_REQUEST, MAX_METADATA_BYTES};
 use std::time::Instant;
 
 use super::{Content, RetrieveService, index::Metadata, store::CollectionMeta};
@@ -73,7 +74,7 @@ impl RetrieveService {
             return Err(ServiceError::invalid(
                 list,
                 format!(
-                    "{} texts and images to embed, over the limit of {max_items} per request (--max-items-per-request); send vectors for more",
+                    "{} texts and images to embed, over the limit of {max_items} per request ({MAX_ITEMS_PER_REQUEST}); send vectors for more",
                     texts.len() + images.len()
                 ),
             ));
@@ -147,7 +148,7 @@ impl RetrieveService {
             return Err(ServiceError::invalid(
                 field,
                 format!(
-                    "{bytes} bytes of keys and values, over the limit of {max} (--max-metadata-bytes)"
+                    "{bytes} bytes of keys and values, over the limit of {max} ({MAX_METADATA_BYTES})"
                 ),
             ));
         }

@@ -7,6 +7,10 @@
 //! (`embed` counts images and text tokens, `retrieve` ranked documents), so every route of both
 //! doors is counted the same way without each handler counting. Outside a scope (no keys, or
 //! background work such as label-set builds) recording does nothing.
+//!
+//! A task-local does not cross `tokio::spawn`: work a call spawns goes through [`spawn`] (or
+//! [`spawn_in`] for a `JoinSet`), which carries the scope into the task. Background work
+//! (`common::tasks::Background`) runs outside every scope on purpose: it is the server's.
 
 use std::{future::Future, sync::Arc};
 
@@ -100,6 +104,25 @@ pub async fn carried<F: Future>(usage: Option<Usage>, work: F) -> F::Output {
     }
 }
 
+/// Spawns `work` for the running call, in its usage scope: what the task computes counts for the
+/// caller's key. (A bare `tokio::spawn` starts outside every scope.)
+pub fn spawn<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(carried(current(), work))
+}
+
+/// [`spawn`] into a `JoinSet`.
+pub fn spawn_in<F>(tasks: &mut tokio::task::JoinSet<F::Output>, work: F) -> tokio::task::AbortHandle
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tasks.spawn(carried(current(), work))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +177,36 @@ mod tests {
         );
         assert!(
             text.contains(&format!("{} 0", line("rerank_documents"))),
+            "{text}"
+        );
+    }
+
+    /// Work a call spawns counts for the call's key through [`spawn`] and [`spawn_in`]; the same
+    /// work under a bare `tokio::spawn` counts for nobody (what the helpers are for).
+    #[tokio::test]
+    async fn spawned_work_is_attributed_to_the_callers_key() {
+        let metrics = Metrics::new().unwrap().with_key_names(true);
+        let bob = Usage::for_key(&metrics, "bob".into());
+        scoped(Some(bob), async {
+            spawn(async { record(UsageKind::Images, 2) }).await.unwrap();
+            let mut set = tokio::task::JoinSet::new();
+            spawn_in(&mut set, async {
+                // A task spawned by a spawned task keeps the scope too.
+                spawn(async { record(UsageKind::TextTokens, 5) })
+                    .await
+                    .unwrap();
+            });
+            while set.join_next().await.is_some() {}
+            tokio::spawn(async { record(UsageKind::Images, 100) })
+                .await
+                .unwrap();
+        })
+        .await;
+        let text = metrics.render();
+        let line = |kind: &str| format!("clip_usage_total{{key=\"bob\",kind=\"{kind}\"}}");
+        assert!(text.contains(&format!("{} 2\n", line("images"))), "{text}");
+        assert!(
+            text.contains(&format!("{} 5\n", line("text_tokens"))),
             "{text}"
         );
     }

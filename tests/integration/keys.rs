@@ -232,3 +232,63 @@ async fn failed_key_checks_are_throttled_per_peer_address() {
         .expect("RetryInfo");
     assert!(delay > Duration::from_secs(30), "{delay:?}");
 }
+
+/// An EmbedStream's items run in tasks of their own: what they compute still counts for the
+/// caller's key. (A task spawned without `telemetry::usage::spawn` starts outside the call's usage
+/// scope, and its text tokens would count for nobody.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_items_count_for_the_callers_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "carol:sk-carol\n").unwrap();
+    let mut cfg = config(&tiny_model());
+    cfg.api_key_file = Some(file);
+    cfg.metrics_key_names = true;
+    let server = serve(cfg).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for (i, text) in ["a photo of a cat", "a dog on a beach"].iter().enumerate() {
+        tx.send(pb::EmbedStreamRequest {
+            id: format!("t{i}"),
+            item: Some(pb::embed_stream_request::Item::Text((*text).into())),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let mut replies = server
+        .embed()
+        .embed_stream(with_key(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            "sk-carol",
+        ))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut answered = 0;
+    while let Some(reply) = replies.next().await {
+        let reply = reply.expect("a reply");
+        assert!(
+            matches!(
+                reply.result,
+                Some(pb::embed_stream_response::Result::Embedding(_))
+            ),
+            "{reply:?}"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 2);
+    let metrics = try_get_metrics(server.server.http_addr).await;
+    let usage = |kind: &str| {
+        metric_value(
+            &metrics,
+            &format!("clip_usage_total{{key=\"carol\",kind=\"{kind}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(usage("requests"), 1.0, "one stream is one request");
+    assert!(
+        usage("text_tokens") >= 8.0,
+        "two texts of 4+ tokens each count for carol: {}",
+        usage("text_tokens")
+    );
+}
