@@ -19,7 +19,7 @@ use utoipa::{
     },
 };
 
-use super::{classify, collections, hf, immich, openai, pages, probes, rerank, weaviate};
+use super::{classify, cohere, collections, hf, immich, openai, pages, probes, rerank, weaviate};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,8 @@ use super::{classify, collections, hf, immich, openai, pages, probes, rerank, we
         openai::models,
         classify::classify,
         rerank::rerank,
+        cohere::embed_v2,
+        cohere::embed_v1,
         hf::inference,
         weaviate::vectorize,
         weaviate::meta,
