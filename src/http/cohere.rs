@@ -387,7 +387,7 @@ fn truncate_texts(
 }
 
 /// Cohere embed v2 (`ClientV2.embed`).
-#[utoipa::path(post, path = "/v2/embed", tag = "cohere", request_body(content = EmbedRequest, example = json!({"model": "embed-v4.0", "input_type": "search_query", "texts": ["a photo of a cat"], "embedding_types": ["float", "int8", "binary"]})),
+#[utoipa::path(post, path = "/v2/embed", tag = "cohere", request_body(content = EmbedRequest, example = json!({"input_type": "search_query", "texts": ["a photo of a cat"], "embedding_types": ["float", "int8", "binary"]})),
     responses((status = 200, description = "`{id, embeddings: {float?, int8?, uint8?, binary?, ubinary?, base64?}, texts?, meta: {api_version, billed_units}, response_type}`", body = serde_json::Value),
         (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
     ))]
@@ -396,7 +396,7 @@ pub(super) async fn embed_v2(State(state): State<Api>, headers: HeaderMap, body:
 }
 
 /// Cohere embed v1 (`Client.embed`).
-#[utoipa::path(post, path = "/v1/embed", tag = "cohere", request_body(content = EmbedRequest, example = json!({"model": "embed-v4.0", "input_type": "search_document", "texts": ["a photo of a cat", "a red car"]})),
+#[utoipa::path(post, path = "/v1/embed", tag = "cohere", request_body(content = EmbedRequest, example = json!({"input_type": "search_document", "texts": ["a photo of a cat", "a red car"]})),
     responses((status = 200, description = "`{response_type: embeddings_floats, id, embeddings: [[...]], texts, meta}`, or `embeddings_by_type` with `embedding_types`", body = serde_json::Value),
         (status = "4XX", description = "An error (OpenAI shape: `{error: {message, type, param, code}, detail}`), naming the offending field"),
     ))]

@@ -182,13 +182,16 @@ fn wants_base64(request: &EmbeddingsRequest) -> Result<bool, ApiError> {
     Ok(base64.unwrap_or(false))
 }
 
+/// Items with their names (`input[3]`).
+type Named = Vec<(String, Input)>;
+
 /// The request's items and the field they came in: vLLM's conversations (in `messages` or
 /// `input`), or `input`'s items, where Infinity's `modality: image` makes every string an image.
 fn items_of(
     input: Option<Items>,
     messages: Option<Items>,
     modality: Option<&str>,
-) -> Result<(&'static str, Vec<(String, Input)>), ApiError> {
+) -> Result<(&'static str, Named), ApiError> {
     let input = match (input, messages) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
