@@ -205,8 +205,8 @@ fn items_of(
         (Some(input), None) => input,
         (None, None) => {
             return Err(ApiError::invalid(
-                Some("input"),
-                "the request needs `input` (or vLLM's `messages`)",
+                None,
+                "the body is not a valid embeddings request: missing field `input` (or vLLM's `messages`)",
             ));
         }
     };
