@@ -524,6 +524,9 @@ pub struct ServeArgs {
     /// Log filter in tracing's EnvFilter syntax, e.g. `info,clip_serve=debug`.
     #[arg(long, env = "CLIP_SERVE_LOG", default_value = "info,ort=warn")]
     pub log_filter: String,
+
+    #[command(flatten)]
+    pub trace: crate::telemetry::TraceArgs,
 }
 
 /// `--store`.

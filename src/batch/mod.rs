@@ -239,6 +239,10 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             cost: E::cost,
         });
         let owner = Arc::clone(&shared);
+        #[allow(
+            clippy::expect_used,
+            reason = "at start-up, before any request: a process that cannot start a thread cannot serve"
+        )]
         thread::Builder::new()
             .name("batch-engine".into())
             .spawn(move || engine_loop(engine, &owner))
@@ -360,7 +364,9 @@ fn enqueue<R, O>(
             enqueued,
             inference: Duration::ZERO,
             last_batch: 0,
-            span: Span::current(),
+            // The rows' time in the batcher, a child of the caller's span; the batch that
+            // computes them links to it (see `engine_loop`).
+            span: tracing::debug_span!("queue", rows = n),
         })),
         deadline,
         enqueued,
@@ -557,7 +563,7 @@ fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
                 jobs.push(Arc::clone(job));
             }
         }
-        let span = tracing::debug_span!("batch", rows = n, jobs = jobs.len());
+        let span = tracing::debug_span!(parent: None, "inference", rows = n, jobs = jobs.len());
         for job in &jobs {
             span.follows_from(&job.lock().unwrap_or_else(PoisonError::into_inner).span);
         }

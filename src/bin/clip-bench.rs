@@ -4,6 +4,11 @@
 //!
 //! Its own binary: it uses only the generated gRPC client (`clip_serve::grpc::pb`) and the wire's
 //! code names, none of the server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a load generator run by hand: a panic is a failed run"
+)]
 
 use std::{
     collections::BTreeMap,

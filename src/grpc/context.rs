@@ -222,9 +222,18 @@ impl http_body::Body for Counted {
     }
 }
 
-fn tag(headers: &mut HeaderMap, request_id: &str) {
+/// The call's request id and (while traces are exported) its W3C trace context on the reply.
+fn tag(headers: &mut HeaderMap, request_id: &str, span: &tracing::Span) {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
+    }
+    if let Some((parent, state)) = crate::telemetry::trace::reply_context(span) {
+        if let Ok(v) = HeaderValue::from_str(&parent) {
+            headers.insert("traceparent", v);
+        }
+        if let Some(Ok(v)) = state.map(|s| HeaderValue::from_str(&s)) {
+            headers.insert("tracestate", v);
+        }
     }
 }
 
@@ -280,6 +289,12 @@ where
             method = %format_args!("{service}/{method}"),
             key = tracing::field::Empty
         );
+        let header_text = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        crate::telemetry::trace::adopt_parent(
+            &span,
+            header_text("traceparent"),
+            header_text("tracestate"),
+        );
         let mut recorder = Recorder {
             metrics: self.layer.metrics.clone(),
             service,
@@ -306,7 +321,7 @@ where
             match self.layer.keys.authenticate_from(presented, peer) {
                 Err(e) => {
                     let mut response: http::Response<Body> = super::auth::refusal(e).into_http();
-                    tag(response.headers_mut(), &request_id);
+                    tag(response.headers_mut(), &request_id, &span);
                     recorder.record_from(response.headers());
                     return Box::pin(async move { Ok(response) });
                 }
@@ -329,10 +344,11 @@ where
             let _entered = span.enter();
             inner.call(request)
         };
+        let reply_span = span.clone();
         let work = usage::scoped(usage, keys::scoped(allowance, work)).instrument(span);
         Box::pin(async move {
             let mut response = work.await?;
-            tag(response.headers_mut(), &request_id);
+            tag(response.headers_mut(), &request_id, &reply_span);
             if recorder.record_from(response.headers()) {
                 // Trailers-only: the status is in the headers, the body is empty.
                 return Ok(response);

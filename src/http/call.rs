@@ -19,7 +19,7 @@ use std::{borrow::Cow, net::SocketAddr, time::Instant};
 
 use axum::{
     extract::{ConnectInfo, MatchedPath, Request, State},
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::Response,
 };
@@ -30,6 +30,7 @@ use crate::{
     security::{ApiKeys, keys},
     telemetry::{
         metrics::Metrics,
+        trace,
         usage::{self, Usage},
     },
 };
@@ -310,6 +311,8 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
         method = %format_args!("{service}/{method}"),
         key = tracing::field::Empty
     );
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    trace::adopt_parent(&span, header_text("traceparent"), header_text("tracestate"));
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -372,7 +375,20 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
     if let Ok(v) = HeaderValue::from_str(&format!("total;dur={:.3}", elapsed * 1e3)) {
         headers.insert("server-timing", v);
     }
+    put_trace_context(headers, &span);
     response
+}
+
+/// The call's W3C trace context on its reply (while traces are exported).
+fn put_trace_context(headers: &mut HeaderMap, span: &tracing::Span) {
+    if let Some((parent, state)) = trace::reply_context(span) {
+        if let Ok(v) = HeaderValue::from_str(&parent) {
+            headers.insert("traceparent", v);
+        }
+        if let Some(Ok(v)) = state.map(|s| HeaderValue::from_str(&s)) {
+            headers.insert("tracestate", v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use backend::{Record, SharedStore};
 use bytes::Bytes;
 use index::{Metadata, Scored};
 use store::{CollectionMeta, StoredItem};
+use tracing::Instrument;
 #[cfg(test)]
 use validate::check_vector;
 
@@ -454,7 +455,12 @@ impl RetrieveService {
             // elsewhere every item counts as new.
             self.check_collection_items(&collection.name, n).await?;
         }
-        let count = self.inner.store.upsert(&collection, records).await?;
+        let count = self
+            .inner
+            .store
+            .upsert(&collection, records)
+            .instrument(tracing::debug_span!("store", op = "upsert"))
+            .await?;
         Ok((n, count))
     }
 
@@ -466,7 +472,11 @@ impl RetrieveService {
     ) -> Result<(usize, usize), ServiceError> {
         let collection = self.collection(name).await?;
         self.check_list_len(List::Ids, ids.len())?;
-        self.inner.store.delete(&collection, ids).await
+        self.inner
+            .store
+            .delete(&collection, ids)
+            .instrument(tracing::debug_span!("store", op = "delete"))
+            .await
     }
 
     pub async fn search(
@@ -507,7 +517,11 @@ impl RetrieveService {
             )
             .await?;
         let query = q.pop().unwrap_or_default();
-        self.inner.store.search(&collection, query, k, filter).await
+        self.inner
+            .store
+            .search(&collection, query, k, filter)
+            .instrument(tracing::debug_span!("store", op = "search"))
+            .await
     }
 
     /// Items exactly as stored, and the ids that are absent.

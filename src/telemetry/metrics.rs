@@ -106,6 +106,10 @@ impl ClassifyMetrics {
     }
 
     /// Instruments registered nowhere, for tests.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant, valid metric names (instruments for tests)"
+    )]
     pub fn unregistered() -> Self {
         ClassifyMetrics::new().expect("valid metric names")
     }
@@ -126,6 +130,10 @@ pub struct BatchMetrics {
 
 impl BatchMetrics {
     /// Instruments registered nowhere, for tests and batchers outside a server.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant, valid metric names (instruments for tests)"
+    )]
     pub fn unregistered() -> Self {
         let counter = |name: &str| IntCounter::new(name, name).expect("valid metric name");
         let histogram = |name: &str| {
