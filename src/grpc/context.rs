@@ -24,7 +24,7 @@ use std::{
 };
 
 use tonic::{
-    Code,
+    Code, Status,
     body::Body,
     codegen::http::{self, HeaderMap, HeaderValue},
     metadata::{MetadataMap, MetadataValue},
@@ -34,6 +34,8 @@ use tracing::{Instrument, Span};
 
 use super::status::code_name;
 use crate::{
+    batch::priority::{self, Allowed, Priority},
+    common::{Field, ServiceError},
     embed::Timings,
     security::{ApiKeys, keys},
     telemetry::{
@@ -303,6 +305,22 @@ where
             span: span.clone(),
             recorded: false,
         };
+        let asked = match request
+            .headers()
+            .get("x-priority")
+            .map(|v| v.to_str().unwrap_or("(not text)").parse::<Priority>())
+            .transpose()
+        {
+            Ok(asked) => asked,
+            Err(e) => {
+                let refusal = Status::from(ServiceError::invalid(Field::Param("x-priority"), e));
+                let mut response: http::Response<Body> = refusal.into_http();
+                tag(response.headers_mut(), &request_id, &span);
+                recorder.record_from(response.headers());
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        let mut allowed = Allowed::OPEN;
         let (usage, allowance) = if keyed {
             let presented = request
                 .headers()
@@ -327,6 +345,7 @@ where
                 }
                 Ok(caller) => caller
                     .map(|c| {
+                        allowed = c.priority;
                         // The key's name (never the key) on the span.
                         span.record("key", &*c.key_name);
                         (Usage::for_key(&self.layer.metrics, c.key_name), c.allowance)
@@ -345,6 +364,7 @@ where
             inner.call(request)
         };
         let reply_span = span.clone();
+        let work = priority::scoped(allowed, asked, work);
         let work = usage::scoped(usage, keys::scoped(allowance, work)).instrument(span);
         Box::pin(async move {
             let mut response = work.await?;

@@ -32,6 +32,7 @@ mod postgres;
 mod postgres_replicas;
 mod postgres_siege;
 mod postgres_store;
+mod priorities;
 mod retrieve;
 mod server;
 mod siege;
