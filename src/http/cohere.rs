@@ -10,7 +10,8 @@
 //! must be the model's dimension. `truncate`: `END` (the default: open_clip keeps the first
 //! tokens), `NONE` (a text over the context is refused), `START` (the text's last words that fit
 //! are kept: whole words, so a word cut by the boundary is dropped too). `max_tokens` below the
-//! context length is refused (not supported); `priority` is accepted and ignored.
+//! context length is refused (not supported); `priority` is read as vLLM's Cohere endpoint reads
+//! it, as vLLM's priority (below 0 high, 0 normal, above 0 low), as far as the key allows.
 //!
 //! Embedding types, derived from the L2-normalized float embedding `x` (what gRPC returns):
 //! - `float`; `base64`: the little-endian float32 bytes, base64-encoded;
@@ -49,6 +50,7 @@ use super::{
     inputs::{self, Input, invalid, kind},
 };
 use crate::{
+    batch::priority::{self, Priority},
     common::Field,
     embed::{Admission, Embedded, Item},
     preprocess::text::ClipTokenizer,
@@ -95,9 +97,8 @@ pub(super) struct EmbedRequest {
     /// At least the model's context length (77): a smaller one is refused.
     #[serde(default)]
     max_tokens: Option<u64>,
-    /// Accepted and ignored.
+    /// vLLM's priority: below 0 high, 0 normal, above 0 low (as far as the key allows).
     #[serde(default)]
-    #[allow(dead_code)]
     priority: Option<i64>,
 }
 
@@ -410,7 +411,8 @@ async fn handle(state: Api, headers: HeaderMap, body: Body, version: Version) ->
             let (request, _held) = state
                 .read_json::<EmbedRequest>(&headers, body, "embed request")
                 .await?;
-            run(&state, request, version).await
+            let asked = request.priority.map(Priority::from_vllm);
+            priority::requested(asked, run(&state, request, version)).await
         })
         .await
 }

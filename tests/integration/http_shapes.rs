@@ -240,6 +240,12 @@ async fn cohere_embed_types_and_shapes_equal_grpc() {
         v2(json!({"texts": ["a"], "truncate": "NONE"})).await.status,
         200
     );
+    // vLLM's priority (an integer), as vLLM's Cohere endpoint reads it.
+    assert_eq!(v2(json!({"texts": ["a"], "priority": 5})).await.status, 200);
+    assert_eq!(
+        v2(json!({"texts": ["a"], "priority": "high"})).await.status,
+        400
+    );
 
     // Refusals.
     refused(
