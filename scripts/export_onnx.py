@@ -702,10 +702,12 @@ def main(argv=None) -> int:
         print(f"WARNING: {a.out}/classifiers/ was kept from an earlier run; if the weights changed, regenerate it "
               f"(scripts/export_classifiers.py --model-dir {a.out} --sets ...)")
     # The fp32 graphs changed: variants and their gate report from an earlier export no longer apply.
-    from quantize import TOWERS, VARIANTS, variant_file, run_gate, gate_kwargs
+    from quantize import FILELESS_VARIANTS, TOWERS, VARIANTS, variant_file, run_gate, gate_kwargs
 
     for tower in TOWERS:
         for v in VARIANTS:
+            if v in FILELESS_VARIANTS:  # bf16 is model.onnx itself, run differently: nothing stale to remove
+                continue
             stale = os.path.join(a.out, variant_file(tower, v))
             if os.path.exists(stale):
                 os.remove(stale)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 r"""Reduced-precision variants of an exported model directory, behind an accuracy gate.
 
-    python scripts/quantize.py --model-dir DIR --int8 [--fp16] [--calibration-images PHOTOS] [--bench]
+    python scripts/quantize.py --model-dir DIR --int8 [--fp16] [--bf16] [--calibration-images PHOTOS] [--bench]
 
 Variants (each written beside the fp32 graph, per tower):
   int8   <tower>/model.int8.onnx  for CPUs. onnxruntime.quantization.quantize_dynamic: QInt8 weights, per channel,
@@ -19,6 +19,13 @@ Variants (each written beside the fp32 graph, per tower):
          the fp16 rounding of the weights, not a GPU's fp16 arithmetic; its session for the fp16 image tower crashes
          at ORT_ENABLE_ALL in ORT 1.32, so the gate uses ORT_ENABLE_EXTENDED there): gate it on CUDA when there is
          one (--fp16-provider auto picks CUDA when available).
+  bf16   no file: the fp32 graph run by OpenVINO at INFERENCE_PRECISION_HINT=bf16 (what `clip-serve --provider
+         openvino --precision bf16` serves), on CPUs with AVX512-BF16 or AMX-BF16 only. Measured through the same
+         plugin execution provider as the server (PyPI onnxruntime-ep-openvino, registered with
+         onnxruntime.register_execution_provider_library, its CPU EpDevice added with add_provider_for_devices and
+         the options in load_config). The plugin publishes devices on Intel CPUs only: elsewhere --bf16-engine auto
+         falls back to OpenVINO's own runtime (PyPI `openvino` of the plugin's OpenVINO release, the same CPU plugin
+         and ONNX frontend) and records that it did; --bf16-engine plugin refuses instead.
 Both keep the fp32 graph's dynamic axes (batch, and the text sequence axis of scripts/export_onnx.py).
 
 The gate compares each variant with the fp32 graph of the same directory on a calibration set:
@@ -58,10 +65,15 @@ DEFAULT_IMAGES_DIR = os.path.join(ROOT, "tests", "fixtures", "images")
 DEFAULT_TEXTS = os.path.join(ROOT, "tests", "fixtures", "texts.json")
 DEFAULT_LABEL_SET = os.path.join(ROOT, "assets", "label_sets", "cifar-10.json")
 
-VARIANTS = ("int8", "fp16")
+VARIANTS = ("int8", "fp16", "bf16")
+# Variants that are a way of running model.onnx, not a file of their own.
+FILELESS_VARIANTS = ("bf16",)
+OPENVINO_EP_NAME = "OpenVINOExecutionProvider"
+DEFAULT_OPENVINO_PLUGIN = os.path.join(ROOT, ".cache", "onnxruntime-ep-openvino", "1.8.1", "lib",
+                                       "libonnxruntime_providers_openvino_plugin.so")
 TOWERS = ("visual", "textual")
 DEFAULT_THRESHOLDS = {"image_min_cosine": 0.99, "text_min_cosine": 0.99, "top1_agreement": 0.95}
-RELEVANT_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni")
+RELEVANT_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 INT8_OP_TYPES = ("MatMul", "Gemm")
 FP16_EXTRA_BLOCKED_OPS = ("LayerNormalization", "Softmax", "ArgMax")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -73,7 +85,20 @@ def variant_file(tower: str, variant: str) -> str:
     """Relative path of a tower's variant graph: visual/model.int8.onnx, textual/model.fp16.onnx, ..."""
     if tower not in TOWERS or variant not in VARIANTS:
         raise ValueError((tower, variant))
+    if variant in FILELESS_VARIANTS:
+        return f"{tower}/model.onnx"
     return f"{tower}/model.{variant}.onnx"
+
+
+def openvino_load_config(threads: int) -> str:
+    """The plugin EP's load_config (the server's model::openvino::load_config): bf16, threads, one inference at a
+    time."""
+    return json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": str(max(1, threads)),
+                               "PERFORMANCE_HINT": "LATENCY"}})
+
+
+def has_bf16(cpu: Dict[str, Any]) -> bool:
+    return bool(cpu.get("avx512_bf16") or cpu.get("amx_bf16"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -314,14 +339,63 @@ def minimal_seq_len(ids) -> int:
     return int(np.asarray(ids).argmax(axis=-1).max()) + 1
 
 
+def openvino_cpu_device(plugin: Optional[str]):
+    """Registers the OpenVINO plugin (once) and returns its CPU EpDevice, or raises saying why there is none."""
+    import onnxruntime as ort
+
+    plugin = plugin or DEFAULT_OPENVINO_PLUGIN
+    if not os.path.isfile(plugin):
+        raise RuntimeError(f"no OpenVINO plugin at {plugin}: run scripts/setup.sh (PyPI onnxruntime-ep-openvino)")
+    if not getattr(openvino_cpu_device, "registered", None):
+        ort.register_execution_provider_library(OPENVINO_EP_NAME, plugin)
+        openvino_cpu_device.registered = plugin
+    devices = ort.get_ep_devices()
+    for d in devices:
+        if d.ep_name == OPENVINO_EP_NAME and d.device.type == ort.OrtHardwareDeviceType.CPU:
+            return d
+    vendors = sorted({d.device.vendor for d in devices if d.device.type == ort.OrtHardwareDeviceType.CPU})
+    raise RuntimeError(f"the OpenVINO plugin offers no CPU device here (CPU vendor: {', '.join(vendors) or '?'}): "
+                       f"onnxruntime-ep-openvino publishes devices for Intel CPUs only")
+
+
+class _NativeInput:
+    TYPES = {"f32": "tensor(float)", "u8": "tensor(uint8)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
+
+    def __init__(self, port):
+        self.name = port.get_any_name()
+        self.shape = [d.get_length() if d.is_static else "dyn" for d in port.get_partial_shape()]
+        self.type = self.TYPES.get(port.get_element_type().get_type_name(), str(port.get_element_type()))
+
+
+class _NativeSession:
+    """The slice of onnxruntime.InferenceSession that Tower uses, over an OpenVINO compiled model."""
+
+    def __init__(self, model, compiled):
+        self._inputs = [_NativeInput(p) for p in model.inputs]
+        self._request = compiled.create_infer_request()
+
+    def get_inputs(self):
+        return self._inputs
+
+    def run(self, _outputs, feed):
+        import numpy as np
+
+        result = self._request.infer(feed)
+        return [np.array(v) for v in result.values()]
+
+
 class Tower:
     """An ONNX Runtime session adapted to the tower's input like the server does: image float32 NCHW or uint8 NHWC,
     token ids int64/int32, dynamic batch or static batch 1, dynamic sequence axis (rows cut to the batch's
     minimal length) or fixed. run() returns float64 L2-normalized embeddings."""
 
-    def __init__(self, path: str, provider: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, path: str, provider: str = "cpu", threads: Optional[int] = None,
+                 openvino_plugin: Optional[str] = None):
         import onnxruntime as ort
 
+        if provider == "openvino-native":
+            self._init_native(path, threads)
+            return
         so = ort.SessionOptions()
         if provider == "cpu" and path.endswith(".fp16.onnx"):
             # ORT 1.32's CPU provider crashes (SIGSEGV in session creation) on the fp16 image tower at
@@ -330,15 +404,40 @@ class Tower:
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        self.path = path
+        if provider == "openvino-plugin":
+            so.add_provider_for_devices([openvino_cpu_device(openvino_plugin)],
+                                        {"load_config": openvino_load_config(so.intra_op_num_threads)})
+            # Nodes OpenVINO cannot take are an error, as in the server, not a silent CPU fall back.
+            so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            self.sess = ort.InferenceSession(path, so)
+            self._describe()
+            return
         providers = {"cpu": ["CPUExecutionProvider"],
                      "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[provider]
-        self.path = path
         if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             # Checked first: a silent fallback to the CPU provider would gate (or crash on) the wrong thing.
             raise RuntimeError(f"{path}: the CUDA provider is not available here ({ort.get_available_providers()})")
         self.sess = ort.InferenceSession(path, so, providers=providers)
         if provider == "cuda" and self.sess.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"{path}: CUDA provider did not start ({self.sess.get_providers()})")
+        self._describe()
+
+    def _init_native(self, path: str, threads: Optional[int]):
+        """OpenVINO's own runtime at bf16 (where the plugin EP offers no device): the same OpenVINO release, CPU
+        plugin and ONNX frontend as the plugin, without ONNX Runtime around it."""
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(path)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
+                                                     "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1),
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+        self.path = path
+        self.sess = _NativeSession(model, compiled)
+        self._describe()
+
+    def _describe(self):
         inp = self.sess.get_inputs()[0]
         self.name, self.shape, self.type = inp.name, list(inp.shape), inp.type
         self.static_batch1 = self.shape[0] == 1
@@ -550,6 +649,7 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
              fp16_provider: str = "auto", threads: Optional[int] = None, image_batch: int = 8,
              text_batch: int = 16, keep_on_fail: bool = False, bench: bool = False,
              bench_batches: Sequence[int] = (1, 16), bench_seconds: float = 1.0,
+             bf16_engine: str = "auto", openvino_plugin: Optional[str] = None,
              log=print) -> Tuple[Dict[str, Any], int]:
     """Make the variants, gate them and write <model_dir>/quantization.json. Returns (report, exit code)."""
     import numpy as np
@@ -577,7 +677,7 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
     log(f"calibration: {len(used_images)} images ({len(skipped)} skipped), {len(texts)} texts")
 
     def embed(tower_name: str, path: str, provider: str, batched: bool = True):
-        t = Tower(path, provider, threads)
+        t = Tower(path, provider, threads, openvino_plugin)
         if tower_name == "visual":
             x = imgs_u8 if t.type == "tensor(uint8)" else imgs_f
             bs = image_batch
@@ -639,10 +739,16 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
             rr, why = choose_reduce_range(cpu, reduce_range)
             entry["reduce_range_reason"] = why
             provider = "cpu"
+        elif variant == "bf16":
+            if not has_bf16(cpu):
+                raise RuntimeError("bf16 needs a CPU with AVX512-BF16 or AMX-BF16 (OpenVINO would emulate it)")
+            provider, entry["engine"] = bf16_provider(bf16_engine, openvino_plugin)
         else:
             provider = ("cuda" if "CUDAExecutionProvider" in available else "cpu") if fp16_provider == "auto" \
                 else fp16_provider
-        entry["provider"] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+        entry["provider"] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                             "openvino-plugin": OPENVINO_EP_NAME,
+                             "openvino-native": "OpenVINO runtime (no ONNX Runtime)"}[provider]
         if variant == "fp16" and provider == "cpu":
             entry["provider_note"] = ("gated on the CPU provider, which runs fp16 graphs through inserted casts with "
                                       "most arithmetic in fp32: this measures mostly the fp16 rounding of the weights, "
@@ -654,8 +760,11 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
         for tw in towers_present:
             src = os.path.join(model_dir, tw, "model.onnx")
             dst = os.path.join(model_dir, variant_file(tw, variant))
-            _rm(dst)
-            method = quantize_int8(src, dst, rr) if variant == "int8" else convert_fp16(src, dst)
+            if variant in FILELESS_VARIANTS:
+                method = {"op": "OpenVINO INFERENCE_PRECISION_HINT=bf16 over model.onnx (no file written)"}
+            else:
+                _rm(dst)
+                method = quantize_int8(src, dst, rr) if variant == "int8" else convert_fp16(src, dst)
             entry["method"] = method
             entry["files"][tw] = variant_file(tw, variant)
             entry["file_bytes"][tw] = os.path.getsize(dst)
@@ -663,7 +772,8 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
                 token_check[variant] = check_token_ids_integer(onnx.load(dst))
             var[tw], t = embed(tw, dst, provider)
             single[tw], _ = embed(tw, dst, provider, batched=False)
-            log(f"{variant} {tw}: {os.path.getsize(dst) / 1e6:.1f} MB, input {t.name} {t.type} {t.shape}")
+            log(f"{variant} {tw}: {os.path.basename(dst)} {os.path.getsize(dst) / 1e6:.1f} MB, input {t.name} "
+                f"{t.type} {t.shape}")
         ev = evaluate_variant(ref, var, tinfo)
         for tw in ev["towers"]:
             ev["towers"][tw]["batch_invariance"] = summarize_cosines(row_cosines(single[tw], var[tw]))
@@ -676,7 +786,9 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
             ev["towers"][tw].update(d)
             written = d["pass"] or keep_on_fail
             ev["towers"][tw]["written"] = written
-            if not written:
+            if not written and variant in FILELESS_VARIANTS:
+                entry["files"].pop(tw, None)
+            elif not written:
                 _rm(os.path.join(model_dir, variant_file(tw, variant)))
                 entry["files"].pop(tw, None)
             if not d["pass"]:
@@ -690,7 +802,7 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
             c = tr["cosine"]
             log(f"{variant} {tw}: cosine vs fp32 min {c['min']:.6f} p1 {c['p1']:.6f} mean {c['mean']:.6f} "
                 f"-> {'PASS' if tr['pass'] else 'FAIL ' + '; '.join(tr['failures'])}"
-                f"{'' if tr['written'] else ' (file deleted)'}")
+                f"{'' if tr['written'] or variant in FILELESS_VARIANTS else ' (file deleted)'}")
         for metric, vals in ev["agreements"].items():
             log(f"{variant} {metric} agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()))
         return rc
@@ -700,7 +812,8 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
             rc = max(rc, _one_variant(variant))
         except Exception as e:  # noqa: BLE001 - a variant that cannot be made or run is a failed gate
             for tw in towers_present:
-                _rm(os.path.join(model_dir, variant_file(tw, variant)))
+                if variant not in FILELESS_VARIANTS:  # never model.onnx itself
+                    _rm(os.path.join(model_dir, variant_file(tw, variant)))
             report["variants"][variant] = {"pass": False, "error": f"{type(e).__name__}: {e}", "files": {}}
             log(f"{variant}: FAILED: {type(e).__name__}: {e} (no variant file written)")
             rc = 1
@@ -719,6 +832,28 @@ def run_gate(model_dir: str, variants: Sequence[str], thresholds: Dict[str, floa
     return report, rc
 
 
+def bf16_provider(engine: str, plugin: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    """Which engine measures bf16: the plugin EP (what the server runs) or, where the plugin offers no device and
+    `engine` is auto, OpenVINO's own runtime. Returns (Tower provider, what to record)."""
+    if engine in ("auto", "plugin"):
+        try:
+            openvino_cpu_device(plugin)
+            return "openvino-plugin", {"name": "onnxruntime-ep-openvino plugin EP", "plugin": plugin or
+                                       DEFAULT_OPENVINO_PLUGIN}
+        except Exception as e:  # noqa: BLE001 - reported, then the fallback or the failure
+            if engine == "plugin":
+                raise
+            why = f"{type(e).__name__}: {e}"
+    else:
+        why = "--bf16-engine openvino-native"
+    import openvino as ov
+
+    return "openvino-native", {"name": f"OpenVINO {ov.get_version()} runtime (native)",
+                               "why_not_plugin": why,
+                               "note": "the server runs bf16 through the plugin EP (same OpenVINO CPU plugin and ONNX "
+                                       "frontend); re-gate with --bf16-engine plugin on the serving machine"}
+
+
 def bench_variants(model_dir: str, towers_present: Sequence[str], imgs_f, imgs_u8, ids, threads: int,
                    batches: Sequence[int], seconds: float, log=print) -> Dict[str, Any]:
     """CPU provider timing of fp32 and each variant file present: images, texts at L=77 and L=16."""
@@ -728,6 +863,8 @@ def bench_variants(model_dir: str, towers_present: Sequence[str], imgs_f, imgs_u
                            "cpu": read_cpu_flags(), "rows": []}
     for tw in towers_present:
         for name in ("fp32", *VARIANTS):
+            if name in FILELESS_VARIANTS:
+                continue
             rel = f"{tw}/model.onnx" if name == "fp32" else variant_file(tw, name)
             path = os.path.join(model_dir, rel)
             if not os.path.exists(path):
@@ -775,6 +912,11 @@ def add_gate_args(p: argparse.ArgumentParser) -> None:
                    help="int8: auto = off with avx512_vnni, else on")
     g.add_argument("--fp16-provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="provider the fp16 gate runs on (auto: CUDA when available)")
+    g.add_argument("--bf16-engine", choices=("auto", "plugin", "openvino-native"), default="auto",
+                   help="bf16: through the OpenVINO plugin EP (as served), or OpenVINO's own runtime where the plugin "
+                        "offers no device (auto: the plugin if it can, else native, recorded in the report)")
+    g.add_argument("--openvino-plugin", default=None,
+                   help=f"libonnxruntime_providers_openvino_plugin.so (default {DEFAULT_OPENVINO_PLUGIN})")
     g.add_argument("--keep-on-fail", action="store_true",
                    help="keep variant files that fail the gate (still recorded as failed, still exit 1)")
     g.add_argument("--bench", action="store_true",
@@ -789,7 +931,7 @@ def gate_kwargs(a: argparse.Namespace) -> Dict[str, Any]:
                     "top1_agreement": a.top1_agreement},
         calibration_images=a.calibration_images, texts_json=a.calibration_texts,
         label_set_json=a.calibration_label_set, reduce_range=a.reduce_range, fp16_provider=a.fp16_provider,
-        keep_on_fail=a.keep_on_fail, bench=a.bench,
+        keep_on_fail=a.keep_on_fail, bench=a.bench, bf16_engine=a.bf16_engine, openvino_plugin=a.openvino_plugin,
         bench_batches=[int(b) for b in str(a.bench_batches).split(",") if b.strip()],
         bench_seconds=a.bench_seconds)
 
@@ -799,14 +941,15 @@ def main(argv=None) -> int:
     p.add_argument("--model-dir", required=True, help="exported model directory (scripts/export_onnx.py)")
     p.add_argument("--int8", action="store_true", help="make and gate <tower>/model.int8.onnx")
     p.add_argument("--fp16", action="store_true", help="make and gate <tower>/model.fp16.onnx")
+    p.add_argument("--bf16", action="store_true", help="gate model.onnx at OpenVINO's bf16 inference precision")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--image-batch", type=int, default=8)
     p.add_argument("--text-batch", type=int, default=16)
     add_gate_args(p)
     a = p.parse_args(argv)
-    variants = [v for v, on in (("int8", a.int8), ("fp16", a.fp16)) if on]
+    variants = [v for v, on in (("int8", a.int8), ("fp16", a.fp16), ("bf16", a.bf16)) if on]
     if not variants:
-        p.error("nothing to do: give --int8 and/or --fp16")
+        p.error("nothing to do: give --int8, --fp16 and/or --bf16")
     _, rc = run_gate(a.model_dir, variants, threads=a.threads, image_batch=a.image_batch,
                      text_batch=a.text_batch, **gate_kwargs(a))
     if rc:

@@ -63,4 +63,7 @@ if grep -q '"weights": *"random-init"' "$MODEL_DIR/config.json"; then
 fi
 
 cargo build --release --locked
+# Per tower, the fastest variant whose accuracy gate passed and which this CPU runs fast (bf16 on AMX,
+# int8 on VNNI/AMX-INT8, else fp32); the log and Info say what was chosen and why. --precision overrides.
+export CLIP_SERVE_PRECISION="${CLIP_SERVE_PRECISION:-auto}"
 exec target/release/clip-serve serve "$@"

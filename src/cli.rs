@@ -13,7 +13,7 @@ use crate::{
     classify::{ClassifyConfig, PromptLimits},
     common::parse_duration,
     embed::{EmbedConfig, Limits, fetch::FetchConfig},
-    model::{Precision, Provider, ProviderOptions},
+    model::{CpuFeatures, PrecisionArg, Provider, ProviderOptions},
     postgres::{PgConfig, StoreConfig},
     retrieve::RetrieveConfig,
     security::{Secret, TlsPaths},
@@ -89,11 +89,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_PROVIDER", value_enum, default_value_t = Provider::Cpu)]
     pub provider: Provider,
 
-    /// Which graph of each tower to serve: fp32 (model.onnx), int8 (model.int8.onnx, for CPUs) or
-    /// fp16 (model.fp16.onnx, for GPUs). A variant is served only when its accuracy gate in the
-    /// model directory's quantization.json passed (scripts/quantize.py writes both).
-    #[arg(long, env = "CLIP_SERVE_PRECISION", value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
+    /// Which graph of each tower to serve: fp32 (model.onnx), int8 (model.int8.onnx, for CPUs),
+    /// fp16 (model.fp16.onnx, for GPUs) or bf16 (model.onnx at OpenVINO's bf16 inference precision:
+    /// --provider openvino on a CPU with AVX512-BF16 or AMX-BF16). A variant is served only when its
+    /// accuracy gate in the model directory's quantization.json passed (scripts/quantize.py writes
+    /// both).
+    ///
+    /// auto (the default of scripts/serve.sh and the deploy manifests): per tower, the fastest
+    /// variant whose gate passed and which this CPU runs fast (AMX-BF16: bf16; VNNI or AMX-INT8:
+    /// int8; otherwise fp32), logged with its reason and reported by Info.
+    #[arg(long, env = "CLIP_SERVE_PRECISION", value_enum, default_value_t = PrecisionArg::Fp32)]
+    pub precision: PrecisionArg,
 
     /// Run every text at the full context length even when the text tower has a dynamic sequence
     /// axis (by default a batch runs only up to its longest text's end-of-text token, which is exact
@@ -109,6 +115,11 @@ pub struct ServeArgs {
         default_value_t = false
     )]
     pub allow_ungated_precision: bool,
+
+    /// --provider openvino: the plugin library of PyPI's onnxruntime-ep-openvino, with the OpenVINO
+    /// and TBB libraries beside it (scripts/setup.sh installs them there).
+    #[arg(long, env = "CLIP_SERVE_OPENVINO_PLUGIN", default_value = crate::model::openvino::DEFAULT_PLUGIN)]
+    pub openvino_plugin: PathBuf,
 
     /// GPU device ordinal for the cuda and tensorrt providers.
     #[arg(long, env = "CLIP_SERVE_DEVICE_ID", default_value_t = 0)]
@@ -552,7 +563,10 @@ pub struct Config {
     pub ort_dylib_path: PathBuf,
     /// The execution provider and its options (its `max_batch_size` follows `embed.batch`).
     pub providers: ProviderOptions,
-    pub precision: Precision,
+    pub precision: PrecisionArg,
+    /// The CPU features `--precision auto` and bf16 go by; `None`: this machine's (tests inject
+    /// others).
+    pub cpu_features: Option<CpuFeatures>,
     pub allow_ungated_precision: bool,
     pub full_length_text: bool,
     pub intra_op_threads: usize,
@@ -695,8 +709,10 @@ impl ServeArgs {
                 trt_engine_cache_dir: self.trt_engine_cache_dir,
                 trt_workspace_bytes: self.trt_workspace_bytes,
                 max_batch_size: batch.max_batch_size,
+                openvino_plugin: self.openvino_plugin,
             },
             precision: self.precision,
+            cpu_features: None,
             allow_ungated_precision: self.allow_ungated_precision,
             full_length_text: self.full_length_text,
             intra_op_threads,

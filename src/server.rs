@@ -25,7 +25,10 @@ use crate::{
     cli::Config,
     embed::EmbedService,
     grpc, http,
-    model::{LoadedModel, ModelFiles, WeightsKind, runtime},
+    model::{
+        CpuFeatures, LoadedModel, ModelFiles, Precision, Provider, WeightsKind, openvino, plan,
+        runtime,
+    },
     postgres::StoreConfig,
     retrieve::RetrieveService,
     security::ApiKeys,
@@ -94,11 +97,30 @@ impl RunningServer {
 pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<RunningServer> {
     // Cheap checks first, so a wrong path or a missing library fails before anything is bound.
     let env = runtime::environment(&config.ort_dylib_path)?;
-    let mut files = ModelFiles::open_at(
-        &config.model_dir,
+    let cpu = config.cpu_features.unwrap_or_else(CpuFeatures::detect);
+    let plugin = &config.providers.openvino_plugin;
+    let plan = plan::resolve(
         config.precision,
-        config.allow_ungated_precision,
-    )?;
+        config.providers.provider,
+        &config.model_dir,
+        &cpu,
+        &mut || {
+            openvino::prepare(env, Provider::Openvino, Precision::Bf16, plugin, &cpu)
+                .map_err(|e| e.to_string())
+        },
+    );
+    for (tower, p) in [("visual", &plan.visual), ("textual", &plan.textual)] {
+        openvino::prepare(env, p.provider, p.precision, plugin, &cpu)?;
+        tracing::info!(
+            tower,
+            precision = p.precision.as_str(),
+            provider = p.provider.as_str(),
+            reason = %p.reason,
+            cpu_flags = %cpu.describe(),
+            "precision chosen"
+        );
+    }
+    let mut files = ModelFiles::open_at(&config.model_dir, plan, config.allow_ungated_precision)?;
     files.full_length_text = config.full_length_text;
     match files.config.weights {
         WeightsKind::RandomInit => tracing::warn!(
@@ -345,7 +367,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                     tracing::info!(
                         model = %model.config.display_name(),
                         weights = model.config.weights.as_str(),
-                        provider = model.provider.as_str(),
+                        provider = %model.provider_label(),
+                        precision = %model.precision_label(),
                         image_tower = model.image.is_some(),
                         text_tower = model.text.is_some(),
                         onnxruntime = %runtime::onnxruntime_version(),

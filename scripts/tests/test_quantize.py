@@ -5,6 +5,7 @@ where those are not installed (plain python3); the export venv has both.
     python3 -m unittest discover -s scripts/tests
 """
 
+import json
 import os
 import sys
 import unittest
@@ -78,6 +79,17 @@ class Files(unittest.TestCase):
     def test_variant_file(self):
         self.assertEqual(q.variant_file("visual", "int8"), "visual/model.int8.onnx")
         self.assertEqual(q.variant_file("textual", "fp16"), "textual/model.fp16.onnx")
+        # bf16 is model.onnx run by OpenVINO: never a file to write, or to delete on a failed gate.
+        self.assertEqual(q.variant_file("visual", "bf16"), "visual/model.onnx")
+        self.assertIn("bf16", q.FILELESS_VARIANTS)
+
+    def test_bf16_needs_bf16_hardware_and_takes_the_servers_load_config(self):
+        self.assertTrue(q.has_bf16(q.parse_cpu_flags("flags\t: avx2 avx512_bf16\n")))
+        self.assertTrue(q.has_bf16(q.parse_cpu_flags("flags\t: amx_bf16\n")))
+        self.assertFalse(q.has_bf16(q.parse_cpu_flags("flags\t: avx2 avx512f avx512_vnni\n")))
+        cfg = json.loads(q.openvino_load_config(2))
+        self.assertEqual(cfg, {"CPU": {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "2",
+                                       "PERFORMANCE_HINT": "LATENCY"}})
         with self.assertRaises(ValueError):
             q.variant_file("audio", "int8")
         with self.assertRaises(ValueError):

@@ -108,8 +108,8 @@ impl EmbedService {
         metrics.set_model_info(ModelInfoLabels {
             model: &model.config.display_name(),
             weights: model.config.weights.as_str(),
-            provider: model.provider.as_str(),
-            precision: model.precision.as_str(),
+            provider: &model.provider_label(),
+            precision: &model.precision_label(),
             onnxruntime: &runtime::onnxruntime_version(),
         });
         self.state.slot.set(Loaded { model, image, text });
@@ -560,7 +560,7 @@ impl EmbedService {
             context_length: config.context_length,
             image: tower(model.image.as_ref().map(|i| &i.tower.spec)),
             text: tower(model.text.as_ref().map(|t| &t.tower.spec)),
-            execution_provider: model.provider,
+            execution_provider: model.provider_label(),
             onnxruntime_version: runtime::onnxruntime_version(),
             server_version: env!("CARGO_PKG_VERSION"),
             limits: self.limits(),
@@ -568,7 +568,8 @@ impl EmbedService {
             logit_scale_defaulted: config.logit_scale_defaulted,
             apply_exif_orientation: self.state.config.apply_exif_orientation,
             model_dir: model.dir.display().to_string(),
-            precision: model.precision,
+            precision: model.precision_label(),
+            precision_reason: model.precision_reason(),
             gate: model.gate.clone(),
         })
     }

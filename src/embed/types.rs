@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Limits;
-use crate::model::{Gate, Precision, Provider, WeightsKind};
+use crate::model::{Gate, WeightsKind};
 
 /// One embedding, L2-normalized.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +64,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub image: TowerInfo,
     pub text: TowerInfo,
-    pub execution_provider: Provider,
+    /// `cpu`, `openvino`, ... or one per tower when they differ (`visual=openvino,textual=cpu`).
+    pub execution_provider: String,
     pub onnxruntime_version: String,
     pub server_version: &'static str,
     pub limits: Limits,
@@ -72,7 +73,10 @@ pub struct ModelInfo {
     pub logit_scale_defaulted: bool,
     pub apply_exif_orientation: bool,
     pub model_dir: String,
-    pub precision: Precision,
+    /// `fp32`, `bf16`, ... or one per tower when they differ (`visual=bf16,textual=int8`).
+    pub precision: String,
+    /// Why each tower runs at its precision (`--precision auto` explains its choice).
+    pub precision_reason: String,
     /// The accuracy gate of a reduced-precision variant (`None` for fp32).
     pub gate: Option<Gate>,
 }

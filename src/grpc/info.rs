@@ -89,6 +89,7 @@ impl From<ModelInfo> for pb::GetInfoResponse {
             apply_exif_orientation,
             model_dir,
             precision,
+            precision_reason,
             gate,
         } = info;
         pb::GetInfoResponse {
@@ -100,7 +101,7 @@ impl From<ModelInfo> for pb::GetInfoResponse {
             context_length: saturate(context_length),
             image: Some(image.into()),
             text: Some(text.into()),
-            execution_provider: execution_provider.as_str().to_string(),
+            execution_provider,
             onnxruntime_version,
             server_version: server_version.to_string(),
             limits: Some(pb::Limits {
@@ -115,7 +116,8 @@ impl From<ModelInfo> for pb::GetInfoResponse {
             logit_scale_defaulted,
             apply_exif_orientation,
             model_dir,
-            precision: precision.as_str().to_string(),
+            precision,
+            precision_reason,
             precision_gate: gate.map(|gate| {
                 let tower = |name: &str| {
                     gate.towers.get(name).map(|t| pb::TowerGate {

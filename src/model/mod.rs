@@ -13,6 +13,9 @@
 //! `common`; knows nothing of requests.
 
 pub mod config;
+pub mod cpu;
+pub mod openvino;
+pub mod plan;
 pub mod precision;
 pub mod runtime;
 pub mod tower;
@@ -20,6 +23,8 @@ pub mod tower;
 use std::path::{Path, PathBuf};
 
 pub use config::{ModelConfig, WeightsKind};
+pub use cpu::CpuFeatures;
+pub use plan::{Plan, PrecisionArg, TowerPlan};
 pub use precision::{Gate, Precision};
 pub use runtime::{Provider, ProviderOptions};
 pub use tower::{ImageLayout, InputKind, TokenType, Tower, TowerSpec, trimmed_length};
@@ -71,8 +76,9 @@ pub struct ModelFiles {
     pub config: ModelConfig,
     pub visual: Option<(PathBuf, PreprocessConfig)>,
     pub textual: Option<(PathBuf, ClipTokenizer)>,
-    pub precision: Precision,
-    /// The accuracy gate of a reduced-precision variant (`None` for fp32).
+    /// Each tower's precision and provider.
+    pub plan: Plan,
+    /// The accuracy gates of the reduced-precision towers (`None` when both run fp32).
     pub gate: Option<Gate>,
     /// Run texts at the full context length even on a dynamic sequence axis.
     pub full_length_text: bool,
@@ -106,16 +112,12 @@ fn tower_file(
 impl ModelFiles {
     /// Reads config.json, the preprocess config and the tokenizer: cheap checks that fail fast.
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
-        Self::open_at(dir, Precision::Fp32, false)
+        Self::open_at(dir, Plan::fixed(Precision::Fp32, Provider::Cpu), false)
     }
 
-    /// [`Self::open`] for the towers' graphs at `precision`, which must have passed their accuracy
+    /// [`Self::open`] for the towers' graphs of `plan`, which must have passed their accuracy
     /// gate (`quantization.json`) unless `allow_ungated`.
-    pub fn open_at(
-        dir: &Path,
-        precision: Precision,
-        allow_ungated: bool,
-    ) -> Result<Self, ModelError> {
+    pub fn open_at(dir: &Path, plan: Plan, allow_ungated: bool) -> Result<Self, ModelError> {
         if !dir.is_dir() {
             return Err(ModelError::Invalid {
                 path: dir.to_path_buf(),
@@ -126,7 +128,7 @@ impl ModelFiles {
         }
         let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
         let config = ModelConfig::from_file(&dir.join("config.json"), dir_name)?;
-        let visual = if let Some(visual_model) = tower_file(dir, "visual", precision)? {
+        let visual = if let Some(visual_model) = tower_file(dir, "visual", plan.visual.precision)? {
             let cfg_path = dir.join("visual").join("preprocess_cfg.json");
             let cfg =
                 PreprocessConfig::from_json_file(&cfg_path).map_err(|e| ModelError::Invalid {
@@ -138,7 +140,7 @@ impl ModelFiles {
             None
         };
         let textual =
-            if let Some(textual_model) = tower_file(dir, "textual", precision)? {
+            if let Some(textual_model) = tower_file(dir, "textual", plan.textual.precision)? {
                 let tok_path = dir.join("textual").join("tokenizer.json");
                 let tokenizer = ClipTokenizer::from_file(&tok_path, config.context_length)
                     .map_err(|e| ModelError::Invalid {
@@ -158,13 +160,26 @@ impl ModelFiles {
             .into_iter()
             .filter_map(|(name, present)| present.then_some(name))
             .collect();
-        let gate = precision::check(dir, precision, &towers, allow_ungated)?;
+        // Each reduced-precision tower behind its own variant's gate, gathered into one.
+        let mut gate: Option<Gate> = None;
+        for tower in towers {
+            if let Some(g) =
+                precision::check(dir, plan.tower(tower).precision, &[tower], allow_ungated)?
+            {
+                let all = gate.get_or_insert_with(|| Gate {
+                    report: g.report.clone(),
+                    ..Gate::default()
+                });
+                all.ungated |= g.ungated;
+                all.towers.extend(g.towers);
+            }
+        }
         Ok(ModelFiles {
             dir: dir.to_path_buf(),
             config,
             visual,
             textual,
-            precision,
+            plan,
             gate,
             full_length_text: false,
         })
@@ -189,8 +204,8 @@ pub struct LoadedModel {
     pub config: ModelConfig,
     pub image: Option<ImageModel>,
     pub text: Option<TextModel>,
-    pub provider: Provider,
-    pub precision: Precision,
+    /// Each tower's precision and provider, and why.
+    pub plan: Plan,
     pub gate: Option<Gate>,
     /// Texts run at the full context length whatever the tower allows.
     pub full_length_text: bool,
@@ -205,7 +220,6 @@ impl LoadedModel {
         intra_op_threads: usize,
     ) -> Result<Self, ModelError> {
         let embed_dim = files.config.embed_dim;
-        let fp16 = files.precision == Precision::Fp16;
         let image = match files.visual {
             Some((path, preprocess)) => {
                 let (height, width) = (preprocess.size.0 as usize, preprocess.size.1 as usize);
@@ -213,7 +227,14 @@ impl LoadedModel {
                     kind: ExpectedKind::Image { height, width },
                     embed_dim,
                 };
-                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads, fp16)?;
+                let tower = Tower::load(
+                    env,
+                    &path,
+                    &expected,
+                    &providers.with_provider(files.plan.visual.provider),
+                    intra_op_threads,
+                    files.plan.visual.precision,
+                )?;
                 Some(ImageModel { tower, preprocess })
             }
             None => None,
@@ -226,7 +247,14 @@ impl LoadedModel {
                     },
                     embed_dim,
                 };
-                let tower = Tower::load(env, &path, &expected, providers, intra_op_threads, fp16)?;
+                let tower = Tower::load(
+                    env,
+                    &path,
+                    &expected,
+                    &providers.with_provider(files.plan.textual.provider),
+                    intra_op_threads,
+                    files.plan.textual.precision,
+                )?;
                 Some(TextModel { tower, tokenizer })
             }
             None => None,
@@ -236,11 +264,57 @@ impl LoadedModel {
             config: files.config,
             image,
             text,
-            provider: providers.provider,
-            precision: files.precision,
+            plan: files.plan,
             gate: files.gate,
             full_length_text: files.full_length_text,
         })
+    }
+
+    /// The served towers' plans, with their names.
+    fn served(&self) -> Vec<(&'static str, &TowerPlan)> {
+        let mut towers = Vec::new();
+        if self.image.is_some() {
+            towers.push(("visual", &self.plan.visual));
+        }
+        if self.text.is_some() {
+            towers.push(("textual", &self.plan.textual));
+        }
+        towers
+    }
+
+    /// One label for both towers (`bf16`), or one per tower when they differ
+    /// (`visual=bf16,textual=int8`).
+    fn label(&self, of: impl Fn(&TowerPlan) -> &'static str) -> String {
+        let towers = self.served();
+        match towers.as_slice() {
+            [(_, first), rest @ ..] if rest.iter().all(|(_, t)| of(t) == of(first)) => {
+                of(first).to_string()
+            }
+            _ => towers
+                .iter()
+                .map(|(name, t)| format!("{name}={}", of(t)))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    /// The precision in use (Info, `clip_model_info`).
+    pub fn precision_label(&self) -> String {
+        self.label(|t| t.precision.as_str())
+    }
+
+    /// The execution provider in use (Info, `clip_model_info`).
+    pub fn provider_label(&self) -> String {
+        self.label(|t| t.provider.as_str())
+    }
+
+    /// Why each served tower runs at its precision (`--precision auto` explains its choice).
+    pub fn precision_reason(&self) -> String {
+        self.served()
+            .iter()
+            .map(|(name, t)| format!("{name}: {}", t.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Runs one input through each tower and checks the result, so the first request is not the one
@@ -263,8 +337,8 @@ impl LoadedModel {
         let mut hasher = Sha256::new();
         // A reduced-precision graph changes the vectors, so it is part of the identity (fp32
         // fingerprints stay what they were before variants existed).
-        if self.precision != Precision::Fp32 {
-            hasher.update(self.precision.as_str());
+        if self.plan.textual.precision != Precision::Fp32 {
+            hasher.update(self.plan.textual.precision.as_str());
         }
         let mut buf = vec![0u8; 1 << 20];
         for path in files {

@@ -8,7 +8,10 @@
 //!                                  (min, p1, mean), top-1 agreements, thresholds, pass/fail
 //! ```
 //!
-//! `--precision int8|fp16` loads `model.<precision>.onnx` for each tower and refuses a variant whose
+//! bf16 has no file of its own: it is the fp32 graph run by OpenVINO at bf16 inference precision,
+//! gated in the same report under `bf16`.
+//!
+//! `--precision int8|fp16|bf16` loads `model.<precision>.onnx` for each tower and refuses a variant whose
 //! gate is missing or failed, unless `--allow-ungated-precision`. The gate's figures come from the
 //! model it was run on: figures of random or tiny test weights say nothing of the real checkpoint.
 
@@ -31,6 +34,9 @@ pub enum Precision {
     Int8,
     /// `model.fp16.onnx`: FP16 weights and arithmetic, for GPUs.
     Fp16,
+    /// `model.onnx` run by OpenVINO (`--provider openvino`) at bf16 inference precision, on CPUs
+    /// with AVX512-BF16 or AMX-BF16.
+    Bf16,
 }
 
 impl Precision {
@@ -39,13 +45,14 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
             Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
         }
     }
 
     /// The file of `tower` (`visual` or `textual`) at this precision.
     pub fn file_name(self) -> &'static str {
         match self {
-            Precision::Fp32 => "model.onnx",
+            Precision::Fp32 | Precision::Bf16 => "model.onnx",
             Precision::Int8 => "model.int8.onnx",
             Precision::Fp16 => "model.fp16.onnx",
         }
@@ -94,6 +101,15 @@ pub struct Gate {
     pub towers: BTreeMap<String, TowerGate>,
     /// Served without a passed gate (`--allow-ungated-precision`).
     pub ungated: bool,
+}
+
+/// The cosine min of `tower`'s passed gate at `precision` in `<dir>/quantization.json`; `None` when
+/// the report, the entry or the pass is missing.
+pub fn passed(dir: &Path, precision: Precision, tower: &str) -> Option<f64> {
+    let bytes = std::fs::read(dir.join("quantization.json")).ok()?;
+    let report: Report = serde_json::from_slice(&bytes).ok()?;
+    let gate = report.variants.get(precision.as_str())?.towers.get(tower)?;
+    gate.pass.then_some(gate.cosine.min)
 }
 
 /// Checks the gate of `precision` for the towers the directory has. `Ok(None)` for fp32 (nothing to

@@ -18,6 +18,8 @@ pub enum Provider {
     Cpu,
     Cuda,
     Tensorrt,
+    /// OpenVINO on the CPU, through ONNX Runtime's plugin execution provider (model::openvino).
+    Openvino,
 }
 
 impl Provider {
@@ -26,6 +28,7 @@ impl Provider {
             Provider::Cpu => "cpu",
             Provider::Cuda => "cuda",
             Provider::Tensorrt => "tensorrt",
+            Provider::Openvino => "openvino",
         }
     }
 }
@@ -107,9 +110,19 @@ pub struct ProviderOptions {
     pub trt_workspace_bytes: Option<u64>,
     /// The largest batch the batcher forms: the TensorRT optimization profile's max (and opt) batch.
     pub max_batch_size: usize,
+    /// OpenVINO: the plugin library (`libonnxruntime_providers_openvino_plugin.so`).
+    pub openvino_plugin: std::path::PathBuf,
 }
 
 impl ProviderOptions {
+    /// The same options for `provider` (a tower that `--precision auto` moved to OpenVINO).
+    pub fn with_provider(&self, provider: Provider) -> Self {
+        ProviderOptions {
+            provider,
+            ..self.clone()
+        }
+    }
+
     pub fn cpu() -> Self {
         ProviderOptions {
             provider: Provider::Cpu,
@@ -118,6 +131,7 @@ impl ProviderOptions {
             trt_engine_cache_dir: None,
             trt_workspace_bytes: None,
             max_batch_size: 1,
+            openvino_plugin: super::openvino::DEFAULT_PLUGIN.into(),
         }
     }
 }
@@ -175,11 +189,13 @@ impl TrtProfile {
 pub fn execution_providers(
     opts: &ProviderOptions,
     profile: Option<&TrtProfile>,
+    model: &Path,
 ) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
     match opts.provider {
-        Provider::Cpu => Ok(Vec::new()),
+        // OpenVINO is a plugin: it joins the session through its device (model::openvino).
+        Provider::Cpu | Provider::Openvino => Ok(Vec::new()),
         Provider::Cuda => cuda(opts),
-        Provider::Tensorrt => tensorrt(opts, profile),
+        Provider::Tensorrt => tensorrt(opts, profile, model),
     }
 }
 
@@ -204,17 +220,21 @@ fn cuda(_: &ProviderOptions) -> Result<Vec<ExecutionProviderDispatch>, ModelErro
 fn tensorrt(
     opts: &ProviderOptions,
     profile: Option<&TrtProfile>,
+    model: &Path,
 ) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
     let mut trt = ort::ep::TensorRT::default()
         .with_device_id(opts.device_id)
         .with_fp16(opts.trt_fp16);
     if let Some(root) = &opts.trt_engine_cache_dir {
-        // One subdirectory per profile and precision, so engines built for other settings are
-        // never picked up.
-        let dir = root.join(format!(
-            "b{}-{}",
-            opts.max_batch_size.max(2),
-            if opts.trt_fp16 { "fp16" } else { "fp32" }
+        // One subdirectory per model file, TensorRT version, profile and precision, so engines
+        // built for another model, library or setting are never picked up.
+        let fingerprint = file_fingerprint(model).map_err(ModelError::Provider)?;
+        let dir = root.join(trt_cache_key(
+            model,
+            &fingerprint,
+            &tensorrt_version(),
+            opts.max_batch_size,
+            opts.trt_fp16,
         ));
         std::fs::create_dir_all(&dir).map_err(|e| {
             ModelError::Provider(format!(
@@ -253,11 +273,86 @@ fn tensorrt(
 fn tensorrt(
     _: &ProviderOptions,
     _: Option<&TrtProfile>,
+    _: &Path,
 ) -> Result<Vec<ExecutionProviderDispatch>, ModelError> {
     Err(ModelError::Provider(
         "--provider tensorrt: this binary was built without the `tensorrt` feature (cargo build --release --features tensorrt,cuda)"
             .into(),
     ))
+}
+
+/// The first 16 hex digits of the SHA-256 of a file's contents.
+pub fn file_fingerprint(path: &Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let at = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(at)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(at)?;
+    Ok(crate::common::hex(&hasher.finalize()[..8]))
+}
+
+/// The engine cache subdirectory of one model file: `<tower>-<file stem>-<fingerprint>-trt<version>-
+/// b<max batch>-<precision>`. A new model (other contents under the same name), another TensorRT
+/// or another profile or precision gets a directory of its own.
+pub fn trt_cache_key(
+    model: &Path,
+    fingerprint: &str,
+    trt_version: &str,
+    max_batch_size: usize,
+    fp16: bool,
+) -> String {
+    let name = |p: Option<&Path>| {
+        p.and_then(|p| p.file_name())
+            .map(|n| {
+                n.to_string_lossy()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            })
+            .unwrap_or_default()
+    };
+    let tower = name(model.parent());
+    let stem = model
+        .file_stem()
+        .map(|n| {
+            n.to_string_lossy()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        })
+        .unwrap_or_default();
+    format!(
+        "{tower}-{stem}-{fingerprint}-trt{trt_version}-b{}-{}",
+        max_batch_size.max(2),
+        if fp16 { "fp16" } else { "fp32" }
+    )
+}
+
+/// The version of the TensorRT library the TensorRT provider loads (`getInferLibVersion()` of
+/// libnvinfer, e.g. `10.8.0`), or `unknown` when it cannot be loaded.
+pub fn tensorrt_version() -> String {
+    for name in ["libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"] {
+        // SAFETY: loading libnvinfer runs its initializers (as the TensorRT provider does when it
+        // loads it); getInferLibVersion is a plain C function without arguments or preconditions.
+        let version = unsafe {
+            let Ok(lib) = libloading::Library::new(name) else {
+                continue;
+            };
+            let Ok(get) = lib.get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0") else {
+                continue;
+            };
+            let v = get();
+            // Keep it loaded: the provider will load it again.
+            std::mem::forget(lib);
+            v
+        };
+        if version > 0 {
+            // NV_TENSORRT_VERSION = major * 10000 + minor * 100 + patch (TensorRT >= 10).
+            return format!(
+                "{}.{}.{}",
+                version / 10000,
+                version / 100 % 100,
+                version % 100
+            );
+        }
+    }
+    "unknown".to_string()
 }
 
 #[cfg(test)]
@@ -287,6 +382,7 @@ mod tests {
                 ..ProviderOptions::cpu()
             },
             None,
+            Path::new("m.onnx"),
         ) else {
             panic!("cuda must be refused without the feature");
         };
@@ -295,7 +391,7 @@ mod tests {
 
     #[test]
     fn cpu_needs_no_provider() {
-        let eps = execution_providers(&ProviderOptions::cpu(), None);
+        let eps = execution_providers(&ProviderOptions::cpu(), None, Path::new("m.onnx"));
         assert!(matches!(eps, Ok(v) if v.is_empty()));
     }
 
@@ -308,10 +404,33 @@ mod tests {
                 ..ProviderOptions::cpu()
             },
             None,
+            Path::new("m.onnx"),
         ) else {
             panic!("tensorrt must be refused without the feature");
         };
         assert!(err.to_string().contains("`tensorrt` feature"), "{err}");
+    }
+
+    #[test]
+    fn tensorrt_cache_key_changes_with_the_model_file_and_tensorrt() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("visual").join("model.onnx");
+        std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+        std::fs::write(&model, b"first model").unwrap();
+        let first = file_fingerprint(&model).unwrap();
+        let key = trt_cache_key(&model, &first, "10.8.0", 32, true);
+        assert_eq!(key, format!("visual-model-{first}-trt10.8.0-b32-fp16"));
+        // Another model under the same path: another directory.
+        std::fs::write(&model, b"second model").unwrap();
+        let second = file_fingerprint(&model).unwrap();
+        assert_eq!(second.len(), 16);
+        assert_ne!(first, second);
+        assert_ne!(trt_cache_key(&model, &second, "10.8.0", 32, true), key);
+        // Another TensorRT, batch or precision: another directory.
+        assert_ne!(trt_cache_key(&model, &first, "10.9.0", 32, true), key);
+        assert_ne!(trt_cache_key(&model, &first, "10.8.0", 64, true), key);
+        assert_ne!(trt_cache_key(&model, &first, "10.8.0", 32, false), key);
+        assert!(file_fingerprint(&dir.path().join("missing.onnx")).is_err());
     }
 
     #[test]

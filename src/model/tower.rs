@@ -133,7 +133,8 @@ pub enum ExpectedKind {
 }
 
 impl Tower {
-    /// Loads `path` and checks its input and output against `expected`. `fp16` graphs on the CPU
+    /// Loads `path` and checks its input and output against `expected`, to run at `precision` (bf16:
+    /// OpenVINO's inference precision over the fp32 graph). `fp16` graphs on the CPU
     /// provider get ONNX Runtime's extended optimizations only: at `All`, ONNX Runtime 1.32's CPU
     /// session for the fp16 image tower crashes (measured by scripts/quantize.py; fp16 is for GPUs,
     /// the CPU path exists for checks).
@@ -143,8 +144,9 @@ impl Tower {
         expected: &Expected,
         providers: &ProviderOptions,
         intra_op_threads: usize,
-        fp16: bool,
+        precision: super::Precision,
     ) -> Result<Self, ModelError> {
+        let fp16 = precision == super::Precision::Fp16;
         let ort_err = |e: &dyn std::fmt::Display| ModelError::Invalid {
             path: path.to_path_buf(),
             reason: format!("ONNX Runtime could not load it: {e}"),
@@ -182,7 +184,7 @@ impl Tower {
             } else {
                 None
             };
-        let eps = super::runtime::execution_providers(providers, profile.as_ref())?;
+        let eps = super::runtime::execution_providers(providers, profile.as_ref(), path)?;
         let level = if fp16 && providers.provider == super::Provider::Cpu {
             GraphOptimizationLevel::Level2
         } else {
@@ -193,6 +195,19 @@ impl Tower {
             .and_then(|b| b.with_intra_threads(intra_op_threads).map_err(Into::into))
             .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
             .map_err(|e| ort_err(&e))?;
+        if providers.provider == super::Provider::Openvino {
+            builder = super::openvino::append(
+                builder,
+                env,
+                &providers.openvino_plugin,
+                precision,
+                intra_op_threads,
+            )?;
+        } else if precision == super::Precision::Bf16 {
+            return Err(ModelError::Provider(
+                "--precision bf16 runs through OpenVINO: add --provider openvino".into(),
+            ));
+        }
         if !eps.is_empty() {
             builder = builder.with_execution_providers(eps).map_err(|e| {
                 ModelError::Provider(format!(

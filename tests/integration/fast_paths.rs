@@ -2,7 +2,10 @@
 //! dynamic sequence axis, and reduced-precision variants served only behind their accuracy gate.
 
 use crate::common::*;
-use clip_serve::{grpc::pb, model::Precision};
+use clip_serve::{
+    grpc::pb,
+    model::{CpuFeatures, Precision, PrecisionArg},
+};
 
 async fn info(server: &TestServer) -> pb::GetInfoResponse {
     server
@@ -132,7 +135,7 @@ async fn gated_variants_serve_at_each_precision() {
     assert_eq!(info(&fp32).await.precision, "fp32");
     for precision in [Precision::Int8, Precision::Fp16] {
         let mut cfg = config(&tiny_model());
-        cfg.precision = precision;
+        cfg.precision = precision.into();
         let server = serve(cfg).await;
         let info = info(&server).await;
         assert_eq!(info.precision, precision.as_str());
@@ -172,7 +175,7 @@ async fn an_ungated_variant_is_refused_unless_allowed() {
     gate["variants"]["int8"]["towers"]["visual"]["failures"] = serde_json::json!(["made to fail"]);
     std::fs::write(&report, gate.to_string()).unwrap();
     let mut cfg = config(&model);
-    cfg.precision = Precision::Int8;
+    cfg.precision = Precision::Int8.into();
     let e = match clip_serve::server::start(cfg.clone(), Default::default()).await {
         Ok(_) => panic!("a failed gate must refuse the variant"),
         Err(e) => format!("{e:#}"),
@@ -216,4 +219,40 @@ async fn full_length_text_turns_trimming_off() {
     };
     assert_eq!(bucket("64"), 0.0, "no batch ran short");
     assert!(bucket("77") >= 1.0);
+}
+
+/// `--precision auto` with the CPU flags injected (not this machine's): int8 where the fixture's
+/// int8 gate passed and the CPU has VNNI (also with AMX-BF16, since the fixture has no bf16 gate),
+/// fp32 on an AVX2-only CPU; Info and `clip_model_info` report the choice and Info says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_precision_follows_the_cpu_and_the_gates() {
+    let cases = [
+        ("avx2 avx512f avx512_vnni avx512_bf16", "int8", "VNNI"),
+        (
+            "avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8",
+            "int8",
+            "no passed bf16 gate",
+        ),
+        ("avx2", "fp32", "no VNNI or AMX-INT8"),
+    ];
+    for (flags, want, why) in cases {
+        let mut cfg = config(&tiny_model());
+        cfg.precision = PrecisionArg::Auto;
+        cfg.cpu_features = Some(CpuFeatures::from_flags(flags));
+        let server = serve(cfg).await;
+        let info = info(&server).await;
+        assert_eq!(info.precision, want, "{flags}");
+        assert_eq!(info.execution_provider, "cpu");
+        assert!(
+            info.precision_reason.contains(why) && info.precision_reason.contains("textual: auto"),
+            "{flags}: {}",
+            info.precision_reason
+        );
+        assert_eq!(info.precision_gate.is_some(), want != "fp32");
+        let metrics = http_get(server.server.http_addr, "/metrics").await.1;
+        assert!(
+            metrics.contains(&format!("precision=\"{want}\"")),
+            "clip_model_info reports {want}"
+        );
+    }
 }

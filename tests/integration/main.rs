@@ -25,6 +25,7 @@ mod memory;
 mod observability;
 mod openai;
 mod openapi;
+mod openvino;
 mod pages;
 mod parity;
 mod postgres;
