@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Real client libraries against a running clip-serve (started by scripts/clients_test.sh with
-`--model-alias jina-clip-v2,rerank-v3.5` and an API key):
+`--model-alias jina-clip-v2,rerank-v3.5,embed-v4.0` and an API key):
 
 - cohere `ClientV2(base_url=...).rerank` (texts) and `Client` v1 `.rerank(return_documents=True)`: the order and
   scores equal the cosines of the server's own /v1/embeddings vectors; a wrong key raises the SDK's 401 error;
+- cohere `ClientV2.embed` (texts, data-URI images and content-part inputs; float, int8, uint8, binary, ubinary
+  and base64 types) and `Client` v1 `.embed`: floats equal the server's /v1/embeddings vectors (exact float32,
+  read as base64), int8 = round(127 x) half away from zero, uint8 = int8 + 128, ubinary = packbits(x >= 0)
+  most significant bit first, binary = ubinary - 128 (the rules src/http/cohere.rs documents);
 - huggingface_hub `InferenceClient(model=url)`: `.zero_shot_image_classification` equals /v1/classify's
   probabilities, `.feature_extraction` equals /v1/embeddings; a wrong token raises HfHubHTTPError;
 - LangChain `JinaEmbeddings` (langchain-community), repointed through its module constant: `embed_documents`,
@@ -16,6 +20,7 @@ import argparse
 import base64
 import json
 import math
+import struct
 import sys
 import urllib.error
 import urllib.request
@@ -72,6 +77,67 @@ def check_cohere(args):
     print("clients-test: cohere ClientV2 and Client rerank: ok")
 
 
+def exact(args, inputs):
+    """/v1/embeddings as exact float32 values (base64)."""
+    data = post(args, "/v1/embeddings", {"input": inputs, "encoding_format": "base64"})["data"]
+    out = []
+    for d in sorted(data, key=lambda d: d["index"]):
+        raw = base64.b64decode(d["embedding"])
+        out.append(list(struct.unpack(f"<{len(raw) // 4}f", raw)))
+    return out
+
+
+def int8_of(x):
+    """round(127 x), half away from zero (Rust's f64::round)."""
+    out = []
+    for v in x:
+        a = abs(v * 127)
+        q = math.floor(a) + (1 if a - math.floor(a) >= 0.5 else 0)
+        out.append(int(math.copysign(q, v)))
+    return out
+
+
+def ubinary_of(x):
+    return [sum(1 << (7 - i) for i, v in enumerate(x[j:j + 8]) if v >= 0) for j in range(0, len(x), 8)]
+
+
+def check_cohere_embed(args):
+    texts = ["a photo of a cat", "an astronaut"]
+    with open(args.image, "rb") as f:
+        uri = "data:image/jpeg;base64," + base64.b64encode(f.read()).decode()
+    want = exact(args, texts + [uri])
+    v2 = cohere.ClientV2(api_key=args.key, base_url=args.http)
+    types = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    r = v2.embed(model="embed-v4.0", input_type="search_document", texts=texts, embedding_types=types)
+    e = r.embeddings
+    for i, w in enumerate(want[:2]):
+        same(e.float_[i], w, "cohere float")
+        raw = base64.b64decode(e.base64[i])
+        assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == w, "cohere base64 is the exact float32"
+        assert e.int8[i] == int8_of(w), (e.int8[i], int8_of(w))
+        assert e.uint8[i] == [q + 128 for q in int8_of(w)], "uint8"
+        assert e.ubinary[i] == ubinary_of(w), "ubinary"
+        assert e.binary[i] == [b - 128 for b in ubinary_of(w)], "binary"
+    assert r.texts == texts and r.meta.billed_units.input_tokens > 0, r
+    r = v2.embed(model="embed-v4.0", input_type="image", images=[uri], embedding_types=["float", "int8", "binary"])
+    same(r.embeddings.float_[0], want[2], "cohere image")
+    assert r.embeddings.int8[0] == int8_of(want[2]) and r.embeddings.binary[0] == [b - 128 for b in ubinary_of(want[2])]
+    inputs = [{"content": [{"type": "text", "text": texts[0]}]},
+              {"content": [{"type": "image_url", "image_url": {"url": uri}}]}]
+    r = v2.embed(model="embed-v4.0", input_type="search_query", inputs=inputs, embedding_types=["float"])
+    same(r.embeddings.float_[0], want[0], "cohere inputs text")
+    same(r.embeddings.float_[1], want[2], "cohere inputs image")
+    r = cohere.Client(api_key=args.key, base_url=args.http).embed(texts=texts, model="embed-v4.0", input_type="search_query")
+    assert r.response_type == "embeddings_floats", r
+    same(r.embeddings[1], want[1], "cohere v1 float")
+    try:
+        v2.embed(model="embed-v4.0", input_type="search_query", texts=texts, embedding_types=["float"], output_dimension=1024)
+        raise AssertionError("output_dimension 1024 was accepted")
+    except cohere.core.api_error.ApiError as e:
+        assert e.status_code == 400 and "output_dimension" in str(e.body), e
+    print("clients-test: cohere ClientV2.embed (texts, images, inputs; every embedding type) and Client.embed: ok")
+
+
 def check_hf(args):
     client = InferenceClient(model=args.http, token=args.key)
     labels = ["a cat", "an astronaut", "a car"]
@@ -120,6 +186,7 @@ def main() -> int:
     ap.add_argument("--image", required=True)
     args = ap.parse_args()
     check_cohere(args)
+    check_cohere_embed(args)
     check_hf(args)
     check_langchain_jina(args)
     return 0

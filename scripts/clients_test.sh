@@ -26,7 +26,7 @@ KEYS="$DATA/keys"
 KEY="clients-test-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
 printf '# test keys\n%s\n' "$KEY" >"$KEYS"
 "$BIN" serve --probe-addr 127.0.0.1:0 --model-dir tests/fixtures/model --grpc-addr "$GRPC" --http-addr "$HTTP" --data-dir "$DATA/data" \
-  --intra-op-threads 1 --api-key-file "$KEYS" --model-alias jina-clip-v2,rerank-v3.5 >"$LOG" 2>&1 &
+  --intra-op-threads 1 --api-key-file "$KEYS" --model-alias jina-clip-v2,rerank-v3.5,embed-v4.0 >"$LOG" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$LOG" "$DATA"; }
 trap cleanup EXIT

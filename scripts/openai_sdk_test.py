@@ -9,6 +9,11 @@
 - the Batch API: `client.files.create` uploads a small JSONL (texts and a data-URI image),
   `client.batches.create` / `retrieve` poll it to `completed`, `client.files.content` downloads the
   output, and each line equals `client.embeddings.create` with the same body.
+- vLLM's example client for multimodal embeddings (`examples/pooling/embed/vision_embedding_online.py`,
+  `run_clip`: `client.post("/embeddings", cast_to=CreateEmbeddingResponse, body={"messages", "model",
+  "encoding_format"})`) works unchanged: a text and an image conversation equal gRPC's vectors, a batch of
+  conversations gives one embedding each, and a conversation mixing text and an image is refused (400) as vLLM
+  refuses it for CLIP.
 Exits non-zero with a message on the first mismatch.
 """
 
@@ -20,6 +25,7 @@ import subprocess
 import sys
 
 import openai
+from openai.types.create_embedding_response import CreateEmbeddingResponse
 
 
 def grpc(args, method, body, key):
@@ -36,6 +42,36 @@ def floats(embedding):
         raw = base64.b64decode(embedding)
         return list(struct.unpack(f"<{len(raw) // 4}f", raw))
     return embedding
+
+
+def create_chat_embeddings(client, *, messages, model, encoding_format="float"):
+    """vLLM's helper (vision_embedding_online.py), verbatim in what it sends."""
+    return client.post(
+        "/embeddings",
+        cast_to=CreateEmbeddingResponse,
+        body={"messages": messages, "model": model, "encoding_format": encoding_format},
+    )
+
+
+def check_vllm_client(client, model, uri, image_ref, args):
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]}]
+    text = [{"role": "user", "content": [{"type": "text", "text": "a photo of a cat"}]}]
+    ref = grpc(args, "clip.v1.Embed/EmbedTexts", {"texts": ["a photo of a cat"]}, args.key)
+    assert ref.returncode == 0, ref.stderr
+    text_ref = json.loads(ref.stdout)["embeddings"][0]["values"]
+    close = lambda got, want: max(abs(a - b) for a, b in zip(got, want)) < 1e-6 and len(got) == len(want)
+    got = create_chat_embeddings(client, messages=image, model=model, encoding_format="float").data[0].embedding
+    assert close(got, image_ref), "vLLM image conversation"
+    got = create_chat_embeddings(client, messages=text, model=model, encoding_format="float").data[0].embedding
+    assert close(got, text_ref), "vLLM text conversation"
+    both = create_chat_embeddings(client, messages=[text, image], model=model, encoding_format="float").data
+    assert len(both) == 2 and close(both[0].embedding, text_ref) and close(both[1].embedding, image_ref)
+    mixed = [{"role": "user", "content": text[0]["content"] + image[0]["content"]}]
+    try:
+        create_chat_embeddings(client, messages=mixed, model=model, encoding_format="float")
+        raise AssertionError("a conversation of text and an image was accepted")
+    except openai.BadRequestError as e:
+        assert "CLIP accepts text-only or image-only inputs" in str(e), e
 
 
 def main() -> int:
@@ -78,6 +114,8 @@ def main() -> int:
     got = client.embeddings.create(model=model, input=[uri], extra_body={"modality": "image"}).data[0].embedding
     assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-6
 
+    check_vllm_client(client, model, uri, ref, args)
+
     bad = openai.OpenAI(base_url=args.http + "/v1", api_key="not-the-key", max_retries=0)
     try:
         bad.embeddings.create(model=model, input="a")
@@ -94,7 +132,8 @@ def main() -> int:
         assert "dimensions" in str(e), e
     check_batches(client, model, uri)
     print(f"openai {openai.__version__}: embeddings equal gRPC's for {len(texts)} texts and an image; "
-          "wrong keys refused on both interfaces; a batch of embeddings equals the live answers")
+          "vLLM's chat embeddings client: ok; wrong keys refused on both interfaces; "
+          "a batch of embeddings equals the live answers")
     return 0
 
 

@@ -87,6 +87,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/rerank", ("Rerank", "rerank"), OPENAI),
     route("POST", "/v2/rerank", ("Rerank", "rerank"), OPENAI),
     route("POST", "/rerank", ("Rerank", "rerank"), OPENAI),
+    route("POST", "/v1/embed", ("Cohere", "embed"), OPENAI),
+    route("POST", "/v2/embed", ("Cohere", "embed"), OPENAI),
     route("POST", "/", ("HuggingFace", "inference"), PLAIN),
     route("POST", "/vectorize", ("Weaviate", "vectorize"), PLAIN),
     route("GET", "/meta", ("Weaviate", "meta"), PLAIN),

@@ -1,6 +1,7 @@
 //! A drop-in for Immich's machine-learning service, for CLIP smart search (point Immich's
 //! machine-learning URL at this server's HTTP address):
-//! - `POST /predict`, multipart: `entries` (a JSON string: `{"clip": {"visual": {"modelName"}}}`
+//! - `POST /predict`, multipart or (text only, as FastAPI's `Form` fields also take)
+//!   `application/x-www-form-urlencoded`: `entries` (a JSON string: `{"clip": {"visual": {"modelName"}}}`
 //!   with an `image` file, or `{"clip": {"textual": {"modelName", "options"?}}}` with a `text`
 //!   field) -> `{"clip": "[0.01,...]"}`, the vector as a JSON array *in a string*, as Immich's
 //!   own service replies; visual replies add `imageHeight` and `imageWidth`;
@@ -78,6 +79,17 @@ struct PredictForm {
     text: Option<String>,
 }
 
+/// The urlencoded form `/predict` takes (text only; documentation only: [`form_fields`] reads
+/// it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PredictText {
+    /// JSON: `{"clip": {"textual": {"modelName": ...}}}`.
+    entries: String,
+    /// The text.
+    text: Option<String>,
+}
+
 /// Immich's probe.
 #[utoipa::path(get, path = "/ping", tag = "immich", security(()),
     responses((status = 200, description = "`pong`", body = String, content_type = "text/plain")))]
@@ -152,6 +164,43 @@ async fn parts(headers: &HeaderMap, bytes: axum::body::Bytes) -> Result<Parts, A
     Ok(parts)
 }
 
+/// Whether the body is declared `application/x-www-form-urlencoded`.
+fn is_urlencoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| {
+            essence
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// An urlencoded body (already read and limited) split into its fields, under the multipart
+/// bounds (at most [`MAX_PARTS`] fields, `entries` at most [`MAX_ENTRIES_BYTES`]). Immich's
+/// service reads it with FastAPI's `Form()`: `entries` and `text` (an `image` field, if any, is
+/// the value's bytes).
+fn form_fields(bytes: &[u8]) -> Result<Parts, ApiError> {
+    let bad = |m: String| ApiError::invalid(None, m);
+    let mut parts = Parts::default();
+    for (count, (name, value)) in url::form_urlencoded::parse(bytes).enumerate() {
+        if count >= MAX_PARTS {
+            return Err(bad(format!("more than {MAX_PARTS} form fields")));
+        }
+        match &*name {
+            "entries" if value.len() > MAX_ENTRIES_BYTES => {
+                return Err(bad(format!("entries: over {MAX_ENTRIES_BYTES} bytes")));
+            }
+            "entries" => parts.entries = Some(value.into_owned()),
+            "text" => parts.text = Some(value.into_owned()),
+            "image" => parts.image = Some(value.into_owned().into_bytes()),
+            _ => {}
+        }
+    }
+    Ok(parts)
+}
+
 /// Immich's `cleanModelName`: the last `/` segment, `:` read as `_`.
 fn clean(name: &str) -> String {
     name.rsplit('/').next().unwrap_or(name).replace(':', "_")
@@ -159,8 +208,12 @@ fn clean(name: &str) -> String {
 
 /// Immich machine learning: CLIP smart-search embeddings of an image or a text.
 #[utoipa::path(post, path = "/predict", tag = "immich",
-    request_body(content = PredictForm, content_type = "multipart/form-data",
-        example = json!({"entries": "{\"clip\": {\"textual\": {\"modelName\": \"ViT-B-32__openai\"}}}", "text": "a photo of a cat"})),
+    request_body(content(
+        (PredictForm = "multipart/form-data",
+            example = json!({"entries": "{\"clip\": {\"textual\": {\"modelName\": \"ViT-B-32__openai\"}}}", "text": "a photo of a cat"})),
+        (PredictText = "application/x-www-form-urlencoded",
+            example = json!({"entries": "{\"clip\": {\"textual\": {\"modelName\": \"ViT-B-32__openai\"}}}", "text": "a photo of a cat"})),
+    )),
     responses((status = 200, description = "`{clip: <embedding as a JSON string>, imageHeight?, imageWidth?}`", body = serde_json::Value),
         (status = "4XX", description = "An error (`{error, detail}` strings)"),
         (status = 501, description = "A task other than `clip` (facial recognition, OCR)"),
@@ -169,7 +222,11 @@ pub(super) async fn predict(State(state): State<Api>, headers: HeaderMap, body: 
     state
         .call_shaped(("Immich", "predict"), &headers, Shape::Plain, async {
             let (bytes, _held) = state.read_bytes(&headers, body).await?;
-            let parts = parts(&headers, bytes).await?;
+            let parts = if is_urlencoded(&headers) {
+                form_fields(&bytes)?
+            } else {
+                parts(&headers, bytes).await?
+            };
             run(&state, parts).await
         })
         .await
@@ -270,6 +327,17 @@ async fn run(api: &Api, parts: Parts) -> Result<Response, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urlencoded_forms_are_read_within_the_bounds() {
+        let p = form_fields(b"entries=%7B%22clip%22%7D&text=a+photo+of+a+cat&other=1").unwrap();
+        assert_eq!(p.entries.as_deref(), Some("{\"clip\"}"));
+        assert_eq!(p.text.as_deref(), Some("a photo of a cat"));
+        let many = "x=1&".repeat(MAX_PARTS + 1);
+        assert!(form_fields(many.as_bytes()).is_err());
+        let long = format!("entries={}", "a".repeat(MAX_ENTRIES_BYTES + 1));
+        assert!(form_fields(long.as_bytes()).is_err());
+    }
 
     #[test]
     fn model_names_are_cleaned_as_immich_does() {

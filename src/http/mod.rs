@@ -3,7 +3,9 @@
 //!
 //! - [`probes`]: `/metrics`, `/healthz`, `/readyz` (no key needed);
 //! - [`openai`]: the OpenAI- and Jina-compatible `/v1/embeddings` and `/v1/models` (API key when
-//!   configured);
+//!   configured), with vLLM's chat shapes there ([`chat`]: `messages`, conversations in `input`);
+//! - [`cohere`]: Cohere's embed on `/v1/embed` and `/v2/embed` (float, int8, uint8, binary,
+//!   ubinary, base64 embeddings);
 //! - [`classify`]: Jina's zero-shot `/v1/classify`;
 //! - [`rerank`]: Cohere / Jina / Infinity rerank on `/v1/rerank`, `/v2/rerank`, `/rerank`;
 //! - [`hf`]: Hugging Face Inference's zero-shot image classification and feature extraction on
@@ -34,7 +36,9 @@ pub mod api;
 pub mod batches;
 pub mod body;
 pub mod call;
+pub mod chat;
 pub mod classify;
+pub mod cohere;
 pub mod collections;
 pub mod error;
 pub mod guard;
@@ -122,6 +126,7 @@ pub fn router(services: Services) -> Router {
         .merge(openai::routes(api.clone()))
         .merge(classify::routes(api.clone()))
         .merge(rerank::routes(api.clone()))
+        .merge(cohere::routes(api.clone()))
         .merge(hf::routes(api.clone()))
         .merge(weaviate::routes(api.clone()))
         .merge(collections::routes(api.clone()))

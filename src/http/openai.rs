@@ -5,7 +5,12 @@
 //!
 //! `input` items may be strings, `data:image/...;base64,` strings, `{"text"}`, `{"image"}`,
 //! `{"url"}` or `{"bytes"}` (see [`super::inputs`]); Infinity's `"modality": "image"` makes every
-//! string an image. Fetching http(s) URLs server-side is refused (an SSRF door).
+//! string an image. Fetching http(s) URLs server-side is refused (an SSRF door) unless
+//! `--fetch-image-urls` is on.
+//!
+//! vLLM's chat shapes are served too (see [`super::chat`]): `messages` (one conversation, or a
+//! list of them) and chat messages inside `input`, one embedding per conversation, as vLLM
+//! returns for CLIP.
 
 use axum::{
     Json, Router,
@@ -22,6 +27,7 @@ use serde_json::{Value, json};
 use super::{
     api::Api,
     body::{self, Items},
+    chat,
     error::ApiError,
     inputs::{self, Input},
 };
@@ -52,9 +58,17 @@ enum OneOrMany {
 struct EmbeddingsRequest {
     #[serde(default)]
     model: Option<String>,
-    /// A string, or a list of strings or `{text}` / `{image}` objects.
-    #[schema(value_type = Vec<serde_json::Value>)]
-    input: Items,
+    /// A string, or a list of strings or `{text}` / `{image}` objects; or chat messages (one
+    /// conversation), or a list of conversations (vLLM).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
+    input: Option<Items>,
+    /// vLLM's chat embeddings: one conversation (a list of `{role, content}` messages whose
+    /// content is a string or `text` / `image_url` parts), or a list of conversations; one
+    /// embedding per conversation.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
+    messages: Option<Items>,
     /// OpenAI's name.
     #[serde(default)]
     encoding_format: Option<String>,
@@ -200,8 +214,42 @@ fn wants_base64(request: &EmbeddingsRequest) -> Result<bool, ApiError> {
     Ok(base64.unwrap_or(false))
 }
 
-/// The request's items: Infinity's `modality: image` makes every string an image.
-fn items_of(input: Items, modality: Option<&str>) -> Result<Vec<(String, Input)>, ApiError> {
+/// Items with their names (`input[3]`).
+type Named = Vec<(String, Input)>;
+
+/// The request's items and the field they came in: vLLM's conversations (in `messages` or
+/// `input`), or `input`'s items, where Infinity's `modality: image` makes every string an image.
+fn items_of(
+    input: Option<Items>,
+    messages: Option<Items>,
+    modality: Option<&str>,
+) -> Result<(&'static str, Named), ApiError> {
+    let input = match (input, messages) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                "the request has both `input` and `messages`; send one",
+            ));
+        }
+        (None, Some(messages)) => {
+            return Ok(("messages", chat::conversations("messages", messages.0)?));
+        }
+        (Some(input), None) => input,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                None,
+                "the body is not a valid embeddings request: missing field `input` (or vLLM's `messages`)",
+            ));
+        }
+    };
+    if chat::is_conversation(&input.0) || chat::is_batch(&input.0) {
+        return Ok(("input", chat::conversations("input", input.0)?));
+    }
+    plain_items(input, modality).map(|items| ("input", items))
+}
+
+/// `input`'s items: Infinity's `modality: image` makes every string an image.
+fn plain_items(input: Items, modality: Option<&str>) -> Result<Vec<(String, Input)>, ApiError> {
     match modality {
         None | Some("text") => inputs::parse_items("input", input.0),
         Some("image") => input
@@ -244,11 +292,20 @@ async fn embed(api: &Api, request: EmbeddingsRequest) -> Result<Response, ApiErr
             "normalized false: this server returns L2-normalized embeddings only",
         ));
     }
-    let items = items_of(request.input, request.modality.as_deref())?;
+    let (param, items) = items_of(request.input, request.messages, request.modality.as_deref())?;
     super::call::charge(items.len()).await?;
-    let items = inputs::resolve(api.fetcher.as_ref(), "input", items).await?;
+    let items = inputs::resolve(api.fetcher.as_ref(), param, items).await?;
     let permit = api.service.admit(Admission::TryNow).await?;
-    let embedded = api.service.embed_items(items, None, permit).await?;
+    let embedded = api
+        .service
+        .embed_items(items, None, permit)
+        .await
+        .map_err(|e| {
+            ApiError::from_service_named(e, &|f| match f {
+                crate::common::Field::List(_) => Some(param),
+                _ => None,
+            })
+        })?;
     Ok(Json(reply(embedded, &model, base64)).into_response())
 }
 
@@ -289,10 +346,11 @@ fn reply(embedded: Embedded, model: &str, base64: bool) -> Value {
 pub fn fuzz_embeddings_body(bytes: &[u8], max_items: usize) {
     if let Ok(request) = body::parse::<EmbeddingsRequest>(bytes, max_items) {
         let _ = wants_base64(&request);
-        let _ = items_of(request.input, request.modality.as_deref());
+        let _ = items_of(request.input, request.messages, request.modality.as_deref());
     }
     super::classify::fuzz_body(bytes, max_items);
     super::rerank::fuzz_body(bytes, max_items);
+    super::cohere::fuzz_body(bytes, max_items);
     super::hf::fuzz_body(bytes, max_items);
     super::weaviate::fuzz_body(bytes, max_items);
 }
@@ -331,7 +389,7 @@ mod tests {
         let r =
             request(json!({"input": ["data:image/png;base64,AAEC", "AAEC"], "modality": "image"}));
         let resolved = |r: EmbeddingsRequest| {
-            let items = items_of(r.input, r.modality.as_deref())?;
+            let (_, items) = items_of(r.input, r.messages, r.modality.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();

@@ -20,7 +20,8 @@ use utoipa::{
 };
 
 use super::{
-    batches, classify, collections, hf, immich, openai, pages, probes, rerank, usage, weaviate,
+    batches, classify, cohere, collections, hf, immich, openai, pages, probes, rerank, usage,
+    weaviate,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +41,8 @@ use super::{
         openai::models,
         classify::classify,
         rerank::rerank,
+        cohere::embed_v2,
+        cohere::embed_v1,
         hf::inference,
         weaviate::vectorize,
         weaviate::meta,

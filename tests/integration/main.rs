@@ -19,6 +19,7 @@ mod http_clients;
 mod http_collections;
 mod http_dropins;
 mod http_layers;
+mod http_shapes;
 mod indexer;
 mod keys;
 mod memory;

@@ -22,6 +22,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/rerank"),
     ("post", "/v2/rerank"),
     ("post", "/rerank"),
+    ("post", "/v1/embed"),
+    ("post", "/v2/embed"),
     ("post", "/"),
     ("post", "/vectorize"),
     ("get", "/meta"),

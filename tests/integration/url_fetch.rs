@@ -179,6 +179,41 @@ async fn allowed_urls_embed_like_their_bytes_and_bad_ones_are_refused_by_name() 
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+    // vLLM's image_url parts and Cohere's images go through the same fetcher and its refusals.
+    let part = |u: String| json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": u}}]}]);
+    let reply = post_json(
+        http,
+        "/v1/embeddings",
+        &json!({"messages": part(url("/cat.jpg"))}),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_same(
+        &floats(&reply.json()["data"][0]["embedding"]),
+        &want,
+        "messages",
+    );
+    let reply = post_json(http, "/v2/embed", &json!({"images": [url("/moved")]}), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_same(
+        &floats(&reply.json()["embeddings"]["float"][0]),
+        &want,
+        "cohere images",
+    );
+    let reply = post_json(
+        http,
+        "/v1/embeddings",
+        &json!({"messages": [part(url("/cat.jpg")), part(url("/big"))]}),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(
+        message(&reply).starts_with("messages[1]: the image URL: the image is over 200000 bytes"),
+        "{}",
+        reply.text
+    );
 
     for (input, want) in [
         (
