@@ -209,6 +209,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             &config.data_dir,
             config.retrieve,
             service.metrics().store_records_skipped(),
+            Some(service.metrics().search_recall()),
         )?,
         Some((pool, pg)) => {
             tracing::info!(
@@ -219,7 +220,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             );
             RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
         }
-    };
+    }
+    .with_search_paths(service.metrics().search_paths());
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
