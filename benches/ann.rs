@@ -20,6 +20,11 @@
 //!
 //! Usage: cargo bench --bench ann -- [--sizes 100000,1000000] [--data uniform,clustered,gap]
 //!        [--queries 200] [--no-graph] [--json OUT]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program: a panic is a failed run"
+)]
 
 mod common;
 

@@ -15,6 +15,11 @@
 //! vectors in 512 dimensions have no neighbourhoods to find). Needs a PostgreSQL with pgvector:
 //!   scripts/bench_postgres.sh [N]   (starts one with scripts/postgres.sh; N defaults to 100000)
 //! or CLIP_SERVE_TEST_POSTGRES_URL=... cargo bench --profile dev --bench postgres -- --n N
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program: a panic is a failed run"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,11 @@
 //! not a test. scripts/bench_embed.sh runs it beside open_clip's PIL pipeline on the same files.
 //!
 //! Usage: cargo bench --bench preprocess -- [--runs N] [--cfg preprocess_cfg.json] [--json OUT] FILE...
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program: a panic is a failed run"
+)]
 
 use std::{path::PathBuf, time::Instant};
 

@@ -5,6 +5,11 @@
 //!   - memory per vector in the index.
 //!
 //! Usage: cargo bench --bench retrieve -- [--sizes 10000,100000,1000000] [--store N] [--json OUT]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program: a panic is a failed run"
+)]
 
 mod common;
 

@@ -4,6 +4,11 @@
 //! runs) and of the whole tokenization. A program that measures, not a test.
 //!
 //! Usage: cargo bench --bench text_worst_case -- [--runs N] [--bytes 16384]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program: a panic is a failed run"
+)]
 
 use std::time::Instant;
 

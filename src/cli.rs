@@ -222,6 +222,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIP_SERVE_MAX_QUEUE_ROWS", default_value_t = 1024)]
     pub max_queue_rows: u32,
 
+    /// A normal- or low-priority call that has waited this long in the queue is served with the
+    /// high class (the starvation bound), e.g. 2s.
+    #[arg(long, env = "CLIP_SERVE_PRIORITY_AGING", default_value = "2s", value_parser = parse_duration)]
+    pub priority_aging: Duration,
+
     /// Request payload bytes held at once across both doors (gRPC messages, stream items, HTTP
     /// bodies): a unary call or body beyond it gets RESOURCE_EXHAUSTED / 429, a stream waits.
     #[arg(long, env = "CLIP_SERVE_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
@@ -553,6 +558,9 @@ pub struct ServeArgs {
     /// Log filter in tracing's EnvFilter syntax, e.g. `info,clip_serve=debug`.
     #[arg(long, env = "CLIP_SERVE_LOG", default_value = "info,ort=warn")]
     pub log_filter: String,
+
+    #[command(flatten)]
+    pub trace: crate::telemetry::TraceArgs,
 }
 
 /// `--store`.
@@ -652,6 +660,7 @@ impl ServeArgs {
             max_batch_size: to_usize("max-batch-size", self.max_batch_size.into())?,
             max_batch_delay: self.max_batch_delay,
             max_queue_rows: to_usize("max-queue-rows", self.max_queue_rows.into())?,
+            priority_aging: self.priority_aging,
         };
         if batch.max_queue_rows < limits.max_items_per_request {
             return Err(format!(

@@ -16,10 +16,15 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Err(e) = clip_serve::telemetry::init(args.log_format, &args.log_filter) {
-        eprintln!("clip-serve: {e}");
-        return ExitCode::FAILURE;
-    }
+    // Held until the server has stopped: dropping it flushes the spans still queued.
+    let _traces = match clip_serve::telemetry::init(args.log_format, &args.log_filter, &args.trace)
+    {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("clip-serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match args.validate() {
         Ok(config) => config,
         Err(e) => {

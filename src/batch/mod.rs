@@ -19,8 +19,14 @@
 //!   have come in the last second such a batch holds at most a quarter of `max_batch_size` rows,
 //!   so a live request arriving meanwhile waits for a small batch at most. On an idle server the
 //!   build runs full batches.
-//! - Bounded: the queue holds at most `max_queue_rows` rows; a job that does not fit is refused at
-//!   once ([`BatchError::QueueFull`]).
+//! - Priorities ([`priority`]): live jobs come in three classes, served in strict order (high,
+//!   normal, low) with round-robin within a class; a job that has waited `priority_aging` is served
+//!   with the high class (the starvation bound), and while a higher class has had traffic in the
+//!   last second a batch of a lower class's rows holds at most a quarter of `max_batch_size` (as
+//!   background batches do), so a high row never waits behind a long batch of low ones.
+//! - Bounded: normal jobs may queue `max_queue_rows` rows, high ones a quarter more, low ones half
+//!   (a flood of low work leaves room for the rest); a job that does not fit is refused at once
+//!   ([`BatchError::QueueFull`]).
 //!
 //! The batcher knows nothing of images or text: the engine's input and output are opaque rows. Each
 //! job carries its caller's `tracing` span (with the request id) into the engine thread: the batch
@@ -39,6 +45,10 @@ use std::{
 
 use tokio::sync::oneshot;
 use tracing::Span;
+
+pub mod priority;
+
+pub use priority::Priority;
 
 pub use crate::telemetry::metrics::BatchMetrics;
 
@@ -62,7 +72,12 @@ pub struct BatcherConfig {
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
     pub max_queue_rows: usize,
+    /// A normal or low job that has waited this long is served with the high class.
+    pub priority_aging: Duration,
 }
+
+/// The default `priority_aging` (`--priority-aging`).
+pub const DEFAULT_PRIORITY_AGING: Duration = Duration::from_secs(2);
 
 /// Why a job got no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +117,25 @@ struct Job<R, O> {
     results: Arc<Mutex<JobResults<O>>>,
     deadline: Option<Instant>,
     enqueued: Instant,
+    /// The class it was queued in (it may be served with the high class once it has aged).
+    class: Class,
+}
+
+/// Where a job queues: a live class, or below them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Live(Priority),
+    Background,
+}
+
+impl Class {
+    /// Index into per-class metrics: the live classes, then background.
+    fn index(self) -> usize {
+        match self {
+            Class::Live(p) => p.index(),
+            Class::Background => priority::CLASSES.len(),
+        }
+    }
 }
 
 struct JobResults<O> {
@@ -155,13 +189,35 @@ impl<O> JobResults<O> {
 }
 
 struct Queue<R, O> {
-    jobs: VecDeque<Job<R, O>>,
+    /// Live jobs by class, served first to last.
+    live: [VecDeque<Job<R, O>>; 3],
     /// Jobs that run only when no live row waits.
     background: VecDeque<Job<R, O>>,
-    /// When a live job last arrived.
-    last_live: Option<Instant>,
+    /// When a job of each live class last arrived.
+    last_arrival: [Option<Instant>; 3],
     rows: usize,
+    /// Rows queued by class (as queued: an aged job still counts for its own class).
+    class_rows: [usize; 4],
     stopped: bool,
+}
+
+impl<R, O> Queue<R, O> {
+    fn new() -> Self {
+        Queue {
+            live: Default::default(),
+            background: VecDeque::new(),
+            last_arrival: [None; 3],
+            rows: 0,
+            class_rows: [0; 4],
+            stopped: false,
+        }
+    }
+
+    /// Takes `n` rows of `class` off the counts.
+    fn remove_rows(&mut self, class: Class, n: usize) {
+        self.rows -= n;
+        self.class_rows[class.index()] -= n;
+    }
 }
 
 struct Shared<R, O> {
@@ -200,8 +256,10 @@ impl<R, O> Drop for StopOnDrop<R, O> {
     fn drop(&mut self) {
         let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.stopped = true;
-        let mut jobs = std::mem::take(&mut q.jobs);
-        jobs.append(&mut q.background);
+        let mut jobs = std::mem::take(&mut q.background);
+        for class in &mut q.live {
+            jobs.append(class);
+        }
         for job in jobs {
             job.results
                 .lock()
@@ -209,6 +267,7 @@ impl<R, O> Drop for StopOnDrop<R, O> {
                 .fail(BatchError::Stopped);
         }
         q.rows = 0;
+        q.class_rows = [0; 4];
         self.0.metrics.queue_depth.set(0);
         self.0.wake.notify_all();
     }
@@ -226,19 +285,17 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             "batch and queue sizes must be positive"
         );
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                background: VecDeque::new(),
-                last_live: None,
-                rows: 0,
-                stopped: false,
-            }),
+            queue: Mutex::new(Queue::new()),
             wake: Condvar::new(),
             config,
             metrics,
             cost: E::cost,
         });
         let owner = Arc::clone(&shared);
+        #[allow(
+            clippy::expect_used,
+            reason = "at start-up, before any request: a process that cannot start a thread cannot serve"
+        )]
         thread::Builder::new()
             .name("batch-engine".into())
             .spawn(move || engine_loop(engine, &owner))
@@ -262,27 +319,28 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
             .rows
     }
 
-    /// Queues `rows` and returns their outputs, in order. Dropping the returned future before it
-    /// resolves withdraws the rows that have not been computed yet. The current span follows the
-    /// rows into the engine thread.
+    /// Queues `rows` in the current call's class ([`priority::current`]) and returns their
+    /// outputs, in order. Dropping the returned future before it resolves withdraws the rows that
+    /// have not been computed yet. The current span follows the rows into the engine thread.
     pub async fn submit(
         &self,
         rows: Vec<R>,
         deadline: Option<Instant>,
     ) -> Result<BatchOutput<O>, BatchError> {
-        self.submit_as(rows, deadline, false).await
+        self.submit_as(rows, deadline, Class::Live(priority::current()))
+            .await
     }
 
     /// [`Self::submit`] for background work, which runs only when no live row waits.
     pub async fn submit_background(&self, rows: Vec<R>) -> Result<BatchOutput<O>, BatchError> {
-        self.submit_as(rows, None, true).await
+        self.submit_as(rows, None, Class::Background).await
     }
 
     async fn submit_as(
         &self,
         rows: Vec<R>,
         deadline: Option<Instant>,
-        background: bool,
+        class: Class,
     ) -> Result<BatchOutput<O>, BatchError> {
         let n = rows.len();
         if n == 0 {
@@ -305,12 +363,13 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
                 deadline,
                 tx,
                 self.shared.config.max_queue_rows,
-                background,
+                class,
             );
             self.shared.metrics.queue_depth.set(q.rows as i64);
             if let Err(e) = queued {
                 if matches!(e, BatchError::QueueFull { .. }) {
                     self.shared.metrics.rejected.inc_by(n as u64);
+                    self.shared.metrics.refused_by_class[class.index()].inc();
                 }
                 return Err(e);
             }
@@ -320,19 +379,24 @@ impl<R: Send + 'static, O: Send + 'static> Batcher<R, O> {
     }
 }
 
-/// Adds a job unless it would take the queue past `limit` rows.
+/// Adds a job unless it would take the queue past its class's share of `limit` rows (normal and
+/// background work: `limit`; see [`Priority::queue_limit`]).
 fn enqueue<R, O>(
     q: &mut Queue<R, O>,
     rows: Vec<R>,
     deadline: Option<Instant>,
     reply: Reply<O>,
     limit: usize,
-    background: bool,
+    class: Class,
 ) -> Result<(), BatchError> {
     if q.stopped {
         return Err(BatchError::Stopped);
     }
     let n = rows.len();
+    let limit = match class {
+        Class::Live(p) => p.queue_limit(limit, n),
+        Class::Background => limit,
+    };
     if q.rows + n > limit {
         return Err(BatchError::QueueFull {
             queued: q.rows,
@@ -341,14 +405,14 @@ fn enqueue<R, O>(
         });
     }
     q.rows += n;
+    q.class_rows[class.index()] += n;
     let enqueued = Instant::now();
-    if !background {
-        q.last_live = Some(enqueued);
-    }
-    let queue = if background {
-        &mut q.background
-    } else {
-        &mut q.jobs
+    let queue = match class {
+        Class::Live(p) => {
+            q.last_arrival[p.index()] = Some(enqueued);
+            &mut q.live[p.index()]
+        }
+        Class::Background => &mut q.background,
     };
     queue.push_back(Job {
         pending: rows.into(),
@@ -360,10 +424,13 @@ fn enqueue<R, O>(
             enqueued,
             inference: Duration::ZERO,
             last_batch: 0,
-            span: Span::current(),
+            // The rows' time in the batcher, a child of the caller's span; the batch that
+            // computes them links to it (see `engine_loop`).
+            span: tracing::debug_span!("queue", rows = n),
         })),
         deadline,
         enqueued,
+        class,
     });
     Ok(())
 }
@@ -402,38 +469,65 @@ fn next_batch<R, O>(shared: &Shared<R, O>) -> Option<Batch<R, O>> {
     }
 }
 
-/// How long after a live request background batches stay small.
+/// How long after a request of a class the batches of lower classes stay small.
 const LIVE_RECENTLY: Duration = Duration::from_secs(1);
 
-/// Takes up to `max_batch_size` rows round-robin across live jobs, dropping dead jobs first; only
-/// when no live row waits, up to a quarter of that from background jobs.
+/// Forms the next batch, dropping dead jobs first: rows round-robin from the highest class that has
+/// any (aged jobs served with the high class), the room left filled from the classes below; only
+/// when no live row waits, background rows. Rows of a class are capped at a quarter of
+/// `max_batch_size` while a higher class has had traffic in the last second.
 fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
     let now = Instant::now();
-    let mut jobs = std::mem::take(&mut q.jobs);
-    drop_dead(&mut jobs, q, shared, now);
-    q.jobs = jobs;
+    for class in 0..q.live.len() {
+        let mut jobs = std::mem::take(&mut q.live[class]);
+        drop_dead(&mut jobs, q, shared, now);
+        q.live[class] = jobs;
+    }
     let mut background = std::mem::take(&mut q.background);
     drop_dead(&mut background, q, shared, now);
     q.background = background;
+    promote_aged(q, shared.config.priority_aging, now);
 
     let max = shared.config.max_batch_size;
+    let small = (max / 4).max(1);
     let mut batch = Batch {
         rows: Vec::with_capacity(max.min(q.rows)),
         targets: Vec::with_capacity(max.min(q.rows)),
     };
-    let mut live = std::mem::take(&mut q.jobs);
-    fill(&mut batch, &mut live, max, q, shared, now);
-    q.jobs = live;
+    let recently = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < LIVE_RECENTLY);
+    for class in 0..q.live.len() {
+        let busy_above = q.last_arrival[..class].iter().any(|&t| recently(t));
+        let cap = if busy_above { small } else { max };
+        if batch.rows.len() >= cap {
+            continue;
+        }
+        let mut jobs = std::mem::take(&mut q.live[class]);
+        fill(&mut batch, &mut jobs, cap, q, shared, now);
+        q.live[class] = jobs;
+    }
     if batch.rows.is_empty() {
-        let live_lately = q
-            .last_live
-            .is_some_and(|t| now.duration_since(t) < LIVE_RECENTLY);
-        let cap = if live_lately { (max / 4).max(1) } else { max };
+        let live_lately = q.last_arrival.iter().any(|&t| recently(t));
+        let cap = if live_lately { small } else { max };
         let mut background = std::mem::take(&mut q.background);
         fill(&mut batch, &mut background, cap, q, shared, now);
         q.background = background;
     }
     batch
+}
+
+/// Moves the normal and low jobs that have waited `aging` to the back of the high class (the
+/// starvation bound: from there they take turns with the high jobs).
+fn promote_aged<R, O>(q: &mut Queue<R, O>, aging: Duration, now: Instant) {
+    for class in 1..q.live.len() {
+        while q.live[class]
+            .front()
+            .is_some_and(|job| now.duration_since(job.enqueued) >= aging)
+        {
+            if let Some(job) = q.live[class].pop_front() {
+                q.live[0].push_back(job);
+            }
+        }
+    }
 }
 
 /// Removes jobs whose caller went away or whose deadline passed, counting their rows.
@@ -450,13 +544,13 @@ fn drop_dead<R, O>(
         let left = job.pending.len() as u64;
         if results.is_closed() {
             metrics.dropped_cancelled.inc_by(left);
-            q.rows -= job.pending.len();
+            q.remove_rows(job.class, job.pending.len());
             results
                 .span
                 .in_scope(|| tracing::debug!(rows = left, "caller went away; rows dropped"));
         } else if job.deadline.is_some_and(|d| d <= now) {
             metrics.dropped_deadline.inc_by(left);
-            q.rows -= job.pending.len();
+            q.remove_rows(job.class, job.pending.len());
             results.span.in_scope(|| {
                 tracing::debug!(rows = left, "deadline passed in the queue; rows dropped")
             });
@@ -532,14 +626,12 @@ fn take_row<R, O>(
     now: Instant,
 ) {
     if let Some(row) = job.pending.pop_front() {
-        shared
-            .metrics
-            .queue_wait
+        shared.metrics.queue_wait[job.class.index()]
             .observe(now.duration_since(job.enqueued).as_secs_f64());
         batch.rows.push(row);
         batch.targets.push((Arc::clone(&job.results), job.next_row));
         job.next_row += 1;
-        q.rows -= 1;
+        q.remove_rows(job.class, 1);
     }
 }
 
@@ -557,7 +649,7 @@ fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
                 jobs.push(Arc::clone(job));
             }
         }
-        let span = tracing::debug_span!("batch", rows = n, jobs = jobs.len());
+        let span = tracing::debug_span!(parent: None, "inference", rows = n, jobs = jobs.len());
         for job in &jobs {
             span.follows_from(&job.lock().unwrap_or_else(PoisonError::into_inner).span);
         }
@@ -604,6 +696,8 @@ fn engine_loop<E: Engine>(mut engine: E, shared: &Shared<E::Row, E::Output>) {
 }
 
 #[cfg(test)]
+mod priority_tests;
+#[cfg(test)]
 mod proptests;
 
 #[cfg(test)]
@@ -612,20 +706,17 @@ mod tests {
 
     use super::*;
 
+    const NORMAL: Class = Class::Live(Priority::Normal);
+
     fn shared(max_batch_size: usize, max_queue_rows: usize) -> Shared<u32, u32> {
         Shared {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                background: VecDeque::new(),
-                last_live: None,
-                rows: 0,
-                stopped: false,
-            }),
+            queue: Mutex::new(Queue::new()),
             wake: Condvar::new(),
             config: BatcherConfig {
                 max_batch_size,
                 max_batch_delay: Duration::ZERO,
                 max_queue_rows,
+                priority_aging: DEFAULT_PRIORITY_AGING,
             },
             metrics: BatchMetrics::unregistered(),
             cost: |_| 0,
@@ -639,7 +730,7 @@ mod tests {
     ) -> oneshot::Receiver<Result<BatchOutput<u32>, BatchError>> {
         let (tx, rx) = oneshot::channel();
         let mut q = s.queue.lock().unwrap();
-        enqueue(&mut q, rows, deadline, tx, s.config.max_queue_rows, false).unwrap();
+        enqueue(&mut q, rows, deadline, tx, s.config.max_queue_rows, NORMAL).unwrap();
         rx
     }
 
@@ -666,7 +757,7 @@ mod tests {
         let _a = push(&s, vec![1, 2, 3], None);
         let (tx, _rx) = oneshot::channel();
         let mut q = s.queue.lock().unwrap();
-        let err = enqueue(&mut q, vec![4, 5, 6], None, tx, 5, false).unwrap_err();
+        let err = enqueue(&mut q, vec![4, 5, 6], None, tx, 5, NORMAL).unwrap_err();
         assert_eq!(
             err,
             BatchError::QueueFull {
@@ -676,7 +767,7 @@ mod tests {
             }
         );
         let (tx, _rx) = oneshot::channel();
-        enqueue(&mut q, vec![4, 5], None, tx, 5, false).expect("exactly fits");
+        enqueue(&mut q, vec![4, 5], None, tx, 5, NORMAL).expect("exactly fits");
     }
 
     #[test]
@@ -731,6 +822,7 @@ mod tests {
             max_batch_size: 8,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 100_000,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(
             Doubler {
@@ -775,6 +867,7 @@ mod tests {
             max_batch_size: 1,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 100,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(
             Doubler {
@@ -814,6 +907,7 @@ mod tests {
             max_batch_size: 1,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 10,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(Fragile, config, BatchMetrics::unregistered());
         let err = batcher.submit(vec![0], None).await.unwrap_err();
@@ -852,6 +946,7 @@ mod tests {
             // Long enough that three separate submissions land in the same batch.
             max_batch_delay: Duration::from_secs(2),
             max_queue_rows: 100,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
         for _ in 0..3 {
@@ -890,6 +985,7 @@ mod tests {
             max_batch_size: 2,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 4,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
         // Jobs of 2 rows: the first goes to the engine (which blocks); nothing is formed ahead of
@@ -902,7 +998,7 @@ mod tests {
             }));
             if r == 0 {
                 // Rows are counted as they leave the queue.
-                while batcher.metrics().queue_wait.get_sample_count() < 2 {
+                while batcher.metrics().queue_wait[1].get_sample_count() < 2 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
@@ -945,6 +1041,7 @@ mod tests {
             max_batch_size: 1,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 10,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(Slow, config, BatchMetrics::unregistered());
         let out = batcher.submit(vec![1, 2, 3], None).await.unwrap();
@@ -952,7 +1049,7 @@ mod tests {
         assert!(out.inference >= Duration::from_millis(90), "{out:?}");
         assert!(out.queue < out.inference, "{out:?}");
         assert_eq!(batcher.metrics().batch_size.get_sample_count(), 3);
-        assert_eq!(batcher.metrics().queue_wait.get_sample_count(), 3);
+        assert_eq!(batcher.metrics().queue_wait[1].get_sample_count(), 3);
     }
 
     #[test]
@@ -1015,6 +1112,7 @@ mod tests {
             max_batch_size: 4,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 100,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = Batcher::start(
             Held { go, seen: seen_tx },
@@ -1071,7 +1169,15 @@ mod tests {
         let (tx, _build) = oneshot::channel();
         {
             let mut q = s.queue.lock().unwrap();
-            enqueue(&mut q, (0..100).collect(), None, tx, 1000, true).unwrap();
+            enqueue(
+                &mut q,
+                (0..100).collect(),
+                None,
+                tx,
+                1000,
+                Class::Background,
+            )
+            .unwrap();
         }
         let _live = push(&s, vec![500, 501, 502], None);
         let mut q = s.queue.lock().unwrap();
@@ -1089,7 +1195,7 @@ mod tests {
         );
         assert_eq!(take_batch(&mut q, &s).rows, vec![2, 3]);
         // No live request for a while: full batches.
-        q.last_live = Some(Instant::now() - LIVE_RECENTLY);
+        q.last_arrival = [None, Some(Instant::now() - LIVE_RECENTLY), None];
         assert_eq!(take_batch(&mut q, &s).rows, (4..12).collect::<Vec<_>>());
     }
 

@@ -26,23 +26,20 @@ use tokio::sync::oneshot;
 
 use super::*;
 
+const NORMAL: Class = Class::Live(Priority::Normal);
+
 /// A row: (job, index within the job, cost).
 type Row = (u32, u32, u32);
 
 fn shared(max_batch_size: usize, grouped: bool) -> Shared<Row, Row> {
     Shared {
-        queue: Mutex::new(Queue {
-            jobs: VecDeque::new(),
-            background: VecDeque::new(),
-            last_live: None,
-            rows: 0,
-            stopped: false,
-        }),
+        queue: Mutex::new(Queue::new()),
         wake: Condvar::new(),
         config: BatcherConfig {
             max_batch_size,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 1_000_000,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         },
         metrics: BatchMetrics::unregistered(),
         cost: if grouped {
@@ -96,9 +93,9 @@ fn run(max: usize, grouped: bool, ops: &[Op]) -> (Vec<Vec<Row>>, Vec<Vec<u32>>) 
                     .map(|(i, &c)| (job, i as u32, c))
                     .collect();
                 let (tx, rx) = oneshot::channel();
-                enqueue(&mut q, rows, None, tx, 1_000_000, false).unwrap();
+                enqueue(&mut q, rows, None, tx, 1_000_000, NORMAL).unwrap();
                 replies.push(rx);
-                let results = Arc::clone(&q.jobs.back().unwrap().results);
+                let results = Arc::clone(&q.live[1].back().unwrap().results);
                 pending.insert(job, ((0..costs.len() as u32).collect(), results));
                 turns.push_back(job);
             }
@@ -221,6 +218,7 @@ proptest! {
             max_batch_size: max,
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 10_000,
+            priority_aging: DEFAULT_PRIORITY_AGING,
         };
         let batcher = if grouped {
             Batcher::start(Echo::<true>(Arc::clone(&seen)), config, BatchMetrics::unregistered())

@@ -4,6 +4,11 @@
 //!
 //! Its own binary: it uses only the generated gRPC client (`clip_serve::grpc::pb`) and the wire's
 //! code names, none of the server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a load generator run by hand: a panic is a failed run"
+)]
 
 use std::{
     collections::BTreeMap,
@@ -84,6 +89,10 @@ pub struct BenchArgs {
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+
+    /// Sent as the `x-priority` header (`high`, `normal`, `low`; with `--interface http`).
+    #[arg(long)]
+    pub priority: Option<String>,
     /// Items per request (per stream for --modality stream).
     #[arg(long, default_value_t = 1)]
     pub items: usize,
@@ -154,10 +163,11 @@ struct HttpClient {
         http_body_util::Full<Bytes>,
     >,
     base: String,
+    priority: Option<String>,
 }
 
 impl HttpClient {
-    fn new(base: &str) -> Self {
+    fn new(base: &str, priority: Option<String>) -> Self {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_max_idle_per_host(1)
@@ -165,6 +175,7 @@ impl HttpClient {
         HttpClient {
             client,
             base: base.trim_end_matches('/').to_string(),
+            priority,
         }
     }
 
@@ -172,8 +183,12 @@ impl HttpClient {
     async fn post(&self, path: &str, body: Vec<u8>) -> Result<usize, (String, String)> {
         use http_body_util::BodyExt;
         let failed = |e: &dyn std::fmt::Display| ("HTTP_ERROR".to_string(), e.to_string());
-        let request = tonic::codegen::http::Request::post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
+        let mut request = tonic::codegen::http::Request::post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(p) = &self.priority {
+            request = request.header("x-priority", p.as_str());
+        }
+        let request = request
             .body(http_body_util::Full::new(Bytes::from(body)))
             .map_err(|e| failed(&e))?;
         let response = self.client.request(request).await.map_err(|e| failed(&e))?;
@@ -508,10 +523,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             }
         }
     });
+    anyhow::ensure!(
+        args.priority.is_none() || args.interface == Interface::Http,
+        "--priority is sent as the x-priority header: use it with --interface http"
+    );
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
         if args.interface == Interface::Http {
-            clients.push(Door::Http(HttpClient::new(&args.http_addr)));
+            clients.push(Door::Http(HttpClient::new(
+                &args.http_addr,
+                args.priority.clone(),
+            )));
             continue;
         }
         let channel = Channel::from_shared(args.addr.clone())?

@@ -179,7 +179,11 @@ impl EmbedService {
         if admission == Admission::TryNow {
             self.loaded_model()?;
         }
-        self.state.gate.admit(admission).await
+        self.state
+            .gate
+            .admit(admission)
+            .instrument(tracing::debug_span!("admission"))
+            .await
     }
 
     fn image_options(&self) -> ImageOptions {
@@ -263,6 +267,28 @@ impl EmbedService {
         // set aborts the remaining tasks if this future is dropped (the caller went away). The
         // request's images take turns with other requests' in the pool (one share per call).
         let n = images.len();
+        let pixels = self
+            .decode_all(model, images, share)
+            .instrument(tracing::debug_span!("preprocess", images = n))
+            .await?;
+        let preprocess = started.elapsed();
+        let output = batcher
+            .submit(pixels, deadline)
+            .await
+            .map_err(batch_error)?;
+        usage::record(UsageKind::Images, n as u64);
+        Ok(embedded(output, preprocess, std::iter::repeat((false, 0))))
+    }
+
+    /// Decodes and preprocesses `images` in the pool, in parallel, in order; errors name
+    /// `images[i]`.
+    async fn decode_all(
+        &self,
+        model: Arc<LoadedModel>,
+        images: Vec<Bytes>,
+        share: DecodeShare,
+    ) -> Result<Vec<Vec<u8>>, ServiceError> {
+        let n = images.len();
         let mut tasks = JoinSet::new();
         for (i, bytes) in images.into_iter().enumerate() {
             let service = self.clone();
@@ -290,13 +316,7 @@ impl EmbedService {
                 "an image went missing during preprocessing".into(),
             ));
         }
-        let preprocess = started.elapsed();
-        let output = batcher
-            .submit(pixels, deadline)
-            .await
-            .map_err(batch_error)?;
-        usage::record(UsageKind::Images, n as u64);
-        Ok(embedded(output, preprocess, std::iter::repeat((false, 0))))
+        Ok(pixels)
     }
 
     /// Embeds texts, in order. Empty texts are valid (open_clip encodes them). `permit` is held
@@ -346,6 +366,7 @@ impl EmbedService {
         check_deadline(deadline)?;
         self.limits().check_texts(&texts)?;
         // Tokenizing is microseconds per text; a whole request goes in one job.
+        let n_texts = texts.len();
         let histogram = self.state.metrics.preprocess(Modality::Text);
         let tokenized = self
             .state
@@ -364,6 +385,7 @@ impl EmbedService {
                         .collect::<Vec<_>>(),
                 )
             })
+            .instrument(tracing::debug_span!("preprocess", texts = n_texts))
             .await?
             .ok_or_else(|| ServiceError::Internal("this model has no textual tower".into()))?;
         let meta: Vec<(bool, u32)> = tokenized

@@ -112,6 +112,7 @@ mod tests {
             max_batch_size: 4,
             max_batch_delay: std::time::Duration::ZERO,
             max_queue_rows: 8,
+            priority_aging: crate::batch::DEFAULT_PRIORITY_AGING,
         };
         let image = Batcher::start(Echo, config, BatchMetrics::unregistered());
         slot.set(Loaded {

@@ -24,7 +24,7 @@ use std::{
 };
 
 use tonic::{
-    Code,
+    Code, Status,
     body::Body,
     codegen::http::{self, HeaderMap, HeaderValue},
     metadata::{MetadataMap, MetadataValue},
@@ -34,6 +34,8 @@ use tracing::{Instrument, Span};
 
 use super::status::code_name;
 use crate::{
+    batch::priority::{self, Allowed, Priority},
+    common::{Field, ServiceError},
     embed::Timings,
     security::{ApiKeys, keys},
     telemetry::{
@@ -222,9 +224,18 @@ impl http_body::Body for Counted {
     }
 }
 
-fn tag(headers: &mut HeaderMap, request_id: &str) {
+/// The call's request id and (while traces are exported) its W3C trace context on the reply.
+fn tag(headers: &mut HeaderMap, request_id: &str, span: &tracing::Span) {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
+    }
+    if let Some((parent, state)) = crate::telemetry::trace::reply_context(span) {
+        if let Ok(v) = HeaderValue::from_str(&parent) {
+            headers.insert("traceparent", v);
+        }
+        if let Some(Ok(v)) = state.map(|s| HeaderValue::from_str(&s)) {
+            headers.insert("tracestate", v);
+        }
     }
 }
 
@@ -280,6 +291,12 @@ where
             method = %format_args!("{service}/{method}"),
             key = tracing::field::Empty
         );
+        let header_text = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        crate::telemetry::trace::adopt_parent(
+            &span,
+            header_text("traceparent"),
+            header_text("tracestate"),
+        );
         let mut recorder = Recorder {
             metrics: self.layer.metrics.clone(),
             service,
@@ -288,6 +305,22 @@ where
             span: span.clone(),
             recorded: false,
         };
+        let asked = match request
+            .headers()
+            .get("x-priority")
+            .map(|v| v.to_str().unwrap_or("(not text)").parse::<Priority>())
+            .transpose()
+        {
+            Ok(asked) => asked,
+            Err(e) => {
+                let refusal = Status::from(ServiceError::invalid(Field::Param("x-priority"), e));
+                let mut response: http::Response<Body> = refusal.into_http();
+                tag(response.headers_mut(), &request_id, &span);
+                recorder.record_from(response.headers());
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        let mut allowed = Allowed::OPEN;
         let (usage, allowance) = if keyed {
             let presented = request
                 .headers()
@@ -306,12 +339,13 @@ where
             match self.layer.keys.authenticate_from(presented, peer) {
                 Err(e) => {
                     let mut response: http::Response<Body> = super::auth::refusal(e).into_http();
-                    tag(response.headers_mut(), &request_id);
+                    tag(response.headers_mut(), &request_id, &span);
                     recorder.record_from(response.headers());
                     return Box::pin(async move { Ok(response) });
                 }
                 Ok(caller) => caller
                     .map(|c| {
+                        allowed = c.priority;
                         // The key's name (never the key) on the span.
                         span.record("key", &*c.key_name);
                         (Usage::for_key(&self.layer.metrics, c.key_name), c.allowance)
@@ -329,10 +363,12 @@ where
             let _entered = span.enter();
             inner.call(request)
         };
+        let reply_span = span.clone();
+        let work = priority::scoped(allowed, asked, work);
         let work = usage::scoped(usage, keys::scoped(allowance, work)).instrument(span);
         Box::pin(async move {
             let mut response = work.await?;
-            tag(response.headers_mut(), &request_id);
+            tag(response.headers_mut(), &request_id, &reply_span);
             if recorder.record_from(response.headers()) {
                 // Trailers-only: the status is in the headers, the body is empty.
                 return Ok(response);

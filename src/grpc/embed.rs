@@ -336,11 +336,11 @@ impl Embed for EmbedApi {
                 let _ = tx.send(Err(status)).await;
             }
         };
-        // The stream runs in its own task: it keeps the caller's usage scope.
+        // The stream runs in its own task: it keeps the caller's usage scope and priority class.
         let usage = crate::telemetry::usage::current();
         tokio::spawn(crate::telemetry::usage::carried(
             usage,
-            stream.instrument(span),
+            crate::batch::priority::carried(stream.instrument(span)),
         ));
         Ok(response)
     }

@@ -364,7 +364,7 @@ impl<'de> de::DeserializeSeed<'de> for BoundedValue {
 
 impl<'de> Visitor<'de> for BoundedValue {
     type Value = Value;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
@@ -444,7 +444,7 @@ pub fn string_map<'de, D: Deserializer<'de>>(
     struct MapVisitor(usize);
     impl<'de> Visitor<'de> for MapVisitor {
         type Value = std::collections::BTreeMap<String, String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an object of strings")
         }
         fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -498,7 +498,7 @@ struct LabelsVisitor {
 
 impl<'de> Visitor<'de> for LabelsVisitor {
     type Value = Labels;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an array of strings or a string")
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Labels, E> {
@@ -549,7 +549,7 @@ impl<'de> Deserialize<'de> for Items {
         struct ItemsVisitor(usize, &'static str);
         impl<'de> Visitor<'de> for ItemsVisitor {
             type Value = Items;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string or an array")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Items, E> {

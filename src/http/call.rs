@@ -19,7 +19,7 @@ use std::{borrow::Cow, net::SocketAddr, time::Instant};
 
 use axum::{
     extract::{ConnectInfo, MatchedPath, Request, State},
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::Response,
 };
@@ -27,9 +27,12 @@ use tracing::Instrument;
 
 use super::error::{ApiError, Shape};
 use crate::{
+    batch::priority::{self, Allowed, Priority},
+    common::{Field, ServiceError},
     security::{ApiKeys, keys},
     telemetry::{
         metrics::Metrics,
+        trace,
         usage::{self, Usage},
     },
 };
@@ -308,6 +311,8 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
         method = %format_args!("{service}/{method}"),
         key = tracing::field::Empty
     );
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    trace::adopt_parent(&span, header_text("traceparent"), header_text("tracestate"));
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -317,13 +322,22 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
         .map(|p| p.0)
         .or_else(|| extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
     let mut retry_after = None;
-    let (mut response, service, method, code) = match calls
+    let asked = asked_priority(header_text("x-priority"));
+    let admitted = match calls
         .keys
         .authenticate_from(authorization, peer.map(|p| p.ip()))
     {
-        Ok(caller) => {
+        Ok(caller) => asked.map(|asked| (caller, asked)),
+        Err(e) => {
+            retry_after = e.retry_after();
+            Err(ApiError::from(e))
+        }
+    };
+    let (mut response, service, method, code) = match admitted {
+        Ok((caller, asked)) => {
             // The key's name (never the key) on the span; what the call computes counts for
             // it, and what it charges is spent from the key's rate limit.
+            let allowed = caller.as_ref().map_or(Allowed::OPEN, |c| c.priority);
             let (usage, allowance) = caller
                 .map(|c| {
                     span.record("key", &*c.key_name);
@@ -334,7 +348,7 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
                 allowance.clone(),
                 PEER.scope(
                     peer.map(|p| p.ip()),
-                    next.run(request).instrument(span.clone()),
+                    priority::scoped(allowed, asked, next.run(request).instrument(span.clone())),
                 ),
             );
             let response = usage::scoped(usage, work).await;
@@ -348,8 +362,6 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
             (response, service, method, code)
         }
         Err(e) => {
-            retry_after = e.retry_after();
-            let e = ApiError::from(e);
             let code = e.grpc_code;
             (e.into_shaped(shape), service, method, code)
         }
@@ -370,7 +382,30 @@ pub async fn layer(State(calls): State<Calls>, request: Request, next: Next) -> 
     if let Ok(v) = HeaderValue::from_str(&format!("total;dur={:.3}", elapsed * 1e3)) {
         headers.insert("server-timing", v);
     }
+    put_trace_context(headers, &span);
     response
+}
+
+/// The class an `x-priority` header asks for (`high`, `normal`, `low`, or vLLM's integer).
+fn asked_priority(header: Option<&str>) -> Result<Option<Priority>, ApiError> {
+    header
+        .map(|h| {
+            h.parse::<Priority>()
+                .map_err(|e| ApiError::from(ServiceError::invalid(Field::Param("x-priority"), e)))
+        })
+        .transpose()
+}
+
+/// The call's W3C trace context on its reply (while traces are exported).
+fn put_trace_context(headers: &mut HeaderMap, span: &tracing::Span) {
+    if let Some((parent, state)) = trace::reply_context(span) {
+        if let Ok(v) = HeaderValue::from_str(&parent) {
+            headers.insert("traceparent", v);
+        }
+        if let Some(Ok(v)) = state.map(|s| HeaderValue::from_str(&s)) {
+            headers.insert("tracestate", v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ impl<'de> Deserialize<'de> for Inputs {
         struct InputsVisitor;
         impl<'de> Visitor<'de> for InputsVisitor {
             type Value = Inputs;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string, an array of strings, or an object with `image`")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Inputs, E> {

@@ -25,7 +25,11 @@ use super::{
     error::ApiError,
     inputs::{self, Input},
 };
-use crate::embed::{Admission, Embedded};
+use crate::{
+    batch::priority::{self, Priority},
+    common::{Field, ServiceError},
+    embed::{Admission, Embedded},
+};
 
 /// The embeddings and models routes.
 pub fn routes(state: Api) -> Router {
@@ -76,6 +80,11 @@ struct EmbeddingsRequest {
     /// `text` (default) or `image` (every string is an image), as Infinity does it.
     #[serde(default)]
     modality: Option<String>,
+    /// vLLM's: lower is served earlier (below 0 high, 0 normal, above 0 low), as far as the key
+    /// allows (`priority=` on its line).
+    #[serde(default)]
+    #[schema(value_type = Option<i64>)]
+    priority: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,9 +129,23 @@ pub(super) async fn embeddings(
             let (request, _held) = state
                 .read_json::<EmbeddingsRequest>(&headers, body, "embeddings request")
                 .await?;
-            embed(&state, request).await
+            let asked = vllm_priority(request.priority.as_ref())?;
+            priority::requested(asked, embed(&state, request)).await
         })
         .await
+}
+
+/// vLLM's `priority` field: an integer, lower served earlier.
+fn vllm_priority(value: Option<&Value>) -> Result<Option<Priority>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_i64().map(|p| Some(Priority::from_vllm(p))).ok_or_else(|| {
+            ApiError::from(ServiceError::invalid(
+                Field::Param("priority"),
+                format!("{v} is not an integer (lower is served earlier: below 0 high, 0 normal, above 0 low)"),
+            ))
+        }),
+    }
 }
 
 /// Whether the reply carries base64 (little-endian float32) instead of float lists.

@@ -67,8 +67,10 @@ fn library_version(dylib: &Path) -> Option<String> {
     // and OrtGetApiBase/GetVersionString are plain C functions without preconditions.
     unsafe {
         let lib = libloading::Library::new(dylib).ok()?;
-        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
-            lib.get(b"OrtGetApiBase\0").ok()?;
+        let get_base: libloading::Symbol<
+            '_,
+            unsafe extern "C" fn() -> *const ort::sys::OrtApiBase,
+        > = lib.get(b"OrtGetApiBase\0").ok()?;
         let base = get_base();
         if base.is_null() {
             return None;

@@ -360,6 +360,10 @@ impl Conn {
 impl Deref for Conn {
     type Target = Object;
 
+    #[allow(
+        clippy::expect_used,
+        reason = "only `done` (which consumes the Conn) and `drop` take the connection out"
+    )]
     fn deref(&self) -> &Object {
         // Only `done` (which consumes the Conn) and `drop` take it out.
         self.obj
@@ -369,6 +373,10 @@ impl Deref for Conn {
 }
 
 impl DerefMut for Conn {
+    #[allow(
+        clippy::expect_used,
+        reason = "only `done` (which consumes the Conn) and `drop` take the connection out"
+    )]
     fn deref_mut(&mut self) -> &mut Object {
         self.obj
             .as_mut()

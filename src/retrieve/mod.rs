@@ -23,6 +23,7 @@ use backend::{Record, SharedStore};
 use bytes::Bytes;
 use index::{Metadata, Scored};
 use store::{CollectionMeta, StoredItem};
+use tracing::Instrument;
 #[cfg(test)]
 use validate::check_vector;
 
@@ -484,7 +485,12 @@ impl RetrieveService {
             // elsewhere every item counts as new.
             self.check_collection_items(&collection.name, n).await?;
         }
-        let count = self.inner.store.upsert(&collection, records).await?;
+        let count = self
+            .inner
+            .store
+            .upsert(&collection, records)
+            .instrument(tracing::debug_span!("store", op = "upsert"))
+            .await?;
         Ok((n, count))
     }
 
@@ -496,7 +502,11 @@ impl RetrieveService {
     ) -> Result<(usize, usize), ServiceError> {
         let collection = self.collection(name).await?;
         self.check_list_len(List::Ids, ids.len())?;
-        self.inner.store.delete(&collection, ids).await
+        self.inner
+            .store
+            .delete(&collection, ids)
+            .instrument(tracing::debug_span!("store", op = "delete"))
+            .await
     }
 
     pub async fn search(
@@ -542,6 +552,7 @@ impl RetrieveService {
             .inner
             .store
             .search_with(&collection, query, k, filter, exact)
+            .instrument(tracing::debug_span!("store", op = "search"))
             .await?;
         if let Some(paths) = &self.inner.search_paths {
             paths.with_label_values(&[path]).inc();

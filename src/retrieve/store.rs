@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::Metadata;
 
-const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("collections");
+const COLLECTIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("collections");
 
 fn items_table(name: &str) -> String {
     format!("items/{name}")
@@ -188,7 +188,7 @@ impl Store {
         &self,
         name: &str,
         id: &str,
-        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         let out = {

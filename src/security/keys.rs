@@ -9,6 +9,7 @@
 //! ```text
 //! alice:sk-1234567890             a named key: usage metrics and logs say `alice`
 //! bob:sk-abcdef rate=50:100       a per-key rate limit: 50 items/s, bursts of 100
+//! free:sk-0987 priority=low       calls of this key run in the low class at most (and by default)
 //! sk-bare-key                     a bare key, named by a short hash of it (`key-1a2b3c4d`)
 //! ```
 //!
@@ -41,6 +42,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::batch::priority::{Allowed, Priority};
 use governor::{Quota, RateLimiter, clock::Clock};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -85,6 +87,8 @@ struct Key {
     digest: [u8; 32],
     limiter: Option<Arc<Limiter>>,
     burst: u32,
+    /// The priority classes its calls may use (`priority=`; any, by default).
+    priority: Allowed,
 }
 
 fn digest(secret: &[u8]) -> [u8; 32] {
@@ -106,6 +110,7 @@ impl Key {
         Key {
             name,
             digest,
+            priority: Allowed::OPEN,
             burst: rate.map_or(u32::MAX, |r| r.burst.get()),
             limiter: rate.map(|r| {
                 Arc::new(RateLimiter::direct(
@@ -383,6 +388,8 @@ impl std::fmt::Display for AuthError {
 pub struct Caller {
     pub key_name: Arc<str>,
     pub allowance: Allowance,
+    /// The priority classes the key's calls may use.
+    pub priority: Allowed,
 }
 
 impl PartialEq for Caller {
@@ -541,6 +548,7 @@ impl ApiKeys {
         Ok(Some(Caller {
             key_name: Arc::clone(&key.name),
             allowance: Allowance::new(key.limiter.clone(), key.burst, 1),
+            priority: key.priority,
         }))
     }
 }
@@ -564,22 +572,31 @@ fn read_key_file(path: &Path, default_rate: Option<RateLimit>) -> Result<Vec<Key
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         let mut rate = default_rate;
+        let mut priority = Allowed::OPEN;
         for option in words {
-            match option.strip_prefix("rate=") {
-                Some(r) => rate = Some(r.parse().map_err(|e| format!("{}: rate={e}", at()))?),
-                None => {
-                    return Err(format!(
-                        "{}: unknown option {option:?} (expected rate=REQ_PER_S[:BURST])",
-                        at()
-                    ));
-                }
+            if let Some(r) = option.strip_prefix("rate=") {
+                rate = Some(r.parse().map_err(|e| format!("{}: rate={e}", at()))?);
+            } else if let Some(p) = option.strip_prefix("priority=") {
+                let class = match p {
+                    "high" | "normal" | "low" => p.parse::<Priority>(),
+                    _ => Err(format!("{p:?} is not high, normal or low")),
+                };
+                priority = Allowed::pinned(class.map_err(|e| format!("{}: priority={e}", at()))?);
+            } else {
+                return Err(format!(
+                    "{}: unknown option {option:?} (expected rate=REQ_PER_S[:BURST] or \
+                     priority=high|normal|low)",
+                    at()
+                ));
             }
         }
         let (name, secret) = match first.split_once(':') {
             Some((name, secret)) if is_name(name) && !secret.is_empty() => (Some(name), secret),
             _ => (None, first),
         };
-        keys.push(Key::new(name, secret, rate));
+        let mut key = Key::new(name, secret, rate);
+        key.priority = priority;
+        keys.push(key);
     }
     if keys.is_empty() {
         return Err(format!(
@@ -673,6 +690,28 @@ mod tests {
         assert!(keys.reload().unwrap_err().contains("line 1"));
         std::fs::write(&file, "a:b limit=3\n").unwrap();
         assert!(keys.reload().unwrap_err().contains("unknown option"));
+    }
+
+    #[test]
+    fn a_key_line_pins_its_priority_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "free:sk-free priority=low\nopen:sk-open rate=5\n").unwrap();
+        let keys = ApiKeys::load_with(None, Some(file.clone()), None).unwrap();
+        let free = keys.authenticate(Some("Bearer sk-free")).unwrap().unwrap();
+        assert_eq!(free.priority, Allowed::pinned(Priority::Low));
+        let open = keys.authenticate(Some("Bearer sk-open")).unwrap().unwrap();
+        assert_eq!(open.priority, Allowed::OPEN);
+        std::fs::write(&file, "a:b priority=urgent\n").unwrap();
+        let err = keys.reload().unwrap_err();
+        assert!(err.contains("line 1") && err.contains("priority="), "{err}");
+        // Integers are for requests (vLLM's field), not for key lines.
+        std::fs::write(&file, "a:b priority=-1\n").unwrap();
+        assert!(
+            keys.reload()
+                .unwrap_err()
+                .contains("not high, normal or low")
+        );
     }
 
     /// The least of a few timings of `f`: what it takes when the machine does not interfere.

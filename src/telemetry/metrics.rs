@@ -108,26 +108,40 @@ impl ClassifyMetrics {
     }
 
     /// Instruments registered nowhere, for tests.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant, valid metric names (instruments for tests)"
+    )]
     pub fn unregistered() -> Self {
         ClassifyMetrics::new().expect("valid metric names")
     }
 }
 
+/// The `priority` label of the batcher's per-class instruments, in the batcher's class order.
+pub const PRIORITY_LABELS: [&str; 4] = ["high", "normal", "low", "background"];
+
 /// The batcher's instruments for one modality. Prometheus handles are cheap clones of shared atomics.
 #[derive(Clone)]
 pub struct BatchMetrics {
     pub queue_depth: IntGauge,
-    pub queue_wait: Histogram,
+    /// By class: high, normal, low, background ([`PRIORITY_LABELS`]).
+    pub queue_wait: [Histogram; 4],
     pub batch_size: Histogram,
     pub inference: Histogram,
     pub rows_computed: IntCounter,
     pub dropped_deadline: IntCounter,
     pub dropped_cancelled: IntCounter,
     pub rejected: IntCounter,
+    /// Jobs refused for a full queue, by class (as `queue_wait`).
+    pub refused_by_class: [IntCounter; 4],
 }
 
 impl BatchMetrics {
     /// Instruments registered nowhere, for tests and batchers outside a server.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant, valid metric names (instruments for tests)"
+    )]
     pub fn unregistered() -> Self {
         let counter = |name: &str| IntCounter::new(name, name).expect("valid metric name");
         let histogram = |name: &str| {
@@ -135,13 +149,14 @@ impl BatchMetrics {
         };
         BatchMetrics {
             queue_depth: IntGauge::new("queue_depth", "queue depth").expect("valid metric name"),
-            queue_wait: histogram("queue_wait"),
+            queue_wait: PRIORITY_LABELS.map(|p| histogram(&format!("queue_wait_{p}"))),
             batch_size: histogram("batch_size"),
             inference: histogram("inference"),
             rows_computed: counter("rows_computed"),
             dropped_deadline: counter("dropped_deadline"),
             dropped_cancelled: counter("dropped_cancelled"),
             rejected: counter("rejected"),
+            refused_by_class: PRIORITY_LABELS.map(|p| counter(&format!("refused_{p}"))),
         }
     }
 }
@@ -181,10 +196,17 @@ impl Metrics {
         let queue_wait = HistogramVec::new(
             HistogramOpts::new(
                 "clip_queue_wait_seconds",
-                "Time a row waited in the queue before its batch was formed",
+                "Time a row waited in the queue before its batch was formed, by priority class",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["modality"],
+            &["modality", "priority"],
+        )?;
+        let queue_refusals = IntCounterVec::new(
+            Opts::new(
+                "clip_queue_refusals_total",
+                "Calls refused because their class's share of the queue was full, by priority class",
+            ),
+            &["modality", "priority"],
         )?;
         let batch_size = HistogramVec::new(
             HistogramOpts::new("clip_batch_size_rows", "Rows per inference batch")
@@ -232,6 +254,7 @@ impl Metrics {
         registry.register(Box::new(requests_in_flight.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
+        registry.register(Box::new(queue_refusals.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(inference.clone()))?;
         registry.register(Box::new(preprocess_duration.clone()))?;
@@ -245,13 +268,15 @@ impl Metrics {
             let m = modality.as_str();
             BatchMetrics {
                 queue_depth: queue_depth.with_label_values(&[m]),
-                queue_wait: queue_wait.with_label_values(&[m]),
+                queue_wait: PRIORITY_LABELS.map(|p| queue_wait.with_label_values(&[m, p])),
                 batch_size: batch_size.with_label_values(&[m]),
                 inference: inference.with_label_values(&[m]),
                 rows_computed: rows_computed.with_label_values(&[m]),
                 dropped_deadline: rows_dropped.with_label_values(&[m, "deadline"]),
                 dropped_cancelled: rows_dropped.with_label_values(&[m, "cancelled"]),
                 rejected: rows_dropped.with_label_values(&[m, "rejected"]),
+                refused_by_class: PRIORITY_LABELS
+                    .map(|p| queue_refusals.with_label_values(&[m, p])),
             }
         };
         let store_records_skipped = IntCounter::new(

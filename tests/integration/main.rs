@@ -1,6 +1,11 @@
 //! The integration tests, as one test binary (one link instead of one per file): each module starts
 //! the real server in-process on 127.0.0.1:0 (`signals` runs it as a child process) and talks to it
 //! with the generated clients, plain HTTP or the official SDKs' wire formats.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is a failed test"
+)]
 
 mod common;
 
@@ -26,9 +31,11 @@ mod postgres;
 mod postgres_replicas;
 mod postgres_siege;
 mod postgres_store;
+mod priorities;
 mod retrieve;
 mod server;
 mod siege;
 #[cfg(unix)]
 mod signals;
+mod traces;
 mod url_fetch;

@@ -14,6 +14,11 @@
 //!
 //! A program that measures, not a test: the markdown table goes to stdout (and `--markdown FILE`);
 //! it exits non-zero when a target is missed only with `--strict`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an attack harness run by hand: a panic is a failed run"
+)]
 
 use std::{
     collections::{BTreeMap, HashSet},

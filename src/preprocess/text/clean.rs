@@ -176,16 +176,28 @@ fn charmaps() -> &'static [Charmap] {
     })
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "a generated constant pattern, compiled by the tests"
+)]
 fn altered_utf8_re() -> &'static BytesRegex {
     static RE: OnceLock<BytesRegex> = OnceLock::new();
     RE.get_or_init(|| BytesRegex::new(ALTERED_UTF8_PATTERN).expect("generated ALTERED_UTF8 regex"))
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "a generated constant pattern, compiled by the tests"
+)]
 fn lossy_utf8_re() -> &'static BytesRegex {
     static RE: OnceLock<BytesRegex> = OnceLock::new();
     RE.get_or_init(|| BytesRegex::new(LOSSY_UTF8_PATTERN).expect("generated LOSSY_UTF8 regex"))
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "a generated constant pattern, compiled by the tests"
+)]
 fn badness_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
