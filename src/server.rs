@@ -356,6 +356,7 @@ fn open_stores(
             &config.data_dir,
             config.retrieve,
             service.metrics().store_records_skipped(),
+            Some(service.metrics().search_recall()),
         )?,
         Some((pool, pg)) => {
             tracing::info!(
@@ -366,7 +367,8 @@ fn open_stores(
             );
             RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
         }
-    };
+    }
+    .with_search_paths(service.metrics().search_paths());
     Ok((classify, retrieve, keys))
 }
 

@@ -11,9 +11,9 @@ use crate::retrieve::RetrieveConfig;
 /// Collections' bounds.
 #[derive(Debug, Clone, Args)]
 pub struct RetrieveArgs {
-    /// Local store: a collection of at least this many items is searched approximately (an HNSW
-    /// graph proposes candidates, scored exactly; saved under <data-dir>/ann/), smaller ones
-    /// exactly. A collection reaching it through upserts switches while serving. 0: always exact.
+    /// Local store: a collection of at least this many items is searched approximately (binary
+    /// codes scanned, or an HNSW graph with --ann-graph; the shortlist is scored exactly), smaller
+    /// ones exactly. A collection reaching it through upserts switches while serving. 0: always exact.
     #[arg(
         long,
         env = "CLIP_SERVE_ANN_MIN_VECTORS",
@@ -21,6 +21,65 @@ pub struct RetrieveArgs {
         display_order = 460
     )]
     pub ann_min_vectors: u64,
+
+    /// Local store: approximate search through an HNSW graph (saved under <data-dir>/ann/, built
+    /// in the background) instead of the binary scan. The graph misses far more of the true top k
+    /// for text queries among images (BENCHMARKS.md).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_ANN_GRAPH",
+        default_value_t = false,
+        display_order = 461
+    )]
+    pub ann_graph: bool,
+
+    /// Local store, binary scan: items rescored exactly per result asked for (top_k 10: the
+    /// 200 nearest by Hamming distance at the default 20; at least top_k + 64). 1-1000.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_ANN_OVERSAMPLE",
+        default_value_t = 20,
+        display_order = 462
+    )]
+    pub ann_oversample: u32,
+
+    /// Local store, binary scan: the recall@10 to keep (0-1). A background check answers a sample
+    /// of each collection's recent queries exactly and raises its oversampling while under it.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_RECALL_TARGET",
+        default_value_t = 0.95,
+        display_order = 463
+    )]
+    pub recall_target: f64,
+
+    /// Seconds between recall checks (0: never checked).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_RECALL_CHECK_INTERVAL",
+        default_value_t = 60,
+        display_order = 464
+    )]
+    pub recall_check_interval: u64,
+
+    /// Queries sampled per collection for the recall check (each costs one exact scan per check;
+    /// 0-1000, 0: no check).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_RECALL_SAMPLES",
+        default_value_t = 32,
+        display_order = 465
+    )]
+    pub recall_samples: u32,
+
+    /// The most the recall check raises --ann-oversample to (1-1000).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_RECALL_MAX_OVERSAMPLE",
+        default_value_t = 200,
+        display_order = 466
+    )]
+    pub recall_max_oversample: u32,
 
     /// Most results a Search may ask for.
     #[arg(
@@ -99,6 +158,29 @@ impl RetrieveArgs {
             search_threads: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             ann_min_vectors: usize::try_from(self.ann_min_vectors)
                 .map_err(|_| format!("--ann-min-vectors {} is too large", self.ann_min_vectors))?,
+            ann: crate::retrieve::AnnParams {
+                graph: self.ann_graph,
+                oversample: match self.ann_oversample {
+                    n @ 1..=1000 => n as usize,
+                    n => return Err(format!("--ann-oversample {n} is outside 1-1000")),
+                },
+                ..crate::retrieve::AnnParams::default()
+            },
+            recall: crate::retrieve::recall::RecallConfig {
+                target_permille: match self.recall_target {
+                    t if (0.0..=1.0).contains(&t) => (t * 1000.0).round() as u32,
+                    t => return Err(format!("--recall-target {t} is outside 0-1")),
+                },
+                interval: std::time::Duration::from_secs(self.recall_check_interval),
+                samples: match self.recall_samples {
+                    n @ 0..=1000 => n as usize,
+                    n => return Err(format!("--recall-samples {n} is over 1000")),
+                },
+                max_oversample: match self.recall_max_oversample {
+                    n @ 1..=1000 => n as usize,
+                    n => return Err(format!("--recall-max-oversample {n} is outside 1-1000")),
+                },
+            },
             max_reply_bytes: to_usize("max-reply-bytes", self.max_reply_bytes)?,
             max_collection_items: to_usize("max-collection-items", self.max_collection_items)?,
             max_model_bytes: to_usize("max-model-bytes", self.max_model_bytes.into())?,

@@ -38,6 +38,8 @@ fn collection(c: CollectionInfo) -> pb::Collection {
         count: c.count as u64,
         dimension: u32::try_from(c.dimension).unwrap_or(u32::MAX),
         model: c.model,
+        index: c.index,
+        ready: c.ready,
     }
 }
 
@@ -221,6 +223,7 @@ impl Retrieve for RetrieveApi {
                 top_k,
                 filter,
                 model,
+                exact,
             } = request.into_inner();
             let hits = self
                 .retrieve
@@ -231,6 +234,7 @@ impl Retrieve for RetrieveApi {
                         top_k: to_usize(top_k),
                         filter: filter.into_iter().collect(),
                         model,
+                        exact,
                     },
                     deadline,
                     permit,

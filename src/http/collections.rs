@@ -89,6 +89,11 @@ pub struct CollectionReply {
     pub count: u64,
     pub dimension: u64,
     pub model: String,
+    /// The index searches use: exact, binary (binary codes scanned, rescored exactly), graph
+    /// (local HNSW), hnsw (PostgreSQL).
+    pub index: String,
+    /// False while that index is being built (searches are exact meanwhile).
+    pub ready: bool,
 }
 
 impl From<CollectionInfo> for CollectionReply {
@@ -98,6 +103,8 @@ impl From<CollectionInfo> for CollectionReply {
             count: c.count as u64,
             dimension: c.dimension as u64,
             model: c.model,
+            index: c.index,
+            ready: c.ready,
         }
     }
 }
@@ -190,6 +197,10 @@ pub struct SearchRequest {
     /// The model a query vector comes from, if the client says.
     #[serde(default)]
     pub model: Option<String>,
+    /// The exact answer (every item, or every match of the filter, scanned), whatever the
+    /// collection's index.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -562,6 +573,7 @@ pub(super) async fn search(
                     top_k: usize_of(request.top_k),
                     filter: request.filter,
                     model: request.model.unwrap_or_default(),
+                    exact: request.exact,
                 },
                 None,
                 permit,

@@ -1,7 +1,21 @@
-//! Approximate search for large collections: [`AnnIndex`], an HNSW graph (usearch) that proposes
-//! candidates, and exact f32 vectors that score them.
+//! Approximate search for large collections: [`AnnIndex`], binary codes ([`codes`], the default)
+//! or an HNSW graph (usearch, `AnnParams::graph`) that propose candidates, and exact f32 vectors
+//! that score them.
 //!
-//! # Design
+//! # The binary scan (default)
+//!
+//! Every item has a 64-byte code (at 512 dimensions: the signs of the vector minus the
+//! collection's mean). A search scans every code (or every match of a filter) by Hamming distance
+//! (AVX-512 VPOPCNTDQ when present), keeps `refine * oversample * k` (8 * 20 * k by default),
+//! narrows them to `oversample * k` by the asymmetric score (the f32 query summed over the code's
+//! set bits) and rescores those with the exact f32 vectors. Its recall does not depend on where the
+//! query lies: a text query far from the image cone is scanned like an image query, where a graph
+//! built from the images loses it (measured, BENCHMARKS.md "Text-to-image recall"). No graph is
+//! built or saved: the codes are rebuilt from the vectors at start-up (about 3.8 s per 100k
+//! items with the rest of the index on a loaded 2-core machine), so a collection at the threshold starts
+//! approximate at once. Writes keep the codes in step (the mean stays the one of the build).
+//!
+//! # The graph (`--ann-graph`)
 //!
 //! * **Exact scores.** The index keeps every item's f32 vector (as [`super::index::FlatIndex`]
 //!   does) and its metadata. The HNSW graph holds f16 copies (usearch quantizes them) and only
@@ -53,6 +67,7 @@
 //! items changed at most) or rebuilds it; posting lists are not saved (rebuilt from the metadata
 //! at load, which is cheap).
 
+pub mod codes;
 pub mod persist;
 
 use std::{
@@ -68,6 +83,7 @@ use roaring::RoaringBitmap;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::index::{Metadata, Scored, VectorIndex, dot};
+use codes::BinaryCodes;
 
 /// Tuning of the graph and the planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +97,13 @@ pub struct AnnParams {
     /// A filter matching at most this many rows (or `k`, or a tenth of the collection, when
     /// larger) is answered exactly. 0: filters always go to the graph first (measurements).
     pub exact_max_rows: usize,
+    /// Whether searches go to the HNSW graph (false: the binary scan; no graph is built or kept).
+    pub graph: bool,
+    /// Binary scan: the shortlist rescored exactly is `oversample * k` items.
+    pub oversample: usize,
+    /// Binary scan: the Hamming distance keeps `refine` times that shortlist, which the
+    /// asymmetric score (f32 query against the codes) narrows to it. 0: no asymmetric stage.
+    pub refine: usize,
 }
 
 impl Default for AnnParams {
@@ -90,6 +113,9 @@ impl Default for AnnParams {
             expansion_add: 128,
             expansion_search: 256,
             exact_max_rows: 20_000,
+            graph: false,
+            oversample: 20,
+            refine: 8,
         }
     }
 }
@@ -111,6 +137,20 @@ pub enum Plan {
     ExactAll,
     /// Nothing can match.
     Empty,
+    /// The binary codes scanned (all, or the filter's matches), the shortlist rescored.
+    Binary,
+}
+
+impl Plan {
+    /// The search path's name (metrics, Info).
+    pub fn path(self) -> &'static str {
+        match self {
+            Plan::Graph | Plan::FilteredGraph => "graph",
+            Plan::ExactMatches | Plan::ExactAll => "exact",
+            Plan::Empty => "empty",
+            Plan::Binary => "binary",
+        }
+    }
 }
 
 pub struct AnnIndex {
@@ -127,6 +167,10 @@ pub struct AnnIndex {
     /// key -> value -> slots whose metadata holds that pair.
     postings: HashMap<String, HashMap<String, RoaringBitmap>>,
     graph: Index,
+    /// One sign bit per dimension of every slot (free slots: stale).
+    codes: BinaryCodes,
+    /// Whether the graph holds the items (kept up to date by writes), used or not.
+    graph_kept: bool,
     /// Written since the last save.
     dirty: AtomicBool,
 }
@@ -149,6 +193,8 @@ impl AnnIndex {
             free: Vec::new(),
             postings: HashMap::new(),
             graph: Self::new_graph(dim, params)?,
+            codes: BinaryCodes::new(dim, vec![0.0; dim]),
+            graph_kept: params.graph,
             dirty: AtomicBool::new(true),
         })
     }
@@ -175,6 +221,7 @@ impl AnnIndex {
         items: &[(String, Vec<f32>, Arc<Metadata>)],
     ) -> anyhow::Result<Self> {
         let mut index = Self::new(dim, threads, params)?;
+        index.center_on(items);
         index.reserve_slots(items.len());
         for (slot, (id, vector, metadata)) in items.iter().enumerate() {
             index.place(slot as u32, id.clone(), vector, Arc::clone(metadata));
@@ -188,6 +235,35 @@ impl AnnIndex {
         self.dim
     }
 
+    /// Centres the binary codes on the mean of `items` (before any is placed).
+    fn center_on(&mut self, items: &[(String, Vec<f32>, Arc<Metadata>)]) {
+        let mean = BinaryCodes::mean_of(self.dim, items.iter().map(|i| &i.1[..]));
+        self.codes = BinaryCodes::new(self.dim, mean);
+    }
+
+    /// Changes the binary scan's oversampling (the benchmark's sweep; the recall target).
+    pub fn set_oversample(&mut self, n: usize) {
+        self.params.oversample = n.max(1);
+    }
+
+    /// Changes the binary scan's asymmetric stage (the benchmark's sweep).
+    pub fn set_refine(&mut self, n: usize) {
+        self.params.refine = n;
+    }
+
+    /// Switches searches between the graph and the binary scan (the benchmark). The graph is
+    /// built on demand when it has not been.
+    pub fn set_graph(&mut self, on: bool) -> anyhow::Result<()> {
+        if on && !self.graph_kept {
+            self.graph_kept = true;
+            let live: Vec<u32> = (0..self.ids.len() as u32)
+                .filter(|&s| self.ids[s as usize].is_some())
+                .collect();
+            self.add_to_graph(&live)?;
+        }
+        self.params.graph = on;
+        Ok(())
+    }
     pub fn params(&self) -> AnnParams {
         self.params
     }
@@ -208,7 +284,12 @@ impl AnnIndex {
         self.graph.memory_usage()
     }
 
-    /// Bytes held outside the graph, roughly: vectors, ids, maps, metadata pointers, postings.
+    /// Bytes of the binary codes.
+    pub fn code_bytes(&self) -> usize {
+        self.codes.bytes()
+    }
+
+    /// Bytes held outside the graph, roughly: vectors, codes, ids, maps, metadata pointers, postings.
     pub fn approx_bytes(&self) -> usize {
         let postings: usize = self
             .postings
@@ -217,6 +298,7 @@ impl AnnIndex {
             .map(|b| b.serialized_size() + 48)
             .sum();
         self.vectors.capacity() * 4
+            + self.codes.bytes()
             + self
                 .ids
                 .iter()
@@ -233,6 +315,7 @@ impl AnnIndex {
 
     fn reserve_slots(&mut self, n: usize) {
         self.vectors.reserve(n * self.dim);
+        self.codes.reserve(n);
         self.ids.reserve(n);
         self.metadata.reserve(n);
         self.slots.reserve(n);
@@ -262,6 +345,7 @@ impl AnnIndex {
             self.vectors.resize((s + 1) * self.dim, 0.0);
         }
         self.vectors[s * self.dim..(s + 1) * self.dim].copy_from_slice(vector);
+        self.codes.set(slot, vector);
         self.post(slot, &metadata, true);
         self.metadata[s] = metadata;
         self.slots.insert(id.clone(), slot);
@@ -298,6 +382,9 @@ impl AnnIndex {
 
     /// Adds `slots` (placed, not yet in the graph) to the graph, on all threads when many.
     fn add_to_graph(&self, slots: &[u32]) -> anyhow::Result<()> {
+        if !self.graph_kept {
+            return Ok(());
+        }
         self.ensure_capacity(self.graph.size() + slots.len())?;
         let threads = if slots.len() >= 4096 { self.threads } else { 1 };
         let per = slots.len().div_ceil(threads).max(1);
@@ -325,6 +412,9 @@ impl AnnIndex {
     }
 
     fn graph_add(&self, slot: u32) {
+        if !self.graph_kept {
+            return;
+        }
         let added = self.ensure_capacity(self.graph.size() + 1).and_then(|()| {
             self.graph
                 .add(slot as u64, self.row(slot))
@@ -337,6 +427,9 @@ impl AnnIndex {
     }
 
     fn graph_remove(&self, slot: u32) {
+        if !self.graph_kept {
+            return;
+        }
         if let Err(e) = self.graph.remove(slot as u64) {
             tracing::error!(error = %e, slot, "could not remove an item from the HNSW graph");
         }
@@ -491,12 +584,102 @@ impl AnnIndex {
         }
     }
 
+    /// The binary shortlist among every item, or among the filter's matches, rescored exactly:
+    /// `refine * oversample * k` slots nearest by Hamming distance, of which the `oversample * k`
+    /// best by asymmetric score (without `refine`: the `oversample * k` nearest).
+    fn binary(&self, query: &[f32], k: usize, lists: &[&RoaringBitmap]) -> Vec<(f32, u32)> {
+        let keep = self.params.oversample.max(1) * k;
+        let r = keep * self.params.refine.max(1);
+        let q = self.codes.query(query);
+        let live = |s: u32| self.ids.get(s as usize).is_some_and(Option::is_some);
+        let mut shortlist: Vec<(u16, u32)> = if lists.is_empty() {
+            let n = self.codes.len().min(self.ids.len());
+            let threads = if n >= 65_536 { self.threads } else { 1 };
+            let per = n.div_ceil(threads).max(1);
+            let scan = |rows: std::ops::Range<usize>| {
+                let mut d = Vec::new();
+                self.codes.distances(rows.clone(), &q, &mut d);
+                codes::smallest(&d, rows.start, r, self.dim, live)
+            };
+            if threads == 1 {
+                scan(0..n)
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|t| {
+                            let rows = (t * per).min(n)..((t + 1) * per).min(n);
+                            s.spawn(move || scan(rows))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().unwrap_or_default())
+                        .collect()
+                })
+            }
+        } else {
+            let matches = Self::intersect(lists);
+            matches
+                .iter()
+                .map(|slot| (self.codes.distance(slot, &q), slot))
+                .collect()
+        };
+        if shortlist.len() > r {
+            shortlist.select_nth_unstable(r);
+            shortlist.truncate(r);
+        }
+        if self.params.refine > 0 && shortlist.len() > keep {
+            let tables = self.codes.tables(query);
+            let mut scored: Vec<(f32, u32)> = shortlist
+                .iter()
+                .map(|&(_, slot)| (-self.codes.asymmetric(slot, &tables), slot))
+                .collect();
+            scored.select_nth_unstable_by(keep, |a, b| a.0.total_cmp(&b.0));
+            scored.truncate(keep);
+            return scored
+                .into_iter()
+                .map(|(_, slot)| (dot(self.row(slot), query), slot))
+                .collect();
+        }
+        shortlist
+            .into_iter()
+            .map(|(_, slot)| (dot(self.row(slot), query), slot))
+            .collect()
+    }
+
+    /// The slots every list holds.
+    fn intersect(lists: &[&RoaringBitmap]) -> std::borrow::Cow<'static, RoaringBitmap> {
+        let mut all = lists
+            .first()
+            .map_or_else(RoaringBitmap::new, |b| (*b).clone());
+        for b in lists.iter().skip(1) {
+            all &= *b;
+        }
+        std::borrow::Cow::Owned(all)
+    }
+
     /// Search, and the plan that answered it.
     pub fn search_planned(
         &self,
         query: &[f32],
         k: usize,
         filter: &Metadata,
+    ) -> (Vec<Scored>, Plan) {
+        self.search_with(query, k, filter, false)
+    }
+
+    /// Search, exact when `exact` (a scan of every item or of the filter's matches), and the plan
+    /// that answered it. Otherwise the planner chooses:
+    /// - a filter of few matches (at most max(`exact_max_rows`, `k`, n/10)): their exact scan;
+    /// - a collection of at most `8 * oversample * k` items: the exact scan (as cheap as rescoring);
+    /// - without the graph (the default): the binary scan, of everything or of the matches;
+    /// - with it: the graph (with the filter as predicate), the exact scan when it comes up short.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Metadata,
+        exact: bool,
     ) -> (Vec<Scored>, Plan) {
         let n = self.slots.len();
         if k == 0 || n == 0 || query.len() != self.dim {
@@ -510,8 +693,24 @@ impl AnnIndex {
             0 => 0,
             rows => rows.max(k).max(n / 10),
         };
-        let (mut best, plan) = if !lists.is_empty() && estimate <= exact_bound {
-            (self.exact_matches(&lists, query, k), Plan::ExactMatches)
+        let small = !self.params.graph
+            && self.params.exact_max_rows > 0
+            && n <= 8 * self.params.oversample.max(1) * self.params.refine.max(1) * k;
+        let exact_plan = |lists: &[&RoaringBitmap]| {
+            if lists.is_empty() {
+                (self.exact_all(query, k), Plan::ExactAll)
+            } else {
+                (self.exact_matches(lists, query, k), Plan::ExactMatches)
+            }
+        };
+        let (mut best, plan) = if exact || small || (!lists.is_empty() && estimate <= exact_bound) {
+            exact_plan(&lists)
+        } else if !self.params.graph {
+            match self.binary(query, k, &lists) {
+                c if c.len() >= k.min(estimate) => (c, Plan::Binary),
+                // Dead slots took the shortlist's places, or fewer match than it seemed.
+                _ => exact_plan(&lists),
+            }
         } else {
             let count = (2 * k).max(k + 16).min(n);
             let plan = if lists.is_empty() {
@@ -587,6 +786,21 @@ impl VectorIndex for AnnIndex {
 
     fn ann(&self) -> Option<&AnnIndex> {
         Some(self)
+    }
+
+    fn ann_mut(&mut self) -> Option<&mut AnnIndex> {
+        Some(self)
+    }
+
+    fn search_traced(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Metadata,
+        exact: bool,
+    ) -> (Vec<Scored>, &'static str) {
+        let (found, plan) = self.search_with(query, k, filter, exact);
+        (found, plan.path())
     }
 }
 

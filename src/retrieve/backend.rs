@@ -146,6 +146,20 @@ pub trait CollectionStore: Send + Sync {
         filter: Metadata,
     ) -> Result<Vec<Scored>, ServiceError>;
 
+    /// [`Self::search`], exact when `exact` whatever the collection's index, and the name of the
+    /// path that answered (for `clip_search_path_total`).
+    async fn search_with(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+        exact: bool,
+    ) -> Result<(Vec<Scored>, &'static str), ServiceError> {
+        let _ = exact;
+        Ok((self.search(meta, query, k, filter).await?, "exact"))
+    }
+
     /// Items by id, exactly as stored; `None` for absent ones.
     async fn get_items(
         &self,

@@ -32,8 +32,24 @@ pub trait VectorIndex: Send + Sync {
     /// The `k` best items by dot product with `query` (normalized), best first, among those whose
     /// metadata holds every pair of `filter`.
     fn search(&self, query: &[f32], k: usize, filter: &Metadata) -> Vec<Scored>;
+    /// [`Self::search`], exact when `exact`, and the name of the path that answered
+    /// (`clip_search_path_total`). An exact index always answers exactly.
+    fn search_traced(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Metadata,
+        exact: bool,
+    ) -> (Vec<Scored>, &'static str) {
+        let _ = exact;
+        (self.search(query, k, filter), "exact")
+    }
     /// The approximate index behind this one, if it is one (saving, tests).
     fn ann(&self) -> Option<&super::ann::AnnIndex> {
+        None
+    }
+    /// The same, to change its parameters (the recall check).
+    fn ann_mut(&mut self) -> Option<&mut super::ann::AnnIndex> {
         None
     }
     /// The exact index behind this one, if it is one (the switch to approximate search).

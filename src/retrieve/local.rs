@@ -35,6 +35,7 @@ use super::{
     ann::{AnnIndex, AnnParams, persist},
     backend::{CollectionStore, Record, StoreKind, exists, not_found, replaced, too_many},
     index::{FlatIndex, Metadata, Scored, VectorIndex},
+    recall::{self, RecallConfig},
     store::{CollectionMeta, Store, StoreError, StoredItem},
     validate::check_vector,
 };
@@ -50,6 +51,11 @@ struct Collection {
     count: AtomicUsize,
     /// One writer at a time, so disk and index see writes in the same order.
     writer: tokio::sync::Mutex<()>,
+    /// Recent queries, for the recall check.
+    samples: recall::Samples,
+    /// The index's path name (`exact`, `binary`, `graph`), set with the index: read by `info`
+    /// without the lock.
+    kind: std::sync::Mutex<&'static str>,
     /// While the approximate index is being built in the background: the writes since its snapshot,
     /// to replay before it takes over. Locked inside `index`'s write lock.
     journal: std::sync::Mutex<Option<Vec<Op>>>,
@@ -75,6 +81,9 @@ struct Inner {
     /// Collections of at least this many items are searched approximately (0: never).
     ann_min_vectors: usize,
     ann_params: AnnParams,
+    recall: RecallConfig,
+    recall_gauge: Option<prometheus::GaugeVec>,
+    recall_started: std::sync::atomic::AtomicBool,
     /// `<data_dir>/ann`: the saved graphs.
     ann_dir: std::path::PathBuf,
     /// Items per collection (`--max-collection-items`).
@@ -103,12 +112,17 @@ fn store_error(e: StoreError) -> ServiceError {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "storage task panicked");
-        Err(ServiceError::Internal(
-            "the collection store failed; the server logged the details".into(),
-        ))
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(panicked)
+}
+
+/// A storage task that panicked: logged, and an internal error that says so.
+fn panicked<T>(e: tokio::task::JoinError) -> Result<T, ServiceError> {
+    tracing::error!(error = %e, "storage task panicked");
+    Err(ServiceError::Internal(
+        "the collection store failed; the server logged the details".into(),
+    ))
 }
 
 /// Runs a write to completion in a task of its own: when the caller's future is dropped (a client
@@ -116,20 +130,31 @@ async fn blocking<T: Send + 'static>(
 async fn detached<T: Send + 'static>(
     write: impl std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
 ) -> Result<T, ServiceError> {
-    tokio::spawn(write).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "storage write panicked");
-        Err(ServiceError::Internal(
-            "the collection store failed; the server logged the details".into(),
-        ))
-    })
+    tokio::spawn(write).await.unwrap_or_else(panicked)
 }
 
 fn info(c: &Collection) -> CollectionInfo {
+    let building = c
+        .journal
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some();
     CollectionInfo {
         name: c.meta.name.clone(),
         count: c.count.load(Ordering::Acquire),
         dimension: c.meta.dimension,
         model: c.meta.model.clone(),
+        index: (*c.kind.lock().unwrap_or_else(PoisonError::into_inner)).to_string(),
+        ready: !building,
+    }
+}
+
+/// The path name of an index's searches.
+fn kind_of(index: &dyn VectorIndex) -> &'static str {
+    match index.ann() {
+        Some(ann) if ann.params().graph => "graph",
+        Some(_) => "binary",
+        None => "exact",
     }
 }
 
@@ -154,6 +179,9 @@ impl LocalStore {
                 search_threads,
                 ann_min_vectors,
                 ann_params: AnnParams::default(),
+                recall: RecallConfig::default(),
+                recall_gauge: None,
+                recall_started: std::sync::atomic::AtomicBool::new(false),
                 ann_dir: data_dir.join("ann"),
                 max_items: usize::MAX,
             }),
@@ -172,7 +200,26 @@ impl LocalStore {
     /// one when only a few items differ, else built), as one that grows past the threshold does.
     fn index_of(inner: &Inner, meta: &CollectionMeta, items: Items) -> Box<dyn VectorIndex> {
         let saved = persist::paths(&inner.ann_dir, &meta.name).1.exists();
-        if Self::wants_ann(inner, items.len()) && saved {
+        if Self::wants_ann(inner, items.len()) && !inner.ann_params.graph {
+            // The binary scan needs no graph: its codes are rebuilt from the vectors (seconds
+            // per million), so the collection starts approximate at once.
+            let started = Instant::now();
+            match AnnIndex::build(
+                meta.dimension,
+                inner.search_threads,
+                inner.ann_params,
+                &items,
+            ) {
+                Ok(index) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(collection = %meta.name, items = index.len(), ms, "binary codes built");
+                    return Box::new(index);
+                }
+                Err(e) => {
+                    tracing::error!(collection = %meta.name, error = %e, "could not build the binary codes; searching exactly")
+                }
+            }
+        } else if Self::wants_ann(inner, items.len()) && saved {
             let started = Instant::now();
             let (dir, name) = (&inner.ann_dir, &meta.name);
             let loaded = AnnIndex::load_current(
@@ -265,7 +312,7 @@ impl LocalStore {
             &collection.meta.id,
             collection.meta.dimension,
         );
-        let built = if persist::paths(dir, name).1.exists() {
+        let built = if params.graph && persist::paths(dir, name).1.exists() {
             AnnIndex::open(dim, threads, params, snapshot, dir, name, id).map(|(ann, how)| {
                 tracing::info!(collection = %name, how = ?how, "approximate index opened from the saved graph");
                 if how != persist::Opened::Loaded
@@ -301,6 +348,10 @@ impl LocalStore {
                 }
                 tracing::info!(collection = %name, items = ann.len(), replayed, ms = started.elapsed().as_millis() as u64, "switched to the approximate index");
                 collection.count.store(ann.len(), Ordering::Release);
+                *collection
+                    .kind
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = kind_of(&ann);
                 *index = Box::new(ann);
             }
             // Stays exact; the next write tries again.
@@ -389,6 +440,8 @@ impl LocalStore {
         Arc::new(Collection {
             meta,
             count: AtomicUsize::new(index.len()),
+            kind: std::sync::Mutex::new(kind_of(index.as_ref())),
+            samples: recall::Samples::default(),
             index: RwLock::new(index),
             writer: tokio::sync::Mutex::new(()),
             journal: std::sync::Mutex::new(None),
@@ -420,6 +473,61 @@ impl LocalStore {
     }
 
     /// Caps a collection's items (`--max-collection-items`); unlimited by default.
+    /// Keeps `config`'s recall target by a background check once loaded, publishing what it
+    /// measures into `gauge` (labelled by collection).
+    pub fn with_recall(
+        mut self,
+        config: RecallConfig,
+        gauge: Option<prometheus::GaugeVec>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.recall = config;
+            inner.recall_gauge = gauge;
+        }
+        self
+    }
+
+    /// The recall check, every `interval` while the store lives (a thread holding it weakly).
+    fn start_recall_check(inner: &Arc<Inner>) {
+        let config = inner.recall;
+        if config.interval.is_zero()
+            || config.samples == 0
+            || inner.recall_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(inner);
+        recall::every(config.interval, move || {
+            weak.upgrade()
+                .map(|inner| Self::check_recall(&inner, &config))
+                .is_some()
+        });
+    }
+
+    /// Measures every binary-scanned collection on its sampled queries; raises its oversampling
+    /// while under the target.
+    fn check_recall(inner: &Inner, config: &RecallConfig) {
+        let collections: Vec<Arc<Collection>> = inner
+            .collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for c in collections {
+            let gauge = inner.recall_gauge.as_ref();
+            recall::keep(&c.meta.name, &c.index, &c.samples, config, gauge);
+        }
+    }
+
+    /// Sets the approximate index's parameters (graph or binary scan, oversampling).
+    pub fn with_ann_params(mut self, params: AnnParams) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.ann_params = params;
+        }
+        self
+    }
+
     pub fn with_max_items(mut self, max: usize) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.max_items = max;
@@ -604,7 +712,9 @@ impl CollectionStore for LocalStore {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || Self::load_blocking(&inner))
             .await
-            .map_err(|e| anyhow::anyhow!("reading the collections panicked: {e}"))?
+            .map_err(|e| anyhow::anyhow!("reading the collections panicked: {e}"))??;
+        Self::start_recall_check(&self.inner);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), ServiceError> {
@@ -692,6 +802,34 @@ impl CollectionStore for LocalStore {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .search(&query, k, &filter)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "search panicked");
+            ServiceError::Internal("search failed; the server logged the details".into())
+        })
+    }
+
+    async fn search_with(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+        exact: bool,
+    ) -> Result<(Vec<Scored>, &'static str), ServiceError> {
+        let collection = self.current(&meta.name)?;
+        let cap = self.inner.recall.samples;
+        tokio::task::spawn_blocking(move || {
+            let found = collection
+                .index
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .search_traced(&query, k, &filter, exact);
+            if found.1 == "binary" {
+                collection.samples.offer(&query, cap);
+            }
+            found
         })
         .await
         .map_err(|e| {
@@ -798,6 +936,67 @@ mod tests {
         v.into_iter().map(|a| a / n).collect()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_collection_starts_on_binary_codes_says_so_and_answers_exactly_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            LocalStore::open(
+                dir.path(),
+                2,
+                500,
+                prometheus::IntCounter::new("s", "s").unwrap(),
+            )
+            .unwrap()
+            // A shortlist of 100 of the 2000 (the default would scan them all exactly).
+            .with_ann_params(AnnParams {
+                oversample: 20,
+                refine: 0,
+                ..AnnParams::default()
+            })
+        };
+        let s = open();
+        s.load().await.unwrap();
+        s.create(CollectionMeta::new("c".into(), 16, "m".into()), 4)
+            .await
+            .unwrap();
+        let meta = s.collection("c").await.unwrap();
+        let info = s.info("c").await.unwrap();
+        assert_eq!((info.index.as_str(), info.ready), ("exact", true));
+        let batch = (0..2000)
+            .map(|i| record(&format!("id{i}"), unit(i, 16)))
+            .collect();
+        s.upsert(&meta, batch).await.unwrap();
+        until("the switch", || async {
+            s.info("c").await.unwrap().index == "binary"
+        })
+        .await;
+        assert!(s.info("c").await.unwrap().ready);
+        // No graph is saved for the binary scan; a restart starts on it at once.
+        s.flush().await.unwrap();
+        assert!(!persist::paths(&dir.path().join("ann"), "c").1.exists());
+        drop(s);
+        let s = open();
+        s.load().await.unwrap();
+        let info = s.info("c").await.unwrap();
+        assert_eq!(
+            (info.index.as_str(), info.ready, info.count),
+            ("binary", true, 2000)
+        );
+        let q = unit(17, 16);
+        let (top, path) = s
+            .search_with(&meta, q.clone(), 5, Metadata::new(), true)
+            .await
+            .unwrap();
+        assert_eq!((top[0].id.as_str(), path), ("id17", "exact"));
+        let (approx, path) = s
+            .search_with(&meta, q, 5, Metadata::new(), false)
+            .await
+            .unwrap();
+        assert_eq!(path, "binary");
+        assert_eq!(approx.len(), 5);
+        assert_eq!(approx[0], top[0], "the item itself, with its exact score");
+    }
+
     fn is_ann(s: &LocalStore) -> bool {
         let c = s.current("c").unwrap();
         c.index.read().unwrap().ann().is_some()
@@ -814,6 +1013,10 @@ mod tests {
                 prometheus::IntCounter::new("s", "s").unwrap(),
             )
             .unwrap()
+            .with_ann_params(AnnParams {
+                graph: true,
+                ..AnnParams::default()
+            })
         };
         let s = open(3000);
         s.load().await.unwrap();
@@ -1129,6 +1332,10 @@ mod tests {
                 prometheus::IntCounter::new("s", "s").unwrap(),
             )
             .unwrap()
+            .with_ann_params(AnnParams {
+                graph: true,
+                ..AnnParams::default()
+            })
         };
         let batch = |r: std::ops::Range<usize>| -> Vec<Record> {
             r.map(|i| record(&format!("id{i}"), unit(i, 16))).collect()

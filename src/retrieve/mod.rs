@@ -10,8 +10,12 @@ pub mod backend;
 pub mod index;
 pub mod local;
 pub mod postgres;
+pub mod recall;
 pub mod store;
+pub mod synth;
 mod validate;
+
+pub use ann::AnnParams;
 
 use crate::common::limit::{
     MAX_COLLECTION_ITEMS, MAX_MODEL_BYTES, MAX_REPLY_BYTES, MAX_TOP_K, MAX_UPSERT_ITEMS,
@@ -42,9 +46,13 @@ pub struct RetrieveConfig {
     pub max_id_bytes: usize,
     pub max_metadata_bytes: usize,
     pub search_threads: usize,
-    /// Local store: collections of at least this many items are searched approximately (HNSW,
-    /// exactly rescored); 0 never.
+    /// Local store: collections of at least this many items are searched approximately (binary
+    /// codes or HNSW, exactly rescored); 0 never.
     pub ann_min_vectors: usize,
+    /// Local store: the approximate index's parameters (`--ann-graph`, `--ann-oversample`).
+    pub ann: AnnParams,
+    /// Local store: the recall target and its background check (`--recall-*`).
+    pub recall: recall::RecallConfig,
     /// Bytes of items (ids, vectors, metadata) one GetItems reply may carry, and of collections
     /// one ListCollections reply may carry (`--max-reply-bytes`).
     pub max_reply_bytes: usize,
@@ -90,6 +98,9 @@ pub struct SearchInput {
     pub filter: Metadata,
     /// The model a query vector comes from, if the client says.
     pub model: String,
+    /// Asks for the exact answer (a scan of every item or of the filter's matches), whatever the
+    /// collection's index.
+    pub exact: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +109,11 @@ pub struct CollectionInfo {
     pub count: usize,
     pub dimension: usize,
     pub model: String,
+    /// The index searches use: `exact`, `binary` (binary codes + exact rescoring), `graph`
+    /// (local HNSW), `hnsw` (PostgreSQL's).
+    pub index: String,
+    /// False while that index is being built (searches are answered exactly meanwhile).
+    pub ready: bool,
 }
 
 struct Inner {
@@ -107,6 +123,8 @@ struct Inner {
     /// collections get UNAVAILABLE meanwhile.
     loaded: std::sync::atomic::AtomicBool,
     config: RetrieveConfig,
+    /// Searches per path (`clip_search_path_total{path}`).
+    search_paths: Option<prometheus::IntCounterVec>,
 }
 
 #[derive(Clone)]
@@ -123,8 +141,17 @@ impl RetrieveService {
                 store,
                 loaded: std::sync::atomic::AtomicBool::new(false),
                 config,
+                search_paths: None,
             }),
         }
+    }
+
+    /// Counts searches per path into `counter` (labelled `path`).
+    pub fn with_search_paths(mut self, counter: prometheus::IntCounterVec) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.search_paths = Some(counter);
+        }
+        self
     }
 
     /// Today's store: `<data_dir>/collections.redb`, searched in memory.
@@ -133,6 +160,7 @@ impl RetrieveService {
         data_dir: &std::path::Path,
         config: RetrieveConfig,
         skipped: prometheus::IntCounter,
+        measured_recall: Option<prometheus::GaugeVec>,
     ) -> anyhow::Result<Self> {
         let store = local::LocalStore::open(
             data_dir,
@@ -140,7 +168,9 @@ impl RetrieveService {
             config.ann_min_vectors,
             skipped,
         )?
-        .with_max_items(config.max_collection_items);
+        .with_max_items(config.max_collection_items)
+        .with_ann_params(config.ann)
+        .with_recall(config.recall, measured_recall);
         Ok(Self::new(embed, Arc::new(store), config))
     }
 
@@ -495,6 +525,7 @@ impl RetrieveService {
             top_k,
             filter,
             model,
+            exact,
         } = search;
         let model = model.as_str();
         let _permit = permit;
@@ -521,11 +552,16 @@ impl RetrieveService {
             )
             .await?;
         let query = q.pop().unwrap_or_default();
-        self.inner
+        let (found, path) = self
+            .inner
             .store
-            .search(&collection, query, k, filter)
+            .search_with(&collection, query, k, filter, exact)
             .instrument(tracing::debug_span!("store", op = "search"))
-            .await
+            .await?;
+        if let Some(paths) = &self.inner.search_paths {
+            paths.with_label_values(&[path]).inc();
+        }
+        Ok(found)
     }
 
     /// Items exactly as stored, and the ids that are absent.

@@ -98,12 +98,24 @@ fn count_of(row: &Row, column: &str) -> Result<usize, ServiceError> {
 
 fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
     let meta = meta_of(row)?;
+    let kind: String = col(row, "index_kind")?;
     Ok(CollectionInfo {
         name: meta.name,
         count: count_of(row, "count")?,
         dimension: meta.dimension,
         model: meta.model,
+        index: index_name(IndexKind::parse(&kind)).into(),
+        ready: true,
     })
+}
+
+/// The path name of a collection's index (Info, `clip_search_path_total`).
+fn index_name(kind: IndexKind) -> &'static str {
+    if kind == IndexKind::None {
+        "exact"
+    } else {
+        "hnsw"
+    }
 }
 
 /// `--postgres-ef-search`'s default, and pgvector's ceiling for `hnsw.ef_search`.
@@ -379,6 +391,8 @@ impl CollectionStore for PgStore {
             count: 0,
             dimension: meta.dimension,
             model: meta.model,
+            index: index_name(index).into(),
+            ready: true,
         })
     }
 
@@ -528,24 +542,40 @@ impl CollectionStore for PgStore {
         k: usize,
         filter: Metadata,
     ) -> Result<Vec<Scored>, ServiceError> {
+        Ok(self.search_with(meta, query, k, filter, false).await?.0)
+    }
+
+    async fn search_with(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+        exact: bool,
+    ) -> Result<(Vec<Scored>, &'static str), ServiceError> {
         // Nothing stored holds a NUL character.
         if filter.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), "empty"));
         }
         let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
         let query = Vector::from(query);
         let (count, kind) = self.seen(&meta.id);
-        let exact = kind == IndexKind::None || count < self.exact_below;
+        let exact = exact || kind == IndexKind::None || count < self.exact_below;
         let found = self
             .query_nearest(meta, &query, k, filter.as_ref(), exact, kind)
             .await?;
-        if exact || found.len() >= k {
-            return Ok(found);
+        if exact {
+            return Ok((found, "exact"));
+        }
+        if found.len() >= k {
+            return Ok((found, "hnsw"));
         }
         // The approximate scan stopped short (a selective filter, or dead index entries): the
         // exact one finds every match.
-        self.query_nearest(meta, &query, k, filter.as_ref(), true, kind)
-            .await
+        let found = self
+            .query_nearest(meta, &query, k, filter.as_ref(), true, kind)
+            .await?;
+        Ok((found, "exact"))
     }
 
     async fn get_items(

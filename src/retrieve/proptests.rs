@@ -7,7 +7,7 @@
 //!   collection's exact top k) returns what [`FlatIndex`] returns: the same scores, the same ids
 //!   (up to the order of equal scores).
 //! - Filters never return a non-matching item, on either index and on every plan (the graph with
-//!   the filter as predicate is forced with `exact_max_rows` 0), and never come up short: as many
+//!   the filter as predicate, or the binary scan, is forced with `exact_max_rows` 0), and never come up short: as many
 //!   results as `min(k, matches)`, no id twice, each score the item's exact dot product.
 
 use std::{
@@ -171,8 +171,27 @@ fn assert_same(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
-    /// Asked for exact (a filter, which the planner answers by the exact scan below
-    /// `exact_max_rows`), the approximate index returns what the exact index does.
+    /// Asked for exact, the approximate index returns what the exact index does, whatever the
+    /// path it would otherwise take (graph or binary scan, filter or none, `exact_max_rows` 0
+    /// so that no filter is routed to the exact scan by size).
+    #[test]
+    fn the_ann_index_equals_the_flat_index_when_exact_is_asked(
+        ops in ops(),
+        query in unit(),
+        k in 1usize..12,
+        filter in filter(),
+        graph in any::<bool>(),
+    ) {
+        let params = AnnParams { exact_max_rows: 0, graph, ..AnnParams::default() };
+        let (flat, ann, model) = build(&ops, params);
+        let (got, plan) = ann.search_with(&query, k, &filter, true);
+        prop_assert!(matches!(plan, Plan::ExactMatches | Plan::ExactAll | Plan::Empty), "{:?}", plan);
+        let want = flat.search(&query, k, &filter);
+        assert_same(&got, &want, &model, &query)?;
+        check_filtered(&want, &model, &query, k, &filter)?;
+    }
+
+    /// Below `exact_max_rows` a filter is answered by the exact scan, equal to the exact index.
     #[test]
     fn the_ann_index_equals_the_flat_index_when_the_plan_is_exact(
         ops in ops(),
@@ -197,8 +216,10 @@ proptest! {
         k in 1usize..12,
         filter in filter(),
         exact_max_rows in prop_oneof![Just(0usize), Just(1), Just(20_000)],
+        graph in any::<bool>(),
+        oversample in 1usize..4,
     ) {
-        let params = AnnParams { exact_max_rows, ..AnnParams::default() };
+        let params = AnnParams { exact_max_rows, graph, oversample, ..AnnParams::default() };
         let (flat, ann, model) = build(&ops, params);
         check_filtered(&flat.search(&query, k, &filter), &model, &query, k, &filter)?;
         let (got, _plan) = ann.search_planned(&query, k, &filter);

@@ -46,6 +46,8 @@ pub struct Metrics {
     decode_reserved_bytes: IntGauge,
     usage: IntCounterVec,
     image_fetches: IntCounterVec,
+    search_paths: IntCounterVec,
+    search_recall: GaugeVec,
     /// `--metrics-key-names`: usage series carry each key's name; off, all keys count under
     /// [`REDACTED_KEY`].
     key_names: bool,
@@ -328,7 +330,25 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(image_fetches.clone()))?;
+        let search_paths = IntCounterVec::new(
+            Opts::new(
+                "clip_search_path_total",
+                "Collection searches by the path that answered them: exact (a scan of every item or of a filter's matches), binary (binary codes scanned, shortlist rescored exactly), graph (HNSW candidates rescored), hnsw (PostgreSQL's index), empty (nothing could match)",
+            ),
+            &["path"],
+        )?;
+        registry.register(Box::new(search_paths.clone()))?;
+        let search_recall = GaugeVec::new(
+            Opts::new(
+                "clip_search_recall",
+                "Local store: recall@10 of the binary scan measured on a sample of the collection's own recent queries against the exact scan (--recall-check-interval; --recall-target raises the oversampling when under it)",
+            ),
+            &["collection"],
+        )?;
+        registry.register(Box::new(search_recall.clone()))?;
         Ok(Metrics {
+            search_paths,
+            search_recall,
             usage,
             image_fetches,
             key_names: false,
@@ -374,6 +394,16 @@ impl Metrics {
     pub fn usage_counter(&self, key: &str, kind: &str) -> IntCounter {
         let key = if self.key_names { key } else { REDACTED_KEY };
         self.usage.with_label_values(&[key, kind])
+    }
+
+    /// `clip_search_recall{collection}`.
+    pub fn search_recall(&self) -> GaugeVec {
+        self.search_recall.clone()
+    }
+
+    /// `clip_search_path_total{path}`.
+    pub fn search_paths(&self) -> IntCounterVec {
+        self.search_paths.clone()
     }
 
     /// `clip_image_fetches_total{outcome}`.

@@ -301,6 +301,7 @@ async fn delete_and_recreate_under_concurrent_upserts_loses_no_acknowledged_item
         .embedding_dim;
     let found: std::collections::HashSet<String> = admin
         .search(pb::SearchRequest {
+            exact: false,
             collection: "c".into(),
             query: Some(pb::Query {
                 query: Some(pb::query::Query::Vector(pb::Vector {

@@ -81,6 +81,10 @@ async fn collections_over_http_equal_grpc() {
     assert_eq!(made["dimension"], g.dimension);
     assert_eq!(made["model"], g.model.as_str());
     assert_eq!(made["count"], 0);
+    assert_eq!(
+        (&made["index"], &made["ready"]),
+        (&json!("exact"), &json!(true))
+    );
     let dim = g.dimension as usize;
     let again = post_json(http, "/v1/collections", &json!({"name": "h"}), key).await;
     assert_eq!(again.status, 409, "{}", again.text);
@@ -143,11 +147,15 @@ async fn collections_over_http_equal_grpc() {
         json!({"vector": raw}),
     ];
     for q in &queries {
-        for filter in [json!({}), json!({"kind": "text"}), json!({"kind": "image"})] {
+        for (filter, exact) in [
+            (json!({}), false),
+            (json!({"kind": "text"}), true),
+            (json!({"kind": "image"}), false),
+        ] {
             let got = post_json(
                 http,
                 "/v1/collections/h/search",
-                &json!({"query": q, "top_k": 4, "filter": filter}),
+                &json!({"query": q, "top_k": 4, "filter": filter, "exact": exact}),
                 key,
             )
             .await;
@@ -161,6 +169,7 @@ async fn collections_over_http_equal_grpc() {
                 .collect();
             let want = grpc
                 .search(keyed(pb::SearchRequest {
+                    exact,
                     collection: "g".into(),
                     query: Some(query(q)),
                     top_k: 4,

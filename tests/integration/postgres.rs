@@ -107,6 +107,7 @@ pub fn search(
     filter: &[(&str, &str)],
 ) -> pb::SearchRequest {
     pb::SearchRequest {
+        exact: false,
         collection: collection.into(),
         query: Some(vq(v)),
         top_k,
@@ -190,6 +191,7 @@ async fn postgres_collections_round_trip_like_the_local_store() {
     assert!(hits.windows(2).all(|p| p[0].score >= p[1].score));
     let text_hits = c
         .search(pb::SearchRequest {
+            exact: false,
             collection: "photos".into(),
             query: Some(pb::Query {
                 query: Some(pb::query::Query::Text("a photo of a cat".into())),

@@ -168,6 +168,7 @@ async fn collections_store_search_filter_delete_and_survive_a_restart() {
         .into_inner();
     assert_eq!((up.upserted, up.count), (4, 4));
     let search = |q: pb::Query, filter: HashMap<String, String>, top_k: u32| pb::SearchRequest {
+        exact: false,
         collection: "photos".into(),
         query: Some(q),
         top_k,
@@ -228,6 +229,25 @@ async fn collections_store_search_filter_delete_and_survive_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(info.count, 3);
+    // Which index answers, and that it is ready (a small collection: the exact scan).
+    assert_eq!((info.index.as_str(), info.ready), ("exact", true));
+    // `exact: true` is accepted and counted per path.
+    let asked = c
+        .search(pb::SearchRequest {
+            exact: true,
+            ..search(text("a photo of a cat"), HashMap::new(), 1)
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(asked[0].id, "diagram");
+    let metrics = http_get(server.server.http_addr, "/metrics").await.1;
+    assert_eq!(
+        metric_value(&metrics, "clip_search_path_total{path=\"exact\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
     let hits = c
         .search(search(text("a photo of a cat"), HashMap::new(), 1))
         .await
@@ -441,6 +461,7 @@ async fn bad_retrieve_requests_get_clear_errors() {
         .unwrap_err();
     assert_eq!(stated_model.code(), Code::FailedPrecondition);
     let search = |top_k: u32, q: pb::Query| pb::SearchRequest {
+        exact: false,
         collection: "c".into(),
         query: Some(q),
         top_k,
@@ -461,6 +482,7 @@ async fn bad_retrieve_requests_get_clear_errors() {
     );
     let e = c
         .search(pb::SearchRequest {
+            exact: false,
             collection: "other-model".into(),
             ..search(1, text("a cat"))
         })

@@ -46,6 +46,7 @@ pub async fn run(args: &SearchArgs) -> anyhow::Result<Vec<Hit>> {
     let reply = connection
         .retrieve()
         .search(connection.request(pb::SearchRequest {
+            exact: false,
             collection: args.collection.clone(),
             query: Some(pb::Query { query: Some(query) }),
             top_k: args.top_k,

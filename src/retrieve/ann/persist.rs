@@ -255,7 +255,13 @@ fn path_str(p: &Path) -> anyhow::Result<&str> {
 
 impl AnnIndex {
     /// Saves the graph and its sidecar into `dir` (created), atomically; clears the dirty mark.
+    /// Without a graph (the binary scan) there is nothing to save: the codes are rebuilt from the
+    /// store's vectors at start-up.
     pub fn save(&self, dir: &Path, name: &str, incarnation: &str) -> anyhow::Result<()> {
+        if !self.graph_kept {
+            self.dirty.store(false, Ordering::Release);
+            return Ok(());
+        }
         std::fs::create_dir_all(dir)?;
         let (graph, sidecar) = paths(dir, name);
         let graph_tmp = graph.with_extension("usearch.tmp");
@@ -456,6 +462,7 @@ impl AnnIndex {
         if let Some(why) = check_graph(&index.graph, &side, params) {
             return Ok(Attempt::Stale(why));
         }
+        index.center_on(items);
         index.reserve_slots(side.slots.len().max(total));
         for (slot, (id, vector, metadata)) in kept {
             index.place(slot, id.clone(), vector, Arc::clone(metadata));
@@ -698,7 +705,10 @@ mod tests {
                 (format!("id{i}"), v, Arc::new(Metadata::new()))
             })
             .collect();
-        let params = AnnParams::default();
+        let params = AnnParams {
+            graph: true,
+            ..AnnParams::default()
+        };
         let ann = AnnIndex::build(dim, 1, params, &items).unwrap();
         let dir = tempfile::tempdir().unwrap();
         ann.save(dir.path(), "c", "inc").unwrap();

@@ -1,6 +1,14 @@
 use super::{persist::Opened, *};
 use crate::retrieve::index::FlatIndex;
 
+/// The defaults with searches on the HNSW graph (the graph's own tests).
+fn graph_params() -> AnnParams {
+    AnnParams {
+        graph: true,
+        ..AnnParams::default()
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -92,7 +100,7 @@ fn recall_at_10_on_clustered_data_and_scores_are_exact() {
     let dim = 64;
     let data = items(&clustered(20_000, dim, 1));
     let flat = flat_of(&data);
-    let ann = AnnIndex::build(dim, 2, AnnParams::default(), &data).unwrap();
+    let ann = AnnIndex::build(dim, 2, graph_params(), &data).unwrap();
     assert_eq!(ann.len(), 20_000);
     let queries = clustered(50, dim, 99);
     let r = recall(&ann, &flat, &queries, 10, &Metadata::new());
@@ -116,7 +124,7 @@ fn filters_never_come_up_short_and_the_planner_picks_the_path() {
     let dim = 32;
     let data = items(&clustered(10_000, dim, 2));
     let flat = flat_of(&data);
-    let mut ann = AnnIndex::build(dim, 2, AnnParams::default(), &data).unwrap();
+    let mut ann = AnnIndex::build(dim, 2, graph_params(), &data).unwrap();
     let q = clustered(1, dim, 7).remove(0);
 
     // Selective (10 rows): exact, and exactly right.
@@ -179,7 +187,7 @@ fn a_filtered_walk_past_its_visit_budget_falls_back_to_the_exact_scan() {
     let dim = 32;
     let data = items(&clustered(10_000, dim, 2));
     let flat = flat_of(&data);
-    let mut ann = AnnIndex::build(dim, 2, AnnParams::default(), &data).unwrap();
+    let mut ann = AnnIndex::build(dim, 2, graph_params(), &data).unwrap();
     // The graph forced for every filter, and a walk budget of 32 x 64 visits.
     ann.set_exact_max_rows(0);
     ann.set_expansion_search(64);
@@ -204,7 +212,7 @@ fn a_filtered_walk_past_its_visit_budget_falls_back_to_the_exact_scan() {
 fn deletes_and_replacements_are_reflected() {
     let dim = 32;
     let vectors = clustered(6_000, dim, 3);
-    let mut ann = AnnIndex::build(dim, 2, AnnParams::default(), &items(&vectors)).unwrap();
+    let mut ann = AnnIndex::build(dim, 2, graph_params(), &items(&vectors)).unwrap();
     let q = vectors[17].clone();
     let top = ann.search(&q, 1, &Metadata::new());
     assert_eq!(top[0].id, "id17");
@@ -248,7 +256,7 @@ fn saved_graphs_load_repair_or_rebuild_never_stale() {
     let dir = tempfile::tempdir().unwrap();
     let vectors = clustered(5_000, dim, 4);
     let data = items(&vectors);
-    let p = AnnParams::default();
+    let p = graph_params();
     let (ann, opened) = AnnIndex::open(dim, 2, p, &data, dir.path(), "c/1", "inc").unwrap();
     assert_eq!(opened, Opened::Rebuilt("no saved graph".into()));
     ann.save(dir.path(), "c/1", "inc").unwrap();
@@ -322,4 +330,61 @@ fn saved_graphs_load_repair_or_rebuild_never_stale() {
 
     persist::remove_files(dir.path(), "c/1");
     assert!(!graph.exists() && !sidecar.exists());
+}
+
+/// recall@10 of `got` against `truth`.
+fn recall_of(truth: &[Vec<String>], got: &[Vec<String>]) -> f64 {
+    let hit: usize = truth
+        .iter()
+        .zip(got)
+        .map(|(t, g)| g.iter().filter(|id| t.contains(id)).count())
+        .sum();
+    hit as f64 / truth.iter().map(Vec::len).sum::<usize>().max(1) as f64
+}
+
+#[test]
+fn the_binary_scan_finds_what_the_exact_scan_finds_for_image_and_text_queries() {
+    use crate::retrieve::synth::{self, Kind};
+    let (dim, n, nq) = (512, 10_000, 40);
+    let subjects = synth::subjects(n);
+    let data = synth::vectors(Kind::Images, n, dim, subjects, 7);
+    let items: Vec<_> = data
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, v)| (format!("i{i}"), v.to_vec(), Arc::new(Metadata::new())))
+        .collect();
+    let mut flat = FlatIndex::new(dim, 2);
+    for (id, v, m) in &items {
+        flat.upsert(id.clone(), v, Arc::clone(m));
+    }
+    let params = AnnParams {
+        oversample: 10,
+        refine: 4,
+        ..AnnParams::default()
+    };
+    let mut ann = AnnIndex::build(dim, 2, params, &items).unwrap();
+    let none = Metadata::new();
+    let ids = |s: Vec<Scored>| s.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    for (kind, seed) in [(Kind::Images, 99), (Kind::Texts, 123)] {
+        let queries = synth::vectors(kind, nq, dim, subjects, seed);
+        let (mut truth, mut got) = (Vec::new(), Vec::new());
+        for q in queries.chunks_exact(dim) {
+            truth.push(ids(flat.search(q, 10, &none)));
+            let (found, plan) = ann.search_planned(q, 10, &none);
+            assert_eq!(plan, Plan::Binary);
+            got.push(ids(found));
+            // Asked for exact, exactly the exact answer.
+            let (exact, plan) = ann.search_with(q, 10, &none, true);
+            assert_eq!(plan, Plan::ExactAll);
+            assert_eq!(ids(exact), *truth.last().unwrap());
+        }
+        let r = recall_of(&truth, &got);
+        assert!(r >= 0.9, "{kind:?} queries: recall@10 {r}");
+    }
+    // Codes follow writes: a replaced vector is found by its new position, a deleted id never.
+    let target = synth::vectors(Kind::Texts, 1, dim, subjects, 5);
+    ann.upsert("i3".into(), &target, Arc::new(Metadata::new()));
+    assert_eq!(ann.search(&target, 1, &none)[0].id, "i3");
+    ann.delete("i3");
+    assert!(ann.search(&target, 10, &none).iter().all(|s| s.id != "i3"));
 }
