@@ -122,7 +122,13 @@ for e in har["log"]["entries"]:
             if 200 <= e["response"]["status"] < 300:
                 ok.add(op)
             break
-never = [f"{m} {p}" for m, p in ops if (m, p) in tested and (m, p) not in ok]
+# GET /v1/usage is admin-only (`role=admin` on a key file line): this keyless server answers it 403
+# by design, so only its refusals are fuzzed here; its 200 path (per-key counts, date ranges, the
+# 400s) is tested in tests/integration/quota.rs. (A keyed run of this script slows every call with
+# usage accounting and leaves two collection routes without a 2xx in the time budget.)
+ADMIN_ONLY = {("GET", "/v1/usage")}
+never = [f"{m} {p}" for m, p in ops
+         if (m, p) in tested and (m, p) not in ok and (m, p) not in ADMIN_ONLY]
 untested = [f"{m} {p}" for m, p in ops if (m, p) not in tested]
 print(f"schemathesis: {len(ok)} of the {len(tested)} operations tested answered 2xx at least once")
 if untested:
