@@ -712,6 +712,15 @@ mod tests {
     const NORMAL: Class = Class::Live(Priority::Normal);
 
     fn shared(max_batch_size: usize, max_queue_rows: usize) -> Shared<u32, u32> {
+        test_shared(max_batch_size, max_queue_rows, DEFAULT_PRIORITY_AGING)
+    }
+
+    /// A batcher's shared state without its engine thread, for tests that form batches by hand.
+    pub(super) fn test_shared(
+        max_batch_size: usize,
+        max_queue_rows: usize,
+        priority_aging: Duration,
+    ) -> Shared<u32, u32> {
         Shared {
             queue: Mutex::new(Queue::new()),
             wake: Condvar::new(),
@@ -719,7 +728,7 @@ mod tests {
                 max_batch_size,
                 max_batch_delay: Duration::ZERO,
                 max_queue_rows,
-                priority_aging: DEFAULT_PRIORITY_AGING,
+                priority_aging,
             },
             metrics: BatchMetrics::unregistered(),
             cost: |_| 0,

@@ -1,22 +1,7 @@
 //! The batcher's priority classes: strict order with small batches below a busy class, the
 //! starvation bound, queue room by class, and the per-class metrics.
 
-use super::*;
-
-fn shared(max_batch_size: usize, max_queue_rows: usize, aging: Duration) -> Shared<u32, u32> {
-    Shared {
-        queue: Mutex::new(Queue::new()),
-        wake: Condvar::new(),
-        config: BatcherConfig {
-            max_batch_size,
-            max_batch_delay: Duration::ZERO,
-            max_queue_rows,
-            priority_aging: aging,
-        },
-        metrics: BatchMetrics::unregistered(),
-        cost: |_| 0,
-    }
-}
+use super::{tests::test_shared as shared, *};
 
 type Rx = oneshot::Receiver<Result<BatchOutput<u32>, BatchError>>;
 

@@ -229,12 +229,9 @@ fn tag(headers: &mut HeaderMap, request_id: &str, span: &tracing::Span) {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
-    if let Some((parent, state)) = crate::telemetry::trace::reply_context(span) {
-        if let Ok(v) = HeaderValue::from_str(&parent) {
-            headers.insert("traceparent", v);
-        }
-        if let Some(Ok(v)) = state.map(|s| HeaderValue::from_str(&s)) {
-            headers.insert("tracestate", v);
+    for (name, value) in crate::telemetry::trace::reply_headers(span) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
         }
     }
 }

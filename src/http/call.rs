@@ -408,12 +408,9 @@ fn asked_priority(header: Option<&str>) -> Result<Option<Priority>, ApiError> {
 
 /// The call's W3C trace context on its reply (while traces are exported).
 fn put_trace_context(headers: &mut HeaderMap, span: &tracing::Span) {
-    if let Some((parent, state)) = trace::reply_context(span) {
-        if let Ok(v) = HeaderValue::from_str(&parent) {
-            headers.insert("traceparent", v);
-        }
-        if let Some(Ok(v)) = state.map(|s| HeaderValue::from_str(&s)) {
-            headers.insert("tracestate", v);
+    for (name, value) in trace::reply_headers(span) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
         }
     }
 }

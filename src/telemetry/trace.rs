@@ -245,19 +245,24 @@ pub fn adopt_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate:
     }
 }
 
-/// The `traceparent` (and `tracestate`, when there is one) of `span`, for a reply's headers; `None`
-/// while export is off.
-pub fn reply_context(span: &tracing::Span) -> Option<(String, Option<String>)> {
+/// The reply headers that carry `span`'s trace context, `traceparent` (and `tracestate` when there
+/// is one), as (name, value); none while export is off. Both doors insert them as they are.
+pub fn reply_headers(span: &tracing::Span) -> Vec<(&'static str, String)> {
     if !enabled() {
-        return None;
+        return Vec::new();
     }
     let context = span.context();
     if !context.span().span_context().is_valid() {
-        return None;
+        return Vec::new();
     }
     let mut out = Injected::default();
     TraceContextPropagator::new().inject_context(&context, &mut out);
-    out.traceparent.map(|parent| (parent, out.tracestate))
+    let Some(parent) = out.traceparent else {
+        return Vec::new();
+    };
+    let mut headers = vec![("traceparent", parent)];
+    headers.extend(out.tracestate.map(|state| ("tracestate", state)));
+    headers
 }
 
 struct Carrier<'a> {
@@ -388,6 +393,6 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             None,
         );
-        assert!(reply_context(&span).is_none());
+        assert!(reply_headers(&span).is_empty());
     }
 }
