@@ -129,7 +129,7 @@ async fn postgres_replicas_share_batches_per_key_and_both_work_them() {
     let db = db(&url).await;
     let a = serve(replica_config()).await;
     let a_http = a.server.http_addr;
-    let (status, file_x) = upload(a_http, "sk-alice", "batch", &texts_file(400)).await;
+    let (status, file_x) = upload(a_http, "sk-alice", "batch", &texts_file(2000)).await;
     assert_eq!(status, 200, "{file_x}");
     let (status, x) = call(
         a_http,
@@ -212,7 +212,7 @@ async fn postgres_replicas_share_batches_per_key_and_both_work_them() {
     let done_x = wait_final(b_http, "sk-alice", &x).await;
     assert_eq!(done_x["status"], "cancelled", "{done_x}");
     let n = done_x["request_counts"]["completed"].as_u64().unwrap();
-    assert!((2..400).contains(&n), "{done_x}");
+    assert!((2..2000).contains(&n), "{done_x}");
     let out_id = done_x["output_file_id"].as_str().unwrap();
     let output = content(b_http, "sk-alice", out_id).await;
     assert_eq!(output.len() as u64, n);
@@ -309,4 +309,65 @@ async fn postgres_a_killed_replicas_batch_is_taken_over_with_each_line_once() {
     let owner_b = lease_owner(&db, &id).await;
     assert!(owner_b.is_some());
     assert_ne!(owner_a, owner_b, "the other replica took the batch over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batch_bounds_hold_across_replicas() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let replica_config = || {
+        let mut cfg = config(&tiny_model());
+        cfg.store = StoreConfig::Postgres(pg(&url));
+        cfg.jobs.line_concurrency = 1;
+        cfg.jobs.lease = Duration::from_secs(1);
+        cfg.jobs.max_output_bytes = 1;
+        cfg.jobs.max_active_batches_per_key = 1;
+        cfg.jobs.max_bytes_per_key = 40_000;
+        cfg
+    };
+    let (a, b) = (serve(replica_config()).await, serve(replica_config()).await);
+    let (a_http, b_http) = (a.server.http_addr, b.server.http_addr);
+    let (status, file) = upload(a_http, "", "batch", &texts_file(200)).await;
+    assert_eq!(status, 200, "{file}");
+    // The key's bytes are counted across replicas.
+    let (status, e) = upload(b_http, "", "batch", &texts_file(200)).await;
+    assert_eq!(status, 429, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--batch-max-bytes-per-key"),
+        "{e}"
+    );
+    let (status, first) = call(a_http, "POST", "/v1/batches", "", Some(&create_body(&file))).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, e) = call(b_http, "POST", "/v1/batches", "", Some(&create_body(&file))).await;
+    assert_eq!(
+        status, 429,
+        "a second unfinished batch, on the other replica: {e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--batch-max-active-per-key"),
+        "{e}"
+    );
+    let done = wait_final(b_http, "", &e_id(&first)).await;
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 200, "completed": 0, "failed": 200}),
+        "{done}"
+    );
+    assert_eq!(done["output_file_id"], Value::Null);
+    let errors = content(a_http, "", done["error_file_id"].as_str().unwrap()).await;
+    assert_eq!(errors.len(), 200);
+    assert_eq!(
+        errors[0]["error"]["code"], "output_too_large",
+        "{}",
+        errors[0]
+    );
+    let (status, e) = call(b_http, "POST", "/v1/batches", "", Some(&create_body(&file))).await;
+    assert_eq!(status, 200, "finished: another batch may start: {e}");
 }
