@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clip_serve::postgres::StoreConfig;
+use clip_serve::{
+    jobs::{Batch, FileMeta, SharedStore, postgres::PgJobs},
+    postgres::StoreConfig,
+};
 use deadpool_postgres::tokio_postgres::{self, NoTls};
 use serde_json::{Value, json};
 
@@ -370,4 +373,118 @@ async fn postgres_batch_bounds_hold_across_replicas() {
     );
     let (status, e) = call(b_http, "POST", "/v1/batches", "", Some(&create_body(&file))).await;
     assert_eq!(status, 200, "finished: another batch may start: {e}");
+}
+
+fn batch_record(id: &str, input: &str) -> Batch {
+    serde_json::from_value(json!({
+        "id": id, "owner": "k", "seq": 0, "endpoint": "/v1/embeddings", "input_file_id": input,
+        "completion_window": "24h", "metadata": null, "status": "in_progress", "created_at": 0,
+        "expires_at": u64::MAX / 2, "in_progress_at": null, "finalizing_at": null,
+        "completed_at": null, "failed_at": null, "expired_at": null, "cancelling_at": null,
+        "cancelled_at": null, "output_file_id": null, "error_file_id": null, "errors": [],
+        "request_counts": {"total": 3, "completed": 0, "failed": 0},
+    }))
+    .unwrap()
+}
+
+/// The store's lease rules directly: one holder at a time, a line stored and counted once, a
+/// replica that lost the lease can store nothing more, and a lease let go is claimable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_are_exclusive_and_lines_are_stored_once() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let store = PgJobs::new(clip_serve::postgres::pool(&pg(&url)).unwrap());
+    let file = FileMeta {
+        id: "file-in".into(),
+        owner: "k".into(),
+        bytes: 3,
+        created_at: 0,
+        filename: "in.jsonl".into(),
+        purpose: "batch".into(),
+        seq: 0,
+    };
+    store
+        .create_file(
+            &file,
+            bytes::Bytes::from_static(b"{}\n"),
+            Box::new(|_, _| Ok(())),
+        )
+        .await
+        .unwrap();
+    let batch = batch_record("batch_lease", "file-in");
+    store
+        .create_batch(&batch, Box::new(|_| Ok(())))
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(300);
+    let claimed = store.claim("r1", lease, 5).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store.claim("r2", lease, 5).await.unwrap().is_empty(),
+        "held by r1"
+    );
+    let line = json!({"custom_id": "a"});
+    store
+        .write_line("r1", "batch_lease", 0, true, &line)
+        .await
+        .unwrap();
+    // A redo of a stored line (as after a takeover) is neither stored nor counted again.
+    store
+        .write_line("r1", "batch_lease", 0, false, &line)
+        .await
+        .unwrap();
+    let index = store.line_index("batch_lease").await.unwrap();
+    assert_eq!(index.len(), 1);
+    assert!(index[&0].0, "the first outcome stays");
+    let got = store.get_batch("batch_lease").await.unwrap().unwrap();
+    assert_eq!(
+        (got.request_counts.completed, got.request_counts.failed),
+        (1, 0)
+    );
+    // r1 stops renewing: once the lease runs out r2 takes the batch, and r1 can store nothing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store
+            .renew("r1", "batch_lease", lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let long = Duration::from_secs(30);
+    assert_eq!(store.claim("r2", long, 5).await.unwrap().len(), 1);
+    let e = store
+        .write_line("r1", "batch_lease", 1, true, &line)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("lease"), "{e}");
+    let e = store
+        .update_batch("batch_lease", Some("r1"), Box::new(|_| Ok(true)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("lease"), "{e}");
+    store
+        .write_line("r2", "batch_lease", 1, true, &line)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .renew("r2", "batch_lease", long)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Let go: claimable at once by another.
+    store.release("r2", "batch_lease").await.unwrap();
+    assert_eq!(
+        store
+            .claim("r3", Duration::from_secs(30), 5)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.line_index("batch_lease").await.unwrap().len(), 2);
+    // The input of an unfinished batch cannot be deleted.
+    assert!(store.delete_file("k", "file-in").await.is_err());
 }
