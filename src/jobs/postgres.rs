@@ -532,6 +532,7 @@ impl SharedStore for PgJobs {
 
     async fn assemble(
         &self,
+        replica: &str,
         batch: &str,
         output: &mut FileMeta,
         errors: &mut FileMeta,
@@ -559,6 +560,17 @@ impl SharedStore for PgJobs {
                 contents[1].push(b'\n');
             }
             let txn = conn.transaction().await.map_err(pg_error)?;
+            let held = txn
+                .query_opt(
+                    "SELECT 1 FROM clip_batches WHERE id = $1 AND lease_owner = $2
+                       AND lease_until >= now() FOR UPDATE",
+                    &[&batch, &replica],
+                )
+                .await
+                .map_err(pg_error)?;
+            if held.is_none() {
+                return Err(lease_lost(batch));
+            }
             for (meta, content) in [&mut *output, &mut *errors].into_iter().zip(&contents) {
                 if content.is_empty() {
                     continue;

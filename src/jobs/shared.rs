@@ -102,10 +102,11 @@ pub trait SharedStore: Send + Sync + 'static {
     /// A batch's stored lines: index -> (succeeded, bytes of its output line).
     async fn line_index(&self, batch: &str) -> Result<BTreeMap<usize, (bool, u64)>, ServiceError>;
     /// Writes the output and error files (ids in the metadata, overwritten if they exist) from
-    /// the stored lines in index order, then `extra_errors`; a file with no line is not written
-    /// (`0`). Returns the bytes of each.
+    /// the stored lines in index order, then `extra_errors`, while `replica` holds the lease (else
+    /// an error); a file with no line is not written (`0`). Returns the bytes of each.
     async fn assemble(
         &self,
+        replica: &str,
         batch: &str,
         output: &mut FileMeta,
         errors: &mut FileMeta,
@@ -294,7 +295,7 @@ impl JobsService {
         let (out_bytes, err_bytes) = match &self.shared.pg {
             Some(pg) => {
                 pg.store
-                    .assemble(batch, &mut output, &mut errors, &extra)
+                    .assemble(&pg.replica, batch, &mut output, &mut errors, &extra)
                     .await?
             }
             None => {

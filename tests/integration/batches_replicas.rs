@@ -463,6 +463,14 @@ async fn postgres_leases_are_exclusive_and_lines_are_stored_once() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("lease"), "{e}");
+    let (mut out, mut err) = (file.clone(), file.clone());
+    (out.id, err.id) = ("file-out".into(), "file-err".into());
+    let e = store
+        .assemble("r1", "batch_lease", &mut out, &mut err, &[])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("lease"), "{e}");
+    assert!(store.get_file("file-out").await.unwrap().is_none());
     store
         .write_line("r2", "batch_lease", 1, true, &line)
         .await
@@ -485,6 +493,14 @@ async fn postgres_leases_are_exclusive_and_lines_are_stored_once() {
         1
     );
     assert_eq!(store.line_index("batch_lease").await.unwrap().len(), 2);
+    // The holder assembles the output from the stored lines, in index order.
+    let sizes = store
+        .assemble("r3", "batch_lease", &mut out, &mut err, &[])
+        .await
+        .unwrap();
+    let text = store.file_content("file-out").await.unwrap().unwrap();
+    assert_eq!(text, "{\"custom_id\":\"a\"}\n{\"custom_id\":\"a\"}\n");
+    assert_eq!(sizes, (text.len() as u64, 0));
     // The input of an unfinished batch cannot be deleted.
     assert!(store.delete_file("k", "file-in").await.is_err());
 }
