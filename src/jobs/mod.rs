@@ -5,7 +5,9 @@
 //! priority ([`crate::embed::priority::background`]) so live calls always go first.
 //!
 //! - Durable: files and batch states live under `<data-dir>/jobs/` ([`store`]), every write
-//!   atomic (temporary file, fsync, rename).
+//!   atomic (temporary file, fsync, rename); with `--store postgres` in PostgreSQL
+//!   ([`postgres`], behind the [`SharedStore`] seam of [`shared`]), shared by every replica, each
+//!   batch worked by one replica at a time under a lease and taken over when that replica dies.
 //! - Resumable: each finished line is written to its own file keyed by the line's index before it
 //!   counts, so a restart (even `kill -9`) never redoes a finished line, and a line cut off midway
 //!   is simply run again; the output file is assembled from those line files in input order, each
