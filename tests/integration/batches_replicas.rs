@@ -125,7 +125,7 @@ async fn postgres_replicas_share_batches_per_key_and_both_work_them() {
         cfg.api_key_file = Some(keys_file(keys.path()));
         cfg.jobs.max_jobs_in_flight = 1;
         cfg.jobs.line_concurrency = 1;
-        cfg.jobs.lease = Duration::from_millis(900);
+        cfg.jobs.lease = Duration::from_secs(3);
         cfg.jobs.max_files_per_key = 2;
         cfg
     };
