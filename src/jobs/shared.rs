@@ -140,6 +140,8 @@ pub(super) async fn schedule(jobs: JobsService, shared: Shared, executor: Arc<dy
     let shutdown = jobs.shared.embed.clone();
     let shutdown = shutdown.shutdown_started();
     tokio::pin!(shutdown);
+    // Whether the last claim failed (logged once until one succeeds again).
+    let mut failing = false;
     loop {
         let free = slots.available_permits();
         if free > 0 {
@@ -149,6 +151,9 @@ pub(super) async fn schedule(jobs: JobsService, shared: Shared, executor: Arc<dy
                 .await
             {
                 Ok(claimed) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("claiming batches works again");
+                    }
                     for batch in claimed {
                         // Its lease ran out while this replica still works it (the store was
                         // unreachable for a while): claimed again, and the worker goes on.
@@ -167,7 +172,11 @@ pub(super) async fn schedule(jobs: JobsService, shared: Shared, executor: Arc<dy
                         });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "claiming a batch failed; retrying"),
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "claiming batches failed; retrying");
+                    }
+                }
             }
         }
         tokio::select! {
