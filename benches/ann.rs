@@ -13,7 +13,7 @@
 //! in one cone (photos of a subject ~0.8 to each other), queried by images drawn the same way and by
 //! captions from the text cone (~0.3 to their own subject's photos).
 //!
-//! Paths: the exact scan; the binary scan (sign codes, Hamming, `oversample * k` rescored in f32)
+//! Paths: the exact scan; the binary scan (sign codes scored against a 4-bit query, `oversample * k` rescored in f32)
 //! at several oversampling factors; an int8 scan (codes computed here, for comparison only:
 //! 512 B per vector); the HNSW graph at several ef (skipped with `--no-graph`: a 1M build takes
 //! minutes on 2 cores); the graph's candidates merged with the binary shortlist.

@@ -10,6 +10,8 @@
 # Writes bench-results/search-grpc/<N>.json and prints a summary with the CPU flags.
 #
 #   scripts/bench_search_grpc.sh [N]          (N: 1000000 by default; about 12 GB of disk at 1M)
+#   CLIENT_PROFILE=dev: build the client in the dev profile (the bench profile rebuilds the crate
+#   with the dev-dependencies' features; the client's own cost is negligible either way).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,8 +23,10 @@ DATA="$(mktemp -d "${TMPDIR:-/tmp}/search-grpc.XXXXXX")"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
 mkdir -p "$OUT"
 cargo build --release --locked --bin clip-serve
-cargo bench --locked --bench search_grpc --no-run
-BENCH="$(find target/release/deps -maxdepth 1 -type f -executable -name 'search_grpc-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
+CLIENT_PROFILE="${CLIENT_PROFILE:-bench}"
+cargo bench --locked --profile "$CLIENT_PROFILE" --bench search_grpc --no-run
+case "$CLIENT_PROFILE" in bench) DIR=release ;; dev) DIR=debug ;; *) DIR="$CLIENT_PROFILE" ;; esac
+BENCH="$(find "target/$DIR/deps" -maxdepth 1 -type f -executable -name 'search_grpc-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
 
 PID=""
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -288,7 +288,9 @@ impl LocalStore {
         let spawned = std::thread::Builder::new()
             .name("ann-build".into())
             .spawn(move || {
-                Self::build_in_background(&collection, threads, params, &dir, &snapshot)
+                Self::build_in_background(&collection, threads, params, &dir, &snapshot);
+                drop(snapshot);
+                crate::common::release_free_memory();
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the approximate index build");
@@ -433,6 +435,8 @@ impl LocalStore {
             .collections
             .write()
             .unwrap_or_else(PoisonError::into_inner) = collections;
+        // The stored records and their per-item vectors are gone; their pages go back.
+        crate::common::release_free_memory();
         Ok(())
     }
 
