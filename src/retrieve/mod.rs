@@ -187,8 +187,10 @@ impl RetrieveService {
         config: RetrieveConfig,
     ) -> Self {
         let store = postgres::PgStore::new(pool, pg.exact_below)
+            .with_index(pg.index, pg.build)
             .with_halfvec(pg.halfvec)
-            .with_ef_search(pg.ef_search);
+            .with_ef_search(pg.ef_search)
+            .with_oversample(pg.oversample);
         Self::new(embed, Arc::new(store), config)
     }
 
