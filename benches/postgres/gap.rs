@@ -168,7 +168,7 @@ pub async fn run(
         };
         let t = Instant::now();
         store
-            .reindex("bench", kind, centred)
+            .reindex("bench", kind, centred, (args.n * 4096 / (1 << 20)).max(256))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let build_s = t.elapsed().as_secs_f64();

@@ -101,7 +101,7 @@ async fn postgres_hnsw_build_parameters_reach_the_index_ddl() {
     let store = store_with(&url, IndexKind::Vector, build).await;
     fill(&store, "rebuilt", 200, 8, 10).await;
     store
-        .reindex("rebuilt", IndexKind::Binary, true)
+        .reindex("rebuilt", IndexKind::Binary, true, 64)
         .await
         .unwrap();
     let meta = store.collection("rebuilt").await.unwrap();
