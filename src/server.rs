@@ -368,7 +368,13 @@ fn open_stores(
                 ef_construction = pg.build.ef_construction,
                 "collections and label sets in PostgreSQL"
             );
-            RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
+            RetrieveService::with_postgres(
+                service.clone(),
+                pool,
+                &pg,
+                config.retrieve,
+                Some(service.metrics().search_recall()),
+            )
         }
     }
     .with_search_paths(service.metrics().search_paths());

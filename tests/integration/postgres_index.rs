@@ -244,3 +244,63 @@ async fn postgres_binary_search_reranks_its_shortlist_in_the_exact_order() {
         assert_eq!(got, exact_order(&q, &everything));
     }
 }
+
+#[tokio::test]
+async fn postgres_recall_check_widens_a_starved_collection_until_it_meets_the_target() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    use clip_serve::retrieve::{
+        recall::RecallConfig,
+        synth::{self, Kind},
+    };
+    let (n, dim) = (3000, 512);
+    let config = RecallConfig {
+        samples: 16,
+        ..RecallConfig::default()
+    };
+    // Starved on purpose: a shortlist of 1 x k.
+    let store = store_with(&url, IndexKind::Binary, HnswBuild::default())
+        .await
+        .with_ef_search(1)
+        .with_oversample(1)
+        .with_recall(config, None);
+    store
+        .create(CollectionMeta::new("gap".into(), dim, "m".into()), 10)
+        .await
+        .unwrap();
+    let meta = store.collection("gap").await.unwrap();
+    let subjects = synth::subjects(n);
+    let images = synth::vectors(Kind::Images, n, dim, subjects, 5);
+    let records: Vec<_> = images
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, v)| record(&format!("id{i}"), v.to_vec()))
+        .collect();
+    for chunk in records.chunks(1000) {
+        store.upsert(&meta, chunk.to_vec()).await.unwrap();
+    }
+    let meta = store.collection("gap").await.unwrap();
+    // Clients' searches: one in four is kept, the newest 16; a filtered one is not.
+    let texts = synth::vectors(Kind::Texts, 64, dim, subjects, 6);
+    for q in texts.chunks_exact(dim) {
+        store
+            .search_with(&meta, q.to_vec(), 10, Metadata::new(), false)
+            .await
+            .unwrap();
+    }
+    let mut measured = Vec::new();
+    for _ in 0..20 {
+        let checked = store.check_recall().await;
+        assert_eq!(checked.len(), 1, "{checked:?}");
+        assert_eq!(checked[0].0, "gap");
+        measured.push(checked[0].1);
+        if checked[0].1 >= 0.95 {
+            break;
+        }
+    }
+    let (first, last) = (measured[0], *measured.last().unwrap());
+    assert!(first < 0.95, "starved: {first}");
+    assert!(last >= 0.95, "kept: {measured:?}");
+    assert!(store.tuning(&meta.id).oversample > 1);
+}

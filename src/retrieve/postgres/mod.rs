@@ -17,6 +17,7 @@
 //! write is one transaction, so it either committed or left nothing. Every session runs under
 //! `--postgres-statement-timeout` and `--postgres-lock-timeout`.
 mod search;
+mod tune;
 
 use std::{
     collections::HashMap,
@@ -44,6 +45,7 @@ use crate::{
 };
 
 pub use search::{MAX_SHORTLIST, has_iterative_scan};
+pub use tune::{Tuning, start as start_recall_check};
 
 /// pgvector's largest `vector`, and largest HNSW-indexed `vector` and `halfvec`.
 pub const MAX_DIMENSION: usize = 16_000;
@@ -65,6 +67,8 @@ pub struct PgStore {
     iterative: AtomicBool,
     /// Per incarnation id: (item count, how it is indexed), as last read.
     seen: Mutex<HashMap<String, Seen>>,
+    /// The recall check's samples and per-collection settings.
+    tuner: tune::Tuner,
 }
 
 /// What a search needs to know of its collection, as last read.
@@ -159,7 +163,25 @@ impl PgStore {
             oversample: AtomicUsize::new(DEFAULT_OVERSAMPLE),
             iterative: AtomicBool::new(true),
             seen: Mutex::new(HashMap::new()),
+            tuner: tune::Tuner::default(),
         }
+    }
+
+    /// The recall target and its check (`--recall-*`; started by [`start_recall_check`]), and
+    /// the gauge its measurements go to.
+    pub fn with_recall(
+        mut self,
+        config: super::recall::RecallConfig,
+        gauge: Option<prometheus::GaugeVec>,
+    ) -> Self {
+        self.tuner.config = config;
+        self.tuner.gauge = gauge;
+        self
+    }
+
+    /// The settings the recall check raised for collection incarnation `id` (zero: none).
+    pub fn tuning(&self, id: &str) -> Tuning {
+        self.tuner.tuning(id)
     }
 
     /// Collections created from now on index `halfvec`s (half the index memory, dimensions up to
@@ -584,33 +606,10 @@ impl CollectionStore for PgStore {
         filter: Metadata,
         exact: bool,
     ) -> Result<(Vec<Scored>, &'static str), ServiceError> {
-        // Nothing stored holds a NUL character.
-        if filter.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
-            return Ok((Vec::new(), "empty"));
+        if !exact && filter.is_empty() {
+            self.tuner.offer(&meta.name, &query);
         }
-        let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
-        let query = Vector::from(query);
-        let Seen {
-            count,
-            kind,
-            centre,
-        } = self.seen(&meta.id);
-        let exact = exact || kind == IndexKind::None || count < self.exact_below;
-        let found = self
-            .query_nearest(meta, &query, k, filter.as_ref(), exact, kind, &centre)
-            .await?;
-        if exact {
-            return Ok((found, "exact"));
-        }
-        if found.len() >= k {
-            return Ok((found, search::path_name(kind)));
-        }
-        // The approximate scan stopped short (a selective filter, or dead index entries): the
-        // exact one finds every match.
-        let found = self
-            .query_nearest(meta, &query, k, filter.as_ref(), true, kind, &centre)
-            .await?;
-        Ok((found, "exact"))
+        self.search_plain(meta, query, k, filter, exact).await
     }
 
     async fn get_items(

@@ -17,16 +17,16 @@
 use deadpool_postgres::tokio_postgres::{self, Row};
 use pgvector::Vector;
 
-use super::{MAX_EF_SEARCH, PgStore, metadata_of, table_gone};
+use super::{MAX_EF_SEARCH, PgStore, Seen, metadata_json, metadata_of, table_gone};
 use crate::{
     common::ServiceError,
     postgres::{
-        col, pg_error,
+        col, has_nul, pg_error,
         schema::{self, Centre, IndexKind},
     },
     retrieve::{
         backend::{CollectionStore, not_found},
-        index::Scored,
+        index::{Metadata, Scored},
         store::CollectionMeta,
     },
 };
@@ -86,6 +86,44 @@ pub fn plan(
 }
 
 impl PgStore {
+    /// A search (`CollectionStore::search_with` without offering its query to the recall check).
+    pub(super) async fn search_plain(
+        &self,
+        meta: &CollectionMeta,
+        query: Vec<f32>,
+        k: usize,
+        filter: Metadata,
+        exact: bool,
+    ) -> Result<(Vec<Scored>, &'static str), ServiceError> {
+        // Nothing stored holds a NUL character.
+        if filter.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
+            return Ok((Vec::new(), "empty"));
+        }
+        let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
+        let query = Vector::from(query);
+        let Seen {
+            count,
+            kind,
+            centre,
+        } = self.seen(&meta.id);
+        let exact = exact || kind == IndexKind::None || count < self.exact_below;
+        let found = self
+            .query_nearest(meta, &query, k, filter.as_ref(), exact, kind, &centre)
+            .await?;
+        if exact {
+            return Ok((found, "exact"));
+        }
+        if found.len() >= k {
+            return Ok((found, path_name(kind)));
+        }
+        // The approximate scan stopped short (a selective filter, or dead index entries): the
+        // exact one finds every match.
+        let found = self
+            .query_nearest(meta, &query, k, filter.as_ref(), true, kind, &centre)
+            .await?;
+        Ok((found, "exact"))
+    }
+
     /// One search query: an index path (with its settings) or exact. The binary path re-ranks
     /// its shortlist by the exact cosine in the same statement.
     #[allow(clippy::too_many_arguments, reason = "one query's parts")]
@@ -100,12 +138,13 @@ impl PgStore {
         centre: &Centre,
     ) -> Result<Vec<Scored>, ServiceError> {
         let table = schema::items_table(&meta.id);
+        let tuned = self.tuner.tuning(&meta.id);
         let (settings, shortlist) = plan(
             kind,
             exact,
             k,
-            self.ef_search(),
-            self.oversample(),
+            self.ef_search().max(tuned.ef_search),
+            self.oversample().max(tuned.oversample),
             self.iterative_scan(),
         );
         let order = if exact {
