@@ -112,7 +112,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let classify_metrics = metrics.classify();
     let bounds = Bounds::new(&config, &metrics)?;
     let service = EmbedService::new(config.embed, bounds.gate.clone(), metrics);
-    let (classify, retrieve, keys) = open_stores(&config, &service, classify_metrics, keys)?;
+    let (classify, retrieve, keys) =
+        open_stores(&config, &service, classify_metrics, keys, &background)?;
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
@@ -337,6 +338,7 @@ fn open_stores(
     service: &EmbedService,
     classify_metrics: crate::telemetry::metrics::ClassifyMetrics,
     keys: ApiKeys,
+    background: &Background,
 ) -> anyhow::Result<(ClassifyService, RetrieveService, ApiKeys)> {
     let shared = match &config.store {
         StoreConfig::Local => None,
@@ -349,7 +351,12 @@ fn open_stores(
         classify_metrics,
         shared.as_ref().map(|(pool, _)| pool.clone()),
     )?;
-    let keys = with_usage_store(keys, config, shared.as_ref().map(|(pool, _)| pool))?;
+    let keys = with_usage_store(
+        keys,
+        config,
+        shared.as_ref().map(|(pool, _)| pool),
+        background,
+    )?;
     let retrieve = match shared {
         None => RetrieveService::open(
             service.clone(),
