@@ -95,7 +95,12 @@ impl PgStore {
                     .remove(&name);
                 continue;
             };
-            let kind = self.seen(&meta.id).kind;
+            let seen = self.seen(&meta.id);
+            let kind = seen.kind;
+            // Searched exactly anyway: nothing to measure.
+            if kind == IndexKind::None || seen.count < self.exact_below {
+                continue;
+            }
             let (mut hit, mut total) = (0usize, 0usize);
             for q in samples.snapshot() {
                 let none = Metadata::new();
@@ -110,7 +115,7 @@ impl PgStore {
                     .filter(|a| exact.iter().any(|e| e.id == a.id))
                     .count();
             }
-            if total == 0 || kind == IndexKind::None {
+            if total == 0 {
                 continue;
             }
             let recall = hit as f64 / total as f64;
