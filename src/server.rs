@@ -112,7 +112,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let classify_metrics = metrics.classify();
     let bounds = Bounds::new(&config, &metrics)?;
     let service = EmbedService::new(config.embed, bounds.gate.clone(), metrics);
-    let (classify, retrieve, keys) =
+    let (classify, retrieve, keys, jobs_store) =
         open_stores(&config, &service, classify_metrics, keys, &background)?;
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
@@ -135,7 +135,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
-    let routers = http_routers(&config, &service, &classify, &retrieve, keys, &bounds)?;
+    let routers = http_routers(
+        &config, &service, &classify, &retrieve, keys, &bounds, jobs_store,
+    )?;
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -331,6 +333,9 @@ impl Bounds {
     }
 }
 
+/// The Batch API's shared store (`--store postgres`).
+type JobsStore = Arc<dyn crate::jobs::SharedStore>;
+
 /// Step 5: the label sets and the collections, in the data directory or PostgreSQL (with
 /// `--store postgres` both share one pool).
 fn open_stores(
@@ -339,11 +344,14 @@ fn open_stores(
     classify_metrics: crate::telemetry::metrics::ClassifyMetrics,
     keys: ApiKeys,
     background: &Background,
-) -> anyhow::Result<(ClassifyService, RetrieveService, ApiKeys)> {
+) -> anyhow::Result<(ClassifyService, RetrieveService, ApiKeys, Option<JobsStore>)> {
     let shared = match &config.store {
         StoreConfig::Local => None,
         StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.clone())),
     };
+    let jobs_store = shared.as_ref().map(|(pool, _)| -> JobsStore {
+        Arc::new(crate::jobs::postgres::PgJobs::new(pool.clone()))
+    });
     let classify = ClassifyService::open(
         service.clone(),
         &config.data_dir,
@@ -385,7 +393,7 @@ fn open_stores(
         }
     }
     .with_search_paths(service.metrics().search_paths());
-    Ok((classify, retrieve, keys))
+    Ok((classify, retrieve, keys, jobs_store))
 }
 
 /// The HTTP API's router and the probe listener's.
@@ -402,14 +410,16 @@ fn http_routers(
     retrieve: &RetrieveService,
     keys: ApiKeys,
     bounds: &Bounds,
+    jobs_store: Option<JobsStore>,
 ) -> anyhow::Result<Routers> {
-    let jobs = crate::jobs::JobsService::open(&config.data_dir, config.jobs, service.clone())
-        .with_context(|| {
-            format!(
-                "opening the Batch API's files under {}",
-                config.data_dir.display()
-            )
-        })?;
+    let jobs =
+        crate::jobs::JobsService::open(&config.data_dir, config.jobs, service.clone(), jobs_store)
+            .with_context(|| {
+                format!(
+                    "opening the Batch API's files under {}",
+                    config.data_dir.display()
+                )
+            })?;
     let fetcher = match config.fetch.clone() {
         Some(fetch) => Some(
             crate::embed::fetch::Fetcher::new(
