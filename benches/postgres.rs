@@ -15,16 +15,27 @@
 //! vectors in 512 dimensions have no neighbourhoods to find). Needs a PostgreSQL with pgvector:
 //!   scripts/bench_postgres.sh [N]   (starts one with scripts/postgres.sh; N defaults to 100000)
 //! or CLIP_SERVE_TEST_POSTGRES_URL=... cargo bench --profile dev --bench postgres -- --n N
+//!
+//! `--data gap` measures recall@10 and latency per search path on the modality-gap model instead
+//! (issue 23; see `postgres/gap.rs`): `--queries Q` (200) of each kind, `--paths
+//! vector,halfvec,binary,binary_centred`, `--ef 40,100,200,400,1000`, `--oversample 10,20,40,80`,
+//! `--m 16 --ef-construction 64` (the indexes' build parameters).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark program: a panic is a failed run"
 )]
 
+#[path = "postgres/gap.rs"]
+mod gap;
+
 use std::time::{Duration, Instant};
 
 use clip_serve::{
-    postgres::{PgConfig, connect_and_migrate, pool},
+    postgres::{
+        PgConfig, connect_and_migrate, pool,
+        schema::{HnswBuild, IndexKind},
+    },
     retrieve::{
         backend::{CollectionStore, Record},
         index::Metadata,
@@ -105,11 +116,65 @@ async fn main() -> anyhow::Result<()> {
         ca_file: None,
         halfvec: false,
         ef_search: 40,
+        index: IndexKind::Vector,
+        build: HnswBuild::default(),
+        oversample: 20,
         statement_timeout: Duration::from_secs(30),
         lock_timeout: Duration::from_secs(5),
     };
     let shared = pool(&config(0))?;
     connect_and_migrate(&shared).await?;
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let list = |name: &str, default: &str| -> anyhow::Result<Vec<usize>> {
+        arg(name)
+            .unwrap_or_else(|| default.to_string())
+            .split(',')
+            .map(|s| Ok(s.parse()?))
+            .collect()
+    };
+    if arg("--data").as_deref() == Some("gap") {
+        let build = HnswBuild {
+            m: arg("--m").map_or(Ok(16), |s| s.parse())?,
+            ef_construction: arg("--ef-construction").map_or(Ok(64), |s| s.parse())?,
+        }
+        .check()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let store = PgStore::new(shared, 0).with_index(IndexKind::Vector, build);
+        store.load().await?;
+        store
+            .create(CollectionMeta::new("bench".into(), DIM, "m".into()), 10)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (bench_db, connection) =
+            tokio_postgres::connect(&format!("{base}/{db}"), NoTls).await?;
+        tokio::spawn(connection);
+        let gap_args = gap::Args {
+            n,
+            queries: arg("--queries").map_or(Ok(QUERIES), |s| s.parse())?,
+            paths: arg("--paths")
+                .unwrap_or_else(|| "vector,halfvec,binary,binary_centred".into())
+                .split(',')
+                .map(String::from)
+                .collect(),
+            ef: list("--ef", "40,100,200,400,1000")?,
+            oversample: list("--oversample", "10,20,40,80")?,
+        };
+        let mut report = gap::run(&store, &bench_db, &gap_args).await?;
+        report.insert("m".into(), build.m.into());
+        report.insert("ef_construction".into(), build.ef_construction.into());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        drop(store);
+        drop(bench_db);
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await?;
+        return Ok(());
+    }
     // `hnsw` searches with ef_search = max(2k, 64), what the store did before --postgres-ef-search;
     // the sweep below shows what larger floors buy.
     let hnsw = PgStore::new(shared.clone(), 0).with_ef_search(64);

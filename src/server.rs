@@ -378,9 +378,18 @@ fn open_stores(
                 pool_size = pool.status().max_size,
                 exact_below = pg.exact_below,
                 halfvec = pg.halfvec,
+                index = pg.index.as_str(),
+                m = pg.build.m,
+                ef_construction = pg.build.ef_construction,
                 "collections and label sets in PostgreSQL"
             );
-            RetrieveService::with_postgres(service.clone(), pool, &pg, config.retrieve)
+            RetrieveService::with_postgres(
+                service.clone(),
+                pool,
+                &pg,
+                config.retrieve,
+                Some(service.metrics().search_recall()),
+            )
         }
     }
     .with_search_paths(service.metrics().search_paths());

@@ -43,8 +43,9 @@ pub struct RetrieveArgs {
     )]
     pub ann_oversample: u32,
 
-    /// Local store, binary scan: the recall@10 to keep (0-1). A background check answers a sample
-    /// of each collection's recent queries exactly and raises its oversampling while under it.
+    /// The recall@10 to keep (0-1; the local store's binary scan, and PostgreSQL). A background
+    /// check answers a sample of each collection's recent queries exactly and raises its
+    /// oversampling (PostgreSQL's graph indexes: its `hnsw.ef_search`) while under it.
     #[arg(
         long,
         env = "CLIP_SERVE_RECALL_TARGET",

@@ -11,8 +11,19 @@ use clap::Args;
 
 use crate::{
     common::parse_duration,
-    postgres::{PgConfig, StoreConfig},
+    postgres::{
+        PgConfig, StoreConfig,
+        schema::{HnswBuild, IndexKind},
+    },
 };
+
+/// `--postgres-index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PgIndex {
+    Vector,
+    Halfvec,
+    Binary,
+}
 
 /// `--store`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,6 +97,28 @@ pub struct StoreArgs {
     /// recall@10 was 0.83 at 64 and 0.88 at 200 for 1.2 ms more (BENCHMARKS.md).
     #[arg(long, env = "CLIP_SERVE_POSTGRES_EF_SEARCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1000), display_order = 610)]
     pub postgres_ef_search: u32,
+
+    /// How new PostgreSQL collections are indexed: `vector` (HNSW over the vectors), `halfvec`
+    /// (HNSW over half-precision copies; the same as --postgres-halfvec) or `binary` (HNSW over
+    /// their sign bits, Hamming distance; a shortlist of top_k x --postgres-oversample re-ranked
+    /// by the exact cosine in the same query). Existing collections keep their index.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_INDEX", value_enum, default_value_t = PgIndex::Vector, display_order = 611)]
+    pub postgres_index: PgIndex,
+
+    /// A `binary` search re-ranks top_k x this many candidates by the exact cosine (at most
+    /// 20,000): more finds more of the true neighbours, slower (BENCHMARKS.md, issue 23).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_OVERSAMPLE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=20_000), display_order = 612)]
+    pub postgres_oversample: u32,
+
+    /// `m` of new collections' HNSW indexes (links per node, 2-100; pgvector's default 16): more
+    /// is better recall at a larger index and a slower build.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_HNSW_M", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=100), display_order = 613)]
+    pub postgres_hnsw_m: u32,
+
+    /// `ef_construction` of new collections' HNSW indexes (4-1000, at least 2 x m; pgvector's
+    /// default 64): more is a better graph at a slower build.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_HNSW_EF_CONSTRUCTION", default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=1000), display_order = 614)]
+    pub postgres_hnsw_ef_construction: u32,
 
     /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
     #[arg(
@@ -168,6 +201,17 @@ impl StoreArgs {
         if self.postgres_connect_timeout.is_zero() {
             return Err("--postgres-connect-timeout must be greater than 0".into());
         }
+        let build = HnswBuild {
+            m: self.postgres_hnsw_m,
+            ef_construction: self.postgres_hnsw_ef_construction,
+        }
+        .check()
+        .map_err(|e| format!("--postgres-hnsw-m / --postgres-hnsw-ef-construction: {e}"))?;
+        let index = match (self.postgres_index, self.postgres_halfvec) {
+            (PgIndex::Binary, _) => IndexKind::Binary,
+            (PgIndex::Halfvec, _) | (PgIndex::Vector, true) => IndexKind::Halfvec,
+            (PgIndex::Vector, false) => IndexKind::Vector,
+        };
         Ok(StoreConfig::Postgres(PgConfig {
             url,
             password,
@@ -177,6 +221,9 @@ impl StoreArgs {
             ca_file: self.postgres_ca_file.clone(),
             halfvec: self.postgres_halfvec,
             ef_search: self.postgres_ef_search as usize,
+            index,
+            build,
+            oversample: self.postgres_oversample as usize,
             statement_timeout: self.postgres_statement_timeout,
             lock_timeout: self.postgres_lock_timeout,
         }))

@@ -67,6 +67,51 @@ fn zero_limits_are_refused_with_the_flag_name() {
 }
 
 #[test]
+fn postgres_index_flags_reach_the_config_and_bad_build_parameters_are_named() {
+    let pg = |extra: &[&str]| {
+        let mut args = vec!["--store", "postgres", "--postgres-url", "postgres://h/db"];
+        args.extend_from_slice(extra);
+        parse(&args).map(|c| match c.store {
+            StoreConfig::Postgres(pg) => pg,
+            other => panic!("{other:?}"),
+        })
+    };
+    use crate::postgres::schema::{HnswBuild, IndexKind};
+    let defaults = pg(&[]).unwrap();
+    assert_eq!(defaults.index, IndexKind::Vector);
+    assert_eq!(defaults.build, HnswBuild::default());
+    assert_eq!(defaults.oversample, 20);
+    let set = pg(&[
+        "--postgres-index",
+        "binary",
+        "--postgres-oversample",
+        "40",
+        "--postgres-hnsw-m",
+        "24",
+        "--postgres-hnsw-ef-construction",
+        "200",
+    ])
+    .unwrap();
+    assert_eq!(set.index, IndexKind::Binary);
+    assert_eq!(
+        set.build,
+        HnswBuild {
+            m: 24,
+            ef_construction: 200
+        }
+    );
+    assert_eq!(set.oversample, 40);
+    assert_eq!(
+        pg(&["--postgres-halfvec"]).unwrap().index,
+        IndexKind::Halfvec
+    );
+    let err = pg(&["--postgres-hnsw-m", "48"]).unwrap_err();
+    assert!(err.contains("--postgres-hnsw-ef-construction"), "{err}");
+    let err = pg(&["--postgres-oversample", "0"]).unwrap_err();
+    assert!(err.contains("--postgres-oversample"), "{err}");
+}
+
+#[test]
 fn store_flags_select_and_configure_postgres() {
     assert!(matches!(parse(&[]).unwrap().store, StoreConfig::Local));
     let err = parse(&["--store", "postgres"]).unwrap_err();

@@ -56,6 +56,12 @@ pub struct PgConfig {
     /// The least `hnsw.ef_search` a search uses (it is at least 2 x top_k): more is better recall,
     /// slower searches.
     pub ef_search: usize,
+    /// How new collections are indexed (`halfvec` above also makes it `Halfvec`).
+    pub index: schema::IndexKind,
+    /// New HNSW indexes' `m` and `ef_construction`.
+    pub build: schema::HnswBuild,
+    /// A binary search re-ranks `k` x this many candidates.
+    pub oversample: usize,
     /// `statement_timeout` of every session (zero: none): a statement running longer is
     /// cancelled by PostgreSQL and the call answered UNAVAILABLE.
     pub statement_timeout: Duration,
@@ -75,6 +81,9 @@ impl std::fmt::Debug for PgConfig {
             .field("ca_file", &self.ca_file)
             .field("halfvec", &self.halfvec)
             .field("ef_search", &self.ef_search)
+            .field("index", &self.index)
+            .field("build", &self.build)
+            .field("oversample", &self.oversample)
             .field("statement_timeout", &self.statement_timeout)
             .field("lock_timeout", &self.lock_timeout)
             .finish()

@@ -103,6 +103,14 @@ pub const MIGRATIONS: &[Migration] = &[
              AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON clip_label_sets
              FOR EACH STATEMENT EXECUTE FUNCTION clip_label_sets_bump();",
     },
+    // The centre a 'binary' index's sign bits are taken around (a `vector` literal, frozen into
+    // the index expression; NULL: uncentred). Additive: schema-2 and -3 servers keep working
+    // (they read a 'binary' collection's index_kind as none and search it exactly).
+    Migration {
+        version: 4,
+        min_reader: 2,
+        sql: "ALTER TABLE clip_collections ADD COLUMN IF NOT EXISTS index_centre text;",
+    },
 ];
 
 /// The first version whose `clip_schema_migrations` has `min_reader`.
@@ -221,6 +229,93 @@ pub enum IndexKind {
     /// HNSW over the vectors cast to `halfvec` (half the index size; up to 4000 dimensions); the
     /// stored vectors, and the scores, stay full precision.
     Halfvec,
+    /// HNSW over the vectors' sign bits (`binary_quantize`, Hamming distance; optionally around a
+    /// centre frozen in the expression, see [`Centre`]): a shortlist of `k` x oversample from the
+    /// index, re-ranked by the exact cosine of the stored vectors in the same query.
+    Binary,
+}
+
+/// The build parameters of a collection's HNSW index (pgvector's `m` and `ef_construction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswBuild {
+    pub m: u32,
+    pub ef_construction: u32,
+}
+
+impl Default for HnswBuild {
+    /// pgvector's own defaults.
+    fn default() -> Self {
+        HnswBuild {
+            m: 16,
+            ef_construction: 64,
+        }
+    }
+}
+
+impl HnswBuild {
+    /// pgvector's bounds: `m` 2-100, `ef_construction` 4-1000 and at least 2 x `m`.
+    pub fn check(self) -> Result<Self, String> {
+        if !(2..=100).contains(&self.m) {
+            return Err(format!("HNSW m {} is outside 2-100", self.m));
+        }
+        if !(4..=1000).contains(&self.ef_construction) || self.ef_construction < 2 * self.m {
+            return Err(format!(
+                "HNSW ef_construction {} is outside 4-1000 or under 2 x m ({})",
+                self.ef_construction,
+                2 * self.m
+            ));
+        }
+        Ok(self)
+    }
+
+    fn with(self) -> String {
+        format!(
+            " WITH (m = {}, ef_construction = {})",
+            self.m, self.ef_construction
+        )
+    }
+}
+
+/// The centre a binary index's sign bits are taken around, as a `vector` literal (`[0.1,...]`),
+/// or none. CLIP's vectors sit in a narrow cone, so their raw sign bits mostly agree; around the
+/// collection's mean they split.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Centre(Option<String>);
+
+impl Centre {
+    /// The literal of `mean` (finite components only; anything else is no centre).
+    pub fn of(mean: &[f32]) -> Self {
+        if mean.is_empty() || mean.iter().any(|x| !x.is_finite()) {
+            return Centre(None);
+        }
+        let parts: Vec<String> = mean.iter().map(|x| format!("{x:?}")).collect();
+        Centre(Some(format!("[{}]", parts.join(","))))
+    }
+
+    /// As stored in `clip_collections.index_centre`: only a well-formed literal of numbers is
+    /// kept (it is spliced into SQL).
+    pub fn parse(stored: Option<String>) -> Self {
+        Centre(stored.filter(|s| {
+            s.starts_with('[')
+                && s.ends_with(']')
+                && s.len() > 2
+                && s.chars().all(|c| {
+                    c.is_ascii_digit() || matches!(c, '[' | ']' | ',' | '.' | '-' | 'e' | 'E' | '+')
+                })
+        }))
+    }
+
+    pub fn literal(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// `value`, minus the centre if any (SQL).
+    fn around(&self, value: &str) -> String {
+        match &self.0 {
+            Some(c) => format!("{value} - '{c}'::vector"),
+            None => value.to_string(),
+        }
+    }
 }
 
 impl IndexKind {
@@ -229,6 +324,7 @@ impl IndexKind {
             IndexKind::None => "none",
             IndexKind::Vector => "vector",
             IndexKind::Halfvec => "halfvec",
+            IndexKind::Binary => "binary",
         }
     }
 
@@ -236,23 +332,70 @@ impl IndexKind {
         match s {
             "vector" => IndexKind::Vector,
             "halfvec" => IndexKind::Halfvec,
+            "binary" => IndexKind::Binary,
             _ => IndexKind::None,
         }
     }
 
     /// What a search orders by so that the index serves it (`$1` is the query `vector`).
-    pub fn order_by(self, dimension: usize) -> String {
+    pub fn order_by(self, dimension: usize, centre: &Centre) -> String {
         match self {
             IndexKind::Halfvec => {
                 format!("embedding::halfvec({dimension}) <=> $1::vector::halfvec({dimension})")
             }
+            IndexKind::Binary => format!(
+                "{} <~> binary_quantize({})::bit({dimension})",
+                binary_expression(dimension, centre),
+                centre.around("$1::vector")
+            ),
             IndexKind::None | IndexKind::Vector => "embedding <=> $1".into(),
         }
     }
 }
 
+/// The indexed expression of a binary index (also what its searches order by).
+fn binary_expression(dimension: usize, centre: &Centre) -> String {
+    format!(
+        "(binary_quantize({})::bit({dimension}))",
+        centre.around("embedding")
+    )
+}
+
+/// The statement creating the HNSW index of `table` (named `{table}_hnsw`), if `index` has one.
+pub fn create_index(
+    table: &str,
+    dimension: usize,
+    index: IndexKind,
+    build: HnswBuild,
+    centre: &Centre,
+) -> String {
+    let with = build.with();
+    match index {
+        IndexKind::None => String::new(),
+        IndexKind::Vector => {
+            format!(
+                "CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops){with};"
+            )
+        }
+        IndexKind::Halfvec => format!(
+            "CREATE INDEX {table}_hnsw ON {table}
+                 USING hnsw ((embedding::halfvec({dimension})) halfvec_cosine_ops){with};"
+        ),
+        IndexKind::Binary => format!(
+            "CREATE INDEX {table}_hnsw ON {table}
+                 USING hnsw ({} bit_hamming_ops){with};",
+            binary_expression(dimension, centre)
+        ),
+    }
+}
+
 /// The statements creating a collection's item table and its indexes.
-pub fn create_items_table(table: &str, dimension: usize, index: IndexKind) -> String {
+pub fn create_items_table(
+    table: &str,
+    dimension: usize,
+    index: IndexKind,
+    build: HnswBuild,
+) -> String {
     let mut sql = format!(
         "CREATE TABLE {table} (
              id text PRIMARY KEY,
@@ -261,16 +404,13 @@ pub fn create_items_table(table: &str, dimension: usize, index: IndexKind) -> St
          );
          CREATE INDEX {table}_metadata ON {table} USING gin (metadata jsonb_path_ops);"
     );
-    match index {
-        IndexKind::None => {}
-        IndexKind::Vector => sql.push_str(&format!(
-            "CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops);"
-        )),
-        IndexKind::Halfvec => sql.push_str(&format!(
-            "CREATE INDEX {table}_hnsw ON {table}
-                 USING hnsw ((embedding::halfvec({dimension})) halfvec_cosine_ops);"
-        )),
-    }
+    sql.push_str(&create_index(
+        table,
+        dimension,
+        index,
+        build,
+        &Centre::default(),
+    ));
     sql
 }
 
@@ -288,7 +428,55 @@ mod tests {
         // A migration is read by servers of its own version at least; additive ones by the
         // previous version's too.
         assert!(MIGRATIONS.iter().all(|m| m.min_reader <= m.version));
-        assert_eq!(latest(), 3);
+        assert_eq!(latest(), 4);
         assert_eq!(MIGRATIONS[2].min_reader, 2);
+        assert_eq!(MIGRATIONS[3].min_reader, 2);
+    }
+
+    #[test]
+    fn index_statements_carry_the_build_parameters_and_the_centre() {
+        let build = HnswBuild {
+            m: 24,
+            ef_construction: 200,
+        };
+        let sql = create_index("t", 4, IndexKind::Vector, build, &Centre::default());
+        assert!(
+            sql.contains("WITH (m = 24, ef_construction = 200)"),
+            "{sql}"
+        );
+        let centre = Centre::of(&[0.5, -0.25, 0.0, 1e-3]);
+        assert_eq!(centre.literal(), Some("[0.5,-0.25,0.0,0.001]"));
+        let sql = create_index("t", 4, IndexKind::Binary, build, &centre);
+        assert!(
+            sql.contains("binary_quantize(embedding - '[0.5,-0.25,0.0,0.001]'::vector)::bit(4)"),
+            "{sql}"
+        );
+        // What a search orders by names the same expression, so the index serves it.
+        assert!(IndexKind::Binary.order_by(4, &centre).starts_with(
+            "(binary_quantize(embedding - '[0.5,-0.25,0.0,0.001]'::vector)::bit(4)) <~>"
+        ));
+        assert_eq!(
+            Centre::parse(Some("[1,2]'; DROP".into())),
+            Centre::default()
+        );
+        assert_eq!(Centre::parse(centre.literal().map(String::from)), centre);
+        assert!(
+            HnswBuild {
+                m: 16,
+                ef_construction: 20
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            HnswBuild {
+                m: 1,
+                ef_construction: 64
+            }
+            .check()
+            .is_err()
+        );
+        assert!(HnswBuild::default().check().is_ok());
+        assert_eq!(IndexKind::parse("binary"), IndexKind::Binary);
     }
 }

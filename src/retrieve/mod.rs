@@ -51,7 +51,7 @@ pub struct RetrieveConfig {
     pub ann_min_vectors: usize,
     /// Local store: the approximate index's parameters (`--ann-graph`, `--ann-oversample`).
     pub ann: AnnParams,
-    /// Local store: the recall target and its background check (`--recall-*`).
+    /// The recall target and its background check (`--recall-*`; both stores).
     pub recall: recall::RecallConfig,
     /// Bytes of items (ids, vectors, metadata) one GetItems reply may carry, and of collections
     /// one ListCollections reply may carry (`--max-reply-bytes`).
@@ -185,11 +185,17 @@ impl RetrieveService {
         pool: crate::postgres::Pool,
         pg: &crate::postgres::PgConfig,
         config: RetrieveConfig,
+        measured_recall: Option<prometheus::GaugeVec>,
     ) -> Self {
         let store = postgres::PgStore::new(pool, pg.exact_below)
+            .with_index(pg.index, pg.build)
             .with_halfvec(pg.halfvec)
-            .with_ef_search(pg.ef_search);
-        Self::new(embed, Arc::new(store), config)
+            .with_ef_search(pg.ef_search)
+            .with_oversample(pg.oversample)
+            .with_recall(config.recall, measured_recall);
+        let store = Arc::new(store);
+        postgres::start_recall_check(Arc::downgrade(&store), config.recall);
+        Self::new(embed, store, config)
     }
 
     /// Reads the collections into memory (local) or connects and migrates (postgres); until then

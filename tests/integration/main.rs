@@ -31,6 +31,7 @@ mod openvino;
 mod pages;
 mod parity;
 mod postgres;
+mod postgres_index;
 #[cfg(unix)]
 mod postgres_replicas;
 mod postgres_siege;

@@ -51,6 +51,9 @@ pub fn pg(url: &str) -> PgConfig {
         ca_file: None,
         halfvec: false,
         ef_search: 200,
+        index: clip_serve::postgres::schema::IndexKind::Vector,
+        build: clip_serve::postgres::schema::HnswBuild::default(),
+        oversample: 20,
         statement_timeout: Duration::from_secs(30),
         lock_timeout: Duration::from_secs(5),
     }

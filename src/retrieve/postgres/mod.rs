@@ -16,9 +16,15 @@
 //! its running statement cancelled and its connection closed (see [`crate::postgres::Conn`]); a
 //! write is one transaction, so it either committed or left nothing. Every session runs under
 //! `--postgres-statement-timeout` and `--postgres-lock-timeout`.
+mod search;
+mod tune;
+
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use deadpool_postgres::tokio_postgres::{self, Row};
@@ -34,9 +40,12 @@ use crate::{
     common::{List, ServiceError},
     postgres::{
         Pool, col, has_nul, pg_error,
-        schema::{self, IndexKind},
+        schema::{self, Centre, HnswBuild, IndexKind},
     },
 };
+
+pub use search::{MAX_SHORTLIST, has_iterative_scan};
+pub use tune::{Tuning, start as start_recall_check};
 
 /// pgvector's largest `vector`, and largest HNSW-indexed `vector` and `halfvec`.
 pub const MAX_DIMENSION: usize = 16_000;
@@ -46,12 +55,28 @@ const MAX_HALFVEC_HNSW_DIMENSION: usize = 4_000;
 pub struct PgStore {
     pool: Pool,
     exact_below: usize,
-    /// New collections' HNSW index over `halfvec` rather than `vector`.
-    halfvec: bool,
+    /// How new collections are indexed (where their dimension allows).
+    index: IndexKind,
+    /// New indexes' build parameters.
+    build: HnswBuild,
     /// The least `hnsw.ef_search` of a search.
-    ef_search: usize,
+    ef_search: AtomicUsize,
+    /// A binary search's shortlist, in multiples of `k`.
+    oversample: AtomicUsize,
+    /// pgvector has `hnsw.iterative_scan` (0.8 and later; read at load, assumed until then).
+    iterative: AtomicBool,
     /// Per incarnation id: (item count, how it is indexed), as last read.
-    seen: Mutex<HashMap<String, (usize, IndexKind)>>,
+    seen: Mutex<HashMap<String, Seen>>,
+    /// The recall check's samples and per-collection settings.
+    tuner: tune::Tuner,
+}
+
+/// What a search needs to know of its collection, as last read.
+#[derive(Clone)]
+struct Seen {
+    count: usize,
+    kind: IndexKind,
+    centre: Centre,
 }
 
 /// `42P01`: the collection's table went away (it was deleted meanwhile).
@@ -111,21 +136,19 @@ fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
 
 /// The path name of a collection's index (Info, `clip_search_path_total`).
 fn index_name(kind: IndexKind) -> &'static str {
-    if kind == IndexKind::None {
-        "exact"
-    } else {
-        "hnsw"
-    }
+    search::path_name(kind)
 }
 
 /// `--postgres-ef-search`'s default, and pgvector's ceiling for `hnsw.ef_search`.
 const DEFAULT_EF_SEARCH: usize = 200;
 const MAX_EF_SEARCH: usize = 1000;
+/// `--postgres-oversample`'s default.
+pub const DEFAULT_OVERSAMPLE: usize = 20;
 
 /// Most collection incarnations whose count and index kind are remembered.
 const MAX_SEEN: usize = 4096;
 
-const COLUMNS: &str = "name, id, dimension, model, count, index_kind";
+const COLUMNS: &str = "name, id, dimension, model, count, index_kind, index_centre";
 
 impl PgStore {
     /// Collections in PostgreSQL through `pool` (shared with the label sets); collections with
@@ -134,23 +157,87 @@ impl PgStore {
         PgStore {
             pool,
             exact_below,
-            halfvec: false,
-            ef_search: DEFAULT_EF_SEARCH,
+            index: IndexKind::Vector,
+            build: HnswBuild::default(),
+            ef_search: AtomicUsize::new(DEFAULT_EF_SEARCH),
+            oversample: AtomicUsize::new(DEFAULT_OVERSAMPLE),
+            iterative: AtomicBool::new(true),
             seen: Mutex::new(HashMap::new()),
+            tuner: tune::Tuner::default(),
         }
+    }
+
+    /// The recall target and its check (`--recall-*`; started by [`start_recall_check`]), and
+    /// the gauge its measurements go to.
+    pub fn with_recall(
+        mut self,
+        config: super::recall::RecallConfig,
+        gauge: Option<prometheus::GaugeVec>,
+    ) -> Self {
+        self.tuner.config = config;
+        self.tuner.gauge = gauge;
+        self
+    }
+
+    /// The settings the recall check raised for collection incarnation `id` (zero: none).
+    pub fn tuning(&self, id: &str) -> Tuning {
+        self.tuner.tuning(id)
     }
 
     /// Collections created from now on index `halfvec`s (half the index memory, dimensions up to
     /// 4000); stored vectors stay exact.
     pub fn with_halfvec(mut self, halfvec: bool) -> Self {
-        self.halfvec = halfvec;
+        if halfvec {
+            self.index = IndexKind::Halfvec;
+        } else if self.index == IndexKind::Halfvec {
+            self.index = IndexKind::Vector;
+        }
+        self
+    }
+
+    /// How collections created from now on are indexed (`Vector`, `Halfvec` or `Binary`; a
+    /// dimension pgvector cannot index is searched exactly).
+    pub fn with_index(mut self, index: IndexKind, build: HnswBuild) -> Self {
+        self.index = index;
+        self.build = build;
         self
     }
 
     /// The least `hnsw.ef_search` a search uses (at least 2 x top_k either way).
-    pub fn with_ef_search(mut self, ef_search: usize) -> Self {
-        self.ef_search = ef_search.clamp(1, MAX_EF_SEARCH);
+    pub fn with_ef_search(self, ef_search: usize) -> Self {
+        self.set_ef_search(ef_search);
         self
+    }
+
+    /// A binary search re-ranks `k` x `oversample` candidates.
+    pub fn with_oversample(self, oversample: usize) -> Self {
+        self.set_oversample(oversample);
+        self
+    }
+
+    pub fn set_ef_search(&self, ef_search: usize) {
+        self.ef_search
+            .store(ef_search.clamp(1, MAX_EF_SEARCH), Ordering::Relaxed);
+    }
+
+    pub fn set_oversample(&self, oversample: usize) {
+        self.oversample.store(
+            oversample.clamp(1, search::MAX_SHORTLIST),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn ef_search(&self) -> usize {
+        self.ef_search.load(Ordering::Relaxed)
+    }
+
+    pub fn oversample(&self) -> usize {
+        self.oversample.load(Ordering::Relaxed)
+    }
+
+    /// Whether searches set `hnsw.iterative_scan` (pgvector 0.8 and later).
+    pub fn iterative_scan(&self) -> bool {
+        self.iterative.load(Ordering::Relaxed)
     }
 
     /// The pool this store uses.
@@ -165,6 +252,7 @@ impl PgStore {
     fn remember(&self, row: &Row) -> Result<(), ServiceError> {
         let id: String = col(row, "id")?;
         let kind: String = col(row, "index_kind")?;
+        let centre = Centre::parse(col(row, "index_centre")?);
         let count = count_of(row, "count")?;
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         // Collections deleted through other replicas are never removed here one by one: the map
@@ -172,17 +260,29 @@ impl PgStore {
         if seen.len() >= MAX_SEEN && !seen.contains_key(&id) {
             seen.clear();
         }
-        seen.insert(id, (count, IndexKind::parse(&kind)));
+        let kind = IndexKind::parse(&kind);
+        seen.insert(
+            id,
+            Seen {
+                count,
+                kind,
+                centre,
+            },
+        );
         Ok(())
     }
 
-    fn seen(&self, id: &str) -> (usize, IndexKind) {
+    fn seen(&self, id: &str) -> Seen {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
-            .copied()
-            .unwrap_or((usize::MAX, IndexKind::None))
+            .cloned()
+            .unwrap_or(Seen {
+                count: usize::MAX,
+                kind: IndexKind::None,
+                centre: Centre::default(),
+            })
     }
 
     /// Locks the collection row of a write and checks it is still the incarnation `meta`.
@@ -221,83 +321,6 @@ impl PgStore {
             .map_err(pg_error)?;
         count_of(&row, "count")
     }
-
-    /// One search query: HNSW (with iterative scans) or exact.
-    async fn query_nearest(
-        &self,
-        meta: &CollectionMeta,
-        query: &Vector,
-        k: usize,
-        filter: Option<&serde_json::Value>,
-        exact: bool,
-        kind: IndexKind,
-    ) -> Result<Vec<Scored>, ServiceError> {
-        let table = schema::items_table(&meta.id);
-        let order = if exact {
-            "embedding <=> $1".to_string()
-        } else {
-            kind.order_by(meta.dimension)
-        };
-        let mut conn = self.client().await?;
-        let rows = async {
-            let tx = conn.transaction().await.map_err(pg_error)?;
-            let settings = if exact {
-                "SET LOCAL enable_indexscan = off".to_string()
-            } else {
-                let ef = (2 * k).max(self.ef_search).min(MAX_EF_SEARCH);
-                format!(
-                    "SET LOCAL hnsw.ef_search = {ef}; SET LOCAL hnsw.iterative_scan = strict_order"
-                )
-            };
-            tx.batch_execute(&settings).await.map_err(pg_error)?;
-            let limit = i64::try_from(k).unwrap_or(i64::MAX);
-            let rows = match filter {
-                Some(filter) => {
-                    let sql = format!(
-                        "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
-                     WHERE metadata @> $2 ORDER BY {order} LIMIT $3"
-                    );
-                    let stmt = tx.prepare_cached(&sql).await;
-                    match stmt {
-                        Ok(stmt) => tx.query(&stmt, &[query, filter, &limit]).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                None => {
-                    let sql = format!(
-                        "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
-                     ORDER BY {order} LIMIT $2"
-                    );
-                    let stmt = tx.prepare_cached(&sql).await;
-                    match stmt {
-                        Ok(stmt) => tx.query(&stmt, &[query, &limit]).await,
-                        Err(e) => Err(e),
-                    }
-                }
-            };
-            let rows = rows.map_err(|e| {
-                if table_gone(&e) {
-                    not_found(&meta.name)
-                } else {
-                    pg_error(e)
-                }
-            })?;
-            tx.commit().await.map_err(pg_error)?;
-            Ok(rows)
-        }
-        .await;
-        let rows = conn.done(rows)?;
-        rows.iter()
-            .map(|row| {
-                let distance: f64 = col(row, "distance")?;
-                Ok(Scored {
-                    id: col(row, "id")?,
-                    score: (1.0 - distance) as f32,
-                    metadata: std::sync::Arc::new(metadata_of(col(row, "metadata")?)),
-                })
-            })
-            .collect()
-    }
 }
 
 #[async_trait::async_trait]
@@ -308,7 +331,29 @@ impl CollectionStore for PgStore {
 
     /// Connects and migrates (retrying while PostgreSQL is unreachable).
     async fn load(&self) -> anyhow::Result<()> {
-        crate::postgres::connect_and_migrate(&self.pool).await
+        crate::postgres::connect_and_migrate(&self.pool).await?;
+        let conn = self.client().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let version = conn
+            .query_opt(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                &[],
+            )
+            .await;
+        let version: Option<String> = conn
+            .done(version.map_err(pg_error))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map(|row| row.get(0));
+        let version = version.unwrap_or_default();
+        let iterative = has_iterative_scan(&version);
+        if !iterative {
+            tracing::warn!(
+                pgvector = %version,
+                "pgvector before 0.8 has no iterative index scans: a filtered search that the \
+                 index answers short is answered by an exact scan instead"
+            );
+        }
+        self.iterative.store(iterative, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), ServiceError> {
@@ -331,7 +376,10 @@ impl CollectionStore for PgStore {
                 ),
             ));
         }
-        let index = if self.halfvec && meta.dimension <= MAX_HALFVEC_HNSW_DIMENSION {
+        // pgvector's HNSW takes `bit` up to 64,000 dimensions.
+        let index = if self.index == IndexKind::Binary {
+            IndexKind::Binary
+        } else if self.index == IndexKind::Halfvec && meta.dimension <= MAX_HALFVEC_HNSW_DIMENSION {
             IndexKind::Halfvec
         } else if meta.dimension <= MAX_HNSW_DIMENSION {
             IndexKind::Vector
@@ -379,9 +427,14 @@ impl CollectionStore for PgStore {
             .await
             .map_err(pg_error)?;
             let table = schema::items_table(&meta.id);
-            tx.batch_execute(&schema::create_items_table(&table, meta.dimension, index))
-                .await
-                .map_err(pg_error)?;
+            tx.batch_execute(&schema::create_items_table(
+                &table,
+                meta.dimension,
+                index,
+                self.build,
+            ))
+            .await
+            .map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)
         }
         .await;
@@ -553,29 +606,10 @@ impl CollectionStore for PgStore {
         filter: Metadata,
         exact: bool,
     ) -> Result<(Vec<Scored>, &'static str), ServiceError> {
-        // Nothing stored holds a NUL character.
-        if filter.iter().any(|(k, v)| has_nul(k) || has_nul(v)) {
-            return Ok((Vec::new(), "empty"));
+        if !exact && filter.is_empty() {
+            self.tuner.offer(&meta.name, &query);
         }
-        let filter = (!filter.is_empty()).then(|| metadata_json(&filter));
-        let query = Vector::from(query);
-        let (count, kind) = self.seen(&meta.id);
-        let exact = exact || kind == IndexKind::None || count < self.exact_below;
-        let found = self
-            .query_nearest(meta, &query, k, filter.as_ref(), exact, kind)
-            .await?;
-        if exact {
-            return Ok((found, "exact"));
-        }
-        if found.len() >= k {
-            return Ok((found, "hnsw"));
-        }
-        // The approximate scan stopped short (a selective filter, or dead index entries): the
-        // exact one finds every match.
-        let found = self
-            .query_nearest(meta, &query, k, filter.as_ref(), true, kind)
-            .await?;
-        Ok((found, "exact"))
+        self.search_plain(meta, query, k, filter, exact).await
     }
 
     async fn get_items(
