@@ -1,20 +1,60 @@
-//! Image preprocessing speed: decode + resize + crop + RGB for each file given, single thread,
-//! median of N runs. A program that measures (run with `cargo bench --bench preprocess -- FILES`),
-//! not a test. scripts/bench_embed.sh runs it beside open_clip's PIL pipeline on the same files.
+//! Image preprocessing speed: decode + resize + crop + RGB for each file given. A program that
+//! measures (run with `cargo bench --bench preprocess -- FILES`), not a test.
 //!
-//! Usage: cargo bench --bench preprocess -- [--runs N] [--cfg preprocess_cfg.json] [--json OUT] FILE...
+//! Two modes:
+//! - default: single thread, median of N runs per file (scripts/bench_embed.sh runs it beside
+//!   open_clip's PIL pipeline on the same files);
+//! - `--threads T --seconds S`: T threads each preprocess the file in a loop for S seconds; reports
+//!   images/s over all threads, the host-side ceiling a server on T cores cannot exceed
+//!   (scripts/gpu_check.sh ships this binary in its bundle).
+//!
+//! Usage: cargo bench --bench preprocess -- [--runs N] [--threads T --seconds S] [--cfg preprocess_cfg.json]
+//!        [--json OUT] FILE...
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark program: a panic is a failed run"
 )]
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use clip_serve::preprocess::image::{ImageOptions, PreprocessConfig, preprocess};
 
+/// Preprocess `bytes` on `threads` threads until `seconds` have passed; returns (images, elapsed s).
+fn throughput(
+    bytes: &[u8],
+    cfg: &PreprocessConfig,
+    options: &ImageOptions,
+    threads: usize,
+    seconds: f64,
+) -> (u64, f64) {
+    let start = Instant::now();
+    let stop = start + Duration::from_secs_f64(seconds);
+    let counts: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while Instant::now() < stop {
+                        assert!(preprocess(bytes, cfg, options).is_ok());
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (counts.iter().sum(), start.elapsed().as_secs_f64())
+}
+
 fn main() {
     let mut runs = 21usize;
+    let mut threads: Option<usize> = None;
+    let mut seconds = 3.0f64;
     let mut cfg_path = PathBuf::from("tests/fixtures/model/visual/preprocess_cfg.json");
     let mut json_out: Option<PathBuf> = None;
     let mut files = Vec::new();
@@ -22,6 +62,21 @@ fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--threads" => {
+                threads = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&t| t > 0)
+                        .expect("--threads T (at least 1)"),
+                );
+            }
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&s: &f64| s > 0.0)
+                    .expect("--seconds S (positive)");
+            }
             "--cfg" => cfg_path = args.next().map(PathBuf::from).expect("--cfg FILE"),
             "--json" => json_out = args.next().map(PathBuf::from),
             "--bench" => {} // passed by `cargo bench`
@@ -40,6 +95,19 @@ fn main() {
     for file in &files {
         let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         preprocess(&bytes, &cfg, &options).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if let Some(threads) = threads {
+            let (images, elapsed) = throughput(&bytes, &cfg, &options, threads, seconds);
+            let per_s = images as f64 / elapsed;
+            println!(
+                "{:60} {per_s:10.1} images/s  ({threads} threads, {images} images in {elapsed:.2} s)",
+                file.display()
+            );
+            results.push(
+                serde_json::json!({"file": file, "bytes": bytes.len(), "threads": threads,
+                "images": images, "seconds": elapsed, "images_per_s": per_s}),
+            );
+            continue;
+        }
         let mut times: Vec<f64> = (0..runs)
             .map(|_| {
                 let t = Instant::now();
