@@ -107,10 +107,16 @@ if [[ "$PARTS" -eq 1 ]]; then
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${PLATFORM_ARGS[@]}" -d "$WORK/wheel" "onnxruntime-gpu==$ORT_GPU_VERSION"
   mkdir -p "$WORK/stage" "$PARTS_DIR"
-  (cd "$WORK/stage" && python3 -m zipfile -e "$WORK"/wheel/onnxruntime_gpu-*.whl . \
-    && find . -path ./onnxruntime/capi -prune -o -type f -print -o -type l -print | xargs rm -f \
-    && find onnxruntime/capi -type f ! -name '*.so*' -delete \
-    && find . -type d -empty -delete)
+  python3 - "$WORK"/wheel/onnxruntime_gpu-*.whl "$WORK/stage" <<'PY'
+import os, sys, zipfile
+wheel, out = sys.argv[1:3]
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/") and ".so" in os.path.basename(n)]
+    if not any("providers_cuda" in n for n in names):
+        sys.exit(f"{wheel}: no onnxruntime/capi/libonnxruntime_providers_cuda.so")
+    for n in names:
+        z.extract(n, out)
+PY
   name="ort-gpu-$ORT_GPU_VERSION"
   rm -f "$PARTS_DIR/$name".*
   tar -C "$WORK/stage" -czf "$WORK/$name.tar.gz" onnxruntime
@@ -204,7 +210,8 @@ doc = {"git_head": "$(git rev-parse HEAD)", "git_dirty": bool("$(git status --po
 with open(os.path.join(b, "bundle.json"), "w") as f:
     json.dump(doc, f, indent=1)
 PY
-(cd "$B" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs sha256sum >SHA256SUMS)
+(cd "$B" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs sha256sum >"$WORK/SHA256SUMS")
+mv "$WORK/SHA256SUMS" "$B/SHA256SUMS"
 
 mkdir -p "$(dirname "$OUT_FILE")"
 tar -C "$WORK" -czf "$OUT_FILE" clip-serve-gpu
