@@ -111,7 +111,8 @@ if [[ "$PARTS" -eq 1 ]]; then
 import os, sys, zipfile
 wheel, out = sys.argv[1:3]
 with zipfile.ZipFile(wheel) as z:
-    names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/") and ".so" in os.path.basename(n)]
+    # The native libraries only: clip-serve loads libonnxruntime.so itself (not the Python binding's .so).
+    names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/lib") and ".so" in os.path.basename(n)]
     if not any("providers_cuda" in n for n in names):
         sys.exit(f"{wheel}: no onnxruntime/capi/libonnxruntime_providers_cuda.so")
     for n in names:

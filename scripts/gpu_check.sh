@@ -146,13 +146,24 @@ else
   if [[ -z "$TORCH_SITE" ]]; then
     TORCH_SITE="$("$PY" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null)"
   fi
+  # onnxruntime-gpu 1.31.1's CUDA provider needs libcublas/libcudart 13 and libcurand 10 (torch's wheels or the
+  # host's CUDA 13) and cuDNN 9: missing ones are named by the cuda_libs stage.
+  SYS_CUDA=""
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d "$d" ]] && SYS_CUDA="$SYS_CUDA:$d"
+  done
   if LIBS="$("${GC[@]}" libpaths --site-packages "$CUDA_DIR" --site-packages "${TORCH_SITE:-/nonexistent}" \
     --out "$RESULT")"; then
-    stage cuda_server 200 env "${LIBS%%$'\n'*}" "LD_LIBRARY_PATH=${LIBS#*LD_LIBRARY_PATH=}" \
-      "${GC[@]}" server --out "$RESULT" --key cuda --bin "$ROOT/bin/clip-serve" --bench-bin "$ROOT/bin/clip-bench" \
-      --model-dir "$MODEL" --provider cuda --images "$ROOT/tests/fixtures/images" \
-      --texts "$ROOT/tests/fixtures/texts.json" --bench-image "$SMALL" --ref "$WORK/cpu_vectors.json" \
-      --batches "$BATCHES" --duration 5s --limit 190 --server-log "$LOGS/cuda_server.server.log"
+    ORT_GPU="${LIBS%%$'\n'*}"
+    LD="${LIBS#*LD_LIBRARY_PATH=}$SYS_CUDA"
+    # shellcheck disable=SC2016  # $1 and $out belong to the inner shell
+    stage cuda_libs 30 env "LD_LIBRARY_PATH=$LD" bash -c 'out="$(ldd "$1")"; echo "$out"; ! grep "not found" <<<"$out"' \
+      _ "$CUDA_DIR/onnxruntime/capi/libonnxruntime_providers_cuda.so"
+    stage cuda_server 200 env "$ORT_GPU" "LD_LIBRARY_PATH=$LD" "${GC[@]}" server --out "$RESULT" --key cuda \
+      --bin "$ROOT/bin/clip-serve" --bench-bin "$ROOT/bin/clip-bench" --model-dir "$MODEL" --provider cuda \
+      --images "$ROOT/tests/fixtures/images" --texts "$ROOT/tests/fixtures/texts.json" --bench-image "$SMALL" \
+      --ref "$WORK/cpu_vectors.json" --batches "$BATCHES" --duration 5s --limit 190 \
+      --server-log "$LOGS/cuda_server.server.log"
   else
     "${GC[@]}" record --out "$RESULT" --name cuda_server --status failed \
       --note "no libonnxruntime.so* under $CUDA_DIR/onnxruntime/capi"
