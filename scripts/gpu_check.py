@@ -800,8 +800,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if a.cmd_name == "merge":
         if a.file:
-            with open(a.file, encoding="utf-8") as f:
-                value = json.load(f)
+            try:
+                with open(a.file, encoding="utf-8") as f:
+                    value = json.load(f)
+            except (OSError, ValueError) as e:
+                print(f"gpu_check: merge {a.key}: {e}", file=sys.stderr)
+                return 1
         else:
             try:
                 value = json.loads(a.value)
@@ -818,6 +822,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.cmd_name == "finish":
         doc = update(a.out, lambda d: d.update({"finished": now_iso(), "summary": summarize(d)}))
         text = human_summary(doc)
+        with contextlib.suppress(OSError):
+            os.remove(a.out + ".lock")
         if a.summary:
             with open(a.summary, "w", encoding="utf-8") as f:
                 f.write(text)
