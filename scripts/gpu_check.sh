@@ -61,7 +61,7 @@ RESULT_DIR="${OUT:-$ROOT/results}"
 mkdir -p "$RESULT_DIR"
 RESULT="$RESULT_DIR/gpu_check.json"
 SUMMARY="$RESULT_DIR/gpu_check.txt"
-WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # ~700 MB: the filled model
 LOGS="$RESULT_DIR/logs"
 mkdir -p "$LOGS"
 PY="$(command -v python3)"
