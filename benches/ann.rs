@@ -190,37 +190,22 @@ fn run(kind: &str, n: usize, nq: usize, threads: usize, graph: bool) -> serde_js
 
     // The binary scan (the default path) at several oversampling factors, per query set.
     let mut binary = Vec::new();
-    for (over, refine) in [
-        (10, 0),
-        (20, 0),
-        (40, 0),
-        (80, 0),
-        (160, 0),
-        (5, 8),
-        (10, 8),
-        (20, 8),
-        (40, 8),
-        (10, 32),
-        (20, 32),
-    ] {
+    for over in [5, 10, 20, 40, 80] {
         ann.set_oversample(over);
-        ann.set_refine(refine);
         for ((name, q), truth) in query_sets.iter().zip(&truths) {
             let (p50, p99, _, got) = timed(q, |q| ann.search(q, 10, &none));
             let r = recall(truth, &got);
             println!(
-                "{kind} {n} {name}: binary x{over} refine {refine}: p50 {p50:.3} ms p99 {p99:.3} ms recall@10 {r:.4}"
+                "{kind} {n} {name}: binary x{over}: p50 {p50:.3} ms p99 {p99:.3} ms recall@10 {r:.4}"
             );
             let mut v = row(p50, p99, r);
             v["oversample"] = over.into();
-            v["refine"] = refine.into();
             v["queries"] = (*name).into();
             binary.push(v);
         }
     }
     let defaults = AnnParams::default();
     ann.set_oversample(defaults.oversample);
-    ann.set_refine(defaults.refine);
 
     // int8 codes, scanned here (no index keeps them: 512 B per vector).
     let codes8 = int8(&data);
@@ -358,7 +343,7 @@ fn run(kind: &str, n: usize, nq: usize, threads: usize, graph: bool) -> serde_js
         "queries": nq,
         "params": {"connectivity": defaults.connectivity, "expansion_add": defaults.expansion_add,
                    "expansion_search": defaults.expansion_search, "exact_max_rows": defaults.exact_max_rows,
-                   "oversample": defaults.oversample, "refine": defaults.refine},
+                   "oversample": defaults.oversample},
         "index_build_seconds": build_s,
         "other_bytes_per_vector": other_b,
         "code_bytes_per_vector": code_b,

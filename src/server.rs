@@ -112,7 +112,8 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let classify_metrics = metrics.classify();
     let bounds = Bounds::new(&config, &metrics)?;
     let service = EmbedService::new(config.embed, bounds.gate.clone(), metrics);
-    let (classify, retrieve, keys) = open_stores(&config, &service, classify_metrics, keys)?;
+    let (classify, retrieve, keys, jobs_store) =
+        open_stores(&config, &service, classify_metrics, keys, &background)?;
     let (endpoint, health) = grpc::transport::endpoint(
         service.clone(),
         classify.clone(),
@@ -134,7 +135,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         },
     )
     .await?;
-    let routers = http_routers(&config, &service, &classify, &retrieve, keys, &bounds)?;
+    let routers = http_routers(
+        &config, &service, &classify, &retrieve, keys, &bounds, jobs_store,
+    )?;
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
@@ -330,6 +333,9 @@ impl Bounds {
     }
 }
 
+/// The Batch API's shared store (`--store postgres`).
+type JobsStore = Arc<dyn crate::jobs::SharedStore>;
+
 /// Step 5: the label sets and the collections, in the data directory or PostgreSQL (with
 /// `--store postgres` both share one pool).
 fn open_stores(
@@ -337,11 +343,15 @@ fn open_stores(
     service: &EmbedService,
     classify_metrics: crate::telemetry::metrics::ClassifyMetrics,
     keys: ApiKeys,
-) -> anyhow::Result<(ClassifyService, RetrieveService, ApiKeys)> {
+    background: &Background,
+) -> anyhow::Result<(ClassifyService, RetrieveService, ApiKeys, Option<JobsStore>)> {
     let shared = match &config.store {
         StoreConfig::Local => None,
         StoreConfig::Postgres(pg) => Some((crate::postgres::pool(pg)?, pg.clone())),
     };
+    let jobs_store = shared.as_ref().map(|(pool, _)| -> JobsStore {
+        Arc::new(crate::jobs::postgres::PgJobs::new(pool.clone()))
+    });
     let classify = ClassifyService::open(
         service.clone(),
         &config.data_dir,
@@ -349,7 +359,12 @@ fn open_stores(
         classify_metrics,
         shared.as_ref().map(|(pool, _)| pool.clone()),
     )?;
-    let keys = with_usage_store(keys, config, shared.as_ref().map(|(pool, _)| pool))?;
+    let keys = with_usage_store(
+        keys,
+        config,
+        shared.as_ref().map(|(pool, _)| pool),
+        background,
+    )?;
     let retrieve = match shared {
         None => RetrieveService::open(
             service.clone(),
@@ -369,7 +384,7 @@ fn open_stores(
         }
     }
     .with_search_paths(service.metrics().search_paths());
-    Ok((classify, retrieve, keys))
+    Ok((classify, retrieve, keys, jobs_store))
 }
 
 /// The HTTP API's router and the probe listener's.
@@ -386,14 +401,16 @@ fn http_routers(
     retrieve: &RetrieveService,
     keys: ApiKeys,
     bounds: &Bounds,
+    jobs_store: Option<JobsStore>,
 ) -> anyhow::Result<Routers> {
-    let jobs = crate::jobs::JobsService::open(&config.data_dir, config.jobs, service.clone())
-        .with_context(|| {
-            format!(
-                "opening the Batch API's files under {}",
-                config.data_dir.display()
-            )
-        })?;
+    let jobs =
+        crate::jobs::JobsService::open(&config.data_dir, config.jobs, service.clone(), jobs_store)
+            .with_context(|| {
+                format!(
+                    "opening the Batch API's files under {}",
+                    config.data_dir.display()
+                )
+            })?;
     let fetcher = match config.fetch.clone() {
         Some(fetch) => Some(
             crate::embed::fetch::Fetcher::new(

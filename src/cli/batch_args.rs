@@ -3,7 +3,9 @@
 
 use clap::Args;
 
-use crate::jobs::JobsConfig;
+use std::time::Duration;
+
+use crate::{common::parse_duration, jobs::JobsConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct BatchApiArgs {
@@ -52,6 +54,12 @@ pub struct BatchApiArgs {
     /// `output_too_large`.
     #[arg(long, env = "CLIP_SERVE_BATCH_MAX_OUTPUT_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub batch_max_output_bytes: u64,
+
+    /// Batch API with --store postgres: how long a replica's claim on a batch lasts unless
+    /// renewed (it renews every third of it while it works); a batch whose replica died is
+    /// taken over by another once it runs out.
+    #[arg(long, env = "CLIP_SERVE_BATCH_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub batch_lease: Duration,
 }
 
 impl BatchApiArgs {
@@ -79,6 +87,11 @@ impl BatchApiArgs {
             max_jobs_in_flight: count("batch-max-jobs-in-flight", self.batch_max_jobs_in_flight)?,
             line_concurrency: count("batch-line-concurrency", self.batch_line_concurrency)?,
             max_output_bytes: positive("batch-max-output-bytes", self.batch_max_output_bytes)?,
+            lease: if self.batch_lease < Duration::from_millis(100) {
+                return Err("--batch-lease must be at least 100ms".into());
+            } else {
+                self.batch_lease
+            },
             ..JobsConfig::default()
         })
     }

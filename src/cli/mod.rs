@@ -136,6 +136,9 @@ pub struct Config {
     pub api_key_file: Option<PathBuf>,
     pub rate_limit: Option<crate::security::RateLimit>,
     pub default_quota: Option<crate::security::quota::QuotaSpec>,
+    /// `--usage-flush-interval` (zero: every call writes) and `--usage-max-pending`.
+    pub usage_flush_interval: Duration,
+    pub usage_max_pending: usize,
     /// `--auth-failures-per-minute` (0: no limit).
     pub auth_failures_per_minute: u32,
     /// `--metrics-key-names`.
@@ -239,6 +242,8 @@ impl ServeArgs {
             api_key_file: security.api_key_file,
             rate_limit: security.rate_limit,
             default_quota: security.default_quota,
+            usage_flush_interval: security.usage_flush_interval,
+            usage_max_pending: to_usize("usage-max-pending", security.usage_max_pending.into())?,
             auth_failures_per_minute: security.auth_failures_per_minute,
             metrics_key_names: telemetry.metrics_key_names,
             public_reflection: security.public_reflection,

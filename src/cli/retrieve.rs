@@ -34,11 +34,11 @@ pub struct RetrieveArgs {
     pub ann_graph: bool,
 
     /// Local store, binary scan: items rescored exactly per result asked for (top_k 10: the
-    /// 200 nearest by Hamming distance at the default 20; at least top_k + 64). 1-1000.
+    /// 400 nearest by the codes' 4-bit asymmetric score at the default 40). 1-1000.
     #[arg(
         long,
         env = "CLIP_SERVE_ANN_OVERSAMPLE",
-        default_value_t = 20,
+        default_value_t = 40,
         display_order = 462
     )]
     pub ann_oversample: u32,

@@ -50,6 +50,21 @@ pub struct SecurityArgs {
     )]
     pub default_quota: Option<crate::security::quota::QuotaSpec>,
 
+    /// How often the usage of keys without a quota, counted in memory, is written to the store
+    /// (also before every usage read and at shutdown; a kill -9 loses at most this much). Keys
+    /// with a quota are charged in the store on every call. 0: every call writes.
+    #[arg(long, env = "CLIP_SERVE_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = crate::common::parse_duration, display_order = 806)]
+    pub usage_flush_interval: std::time::Duration,
+
+    /// (key, day) usage rows held in memory between writes; one more writes them at once.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_USAGE_MAX_PENDING",
+        default_value_t = 10_000,
+        display_order = 807
+    )]
+    pub usage_max_pending: u32,
+
     /// Failed API key checks one peer address may make per minute (IPv6: per /64); past them its
     /// calls get 429 / RESOURCE_EXHAUSTED without a key check until the minute is over. 0: no limit.
     /// The address is the TCP peer's: behind a proxy that does not keep client addresses (a

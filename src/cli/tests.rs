@@ -247,3 +247,12 @@ fn for_model_reads_no_environment() {
         PathBuf::from("/elsewhere/libonnxruntime.so")
     );
 }
+
+#[test]
+fn the_batch_lease_parses_and_is_bounded_below() {
+    assert_eq!(parse(&[]).unwrap().jobs.lease, Duration::from_secs(30));
+    let config = parse(&["--batch-lease", "5s"]).unwrap();
+    assert_eq!(config.jobs.lease, Duration::from_secs(5));
+    let err = parse(&["--batch-lease", "10ms"]).unwrap_err();
+    assert!(err.contains("--batch-lease"), "{err}");
+}

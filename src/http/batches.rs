@@ -307,13 +307,16 @@ async fn list_files(
     s.api
         .call((SERVICE, "ListFiles"), &headers, async {
             let q = list_query(query.as_deref())?;
-            let page = s.jobs.list_files(
-                &owner(),
-                q.purpose.as_deref(),
-                q.after.as_deref(),
-                q.limit,
-                q.desc,
-            );
+            let page = s
+                .jobs
+                .list_files(
+                    &owner(),
+                    q.purpose.as_deref(),
+                    q.after.as_deref(),
+                    q.limit,
+                    q.desc,
+                )
+                .await?;
             Ok(list(page, file_json, |f| &f.id))
         })
         .await
@@ -328,7 +331,7 @@ async fn list_files(
 async fn get_file(State(s): State<Batches>, id: IdPath, headers: HeaderMap) -> Response {
     s.api
         .call((SERVICE, "GetFile"), &headers, async {
-            let meta = s.jobs.get_file(&owner(), &path_id(id, "file_id")?)?;
+            let meta = s.jobs.get_file(&owner(), &path_id(id, "file_id")?).await?;
             Ok(Json(file_json(&meta)).into_response())
         })
         .await
@@ -461,7 +464,10 @@ async fn list_batches(
     s.api
         .call((SERVICE, "ListBatches"), &headers, async {
             let q = list_query(query.as_deref())?;
-            let page = s.jobs.list_batches(&owner(), q.after.as_deref(), q.limit);
+            let page = s
+                .jobs
+                .list_batches(&owner(), q.after.as_deref(), q.limit)
+                .await?;
             Ok(list(page, batch_json, |b| &b.id))
         })
         .await
@@ -476,7 +482,10 @@ async fn list_batches(
 async fn get_batch(State(s): State<Batches>, id: IdPath, headers: HeaderMap) -> Response {
     s.api
         .call((SERVICE, "GetBatch"), &headers, async {
-            let batch = s.jobs.get_batch(&owner(), &path_id(id, "batch_id")?)?;
+            let batch = s
+                .jobs
+                .get_batch(&owner(), &path_id(id, "batch_id")?)
+                .await?;
             Ok(Json(batch_json(&batch)).into_response())
         })
         .await

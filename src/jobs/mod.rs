@@ -5,7 +5,9 @@
 //! priority ([`crate::embed::priority::background`]) so live calls always go first.
 //!
 //! - Durable: files and batch states live under `<data-dir>/jobs/` ([`store`]), every write
-//!   atomic (temporary file, fsync, rename).
+//!   atomic (temporary file, fsync, rename); with `--store postgres` in PostgreSQL
+//!   ([`postgres`], behind the [`SharedStore`] seam of [`shared`]), shared by every replica, each
+//!   batch worked by one replica at a time under a lease and taken over when that replica dies.
 //! - Resumable: each finished line is written to its own file keyed by the line's index before it
 //!   counts, so a restart (even `kill -9`) never redoes a finished line, and a line cut off midway
 //!   is simply run again; the output file is assembled from those line files in input order, each
@@ -18,15 +20,22 @@
 //! Nothing here knows HTTP: the wire shapes (multipart, OpenAI's JSON objects) are in
 //! `http/batches.rs`.
 
+mod checks;
+pub mod postgres;
 mod runner;
+mod shared;
 mod store;
+
+pub use checks::Page;
+use checks::{check_jsonl, page};
+pub use shared::{BatchCheck, Change, FileCheck, SharedStore};
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -57,6 +66,9 @@ pub struct JobsConfig {
     pub max_output_bytes: u64,
     /// How long `completion_window: "24h"` really lasts (24 h; shorter in tests).
     pub completion_window_secs: u64,
+    /// With a shared store: how long a replica's claim on a batch lasts unless renewed (it is
+    /// renewed every third of it); a batch whose replica died is taken over after it.
+    pub lease: Duration,
 }
 
 impl Default for JobsConfig {
@@ -71,6 +83,7 @@ impl Default for JobsConfig {
             line_concurrency: 4,
             max_output_bytes: 512 << 20,
             completion_window_secs: 24 * 3600,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -218,12 +231,17 @@ struct State {
     batches: HashMap<String, Batch>,
     /// Batches a runner task is working on.
     running: HashSet<String>,
+    /// Batches whose lease this replica lost (shared store): their lines stop.
+    lost: HashSet<String>,
     seq: u64,
 }
 
 struct Shared {
     config: JobsConfig,
     store: store::Store,
+    /// With `--store postgres`: the shared store, which then holds everything (the fields above
+    /// hold only the batches this replica works on).
+    pg: Option<shared::Shared>,
     embed: EmbedService,
     state: Mutex<State>,
     /// Serializes every state change (a check, its disk write, then memory), so bounds hold
@@ -257,51 +275,19 @@ fn io_error(e: std::io::Error) -> ServiceError {
     ServiceError::Unavailable(format!("the batch store under --data-dir failed: {e}"))
 }
 
-/// A list page: items after the cursor, and whether more follow.
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub has_more: bool,
-}
-
-fn page<T: Clone>(
-    mut all: Vec<(u64, String, T)>,
-    after: Option<&str>,
-    limit: usize,
-    desc: bool,
-) -> Page<T> {
-    all.sort_by_key(|(seq, _, _)| *seq);
-    if desc {
-        all.reverse();
-    }
-    let start = match after {
-        Some(a) => all
-            .iter()
-            .position(|(_, id, _)| id == a)
-            .map_or(all.len(), |i| i + 1),
-        None => 0,
-    };
-    let rest = all.len().saturating_sub(start);
-    let items = all
-        .into_iter()
-        .skip(start)
-        .take(limit)
-        .map(|(_, _, t)| t)
-        .collect();
-    Page {
-        items,
-        has_more: rest > limit,
-    }
-}
-
 impl JobsService {
     /// Opens (creating) `<data_dir>/jobs` and reads what it holds. Start-up only.
     pub fn open(
         data_dir: &std::path::Path,
         config: JobsConfig,
         embed: EmbedService,
+        shared_store: Option<Arc<dyn SharedStore>>,
     ) -> std::io::Result<JobsService> {
         let store = store::Store::open(&data_dir.join("jobs"))?;
-        let (files, batches) = store.load()?;
+        let (files, batches) = match shared_store {
+            Some(_) => Default::default(),
+            None => store.load()?,
+        };
         let seq = files
             .values()
             .map(|f| f.seq)
@@ -312,11 +298,13 @@ impl JobsService {
             shared: Arc::new(Shared {
                 config,
                 store,
+                pg: shared_store.map(|s| shared::Shared::new(s, config.lease)),
                 embed,
                 state: Mutex::new(State {
                     files,
                     batches,
                     running: HashSet::new(),
+                    lost: HashSet::new(),
                     seq,
                 }),
                 writes: tokio::sync::Mutex::new(()),
@@ -334,7 +322,10 @@ impl JobsService {
     /// Starts working batches (those left unfinished by an earlier run first) with `executor`,
     /// until the server shuts down.
     pub fn start(&self, executor: Arc<dyn Executor>) {
-        tokio::spawn(runner::schedule(self.clone(), executor));
+        match &self.shared.pg {
+            Some(pg) => tokio::spawn(shared::schedule(self.clone(), pg.clone(), executor)),
+            None => tokio::spawn(runner::schedule(self.clone(), executor)),
+        };
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -381,6 +372,19 @@ impl JobsService {
                 "file: no request lines; a batch file has one JSON request per line",
             ));
         }
+        let meta = FileMeta {
+            id: format!("file-{}", uuid::Uuid::new_v4().simple()),
+            owner: owner.to_string(),
+            bytes: content.len() as u64,
+            created_at: now(),
+            filename: filename.to_string(),
+            purpose: "batch".into(),
+            seq: 0,
+        };
+        if let Some(pg) = &self.shared.pg {
+            let check = Box::new(|count, bytes| self.check_files(count, bytes, meta.bytes));
+            return pg.store.create_file(&meta, content, check).await;
+        }
         let _write = self.shared.writes.lock().await;
         {
             let state = self.state();
@@ -389,29 +393,31 @@ impl JobsService {
                 .values()
                 .filter(|f| f.owner == owner && f.purpose == "batch")
                 .fold((0usize, 0u64), |(n, b), f| (n + 1, b + f.bytes));
-            if count >= config.max_files_per_key {
-                return Err(ServiceError::ResourceExhausted(format!(
-                    "this key has {count} files, the most it may keep (--batch-max-files-per-key); delete some first"
-                )));
-            }
-            if bytes + content.len() as u64 > config.max_bytes_per_key {
-                return Err(ServiceError::ResourceExhausted(format!(
-                    "this key's files would hold {} bytes, over --batch-max-bytes-per-key {}; delete some first",
-                    bytes + content.len() as u64,
-                    config.max_bytes_per_key
-                )));
-            }
+            self.check_files(count, bytes, meta.bytes)?;
         }
         let meta = FileMeta {
-            id: format!("file-{}", uuid::Uuid::new_v4().simple()),
-            owner: owner.to_string(),
-            bytes: content.len() as u64,
-            created_at: now(),
-            filename: filename.to_string(),
-            purpose: "batch".into(),
             seq: self.next_seq(),
+            ..meta
         };
         self.write_file(meta, content).await
+    }
+
+    /// Whether a key holding `count` files of `bytes` may add one of `adding` bytes.
+    fn check_files(&self, count: usize, bytes: u64, adding: u64) -> Result<(), ServiceError> {
+        let config = &self.shared.config;
+        if count >= config.max_files_per_key {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "this key has {count} files, the most it may keep (--batch-max-files-per-key); delete some first"
+            )));
+        }
+        if bytes + adding > config.max_bytes_per_key {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "this key's files would hold {} bytes, over --batch-max-bytes-per-key {}; delete some first",
+                bytes + adding,
+                config.max_bytes_per_key
+            )));
+        }
+        Ok(())
     }
 
     async fn write_file(&self, meta: FileMeta, content: Bytes) -> Result<FileMeta, ServiceError> {
@@ -423,52 +429,66 @@ impl JobsService {
     }
 
     /// `owner`'s files, newest first (or oldest with `desc` false), optionally of one purpose.
-    pub fn list_files(
+    pub async fn list_files(
         &self,
         owner: &str,
         purpose: Option<&str>,
         after: Option<&str>,
         limit: usize,
         desc: bool,
-    ) -> Page<FileMeta> {
-        let all = self
-            .state()
-            .files
-            .values()
+    ) -> Result<Page<FileMeta>, ServiceError> {
+        let all: Vec<FileMeta> = match &self.shared.pg {
+            Some(pg) => pg.store.list_files(owner).await?,
+            None => self.state().files.values().cloned().collect(),
+        };
+        let all = all
+            .into_iter()
             .filter(|f| f.owner == owner && purpose.is_none_or(|p| f.purpose == p))
-            .map(|f| (f.seq, f.id.clone(), f.clone()))
+            .map(|f| (f.seq, f.id.clone(), f))
             .collect();
-        page(all, after, limit, desc)
+        Ok(page(all, after, limit, desc))
     }
 
-    pub fn get_file(&self, owner: &str, id: &str) -> Result<FileMeta, ServiceError> {
-        self.state()
-            .files
-            .get(id)
+    pub async fn get_file(&self, owner: &str, id: &str) -> Result<FileMeta, ServiceError> {
+        let found = match &self.shared.pg {
+            Some(pg) => pg.store.get_file(id).await?,
+            None => self.state().files.get(id).cloned(),
+        };
+        found
             .filter(|f| f.owner == owner)
-            .cloned()
             .ok_or_else(|| not_found("file", id))
     }
 
     pub async fn file_content(&self, owner: &str, id: &str) -> Result<Bytes, ServiceError> {
-        let meta = self.get_file(owner, id)?;
+        let meta = self.get_file(owner, id).await?;
+        if let Some(pg) = &self.shared.pg {
+            return pg
+                .store
+                .file_content(&meta.id)
+                .await?
+                .ok_or_else(|| not_found("file", id));
+        }
         let store = self.shared.store.clone();
         blocking(move || store.read_file(&meta.id)).await
     }
 
     /// Deletes one of `owner`'s files; refused (409) while an unfinished batch reads it.
     pub async fn delete_file(&self, owner: &str, id: &str) -> Result<(), ServiceError> {
+        if let Some(pg) = &self.shared.pg {
+            return match pg.store.delete_file(owner, id).await? {
+                true => Ok(()),
+                false => Err(not_found("file", id)),
+            };
+        }
         let _write = self.shared.writes.lock().await;
-        let meta = self.get_file(owner, id)?;
+        let meta = self.get_file(owner, id).await?;
         let used = self
             .state()
             .batches
             .values()
             .any(|b| b.input_file_id == meta.id && !b.status.is_final());
         if used {
-            return Err(ServiceError::Aborted(format!(
-                "file {id:?} is the input of a batch still running; cancel the batch first"
-            )));
+            return Err(file_in_use(id));
         }
         let store = self.shared.store.clone();
         let file_id = meta.id.clone();
@@ -486,7 +506,7 @@ impl JobsService {
         metadata: Option<BTreeMap<String, String>>,
     ) -> Result<Batch, ServiceError> {
         let _write = self.shared.writes.lock().await;
-        let input = self.get_file(owner, input_file_id).map_err(|_| {
+        let input = self.get_file(owner, input_file_id).await.map_err(|_| {
             ServiceError::NotFound(format!("input_file_id: no file with id {input_file_id:?}"))
         })?;
         if input.purpose != "batch" {
@@ -495,23 +515,20 @@ impl JobsService {
                 input.purpose
             )));
         }
-        let active = self
-            .state()
-            .batches
-            .values()
-            .filter(|b| b.owner == owner && !b.status.is_final())
-            .count();
         let most = self.shared.config.max_active_batches_per_key;
-        if active >= most {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "this key has {active} unfinished batches, the most it may have (--batch-max-active-per-key {most}); wait for one to finish or cancel one"
-            )));
-        }
+        let check_active = move |active: usize| {
+            if active >= most {
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "this key has {active} unfinished batches, the most it may have (--batch-max-active-per-key {most}); wait for one to finish or cancel one"
+                )));
+            }
+            Ok(())
+        };
         let created_at = now();
         let batch = Batch {
             id: format!("batch_{}", uuid::Uuid::new_v4().simple()),
             owner: owner.to_string(),
-            seq: self.next_seq(),
+            seq: 0,
             endpoint,
             input_file_id: input.id,
             completion_window: "24h".into(),
@@ -532,6 +549,25 @@ impl JobsService {
             request_counts: Counts::default(),
             ending: None,
         };
+        if let Some(pg) = &self.shared.pg {
+            let batch = pg
+                .store
+                .create_batch(&batch, Box::new(check_active))
+                .await?;
+            self.shared.wake.notify_one();
+            return Ok(batch);
+        }
+        check_active(
+            self.state()
+                .batches
+                .values()
+                .filter(|b| b.owner == owner && !b.status.is_final())
+                .count(),
+        )?;
+        let batch = Batch {
+            seq: self.next_seq(),
+            ..batch
+        };
         self.persist(&batch).await?;
         self.shared.wake.notify_one();
         Ok(batch)
@@ -547,23 +583,31 @@ impl JobsService {
     }
 
     /// `owner`'s batches, newest first.
-    pub fn list_batches(&self, owner: &str, after: Option<&str>, limit: usize) -> Page<Batch> {
-        let all = self
-            .state()
-            .batches
-            .values()
+    pub async fn list_batches(
+        &self,
+        owner: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Batch>, ServiceError> {
+        let all: Vec<Batch> = match &self.shared.pg {
+            Some(pg) => pg.store.list_batches(owner).await?,
+            None => self.state().batches.values().cloned().collect(),
+        };
+        let all = all
+            .into_iter()
             .filter(|b| b.owner == owner)
-            .map(|b| (b.seq, b.id.clone(), b.clone()))
+            .map(|b| (b.seq, b.id.clone(), b))
             .collect();
-        page(all, after, limit, true)
+        Ok(page(all, after, limit, true))
     }
 
-    pub fn get_batch(&self, owner: &str, id: &str) -> Result<Batch, ServiceError> {
-        self.state()
-            .batches
-            .get(id)
+    pub async fn get_batch(&self, owner: &str, id: &str) -> Result<Batch, ServiceError> {
+        let found = match &self.shared.pg {
+            Some(pg) => pg.store.get_batch(id).await?,
+            None => self.state().batches.get(id).cloned(),
+        };
+        found
             .filter(|b| b.owner == owner)
-            .cloned()
             .ok_or_else(|| not_found("batch", id))
     }
 
@@ -571,25 +615,45 @@ impl JobsService {
     /// worked on are done (what finished is kept in the output). A batch that completed, failed or
     /// expired: 409.
     pub async fn cancel_batch(&self, owner: &str, id: &str) -> Result<Batch, ServiceError> {
-        let _write = self.shared.writes.lock().await;
-        let mut batch = self.get_batch(owner, id)?;
-        match batch.status {
-            Status::Validating | Status::InProgress => {}
-            // Cancelling again is answered with the batch as it is.
-            Status::Cancelling | Status::Cancelled => return Ok(batch),
-            other => {
-                return Err(ServiceError::Aborted(format!(
-                    "batch {id:?} is {}; only a validating or in-progress batch can be cancelled",
-                    other.as_str()
-                )));
+        let cancel = |batch: &mut Batch| {
+            if batch.owner != owner {
+                return Err(not_found("batch", id));
             }
+            match batch.status {
+                Status::Validating | Status::InProgress => {}
+                // Cancelling again is answered with the batch as it is.
+                Status::Cancelling | Status::Cancelled => return Ok(false),
+                other => {
+                    return Err(ServiceError::Aborted(format!(
+                        "batch {id:?} is {}; only a validating or in-progress batch can be cancelled",
+                        other.as_str()
+                    )));
+                }
+            }
+            batch.status = Status::Cancelling;
+            batch.cancelling_at = Some(now());
+            Ok(true)
+        };
+        if let Some(pg) = &self.shared.pg {
+            let batch = pg.store.update_batch(id, None, Box::new(cancel)).await?;
+            self.shared.wake.notify_one();
+            return batch.ok_or_else(|| not_found("batch", id));
         }
-        batch.status = Status::Cancelling;
-        batch.cancelling_at = Some(now());
-        self.persist(&batch).await?;
-        self.shared.wake.notify_one();
+        let _write = self.shared.writes.lock().await;
+        let mut batch = self.get_batch(owner, id).await?;
+        if cancel(&mut batch)? {
+            self.persist(&batch).await?;
+            self.shared.wake.notify_one();
+        }
         Ok(batch)
     }
+}
+
+/// Why a file cannot be deleted now.
+pub fn file_in_use(id: &str) -> ServiceError {
+    ServiceError::Aborted(format!(
+        "file {id:?} is the input of a batch still running; cancel the batch first"
+    ))
 }
 
 /// Runs blocking disk work off the async threads.
@@ -602,67 +666,5 @@ async fn blocking<T: Send + 'static>(
         Err(e) => Err(ServiceError::Internal(format!(
             "a batch store task failed: {e}"
         ))),
-    }
-}
-
-/// Counts the request lines of a JSONL file (blank lines skipped), each a JSON object; refuses
-/// the first that is not (by line number) or more than `max_lines`.
-fn check_jsonl(content: &[u8], max_lines: usize) -> Result<usize, ServiceError> {
-    let mut count = 0;
-    for (i, line) in content.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        count += 1;
-        if count > max_lines {
-            return Err(ServiceError::invalid_request(format!(
-                "file: more than {max_lines} request lines (--batch-max-file-lines)"
-            )));
-        }
-        match serde_json::from_slice::<Value>(line) {
-            Ok(Value::Object(_)) => {}
-            Ok(_) => {
-                return Err(ServiceError::invalid_request(format!(
-                    "file: line {} is not a JSON object",
-                    i + 1
-                )));
-            }
-            Err(e) => {
-                return Err(ServiceError::invalid_request(format!(
-                    "file: line {} is not valid JSON: {e}",
-                    i + 1
-                )));
-            }
-        }
-    }
-    Ok(count)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jsonl_lines_are_counted_and_checked() {
-        assert_eq!(check_jsonl(b"{}\n\n{\"a\":1}\n", 10).unwrap(), 2);
-        let e = check_jsonl(b"{}\n[1]\n", 10).unwrap_err().to_string();
-        assert!(e.contains("line 2 is not a JSON object"), "{e}");
-        let e = check_jsonl(b"{}\n{\n", 10).unwrap_err().to_string();
-        assert!(e.contains("line 2 is not valid JSON"), "{e}");
-        let e = check_jsonl(b"{}\n{}\n{}", 2).unwrap_err().to_string();
-        assert!(e.contains("--batch-max-file-lines"), "{e}");
-    }
-
-    #[test]
-    fn pages_follow_the_cursor() {
-        let all: Vec<(u64, String, u64)> = (1..=5).map(|i| (i, format!("x{i}"), i)).collect();
-        let p = page(all.clone(), None, 2, true);
-        assert_eq!((p.items, p.has_more), (vec![5, 4], true));
-        let p = page(all.clone(), Some("x4"), 2, true);
-        assert_eq!((p.items, p.has_more), (vec![3, 2], true));
-        let p = page(all.clone(), Some("x2"), 2, true);
-        assert_eq!((p.items, p.has_more), (vec![1], false));
-        let p = page(all, Some("x2"), 5, false);
-        assert_eq!((p.items, p.has_more), (vec![3, 4, 5], false));
     }
 }

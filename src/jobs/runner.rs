@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// How often unfinished batches are looked at without being woken (expiry, retries).
-const TICK: Duration = Duration::from_millis(500);
+pub(super) const TICK: Duration = Duration::from_millis(500);
 /// While live calls are in flight, a job runs one line at a time and rests this many times the
 /// line's own time after it (about a quarter of one core's time, whatever the concurrency).
 const YIELD_FACTOR: u32 = 3;
@@ -100,6 +100,9 @@ fn stop_reason(jobs: &JobsService, id: &str) -> Option<Option<Status>> {
         return Some(None);
     }
     let state = jobs.state();
+    if state.lost.contains(id) {
+        return Some(None);
+    }
     let batch = state.batches.get(id)?;
     if batch.status == Status::Cancelling {
         return Some(Some(Status::Cancelled));
@@ -111,7 +114,7 @@ fn stop_reason(jobs: &JobsService, id: &str) -> Option<Option<Status>> {
 }
 
 /// Takes batch `id` as far as it goes now.
-async fn drive(
+pub(super) async fn drive(
     jobs: &JobsService,
     executor: &Arc<dyn Executor>,
     id: &str,
@@ -182,7 +185,7 @@ async fn drive(
 async fn update(
     jobs: &JobsService,
     id: &str,
-    change: impl FnOnce(&mut Batch),
+    change: impl FnOnce(&mut Batch) + Send,
 ) -> Result<(), ServiceError> {
     update_returning(jobs, id, change).await.map(|_| ())
 }
@@ -190,8 +193,11 @@ async fn update(
 async fn update_returning(
     jobs: &JobsService,
     id: &str,
-    change: impl FnOnce(&mut Batch),
+    change: impl FnOnce(&mut Batch) + Send,
 ) -> Result<Option<Batch>, ServiceError> {
+    if let Some(pg) = &jobs.shared.pg {
+        return jobs.update_shared(pg, id, change).await;
+    }
     let _write = jobs.shared.writes.lock().await;
     let Some(mut batch) = jobs.state().batches.get(id).cloned() else {
         return Ok(None);
@@ -207,19 +213,20 @@ async fn read_input(
     jobs: &JobsService,
     batch: &Batch,
 ) -> Result<Result<Vec<Line>, Vec<InputError>>, ServiceError> {
-    let store = jobs.shared.store.clone();
-    let (file, endpoint) = (batch.input_file_id.clone(), batch.endpoint);
-    let parsed = tokio::task::spawn_blocking(move || {
-        store.read_file(&file).map(|c| parse_lines(&c, endpoint))
-    });
-    match parsed.await {
-        Ok(Ok(parsed)) => Ok(parsed),
-        Ok(Err(e)) => Ok(Err(vec![InputError {
-            code: "input_file_unreadable".into(),
-            message: format!("the input file could not be read: {e}"),
-            param: Some("input_file_id".into()),
-            line: None,
-        }])),
+    let content = match jobs.read_file_any(&batch.input_file_id).await? {
+        Ok(content) => content,
+        Err(e) => {
+            return Ok(Err(vec![InputError {
+                code: "input_file_unreadable".into(),
+                message: format!("the input file could not be read: {e}"),
+                param: Some("input_file_id".into()),
+                line: None,
+            }]));
+        }
+    };
+    let endpoint = batch.endpoint;
+    match tokio::task::spawn_blocking(move || parse_lines(&content, endpoint)).await {
+        Ok(parsed) => Ok(parsed),
         Err(e) => Err(ServiceError::Internal(format!(
             "reading a batch input failed: {e}"
         ))),
@@ -325,11 +332,7 @@ async fn run_lines(
     batch: &Batch,
     lines: Vec<Line>,
 ) -> Result<Option<Status>, ServiceError> {
-    let done = {
-        let store = jobs.shared.store.clone();
-        let id = batch.id.clone();
-        super::blocking(move || store.line_index(&id)).await?
-    };
+    let done = jobs.line_index_any(&batch.id).await?;
     let output_bytes = Arc::new(AtomicU64::new(
         done.values().map(|&(_, bytes)| bytes + 1).sum(),
     ));
@@ -385,12 +388,10 @@ async fn run_lines(
                 )
                 .await;
                 match record {
-                    Some((ok, line)) => {
-                        let store = jobs.shared.store.clone();
-                        super::blocking(move || store.write_line(&batch_id, index, ok, &line))
-                            .await
-                            .map(|()| Some(ok))
-                    }
+                    Some((ok, line)) => jobs
+                        .write_line_any(&batch_id, index, ok, line)
+                        .await
+                        .map(|()| Some(ok)),
                     None => Ok(None),
                 }
             });
@@ -507,9 +508,7 @@ async fn finalize(jobs: &JobsService, id: &str) -> Result<(), ServiceError> {
         return Ok(());
     };
     let ending = batch.ending.unwrap_or(Status::Completed);
-    let store = jobs.shared.store.clone();
-    let batch_id = batch.id.clone();
-    let index = super::blocking(move || store.line_index(&batch_id)).await?;
+    let index = jobs.line_index_any(&batch.id).await?;
     let mut counts = batch.request_counts;
     counts.completed = index.values().filter(|&&(ok, _)| ok).count() as u64;
     counts.failed = index.values().filter(|&&(ok, _)| !ok).count() as u64;
@@ -541,26 +540,11 @@ async fn finalize(jobs: &JobsService, id: &str) -> Result<(), ServiceError> {
         purpose: "batch_output".into(),
         seq,
     };
-    let (mut output, mut errors) = (
+    let (output, errors) = (
         meta("output", jobs.next_seq()),
         meta("error", jobs.next_seq()),
     );
-    let store = jobs.shared.store.clone();
-    let batch_id = batch.id.clone();
-    let (output, errors) = super::blocking(move || {
-        let (out_bytes, err_bytes) = store.assemble(&batch_id, &mut output, &mut errors, &extra)?;
-        Ok((
-            (out_bytes > 0).then_some(output),
-            (err_bytes > 0).then_some(errors),
-        ))
-    })
-    .await?;
-    {
-        let mut state = jobs.state();
-        for file in output.iter().chain(&errors) {
-            state.files.insert(file.id.clone(), file.clone());
-        }
-    }
+    let (output, errors) = jobs.assemble_any(&batch.id, output, errors, extra).await?;
     update(jobs, id, |b| {
         let at = Some(now());
         match ending {
@@ -575,9 +559,7 @@ async fn finalize(jobs: &JobsService, id: &str) -> Result<(), ServiceError> {
         b.error_file_id = errors.map(|f| f.id);
     })
     .await?;
-    let store = jobs.shared.store.clone();
-    let batch_id = batch.id.clone();
-    super::blocking(move || store.remove_lines(&batch_id)).await
+    jobs.remove_lines_any(&batch.id).await
 }
 
 #[cfg(test)]

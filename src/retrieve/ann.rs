@@ -5,11 +5,11 @@
 //! # The binary scan (default)
 //!
 //! Every item has a 64-byte code (at 512 dimensions: the signs of the vector minus the
-//! collection's mean). A search scans every code (or every match of a filter) by Hamming distance
-//! (AVX-512 VPOPCNTDQ when present), keeps `refine * oversample * k` (8 * 20 * k by default),
-//! narrows them to `oversample * k` by the asymmetric score (the f32 query summed over the code's
-//! set bits) and rescores those with the exact f32 vectors. Its recall does not depend on where the
-//! query lies: a text query far from the image cone is scanned like an image query, where a graph
+//! collection's mean). A search scores every code (or every match of a filter) against the query
+//! quantized to 4 bits per component (the query summed over the code's set bits: four AND +
+//! popcount per word, AVX-512 VPOPCNTDQ when present; [`codes`] says why not Hamming), keeps the
+//! `oversample * k` nearest (40 * k by default) and rescores those with the exact f32 vectors.
+//! Its recall does not depend on where the query lies: a text query far from the image cone is scanned like an image query, where a graph
 //! built from the images loses it (measured, BENCHMARKS.md "Text-to-image recall"). No graph is
 //! built or saved: the codes are rebuilt from the vectors at start-up (about 3.8 s per 100k
 //! items with the rest of the index on a loaded 2-core machine), so a collection at the threshold starts
@@ -101,9 +101,6 @@ pub struct AnnParams {
     pub graph: bool,
     /// Binary scan: the shortlist rescored exactly is `oversample * k` items.
     pub oversample: usize,
-    /// Binary scan: the Hamming distance keeps `refine` times that shortlist, which the
-    /// asymmetric score (f32 query against the codes) narrows to it. 0: no asymmetric stage.
-    pub refine: usize,
 }
 
 impl Default for AnnParams {
@@ -114,8 +111,7 @@ impl Default for AnnParams {
             expansion_search: 256,
             exact_max_rows: 20_000,
             graph: false,
-            oversample: 20,
-            refine: 8,
+            oversample: 40,
         }
     }
 }
@@ -244,11 +240,6 @@ impl AnnIndex {
     /// Changes the binary scan's oversampling (the benchmark's sweep; the recall target).
     pub fn set_oversample(&mut self, n: usize) {
         self.params.oversample = n.max(1);
-    }
-
-    /// Changes the binary scan's asymmetric stage (the benchmark's sweep).
-    pub fn set_refine(&mut self, n: usize) {
-        self.params.refine = n;
     }
 
     /// Switches searches between the graph and the binary scan (the benchmark). The graph is
@@ -585,12 +576,11 @@ impl AnnIndex {
     }
 
     /// The binary shortlist among every item, or among the filter's matches, rescored exactly:
-    /// `refine * oversample * k` slots nearest by Hamming distance, of which the `oversample * k`
-    /// best by asymmetric score (without `refine`: the `oversample * k` nearest).
+    /// the `oversample * k` slots nearest by the 4-bit asymmetric distance ([`codes`]).
     fn binary(&self, query: &[f32], k: usize, lists: &[&RoaringBitmap]) -> Vec<(f32, u32)> {
-        let keep = self.params.oversample.max(1) * k;
-        let r = keep * self.params.refine.max(1);
-        let q = self.codes.query(query);
+        let r = self.params.oversample.max(1) * k;
+        let planes = self.codes.planes(query);
+        let max = self.codes.max_distance();
         let live = |s: u32| self.ids.get(s as usize).is_some_and(Option::is_some);
         let mut shortlist: Vec<(u16, u32)> = if lists.is_empty() {
             let n = self.codes.len().min(self.ids.len());
@@ -598,8 +588,8 @@ impl AnnIndex {
             let per = n.div_ceil(threads).max(1);
             let scan = |rows: std::ops::Range<usize>| {
                 let mut d = Vec::new();
-                self.codes.distances(rows.clone(), &q, &mut d);
-                codes::smallest(&d, rows.start, r, self.dim, live)
+                self.codes.distances(rows.clone(), &planes, &mut d);
+                codes::smallest(&d, rows.start, r, max, live)
             };
             if threads == 1 {
                 scan(0..n)
@@ -621,25 +611,12 @@ impl AnnIndex {
             let matches = Self::intersect(lists);
             matches
                 .iter()
-                .map(|slot| (self.codes.distance(slot, &q), slot))
+                .map(|slot| (self.codes.distance(slot, &planes), slot))
                 .collect()
         };
         if shortlist.len() > r {
             shortlist.select_nth_unstable(r);
             shortlist.truncate(r);
-        }
-        if self.params.refine > 0 && shortlist.len() > keep {
-            let tables = self.codes.tables(query);
-            let mut scored: Vec<(f32, u32)> = shortlist
-                .iter()
-                .map(|&(_, slot)| (-self.codes.asymmetric(slot, &tables), slot))
-                .collect();
-            scored.select_nth_unstable_by(keep, |a, b| a.0.total_cmp(&b.0));
-            scored.truncate(keep);
-            return scored
-                .into_iter()
-                .map(|(_, slot)| (dot(self.row(slot), query), slot))
-                .collect();
         }
         shortlist
             .into_iter()
@@ -671,7 +648,7 @@ impl AnnIndex {
     /// Search, exact when `exact` (a scan of every item or of the filter's matches), and the plan
     /// that answered it. Otherwise the planner chooses:
     /// - a filter of few matches (at most max(`exact_max_rows`, `k`, n/10)): their exact scan;
-    /// - a collection of at most `8 * oversample * k` items: the exact scan (as cheap as rescoring);
+    /// - a collection of at most `32 * oversample * k` items: the exact scan (as cheap as the scan);
     /// - without the graph (the default): the binary scan, of everything or of the matches;
     /// - with it: the graph (with the filter as predicate), the exact scan when it comes up short.
     pub fn search_with(
@@ -695,7 +672,7 @@ impl AnnIndex {
         };
         let small = !self.params.graph
             && self.params.exact_max_rows > 0
-            && n <= 8 * self.params.oversample.max(1) * self.params.refine.max(1) * k;
+            && n <= 32 * self.params.oversample.max(1) * k;
         let exact_plan = |lists: &[&RoaringBitmap]| {
             if lists.is_empty() {
                 (self.exact_all(query, k), Plan::ExactAll)

@@ -947,10 +947,9 @@ mod tests {
                 prometheus::IntCounter::new("s", "s").unwrap(),
             )
             .unwrap()
-            // A shortlist of 100 of the 2000 (the default would scan them all exactly).
+            // A shortlist of 20 of the 2000 (the default would scan them all exactly).
             .with_ann_params(AnnParams {
-                oversample: 20,
-                refine: 0,
+                oversample: 4,
                 ..AnnParams::default()
             })
         };

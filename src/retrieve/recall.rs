@@ -179,10 +179,9 @@ mod tests {
             .enumerate()
             .map(|(i, v)| (format!("i{i}"), v.to_vec(), Arc::new(Metadata::new())))
             .collect();
-        // Starved on purpose: 1 x k rescored, no asymmetric stage.
+        // Starved on purpose: 1 x k rescored.
         let params = AnnParams {
             oversample: 1,
-            refine: 0,
             ..AnnParams::default()
         };
         let mut index = AnnIndex::build(dim, 1, params, &items).unwrap();

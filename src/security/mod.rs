@@ -6,6 +6,7 @@
 pub mod keys;
 pub mod quota;
 pub mod tls;
+pub mod usage_buffer;
 pub mod usage_local;
 
 pub use keys::{ApiKeys, AuthError, Caller, RateLimit};

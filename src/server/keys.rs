@@ -32,11 +32,13 @@ pub(super) fn load_security(
 }
 
 /// Counts keyed calls' usage (and enforces quotas) in the configured store: PostgreSQL's
-/// `clip_usage` when shared, else `<data-dir>/usage.redb`. Nothing without keys.
+/// `clip_usage` when shared, else `<data-dir>/usage.redb`, keys without a quota through the
+/// in-memory buffer of `--usage-flush-interval`. Nothing without keys.
 pub(super) fn with_usage_store(
     keys: ApiKeys,
     config: &Config,
     pool: Option<&crate::postgres::Pool>,
+    background: &Background,
 ) -> anyhow::Result<ApiKeys> {
     if !keys.enabled() {
         return Ok(keys);
@@ -48,7 +50,12 @@ pub(super) fn with_usage_store(
                 .map_err(|e| anyhow::anyhow!(e))?,
         ),
     };
-    Ok(keys.with_quotas(store, config.default_quota))
+    if config.usage_flush_interval.is_zero() {
+        return Ok(keys.with_quotas(store, config.default_quota));
+    }
+    let buffered = crate::security::usage_buffer::Buffered::new(store, config.usage_max_pending);
+    buffered.spawn_flusher(background, config.usage_flush_interval);
+    Ok(keys.with_quotas(buffered, config.default_quota))
 }
 
 /// Re-reads the API key file on SIGHUP (the keys themselves are never logged).

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::common::*;
 
 /// A raw HTTP/1.1 request: status and body.
-async fn send(
+pub(crate) async fn send(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -39,7 +39,7 @@ async fn send(
     parse_http(&raw).expect("an HTTP response")
 }
 
-async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -56,7 +56,12 @@ async fn call(
 }
 
 /// Uploads `content` as the SDK does (multipart: `purpose`, then `file`).
-async fn upload(addr: SocketAddr, key: &str, purpose: &str, content: &[u8]) -> (u16, Value) {
+pub(crate) async fn upload(
+    addr: SocketAddr,
+    key: &str,
+    purpose: &str,
+    content: &[u8],
+) -> (u16, Value) {
     let boundary = "----clipservetestboundary";
     let mut body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
@@ -74,7 +79,7 @@ async fn upload(addr: SocketAddr, key: &str, purpose: &str, content: &[u8]) -> (
     )
 }
 
-fn jsonl(lines: &[Value]) -> Vec<u8> {
+pub(crate) fn jsonl(lines: &[Value]) -> Vec<u8> {
     lines
         .iter()
         .map(|l| format!("{l}\n"))
@@ -82,12 +87,12 @@ fn jsonl(lines: &[Value]) -> Vec<u8> {
         .into_bytes()
 }
 
-fn line(custom_id: &str, url: &str, body: Value) -> Value {
+pub(crate) fn line(custom_id: &str, url: &str, body: Value) -> Value {
     json!({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
 }
 
 /// Polls a batch until it is in a final state.
-async fn wait_final(addr: SocketAddr, key: &str, id: &str) -> Value {
+pub(crate) async fn wait_final(addr: SocketAddr, key: &str, id: &str) -> Value {
     let started = Instant::now();
     loop {
         let (status, batch) = call(addr, "GET", &format!("/v1/batches/{id}"), key, None).await;
@@ -105,7 +110,7 @@ async fn wait_final(addr: SocketAddr, key: &str, id: &str) -> Value {
     }
 }
 
-async fn content(addr: SocketAddr, key: &str, file_id: &str) -> Vec<Value> {
+pub(crate) async fn content(addr: SocketAddr, key: &str, file_id: &str) -> Vec<Value> {
     let (status, text) = send(
         addr,
         "GET",
@@ -121,13 +126,13 @@ async fn content(addr: SocketAddr, key: &str, file_id: &str) -> Vec<Value> {
         .collect()
 }
 
-fn keys_file(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn keys_file(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("keys");
     std::fs::write(&file, "alice:sk-alice\nbob:sk-bob\n").unwrap();
     file
 }
 
-fn vectors(body: &Value) -> Vec<Vec<f64>> {
+pub(crate) fn vectors(body: &Value) -> Vec<Vec<f64>> {
     body["data"]
         .as_array()
         .unwrap()
@@ -144,7 +149,7 @@ fn vectors(body: &Value) -> Vec<Vec<f64>> {
 }
 
 /// The same answer: equal JSON but for the floats of embeddings, equal to 1e-6.
-fn same_answer(batch: &Value, live: &Value) {
+pub(crate) fn same_answer(batch: &Value, live: &Value) {
     let (a, b) = (vectors(batch), vectors(live));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
@@ -449,12 +454,12 @@ async fn batch_lines_equal_the_synchronous_answers_and_stay_with_their_key() {
     assert_eq!(next["has_more"], false);
 }
 
-fn e_id(v: &Value) -> String {
+pub(crate) fn e_id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
 /// A batch of `n` lines of a few texts each.
-fn texts_file(n: usize) -> Vec<u8> {
+pub(crate) fn texts_file(n: usize) -> Vec<u8> {
     let lines: Vec<Value> = (0..n)
         .map(|i| {
             let input: Vec<String> = (0..4).map(|j| format!("photo {i} of thing {j}")).collect();
@@ -643,7 +648,7 @@ async fn output_and_unfinished_batch_bounds_hold() {
     assert_eq!(status, 200, "{e}");
 }
 
-async fn wait_ready(http: SocketAddr) {
+pub(crate) async fn wait_ready(http: SocketAddr) {
     let started = Instant::now();
     while http_get(http, "/readyz").await.0 != 200 {
         assert!(started.elapsed() < Duration::from_secs(60), "never ready");

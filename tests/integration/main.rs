@@ -10,6 +10,7 @@
 mod common;
 
 mod batches;
+mod batches_replicas;
 mod cancel_safety;
 mod classify;
 mod fast_paths;

@@ -146,15 +146,21 @@ async fn a_spent_quota_refuses_on_both_doors_until_reset_and_survives_a_restart(
         let (code, _, body) = call(http, "GET", bad, "", "sk-admin").await;
         assert_eq!(code, 400, "{bad}: {body}");
     }
+    // Bob has no quota: his next call is counted in memory (--usage-flush-interval), and the
+    // shutdown writes it.
+    let (code, _, _) = call(http, "POST", "/v1/embeddings", TWO_TEXTS, "sk-bob").await;
+    assert_eq!(code, 200);
     server.server.shutdown().await.unwrap();
 
-    // A restart keeps the count: still refused, and the usage is still there.
+    // A restart keeps the count: still refused, and the usage is still there, Bob's last call
+    // included.
     let server = serve(cfg).await;
     let http = server.server.http_addr;
     let (code, _, body) = call(http, "POST", "/v1/embeddings", TWO_TEXTS, "sk-alice").await;
     assert_eq!(code, 429, "{body}");
     let (_, _, body) = call(http, "GET", "/v1/usage", "", "sk-admin").await;
     assert_eq!(usage_of(&body, "alice"), Some(6), "{body}");
+    assert_eq!(usage_of(&body, "bob"), Some(4), "{body}");
 }
 
 /// `tasks` concurrent charges of `items` each, half through each handle; returns how many were

@@ -359,7 +359,6 @@ fn the_binary_scan_finds_what_the_exact_scan_finds_for_image_and_text_queries() 
     }
     let params = AnnParams {
         oversample: 10,
-        refine: 4,
         ..AnnParams::default()
     };
     let mut ann = AnnIndex::build(dim, 2, params, &items).unwrap();
