@@ -3,7 +3,7 @@
 # transfer of at most 64 MiB and has CUDA 13, cuDNN 9, PyTorch 2.11 and python3, but no ONNX Runtime GPU build,
 # no open_clip, no cargo and no network. One tarball, clip-serve-gpu/ inside:
 #
-#   bin/        clip-serve, clip-bench and clip-preprocess-bench (benches/preprocess.rs), release builds, stripped
+#   bin/        clip-serve, clip-bench and clip-preprocess-bench, release builds, stripped
 #   lib/        the CPU ONNX Runtime of scripts/setup.sh (.cache/onnxruntime/lib)
 #   wheels/     open_clip_torch and the small packages it imports that torch does not bring (ftfy, wcwidth, tqdm;
 #               regex as binary wheels for CPython 3.10-3.14, manylinux x86_64); `pip download --no-deps`
@@ -14,9 +14,9 @@
 #
 #   scripts/gpu_bundle.sh [--out FILE] [--bin-dir DIR] [--preprocess-bin FILE] [--model-dir DIR]
 #                         [--export-python PY] [--max-mib 64] [--no-build]
-#     --bin-dir: clip-serve and clip-bench from there (default target/release, built when missing unless
-#       --no-build); --preprocess-bin: the preprocess bench binary (default: cargo build --release --bench
-#       preprocess); --model-dir: a full-size export of scripts/export_onnx.py (default: exported now with
+#     --bin-dir: clip-serve, clip-bench and clip-preprocess-bench from there (default target/release, built
+#       when missing unless --no-build); --preprocess-bin: that one from elsewhere; --model-dir: a full-size
+#       export of scripts/export_onnx.py (default: exported now with
 #       --export-python, default .cache/export-venv/bin/python, which also needs onnx for the skeleton).
 #   scripts/gpu_bundle.sh --check FILE [--max-mib 64]
 #     the size and checksum checks alone, on an existing tarball (no build; scripts/tests runs it).
@@ -134,20 +134,11 @@ PY
 fi
 
 # 1. binaries
-if [[ ! -x "$BIN_DIR/clip-serve" || ! -x "$BIN_DIR/clip-bench" ]]; then
-  [[ "$NO_BUILD" -eq 0 ]] || die "no clip-serve/clip-bench in $BIN_DIR (--no-build)"
+[[ -n "$PRE_BIN" ]] || PRE_BIN="$BIN_DIR/clip-preprocess-bench"
+if [[ ! -x "$BIN_DIR/clip-serve" || ! -x "$BIN_DIR/clip-bench" || ! -x "$PRE_BIN" ]]; then
+  [[ "$NO_BUILD" -eq 0 ]] || die "no clip-serve, clip-bench or clip-preprocess-bench in $BIN_DIR (--no-build)"
   log "cargo build --release --bins"
   cargo build --release --locked --bins
-fi
-if [[ -z "$PRE_BIN" ]]; then
-  [[ "$NO_BUILD" -eq 0 ]] || die "no --preprocess-bin (--no-build)"
-  log "cargo build --release --bench preprocess"
-  PRE_BIN="$(cargo build --release --locked --bench preprocess --message-format=json-render-diagnostics \
-    | python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "preprocess" and m.get("executable"):
-        print(m["executable"])')"
 fi
 [[ -x "$PRE_BIN" ]] || die "preprocess bench binary not found ($PRE_BIN)"
 

@@ -1,5 +1,7 @@
-//! Image preprocessing speed: decode + resize + crop + RGB for each file given. A program that
-//! measures (run with `cargo bench --bench preprocess -- FILES`), not a test.
+//! `clip-preprocess-bench`: image preprocessing speed, decode + resize + crop + RGB for each file
+//! given. A program that measures (`cargo run --release --bin clip-preprocess-bench -- FILES`), not a
+//! test; a binary rather than a `cargo bench` target so that scripts/gpu_bundle.sh ships it built
+//! beside `clip-serve` (no dev-dependencies, the same release library).
 //!
 //! Two modes:
 //! - default: single thread, median of N runs per file (scripts/bench_embed.sh runs it beside
@@ -8,7 +10,7 @@
 //!   images/s over all threads, the host-side ceiling a server on T cores cannot exceed
 //!   (scripts/gpu_check.sh ships this binary in its bundle).
 //!
-//! Usage: cargo bench --bench preprocess -- [--runs N] [--threads T --seconds S] [--cfg preprocess_cfg.json]
+//! Usage: clip-preprocess-bench [--runs N] [--threads T --seconds S] [--cfg preprocess_cfg.json]
 //!        [--json OUT] FILE...
 #![allow(
     clippy::unwrap_used,
@@ -79,7 +81,6 @@ fn main() {
             }
             "--cfg" => cfg_path = args.next().map(PathBuf::from).expect("--cfg FILE"),
             "--json" => json_out = args.next().map(PathBuf::from),
-            "--bench" => {} // passed by `cargo bench`
             _ => files.push(PathBuf::from(arg)),
         }
     }
