@@ -630,6 +630,8 @@ def cmd_server(a: argparse.Namespace) -> int:
         res["runs"][label] = entry
         if a.out:
             update(a.out, lambda d: set_path(d, f"results.server.{key}", res))
+        if "start_s" not in entry:  # it did not start: the next batch size would not either (see the log)
+            break
     with contextlib.suppress(OSError):
         with open(log_path, "rb") as f:
             res["server_log_tail"] = tail(f.read().decode("utf-8", "replace"), 1500)
