@@ -466,6 +466,98 @@ class Bundle(Tmp):
         self.assertIn("no such file", p.stderr)
 
 
+FAKE_SERVE = r"""#!/usr/bin/env python3
+import http.server, json, sys, threading
+args = sys.argv[1:]
+if "--fail" in args:
+    print("clip-serve: --provider cuda: this binary was built without the `cuda` feature", file=sys.stderr)
+    sys.exit(1)
+port = lambda flag: int(args[args.index(flag) + 1].rsplit(":", 1)[1])
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def reply(self, body, ctype="application/json"):
+        self.send_response(200); self.send_header("content-type", ctype); self.end_headers(); self.wfile.write(body)
+    def do_GET(self):
+        if self.path == "/readyz":
+            self.reply(b"ready", "text/plain")
+        else:
+            self.reply(b'clip_model_info{provider="cpu",precision="fp32"} 1\nother 2\n', "text/plain")
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        data = [{"index": i, "embedding": [1.0, 0.5 if str(x).startswith("data:") else -0.5]}
+                for i, x in enumerate(body["input"])]
+        self.reply(json.dumps({"data": data}).encode())
+for flag in ("--probe-addr", "--http-addr"):
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", port(flag)), H)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+threading.Event().wait()
+"""
+FAKE_BENCH = r"""#!/usr/bin/env python3
+import json, sys
+a = sys.argv[1:]
+get = lambda f: a[a.index(f) + 1]
+json.dump({"modality": get("--modality"), "concurrency": int(get("--concurrency")), "items_per_request":
+           int(get("--items")), "items_per_s": 42.0, "errors": 0, "junk": 1}, open(get("--out"), "w"))
+"""
+
+
+class Server(Tmp):
+    def fake(self, name, text):
+        p = os.path.join(self.dir, name)
+        with open(p, "w") as f:
+            f.write(text)
+        os.chmod(p, 0o755)
+        return p
+
+    def setUp(self):
+        super().setUp()
+        self.serve, self.bench = self.fake("clip-serve", FAKE_SERVE), self.fake("clip-bench", FAKE_BENCH)
+        self.images = os.path.join(self.dir, "images")
+        os.makedirs(self.images)
+        for n in ("a.jpg", "b.png"):
+            with open(os.path.join(self.images, n), "wb") as f:
+                f.write(b"not really an image")
+        self.texts = os.path.join(self.dir, "texts.json")
+        with open(self.texts, "w") as f:
+            json.dump([{"name": "t1", "text": "a cat"}, "a dog"], f)
+        gc.main(["init", "--out", self.out])
+
+    def server(self, *extra):
+        return gc.main(["server", "--out", self.out, "--bin", self.serve, "--bench-bin", self.bench,
+                        "--model-dir", "m", "--provider", "cpu", "--images", self.images, "--texts", self.texts,
+                        "--duration", "1s", "--limit", "60", "--start-timeout", "20", *extra])
+
+    def test_throughput_vectors_and_parity(self):
+        vecs = os.path.join(self.dir, "v.json")
+        self.assertEqual(self.server("--save-vectors", vecs), 0)
+        run = self.doc()["results"]["server"]["cpu"]["runs"]["defaults"]
+        self.assertEqual(run["images"], {"modality": "images", "concurrency": 16, "items_per_request": 8,
+                                         "items_per_s": 42.0, "errors": 0})
+        self.assertEqual(run["texts"]["items_per_s"], 42.0)
+        self.assertEqual(run["model_info"], ['clip_model_info{provider="cpu",precision="fp32"} 1'])
+        with open(vecs) as f:
+            v = json.load(f)
+        self.assertEqual(sorted(v["images"]), ["a.jpg", "b.png"])
+        self.assertEqual(sorted(v["texts"]), ["1", "t1"])
+        self.assertEqual(self.server("--ref", vecs, "--key", "again", "--modalities", "texts"), 0)
+        self.assertTrue(self.doc()["results"]["server"]["again"]["parity"]["pass"])
+        v["texts"]["t1"] = [0.0, 1.0]  # another server's vector for one text
+        with open(vecs, "w") as f:
+            json.dump(v, f)
+        self.assertEqual(self.server("--ref", vecs, "--key", "third", "--modalities", "texts"), 1)
+        par = self.doc()["results"]["server"]["third"]["parity"]
+        self.assertFalse(par["pass"])
+        self.assertEqual(par["modalities"]["texts"]["worst"][0]["item"], "t1")
+
+    def test_a_server_that_does_not_start_fails_once_not_per_batch_size(self):
+        self.assertEqual(self.server("--server-arg=--fail", "--batches", "1,32,256"), 1)
+        res = self.doc()["results"]["server"]["cpu"]
+        self.assertEqual(list(res["runs"]), ["b1"])
+        self.assertIn("during start-up", res["runs"]["b1"]["error"])
+        self.assertIn("built without the `cuda` feature", res["server_log_tail"])
+
+
 EXPORT_PY = os.path.join(os.path.dirname(SCRIPTS), ".cache", "export-venv", "bin", "python")
 SKELETON_CHECK = r"""
 import json, os, subprocess, sys
