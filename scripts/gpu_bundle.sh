@@ -62,7 +62,7 @@ while [[ $# -gt 0 ]]; do
     --ort-gpu-version) ORT_GPU_VERSION="$2"; shift 2 ;;
     --part-mib) PART_MIB="$2"; shift 2 ;;
     --out-dir) PARTS_DIR="$(realpath -m "$2")"; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_bundle: unknown argument $1" >&2; exit 2 ;;
   esac
 done

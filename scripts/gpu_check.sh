@@ -45,7 +45,7 @@ while [[ $# -gt 0 ]]; do
     --cuda-provider) CUDA_DIR="$(realpath -m "$2")"; shift 2 ;;
     --torch-site) TORCH_SITE="$2"; shift 2 ;;
     --keep-work) KEEP_WORK=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
