@@ -35,6 +35,7 @@ import math
 import mimetypes
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -569,9 +570,9 @@ def cmd_server(a: argparse.Namespace) -> int:
     """One provider: parity (optional), then clip-bench per modality, per --batches entry (or once)."""
     key = a.key or a.provider
     end = time.time() + a.limit
-    work = tempfile.mkdtemp(prefix=f"gpu_check_{key}_")
+    work = tempfile.mkdtemp(prefix=f"gpu_check_{key}_")  # data dirs and bench JSON; removed at the end
     log_path = a.server_log or os.path.join(work, "server.log")
-    res: Dict[str, Any] = {"provider": a.provider, "server_log": log_path, "runs": {}}
+    res: Dict[str, Any] = {"provider": a.provider, "server_log": a.server_log, "runs": {}}
     rc = 0
     plans: List[Optional[Dict[str, int]]] = (
         list(sweep_plan([int(b) for b in a.batches.split(",") if b.strip()], a.max_concurrency))
@@ -635,6 +636,7 @@ def cmd_server(a: argparse.Namespace) -> int:
     with contextlib.suppress(OSError):
         with open(log_path, "rb") as f:
             res["server_log_tail"] = tail(f.read().decode("utf-8", "replace"), 1500)
+    shutil.rmtree(work, ignore_errors=True)
     if a.out:
         update(a.out, lambda d: set_path(d, f"results.server.{key}", res))
     print(json.dumps({k: v for k, v in res.items() if k != "server_log_tail"}, indent=1, default=str))

@@ -550,6 +550,17 @@ class Server(Tmp):
         self.assertFalse(par["pass"])
         self.assertEqual(par["modalities"]["texts"]["worst"][0]["item"], "t1")
 
+    def test_leaves_no_work_dir_behind(self):
+        tmp = os.path.join(self.dir, "tmp")
+        os.makedirs(tmp)
+        old = tempfile.tempdir
+        tempfile.tempdir = tmp
+        try:
+            self.assertEqual(self.server("--modalities", "texts"), 0)
+        finally:
+            tempfile.tempdir = old
+        self.assertEqual(os.listdir(tmp), [])
+
     def test_a_server_that_does_not_start_fails_once_not_per_batch_size(self):
         self.assertEqual(self.server("--server-arg=--fail", "--batches", "1,32,256"), 1)
         res = self.doc()["results"]["server"]["cpu"]
