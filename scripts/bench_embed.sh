@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side single-request benchmark on one model directory (default: the full-size model of
 # scripts/serve.sh), run one after the other on the same files and thread count:
-#   1. Rust preprocessing per image (cargo bench --bench preprocess) for a ~500x375 and a ~4000x3000 JPEG;
+#   1. Rust preprocessing per image (clip-preprocess-bench, single thread) for a ~500x375 and a ~4000x3000 JPEG;
 #   2. the service end to end over gRPC (clip-bench, 1 client, 1 item per request): one text, one
 #      500x375 JPEG, one 4000x3000 JPEG;
 #   3. the Python baseline (scripts/bench_python.py): onnxruntime + open_clip's PIL preprocessing.
@@ -33,7 +33,7 @@ PY
 
 cargo build --release --locked
 echo "== Rust preprocessing (single thread)" >&2
-cargo bench --locked --bench preprocess -- --runs 21 --cfg "$MODEL/visual/preprocess_cfg.json" \
+cargo run --release --locked --bin clip-preprocess-bench -- --runs 21 --cfg "$MODEL/visual/preprocess_cfg.json" \
   --json "$OUT/rust-preprocess.json" "$SMALL" "$LARGE"
 
 echo "== clip-serve over gRPC ($THREADS intra-op threads)" >&2

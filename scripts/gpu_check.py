@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-r"""The Python half of scripts/gpu_check.sh: one JSON result file, time-bounded stages, GPU-vs-CPU parity through
-the gRPC API, the clip-bench throughput sweep and an engine-only ONNX Runtime loop.
+r"""The Python half of scripts/gpu_check.sh (run on an air-gapped GPU host from an unpacked bundle of
+scripts/gpu_bundle.sh): one JSON result file, time-bounded stages, the server's throughput through clip-bench,
+GPU-vs-CPU parity over the HTTP API, and the bundled wheels installed without pip or network.
 
 Subcommands (all write into one JSON file, --out, under a lock, atomically):
   init      --out F --budget S                 start the record (the budget clock starts here)
@@ -10,17 +11,16 @@ Subcommands (all write into one JSON file, --out, under a lock, atomically):
                                                CMD's rc, 124 on timeout, 125 when skipped for lack of budget
   record    --out F --name N --status S        record a stage the shell ran itself
   merge     --out F --key a.b.c --file X.json  put X's JSON at results.a.b.c
-  libpaths  --site-packages DIR                print ORT_DYLIB_PATH=... and LD_LIBRARY_PATH=... for onnxruntime-gpu,
-                                               the nvidia-* CUDA/cuDNN wheels and TensorRT's wheels
-  provider  --bin B --model-dir M --provider P ...   start clip-serve, embed the fixture photographs and texts,
-                                               compare with --ref vectors (cosine per item), then the throughput
-                                               sweep with clip-bench (server restarted per --batches entry)
-  engine-bench --model-dir M --providers cuda,tensorrt   onnxruntime session.run loop at fixed batches
-  finish    --out F                            total time and the stage summary
+  wheels    --dir W --target T                 unpack the wheels in W that this Python can use into T (no pip, no
+                                               network); fails when a package has no wheel for this Python
+  libpaths  --site-packages DIR [...]          print ORT_DYLIB_PATH=... and LD_LIBRARY_PATH=... for onnxruntime-gpu's
+                                               libraries and the nvidia-* CUDA/cuDNN wheels (the CUDA-provider run)
+  server    --bin B --bench-bin C --model-dir M --provider P ...   start clip-serve, optionally embed the fixture
+                                               photographs and texts over HTTP (--save-vectors, --ref: cosine per
+                                               item), then clip-bench per modality (per --batches entry, if given)
+  finish    --out F [--summary TXT]            total time, the stage summary, and a human-readable summary
 
-Only the standard library is needed for init/left/run/record/merge/libpaths/finish and the parity arithmetic
-(unit-tested without a GPU or torch: scripts/tests/test_gpu_check.py). `provider` needs grpcio and grpcio-tools
-(stubs generated at run time from proto/clip/v1/clip.proto); `engine-bench` needs numpy and onnxruntime-gpu.
+Only the standard library is needed (unit-tested without a GPU: scripts/tests/test_gpu_check.py).
 """
 
 from __future__ import annotations
@@ -28,17 +28,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import base64
 import glob
 import json
 import math
+import mimetypes
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import zipfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +52,7 @@ SCHEMA_VERSION = 1
 LOG_TAIL_CHARS = 3000
 EXIT_TIMEOUT = 124
 EXIT_SKIPPED = 125
-DEFAULT_BUDGET_S = 420
+DEFAULT_BUDGET_S = 540
 DEFAULT_IMAGES_DIR = os.path.join(ROOT, "tests", "fixtures", "images")
 DEFAULT_TEXTS = os.path.join(ROOT, "tests", "fixtures", "texts.json")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -287,13 +293,19 @@ def find_gpu_libs(site_packages: str) -> Dict[str, Any]:
 
 
 def cmd_libpaths(a: argparse.Namespace) -> int:
-    libs = find_gpu_libs(a.site_packages)
-    ld = ":".join(libs["lib_dirs"] + ([os.environ["LD_LIBRARY_PATH"]] if os.environ.get("LD_LIBRARY_PATH") else []))
-    print(f"ORT_DYLIB_PATH={libs['ort_dylib'] or ''}")
+    ort, dirs, provs = None, [], []
+    for sp in a.site_packages:
+        libs = find_gpu_libs(sp)
+        ort = ort or libs["ort_dylib"]
+        dirs += [d for d in libs["lib_dirs"] if d not in dirs]
+        provs += [p for p in libs["providers"] if p not in provs]
+    ld = ":".join(dirs + ([os.environ["LD_LIBRARY_PATH"]] if os.environ.get("LD_LIBRARY_PATH") else []))
+    print(f"ORT_DYLIB_PATH={ort or ''}")
     print(f"LD_LIBRARY_PATH={ld}")
     if a.out:
-        update(a.out, lambda d: set_path(d, "results.libraries", libs))
-    return 0 if libs["ort_dylib"] else 1
+        update(a.out, lambda d: set_path(d, "results.libraries", {"ort_dylib": ort, "lib_dirs": dirs,
+                                                                  "providers": provs}))
+    return 0 if ort else 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -335,6 +347,7 @@ def parity(ref: Dict[str, Any], got: Dict[str, Any], min_cosine: float) -> Dict[
     return out
 
 
+
 # --------------------------------------------------------------------------------------------------------------
 # Throughput sweep plan and clip-bench results
 # --------------------------------------------------------------------------------------------------------------
@@ -371,105 +384,11 @@ def free_port() -> int:
 def list_images(d: str) -> List[str]:
     return [p for p in sorted(glob.glob(os.path.join(d, "*"))) if p.lower().endswith(IMAGE_EXTENSIONS)]
 
-
-# --------------------------------------------------------------------------------------------------------------
-# The gRPC client (grpcio + grpcio-tools, stubs generated at run time)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def grpc_stubs(proto_root: str = os.path.join(ROOT, "proto")):
-    """Generate clip_pb2/clip_pb2_grpc from proto/clip/v1/clip.proto into a temp dir and import them."""
-    from grpc_tools import protoc  # type: ignore
-    import importlib
-
-    out = tempfile.mkdtemp(prefix="clip_stubs_")
-    rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(proto_root, "clip", "v1", "clip.proto")])
-    if rc != 0:
-        raise RuntimeError(f"protoc failed ({rc})")
-    sys.path.insert(0, out)
-    pb2 = importlib.import_module("clip.v1.clip_pb2")
-    pb2_grpc = importlib.import_module("clip.v1.clip_pb2_grpc")
-    return pb2, pb2_grpc
-
-
-class Client:
-    def __init__(self, addr: str):
-        import grpc  # type: ignore
-
-        self.pb2, self.grpc_mod = grpc_stubs()
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        self.channel = grpc.insecure_channel(addr, options=opts)
-        self.embed = self.grpc_mod.EmbedStub(self.channel)
-        self.info = self.grpc_mod.InfoStub(self.channel)
-
-    def get_info(self, timeout: float = 5.0) -> Dict[str, Any]:
-        from google.protobuf.json_format import MessageToDict  # type: ignore
-
-        return MessageToDict(self.info.GetInfo(self.pb2.GetInfoRequest(), timeout=timeout))
-
-    def wait_ready(self, deadline_s: float, proc: Optional[subprocess.Popen] = None) -> Dict[str, Any]:
-        end = time.time() + deadline_s
-        last = None
-        while time.time() < end:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} during start-up")
-            try:
-                return self.get_info(timeout=2.0)
-            except Exception as e:  # noqa: BLE001 - not up yet
-                last = e
-                time.sleep(0.25)
-        raise TimeoutError(f"server not ready after {deadline_s:.0f}s: {last}")
-
-    def embed_all(self, images: Sequence[str], texts: Sequence[Tuple[str, str]], text_chunk: int = 16,
-                  timeout: float = 120.0) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"images": {}, "texts": {}, "errors": {}}
-        for p in images:
-            name = os.path.basename(p)
-            with open(p, "rb") as f:
-                data = f.read()
-            try:
-                r = self.embed.EmbedImages(self.pb2.EmbedImagesRequest(images=[data]), timeout=timeout)
-                out["images"][name] = list(r.embeddings[0].values)
-            except Exception as e:  # noqa: BLE001 - record per item
-                out["errors"][f"image:{name}"] = str(e)[:300]
-        for i in range(0, len(texts), text_chunk):
-            chunk = texts[i:i + text_chunk]
-            try:
-                r = self.embed.EmbedTexts(self.pb2.EmbedTextsRequest(texts=[t for _, t in chunk]), timeout=timeout)
-                for (name, _), e in zip(chunk, r.embeddings):
-                    out["texts"][name] = list(e.values)
-            except Exception as e:  # noqa: BLE001
-                for name, _ in chunk:
-                    out["errors"][f"text:{name}"] = str(e)[:300]
-        return out
-
-
 def load_texts(path: str) -> List[Tuple[str, str]]:
     with open(path, encoding="utf-8") as f:
         items = json.load(f)
     return [(t.get("name", str(i)), t["text"]) if isinstance(t, dict) else (str(i), str(t))
             for i, t in enumerate(items)]
-
-
-def server_cmd(a: argparse.Namespace, port: int, data_dir: str, plan: Optional[Dict[str, int]] = None) -> List[str]:
-    cmd = [a.bin, "serve", "--model-dir", a.model_dir, "--grpc-addr", f"127.0.0.1:{port}",
-           "--http-addr", "127.0.0.1:0", "--data-dir", data_dir, "--provider", a.provider, "--log-filter", "warn"]
-    if plan:
-        cmd += ["--max-batch-size", str(plan["max_batch_size"]),
-                "--max-items-per-request", str(plan["max_items_per_request"]),
-                "--max-concurrent-requests", str(plan["max_concurrent_requests"]),
-                "--max-queue-rows", str(plan["max_queue_rows"])]
-        if plan["max_batch_size"] > 1 and a.batch_delay:
-            cmd += ["--max-batch-delay", a.batch_delay]
-    if a.provider == "tensorrt":
-        if a.trt_fp16:
-            cmd.append("--trt-fp16")
-        if a.trt_engine_cache_dir:
-            cmd += ["--trt-engine-cache-dir", a.trt_engine_cache_dir]
-    if a.intra_op_threads:
-        cmd += ["--intra-op-threads", str(a.intra_op_threads)]
-    return cmd + list(a.server_arg or [])
 
 
 @contextlib.contextmanager
@@ -492,102 +411,6 @@ def running_server(cmd: Sequence[str], log_path: str):
                 p.wait()
         log.close()
 
-
-def cmd_provider(a: argparse.Namespace) -> int:
-    """Parity (embed the fixtures, compare with --ref) then the throughput sweep, for one provider."""
-    key = a.key or a.provider
-    end = time.time() + a.limit
-    images = list_images(a.images)
-    texts = load_texts(a.texts)
-    work = tempfile.mkdtemp(prefix=f"gpu_check_{key}_")
-    log_path = a.server_log or os.path.join(work, "server.log")
-    res: Dict[str, Any] = {"provider": a.provider, "trt_fp16": bool(a.trt_fp16), "server_log": log_path}
-    rc = 0
-
-    def put(sub: str, value: Any) -> None:
-        if a.out:
-            update(a.out, lambda d: set_path(d, f"results.{sub}.{key}", value))
-
-    # 1. parity at the default batching
-    port = free_port()
-    t0 = time.time()
-    try:
-        with running_server(server_cmd(a, port, os.path.join(work, "data")), log_path) as proc:
-            c = Client(f"127.0.0.1:{port}")
-            info = c.wait_ready(max(1.0, end - time.time()), proc)
-            res["start_s"] = round(time.time() - t0, 2)
-            res["info"] = {k: info.get(k) for k in ("executionProvider", "onnxruntimeVersion", "modelName",
-                                                    "weights", "text", "image")}
-            t1 = time.time()
-            vecs = c.embed_all(images, texts)
-            res["embed_s"] = round(time.time() - t1, 2)
-            res["errors"] = vecs.pop("errors")
-            if a.save_vectors:
-                with open(a.save_vectors, "w") as f:
-                    json.dump(vecs, f)
-            if a.ref:
-                with open(a.ref) as f:
-                    ref = json.load(f)
-                par = parity(ref, vecs, a.min_cosine)
-                if not a.per_item:
-                    for m in par["modalities"].values():
-                        m.pop("per_item", None)
-                res["parity"] = par
-                if not par["pass"]:
-                    rc = 1
-            if res["errors"]:
-                rc = 1
-    except Exception as e:  # noqa: BLE001 - record and go on to the sweep
-        res["error"] = f"{type(e).__name__}: {e}"
-        rc = 1
-    with contextlib.suppress(OSError):
-        with open(log_path, "rb") as f:
-            res["server_log_tail"] = tail(f.read().decode("utf-8", "replace"), 1500)
-    put("parity", res)
-
-    # 2. throughput sweep
-    if a.batches and a.bench_bin:
-        sweep: Dict[str, Any] = {}
-        image = a.bench_image or (images[0] if images else None)
-        for plan in sweep_plan([int(b) for b in a.batches.split(",") if b.strip()], a.max_concurrency):
-            b = plan["max_batch_size"]
-            need = 2 * _seconds(a.duration) + 10
-            if end - time.time() < need:
-                sweep[f"b{b}"] = {"skipped": f"budget: {end - time.time():.0f}s left"}
-                continue
-            port = free_port()
-            entry: Dict[str, Any] = {"plan": plan}
-            try:
-                with running_server(server_cmd(a, port, os.path.join(work, f"data-b{b}"), plan), log_path) as proc:
-                    c = Client(f"127.0.0.1:{port}")
-                    t0 = time.time()
-                    c.wait_ready(max(1.0, end - time.time()), proc)
-                    entry["start_s"] = round(time.time() - t0, 2)
-                    for mod in a.modalities.split(","):
-                        if end - time.time() < _seconds(a.duration) + 5:
-                            entry[mod] = {"skipped": "budget"}
-                            continue
-                        out_json = os.path.join(work, f"bench-b{b}-{mod}.json")
-                        cmd = [a.bench_bin, "--addr", f"http://127.0.0.1:{port}", "--modality", mod,
-                               "--concurrency", str(plan["concurrency"]), "--items", str(plan["items"]),
-                               "--duration", a.duration, "--out", out_json]
-                        if mod == "images" and image:
-                            cmd += ["--image", image]
-                        brc, secs, out = run_limited(cmd, min(_seconds(a.duration) * 3 + 30, end - time.time()))
-                        if brc == 0 and os.path.exists(out_json):
-                            with open(out_json) as f:
-                                entry[mod] = bench_summary(json.load(f))
-                        else:
-                            entry[mod] = {"error": f"clip-bench rc {brc}", "log_tail": tail(out, 800)}
-                            rc = 1
-            except Exception as e:  # noqa: BLE001
-                entry["error"] = f"{type(e).__name__}: {e}"
-                rc = 1
-            sweep[f"b{b}"] = entry
-            put("throughput", sweep)
-    return rc
-
-
 def _seconds(d: str) -> float:
     d = str(d).strip()
     for suffix, mul in (("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
@@ -597,104 +420,278 @@ def _seconds(d: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Engine-only figures: onnxruntime session.run at fixed batch (numpy in and out: includes host<->device copies)
+# Wheels without pip: the bundle's pure-Python wheels plus regex's binary ones, one per CPython version
 # --------------------------------------------------------------------------------------------------------------
 
 
-def cmd_engine_bench(a: argparse.Namespace) -> int:
-    import numpy as np
-    import onnxruntime as ort
+def wheel_tags(filename: str) -> Tuple[str, str, List[str], List[str], List[str]]:
+    """(distribution, version, python tags, abi tags, platform tags) of a wheel file name (PEP 427)."""
+    base = os.path.basename(filename)
+    if not base.endswith(".whl"):
+        raise ValueError(f"{base}: not a wheel")
+    parts = base[:-4].split("-")
+    if len(parts) not in (5, 6):
+        raise ValueError(f"{base}: not a wheel name (name-version[-build]-python-abi-platform.whl)")
+    name, version, py, abi, plat = parts[0], parts[1], parts[-3], parts[-2], parts[-1]
+    return name.lower().replace("_", "-"), version, py.split("."), abi.split("."), plat.split(".")
 
-    with contextlib.suppress(Exception):
-        ort.preload_dlls()  # onnxruntime-gpu >= 1.21: load the CUDA/cuDNN libraries of the nvidia-* wheels
-    batches = [int(b) for b in a.batches.split(",") if b.strip()]
-    end = time.time() + a.limit
-    res: Dict[str, Any] = {"onnxruntime": ort.__version__, "available": ort.get_available_providers(),
-                           "note": "session.run with numpy inputs: host<->device copies included", "rows": []}
-    rc = 0
-    for prov in a.providers.split(","):
-        for tower in ("visual", "textual"):
-            path = os.path.join(a.model_dir, tower, "model.onnx")
-            if time.time() > end - 10:
-                res["rows"].append({"provider": prov, "tower": tower, "skipped": "budget"})
-                continue
-            try:
-                probe = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-                inp = probe.get_inputs()[0]
-                del probe
-                dims = list(inp.shape)
-                if inp.type == "tensor(float)":
-                    fixed = [int(d) if isinstance(d, int) else 0 for d in dims]
-                    make = lambda b, l=None: np.random.default_rng(0).standard_normal(
-                        [b] + fixed[1:]).astype(np.float32)
-                    cases = [None]
-                else:
-                    dt = np.int32 if inp.type == "tensor(int32)" else np.int64
-                    ctx = dims[1] if isinstance(dims[1], int) else a.context_length
-                    cases = [ctx] if isinstance(dims[1], int) else sorted({ctx, 16}, reverse=True)
 
-                    def make(b, l, dt=dt):
-                        x = np.zeros((b, l), dtype=dt)
-                        x[:, 0], x[:, 1:l - 1], x[:, l - 1] = 49406, 320, 49407
-                        return x
-                static1 = dims[0] == 1
-                opts: Dict[str, Any] = {}
-                if prov == "tensorrt":
-                    rest = lambda b: "x".join(str(v) for v in [b] + (
-                        [3] + fixed[2:] if inp.type == "tensor(float)" else [a.context_length]))
-                    mx = 1 if static1 else max(batches)
-                    opts = {"trt_fp16_enable": bool(a.trt_fp16), "trt_engine_cache_enable": True,
-                            "trt_engine_cache_path": a.trt_cache or tempfile.mkdtemp(prefix="trt_py_")}
-                    if not static1:
-                        mn = f"{inp.name}:{rest(1)}" if inp.type == "tensor(float)" else f"{inp.name}:1x1"
-                        opts.update({"trt_profile_min_shapes": mn, "trt_profile_opt_shapes": f"{inp.name}:{rest(mx)}",
-                                     "trt_profile_max_shapes": f"{inp.name}:{rest(mx)}"})
-                    providers = [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
-                elif prov == "cuda":
-                    providers = ["CUDAExecutionProvider"]
-                else:
-                    providers = ["CPUExecutionProvider"]
-                t0 = time.time()
-                s = ort.InferenceSession(path, providers=providers)
-                load_s = time.time() - t0
-                want = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
-                        "cpu": "CPUExecutionProvider"}[prov]
-                if s.get_providers()[0] != want:
-                    raise RuntimeError(f"{want} did not start (session providers {s.get_providers()}; "
-                                       f"available {ort.get_available_providers()})")
-                for l in cases:
-                    for b in batches:
-                        if static1 and b != 1:
-                            continue
-                        if time.time() > end - 5:
-                            res["rows"].append({"provider": prov, "tower": tower, "batch": b, "skipped": "budget"})
-                            continue
-                        x = make(b, l)
-                        t0 = time.time()
-                        s.run(None, {inp.name: x})  # warm-up (TensorRT may build here)
-                        first = time.time() - t0
-                        times = []
-                        t_stop = time.time() + a.seconds
-                        while len(times) < 3 or time.time() < t_stop:
-                            t1 = time.perf_counter()
-                            s.run(None, {inp.name: x})
-                            times.append(time.perf_counter() - t1)
-                            if time.time() > end:
-                                break
-                        med = sorted(times)[len(times) // 2]
-                        row = {"provider": prov, "active": s.get_providers()[0], "tower": tower, "batch": b,
-                               "median_ms": med * 1e3, "items_per_s": b / med, "runs": len(times),
-                               "first_run_s": round(first, 2), "session_s": round(load_s, 2)}
-                        if l is not None:
-                            row["seq_len"] = l
-                        res["rows"].append(row)
-                        print(json.dumps(row), flush=True)
-            except Exception as e:  # noqa: BLE001
-                res["rows"].append({"provider": prov, "tower": tower, "error": f"{type(e).__name__}: {e}"[:500]})
-                rc = 1
+def wheel_fits(filename: str, py: Tuple[int, int], machine: str) -> bool:
+    """Whether this CPython (py = (3, 12)) on this machine (platform.machine()) can use the wheel."""
+    _, _, pys, abis, plats = wheel_tags(filename)
+    cp = f"cp{py[0]}{py[1]}"
+    py_ok = any(t in (f"py{py[0]}", f"py{py[0]}{py[1]}", cp) for t in pys) or any(
+        t.startswith("cp3") and t[2:].isdigit() and int(t[3:]) <= py[1] and "abi3" in abis for t in pys)
+    abi_ok = any(t in ("none", "abi3", cp) for t in abis)
+    plat_ok = any(t == "any" or (t.startswith(("manylinux", "linux")) and t.endswith("_" + machine))
+                  for t in plats)
+    return py_ok and abi_ok and plat_ok
+
+
+def pick_wheels(files: Iterable[str], py: Tuple[int, int], machine: str) -> Tuple[Dict[str, str], List[str]]:
+    """{distribution: the wheel to use} and the distributions that have wheels but none for this Python."""
+    chosen: Dict[str, str] = {}
+    seen = set()
+    for f in sorted(files):
+        name = wheel_tags(f)[0]
+        seen.add(name)
+        if name not in chosen and wheel_fits(f, py, machine):
+            chosen[name] = f
+    return chosen, sorted(seen - set(chosen))
+
+
+def cmd_wheels(a: argparse.Namespace) -> int:
+    files = sorted(glob.glob(os.path.join(a.dir, "*.whl")))
+    py = (sys.version_info[0], sys.version_info[1])
+    chosen, missing = pick_wheels(files, py, platform.machine())
+    os.makedirs(a.target, exist_ok=True)
+    for f in chosen.values():
+        with zipfile.ZipFile(f) as z:
+            z.extractall(a.target)
+    res = {"python": platform.python_version(), "target": a.target,
+           "installed": {k: os.path.basename(v) for k, v in chosen.items()}, "no_wheel_for_this_python": missing}
+    print(json.dumps(res, indent=1))
     if a.out:
-        update(a.out, lambda d: set_path(d, f"results.engine.{a.key or 'onnxruntime'}", res))
+        update(a.out, lambda d: set_path(d, "results.wheels", res))
+    return 1 if missing or not files else 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The server: started per run, fed by clip-bench (gRPC) and, for parity, by plain HTTP (no client packages)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def http_json(url: str, body: Optional[Dict[str, Any]] = None, timeout: float = 120.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        raw = r.read()
+    return json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw.decode("utf-8", "replace")
+
+
+def wait_ready(probe: str, deadline_s: float, proc: Optional[subprocess.Popen] = None) -> None:
+    end = time.time() + deadline_s
+    last: Any = None
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(f"{probe}/readyz", timeout=2.0) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:  # not up yet
+            last = e
+        time.sleep(0.25)
+    raise TimeoutError(f"server not ready after {deadline_s:.0f}s: {last}")
+
+
+def model_info(probe: str) -> List[str]:
+    """The clip_model_info lines of /metrics: the provider and precision actually in use."""
+    try:
+        text = http_json(f"{probe}/metrics", timeout=5.0)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return [f"unavailable: {e}"]
+    return [ln for ln in str(text).splitlines() if ln.startswith("clip_model_info")]
+
+
+def embed_all(http: str, images: Sequence[str], texts: Sequence[Tuple[str, str]], chunk: int = 16,
+              timeout: float = 120.0) -> Dict[str, Any]:
+    """Every fixture through POST /v1/embeddings (images as data URIs, one per request; texts in chunks)."""
+    out: Dict[str, Any] = {"images": {}, "texts": {}, "errors": {}}
+    for p in images:
+        name = os.path.basename(p)
+        with open(p, "rb") as f:
+            mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            uri = f"data:{mime};base64," + base64.b64encode(f.read()).decode()
+        try:
+            r = http_json(f"{http}/v1/embeddings", {"input": [uri]}, timeout)
+            out["images"][name] = r["data"][0]["embedding"]
+        except Exception as e:  # noqa: BLE001 - recorded per item
+            out["errors"][f"image:{name}"] = str(e)[:300]
+    for i in range(0, len(texts), chunk):
+        part = texts[i:i + chunk]
+        try:
+            r = http_json(f"{http}/v1/embeddings", {"input": [t for _, t in part]}, timeout)
+            for (name, _), e in zip(part, sorted(r["data"], key=lambda d: d["index"])):
+                out["texts"][name] = e["embedding"]
+        except Exception as e:  # noqa: BLE001
+            for name, _ in part:
+                out["errors"][f"text:{name}"] = str(e)[:300]
+    return out
+
+
+def server_cmd(a: argparse.Namespace, ports: Dict[str, int], data_dir: str,
+               plan: Optional[Dict[str, int]] = None) -> List[str]:
+    cmd = [a.bin, "serve", "--model-dir", a.model_dir, "--grpc-addr", f"127.0.0.1:{ports['grpc']}",
+           "--http-addr", f"127.0.0.1:{ports['http']}", "--probe-addr", f"127.0.0.1:{ports['probe']}",
+           "--data-dir", data_dir, "--provider", a.provider, "--log-filter", "warn"]
+    if plan:
+        cmd += ["--max-batch-size", str(plan["max_batch_size"]),
+                "--max-items-per-request", str(plan["max_items_per_request"]),
+                "--max-concurrent-requests", str(plan["max_concurrent_requests"]),
+                "--max-queue-rows", str(plan["max_queue_rows"])]
+        if plan["max_batch_size"] > 1 and a.batch_delay:
+            cmd += ["--max-batch-delay", a.batch_delay]
+    if a.intra_op_threads:
+        cmd += ["--intra-op-threads", str(a.intra_op_threads)]
+    return cmd + list(a.server_arg or [])
+
+
+def bench_cmd(a: argparse.Namespace, grpc_port: int, mod: str, concurrency: int, items: int,
+              out_json: str) -> List[str]:
+    cmd = [a.bench_bin, "--addr", f"http://127.0.0.1:{grpc_port}", "--modality", mod, "--concurrency",
+           str(concurrency), "--items", str(items), "--duration", a.duration, "--out", out_json]
+    if mod == "images":
+        cmd += ["--image", *(a.bench_image or list_images(a.images)[:1])]
+    return cmd
+
+
+def cmd_server(a: argparse.Namespace) -> int:
+    """One provider: parity (optional), then clip-bench per modality, per --batches entry (or once)."""
+    key = a.key or a.provider
+    end = time.time() + a.limit
+    work = tempfile.mkdtemp(prefix=f"gpu_check_{key}_")  # data dirs and bench JSON; removed at the end
+    log_path = a.server_log or os.path.join(work, "server.log")
+    res: Dict[str, Any] = {"provider": a.provider, "server_log": a.server_log, "runs": {}}
+    rc = 0
+    plans: List[Optional[Dict[str, int]]] = (
+        list(sweep_plan([int(b) for b in a.batches.split(",") if b.strip()], a.max_concurrency))
+        if a.batches else [None])
+    for n, plan in enumerate(plans):
+        label = f"b{plan['max_batch_size']}" if plan else "defaults"
+        entry: Dict[str, Any] = {"plan": plan}
+        if end - time.time() < _seconds(a.duration) + 15:
+            res["runs"][label] = {"skipped": f"budget: {end - time.time():.0f}s left"}
+            rc = 1
+            continue
+        ports = {k: free_port() for k in ("grpc", "http", "probe")}
+        try:
+            with running_server(server_cmd(a, ports, os.path.join(work, f"data-{label}"), plan), log_path) as proc:
+                t0 = time.time()
+                wait_ready(f"http://127.0.0.1:{ports['probe']}", max(1.0, min(a.start_timeout, end - time.time())),
+                           proc)
+                entry["start_s"] = round(time.time() - t0, 2)
+                entry["model_info"] = model_info(f"http://127.0.0.1:{ports['probe']}")
+                if n == 0 and (a.save_vectors or a.ref):
+                    t1 = time.time()
+                    vecs = embed_all(f"http://127.0.0.1:{ports['http']}", list_images(a.images), load_texts(a.texts))
+                    res["embed_s"] = round(time.time() - t1, 2)
+                    res["errors"] = vecs.pop("errors")
+                    rc |= 1 if res["errors"] else 0
+                    if a.save_vectors:
+                        with open(a.save_vectors, "w", encoding="utf-8") as f:
+                            json.dump(vecs, f)
+                    if a.ref:
+                        with open(a.ref, encoding="utf-8") as f:
+                            par = parity(json.load(f), vecs, a.min_cosine)
+                        for m in par["modalities"].values():
+                            m.pop("per_item", None)
+                        res["parity"] = par
+                        rc |= 0 if par["pass"] else 1
+                conc = plan["concurrency"] if plan else a.concurrency
+                items = plan["items"] if plan else a.items
+                for mod in a.modalities.split(","):
+                    if end - time.time() < _seconds(a.duration) + 5:
+                        entry[mod] = {"skipped": "budget"}
+                        rc = 1
+                        continue
+                    out_json = os.path.join(work, f"bench-{label}-{mod}.json")
+                    brc, _, out = run_limited(bench_cmd(a, ports["grpc"], mod, conc, items, out_json),
+                                              min(_seconds(a.duration) * 3 + 30, end - time.time()))
+                    if brc == 0 and os.path.exists(out_json):
+                        with open(out_json, encoding="utf-8") as f:
+                            entry[mod] = bench_summary(json.load(f))
+                        rc |= 1 if entry[mod].get("errors") else 0
+                    else:
+                        entry[mod] = {"error": f"clip-bench rc {brc}", "log_tail": tail(out, 800)}
+                        rc = 1
+        except Exception as e:  # noqa: BLE001 - recorded, the stage fails
+            entry["error"] = f"{type(e).__name__}: {e}"
+            rc = 1
+        res["runs"][label] = entry
+        if a.out:
+            update(a.out, lambda d: set_path(d, f"results.server.{key}", res))
+        if "start_s" not in entry:  # it did not start: the next batch size would not either (see the log)
+            break
+    with contextlib.suppress(OSError):
+        with open(log_path, "rb") as f:
+            res["server_log_tail"] = tail(f.read().decode("utf-8", "replace"), 1500)
+    shutil.rmtree(work, ignore_errors=True)
+    if a.out:
+        update(a.out, lambda d: set_path(d, f"results.server.{key}", res))
+    print(json.dumps({k: v for k, v in res.items() if k != "server_log_tail"}, indent=1, default=str))
     return rc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The human-readable summary
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _num(x: Any, fmt: str = "{:.1f}") -> str:
+    return fmt.format(x) if isinstance(x, (int, float)) else "-"
+
+
+def human_summary(doc: Dict[str, Any]) -> str:
+    """The figures that matter, as text: stages, server throughput, preprocessing ceiling, GPU compute."""
+    m, r = doc.get("machine", {}), doc.get("results", {})
+    lines = [f"gpu_check {doc.get('started', '')}  host {m.get('hostname')}  {m.get('nproc')} CPUs  "
+             f"python {m.get('python')}  mode {m.get('mode', '?')}"]
+    for k in ("cpu_model", "cpu_flags", "gpu"):
+        if m.get(k):
+            lines.append(f"  {k}: {m[k]}")
+    lines.append("stages:")
+    for name, st in doc.get("stages", {}).items():
+        extra = f" ({st['note']})" if st.get("note") else ""
+        lines.append(f"  {name:<18} {st.get('status'):<8} {_num(st.get('seconds'))} s{extra}")
+    for key, srv in (r.get("server") or {}).items():
+        for label, run in (srv.get("runs") or {}).items():
+            for mod in ("images", "texts"):
+                b = run.get(mod) if isinstance(run, dict) else None
+                if isinstance(b, dict) and "items_per_s" in b:
+                    lines.append(f"server {key} {label} {mod}: {_num(b['items_per_s'])}/s "
+                                 f"(concurrency {b.get('concurrency')} x {b.get('items_per_request')}, "
+                                 f"p50 {_num(b.get('latency_ms_p50'))} ms, errors {b.get('errors')})")
+        if "parity" in srv:
+            p = srv["parity"]
+            mins = {k: _num(v.get("min"), "{:.6f}") for k, v in p.get("modalities", {}).items()}
+            lines.append(f"parity {key} vs cpu: pass {p.get('pass')} min cosine {mins}")
+    for row in (r.get("preprocess") or []):
+        if isinstance(row, dict) and "images_per_s" in row:
+            lines.append(f"preprocess {os.path.basename(str(row.get('file')))} ({row.get('bytes')} bytes): "
+                         f"{_num(row['images_per_s'])} images/s on {row.get('threads')} threads")
+    for key in ("gpu_torch", "torch_cpu_smoke"):
+        t = r.get(key)
+        if isinstance(t, dict):
+            lines.append(f"{key}: torch {t.get('torch')} device {t.get('device_name', t.get('device'))}")
+            for row in t.get("rows", []):
+                lines.append(f"  {row.get('tower')} {row.get('mode'):<5} batch {row.get('batch'):>3}: "
+                             + (f"{_num(row.get('items_per_s'))} items/s" if "items_per_s" in row
+                                else str(row.get("error") or row.get("skipped"))))
+    s = doc.get("summary") or summarize(doc)
+    lines.append(f"total {s['total_s']} s; all ok: {s['all_ok']}; failed {s['stages']['failed']}; "
+                 f"timeout {s['stages']['timeout']}; skipped {s['stages']['skipped']}")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -741,50 +738,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--file")
     g.add_argument("--value", help="a JSON value (or a plain string)")
 
-    s = sub.add_parser("libpaths")
-    s.add_argument("--site-packages", required=True)
+    s = sub.add_parser("wheels")
+    s.add_argument("--dir", required=True, help="folder of .whl files")
+    s.add_argument("--target", required=True, help="where to unpack them (put it on PYTHONPATH)")
     s.add_argument("--out", default=None)
 
-    s = sub.add_parser("provider")
+    s = sub.add_parser("libpaths")
+    s.add_argument("--site-packages", required=True, action="append")
+    s.add_argument("--out", default=None)
+
+    s = sub.add_parser("server")
     s.add_argument("--out", default=None)
     s.add_argument("--key", default=None, help="result key (default: the provider name)")
     s.add_argument("--bin", required=True, help="clip-serve binary")
-    s.add_argument("--bench-bin", default=None, help="clip-bench binary (no sweep without it)")
+    s.add_argument("--bench-bin", required=True, help="clip-bench binary")
     s.add_argument("--model-dir", required=True)
     s.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), required=True)
-    s.add_argument("--trt-fp16", action="store_true")
-    s.add_argument("--trt-engine-cache-dir", default=None)
     s.add_argument("--intra-op-threads", type=int, default=None)
     s.add_argument("--server-arg", action="append", default=[], help="extra clip-serve flag (repeatable)")
     s.add_argument("--server-log", default=None)
+    s.add_argument("--start-timeout", type=float, default=120.0)
     s.add_argument("--images", default=DEFAULT_IMAGES_DIR)
     s.add_argument("--texts", default=DEFAULT_TEXTS)
     s.add_argument("--ref", default=None, help="vectors JSON to compare with (from --save-vectors of a CPU run)")
     s.add_argument("--save-vectors", default=None)
     s.add_argument("--min-cosine", type=float, default=0.999)
-    s.add_argument("--per-item", action="store_true", help="keep every item's cosine in the result")
-    s.add_argument("--batches", default="", help="throughput sweep: --max-batch-size values, e.g. 1,32,256")
+    s.add_argument("--batches", default="", help="restart per --max-batch-size value, e.g. 1,32,256")
+    s.add_argument("--concurrency", type=int, default=16, help="clip-bench clients without --batches")
+    s.add_argument("--items", type=int, default=8, help="items per request without --batches")
     s.add_argument("--modalities", default="images,texts")
     s.add_argument("--max-concurrency", type=int, default=64)
     s.add_argument("--batch-delay", default="2ms", help="--max-batch-delay for sweep batches > 1")
-    s.add_argument("--bench-image", default=None)
-    s.add_argument("--duration", default="5s")
+    s.add_argument("--bench-image", action="append", default=[], help="image for clip-bench (repeatable)")
+    s.add_argument("--duration", default="10s")
     s.add_argument("--limit", type=float, default=300.0, help="seconds for everything this command does")
-
-    s = sub.add_parser("engine-bench")
-    s.add_argument("--out", default=None)
-    s.add_argument("--key", default=None)
-    s.add_argument("--model-dir", required=True)
-    s.add_argument("--providers", default="cuda")
-    s.add_argument("--batches", default="1,32,256")
-    s.add_argument("--seconds", type=float, default=2.0)
-    s.add_argument("--context-length", type=int, default=77)
-    s.add_argument("--trt-fp16", action="store_true")
-    s.add_argument("--trt-cache", default=None)
-    s.add_argument("--limit", type=float, default=120.0)
 
     s = sub.add_parser("finish")
     s.add_argument("--out", required=True)
+    s.add_argument("--summary", default=None, help="also write the human-readable summary here")
     return p
 
 
@@ -813,8 +804,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if a.cmd_name == "merge":
         if a.file:
-            with open(a.file, encoding="utf-8") as f:
-                value = json.load(f)
+            try:
+                with open(a.file, encoding="utf-8") as f:
+                    value = json.load(f)
+            except (OSError, ValueError) as e:
+                print(f"gpu_check: merge {a.key}: {e}", file=sys.stderr)
+                return 1
         else:
             try:
                 value = json.loads(a.value)
@@ -822,18 +817,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 value = a.value
         update(a.out, lambda d: set_path(d, "results." + a.key, value))
         return 0
+    if a.cmd_name == "wheels":
+        return cmd_wheels(a)
     if a.cmd_name == "libpaths":
         return cmd_libpaths(a)
-    if a.cmd_name == "provider":
-        return cmd_provider(a)
-    if a.cmd_name == "engine-bench":
-        return cmd_engine_bench(a)
+    if a.cmd_name == "server":
+        return cmd_server(a)
     if a.cmd_name == "finish":
         doc = update(a.out, lambda d: d.update({"finished": now_iso(), "summary": summarize(d)}))
-        s = doc["summary"]
-        print(f"gpu_check: {s['total_s']}s; ok {s['stages']['ok']}; failed {s['stages']['failed']}; "
-              f"timeout {s['stages']['timeout']}; skipped {s['stages']['skipped']}", file=sys.stderr)
-        return 0
+        text = human_summary(doc)
+        with contextlib.suppress(OSError):
+            os.remove(a.out + ".lock")
+        if a.summary:
+            with open(a.summary, "w", encoding="utf-8") as f:
+                f.write(text)
+        sys.stderr.write(text)
+        return 0 if doc["summary"]["all_ok"] else 1
     raise AssertionError(a.cmd_name)
 
 

@@ -74,8 +74,9 @@ if [[ -n "${CLIP_SERVE_REQUIRE_OPENVINO:-}" ]] && grep -q GenuineIntel /proc/cpu
   }
   step "OpenVINO vectors on Intel (non-fatal until they have passed once)" openvino_vectors
 fi
-# The CPU-side parts of the Python tools (gpu_check's arguments, JSON and parity; the quantization
-# gate's decisions); tests that need numpy/onnx skip themselves on a bare python3.
+# The CPU-side parts of the Python tools (gpu_check's arguments, JSON, parity and wheel choice; gpu_bundle.sh's
+# size and checksum check, without a build; the quantization gate's decisions); tests that need numpy/onnx skip
+# themselves on a bare python3. The GPU check itself (scripts/gpu_check.sh) never runs in CI.
 step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts/tests
 # The fuzz targets: all four targets' bodies run over their committed seeds and fixed mutations of them
 # in `cargo test` (tests/integration/fuzz_seeds.rs); here the decoders and the tokenizer, which link
