@@ -10,6 +10,7 @@
 # Writes bench-results/search-grpc/<N>.json and prints a summary with the CPU flags.
 #
 #   scripts/bench_search_grpc.sh [N]          (N: 1000000 by default; about 12 GB of disk at 1M)
+#   SERVER=PATH: that clip-serve binary instead of building target/release/clip-serve.
 #   CLIENT_PROFILE=dev: build the client in the dev profile (the bench profile rebuilds the crate
 #   with the dev-dependencies' features; the client's own cost is negligible either way).
 set -euo pipefail
@@ -22,7 +23,11 @@ OUT="$ROOT/bench-results/search-grpc"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/search-grpc.XXXXXX")"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.cache/onnxruntime/lib/libonnxruntime.so}"
 mkdir -p "$OUT"
-cargo build --release --locked --bin clip-serve
+SERVER="${SERVER:-}"
+if [[ -z "$SERVER" ]]; then
+  cargo build --release --locked --bin clip-serve
+  SERVER=target/release/clip-serve
+fi
 CLIENT_PROFILE="${CLIENT_PROFILE:-bench}"
 cargo bench --locked --profile "$CLIENT_PROFILE" --bench search_grpc --no-run
 case "$CLIENT_PROFILE" in bench) DIR=release ;; dev) DIR=debug ;; *) DIR="$CLIENT_PROFILE" ;; esac
@@ -32,7 +37,7 @@ PID=""
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 GRPC="$(free_port)"; HTTP="$(free_port)"
 start_server() {
-  target/release/clip-serve serve --probe-addr 127.0.0.1:0 --model-dir tests/fixtures/model \
+  "$SERVER" serve --probe-addr 127.0.0.1:0 --model-dir tests/fixtures/model \
     --grpc-addr "127.0.0.1:$GRPC" --http-addr "127.0.0.1:$HTTP" --data-dir "$DATA" --log-filter warn &
   PID=$!
   for _ in $(seq 1 3000); do

@@ -108,6 +108,20 @@ pub async fn run_blocking<T: Send + 'static>(
     )))
 }
 
+/// Hands the allocator's free heap pages back to the operating system (glibc's `malloc_trim`;
+/// nothing elsewhere). Loading a large collection allocates every stored vector on its own
+/// (2 KiB each at 512 dimensions) before the index copies them into one matrix; glibc keeps the
+/// freed small chunks mapped, so without this the process would hold about twice the vectors'
+/// bytes after start-up (5.75 KB per 512-d vector at 1M, measured, against 2.2 KB of index).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and only walks the allocator's own free lists; it is
+    // thread-safe (it takes each arena's lock).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,19 +180,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ServiceError::Internal(_)));
-    }
-}
-
-/// Hands the allocator's free heap pages back to the operating system (glibc's `malloc_trim`;
-/// nothing elsewhere). Loading a large collection allocates every stored vector on its own
-/// (2 KiB each at 512 dimensions) before the index copies them into one matrix; glibc keeps the
-/// freed small chunks mapped, so without this the process would hold about twice the vectors'
-/// bytes after start-up (5.75 KB per 512-d vector at 1M, measured, against 2.2 KB of index).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer and only walks the allocator's own free lists; it is
-    // thread-safe (it takes each arena's lock).
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
