@@ -82,6 +82,17 @@ pub struct RetrieveArgs {
     )]
     pub recall_max_oversample: u32,
 
+    /// Local store: bytes of redb's page cache for <data-dir>/collections.redb. Collections are
+    /// searched from memory, so the cache serves writes and the start-up read only; redb's own
+    /// default (1 GiB) would stay filled after loading a large collection.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_STORE_CACHE_BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        display_order = 467
+    )]
+    pub store_cache_bytes: u64,
+
     /// Most results a Search may ask for.
     #[arg(
         long,
@@ -185,6 +196,7 @@ impl RetrieveArgs {
             max_reply_bytes: to_usize("max-reply-bytes", self.max_reply_bytes)?,
             max_collection_items: to_usize("max-collection-items", self.max_collection_items)?,
             max_model_bytes: to_usize("max-model-bytes", self.max_model_bytes.into())?,
+            store_cache_bytes: to_usize("store-cache-bytes", self.store_cache_bytes)?,
         })
     }
 }

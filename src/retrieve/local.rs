@@ -170,8 +170,20 @@ impl LocalStore {
         ann_min_vectors: usize,
         skipped: prometheus::IntCounter,
     ) -> anyhow::Result<Self> {
+        let cache = crate::retrieve::store::DEFAULT_CACHE_BYTES;
+        Self::open_with_cache(data_dir, search_threads, ann_min_vectors, skipped, cache)
+    }
+
+    /// [`Self::open`] with `cache_bytes` of redb page cache (`--store-cache-bytes`).
+    pub fn open_with_cache(
+        data_dir: &std::path::Path,
+        search_threads: usize,
+        ann_min_vectors: usize,
+        skipped: prometheus::IntCounter,
+        cache_bytes: usize,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let store = Store::open(&data_dir.join("collections.redb"))?;
+        let store = Store::open_with_cache(&data_dir.join("collections.redb"), cache_bytes)?;
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 store,

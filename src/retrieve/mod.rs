@@ -60,6 +60,8 @@ pub struct RetrieveConfig {
     pub max_collection_items: usize,
     /// Longest collection `model` string (`--max-model-bytes`).
     pub max_model_bytes: usize,
+    /// Local store: redb's page cache (`--store-cache-bytes`).
+    pub store_cache_bytes: usize,
 }
 
 /// Bytes an item takes in a reply, roughly: id, vector, metadata keys and values.
@@ -162,11 +164,12 @@ impl RetrieveService {
         skipped: prometheus::IntCounter,
         measured_recall: Option<prometheus::GaugeVec>,
     ) -> anyhow::Result<Self> {
-        let store = local::LocalStore::open(
+        let store = local::LocalStore::open_with_cache(
             data_dir,
             config.search_threads,
             config.ann_min_vectors,
             skipped,
+            config.store_cache_bytes,
         )?
         .with_max_items(config.max_collection_items)
         .with_ann_params(config.ann)

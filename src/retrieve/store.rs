@@ -99,11 +99,22 @@ pub fn decode(bytes: &[u8]) -> Result<(Vec<f32>, Metadata), String> {
     Ok((vector, metadata))
 }
 
+/// The collection store's page cache unless `--store-cache-bytes` says otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl Store {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let db = Database::create(path).map_err(|e| {
-            anyhow::anyhow!("{}: cannot open the collection store: {e}", path.display())
-        })?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (creating) the store with `cache_bytes` of page cache.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> anyhow::Result<Self> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| {
+                anyhow::anyhow!("{}: cannot open the collection store: {e}", path.display())
+            })?;
         let txn = db.begin_write()?;
         txn.open_table(COLLECTIONS)?;
         txn.commit()?;
