@@ -21,9 +21,10 @@
 //!   build runs full batches.
 //! - Priorities ([`priority`]): live jobs come in three classes, served in strict order (high,
 //!   normal, low) with round-robin within a class; a job that has waited `priority_aging` is served
-//!   with the high class (the starvation bound), and while a higher class has had traffic in the
-//!   last second a batch of a lower class's rows holds at most a quarter of `max_batch_size` (as
-//!   background batches do), so a high row never waits behind a long batch of low ones.
+//!   right after the high class with one row in every batch (the starvation bound), and while a
+//!   higher class has had traffic in the last second rows of a lower class join a batch only while
+//!   it holds fewer than `priority_yield_rows`, so a high row never waits behind, nor carries, a
+//!   long batch of low ones.
 //! - Bounded: normal jobs may queue `max_queue_rows` rows, high ones a quarter more, low ones half
 //!   (a flood of low work leaves room for the rest); a job that does not fit is refused at once
 //!   ([`BatchError::QueueFull`]).
@@ -72,12 +73,19 @@ pub struct BatcherConfig {
     pub max_batch_size: usize,
     pub max_batch_delay: Duration,
     pub max_queue_rows: usize,
-    /// A normal or low job that has waited this long is served with the high class.
+    /// A normal or low job that has waited this long is served right after the high class, with
+    /// one of its rows in every batch (the starvation bound).
     pub priority_aging: Duration,
+    /// While a higher class has had traffic in the last second, a batch takes rows of a lower class
+    /// only up to this many rows in all (`--priority-yield-rows`).
+    pub priority_yield_rows: usize,
 }
 
 /// The default `priority_aging` (`--priority-aging`).
 pub const DEFAULT_PRIORITY_AGING: Duration = Duration::from_secs(2);
+
+/// The default `priority_yield_rows` (`--priority-yield-rows`).
+pub const DEFAULT_PRIORITY_YIELD_ROWS: usize = 2;
 
 /// Why a job got no result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -117,7 +125,7 @@ struct Job<R, O> {
     results: Arc<Mutex<JobResults<O>>>,
     deadline: Option<Instant>,
     enqueued: Instant,
-    /// The class it was queued in (it may be served with the high class once it has aged).
+    /// The class it was queued in (it may be served in the aged tier once it has waited).
     class: Class,
 }
 
@@ -191,6 +199,9 @@ impl<O> JobResults<O> {
 struct Queue<R, O> {
     /// Live jobs by class, served first to last.
     live: [VecDeque<Job<R, O>>; 3],
+    /// Normal and low jobs that have waited `priority_aging`: served after the high class and
+    /// before the normal one, with one row in every batch.
+    aged: VecDeque<Job<R, O>>,
     /// Jobs that run only when no live row waits.
     background: VecDeque<Job<R, O>>,
     /// When a job of each live class last arrived.
@@ -205,6 +216,7 @@ impl<R, O> Queue<R, O> {
     fn new() -> Self {
         Queue {
             live: Default::default(),
+            aged: VecDeque::new(),
             background: VecDeque::new(),
             last_arrival: [None; 3],
             rows: 0,
@@ -257,6 +269,7 @@ impl<R, O> Drop for StopOnDrop<R, O> {
         let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.stopped = true;
         let mut jobs = std::mem::take(&mut q.background);
+        jobs.append(&mut q.aged);
         for class in &mut q.live {
             jobs.append(class);
         }
@@ -472,10 +485,13 @@ fn next_batch<R, O>(shared: &Shared<R, O>) -> Option<Batch<R, O>> {
 /// How long after a request of a class the batches of lower classes stay small.
 const LIVE_RECENTLY: Duration = Duration::from_secs(1);
 
-/// Forms the next batch, dropping dead jobs first: rows round-robin from the highest class that has
-/// any (aged jobs served with the high class), the room left filled from the classes below; only
-/// when no live row waits, background rows. Rows of a class are capped at a quarter of
-/// `max_batch_size` while a higher class has had traffic in the last second.
+/// Forms the next batch, dropping dead jobs first: one row of the longest-waiting aged job (the
+/// starvation bound), then rows round-robin from the highest class that has any, the aged jobs
+/// right after the high class, the room left filled from the classes below; only when no live row
+/// waits, background rows. While a higher class has had traffic in the last second, rows of a
+/// lower class join only while the batch holds fewer than `priority_yield_rows` (on a CPU a
+/// batch's time grows with its rows: a high request neither waits behind a long batch of low
+/// rows nor carries them in its own).
 fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
     let now = Instant::now();
     for class in 0..q.live.len() {
@@ -483,21 +499,29 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
         drop_dead(&mut jobs, q, shared, now);
         q.live[class] = jobs;
     }
-    let mut background = std::mem::take(&mut q.background);
-    drop_dead(&mut background, q, shared, now);
-    q.background = background;
+    for tier in [Tier::Aged, Tier::Background] {
+        let mut jobs = std::mem::take(tier.of(q));
+        drop_dead(&mut jobs, q, shared, now);
+        *tier.of(q) = jobs;
+    }
     promote_aged(q, shared.config.priority_aging, now);
 
     let max = shared.config.max_batch_size;
     let small = (max / 4).max(1);
+    let yield_rows = shared.config.priority_yield_rows.clamp(1, max);
     let mut batch = Batch {
         rows: Vec::with_capacity(max.min(q.rows)),
         targets: Vec::with_capacity(max.min(q.rows)),
     };
     let recently = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < LIVE_RECENTLY);
+    let mut aged = std::mem::take(&mut q.aged);
+    fill(&mut batch, &mut aged, 1, q, shared, now);
     for class in 0..q.live.len() {
         let busy_above = q.last_arrival[..class].iter().any(|&t| recently(t));
-        let cap = if busy_above { small } else { max };
+        let cap = if busy_above { yield_rows } else { max };
+        if class == 1 && batch.rows.len() < cap {
+            fill(&mut batch, &mut aged, cap, q, shared, now);
+        }
         if batch.rows.len() >= cap {
             continue;
         }
@@ -505,6 +529,7 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
         fill(&mut batch, &mut jobs, cap, q, shared, now);
         q.live[class] = jobs;
     }
+    q.aged = aged;
     if batch.rows.is_empty() {
         let live_lately = q.last_arrival.iter().any(|&t| recently(t));
         let cap = if live_lately { small } else { max };
@@ -515,8 +540,25 @@ fn take_batch<R, O>(q: &mut Queue<R, O>, shared: &Shared<R, O>) -> Batch<R, O> {
     batch
 }
 
-/// Moves the normal and low jobs that have waited `aging` to the back of the high class (the
-/// starvation bound: from there they take turns with the high jobs).
+/// The queues outside the live classes.
+#[derive(Clone, Copy)]
+enum Tier {
+    Aged,
+    Background,
+}
+
+impl Tier {
+    fn of<R, O>(self, q: &mut Queue<R, O>) -> &mut VecDeque<Job<R, O>> {
+        match self {
+            Tier::Aged => &mut q.aged,
+            Tier::Background => &mut q.background,
+        }
+    }
+}
+
+/// Moves the normal and low jobs that have waited `aging` to the back of the aged tier (the
+/// starvation bound: from there one of their rows leads every batch, and they are served before
+/// the normal class).
 fn promote_aged<R, O>(q: &mut Queue<R, O>, aging: Duration, now: Instant) {
     for class in 1..q.live.len() {
         while q.live[class]
@@ -524,7 +566,7 @@ fn promote_aged<R, O>(q: &mut Queue<R, O>, aging: Duration, now: Instant) {
             .is_some_and(|job| now.duration_since(job.enqueued) >= aging)
         {
             if let Some(job) = q.live[class].pop_front() {
-                q.live[0].push_back(job);
+                q.aged.push_back(job);
             }
         }
     }
@@ -729,6 +771,7 @@ mod tests {
                 max_batch_delay: Duration::ZERO,
                 max_queue_rows,
                 priority_aging,
+                priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
             },
             metrics: BatchMetrics::unregistered(),
             cost: |_| 0,
@@ -835,6 +878,7 @@ mod tests {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 100_000,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(
             Doubler {
@@ -880,6 +924,7 @@ mod tests {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 100,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(
             Doubler {
@@ -920,6 +965,7 @@ mod tests {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 10,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(Fragile, config, BatchMetrics::unregistered());
         let err = batcher.submit(vec![0], None).await.unwrap_err();
@@ -959,6 +1005,7 @@ mod tests {
             max_batch_delay: Duration::from_secs(2),
             max_queue_rows: 100,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
         for _ in 0..3 {
@@ -998,6 +1045,7 @@ mod tests {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 4,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(Gated { go, sizes }, config, BatchMetrics::unregistered());
         // Jobs of 2 rows: the first goes to the engine (which blocks); nothing is formed ahead of
@@ -1054,6 +1102,7 @@ mod tests {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 10,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(Slow, config, BatchMetrics::unregistered());
         let out = batcher.submit(vec![1, 2, 3], None).await.unwrap();
@@ -1125,6 +1174,7 @@ mod tests {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 100,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = Batcher::start(
             Held { go, seen: seen_tx },

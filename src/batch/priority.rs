@@ -9,10 +9,11 @@
 //! ([`current`]).
 //!
 //! In the batcher (see `batch/mod.rs`): strict order between classes, with a starvation bound (a
-//! job that has waited `--priority-aging` is served with the high class), smaller batches for a
-//! lower class while a higher one has had traffic in the last second (a batch of low rows never
-//! keeps a high row waiting long), and queue room by class: normal calls fill `--max-queue-rows`,
-//! high ones a quarter more, low ones half of it, so a flood of low work never locks out the rest.
+//! job that has waited `--priority-aging` is served right after the high class, one of its rows in
+//! every batch), small batches for a lower class while a higher one has had traffic in the last
+//! second (`--priority-yield-rows`: a batch of low rows never keeps a high row waiting long), and
+//! queue room by class: normal calls fill `--max-queue-rows`, high ones a quarter more, low ones
+//! half of it, so a flood of low work never locks out the rest.
 
 use std::{fmt, future::Future, str::FromStr};
 

@@ -19,7 +19,8 @@ fn higher_classes_go_first_and_lower_ones_get_small_batches_meanwhile() {
     let _normal = push(&s, (200..220).collect(), Priority::Normal).unwrap();
     let _high = push(&s, vec![1, 2, 3], Priority::High).unwrap();
     let mut q = s.queue.lock().unwrap();
-    // The high rows first; with the high class busy, the rest of the batch is capped at 8 / 4.
+    // The high rows first; with the high class busy, lower rows join only while the batch holds
+    // fewer than --priority-yield-rows (2): none join these three.
     assert_eq!(take_batch(&mut q, &s).rows, vec![1, 2, 3]);
     // Only normal and low rows left, the high class busy a moment ago: normal rows, 2 at a time.
     assert_eq!(take_batch(&mut q, &s).rows, vec![200, 201]);
@@ -45,9 +46,9 @@ fn higher_classes_go_first_and_lower_ones_get_small_batches_meanwhile() {
 }
 
 #[test]
-fn a_low_job_that_waited_too_long_is_served_with_the_high_class() {
+fn a_job_that_waited_too_long_gets_a_row_in_every_batch_and_goes_before_normal_work() {
     let s = shared(4, 1000, Duration::from_millis(50));
-    let _low = push(&s, vec![100, 101], Priority::Low).unwrap();
+    let _low = push(&s, vec![100, 101, 102], Priority::Low).unwrap();
     {
         let mut q = s.queue.lock().unwrap();
         // It has waited past the bound.
@@ -55,8 +56,17 @@ fn a_low_job_that_waited_too_long_is_served_with_the_high_class() {
     }
     let _high = push(&s, (1..20).collect(), Priority::High).unwrap();
     let mut q = s.queue.lock().unwrap();
-    // Promoted behind the high job, it takes turns with it: not behind all 19 high rows.
-    assert_eq!(take_batch(&mut q, &s).rows, vec![1, 100, 2, 101]);
+    // A busy high class does not starve it: one of its rows leads every batch, and the high rows
+    // fill the rest (the high job is not delayed by more than a row per batch).
+    assert_eq!(take_batch(&mut q, &s).rows, vec![100, 1, 2, 3]);
+    assert_eq!(take_batch(&mut q, &s).rows, vec![101, 4, 5, 6]);
+    drop(q);
+    // Aged work goes before normal work that has not waited as long, even without high traffic.
+    let _normal = push(&s, vec![200, 201], Priority::Normal).unwrap();
+    let mut q = s.queue.lock().unwrap();
+    q.live[0].clear();
+    q.last_arrival = [None; 3];
+    assert_eq!(take_batch(&mut q, &s).rows, vec![102, 200, 201]);
 }
 
 #[test]
@@ -67,8 +77,9 @@ fn without_the_bound_a_busy_high_class_keeps_low_rows_waiting() {
     let mut q = s.queue.lock().unwrap();
     assert_eq!(take_batch(&mut q, &s).rows, vec![1, 2, 3, 4]);
     assert_eq!(take_batch(&mut q, &s).rows, vec![5, 6, 7, 8]);
-    // The high queue is empty: the low rows, a quarter batch (the high class was busy).
-    assert_eq!(take_batch(&mut q, &s).rows, vec![100]);
+    // The high queue is empty: the low rows, --priority-yield-rows (2) at most while the high
+    // class was busy a moment ago.
+    assert_eq!(take_batch(&mut q, &s).rows, vec![100, 101]);
 }
 
 #[test]
@@ -108,6 +119,7 @@ async fn the_class_comes_from_the_call_and_its_wait_is_counted_by_class() {
         max_batch_delay: Duration::ZERO,
         max_queue_rows: 100,
         priority_aging: DEFAULT_PRIORITY_AGING,
+        priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
     };
     let batcher = Batcher::start(Echo, config, BatchMetrics::unregistered());
     let allowed = priority::Allowed::OPEN;

@@ -40,6 +40,7 @@ fn shared(max_batch_size: usize, grouped: bool) -> Shared<Row, Row> {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 1_000_000,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         },
         metrics: BatchMetrics::unregistered(),
         cost: if grouped {
@@ -219,6 +220,7 @@ proptest! {
             max_batch_delay: Duration::ZERO,
             max_queue_rows: 10_000,
             priority_aging: DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let batcher = if grouped {
             Batcher::start(Echo::<true>(Arc::clone(&seen)), config, BatchMetrics::unregistered())

@@ -1,5 +1,6 @@
 //! The dynamic batcher: rows per batch, how long a batch waits to fill, rows queued per modality,
-//! and when a waiting low-priority call is served with the high class.
+//! when a waiting low-priority call is served ahead of its class, and how many lower-class rows a
+//! batch takes while a higher class is busy.
 
 use std::time::Duration;
 
@@ -34,10 +35,21 @@ pub struct BatchArgs {
     )]
     pub max_queue_rows: u32,
 
-    /// A normal- or low-priority call that has waited this long in the queue is served with the
-    /// high class (the starvation bound), e.g. 2s.
+    /// A normal- or low-priority call that has waited this long in the queue is served right
+    /// after the high class, with one of its rows in every batch (the starvation bound), e.g. 2s.
     #[arg(long, env = "CLIP_SERVE_PRIORITY_AGING", default_value = "2s", value_parser = parse_duration, display_order = 315)]
     pub priority_aging: Duration,
+
+    /// While a higher priority class has had calls in the last second, a batch takes rows of a
+    /// lower class only up to this many rows in all: on a CPU a batch's time grows with its rows,
+    /// so a high call never waits behind, or carries, a long batch of low rows. Raise it on a GPU.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_PRIORITY_YIELD_ROWS",
+        default_value_t = 2,
+        display_order = 316
+    )]
+    pub priority_yield_rows: u32,
 }
 
 impl BatchArgs {
@@ -49,6 +61,7 @@ impl BatchArgs {
             max_batch_delay: self.max_batch_delay,
             max_queue_rows: to_usize("max-queue-rows", self.max_queue_rows.into())?,
             priority_aging: self.priority_aging,
+            priority_yield_rows: to_usize("priority-yield-rows", self.priority_yield_rows.into())?,
         };
         if batch.max_queue_rows < max_items_per_request {
             return Err(format!(

@@ -113,6 +113,7 @@ mod tests {
             max_batch_delay: std::time::Duration::ZERO,
             max_queue_rows: 8,
             priority_aging: crate::batch::DEFAULT_PRIORITY_AGING,
+            priority_yield_rows: crate::batch::DEFAULT_PRIORITY_YIELD_ROWS,
         };
         let image = Batcher::start(Echo, config, BatchMetrics::unregistered());
         slot.set(Loaded {
