@@ -6,9 +6,9 @@
 - image embeddings (`extra_body={"modality": "image"}`, data: URIs) equal gRPC EmbedImages;
 - a wrong key is refused on both interfaces (openai.AuthenticationError / gRPC Unauthenticated);
 - `client.models.list()` lists the served model;
-- the Batch API: `client.files.create` uploads a small JSONL (texts and a data-URI image),
+- the Batch API: `client.files.create` uploads a JSONL of 1,000 requests (texts and data-URI images),
   `client.batches.create` / `retrieve` poll it to `completed`, `client.files.content` downloads the
-  output, and each line equals `client.embeddings.create` with the same body.
+  output: every custom_id once, and each line equals `client.embeddings.create` with the same body.
 - vLLM's example client for multimodal embeddings (`examples/pooling/embed/vision_embedding_online.py`,
   `run_clip`: `client.post("/embeddings", cast_to=CreateEmbeddingResponse, body={"messages", "model",
   "encoding_format"})`) works unchanged: a text and an image conversation equal gRPC's vectors, a batch of
@@ -137,14 +137,24 @@ def main() -> int:
     return 0
 
 
-def check_batches(client, model, uri):
-    """Files and batches through the SDK: each output line equals the synchronous answer."""
+def check_batches(client, model, uri, lines=1000):
+    """Files and batches through the SDK: a JSONL of `lines` embedding requests (texts, data-URI
+    images), created, polled to `completed`, downloaded: every custom_id once,
+    and each line equal to the synchronous answer for its body."""
     import io
     import time
 
-    bodies = [{"model": model, "input": ["a photo of a cat", "a red car"], "encoding_format": "float"},
-              {"model": model, "input": [uri], "encoding_format": "float"},
-              {"model": model, "input": "a diagram", "encoding_format": "float"}]
+    def body(i):
+        kind = i % 5
+        if kind == 0:
+            return {"model": model, "input": [uri], "encoding_format": "float"}
+        if kind == 1:
+            return {"model": model, "input": [f"a photo of cat number {i % 37}"], "encoding_format": "float"}
+        if kind == 2:
+            return {"model": model, "input": f"a diagram of part {i % 41}", "encoding_format": "float"}
+        return {"model": model, "input": [f"a red car {i % 29}", f"a dog {i % 31}"], "encoding_format": "float"}
+
+    bodies = [body(i) for i in range(lines)]
     jsonl = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings", "body": b}) + "\n"
                     for i, b in enumerate(bodies))
     f = client.files.create(file=("requests.jsonl", io.BytesIO(jsonl.encode())), purpose="batch")
@@ -153,24 +163,31 @@ def check_batches(client, model, uri):
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h",
                                   metadata={"check": "sdk"})
     assert batch.status == "validating" and batch.metadata == {"check": "sdk"}, batch
-    deadline = time.time() + 30
+    deadline = time.time() + 300
     while batch.status not in ("completed", "failed", "cancelled", "expired"):
         assert time.time() < deadline, batch
-        time.sleep(0.05)
+        time.sleep(0.1)
         batch = client.batches.retrieve(batch.id)
     assert batch.status == "completed", batch
-    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (3, 3, 0)
+    counts = (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed)
+    assert counts == (lines, lines, 0), counts
     assert batch.id in [b.id for b in client.batches.list(limit=10)]
     out = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
-    assert sorted(o["custom_id"] for o in out) == ["r0", "r1", "r2"], out
+    assert sorted(o["custom_id"] for o in out) == sorted(f"r{i}" for i in range(lines)), "each line once"
+    live_answers = {}
     for o in out:
-        body = bodies[int(o["custom_id"][1:])]
+        b = bodies[int(o["custom_id"][1:])]
         assert o["response"]["status_code"] == 200 and o["error"] is None, o
-        live = client.embeddings.create(**body).data
+        key = json.dumps(b, sort_keys=True)
+        if key not in live_answers:
+            live_answers[key] = client.embeddings.create(**b).data
+        live = live_answers[key]
         got = o["response"]["body"]["data"]
         assert len(got) == len(live)
         for g, l in zip(got, live):
             assert max(abs(a - b) for a, b in zip(g["embedding"], l.embedding)) < 1e-6
+    print(f"batches: {lines} lines completed, each equal to the synchronous answer "
+          f"({len(live_answers)} distinct bodies)")
     assert client.files.delete(f.id).deleted
 
 
