@@ -68,10 +68,6 @@ impl BinaryCodes {
             .collect()
     }
 
-    pub fn words(&self) -> usize {
-        self.words
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.codes.capacity() * 8 + self.mean.capacity() * 4
@@ -139,11 +135,12 @@ impl BinaryCodes {
         scan(codes, self.words, planes, out);
     }
 
-    /// The distance of one slot.
+    /// The distance of one slot (the filtered path scores its matches one by one: the same
+    /// kernels as the full scan).
     pub fn distance(&self, slot: u32, planes: &Planes) -> u16 {
         let s = slot as usize * self.words;
         let mut out = [0u16; 1];
-        portable(&self.codes[s..s + self.words], self.words, planes, &mut out);
+        scan(&self.codes[s..s + self.words], self.words, planes, &mut out);
         out[0]
     }
 
@@ -154,10 +151,6 @@ impl BinaryCodes {
 
     pub fn is_empty(&self) -> bool {
         self.codes.is_empty()
-    }
-
-    pub fn dim(&self) -> usize {
-        self.dim
     }
 }
 
