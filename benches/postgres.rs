@@ -18,7 +18,7 @@
 //!
 //! `--data gap` measures recall@10 and latency per search path on the modality-gap model instead
 //! (issue 23; see `postgres/gap.rs`): `--queries Q` (200) of each kind, `--paths
-//! vector,halfvec,binary,binary_centred`, `--ef 40,100,200,400,1000`, `--oversample 10,20,40,80`,
+//! mirror,vector,halfvec,binary,binary_centred`, `--ef 40,100,200,400,1000`, `--oversample 10,20,40,80`,
 //! `--m 16 --ef-construction 64` (the indexes' build parameters).
 #![allow(
     clippy::unwrap_used,
@@ -121,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         oversample: 20,
         statement_timeout: Duration::from_secs(30),
         lock_timeout: Duration::from_secs(5),
+        mirror: clip_serve::postgres::MirrorConfig::default(),
     };
     let shared = pool(&config(0))?;
     connect_and_migrate(&shared).await?;
@@ -157,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
             n,
             queries: arg("--queries").map_or(Ok(QUERIES), |s| s.parse())?,
             paths: arg("--paths")
-                .unwrap_or_else(|| "vector,halfvec,binary,binary_centred".into())
+                .unwrap_or_else(|| "mirror,vector,halfvec,binary,binary_centred".into())
                 .split(',')
                 .map(String::from)
                 .collect(),

@@ -71,6 +71,7 @@ async fn load(c: &mut RetrieveClient<tonic::transport::Channel>, a: &Args) {
         name: a.collection.clone(),
         dimension: DIM as u32,
         model: "synthetic:gap".into(),
+        ..Default::default()
     })
     .await
     .expect("create the collection");

@@ -5,7 +5,9 @@
 //!   - `vector`: HNSW over the f32 vectors, `hnsw.ef_search` swept (iterative scan strict);
 //!   - `halfvec`: HNSW over half-precision copies, ef_search swept;
 //!   - `binary`, `binary_centred`: HNSW over the sign bits (raw, or around the collection's mean
-//!     frozen in the index expression), shortlist of 10 x oversample re-ranked by exact cosine.
+//!     frozen in the index expression), shortlist of 10 x oversample re-ranked by exact cosine;
+//!   - `mirror`: no index; this process's in-memory mirror of the codes (`--postgres-mirror-*`),
+//!     shortlist of 10 x oversample rescored by PostgreSQL (its build time and memory reported).
 //!
 //! The truth is computed here (exact cosine over the generated vectors), not by the database.
 
@@ -159,6 +161,17 @@ pub async fn run(
     report.insert("exact_p50_ms".into(), percentile(&times, 0.5).into());
 
     for path in &args.paths {
+        if path == "mirror" {
+            mirror(
+                store,
+                &meta,
+                args,
+                &mut report,
+                [(&image_q, &image_truth), (&text_q, &text_truth)],
+            )
+            .await?;
+            continue;
+        }
         let (kind, centred) = match path.as_str() {
             "vector" => (IndexKind::Vector, false),
             "halfvec" => (IndexKind::Halfvec, false),
@@ -239,4 +252,62 @@ pub async fn run(
         );
     }
     Ok(report)
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// The `mirror` path: builds this process's mirror (time, memory), then recall and latency per
+/// oversampling.
+async fn mirror(
+    store: &PgStore,
+    meta: &CollectionMeta,
+    args: &Args,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+    sets: [(&Vec<f32>, &Vec<Vec<usize>>); 2],
+) -> anyhow::Result<()> {
+    let before = rss();
+    let t = Instant::now();
+    store.sync_mirrors().await;
+    let build_s = t.elapsed().as_secs_f64();
+    let grown = rss().saturating_sub(before);
+    anyhow::ensure!(
+        store.mirrored_items() == args.n,
+        "mirrored {} of {}",
+        store.mirrored_items(),
+        args.n
+    );
+    let held = store.mirrored_bytes() / args.n;
+    eprintln!(
+        "mirror: built in {build_s:.1} s, holds {held} bytes per vector (RSS +{} bytes per vector)",
+        grown / args.n as u64
+    );
+    report.insert("mirror_bytes_per_vector".into(), held.into());
+    report.insert(
+        "mirror_build_s".into(),
+        ((build_s * 10.0).round() / 10.0).into(),
+    );
+    report.insert(
+        "mirror_rss_bytes_per_vector".into(),
+        (grown / args.n as u64).into(),
+    );
+    for &o in &args.oversample {
+        store.set_oversample(o);
+        for (qkind, (queries, truth)) in ["image", "text"].into_iter().zip(sets) {
+            let (recall, p50, p99, used) = measure(store, meta, queries, truth).await?;
+            eprintln!(
+                "mirror x{o} {qkind}: recall@10 {recall:.4}, p50 {p50:.1} ms, p99 {p99:.1} ms ({used})"
+            );
+            report.insert(
+                format!("mirror_x{o}_{qkind}"),
+                serde_json::json!({"recall_at_10": recall, "p50_ms": p50, "p99_ms": p99, "path": used}),
+            );
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use clap::Args;
 use crate::{
     common::parse_duration,
     postgres::{
-        PgConfig, StoreConfig,
+        MirrorConfig, PgConfig, StoreConfig,
         schema::{HnswBuild, IndexKind},
     },
 };
@@ -105,9 +105,10 @@ pub struct StoreArgs {
     #[arg(long, env = "CLIP_SERVE_POSTGRES_INDEX", value_enum, default_value_t = PgIndex::Vector, display_order = 611)]
     pub postgres_index: PgIndex,
 
-    /// A `binary` search re-ranks top_k x this many candidates by the exact cosine (at most
-    /// 20,000): more finds more of the true neighbours, slower (BENCHMARKS.md, issue 23).
-    #[arg(long, env = "CLIP_SERVE_POSTGRES_OVERSAMPLE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=20_000), display_order = 612)]
+    /// A search from a mirror, or by a `binary` index, re-ranks top_k x this many candidates by
+    /// the exact cosine (at most 20,000): more finds more of the true neighbours, slower
+    /// (BENCHMARKS.md, issue 23).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_OVERSAMPLE", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=20_000), display_order = 612)]
     pub postgres_oversample: u32,
 
     /// `m` of new collections' HNSW indexes (links per node, 2-100; pgvector's default 16): more
@@ -119,6 +120,33 @@ pub struct StoreArgs {
     /// default 64): more is a better graph at a slower build.
     #[arg(long, env = "CLIP_SERVE_POSTGRES_HNSW_EF_CONSTRUCTION", default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=1000), display_order = 614)]
     pub postgres_hnsw_ef_construction: u32,
+
+    /// Most items this replica mirrors in memory, all collections together (about 200 bytes
+    /// each at 512-d): collections of at least --postgres-exact-below items are searched by a
+    /// scan of their binary codes here, the shortlist rescored in PostgreSQL, instead of by
+    /// their pgvector index (0: no mirrors).
+    #[arg(
+        long,
+        env = "CLIP_SERVE_POSTGRES_MIRROR_MAX_ITEMS",
+        default_value_t = 10_000_000,
+        display_order = 615
+    )]
+    pub postgres_mirror_max_items: u64,
+
+    /// How often the mirrors follow the item change log (other replicas' writes), and large
+    /// collections get a mirror. A search sees every committed write at once either way.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_MIRROR_POLL", default_value = "1s", value_parser = parse_duration, display_order = 616)]
+    pub postgres_mirror_poll: Duration,
+
+    /// The most items written since a mirror's last poll that a search rescores beside its
+    /// shortlist (past it, the newest writes may be missed until the next poll).
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_MIRROR_MAX_RECENT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), display_order = 617)]
+    pub postgres_mirror_max_recent: u32,
+
+    /// How long the item change log keeps a row; a mirror that could not poll for half of it is
+    /// built again.
+    #[arg(long, env = "CLIP_SERVE_POSTGRES_CHANGE_RETENTION", default_value = "60m", value_parser = parse_duration, display_order = 618)]
+    pub postgres_change_retention: Duration,
 
     /// Most connections this replica holds to PostgreSQL (the pool; opened as needed).
     #[arg(
@@ -207,6 +235,12 @@ impl StoreArgs {
         }
         .check()
         .map_err(|e| format!("--postgres-hnsw-m / --postgres-hnsw-ef-construction: {e}"))?;
+        if self.postgres_mirror_poll.is_zero() {
+            return Err("--postgres-mirror-poll must be greater than 0".into());
+        }
+        if self.postgres_change_retention < Duration::from_secs(60) {
+            return Err("--postgres-change-retention must be at least 1m".into());
+        }
         let index = match (self.postgres_index, self.postgres_halfvec) {
             (PgIndex::Binary, _) => IndexKind::Binary,
             (PgIndex::Halfvec, _) | (PgIndex::Vector, true) => IndexKind::Halfvec,
@@ -226,6 +260,12 @@ impl StoreArgs {
             oversample: self.postgres_oversample as usize,
             statement_timeout: self.postgres_statement_timeout,
             lock_timeout: self.postgres_lock_timeout,
+            mirror: MirrorConfig {
+                max_items: usize::try_from(self.postgres_mirror_max_items).unwrap_or(usize::MAX),
+                poll: self.postgres_mirror_poll,
+                retention: self.postgres_change_retention,
+                max_recent: self.postgres_mirror_max_recent as usize,
+            },
         }))
     }
 }

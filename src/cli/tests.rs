@@ -80,12 +80,13 @@ fn postgres_index_flags_reach_the_config_and_bad_build_parameters_are_named() {
     let defaults = pg(&[]).unwrap();
     assert_eq!(defaults.index, IndexKind::Vector);
     assert_eq!(defaults.build, HnswBuild::default());
-    assert_eq!(defaults.oversample, 20);
+    assert_eq!(defaults.oversample, 40);
+    assert_eq!(defaults.mirror, crate::postgres::MirrorConfig::default());
     let set = pg(&[
         "--postgres-index",
         "binary",
         "--postgres-oversample",
-        "40",
+        "80",
         "--postgres-hnsw-m",
         "24",
         "--postgres-hnsw-ef-construction",
@@ -100,7 +101,7 @@ fn postgres_index_flags_reach_the_config_and_bad_build_parameters_are_named() {
             ef_construction: 200
         }
     );
-    assert_eq!(set.oversample, 40);
+    assert_eq!(set.oversample, 80);
     assert_eq!(
         pg(&["--postgres-halfvec"]).unwrap().index,
         IndexKind::Halfvec
@@ -109,6 +110,34 @@ fn postgres_index_flags_reach_the_config_and_bad_build_parameters_are_named() {
     assert!(err.contains("--postgres-hnsw-ef-construction"), "{err}");
     let err = pg(&["--postgres-oversample", "0"]).unwrap_err();
     assert!(err.contains("--postgres-oversample"), "{err}");
+    // The mirrors' flags.
+    let mirror = pg(&[
+        "--postgres-mirror-max-items",
+        "0",
+        "--postgres-mirror-poll",
+        "250ms",
+        "--postgres-mirror-max-recent",
+        "7",
+        "--postgres-change-retention",
+        "2m",
+    ])
+    .unwrap()
+    .mirror;
+    assert_eq!(
+        mirror,
+        crate::postgres::MirrorConfig {
+            max_items: 0,
+            poll: std::time::Duration::from_millis(250),
+            retention: std::time::Duration::from_secs(120),
+            max_recent: 7,
+        }
+    );
+    let err = pg(&["--postgres-mirror-poll", "0s"]).unwrap_err();
+    assert!(err.contains("--postgres-mirror-poll"), "{err}");
+    let err = pg(&["--postgres-change-retention", "30s"]).unwrap_err();
+    assert!(err.contains("--postgres-change-retention"), "{err}");
+    let err = pg(&["--postgres-mirror-max-recent", "0"]).unwrap_err();
+    assert!(err.contains("--postgres-mirror-max-recent"), "{err}");
 }
 
 #[test]

@@ -8,9 +8,11 @@ use super::{
     pb::{self, retrieve_server::Retrieve},
 };
 use crate::{
-    common::ServiceError,
+    common::{Field, ServiceError},
     embed::{Admission, EmbedService},
-    retrieve::{CollectionInfo, Content, ItemInput, RetrieveService, SearchInput},
+    retrieve::{
+        CollectionInfo, CollectionOptions, Content, ItemInput, RetrieveService, SearchInput,
+    },
 };
 
 pub struct RetrieveApi {
@@ -40,6 +42,12 @@ fn collection(c: CollectionInfo) -> pb::Collection {
         model: c.model,
         index: c.index,
         ready: c.ready,
+        hnsw_m: c.options.hnsw_m.unwrap_or(0),
+        hnsw_ef_construction: c.options.hnsw_ef_construction.unwrap_or(0),
+        recall_target: c
+            .options
+            .recall_target_permille
+            .map_or(0.0, |t| t as f32 / 1000.0),
     }
 }
 
@@ -98,10 +106,21 @@ impl Retrieve for RetrieveApi {
                 name,
                 dimension,
                 model,
+                hnsw_m,
+                hnsw_ef_construction,
+                recall_target,
             } = request.into_inner();
+            let options = CollectionOptions {
+                hnsw_m: (hnsw_m != 0).then_some(hnsw_m),
+                hnsw_ef_construction: (hnsw_ef_construction != 0).then_some(hnsw_ef_construction),
+                recall_target_permille: CollectionOptions::recall_permille(f64::from(
+                    recall_target,
+                ))
+                .map_err(|(field, why)| ServiceError::invalid(Field::Param(field), why))?,
+            };
             let info = self
                 .retrieve
-                .create(name, to_usize(dimension), model)
+                .create_with(name, to_usize(dimension), model, options)
                 .await?;
             Ok(Response::new(collection(info)))
         }

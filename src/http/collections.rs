@@ -34,7 +34,7 @@ use super::{api::Api, body::Items, error::ApiError, inputs};
 use crate::{
     common::Field,
     embed::Admission,
-    retrieve::{CollectionInfo, Content, ItemInput, SearchInput},
+    retrieve::{CollectionInfo, CollectionOptions, Content, ItemInput, SearchInput},
 };
 
 const SERVICE: &str = "Retrieve";
@@ -81,6 +81,36 @@ pub struct CreateCollectionRequest {
     /// The model whose embeddings the collection holds; absent: the served one.
     #[serde(default)]
     pub model: Option<String>,
+    /// HNSW `m` (links per node, 2-100) of its graph: pgvector's index on the PostgreSQL store,
+    /// the `--ann-graph` graph on the local store; absent or 0: the server's flag.
+    #[serde(default)]
+    pub hnsw_m: Option<u64>,
+    /// HNSW `ef_construction` (4-1000, at least 2 x m); absent or 0: the server's flag.
+    #[serde(default)]
+    pub hnsw_ef_construction: Option<u64>,
+    /// The recall@10 the recall check keeps for its approximate searches (0-1); absent or 0:
+    /// `--recall-target`.
+    #[serde(default)]
+    pub recall_target: Option<f64>,
+}
+
+impl CreateCollectionRequest {
+    fn options(&self) -> Result<CollectionOptions, ApiError> {
+        let small = |v: Option<u64>, field: &'static str| match v {
+            None | Some(0) => Ok(None),
+            Some(n) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| ApiError::invalid(Some(field), format!("{n} is too large"))),
+        };
+        Ok(CollectionOptions {
+            hnsw_m: small(self.hnsw_m, "hnsw_m")?,
+            hnsw_ef_construction: small(self.hnsw_ef_construction, "hnsw_ef_construction")?,
+            recall_target_permille: CollectionOptions::recall_permille(
+                self.recall_target.unwrap_or(0.0),
+            )
+            .map_err(|(field, why)| ApiError::invalid(Some(field), why))?,
+        })
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -90,10 +120,18 @@ pub struct CollectionReply {
     pub dimension: u64,
     pub model: String,
     /// The index searches use: exact, binary (binary codes scanned, rescored exactly), graph
-    /// (local HNSW), hnsw (PostgreSQL).
+    /// (local HNSW), hnsw (PostgreSQL), mirror (PostgreSQL: codes scanned in the replica's
+    /// memory, rescored by PostgreSQL).
     pub index: String,
     /// False while that index is being built (searches are exact meanwhile).
     pub ready: bool,
+    /// Its own settings, as given at creation (absent: the server's flag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hnsw_m: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hnsw_ef_construction: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recall_target: Option<f64>,
 }
 
 impl From<CollectionInfo> for CollectionReply {
@@ -105,6 +143,12 @@ impl From<CollectionInfo> for CollectionReply {
             model: c.model,
             index: c.index,
             ready: c.ready,
+            hnsw_m: c.options.hnsw_m,
+            hnsw_ef_construction: c.options.hnsw_ef_construction,
+            recall_target: c
+                .options
+                .recall_target_permille
+                .map(|t| f64::from(t) / 1000.0),
         }
     }
 }
@@ -320,13 +364,15 @@ pub(super) async fn create(State(api): State<Api>, headers: HeaderMap, body: Bod
         let (request, _held) = api
             .read_json::<CreateCollectionRequest>(&headers, body, "collection")
             .await?;
+        let options = request.options()?;
         let _permit = api.service.admit(Admission::Control).await?;
         let info = api
             .retrieve
-            .create(
+            .create_with(
                 request.name,
                 usize_of(request.dimension),
                 request.model.unwrap_or_default(),
+                options,
             )
             .await
             .map_err(service_error)?;

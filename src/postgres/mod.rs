@@ -30,6 +30,10 @@ use crate::common::ServiceError;
 
 /// Where collections and label sets live (`--store`).
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per process, read at start-up: boxing would only add indirection"
+)]
 pub enum StoreConfig {
     /// Collections in a redb file under `--data-dir` (searched in memory), label sets as JSON files
     /// there: one replica's own.
@@ -68,6 +72,36 @@ pub struct PgConfig {
     /// `lock_timeout` of every session (zero: none): a statement waiting longer for a lock (a row
     /// another write holds, a table a DeleteCollection drops) gives up, UNAVAILABLE.
     pub lock_timeout: Duration,
+    /// The in-memory search mirrors of large collections (`--postgres-mirror-*`).
+    pub mirror: MirrorConfig,
+}
+
+/// How this replica mirrors large collections' binary codes in memory (searched by a scan of
+/// every code, the shortlist rescored in PostgreSQL): `retrieve::postgres::mirror`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// The most items mirrored, all collections together (0: no mirrors; searches use the
+    /// collections' pgvector indexes).
+    pub max_items: usize,
+    /// How often the mirrors follow the change log (and new large collections are mirrored).
+    pub poll: Duration,
+    /// How long change-log rows are kept; a mirror that could not follow it for half of this is
+    /// built again.
+    pub retention: Duration,
+    /// The most items changed since a mirror's last poll that a search rescores beside its
+    /// shortlist (a search sees every committed write at once up to this many).
+    pub max_recent: usize,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            max_items: 10_000_000,
+            poll: Duration::from_secs(1),
+            retention: Duration::from_secs(3600),
+            max_recent: 10_000,
+        }
+    }
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -86,6 +120,7 @@ impl std::fmt::Debug for PgConfig {
             .field("oversample", &self.oversample)
             .field("statement_timeout", &self.statement_timeout)
             .field("lock_timeout", &self.lock_timeout)
+            .field("mirror", &self.mirror)
             .finish()
     }
 }

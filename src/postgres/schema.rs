@@ -10,6 +10,8 @@
 //! - `clip_items_<id>`: one table per collection, named by its incarnation id: `id text` key,
 //!   `embedding vector(dim)` with an HNSW index (cosine; dimensions up to 2000), `metadata jsonb`
 //!   with a GIN index (`jsonb_path_ops`, for `@>` filters).
+//!   Statement-level triggers log each written item id into `clip_item_changes` (with the
+//!   writing transaction's id), which replicas' in-memory search mirrors follow.
 //! - `clip_label_sets`: client-created label set definitions (name, JSON spec, its prompt count).
 //! - `clip_label_sets_version`: one row, a number a trigger on `clip_label_sets` bumps with every
 //!   change (by any replica, of any version), so replicas notice changes by reading one number each
@@ -111,7 +113,66 @@ pub const MIGRATIONS: &[Migration] = &[
         min_reader: 2,
         sql: "ALTER TABLE clip_collections ADD COLUMN IF NOT EXISTS index_centre text;",
     },
+    // The item change log that replicas' in-memory mirrors follow (`retrieve::postgres::mirror`):
+    // one row per item written, by statement-level triggers on each item table (so writes of
+    // any server version, and of plain SQL, are logged), stamped with the writing transaction's
+    // id. An item NULL: the table was truncated. And each collection's own settings (`options`,
+    // CreateCollection's HNSW build and recall target; NULL: none). Additive: older servers keep
+    // working (their writes fire the triggers of tables that have them).
+    Migration {
+        version: 5,
+        min_reader: 2,
+        sql: "CREATE TABLE IF NOT EXISTS clip_item_changes (
+             collection text NOT NULL,
+             item text,
+             xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+             at timestamptz NOT NULL DEFAULT clock_timestamp()
+         );
+         CREATE INDEX IF NOT EXISTS clip_item_changes_collection_xid
+             ON clip_item_changes (collection, xid);
+         ALTER TABLE clip_collections ADD COLUMN IF NOT EXISTS options jsonb;
+         CREATE OR REPLACE FUNCTION clip_items_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF TG_OP = 'INSERT' THEN
+                 INSERT INTO clip_item_changes (collection, item) SELECT TG_ARGV[0], id FROM clip_new;
+             ELSIF TG_OP = 'UPDATE' THEN
+                 INSERT INTO clip_item_changes (collection, item)
+                     SELECT TG_ARGV[0], id FROM (SELECT id FROM clip_new UNION SELECT id FROM clip_old) u;
+             ELSIF TG_OP = 'DELETE' THEN
+                 INSERT INTO clip_item_changes (collection, item) SELECT TG_ARGV[0], id FROM clip_old;
+             ELSE
+                 INSERT INTO clip_item_changes (collection, item) VALUES (TG_ARGV[0], NULL);
+             END IF;
+             RETURN NULL;
+         END $$;",
+    },
 ];
+
+/// The triggers that log every change of item table `table` into `clip_item_changes` (keyed by
+/// the table's name): one per event, since a trigger with transition tables takes one event.
+/// Idempotent (dropped if present, then created: `CREATE OR REPLACE TRIGGER` needs PostgreSQL 14).
+pub fn change_triggers(table: &str) -> String {
+    let mut sql = String::new();
+    for (event, referencing) in [
+        ("insert", "REFERENCING NEW TABLE AS clip_new"),
+        (
+            "update",
+            "REFERENCING OLD TABLE AS clip_old NEW TABLE AS clip_new",
+        ),
+        ("delete", "REFERENCING OLD TABLE AS clip_old"),
+        ("truncate", ""),
+    ] {
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS clip_changed_{event} ON {table};
+             CREATE TRIGGER clip_changed_{event} AFTER {event} ON {table} {referencing}
+                 FOR EACH STATEMENT EXECUTE FUNCTION clip_items_changed('{table}');"
+        ));
+    }
+    sql
+}
+
+/// How many of [`change_triggers`] a table has (4: all).
+pub const CHANGE_TRIGGERS: i64 = 4;
 
 /// The first version whose `clip_schema_migrations` has `min_reader`.
 const MIN_READER_SINCE: i32 = 3;
@@ -404,6 +465,7 @@ pub fn create_items_table(
          );
          CREATE INDEX {table}_metadata ON {table} USING gin (metadata jsonb_path_ops);"
     );
+    sql.push_str(&change_triggers(table));
     sql.push_str(&create_index(
         table,
         dimension,
@@ -428,9 +490,10 @@ mod tests {
         // A migration is read by servers of its own version at least; additive ones by the
         // previous version's too.
         assert!(MIGRATIONS.iter().all(|m| m.min_reader <= m.version));
-        assert_eq!(latest(), 4);
+        assert_eq!(latest(), 5);
         assert_eq!(MIGRATIONS[2].min_reader, 2);
         assert_eq!(MIGRATIONS[3].min_reader, 2);
+        assert_eq!(MIGRATIONS[4].min_reader, 2);
     }
 
     #[test]

@@ -148,6 +148,7 @@ fn info(c: &Collection) -> CollectionInfo {
         model: c.meta.model.clone(),
         index: (*c.kind.lock().unwrap_or_else(PoisonError::into_inner)).to_string(),
         ready: !building,
+        options: c.meta.options,
     }
 }
 
@@ -202,6 +203,19 @@ impl LocalStore {
         })
     }
 
+    /// The approximate index parameters of collection `meta`: the server's, with its own HNSW
+    /// build settings.
+    fn params_of(inner: &Inner, meta: &CollectionMeta) -> AnnParams {
+        let mut params = inner.ann_params;
+        if let Some(m) = meta.options.hnsw_m {
+            params.connectivity = m as usize;
+        }
+        if let Some(ef) = meta.options.hnsw_ef_construction {
+            params.expansion_add = ef as usize;
+        }
+        params
+    }
+
     fn wants_ann(inner: &Inner, len: usize) -> bool {
         inner.ann_min_vectors > 0 && len >= inner.ann_min_vectors
     }
@@ -214,16 +228,12 @@ impl LocalStore {
     /// one when only a few items differ, else built), as one that grows past the threshold does.
     fn index_of(inner: &Inner, meta: &CollectionMeta, items: Items) -> Box<dyn VectorIndex> {
         let saved = persist::paths(&inner.ann_dir, &meta.name).1.exists();
-        if Self::wants_ann(inner, items.len()) && !inner.ann_params.graph {
+        let params = Self::params_of(inner, meta);
+        if Self::wants_ann(inner, items.len()) && !params.graph {
             // The binary scan needs no graph: its codes are rebuilt from the vectors (seconds
             // per million), so the collection starts approximate at once.
             let started = Instant::now();
-            match AnnIndex::build(
-                meta.dimension,
-                inner.search_threads,
-                inner.ann_params,
-                &items,
-            ) {
+            match AnnIndex::build(meta.dimension, inner.search_threads, params, &items) {
                 Ok(index) => {
                     let ms = started.elapsed().as_millis() as u64;
                     tracing::info!(collection = %meta.name, items = index.len(), ms, "binary codes built");
@@ -239,7 +249,7 @@ impl LocalStore {
             let loaded = AnnIndex::load_current(
                 meta.dimension,
                 inner.search_threads,
-                inner.ann_params,
+                params,
                 &items,
                 dir,
                 name,
@@ -296,7 +306,7 @@ impl LocalStore {
         let (collection, threads, params, dir) = (
             Arc::clone(collection),
             inner.search_threads,
-            inner.ann_params,
+            Self::params_of(inner, &collection.meta),
             inner.ann_dir.clone(),
         );
         let spawned = std::thread::Builder::new()
@@ -469,7 +479,8 @@ impl LocalStore {
             .collect();
         for c in collections {
             let gauge = inner.recall_gauge.as_ref();
-            recall::keep(&c.meta.name, &c.index, &c.samples, config, gauge);
+            let config = recall::for_collection(config, &c.meta.options);
+            recall::keep(&c.meta.name, &c.index, &c.samples, &config, gauge);
         }
     }
 

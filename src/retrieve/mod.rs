@@ -26,6 +26,7 @@ pub use backend::StoreKind;
 use backend::{Record, SharedStore};
 use bytes::Bytes;
 use index::{Metadata, Scored};
+pub use store::CollectionOptions;
 use store::{CollectionMeta, StoredItem};
 use tracing::Instrument;
 #[cfg(test)]
@@ -112,10 +113,13 @@ pub struct CollectionInfo {
     pub dimension: usize,
     pub model: String,
     /// The index searches use: `exact`, `binary` (binary codes + exact rescoring), `graph`
-    /// (local HNSW), `hnsw` (PostgreSQL's).
+    /// (local HNSW), `hnsw` (PostgreSQL's), `mirror` (PostgreSQL, scanned from this replica's
+    /// in-memory codes).
     pub index: String,
     /// False while that index is being built (searches are answered exactly meanwhile).
     pub ready: bool,
+    /// Its own settings (given at creation).
+    pub options: CollectionOptions,
 }
 
 struct Inner {
@@ -195,9 +199,11 @@ impl RetrieveService {
             .with_halfvec(pg.halfvec)
             .with_ef_search(pg.ef_search)
             .with_oversample(pg.oversample)
+            .with_mirror(pg.mirror)
             .with_recall(config.recall, measured_recall);
         let store = Arc::new(store);
         postgres::start_recall_check(Arc::downgrade(&store), config.recall);
+        postgres::start_mirror(Arc::downgrade(&store), pg.mirror);
         Self::new(embed, store, config)
     }
 
@@ -319,7 +325,22 @@ impl RetrieveService {
         dimension: usize,
         model: String,
     ) -> Result<CollectionInfo, ServiceError> {
+        self.create_with(name, dimension, model, CollectionOptions::default())
+            .await
+    }
+
+    /// [`Self::create`] with the collection's own settings (HNSW build, recall target).
+    pub async fn create_with(
+        &self,
+        name: String,
+        dimension: usize,
+        model: String,
+        options: CollectionOptions,
+    ) -> Result<CollectionInfo, ServiceError> {
         check_name("collection", &name)?;
+        options
+            .check()
+            .map_err(|(field, why)| ServiceError::invalid(Field::Param(field), why))?;
         let (served_model, served_dim) = {
             let model = self.inner.embed.loaded_model()?;
             (model.config.model_id(), model.config.embed_dim)
@@ -356,7 +377,7 @@ impl RetrieveService {
                 format!("{dimension} is over 65536"),
             ));
         }
-        self.insert_collection(CollectionMeta::new(name, dimension, model))
+        self.insert_collection(CollectionMeta::new(name, dimension, model).with_options(options))
             .await
     }
 

@@ -93,6 +93,16 @@ pub fn measure(index: &AnnIndex, queries: &[Vec<f32>]) -> Option<f64> {
     (total > 0).then(|| hit as f64 / total as f64)
 }
 
+/// `config` with a collection's own target (CreateCollection's `recall_target`) when it has one.
+pub fn for_collection(config: &RecallConfig, options: &super::CollectionOptions) -> RecallConfig {
+    RecallConfig {
+        target_permille: options
+            .recall_target_permille
+            .unwrap_or(config.target_permille),
+        ..*config
+    }
+}
+
 /// The oversampling to use after measuring `recall`: raised by half (at least one) while under
 /// the target, up to the bound; `None`: leave it.
 pub fn raised(current: usize, recall: f64, config: &RecallConfig) -> Option<usize> {
@@ -212,5 +222,20 @@ mod tests {
         assert_eq!(raised(10, 0.5, &config), Some(15));
         assert_eq!(raised(200, 0.5, &config), None, "bounded");
         assert_eq!(raised(10, 0.99, &config), None);
+        // A collection's own target (CreateCollection's recall_target) replaces the server's.
+        let lax = crate::retrieve::CollectionOptions {
+            recall_target_permille: Some(500),
+            ..Default::default()
+        };
+        assert_eq!(raised(10, 0.6, &for_collection(&config, &lax)), None);
+        assert_eq!(raised(10, 0.6, &config), Some(15));
+        let strict = crate::retrieve::CollectionOptions {
+            recall_target_permille: Some(999),
+            ..Default::default()
+        };
+        assert_eq!(
+            raised(10, 0.99, &for_collection(&config, &strict)),
+            Some(15)
+        );
     }
 }

@@ -27,6 +27,72 @@ pub struct CollectionMeta {
     /// (Stores written before ids existed read as "".)
     #[serde(default)]
     pub id: String,
+    /// Its own settings, given at CreateCollection (stores written before them: none).
+    #[serde(default)]
+    pub options: CollectionOptions,
+}
+
+/// A collection's own settings, given at CreateCollection; `None`: the server's flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionOptions {
+    /// HNSW `m` (links per node) of its graph: pgvector's index on the PostgreSQL store, the
+    /// `--ann-graph` graph on the local store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hnsw_m: Option<u32>,
+    /// HNSW `ef_construction` (candidates per insertion) of that graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hnsw_ef_construction: Option<u32>,
+    /// The recall check's target for it, in thousandths (950: recall@10 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_target_permille: Option<u32>,
+}
+
+impl CollectionOptions {
+    /// The largest `m` and `ef_construction` taken (pgvector's bounds).
+    pub const MAX_M: u32 = 100;
+    pub const MAX_EF_CONSTRUCTION: u32 = 1000;
+
+    /// Checks each setting's range, naming the field of a bad one.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(m) = self.hnsw_m
+            && !(2..=Self::MAX_M).contains(&m)
+        {
+            return Err(("hnsw_m", format!("{m} is outside 2-{}", Self::MAX_M)));
+        }
+        if let Some(ef) = self.hnsw_ef_construction {
+            let least = 2 * self.hnsw_m.unwrap_or(2);
+            if !(least.max(4)..=Self::MAX_EF_CONSTRUCTION).contains(&ef) {
+                return Err((
+                    "hnsw_ef_construction",
+                    format!(
+                        "{ef} is outside {}-{} (at least 4 and 2 x hnsw_m)",
+                        least.max(4),
+                        Self::MAX_EF_CONSTRUCTION
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = self.recall_target_permille
+            && !(1..=1000).contains(&t)
+        {
+            return Err((
+                "recall_target",
+                format!("{} is outside (0, 1]", f64::from(t) / 1000.0),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A recall target from the wire (a fraction; 0: the server's), in thousandths.
+    pub fn recall_permille(target: f64) -> Result<Option<u32>, (&'static str, String)> {
+        if target == 0.0 {
+            return Ok(None);
+        }
+        if !target.is_finite() || target <= 0.0 || target > 1.0 {
+            return Err(("recall_target", format!("{target} is outside (0, 1]")));
+        }
+        Ok(Some(((target * 1000.0).round() as u32).max(1)))
+    }
 }
 
 impl CollectionMeta {
@@ -37,7 +103,14 @@ impl CollectionMeta {
             dimension,
             model,
             id: uuid::Uuid::new_v4().to_string(),
+            options: CollectionOptions::default(),
         }
+    }
+
+    /// The same, with its own settings.
+    pub fn with_options(mut self, options: CollectionOptions) -> Self {
+        self.options = options;
+        self
     }
 }
 

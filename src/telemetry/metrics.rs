@@ -333,7 +333,7 @@ impl Metrics {
         let search_paths = IntCounterVec::new(
             Opts::new(
                 "clip_search_path_total",
-                "Collection searches by the path that answered them: exact (a scan of every item or of a filter's matches), binary (binary codes scanned, shortlist rescored exactly), graph (HNSW candidates rescored), hnsw (PostgreSQL's index), empty (nothing could match)",
+                "Collection searches by the path that answered them: exact (a scan of every item or of a filter's matches), binary (binary codes scanned, shortlist rescored exactly), graph (HNSW candidates rescored), hnsw (PostgreSQL's index), mirror (PostgreSQL: this replica's in-memory codes scanned, shortlist rescored by PostgreSQL), empty (nothing could match)",
             ),
             &["path"],
         )?;

@@ -74,6 +74,7 @@ async fn replies_models_and_collections_are_bounded() {
             name: "long-model".into(),
             dimension: 32,
             model: "m".repeat(17),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -86,6 +87,7 @@ async fn replies_models_and_collections_are_bounded() {
         name: "c".into(),
         dimension: 32,
         model: "m".repeat(16),
+        ..Default::default()
     })
     .await
     .expect("a model of 16 bytes");

@@ -73,6 +73,7 @@ async fn collections_over_http_equal_grpc() {
             name: "g".into(),
             dimension: 0,
             model: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()

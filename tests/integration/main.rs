@@ -32,6 +32,7 @@ mod pages;
 mod parity;
 mod postgres;
 mod postgres_index;
+mod postgres_mirror;
 #[cfg(unix)]
 mod postgres_replicas;
 mod postgres_siege;

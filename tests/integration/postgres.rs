@@ -56,6 +56,7 @@ pub fn pg(url: &str) -> PgConfig {
         oversample: 20,
         statement_timeout: Duration::from_secs(30),
         lock_timeout: Duration::from_secs(5),
+        mirror: clip_serve::postgres::MirrorConfig::default(),
     }
 }
 

@@ -7,7 +7,8 @@ use crate::postgres::{pg, pseudo, record, test_database};
 use clip_serve::{
     postgres::schema::{HnswBuild, IndexKind, items_table},
     retrieve::{
-        backend::CollectionStore, index::Metadata, postgres::PgStore, store::CollectionMeta,
+        CollectionOptions, backend::CollectionStore, index::Metadata, postgres::PgStore,
+        store::CollectionMeta,
     },
 };
 
@@ -116,6 +117,62 @@ async fn postgres_hnsw_build_parameters_reach_the_index_ddl() {
     assert!(
         def.contains("binary_quantize((embedding - '[") && def.contains("m='24'"),
         "{def}"
+    );
+    // A collection's own settings (CreateCollection's hnsw_m / hnsw_ef_construction) win over
+    // the server's, at creation and at a rebuild; Info carries them.
+    let own = CollectionOptions {
+        hnsw_m: Some(8),
+        hnsw_ef_construction: Some(40),
+        ..CollectionOptions::default()
+    };
+    store
+        .create(
+            CollectionMeta::new("own".into(), 8, "m".into()).with_options(own),
+            10,
+        )
+        .await
+        .unwrap();
+    let def_of = |name: &'static str| {
+        let (store, client) = (&store, &client);
+        async move {
+            let meta = store.collection(name).await.unwrap();
+            client
+                .query_one(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = $1",
+                    &[&format!("{}_hnsw", items_table(&meta.id))],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    let def = def_of("own").await;
+    assert!(
+        def.contains("m='8'") && def.contains("ef_construction='40'"),
+        "{def}"
+    );
+    assert_eq!(store.info("own").await.unwrap().options, own);
+    store
+        .reindex("own", IndexKind::Halfvec, false, 64)
+        .await
+        .unwrap();
+    let def = def_of("own").await;
+    assert!(def.contains("m='8'") && def.contains("halfvec"), "{def}");
+    // Settings that only fail beside the server's (ef_construction under 2 x its m of 24).
+    let e = store
+        .create(
+            CollectionMeta::new("bad".into(), 8, "m".into()).with_options(CollectionOptions {
+                hnsw_ef_construction: Some(30),
+                ..CollectionOptions::default()
+            }),
+            10,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hnsw_ef_construction") && e.contains("2 x m"),
+        "{e}"
     );
 }
 
@@ -269,7 +326,21 @@ async fn postgres_recall_check_widens_a_starved_collection_until_it_meets_the_ta
         .create(CollectionMeta::new("gap".into(), dim, "m".into()), 10)
         .await
         .unwrap();
+    // The same collection with its own, lax, target (CreateCollection's recall_target 0.05).
+    let lax = CollectionOptions {
+        recall_target_permille: Some(50),
+        ..CollectionOptions::default()
+    };
+    store
+        .create(
+            CollectionMeta::new("lax".into(), dim, "m".into()).with_options(lax),
+            10,
+        )
+        .await
+        .unwrap();
     let meta = store.collection("gap").await.unwrap();
+    let lax_meta = store.collection("lax").await.unwrap();
+    assert_eq!(lax_meta.options, lax, "kept in clip_collections");
     let subjects = synth::subjects(n);
     let images = synth::vectors(Kind::Images, n, dim, subjects, 5);
     let records: Vec<_> = images
@@ -279,26 +350,34 @@ async fn postgres_recall_check_widens_a_starved_collection_until_it_meets_the_ta
         .collect();
     for chunk in records.chunks(1000) {
         store.upsert(&meta, chunk.to_vec()).await.unwrap();
+        store.upsert(&lax_meta, chunk.to_vec()).await.unwrap();
     }
     let meta = store.collection("gap").await.unwrap();
     // Clients' searches: one in four is kept, the newest 16; a filtered one is not.
     let texts = synth::vectors(Kind::Texts, 64, dim, subjects, 6);
     for q in texts.chunks_exact(dim) {
-        store
-            .search_with(&meta, q.to_vec(), 10, Metadata::new(), false)
-            .await
-            .unwrap();
+        for meta in [&meta, &lax_meta] {
+            store
+                .search_with(meta, q.to_vec(), 10, Metadata::new(), false)
+                .await
+                .unwrap();
+        }
     }
     let mut measured = Vec::new();
+    let mut lax_measured = Vec::new();
     for _ in 0..20 {
         let checked = store.check_recall().await;
-        assert_eq!(checked.len(), 1, "{checked:?}");
-        assert_eq!(checked[0].0, "gap");
-        measured.push(checked[0].1);
-        if checked[0].1 >= 0.95 {
+        assert_eq!(checked.len(), 2, "{checked:?}");
+        let of = |name: &str| checked.iter().find(|c| c.0 == name).unwrap().1;
+        measured.push(of("gap"));
+        lax_measured.push(of("lax"));
+        if of("gap") >= 0.95 {
             break;
         }
     }
+    // Under 0.95 but over its own 0.05: never widened.
+    assert!(lax_measured[0] < 0.95, "{lax_measured:?}");
+    assert_eq!(store.tuning(&lax_meta.id).oversample, 0, "{lax_measured:?}");
     let (first, last) = (measured[0], *measured.last().unwrap());
     assert!(first < 0.95, "starved: {first}");
     assert!(last >= 0.95, "kept: {measured:?}");

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::common::*;
+use crate::http_clients::post_json;
 use clip_serve::grpc::pb::{self, retrieve_client::RetrieveClient};
 use tonic::{Code, transport::Channel};
 
@@ -313,6 +314,7 @@ async fn bad_retrieve_requests_get_clear_errors() {
         name: "other-model".into(),
         dimension: 4,
         model: "some-other-model".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -525,4 +527,147 @@ async fn bad_retrieve_requests_get_clear_errors() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.count, 1);
+}
+
+/// CreateCollection's own settings (HNSW build, recall target): kept with the collection across
+/// a restart and reported by Get/List; a bad one is INVALID_ARGUMENT naming its field, over gRPC
+/// and HTTP alike.
+#[tokio::test]
+async fn collection_options_are_kept_and_bad_ones_are_named() {
+    let cfg = config(&tiny_model());
+    let server = serve(cfg.clone()).await;
+    let mut c = client(&server);
+    let made = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "tuned".into(),
+            hnsw_m: 32,
+            hnsw_ef_construction: 100,
+            recall_target: 0.98,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (made.hnsw_m, made.hnsw_ef_construction, made.recall_target),
+        (32, 100, 0.98)
+    );
+    let plain = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "plain".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            plain.hnsw_m,
+            plain.hnsw_ef_construction,
+            plain.recall_target
+        ),
+        (0, 0, 0.0)
+    );
+    let cases: Vec<(pb::CreateCollectionRequest, &str)> = vec![
+        (
+            pb::CreateCollectionRequest {
+                hnsw_m: 1,
+                ..Default::default()
+            },
+            "hnsw_m",
+        ),
+        (
+            pb::CreateCollectionRequest {
+                hnsw_m: 16,
+                hnsw_ef_construction: 20,
+                ..Default::default()
+            },
+            "hnsw_ef_construction",
+        ),
+        (
+            pb::CreateCollectionRequest {
+                recall_target: 1.5,
+                ..Default::default()
+            },
+            "recall_target",
+        ),
+        (
+            pb::CreateCollectionRequest {
+                recall_target: f32::NAN,
+                ..Default::default()
+            },
+            "recall_target",
+        ),
+        (
+            pb::CreateCollectionRequest {
+                recall_target: -0.5,
+                ..Default::default()
+            },
+            "recall_target",
+        ),
+    ];
+    for (mut request, field) in cases {
+        request.name = "bad".into();
+        let e = c.create_collection(request).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    // HTTP: the same settings, the same checks.
+    let http = server.server.http_addr;
+    let made = post_json(
+        http,
+        "/v1/collections",
+        &serde_json::json!({"name": "h", "hnsw_m": 24, "recall_target": 0.9}),
+        None,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let made = made.json();
+    assert_eq!(
+        (made["hnsw_m"].as_u64(), made["recall_target"].as_f64()),
+        (Some(24), Some(0.9))
+    );
+    assert!(made.get("hnsw_ef_construction").is_none(), "{made}");
+    for (body, field) in [
+        (
+            serde_json::json!({"name": "x", "recall_target": 2}),
+            "recall_target",
+        ),
+        (
+            serde_json::json!({"name": "x", "hnsw_m": 5_000_000_000u64}),
+            "hnsw_m",
+        ),
+        (serde_json::json!({"name": "x", "hnsw_m": 200}), "hnsw_m"),
+    ] {
+        let r = post_json(http, "/v1/collections", &body, None).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{body}: {}", r.text);
+    }
+    assert!(
+        post_json(
+            http,
+            "/v1/collections",
+            &serde_json::json!({"name": "x"}),
+            None
+        )
+        .await
+        .status
+            == 201,
+        "nothing of the bad ones was created"
+    );
+    // Kept across a restart.
+    server.server.shutdown().await.unwrap();
+    let server = serve(cfg).await;
+    let mut c = client(&server);
+    let got = c
+        .get_collection(pb::GetCollectionRequest {
+            name: "tuned".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.hnsw_m, got.hnsw_ef_construction, got.recall_target),
+        (32, 100, 0.98)
+    );
 }

@@ -93,6 +93,28 @@ impl BinaryCodes {
         }
     }
 
+    /// Sets `slot`'s code from bits computed elsewhere (the PostgreSQL mirror's
+    /// `binary_quantize`): `bits` holds bit `i` of the code, dimension `i`, MSB first in each byte
+    /// (PostgreSQL's `bit` layout), at least `dim` bits. `false` (nothing set) when it is short.
+    pub fn set_msb_bits(&mut self, slot: u32, bits: &[u8]) -> bool {
+        if bits.len() * 8 < self.dim {
+            return false;
+        }
+        let s = slot as usize;
+        if (s + 1) * self.words > self.codes.len() {
+            self.codes.resize((s + 1) * self.words, 0);
+        }
+        let words = self.words;
+        let out = &mut self.codes[s * words..(s + 1) * words];
+        out.iter_mut().for_each(|w| *w = 0);
+        for i in 0..self.dim {
+            if bits[i / 8] >> (7 - i % 8) & 1 == 1 {
+                out[i / 64] |= 1 << (i % 64);
+            }
+        }
+        true
+    }
+
     /// The query's bit planes: each component `q_i` becomes the level
     /// `u_i = round(q_i / d + 7.5)` in `0..=15`, `d = max |q_i| / 7.5`, so `q_i ~ d * (u_i - 7.5)`.
     pub fn planes(&self, query: &[f32]) -> Planes {
@@ -285,6 +307,26 @@ pub fn smallest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn msb_first_bits_set_the_same_code_as_the_vector() {
+        let dim = 77;
+        let mean: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin() * 0.1).collect();
+        let v: Vec<f32> = (0..dim).map(|i| (i as f32 * 1.91).cos()).collect();
+        let mut a = BinaryCodes::new(dim, mean.clone());
+        a.set(3, &v);
+        // PostgreSQL's layout: dimension i is bit 7 - i % 8 of byte i / 8.
+        let mut bytes = vec![0u8; dim.div_ceil(8)];
+        for i in 0..dim {
+            if v[i] - mean[i] > 0.0 {
+                bytes[i / 8] |= 1 << (7 - i % 8);
+            }
+        }
+        let mut b = BinaryCodes::new(dim, vec![0.0; dim]);
+        assert!(b.set_msb_bits(3, &bytes));
+        assert_eq!(a.codes, b.codes);
+        assert!(!b.set_msb_bits(4, &bytes[..5]), "short bits are refused");
+    }
 
     /// The query summed over the code's set bits, in f32: what the distance estimates.
     fn summed(codes: &BinaryCodes, slot: u32, q: &[f32]) -> f32 {

@@ -16,6 +16,7 @@
 //! its running statement cancelled and its connection closed (see [`crate::postgres::Conn`]); a
 //! write is one transaction, so it either committed or left nothing. Every session runs under
 //! `--postgres-statement-timeout` and `--postgres-lock-timeout`.
+mod mirror;
 mod search;
 mod tune;
 
@@ -23,7 +24,7 @@ use std::{
     collections::HashMap,
     sync::{
         Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -44,7 +45,8 @@ use crate::{
     },
 };
 
-pub use search::{MAX_SHORTLIST, has_iterative_scan};
+pub use mirror::start as start_mirror;
+pub use search::{MAX_SHORTLIST, has_iterative_scan, has_quantize};
 pub use tune::{Tuning, start as start_recall_check};
 
 /// pgvector's largest `vector`, and largest HNSW-indexed `vector` and `halfvec`.
@@ -69,6 +71,14 @@ pub struct PgStore {
     seen: Mutex<HashMap<String, Seen>>,
     /// The recall check's samples and per-collection settings.
     tuner: tune::Tuner,
+    /// This replica's in-memory search mirrors (`mirror`).
+    mirrors: mirror::Mirrors,
+    /// Mirror builds so far (each build's generation).
+    mirror_builds: AtomicU64,
+    /// pgvector has `binary_quantize` and `l2_normalize` (0.7 and later), which mirrors need.
+    quantize: AtomicBool,
+    /// `load` succeeded (connected and migrated).
+    loaded: AtomicBool,
 }
 
 /// What a search needs to know of its collection, as last read.
@@ -108,11 +118,16 @@ fn metadata_of(v: serde_json::Value) -> Metadata {
 
 fn meta_of(row: &Row) -> Result<CollectionMeta, ServiceError> {
     let dimension: i32 = col(row, "dimension")?;
+    // NULL (created before options, or by an older server): none.
+    let options: Option<serde_json::Value> = col(row, "options")?;
     Ok(CollectionMeta {
         name: col(row, "name")?,
         dimension: usize::try_from(dimension).unwrap_or(0),
         model: col(row, "model")?,
         id: col(row, "id")?,
+        options: options
+            .and_then(|o| serde_json::from_value(o).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -131,6 +146,7 @@ fn info_of(row: &Row) -> Result<CollectionInfo, ServiceError> {
         model: meta.model,
         index: index_name(IndexKind::parse(&kind)).into(),
         ready: true,
+        options: meta.options,
     })
 }
 
@@ -143,12 +159,12 @@ fn index_name(kind: IndexKind) -> &'static str {
 const DEFAULT_EF_SEARCH: usize = 200;
 const MAX_EF_SEARCH: usize = 1000;
 /// `--postgres-oversample`'s default.
-pub const DEFAULT_OVERSAMPLE: usize = 20;
+pub const DEFAULT_OVERSAMPLE: usize = 40;
 
 /// Most collection incarnations whose count and index kind are remembered.
 const MAX_SEEN: usize = 4096;
 
-const COLUMNS: &str = "name, id, dimension, model, count, index_kind, index_centre";
+const COLUMNS: &str = "name, id, dimension, model, count, index_kind, index_centre, options";
 
 impl PgStore {
     /// Collections in PostgreSQL through `pool` (shared with the label sets); collections with
@@ -164,6 +180,10 @@ impl PgStore {
             iterative: AtomicBool::new(true),
             seen: Mutex::new(HashMap::new()),
             tuner: tune::Tuner::default(),
+            mirrors: mirror::Mirrors::default(),
+            mirror_builds: AtomicU64::new(0),
+            quantize: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
         }
     }
 
@@ -240,6 +260,11 @@ impl PgStore {
         self.iterative.load(Ordering::Relaxed)
     }
 
+    /// Whether `load` succeeded.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
     /// The pool this store uses.
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -283,6 +308,36 @@ impl PgStore {
                 kind: IndexKind::None,
                 centre: Centre::default(),
             })
+    }
+
+    /// [`info_of`], saying `mirror` (and whether it is built) for a mirrored collection.
+    fn info_with_mirror(&self, row: &Row) -> Result<CollectionInfo, ServiceError> {
+        let mut info = info_of(row)?;
+        if let Some(ready) = self.mirror_state(&col::<String>(row, "id")?) {
+            info.index = mirror::PATH.into();
+            info.ready = ready;
+        }
+        Ok(info)
+    }
+
+    /// The HNSW build of collection `meta`: this store's, with the collection's own settings.
+    fn build_of(&self, meta: &CollectionMeta) -> Result<HnswBuild, ServiceError> {
+        HnswBuild {
+            m: meta.options.hnsw_m.unwrap_or(self.build.m),
+            ef_construction: meta
+                .options
+                .hnsw_ef_construction
+                .unwrap_or(self.build.ef_construction),
+        }
+        .check()
+        .map_err(|e| {
+            ServiceError::invalid(
+                crate::common::Field::Param("hnsw_ef_construction"),
+                format!(
+                    "{e} (with the server's --postgres-hnsw-m / --postgres-hnsw-ef-construction)"
+                ),
+            )
+        })
     }
 
     /// Locks the collection row of a write and checks it is still the incarnation `meta`.
@@ -353,6 +408,12 @@ impl CollectionStore for PgStore {
             );
         }
         self.iterative.store(iterative, Ordering::Relaxed);
+        let quantize = has_quantize(&version);
+        if !quantize && self.mirrors.config.max_items > 0 {
+            tracing::warn!(pgvector = %version, "pgvector before 0.7 has no binary_quantize: large collections are searched by their index, not mirrored");
+        }
+        self.quantize.store(quantize, Ordering::Relaxed);
+        self.loaded.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -387,6 +448,9 @@ impl CollectionStore for PgStore {
             IndexKind::None
         };
         let indexed = index != IndexKind::None;
+        let build = self.build_of(&meta)?;
+        let options = serde_json::to_value(meta.options)
+            .map_err(|e| ServiceError::Internal(format!("collection options: {e}")))?;
         let mut conn = self.client().await?;
         let created = async {
             let tx = conn.transaction().await.map_err(pg_error)?;
@@ -413,8 +477,8 @@ impl CollectionStore for PgStore {
             }
             let dimension = i32::try_from(meta.dimension).unwrap_or(i32::MAX);
             tx.execute(
-                "INSERT INTO clip_collections (name, id, dimension, model, indexed, index_kind)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO clip_collections (name, id, dimension, model, indexed, index_kind, options)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &meta.name,
                     &meta.id,
@@ -422,6 +486,7 @@ impl CollectionStore for PgStore {
                     &meta.model,
                     &indexed,
                     &index.as_str(),
+                    &options,
                 ],
             )
             .await
@@ -431,7 +496,7 @@ impl CollectionStore for PgStore {
                 &table,
                 meta.dimension,
                 index,
-                self.build,
+                build,
             ))
             .await
             .map_err(pg_error)?;
@@ -446,6 +511,7 @@ impl CollectionStore for PgStore {
             model: meta.model,
             index: index_name(index).into(),
             ready: true,
+            options: meta.options,
         })
     }
 
@@ -467,7 +533,7 @@ impl CollectionStore for PgStore {
         let sql = format!("SELECT {COLUMNS} FROM clip_collections WHERE name = $1");
         let row = conn.query_opt(&sql, &[&name]).await.map_err(pg_error);
         let row = conn.done(row)?.ok_or_else(|| not_found(name))?;
-        info_of(&row)
+        self.info_with_mirror(&row)
     }
 
     async fn list(&self) -> Result<Vec<CollectionInfo>, ServiceError> {
@@ -475,7 +541,7 @@ impl CollectionStore for PgStore {
         let sql = format!("SELECT {COLUMNS} FROM clip_collections ORDER BY name");
         let rows = conn.query(&sql, &[]).await.map_err(pg_error);
         let rows = conn.done(rows)?;
-        rows.iter().map(info_of).collect()
+        rows.iter().map(|row| self.info_with_mirror(row)).collect()
     }
 
     /// One transaction (the row and the item table). Dropped mid-way: cancelled and rolled
@@ -501,6 +567,12 @@ impl CollectionStore for PgStore {
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
                 .await
                 .map_err(pg_error)?;
+            tx.execute(
+                "DELETE FROM clip_item_changes WHERE collection = $1",
+                &[&table],
+            )
+            .await
+            .map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
             Ok(id)
         }

@@ -41,6 +41,13 @@ pub fn has_iterative_scan(version: &str) -> bool {
     (major, minor) >= (0, 8)
 }
 
+/// Whether pgvector has `binary_quantize` and `l2_normalize` (0.7 and later).
+pub fn has_quantize(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (0, 7)
+}
+
 /// The search path of a collection, as `search_with` names it.
 pub fn path_name(kind: IndexKind) -> &'static str {
     match kind {
@@ -106,7 +113,16 @@ impl PgStore {
             kind,
             centre,
         } = self.seen(&meta.id);
-        let exact = exact || kind == IndexKind::None || count < self.exact_below;
+        let large = count >= self.exact_below;
+        if !exact
+            && large
+            && filter.is_none()
+            && let Some(found) = self.search_mirror(meta, &query, k).await?
+            && found.len() >= k
+        {
+            return Ok((found, super::mirror::PATH));
+        }
+        let exact = exact || kind == IndexKind::None || !large;
         let found = self
             .query_nearest(meta, &query, k, filter.as_ref(), exact, kind, &centre)
             .await?;
@@ -225,6 +241,7 @@ impl PgStore {
         memory_mb: usize,
     ) -> Result<(), ServiceError> {
         let meta = self.collection(name).await?;
+        let build = self.build_of(&meta)?;
         let table = schema::items_table(&meta.id);
         let mut conn = self.client().await?;
         let done = async {
@@ -248,7 +265,7 @@ impl PgStore {
             };
             tx.batch_execute(&format!(
                 "DROP INDEX IF EXISTS {table}_hnsw; {}",
-                schema::create_index(&table, meta.dimension, kind, self.build, &centre)
+                schema::create_index(&table, meta.dimension, kind, build, &centre)
             ))
             .await
             .map_err(pg_error)?;
@@ -273,7 +290,7 @@ impl PgStore {
     }
 }
 
-fn scored(row: &Row) -> Result<Scored, ServiceError> {
+pub(super) fn scored(row: &Row) -> Result<Scored, ServiceError> {
     let distance: f64 = col(row, "distance")?;
     Ok(Scored {
         id: col(row, "id")?,
@@ -294,6 +311,8 @@ mod tests {
         assert!(has_iterative_scan("1.0"));
         assert!(!has_iterative_scan("0.7.4"));
         assert!(!has_iterative_scan("garbage"));
+        assert!(has_quantize("0.7.0") && has_quantize("0.8.6") && has_quantize("1.0"));
+        assert!(!has_quantize("0.6.2") && !has_quantize(""));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`retrieve::recall`): a sample of each collection's own recent unfiltered searches is
 //! answered both ways every `interval` (the collection's index path, and the exact scan), the
 //! measured recall@10 is published, and while it is under the target the collection's own
-//! `hnsw.ef_search` floor (graph indexes) or oversampling (binary) is raised by half, up to
+//! `hnsw.ef_search` floor (graph indexes) or oversampling (binary, and mirrored collections) is raised by half, up to
 //! pgvector's 1000 / `--recall-max-oversample`. Each sampled query costs one sequential scan of
 //! the collection's table, so `--recall-samples` bounds the check's cost.
 
@@ -97,8 +97,10 @@ impl PgStore {
             };
             let seen = self.seen(&meta.id);
             let kind = seen.kind;
+            // Its unfiltered searches come from this replica's mirror (oversampled like `binary`).
+            let mirrored = self.mirror_state(&meta.id) == Some(true);
             // Searched exactly anyway: nothing to measure.
-            if kind == IndexKind::None || seen.count < self.exact_below {
+            if (kind == IndexKind::None && !mirrored) || seen.count < self.exact_below {
                 continue;
             }
             let (mut hit, mut total) = (0usize, 0usize);
@@ -127,8 +129,8 @@ impl PgStore {
                 now.ef_search.max(self.ef_search()),
                 now.oversample.max(self.oversample()),
             );
-            let config = &self.tuner.config;
-            let raised = if kind == IndexKind::Binary {
+            let config = &recall::for_collection(&self.tuner.config, &meta.options);
+            let raised = if kind == IndexKind::Binary || mirrored {
                 recall::raised(oversample, recall, config).map(|o| Tuning {
                     ef_search: ef,
                     oversample: o,

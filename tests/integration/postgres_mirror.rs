@@ -1,0 +1,306 @@
+//! `--store postgres`'s in-memory search mirrors (issue 23, `retrieve::postgres::mirror`): a
+//! mirrored collection's unfiltered searches find what the exact scan finds, see every write of
+//! another replica at once (before the mirror polls), follow the change log, keep within the item
+//! budget, and are dropped with their collection. Skipped without CLIP_SERVE_TEST_POSTGRES_URL.
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::postgres::{pg, pseudo, record, test_database};
+use clip_serve::{
+    grpc::pb::{self, retrieve_client::RetrieveClient},
+    postgres::{MirrorConfig, StoreConfig, schema::items_table},
+    retrieve::{
+        backend::CollectionStore, index::Metadata, postgres::PgStore, store::CollectionMeta,
+    },
+};
+use deadpool_postgres::tokio_postgres::{self, NoTls};
+
+const DIM: usize = 48;
+/// The tiny test model's dimension (what a collection created through the server gets).
+const TINY: usize = 32;
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// A replica's store: collections of at least `exact_below` items are mirrored (up to
+/// `max_items`), the mirror polled only when the test calls `sync_mirrors`.
+async fn replica(url: &str, exact_below: usize, max_items: usize) -> PgStore {
+    let mut cfg = pg(url);
+    cfg.exact_below = exact_below;
+    let store = PgStore::new(clip_serve::postgres::pool(&cfg).unwrap(), exact_below).with_mirror(
+        MirrorConfig {
+            max_items,
+            ..MirrorConfig::default()
+        },
+    );
+    store.load().await.unwrap();
+    store
+}
+
+/// `n` items in a new collection `name`, some with a large shared component (a cone, as CLIP's
+/// images are) and the rest spread out.
+async fn fill(store: &PgStore, name: &str, n: usize) -> Vec<Vec<f32>> {
+    store
+        .create(CollectionMeta::new(name.into(), DIM, "m".into()), 10)
+        .await
+        .unwrap();
+    let meta = store.collection(name).await.unwrap();
+    let cone = unit(pseudo(99, DIM));
+    let all: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            let v = pseudo(i as u64 + 11, DIM);
+            if i % 3 == 0 {
+                unit(v)
+            } else {
+                unit(
+                    v.iter()
+                        .zip(&cone)
+                        .map(|(x, c)| 0.4 * x + 3.0 * c)
+                        .collect(),
+                )
+            }
+        })
+        .collect();
+    for (c, chunk) in all.chunks(500).enumerate() {
+        let records = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, v)| record(&format!("id{}", c * 500 + j), v.clone()))
+            .collect();
+        store.upsert(&meta, records).await.unwrap();
+    }
+    all
+}
+
+async fn ids(store: &PgStore, name: &str, q: &[f32], exact: bool) -> (Vec<String>, &'static str) {
+    let meta = store.collection(name).await.unwrap();
+    let (hits, path) = store
+        .search_with(&meta, q.to_vec(), 10, Metadata::new(), exact)
+        .await
+        .unwrap();
+    (hits.into_iter().map(|h| h.id).collect(), path)
+}
+
+#[tokio::test]
+async fn postgres_mirror_finds_what_exact_search_finds_and_sees_other_replicas_writes_at_once() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let a = replica(&url, 300, 1_000_000).await;
+    let b = replica(&url, 300, 0).await; // another replica, without mirrors
+    let items = fill(&b, "photos", 2000).await;
+    assert_eq!(a.info("photos").await.unwrap().index, "hnsw");
+    a.sync_mirrors().await;
+    let info = a.info("photos").await.unwrap();
+    assert_eq!((info.index.as_str(), info.ready), ("mirror", true));
+    assert_eq!(a.mirrored_items(), 2000);
+    assert_eq!(b.info("photos").await.unwrap().index, "hnsw");
+
+    // Queries near the cone and far from it (like texts among images): what exact search finds.
+    let (mut hit, mut total) = (0, 0);
+    for s in 0..20u64 {
+        let q = if s % 2 == 0 {
+            unit(pseudo(5000 + s, DIM))
+        } else {
+            let near = &items[s as usize * 7];
+            unit(
+                near.iter()
+                    .zip(pseudo(6000 + s, DIM))
+                    .map(|(x, n)| x + 0.2 * n)
+                    .collect(),
+            )
+        };
+        let (exact, _) = ids(&a, "photos", &q, true).await;
+        let (found, path) = ids(&a, "photos", &q, false).await;
+        assert_eq!(path, "mirror");
+        total += exact.len();
+        hit += found.iter().filter(|f| exact.contains(f)).count();
+    }
+    assert!(hit as f64 / total as f64 >= 0.95, "recall {hit}/{total}");
+
+    // Replica B writes; A searches before its mirror polls: every committed write is seen.
+    let meta = b.collection("photos").await.unwrap();
+    let q = unit(pseudo(777, DIM));
+    b.upsert(&meta, vec![record("fresh", q.clone())])
+        .await
+        .unwrap();
+    let (found, path) = ids(&a, "photos", &q, false).await;
+    assert_eq!((found[0].as_str(), path), ("fresh", "mirror"));
+    // An update moves an item next to another query; a delete takes one away.
+    let q2 = unit(pseudo(778, DIM));
+    b.upsert(&meta, vec![record("id5", q2.clone())])
+        .await
+        .unwrap();
+    let (found, _) = ids(&a, "photos", &q2, false).await;
+    assert_eq!(found[0], "id5");
+    let (before, _) = ids(&a, "photos", &items[40], false).await;
+    assert_eq!(before[0], "id40");
+    b.delete(&meta, vec!["id40".into()]).await.unwrap();
+    let (after, path) = ids(&a, "photos", &items[40], false).await;
+    assert!(!after.contains(&"id40".to_string()), "{after:?}");
+    assert_eq!((after.len(), path), (10, "mirror"));
+
+    // The poll brings the codes up to date.
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 2000);
+    let (found, _) = ids(&a, "photos", &q, false).await;
+    assert_eq!(found[0], "fresh");
+
+    // Filtered searches keep the index paths (the mirror holds no metadata).
+    let meta = a.collection("photos").await.unwrap();
+    let filter = Metadata::from([("absent".to_string(), "x".to_string())]);
+    let (hits, path) = a
+        .search_with(&meta, q.clone(), 10, filter, false)
+        .await
+        .unwrap();
+    assert!(hits.is_empty() && path != "mirror", "{path}");
+
+    // A dropped collection's mirror goes with the next poll.
+    b.drop_collection("photos").await.unwrap();
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 0);
+}
+
+async fn triggers(raw: &tokio_postgres::Client, table: &str) -> i64 {
+    raw.query_one(
+        "SELECT count(*) FROM pg_trigger
+         WHERE tgrelid = $1::text::regclass AND tgname LIKE 'clip_changed_%'",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn postgres_mirror_keeps_its_budget_follows_old_tables_prunes_and_rebuilds_on_truncate() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let (raw, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let small = replica(&url, 300, 1000).await;
+    let writer = replica(&url, 300, 0).await;
+    fill(&writer, "big", 1200).await;
+    fill(&writer, "fits", 600).await;
+    // A table as an older server made it: no change triggers.
+    let table = items_table(&writer.collection("fits").await.unwrap().id);
+    assert_eq!(triggers(&raw, &table).await, 4);
+    for t in ["insert", "update", "delete", "truncate"] {
+        raw.batch_execute(&format!("DROP TRIGGER clip_changed_{t} ON {table}"))
+            .await
+            .unwrap();
+    }
+    // Change-log rows: one past the retention (an hour; its transaction's id an old one, so
+    // that other tests' transactions running meanwhile cannot hold it back), one recent.
+    raw.batch_execute(
+        "INSERT INTO clip_item_changes (collection, item, at, xid) VALUES
+             ('gone', 'old', now() - interval '2 hours', '3'::xid8), ('gone', 'recent', now(), '3'::xid8)",
+    )
+    .await
+    .unwrap();
+
+    small.sync_mirrors().await;
+    // 1,200 items do not fit a budget of 1,000; 600 do.
+    assert_eq!(small.info("big").await.unwrap().index, "hnsw");
+    assert_eq!(small.info("fits").await.unwrap().index, "mirror");
+    assert_eq!(small.mirrored_items(), 600);
+    // The build gave the old table its triggers; the log lost only the old row.
+    assert_eq!(triggers(&raw, &table).await, 4);
+    let left: Vec<String> = raw
+        .query(
+            "SELECT item FROM clip_item_changes WHERE collection = 'gone'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["recent"]);
+    // So a write now reaches the mirror through the log.
+    let meta = writer.collection("fits").await.unwrap();
+    writer
+        .upsert(&meta, vec![record("new", unit(pseudo(4242, DIM)))])
+        .await
+        .unwrap();
+    small.sync_mirrors().await;
+    assert_eq!(small.mirrored_items(), 601);
+
+    // TRUNCATE by hand (no ids logged): the mirror is built again, empty, and searches fall back
+    // to the index path.
+    raw.batch_execute(&format!("TRUNCATE {table}"))
+        .await
+        .unwrap();
+    small.sync_mirrors().await;
+    assert_eq!(small.mirrored_items(), 0);
+    let meta = small.collection("fits").await.unwrap();
+    let (hits, path) = small
+        .search_with(&meta, unit(pseudo(1, DIM)), 10, Metadata::new(), false)
+        .await
+        .unwrap();
+    assert!(hits.is_empty() && path != "mirror", "{path}");
+}
+
+/// Through the server: `--postgres-mirror-*` reach the store, its task mirrors a large
+/// collection by itself, GetCollection says so, and searches are answered from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_mirrors_a_large_collection_by_itself() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let mut cfg = config(&tiny_model());
+    let mut pgc = pg(&url);
+    pgc.exact_below = 100;
+    pgc.mirror = MirrorConfig {
+        poll: Duration::from_millis(100),
+        ..MirrorConfig::default()
+    };
+    cfg.store = StoreConfig::Postgres(pgc);
+    let server = serve(cfg).await;
+    let mut c = RetrieveClient::new(server.channel.clone());
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "p".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let items: Vec<pb::Item> = (0..150)
+        .map(|i| crate::postgres::vector_item(&format!("i{i}"), pseudo(i, TINY), "x"))
+        .collect();
+    c.upsert(pb::UpsertRequest {
+        collection: "p".into(),
+        items,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut info = None;
+    for _ in 0..100 {
+        let got = c
+            .get_collection(pb::GetCollectionRequest { name: "p".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if got.index == "mirror" && got.ready {
+            info = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(info.is_some(), "the collection was never mirrored");
+    let hits = c
+        .search(crate::postgres::search("p", pseudo(3, TINY), 5, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hits.hits[0].id, "i3");
+    let (_, metrics) = http_get(server.server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("clip_search_path_total{path=\"mirror\"} 1"),
+        "{metrics}"
+    );
+}
