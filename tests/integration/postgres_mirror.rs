@@ -304,3 +304,37 @@ async fn postgres_server_mirrors_a_large_collection_by_itself() {
         "{metrics}"
     );
 }
+
+/// A mirror whose build fails (here: rows written by plain SQL past the collection's count,
+/// beyond the budget) leaves the collection on its index, and is not tried again at every poll
+/// (each try reads the whole table; it is after a minute).
+#[tokio::test]
+async fn postgres_mirror_a_failed_build_waits_before_it_is_tried_again() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let (raw, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let a = replica(&url, 300, 1000).await;
+    fill(&a, "grown", 600).await;
+    let table = items_table(&a.collection("grown").await.unwrap().id);
+    raw.batch_execute(&format!(
+        "INSERT INTO {table} (id, embedding, metadata)
+         SELECT 'sql-' || id, embedding, metadata FROM {table}"
+    ))
+    .await
+    .unwrap();
+    a.sync_mirrors().await;
+    assert_eq!(a.info("grown").await.unwrap().index, "hnsw");
+    assert_eq!(a.mirrored_items(), 0);
+    // A try installs the change triggers first: take them away to see whether it tries again.
+    for t in ["insert", "update", "delete", "truncate"] {
+        raw.batch_execute(&format!("DROP TRIGGER clip_changed_{t} ON {table}"))
+            .await
+            .unwrap();
+    }
+    a.sync_mirrors().await;
+    a.sync_mirrors().await;
+    assert_eq!(triggers(&raw, &table).await, 0, "tried again at once");
+    assert_eq!(a.mirrored_items(), 0);
+}

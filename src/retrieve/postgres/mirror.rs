@@ -56,7 +56,13 @@ pub struct Mirrors {
     map: Mutex<HashMap<String, Arc<Mirror>>>,
     /// When the change log was last pruned (by this replica).
     pruned: Mutex<Option<Instant>>,
+    /// Tables whose last build failed, and when: tried again only after [`RETRY_AFTER`] (a
+    /// build reads the whole table).
+    failed: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a table whose mirror could not be built waits before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// One collection's mirror.
 pub struct Mirror {
@@ -431,6 +437,14 @@ impl PgStore {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             map.retain(|table, _| wanted.iter().any(|(t, _, _)| t == table));
+            let mut failed = self
+                .mirrors
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            failed.retain(|table, at| {
+                at.elapsed() < RETRY_AFTER && wanted.iter().any(|(t, _, _)| t == table)
+            });
         }
         let mut budget = config.max_items;
         for (table, dim, count) in wanted {
@@ -450,7 +464,13 @@ impl PgStore {
                     continue;
                 }
                 None => {
-                    if count > budget {
+                    let failed = self
+                        .mirrors
+                        .failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains_key(&table);
+                    if count > budget || failed {
                         continue;
                     }
                     let m = Arc::new(Mirror {
@@ -494,12 +514,17 @@ impl PgStore {
                 tracing::info!(%table, items = n, secs = started.elapsed().as_secs_f64(), "search mirror built");
             }
             Err(e) => {
-                tracing::warn!(%table, error = %e, "building the search mirror failed; the collection is searched by its index");
+                tracing::warn!(%table, error = %e, retry_secs = RETRY_AFTER.as_secs(), "building the search mirror failed; the collection is searched by its index");
                 self.mirrors
                     .map
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(table);
+                self.mirrors
+                    .failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(table.to_string(), Instant::now());
             }
         }
     }
