@@ -4,6 +4,8 @@
 # in fuzz/artifacts/TARGET. Prints libFuzzer's last status line per target (executions, coverage).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]       targets: image text http_json proto (default: all four)
+#   scripts/fuzz.sh build [TARGET...]           the sanitizer build only (scripts/test.sh starts it
+#                                               beside clippy, then runs the targets)
 #   cargo install cargo-fuzz   (once; needs the nightly toolchain)
 #
 # `image` and `text` link only src/preprocess (fuzz/src/lib.rs); when every target asked for is one of
@@ -32,6 +34,7 @@ for t in "${TARGETS[@]}"; do
   cargo +nightly fuzz build -O "${FEATURES[@]}" "$t"
 done
 echo "fuzz: sanitizer build of ${TARGETS[*]} ${FEATURES[*]}: $((SECONDS - build_started)) s" >&2
+if [[ "$SECONDS_EACH" == build ]]; then exit 0; fi
 for t in "${TARGETS[@]}"; do
   work="$ROOT/.cache/fuzz-corpus/$t"
   mkdir -p "$work"

@@ -41,6 +41,21 @@ else
   echo "test: SKIPPED OpenVINO tests: scripts/setup.sh could not fetch onnxruntime-ep-openvino" >&2
 fi
 
+# The fuzz targets' sanitizer build (nightly, its own target directory under fuzz/) starts now, in the
+# background: clippy and the tests' compilation spend long stretches in one rustc on one core, and
+# this fills the other. Its result is waited for at the fuzz step below.
+FUZZ_BUILD_PID=""
+FUZZ_BUILD_LOG="$ROOT/.cache/fuzz-build.log"
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step "install cargo-fuzz" cargo install cargo-fuzz --locked --quiet
+  fi
+  scripts/fuzz.sh build image text >"$FUZZ_BUILD_LOG" 2>&1 &
+  FUZZ_BUILD_PID=$!
+fi
+stop_fuzz_build() { if [[ -n "$FUZZ_BUILD_PID" ]]; then kill "$FUZZ_BUILD_PID" 2>/dev/null || true; fi; }
+trap 'rc=$?; stop_fuzz_build; (exit $rc); summary' EXIT
+
 step "cargo fmt --check" cargo fmt --all -- --check
 # The layering rules of docs/ARCHITECTURE.md (module cycles, protocol types outside the doors, file
 # sizes); a second or two, before anything compiles.
@@ -57,7 +72,7 @@ if [[ -z "${CLIP_SERVE_TEST_POSTGRES_URL:-}" ]]; then
   STOP_POSTGRES=1
 fi
 stop_postgres() { if [[ -n "${STOP_POSTGRES:-}" ]]; then scripts/postgres.sh stop || true; fi; }
-trap 'rc=$?; stop_postgres; (exit $rc); summary' EXIT
+trap 'rc=$?; stop_postgres; stop_fuzz_build; (exit $rc); summary' EXIT
 step "cargo test" cargo test --locked
 stop_postgres
 STOP_POSTGRES=
@@ -83,11 +98,15 @@ step "Python unit tests (scripts/tests)" python3 -m unittest discover -s scripts
 # only src/preprocess, get their sanitizer build and a brief run each. The campaign over all four
 # (http_json and proto build the whole crate with the sanitizer) is `scripts/fuzz.sh 600`, by hand.
 # Needs the nightly toolchain; cargo-fuzz is installed when missing.
-if rustup run nightly rustc --version >/dev/null 2>&1; then
-  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    step "install cargo-fuzz" cargo install cargo-fuzz --locked --quiet
-  fi
-  step "fuzz targets image and text (sanitizer build of src/preprocess; seeds + 10 s each)" scripts/fuzz.sh 10 image text
+wait_fuzz_build() {
+  local pid="$FUZZ_BUILD_PID"
+  FUZZ_BUILD_PID=""
+  wait "$pid" || { echo "test: the fuzz targets' sanitizer build failed:" >&2; tail -40 "$FUZZ_BUILD_LOG" >&2; return 1; }
+  grep '^fuzz: sanitizer build' "$FUZZ_BUILD_LOG" >&2 || true
+}
+if [[ -n "$FUZZ_BUILD_PID" ]]; then
+  step "fuzz targets' sanitizer build of src/preprocess (what is left of it; started beside clippy)" wait_fuzz_build
+  step "fuzz targets image and text (seeds + 10 s each)" scripts/fuzz.sh 10 image text
 else
   echo "test: SKIPPED the fuzz targets: no nightly toolchain (rustup toolchain install nightly)" >&2
 fi
