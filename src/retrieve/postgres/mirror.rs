@@ -42,11 +42,11 @@ use deadpool_postgres::tokio_postgres::{IsolationLevel, types::ToSql};
 use pgvector::{Bit, Vector};
 use tokio_stream::StreamExt;
 
-use super::{PgStore, search::MAX_SHORTLIST, table_gone};
+use super::{PgStore, gone_or, search::MAX_SHORTLIST};
 use crate::{
     common::ServiceError,
     postgres::{MirrorConfig, Pool, col, pg_error, schema},
-    retrieve::{ann::codes::BinaryCodes, backend::not_found, index::Scored, store::CollectionMeta},
+    retrieve::{ann::codes::BinaryCodes, index::Scored, store::CollectionMeta},
 };
 
 /// Every mirror of this replica, by item table.
@@ -179,26 +179,16 @@ impl Mirrors {
 
     /// Bytes the mirrors hold (codes, ids and their maps; an estimate of the allocations).
     pub fn bytes(&self) -> usize {
-        let all: Vec<Arc<Mirror>> = self
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        all.iter()
-            .map(|m| {
-                m.table
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .as_ref()
-                    .map_or(0, Codes::bytes)
-            })
-            .sum()
+        self.sum(Codes::bytes)
     }
 
     /// Items mirrored now (all collections).
     pub fn items(&self) -> usize {
+        self.sum(|c| c.slots.len())
+    }
+
+    /// `of` summed over the built mirrors.
+    fn sum(&self, of: impl Fn(&Codes) -> usize) -> usize {
         let all: Vec<Arc<Mirror>> = self
             .map
             .lock()
@@ -206,15 +196,7 @@ impl Mirrors {
             .values()
             .cloned()
             .collect();
-        all.iter()
-            .map(|m| {
-                m.table
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .as_ref()
-                    .map_or(0, |c| c.slots.len())
-            })
-            .sum()
+        all.iter().map(|m| m_sum(m, &of)).sum()
     }
 }
 
@@ -406,6 +388,19 @@ impl PgStore {
     /// Bytes this replica's mirrors hold (an estimate).
     pub fn mirrored_bytes(&self) -> usize {
         self.mirrors.bytes()
+    }
+
+    /// [`info_of`], saying `mirror` (and whether it is built) for a mirrored collection.
+    pub(super) fn info_with_mirror(
+        &self,
+        row: &deadpool_postgres::tokio_postgres::Row,
+    ) -> Result<crate::retrieve::CollectionInfo, ServiceError> {
+        let mut info = super::info_of(row)?;
+        if let Some(ready) = self.mirror_state(&col::<String>(row, "id")?) {
+            info.index = PATH.into();
+            info.ready = ready;
+        }
+        Ok(info)
     }
 
     /// Items mirrored in this replica's memory now.
@@ -640,13 +635,7 @@ impl PgStore {
                 .await
         }
         .await
-        .map_err(|e| {
-            if table_gone(&e) {
-                not_found(&meta.name)
-            } else {
-                pg_error(e)
-            }
-        });
+        .map_err(|e| gone_or(&meta.name, e));
         let rows = conn.done(rows)?;
         rows.iter()
             .map(super::search::scored)
@@ -655,12 +644,16 @@ impl PgStore {
     }
 }
 
-fn m_items(m: &Mirror) -> usize {
+fn m_sum(m: &Mirror, of: impl Fn(&Codes) -> usize) -> usize {
     m.table
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .as_ref()
-        .map_or(0, |c| c.slots.len())
+        .map_or(0, of)
+}
+
+fn m_items(m: &Mirror) -> usize {
+    m_sum(m, |c| c.slots.len())
 }
 
 /// Runs [`PgStore::sync_mirrors`] every `--postgres-mirror-poll` while the store lives (a task

@@ -89,10 +89,13 @@ struct Seen {
     centre: Centre,
 }
 
-/// `42P01`: the collection's table went away (it was deleted meanwhile).
-fn table_gone(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error()
-        .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+/// A statement's error on collection `name`'s table: NOT_FOUND when the table went away (`42P01`:
+/// the collection was deleted meanwhile), else as [`pg_error`].
+fn gone_or(name: &str, e: tokio_postgres::Error) -> ServiceError {
+    let gone = e
+        .as_db_error()
+        .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::UNDEFINED_TABLE);
+    if gone { not_found(name) } else { pg_error(e) }
 }
 
 fn metadata_json(md: &Metadata) -> serde_json::Value {
@@ -308,36 +311,6 @@ impl PgStore {
                 kind: IndexKind::None,
                 centre: Centre::default(),
             })
-    }
-
-    /// [`info_of`], saying `mirror` (and whether it is built) for a mirrored collection.
-    fn info_with_mirror(&self, row: &Row) -> Result<CollectionInfo, ServiceError> {
-        let mut info = info_of(row)?;
-        if let Some(ready) = self.mirror_state(&col::<String>(row, "id")?) {
-            info.index = mirror::PATH.into();
-            info.ready = ready;
-        }
-        Ok(info)
-    }
-
-    /// The HNSW build of collection `meta`: this store's, with the collection's own settings.
-    fn build_of(&self, meta: &CollectionMeta) -> Result<HnswBuild, ServiceError> {
-        HnswBuild {
-            m: meta.options.hnsw_m.unwrap_or(self.build.m),
-            ef_construction: meta
-                .options
-                .hnsw_ef_construction
-                .unwrap_or(self.build.ef_construction),
-        }
-        .check()
-        .map_err(|e| {
-            ServiceError::invalid(
-                crate::common::Field::Param("hnsw_ef_construction"),
-                format!(
-                    "{e} (with the server's --postgres-hnsw-m / --postgres-hnsw-ef-construction)"
-                ),
-            )
-        })
     }
 
     /// Locks the collection row of a write and checks it is still the incarnation `meta`.
@@ -697,13 +670,7 @@ impl CollectionStore for PgStore {
             Ok(stmt) => conn.query(&stmt, &[&wanted]).await,
             Err(e) => Err(e),
         }
-        .map_err(|e| {
-            if table_gone(&e) {
-                not_found(&meta.name)
-            } else {
-                pg_error(e)
-            }
-        });
+        .map_err(|e| gone_or(&meta.name, e));
         let rows = conn.done(rows)?;
         let mut found: HashMap<String, StoredItem> = HashMap::new();
         for row in rows {

@@ -17,7 +17,7 @@
 use deadpool_postgres::tokio_postgres::{self, Row};
 use pgvector::Vector;
 
-use super::{MAX_EF_SEARCH, PgStore, Seen, metadata_json, metadata_of, table_gone};
+use super::{MAX_EF_SEARCH, PgStore, Seen, gone_or, metadata_json, metadata_of};
 use crate::{
     common::ServiceError,
     postgres::{
@@ -25,7 +25,7 @@ use crate::{
         schema::{self, Centre, IndexKind},
     },
     retrieve::{
-        backend::{CollectionStore, not_found},
+        backend::CollectionStore,
         index::{Metadata, Scored},
         store::CollectionMeta,
     },
@@ -211,19 +211,36 @@ impl PgStore {
                     tx.query(&stmt, &params).await
                 }
             };
-            let rows = rows.map_err(|e| {
-                if table_gone(&e) {
-                    not_found(&meta.name)
-                } else {
-                    pg_error(e)
-                }
-            })?;
+            let rows = rows.map_err(|e| gone_or(&meta.name, e))?;
             tx.commit().await.map_err(pg_error)?;
             Ok(rows)
         }
         .await;
         let rows = conn.done(rows)?;
         rows.iter().map(scored).collect()
+    }
+
+    /// The HNSW build of collection `meta`: this store's, with the collection's own settings.
+    pub(super) fn build_of(
+        &self,
+        meta: &CollectionMeta,
+    ) -> Result<schema::HnswBuild, ServiceError> {
+        schema::HnswBuild {
+            m: meta.options.hnsw_m.unwrap_or(self.build.m),
+            ef_construction: meta
+                .options
+                .hnsw_ef_construction
+                .unwrap_or(self.build.ef_construction),
+        }
+        .check()
+        .map_err(|e| {
+            ServiceError::invalid(
+                crate::common::Field::Param("hnsw_ef_construction"),
+                format!(
+                    "{e} (with the server's --postgres-hnsw-m / --postgres-hnsw-ef-construction)"
+                ),
+            )
+        })
     }
 
     /// Rebuilds the index of collection `name` as `kind` (with this store's build parameters):
