@@ -121,14 +121,14 @@ pub struct StoreArgs {
     #[arg(long, env = "CLIP_SERVE_POSTGRES_HNSW_EF_CONSTRUCTION", default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=1000), display_order = 614)]
     pub postgres_hnsw_ef_construction: u32,
 
-    /// Most items this replica mirrors in memory, all collections together (about 200 bytes
-    /// each at 512-d): collections of at least --postgres-exact-below items are searched by a
+    /// Most items this replica mirrors in memory, all collections together (about 160 bytes
+    /// each at 512-d: 800 MB at the default): collections of at least --postgres-exact-below items are searched by a
     /// scan of their binary codes here, the shortlist rescored in PostgreSQL, instead of by
     /// their pgvector index (0: no mirrors).
     #[arg(
         long,
         env = "CLIP_SERVE_POSTGRES_MIRROR_MAX_ITEMS",
-        default_value_t = 10_000_000,
+        default_value_t = 5_000_000,
         display_order = 615
     )]
     pub postgres_mirror_max_items: u64,

@@ -96,7 +96,7 @@ pub struct MirrorConfig {
 impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
-            max_items: 10_000_000,
+            max_items: 5_000_000,
             poll: Duration::from_secs(1),
             retention: Duration::from_secs(3600),
             max_recent: 10_000,
