@@ -130,8 +130,10 @@ pub const MIGRATIONS: &[Migration] = &[
          );
          CREATE INDEX IF NOT EXISTS clip_item_changes_collection_xid
              ON clip_item_changes (collection, xid);
+         CREATE INDEX IF NOT EXISTS clip_item_changes_at ON clip_item_changes (at);
          ALTER TABLE clip_collections ADD COLUMN IF NOT EXISTS options jsonb;
-         CREATE OR REPLACE FUNCTION clip_items_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+         CREATE OR REPLACE FUNCTION clip_items_changed() RETURNS trigger LANGUAGE plpgsql
+             SET search_path FROM CURRENT AS $$
          BEGIN
              IF TG_OP = 'INSERT' THEN
                  INSERT INTO clip_item_changes (collection, item) SELECT TG_ARGV[0], id FROM clip_new;

@@ -338,3 +338,50 @@ async fn postgres_mirror_a_failed_build_waits_before_it_is_tried_again() {
     assert_eq!(triggers(&raw, &table).await, 0, "tried again at once");
     assert_eq!(a.mirrored_items(), 0);
 }
+
+/// More items written between two polls than `--postgres-mirror-max-recent`: the poll builds the
+/// mirror again rather than reading them one by one, and a mirror that grows past the budget is
+/// dropped (its collection searched by the index).
+#[tokio::test]
+async fn postgres_mirror_a_write_flood_rebuilds_it_and_outgrowing_the_budget_drops_it() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let mut cfg = pg(&url);
+    cfg.exact_below = 300;
+    let a =
+        PgStore::new(clip_serve::postgres::pool(&cfg).unwrap(), 300).with_mirror(MirrorConfig {
+            max_items: 1000,
+            max_recent: 50,
+            ..MirrorConfig::default()
+        });
+    a.load().await.unwrap();
+    let writer = replica(&url, 300, 0).await;
+    fill(&writer, "c", 400).await;
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 400);
+    let meta = writer.collection("c").await.unwrap();
+    let flood: Vec<_> = (0..200)
+        .map(|i| record(&format!("flood{i}"), unit(pseudo(10_000 + i, DIM))))
+        .collect();
+    writer.upsert(&meta, flood).await.unwrap();
+    // Before the poll: the first 50 writes are rescored beside the shortlist, so the mirror
+    // still answers; the poll then builds it again with every item.
+    let q = unit(pseudo(10_007, DIM));
+    let (_, path) = ids(&a, "c", &q, false).await;
+    assert_eq!(path, "mirror");
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 600);
+    let (found, path) = ids(&a, "c", &q, false).await;
+    assert_eq!((found[0].as_str(), path), ("flood7", "mirror"));
+    // Past the budget of 1,000: dropped, searched by the index.
+    let more: Vec<_> = (0..500)
+        .map(|i| record(&format!("more{i}"), unit(pseudo(20_000 + i, DIM))))
+        .collect();
+    writer.upsert(&meta, more).await.unwrap();
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 0);
+    assert_eq!(a.info("c").await.unwrap().index, "hnsw");
+    let (found, path) = ids(&a, "c", &q, false).await;
+    assert_eq!((found[0].as_str(), path), ("flood7", "hnsw"));
+}

@@ -13,41 +13,53 @@
 //! Triggers log each written item id, with the writing transaction's id, into
 //! `clip_item_changes` (`postgres::schema`). A mirror holds the codes as of one PostgreSQL
 //! snapshot (a `pg_snapshot`): every change it lacks was made by a transaction that snapshot does
-//! not see. So:
+//! not see, that is one at or past its xmax or in its in-progress list ([`follow::unseen_by`],
+//! both bounded by the log's index). So:
 //! - every `--postgres-mirror-poll`, one task reads, in a REPEATABLE READ transaction, the
 //!   changes invisible to the mirror's snapshot and the current codes of those items (an item
-//!   gone is removed), and moves the mirror to that transaction's snapshot;
+//!   gone is removed), and moves the mirror to that transaction's snapshot (on the blocking pool:
+//!   the write lock waits for scans in flight);
 //! - a search rescores, beside its shortlist, every item changed since the mirror's snapshot (up
 //!   to `--postgres-mirror-max-recent`), read in the search's own statement. A search therefore
 //!   sees every committed write at once, by any replica, as before the mirrors; deleted items are
 //!   absent from the table and never come back.
 //!
+//! A poll that finds more changed items than `--postgres-mirror-max-recent` (a bulk load), a
+//! truncated table, or transaction ids gone back (a failover that lost transactions) builds the
+//! mirror again; searches use the pgvector index meanwhile, as they do for a mirror whose last
+//! poll is older than ten polls (at least a minute). A mirror that grows past what is left of
+//! `--postgres-mirror-max-items` is dropped; a build that fails waits a minute before the next.
 //! Change-log rows older than `--postgres-change-retention` (of finished transactions) are
-//! pruned; a mirror that could not poll for half of that is built again, as is one whose table
-//! was truncated. A transaction that stays open, with writes, for longer than half the retention
-//! can have its changes pruned before a mirror reads them: clip-serve's own writes are bounded by
+//! pruned in batches; a mirror that could not poll for half of that is built again. A
+//! transaction that stays open, with writes, for longer than half the retention can have its
+//! changes pruned before a mirror reads them: clip-serve's own writes are bounded by
 //! `--postgres-statement-timeout`, a bulk load by hand should not run for half an hour in one
-//! transaction.
+//! transaction. The builds run one after another in the poll task, so a long build delays the
+//! other mirrors' polls (their searches still see every write through the log).
 //!
 //! A collection is searched by its pgvector index while its mirror builds (Info says `mirror`,
 //! not ready), and filtered searches always use the index paths (the mirror holds no metadata).
 
+mod follow;
+
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError, RwLock, Weak},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use deadpool_postgres::tokio_postgres::{IsolationLevel, types::ToSql};
 use pgvector::{Bit, Vector};
-use tokio_stream::StreamExt;
 
 use super::{PgStore, gone_or, search::MAX_SHORTLIST};
 use crate::{
     common::ServiceError,
-    postgres::{MirrorConfig, Pool, col, pg_error, schema},
+    postgres::{MirrorConfig, col, pg_error, schema},
     retrieve::{ann::codes::BinaryCodes, index::Scored, store::CollectionMeta},
 };
+use follow::{Polled, unseen_by};
 
 /// Every mirror of this replica, by item table.
 #[derive(Default)]
@@ -69,6 +81,18 @@ pub struct Mirror {
     dim: usize,
     /// `None` while it is first built.
     table: RwLock<Option<Codes>>,
+    /// Being built again because it fell behind: searches use the pgvector index meanwhile.
+    rebuilding: AtomicBool,
+}
+
+impl Mirror {
+    fn new(dim: usize) -> Self {
+        Mirror {
+            dim,
+            table: RwLock::new(None),
+            rebuilding: AtomicBool::new(false),
+        }
+    }
 }
 
 /// The codes and ids of one collection, as of `snapshot`.
@@ -110,6 +134,12 @@ impl Codes {
             + self.slots.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
             + self.free.capacity() * 4
             + ids
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.codes.reserve(n);
+        self.ids.reserve(n);
+        self.slots.reserve(n);
     }
 
     fn put(&mut self, id: &str, bits: &Bit) {
@@ -200,179 +230,6 @@ impl Mirrors {
     }
 }
 
-fn params<'a>(
-    p: &'a [&'a (dyn ToSql + Sync)],
-) -> impl ExactSizeIterator<Item = &'a dyn ToSql> + 'a {
-    p.iter().map(|p| *p as &dyn ToSql)
-}
-
-/// Codes of `table` as PostgreSQL computes them: sign bits of the unit vector minus `$1`.
-fn codes_sql(table: &str, only: &str) -> String {
-    format!("SELECT id, binary_quantize(l2_normalize(embedding) - $1) AS code FROM {table} {only}")
-}
-
-/// Builds the codes of `table` (`dim`-dimensional) from scratch, at most `limit` items (more:
-/// an error, the collection stays unmirrored). Installs the change triggers first when the table
-/// lacks them (made by an older server).
-async fn build(
-    pool: &Pool,
-    table: &str,
-    dim: usize,
-    limit: usize,
-    generation: u64,
-) -> Result<Codes, ServiceError> {
-    let mut conn = crate::postgres::client(pool).await?;
-    let built = async {
-        let present: i64 = conn
-            .query_one(
-                "SELECT count(*) AS n FROM pg_trigger
-                 WHERE tgrelid = $1::text::regclass AND tgname LIKE 'clip_changed_%'",
-                &[&table],
-            )
-            .await
-            .map_err(pg_error)?
-            .try_get("n")
-            .map_err(pg_error)?;
-        if present < schema::CHANGE_TRIGGERS {
-            conn.batch_execute(&schema::change_triggers(table))
-                .await
-                .map_err(pg_error)?;
-        }
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(pg_error)?;
-        let snapshot: String = col(
-            &tx.query_one("SELECT pg_current_snapshot()::text AS s", &[])
-                .await
-                .map_err(pg_error)?,
-            "s",
-        )?;
-        let centre: Option<Vector> = col(
-            &tx.query_one(
-                &format!("SELECT avg(l2_normalize(embedding)) AS c FROM {table}"),
-                &[],
-            )
-            .await
-            .map_err(pg_error)?,
-            "c",
-        )?;
-        let centre = centre.unwrap_or_else(|| Vector::from(vec![0.0; dim]));
-        let mut codes = Codes::new(dim, centre.clone(), snapshot, generation);
-        let stmt = tx
-            .prepare(&codes_sql(table, ""))
-            .await
-            .map_err(pg_error)?;
-        let rows = tx
-            .query_raw(&stmt, params(&[&centre]))
-            .await
-            .map_err(pg_error)?;
-        tokio::pin!(rows);
-        while let Some(row) = rows.next().await {
-            let row = row.map_err(pg_error)?;
-            let id: String = col(&row, "id")?;
-            let bits: Bit = col(&row, "code")?;
-            codes.put(&id, &bits);
-            if codes.slots.len() > limit {
-                return Err(ServiceError::ResourceExhausted(format!(
-                    "{table} holds more than the {limit} items left under --postgres-mirror-max-items"
-                )));
-            }
-        }
-        tx.commit().await.map_err(pg_error)?;
-        Ok(codes)
-    }
-    .await;
-    conn.done(built)
-}
-
-/// What one poll of a mirror found.
-enum Polled {
-    /// The changes were applied (how many).
-    Applied(usize),
-    /// The table was truncated, or the mirror fell behind the change log: build it again.
-    Rebuild,
-}
-
-/// Applies the changes `mirror` lacks (see the module doc).
-async fn poll(pool: &Pool, table: &str, mirror: &Mirror) -> Result<Polled, ServiceError> {
-    let (snapshot, centre, generation) = {
-        let guard = mirror.table.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(codes) = guard.as_ref() else {
-            return Ok(Polled::Rebuild);
-        };
-        (codes.snapshot.clone(), codes.centre.clone(), codes.build)
-    };
-    let mut conn = crate::postgres::client(pool).await?;
-    let read = async {
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
-        let now: String = col(
-            &tx.query_one("SELECT pg_current_snapshot()::text AS s", &[])
-                .await
-                .map_err(pg_error)?,
-            "s",
-        )?;
-        let changed = tx
-            .query(
-                "SELECT DISTINCT item FROM clip_item_changes
-                 WHERE collection = $1 AND xid >= pg_snapshot_xmin($2::text::pg_snapshot)
-                   AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot)",
-                &[&table, &snapshot],
-            )
-            .await
-            .map_err(pg_error)?;
-        let mut items = Vec::with_capacity(changed.len());
-        for row in &changed {
-            match col::<Option<String>>(row, "item")? {
-                Some(item) => items.push(item),
-                None => return Ok(None),
-            }
-        }
-        let rows = if items.is_empty() {
-            Vec::new()
-        } else {
-            let sql = codes_sql(table, "WHERE id = ANY($2)");
-            tx.query(&sql, &[&centre, &items]).await.map_err(pg_error)?
-        };
-        tx.commit().await.map_err(pg_error)?;
-        Ok(Some((now, items, rows)))
-    }
-    .await;
-    let Some((now, items, rows)) = conn.done(read)? else {
-        return Ok(Polled::Rebuild);
-    };
-    let mut current = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        current.insert(col::<String>(row, "id")?, col::<Bit>(row, "code")?);
-    }
-    let mut guard = mirror.table.write().unwrap_or_else(PoisonError::into_inner);
-    let Some(codes) = guard.as_mut().filter(|c| c.build == generation) else {
-        // Built again meanwhile: this read is older than the new build.
-        return Ok(Polled::Applied(0));
-    };
-    for item in &items {
-        match current.get(item) {
-            Some(bits) => codes.put(item, bits),
-            None => codes.remove(item),
-        }
-    }
-    codes.snapshot = now;
-    codes.synced = Instant::now();
-    Ok(Polled::Applied(items.len()))
-}
-
 impl PgStore {
     /// The mirror settings (`--postgres-mirror-*`); mirrors follow once [`start`] runs.
     pub fn with_mirror(mut self, config: MirrorConfig) -> Self {
@@ -454,7 +311,7 @@ impl PgStore {
                 Some(m) if stale == Some(false) => m,
                 Some(m) => {
                     // Never built, or fell behind the change log.
-                    self.build_into(&table, &m, dim, budget).await;
+                    self.build_into(&table, &m, dim, count, budget).await;
                     budget = budget.saturating_sub(m_items(&m));
                     continue;
                 }
@@ -468,53 +325,95 @@ impl PgStore {
                     if count > budget || failed {
                         continue;
                     }
-                    let m = Arc::new(Mirror {
-                        dim,
-                        table: RwLock::new(None),
-                    });
+                    let m = Arc::new(Mirror::new(dim));
                     self.mirrors
                         .map
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(table.clone(), m.clone());
-                    self.build_into(&table, &m, dim, budget).await;
+                    self.build_into(&table, &m, dim, count, budget).await;
                     budget = budget.saturating_sub(m_items(&m));
                     continue;
                 }
             };
-            match poll(&self.pool, &table, &mirror).await {
+            match follow::poll(&self.pool, &table, &mirror, config.max_recent).await {
                 Ok(Polled::Applied(n)) => {
                     if n > 0 {
                         tracing::debug!(%table, changes = n, "search mirror followed the change log");
                     }
                 }
-                Ok(Polled::Rebuild) => self.build_into(&table, &mirror, dim, budget).await,
+                Ok(Polled::Rebuild(why)) => {
+                    tracing::info!(%table, reason = why, "search mirror built again");
+                    mirror.rebuilding.store(true, Ordering::Release);
+                    self.build_into(&table, &mirror, dim, count, budget).await;
+                }
                 Err(e) => tracing::warn!(%table, error = %e, "following the change log failed"),
             }
-            budget = budget.saturating_sub(m_items(&mirror));
+            let items = m_items(&mirror);
+            if items > budget {
+                // Grew past what is left of the budget: searched by its index from now on.
+                tracing::warn!(%table, items, budget, "a search mirror outgrew --postgres-mirror-max-items; dropped");
+                self.drop_mirror(&table);
+                continue;
+            }
+            budget -= items;
         }
         self.prune_changes().await;
     }
 
-    async fn build_into(&self, table: &str, mirror: &Mirror, dim: usize, budget: usize) {
+    /// Forgets the mirror of `table` (its memory is freed on the blocking pool).
+    fn drop_mirror(&self, table: &str) {
+        let gone = self
+            .mirrors
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(table);
+        if let Some(gone) = gone {
+            tokio::task::spawn_blocking(move || {
+                drop(gone);
+                crate::common::release_free_memory();
+            });
+        }
+    }
+
+    async fn build_into(
+        &self,
+        table: &str,
+        mirror: &Arc<Mirror>,
+        dim: usize,
+        count: usize,
+        budget: usize,
+    ) {
         let started = Instant::now();
-        let generation = self
-            .mirror_builds
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match build(&self.pool, table, dim, budget, generation).await {
+        let generation = self.mirror_builds.fetch_add(1, Ordering::Relaxed);
+        // The old codes (if any) stay searchable only when they are not behind.
+        let built = follow::build(&self.pool, table, dim, count, budget, generation).await;
+        match built {
             Ok(codes) => {
                 let n = codes.slots.len();
-                *mirror.table.write().unwrap_or_else(PoisonError::into_inner) = Some(codes);
-                crate::common::release_free_memory();
+                // Swapped, and the old codes freed, on the blocking pool: the write lock waits
+                // for the scans in flight.
+                let mirror = mirror.clone();
+                let swapped = tokio::task::spawn_blocking(move || {
+                    let old = mirror
+                        .table
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .replace(codes);
+                    mirror.rebuilding.store(false, Ordering::Release);
+                    drop(old);
+                    crate::common::release_free_memory();
+                })
+                .await;
+                if let Err(e) = swapped {
+                    tracing::error!(%table, error = %e, "installing the search mirror failed");
+                }
                 tracing::info!(%table, items = n, secs = started.elapsed().as_secs_f64(), "search mirror built");
             }
             Err(e) => {
                 tracing::warn!(%table, error = %e, retry_secs = RETRY_AFTER.as_secs(), "building the search mirror failed; the collection is searched by its index");
-                self.mirrors
-                    .map
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(table);
+                self.drop_mirror(table);
                 self.mirrors
                     .failed
                     .lock()
@@ -566,21 +465,10 @@ impl PgStore {
             }
             *pruned = Some(Instant::now());
         }
-        let retention = self.mirrors.config.retention.as_secs_f64();
-        let Ok(conn) = self.client().await else {
-            return;
-        };
-        let done = conn
-            .execute(
-                "DELETE FROM clip_item_changes
-                 WHERE at < clock_timestamp() - make_interval(secs => $1)
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot())",
-                &[&retention],
-            )
-            .await
-            .map_err(pg_error);
-        if let Err(e) = conn.done(done) {
-            tracing::warn!(error = %e, "pruning the item change log failed");
+        match follow::prune(&self.pool, self.mirrors.config.retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "item change log pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning the item change log failed"),
         }
     }
 
@@ -597,9 +485,13 @@ impl PgStore {
         let Some(mirror) = self.mirrors.get(&table) else {
             return Ok(None);
         };
-        if mirror.dim != meta.dimension {
+        if mirror.dim != meta.dimension || mirror.rebuilding.load(Ordering::Acquire) {
             return Ok(None);
         }
+        // A mirror whose poll has not succeeded for a while (PostgreSQL struggling, a long
+        // build of another one) is not trusted: the change log since it may be long.
+        let poll = self.mirrors.config.poll;
+        let trust = (poll * 10).max(Duration::from_secs(60));
         let oversample = self
             .oversample()
             .max(self.tuner.tuning(&meta.id).oversample);
@@ -609,6 +501,7 @@ impl PgStore {
             let guard = mirror.table.read().unwrap_or_else(PoisonError::into_inner);
             guard
                 .as_ref()
+                .filter(|codes| codes.synced.elapsed() <= trust)
                 .map(|codes| (codes.shortlist(&q, r), codes.snapshot.clone()))
         })
         .await
@@ -620,11 +513,10 @@ impl PgStore {
             "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
              WHERE id = ANY($2::text[] || ARRAY(
                  SELECT item FROM clip_item_changes
-                 WHERE collection = $3 AND item IS NOT NULL
-                   AND xid >= pg_snapshot_xmin($4::text::pg_snapshot)
-                   AND NOT pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
+                 WHERE collection = $3 AND item IS NOT NULL AND {}
                  LIMIT $5))
-             ORDER BY distance LIMIT $6"
+             ORDER BY distance LIMIT $6",
+            unseen_by(4)
         );
         let recent = i64::try_from(self.mirrors.config.max_recent).unwrap_or(i64::MAX);
         let limit = i64::try_from(k).unwrap_or(i64::MAX);

@@ -234,8 +234,14 @@ impl PgStore {
         }
         .check()
         .map_err(|e| {
+            // Name what the client set: only m, against the server's ef_construction, is m's fault.
+            let field = if meta.options.hnsw_ef_construction.is_none() {
+                "hnsw_m"
+            } else {
+                "hnsw_ef_construction"
+            };
             ServiceError::invalid(
-                crate::common::Field::Param("hnsw_ef_construction"),
+                crate::common::Field::Param(field),
                 format!(
                     "{e} (with the server's --postgres-hnsw-m / --postgres-hnsw-ef-construction)"
                 ),
