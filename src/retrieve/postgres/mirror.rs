@@ -13,7 +13,7 @@
 //! Triggers log each written item id, with the writing transaction's id, into
 //! `clip_item_changes` (`postgres::schema`). A mirror holds the codes as of one PostgreSQL
 //! snapshot (a `pg_snapshot`): every change it lacks was made by a transaction that snapshot does
-//! not see, that is one at or past its xmax or in its in-progress list ([`follow::unseen_by`],
+//! not see, that is one at or past its xmax or in its in-progress list ([`follow::unseen_items`],
 //! both bounded by the log's index). So:
 //! - every `--postgres-mirror-poll`, one task reads, in a REPEATABLE READ transaction, the
 //!   changes invisible to the mirror's snapshot and the current codes of those items (an item
@@ -59,7 +59,7 @@ use crate::{
     postgres::{MirrorConfig, col, pg_error, schema},
     retrieve::{ann::codes::BinaryCodes, index::Scored, store::CollectionMeta},
 };
-use follow::{Polled, unseen_by};
+use follow::{Polled, unseen_items};
 
 /// Every mirror of this replica, by item table.
 #[derive(Default)]
@@ -512,11 +512,9 @@ impl PgStore {
         let sql = format!(
             "SELECT id, metadata, (embedding <=> $1)::float8 AS distance FROM {table}
              WHERE id = ANY($2::text[] || ARRAY(
-                 SELECT item FROM clip_item_changes
-                 WHERE collection = $3 AND item IS NOT NULL AND {}
-                 LIMIT $5))
+                 SELECT item FROM ({}) u WHERE item IS NOT NULL))
              ORDER BY distance LIMIT $6",
-            unseen_by(4)
+            unseen_items(3, 4, 5)
         );
         let recent = i64::try_from(self.mirrors.config.max_recent).unwrap_or(i64::MAX);
         let limit = i64::try_from(k).unwrap_or(i64::MAX);
