@@ -385,3 +385,51 @@ async fn postgres_mirror_a_write_flood_rebuilds_it_and_outgrowing_the_budget_dro
     let (found, path) = ids(&a, "c", &q, false).await;
     assert_eq!((found[0].as_str(), path), ("flood7", "hnsw"));
 }
+
+/// A transaction running while the mirror is built (its id in the snapshot's in-progress list,
+/// below the snapshot's xmax) that writes and commits afterwards: its write is still seen by the
+/// next search, before any poll.
+#[tokio::test]
+async fn postgres_mirror_sees_a_write_of_a_transaction_running_when_it_was_built() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let (mut raw, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let a = replica(&url, 300, 1_000_000).await;
+    fill(&a, "c", 400).await;
+    let table = items_table(&a.collection("c").await.unwrap().id);
+    let (other, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let tx = raw.transaction().await.unwrap();
+    // The transaction takes its id before the mirror's snapshot, and a later one completes (so
+    // the snapshot's xmax passes it and it is in the in-progress list, not at or past xmax).
+    tx.query_one("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    other
+        .query_one("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 400);
+    let q = unit(pseudo(31_337, DIM));
+    let literal = format!(
+        "[{}]",
+        q.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    tx.execute(
+        &format!("INSERT INTO {table} (id, embedding, metadata) VALUES ('late', $1::text::vector, '{{}}')"),
+        &[&literal],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (found, path) = ids(&a, "c", &q, false).await;
+    assert_eq!((found[0].as_str(), path), ("late", "mirror"));
+    a.sync_mirrors().await;
+    assert_eq!(a.mirrored_items(), 401);
+}

@@ -514,15 +514,23 @@ impl PgStore {
              WHERE id = ANY($2::text[] || ARRAY(
                  SELECT item FROM ({}) u WHERE item IS NOT NULL))
              ORDER BY distance LIMIT $6",
-            unseen_items(3, 4, 5)
+            unseen_items(&snapshot, 3, 4, 5)
         );
+        // Transactions were running at the snapshot (rare): their ids are in the statement's
+        // text, so it is not kept prepared.
+        let cached = follow::xip_of(&snapshot).is_empty();
         let recent = i64::try_from(self.mirrors.config.max_recent).unwrap_or(i64::MAX);
         let limit = i64::try_from(k).unwrap_or(i64::MAX);
         let conn = self.client().await?;
         let rows = async {
-            let stmt = conn.prepare_cached(&sql).await?;
-            conn.query(&stmt, &[query, &ids, &table, &snapshot, &recent, &limit])
-                .await
+            let params: [&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync); 6] =
+                [query, &ids, &table, &snapshot, &recent, &limit];
+            if cached {
+                let stmt = conn.prepare_cached(&sql).await?;
+                conn.query(&stmt, &params).await
+            } else {
+                conn.query(sql.as_str(), &params).await
+            }
         }
         .await
         .map_err(|e| gone_or(&meta.name, e));

@@ -25,21 +25,38 @@ fn codes_sql(table: &str, rest: &str) -> String {
 }
 
 /// `item`s of the change-log rows of collection `$c` made by transactions that snapshot `$s` (a
-/// `pg_snapshot` as text) does not see: begun after it was taken (xid at or past its xmax) or
-/// running then (its in-progress list), at most `$l` of each. Exactly the complement of what it
-/// sees; two selects rather than one OR, so that even a generic plan (a cached prepared statement)
-/// walks the (collection, xid) index for each (with an OR it scanned the whole log: 134 ms at a
-/// million rows), and a long transaction elsewhere in the cluster (which holds every snapshot's
-/// xmin back) does not make each read walk the log since it began.
-pub(super) fn unseen_items(c: usize, s: usize, l: usize) -> String {
-    format!(
+/// `pg_snapshot` as text; `snapshot` is the same, read here) does not see: begun after it was
+/// taken (xid at or past its xmax) or running then (its in-progress list, written into the
+/// statement as constants, usually none), at most `$l` of each. Exactly the complement of what it
+/// sees, and each part walks the (collection, xid) index even as a generic plan (a cached
+/// prepared statement): one OR, or an `ANY` of the list read in the statement, made PostgreSQL
+/// scan the whole log (134 ms at a million rows). A long transaction elsewhere in the cluster
+/// (which holds every snapshot's xmin back) does not make each read walk the log since it began.
+pub(super) fn unseen_items(snapshot: &str, c: usize, s: usize, l: usize) -> String {
+    let mut sql = format!(
         "(SELECT item FROM clip_item_changes
-          WHERE collection = ${c} AND xid >= pg_snapshot_xmax(${s}::text::pg_snapshot) LIMIT ${l})
-         UNION ALL
-         (SELECT item FROM clip_item_changes
-          WHERE collection = ${c} AND xid = ANY(ARRAY(SELECT pg_snapshot_xip(${s}::text::pg_snapshot)))
-          LIMIT ${l})"
-    )
+          WHERE collection = ${c} AND xid >= pg_snapshot_xmax(${s}::text::pg_snapshot) LIMIT ${l})"
+    );
+    let running = xip_of(snapshot);
+    if !running.is_empty() {
+        let list: Vec<String> = running.iter().map(|x| format!("'{x}'")).collect();
+        sql.push_str(&format!(
+            " UNION ALL (SELECT item FROM clip_item_changes
+              WHERE collection = ${c} AND xid IN ({}) LIMIT ${l})",
+            list.join(",")
+        ));
+    }
+    sql
+}
+
+/// The in-progress transaction ids of a `pg_snapshot`'s text form (`xmin:xmax:xip,...`), as
+/// numbers (nothing else ever reaches a statement).
+pub(super) fn xip_of(snapshot: &str) -> Vec<u64> {
+    snapshot
+        .split(':')
+        .nth(2)
+        .map(|list| list.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// The xmax of a `pg_snapshot`'s text form (`xmin:xmax:xip,...`).
@@ -179,7 +196,7 @@ pub(super) async fn poll(
         let most = i64::try_from(max_recent.saturating_add(1)).unwrap_or(i64::MAX);
         let changed = tx
             .query(
-                &format!("SELECT item FROM ({}) u", unseen_items(1, 2, 3)),
+                &format!("SELECT item FROM ({}) u", unseen_items(&snapshot, 1, 2, 3)),
                 &[&table, &snapshot, &most],
             )
             .await
@@ -281,5 +298,12 @@ mod tests {
         assert_eq!(xmax_of("garbage"), None);
         // Unreadable compares below any reading: never taken for time going back.
         assert!(xmax_of("garbage") < xmax_of("1:2:"));
+        assert_eq!(xip_of("100:104:100,102"), [100, 102]);
+        assert!(xip_of("7:7:").is_empty());
+        // Only numbers reach the statement.
+        assert_eq!(xip_of("1:9:3,4');DROP TABLE x;--"), [3]);
+        let sql = unseen_items("100:104:100,102", 3, 4, 5);
+        assert!(sql.contains("xid IN ('100','102')"), "{sql}");
+        assert!(!unseen_items("7:7:", 3, 4, 5).contains("UNION"));
     }
 }
