@@ -13,8 +13,9 @@
 //! Triggers log each written item id, with the writing transaction's id, into
 //! `clip_item_changes` (`postgres::schema`). A mirror holds the codes as of one PostgreSQL
 //! snapshot (a `pg_snapshot`): every change it lacks was made by a transaction that snapshot does
-//! not see, that is one at or past its xmax or in its in-progress list ([`follow::unseen_items`],
-//! both bounded by the log's index). So:
+//! not see, that is one at or past its xmax (one past the latest *completed* transaction, so a
+//! transaction running then may be there too) or in its in-progress list
+//! ([`follow::unseen_items`], both bounded by the log's index). So:
 //! - every `--postgres-mirror-poll`, one task reads, in a REPEATABLE READ transaction, the
 //!   changes invisible to the mirror's snapshot and the current codes of those items (an item
 //!   gone is removed), and moves the mirror to that transaction's snapshot (on the blocking pool:
