@@ -24,7 +24,9 @@ step() {
   STEPS+=("$(printf '%5ds  %s' $((SECONDS - started)) "$name")")
 }
 summary() {
-  local rc=$?
+  # The exit status: the caller's (a trap passes it, since `set -e` would end a trap at a failing
+  # `(exit $rc)` before the summary).
+  local rc="${1:-$?}"
   echo "test: step durations (wall):" >&2
   for s in "${STEPS[@]}"; do echo "  $s" >&2; done
   printf '  %5ds  total\n' "$SECONDS" >&2
@@ -54,7 +56,7 @@ if rustup run nightly rustc --version >/dev/null 2>&1; then
   FUZZ_BUILD_PID=$!
 fi
 stop_fuzz_build() { if [[ -n "$FUZZ_BUILD_PID" ]]; then kill "$FUZZ_BUILD_PID" 2>/dev/null || true; fi; }
-trap 'rc=$?; stop_fuzz_build; (exit $rc); summary' EXIT
+trap 'rc=$?; stop_fuzz_build; summary "$rc"' EXIT
 
 step "cargo fmt --check" cargo fmt --all -- --check
 # The layering rules of docs/ARCHITECTURE.md (module cycles, protocol types outside the doors, file
@@ -72,7 +74,7 @@ if [[ -z "${CLIP_SERVE_TEST_POSTGRES_URL:-}" ]]; then
   STOP_POSTGRES=1
 fi
 stop_postgres() { if [[ -n "${STOP_POSTGRES:-}" ]]; then scripts/postgres.sh stop || true; fi; }
-trap 'rc=$?; stop_postgres; stop_fuzz_build; (exit $rc); summary' EXIT
+trap 'rc=$?; stop_postgres; stop_fuzz_build; summary "$rc"' EXIT
 step "cargo test" cargo test --locked
 stop_postgres
 STOP_POSTGRES=

@@ -84,13 +84,16 @@ pub struct CreateCollectionRequest {
     /// HNSW `m` (links per node, 2-100) of its graph: pgvector's index on the PostgreSQL store,
     /// the `--ann-graph` graph on the local store; absent or 0: the server's flag.
     #[serde(default)]
+    #[schema(minimum = 2, maximum = 100)]
     pub hnsw_m: Option<u64>,
     /// HNSW `ef_construction` (4-1000, at least 2 x m); absent or 0: the server's flag.
     #[serde(default)]
+    #[schema(minimum = 4, maximum = 1000)]
     pub hnsw_ef_construction: Option<u64>,
     /// The recall@10 the recall check keeps for its approximate searches (0-1); absent or 0:
     /// `--recall-target`.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub recall_target: Option<f64>,
 }
 
@@ -355,7 +358,8 @@ fn json<T: Serialize>(value: T) -> Response {
 }
 
 /// Creates a collection.
-#[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollectionRequest,
+#[utoipa::path(post, path = "/v1/collections", tag = "collections",
+    request_body(content = CreateCollectionRequest, example = json!({"name": "albums", "recall_target": 0.98})),
     responses((status = 201, description = "The new collection", body = CollectionReply),
         (status = "4XX", description = "An error (OpenAI shape), naming the field as gRPC does: 400 invalid, 401 key, 404 no such collection, 409 exists or lost a race with a delete, 413 too large, 429 over a limit"),
     ))]
