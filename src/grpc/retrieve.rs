@@ -44,10 +44,7 @@ fn collection(c: CollectionInfo) -> pb::Collection {
         ready: c.ready,
         hnsw_m: c.options.hnsw_m.unwrap_or(0),
         hnsw_ef_construction: c.options.hnsw_ef_construction.unwrap_or(0),
-        recall_target: c
-            .options
-            .recall_target_permille
-            .map_or(0.0, |t| t as f32 / 1000.0),
+        recall_target: c.options.recall_target().unwrap_or(0.0) as f32,
     }
 }
 

@@ -148,10 +148,7 @@ impl From<CollectionInfo> for CollectionReply {
             ready: c.ready,
             hnsw_m: c.options.hnsw_m,
             hnsw_ef_construction: c.options.hnsw_ef_construction,
-            recall_target: c
-                .options
-                .recall_target_permille
-                .map(|t| f64::from(t) / 1000.0),
+            recall_target: c.options.recall_target(),
         }
     }
 }

@@ -83,6 +83,11 @@ impl CollectionOptions {
         Ok(())
     }
 
+    /// The recall target as a fraction, when it has one.
+    pub fn recall_target(&self) -> Option<f64> {
+        self.recall_target_permille.map(|t| f64::from(t) / 1000.0)
+    }
+
     /// A recall target from the wire (a fraction; 0: the server's), in thousandths.
     pub fn recall_permille(target: f64) -> Result<Option<u32>, (&'static str, String)> {
         if target == 0.0 {

@@ -79,13 +79,7 @@ impl BinaryCodes {
 
     /// Sets `slot`'s code from its vector (growing the table to it).
     pub fn set(&mut self, slot: u32, vector: &[f32]) {
-        let s = slot as usize;
-        if (s + 1) * self.words > self.codes.len() {
-            self.codes.resize((s + 1) * self.words, 0);
-        }
-        let words = self.words;
-        let out = &mut self.codes[s * words..(s + 1) * words];
-        out.iter_mut().for_each(|w| *w = 0);
+        let out = cleared(&mut self.codes, self.words, slot);
         for (i, (x, m)) in vector.iter().zip(&self.mean).enumerate() {
             if x - m > 0.0 {
                 out[i / 64] |= 1 << (i % 64);
@@ -97,17 +91,12 @@ impl BinaryCodes {
     /// `binary_quantize`): `bits` holds bit `i` of the code, dimension `i`, MSB first in each byte
     /// (PostgreSQL's `bit` layout), at least `dim` bits. `false` (nothing set) when it is short.
     pub fn set_msb_bits(&mut self, slot: u32, bits: &[u8]) -> bool {
-        if bits.len() * 8 < self.dim {
+        let dim = self.dim;
+        if bits.len() * 8 < dim {
             return false;
         }
-        let s = slot as usize;
-        if (s + 1) * self.words > self.codes.len() {
-            self.codes.resize((s + 1) * self.words, 0);
-        }
-        let words = self.words;
-        let out = &mut self.codes[s * words..(s + 1) * words];
-        out.iter_mut().for_each(|w| *w = 0);
-        for i in 0..self.dim {
+        let out = cleared(&mut self.codes, self.words, slot);
+        for i in 0..dim {
             if bits[i / 8] >> (7 - i % 8) & 1 == 1 {
                 out[i / 64] |= 1 << (i % 64);
             }
@@ -174,6 +163,17 @@ impl BinaryCodes {
     pub fn is_empty(&self) -> bool {
         self.codes.is_empty()
     }
+}
+
+/// `slot`'s `words` words of `codes`, zeroed (the table grown to it).
+fn cleared(codes: &mut Vec<u64>, words: usize, slot: u32) -> &mut [u64] {
+    let s = slot as usize;
+    if (s + 1) * words > codes.len() {
+        codes.resize((s + 1) * words, 0);
+    }
+    let out = &mut codes[s * words..(s + 1) * words];
+    out.iter_mut().for_each(|w| *w = 0);
+    out
 }
 
 fn to_distance(offset: i64, u: i64, p: i64) -> u16 {

@@ -185,7 +185,7 @@ impl Codes {
     }
 }
 
-/// A mirror's state for Info: (index name, ready).
+/// The index name Info gives a mirrored collection, and the path its mirror searches count under.
 pub const PATH: &str = "mirror";
 
 impl Mirrors {
@@ -272,7 +272,7 @@ impl PgStore {
     /// next round tries again.
     pub async fn sync_mirrors(&self) {
         let config = self.mirrors.config;
-        if config.max_items == 0 || !self.quantize.load(std::sync::atomic::Ordering::Relaxed) {
+        if config.max_items == 0 || !self.quantize.load(Ordering::Relaxed) {
             return;
         }
         let wanted = match self.large_collections().await {
@@ -388,7 +388,6 @@ impl PgStore {
     ) {
         let started = Instant::now();
         let generation = self.mirror_builds.fetch_add(1, Ordering::Relaxed);
-        // The old codes (if any) stay searchable only when they are not behind.
         let built = follow::build(&self.pool, table, dim, count, budget, generation).await;
         match built {
             Ok(codes) => {

@@ -36,16 +36,18 @@ pub const MAX_SHORTLIST: usize = 20_000;
 
 /// What pgvector supports, from its version (`pg_extension.extversion`, e.g. "0.8.1").
 pub fn has_iterative_scan(version: &str) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (0, 8)
+    at_least(version, (0, 8))
 }
 
 /// Whether pgvector has `binary_quantize` and `l2_normalize` (0.7 and later).
 pub fn has_quantize(version: &str) -> bool {
+    at_least(version, (0, 7))
+}
+
+/// Whether `version` ("0.8.1"; unreadable parts count as 0) is at least `(major, minor)`.
+fn at_least(version: &str, wanted: (u32, u32)) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (0, 7)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= wanted
 }
 
 /// The search path of a collection, as `search_with` names it.

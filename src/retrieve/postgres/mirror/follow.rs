@@ -59,6 +59,31 @@ pub(super) fn xip_of(snapshot: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// A read-only REPEATABLE READ transaction on `conn` (after `settings`, `SET LOCAL` statements
+/// or nothing) and its snapshot, as text: everything it reads holds as of that snapshot.
+async fn snapshot_tx<'a>(
+    conn: &'a mut deadpool_postgres::ClientWrapper,
+    settings: &str,
+) -> Result<(deadpool_postgres::Transaction<'a>, String), ServiceError> {
+    let tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    if !settings.is_empty() {
+        tx.batch_execute(settings).await.map_err(pg_error)?;
+    }
+    // The first query takes the transaction's snapshot (SET takes none).
+    let row = tx
+        .query_one("SELECT pg_current_snapshot()::text AS s", &[])
+        .await
+        .map_err(pg_error)?;
+    let snapshot = col(&row, "s")?;
+    Ok((tx, snapshot))
+}
+
 /// The xmax of a `pg_snapshot`'s text form (`xmin:xmax:xip,...`).
 fn xmax_of(snapshot: &str) -> Option<u64> {
     snapshot.split(':').nth(1)?.parse().ok()
@@ -93,22 +118,8 @@ pub(super) async fn build(
                 .await
                 .map_err(pg_error)?;
         }
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
-        tx.batch_execute("SET LOCAL statement_timeout = 0")
-            .await
-            .map_err(pg_error)?;
-        let snapshot: String = col(
-            &tx.query_one("SELECT pg_current_snapshot()::text AS s", &[])
-                .await
-                .map_err(pg_error)?,
-            "s",
-        )?;
+        // A build reads the whole table: no statement timeout.
+        let (tx, snapshot) = snapshot_tx(&mut conn, "SET LOCAL statement_timeout = 0").await?;
         let centre: Option<Vector> = col(
             &tx.query_one(
                 &format!("SELECT avg(l2_normalize(embedding)) AS c FROM {table}"),
@@ -175,19 +186,7 @@ pub(super) async fn poll(
     };
     let mut conn = crate::postgres::client(pool).await?;
     let read = async {
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
-        let now: String = col(
-            &tx.query_one("SELECT pg_current_snapshot()::text AS s", &[])
-                .await
-                .map_err(pg_error)?,
-            "s",
-        )?;
+        let (tx, now) = snapshot_tx(&mut conn, "").await?;
         if xmax_of(&now) < xmax_of(&snapshot) {
             return Ok(Err(
                 "the database's transaction ids went back (a failover?)",
