@@ -389,6 +389,7 @@ fn open_stores(
                 &pg,
                 config.retrieve,
                 Some(service.metrics().search_recall()),
+                service.metrics().mirror(),
             )
         }
     }

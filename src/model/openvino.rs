@@ -88,10 +88,16 @@ fn missing(plugin: &Path, what: &str) -> ModelError {
 }
 
 /// Registers the plugin with `env` (once per process; a second, different path is refused).
+/// A relative path (the default, `.cache/...` under the repository root where scripts/serve.sh
+/// runs) is taken from the working directory: ONNX Runtime itself would look for it beside its own
+/// library. Paths are compared, and loaded, canonical.
 pub fn register(env: &Environment, plugin: &Path) -> Result<(), ModelError> {
     if !plugin.is_file() {
         return Err(missing(plugin, "no OpenVINO plugin library at"));
     }
+    let canonical = std::fs::canonicalize(plugin)
+        .map_err(|e| missing(plugin, &format!("cannot resolve ({e}) the plugin path")))?;
+    let plugin = canonical.as_path();
     let mut registered = REGISTERED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

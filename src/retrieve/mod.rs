@@ -193,6 +193,7 @@ impl RetrieveService {
         pg: &crate::postgres::PgConfig,
         config: RetrieveConfig,
         measured_recall: Option<prometheus::GaugeVec>,
+        mirror_metrics: crate::telemetry::metrics::MirrorMetrics,
     ) -> Self {
         let store = postgres::PgStore::new(pool, pg.exact_below)
             .with_index(pg.index, pg.build)
@@ -200,6 +201,7 @@ impl RetrieveService {
             .with_ef_search(pg.ef_search)
             .with_oversample(pg.oversample)
             .with_mirror(pg.mirror)
+            .with_mirror_metrics(mirror_metrics)
             .with_recall(config.recall, measured_recall);
         let store = Arc::new(store);
         postgres::start_recall_check(Arc::downgrade(&store), config.recall);

@@ -48,6 +48,7 @@ pub struct Metrics {
     image_fetches: IntCounterVec,
     search_paths: IntCounterVec,
     search_recall: GaugeVec,
+    mirror: MirrorMetrics,
     /// `--metrics-key-names`: usage series carry each key's name; off, all keys count under
     /// [`REDACTED_KEY`].
     key_names: bool,
@@ -114,6 +115,49 @@ impl ClassifyMetrics {
     )]
     pub fn unregistered() -> Self {
         ClassifyMetrics::new().expect("valid metric names")
+    }
+}
+
+/// The PostgreSQL store's search mirrors (`--postgres-mirror-*`): set after every poll round, so
+/// an operator sees the `--postgres-mirror-max-items` budget fill and a mirror fall behind.
+#[derive(Clone)]
+pub struct MirrorMetrics {
+    pub items: IntGauge,
+    pub bytes: IntGauge,
+    pub lag_seconds: Gauge,
+}
+
+impl MirrorMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(MirrorMetrics {
+            items: IntGauge::new(
+                "clip_postgres_mirror_items",
+                "PostgreSQL store: items held in this replica's in-memory search mirrors (bounded by --postgres-mirror-max-items)",
+            )?,
+            bytes: IntGauge::new(
+                "clip_postgres_mirror_bytes",
+                "PostgreSQL store: bytes held by this replica's search mirrors (codes, ids and their maps; an estimate)",
+            )?,
+            lag_seconds: Gauge::new(
+                "clip_postgres_mirror_lag_seconds",
+                "PostgreSQL store: seconds since the least recently synced built mirror last caught up with the change log (0 without mirrors); a mirror more than ten polls (at least 60 s) behind is not searched",
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.items.clone()))?;
+        registry.register(Box::new(self.bytes.clone()))?;
+        registry.register(Box::new(self.lag_seconds.clone()))
+    }
+
+    /// Instruments registered nowhere, for tests.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant, valid metric names (instruments for tests)"
+    )]
+    pub fn unregistered() -> Self {
+        MirrorMetrics::new().expect("valid metric names")
     }
 }
 
@@ -346,7 +390,10 @@ impl Metrics {
             &["collection"],
         )?;
         registry.register(Box::new(search_recall.clone()))?;
+        let mirror = MirrorMetrics::new()?;
+        mirror.register(&registry)?;
         Ok(Metrics {
+            mirror,
             search_paths,
             search_recall,
             usage,
@@ -399,6 +446,11 @@ impl Metrics {
     /// `clip_search_recall{collection}`.
     pub fn search_recall(&self) -> GaugeVec {
         self.search_recall.clone()
+    }
+
+    /// The PostgreSQL search mirrors' gauges.
+    pub fn mirror(&self) -> MirrorMetrics {
+        self.mirror.clone()
     }
 
     /// `clip_search_path_total{path}`.

@@ -61,6 +61,33 @@ async fn intel_or_refused(plugin: &Path) -> Option<()> {
     None
 }
 
+/// The default `--openvino-plugin` is relative (scripts/serve.sh runs in the repository root, as
+/// cargo runs the tests). ONNX Runtime resolves a relative library path against its own folder,
+/// so the server must make it absolute first: the plugin loads, and on a non-Intel CPU start-up
+/// fails only later, for want of a device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openvino_the_default_relative_plugin_path_loads() {
+    let Some(_) = plugin() else { return };
+    let relative = Path::new(openvino::DEFAULT_PLUGIN);
+    assert!(relative.is_relative());
+    let intel = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("GenuineIntel"));
+    match clip_serve::server::start(
+        openvino_config(relative, Precision::Fp32),
+        Default::default(),
+    )
+    .await
+    {
+        Ok(_) => assert!(intel, "started on a CPU the plugin publishes no device for"),
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                !intel && e.contains("offers no OpenVINO CPU device"),
+                "the plugin at the default path did not load: {e}"
+            );
+        }
+    }
+}
+
 fn openvino_config(plugin: &Path, precision: Precision) -> clip_serve::Config {
     let mut cfg = config(&tiny_model());
     cfg.providers.provider = Provider::Openvino;

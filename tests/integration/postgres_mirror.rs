@@ -303,6 +303,34 @@ async fn postgres_server_mirrors_a_large_collection_by_itself() {
         metrics.contains("clip_search_path_total{path=\"mirror\"} 1"),
         "{metrics}"
     );
+    // The gauges: set after the round that built the mirror, so wait for that round's end.
+    let gauge = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let mut metrics = metrics;
+    for _ in 0..50 {
+        if gauge(&metrics, "clip_postgres_mirror_items") == 150.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = http_get(server.server.http_addr, "/metrics").await.1;
+    }
+    assert_eq!(
+        gauge(&metrics, "clip_postgres_mirror_items"),
+        150.0,
+        "{metrics}"
+    );
+    let bytes = gauge(&metrics, "clip_postgres_mirror_bytes");
+    // Each id alone takes 16 bytes beside its text (an `Arc<str>`).
+    assert!(
+        bytes >= 150.0 * 18.0,
+        "{bytes} bytes for 150 items: {metrics}"
+    );
+    let lag = gauge(&metrics, "clip_postgres_mirror_lag_seconds");
+    assert!((0.0..10.0).contains(&lag), "lag {lag}: {metrics}");
 }
 
 /// A mirror whose build fails (here: rows written by plain SQL past the collection's count,

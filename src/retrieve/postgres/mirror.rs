@@ -59,6 +59,7 @@ use crate::{
     common::ServiceError,
     postgres::{MirrorConfig, col, pg_error, schema},
     retrieve::{ann::codes::BinaryCodes, index::Scored, store::CollectionMeta},
+    telemetry::metrics::MirrorMetrics,
 };
 use follow::{Polled, unseen_items};
 
@@ -72,6 +73,8 @@ pub struct Mirrors {
     /// Tables whose last build failed, and when: tried again only after [`RETRY_AFTER`] (a
     /// build reads the whole table).
     failed: Mutex<HashMap<String, Instant>>,
+    /// Set after every round, when the server measures.
+    metrics: Option<MirrorMetrics>,
 }
 
 /// How long a table whose mirror could not be built waits before the next try.
@@ -218,6 +221,36 @@ impl Mirrors {
         self.sum(|c| c.slots.len())
     }
 
+    /// Seconds since the least recently synced built mirror caught up (0 without one).
+    pub fn lag_seconds(&self) -> f64 {
+        let all: Vec<Arc<Mirror>> = self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.iter()
+            .filter_map(|m| {
+                let table = m.table.read().unwrap_or_else(PoisonError::into_inner);
+                table.as_ref().map(|c| c.synced.elapsed().as_secs_f64())
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Sets the gauges from what the mirrors hold now.
+    fn report(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .items
+                .set(i64::try_from(self.items()).unwrap_or(i64::MAX));
+            metrics
+                .bytes
+                .set(i64::try_from(self.bytes()).unwrap_or(i64::MAX));
+            metrics.lag_seconds.set(self.lag_seconds());
+        }
+    }
+
     /// `of` summed over the built mirrors.
     fn sum(&self, of: impl Fn(&Codes) -> usize) -> usize {
         let all: Vec<Arc<Mirror>> = self
@@ -235,6 +268,12 @@ impl PgStore {
     /// The mirror settings (`--postgres-mirror-*`); mirrors follow once [`start`] runs.
     pub fn with_mirror(mut self, config: MirrorConfig) -> Self {
         self.mirrors.config = config;
+        self
+    }
+
+    /// Reports the mirrors' items, bytes and lag into `metrics` after every round.
+    pub fn with_mirror_metrics(mut self, metrics: MirrorMetrics) -> Self {
+        self.mirrors.metrics = Some(metrics);
         self
     }
 
@@ -269,8 +308,13 @@ impl PgStore {
     /// One round of the mirror task: mirrors every collection of at least
     /// `--postgres-exact-below` items (within `--postgres-mirror-max-items`), drops the mirrors of
     /// collections gone or shrunk, follows the change log, prunes it. Errors are logged; the
-    /// next round tries again.
+    /// next round tries again. Then sets the mirrors' gauges (`clip_postgres_mirror_*`).
     pub async fn sync_mirrors(&self) {
+        self.sync_round().await;
+        self.mirrors.report();
+    }
+
+    async fn sync_round(&self) {
         let config = self.mirrors.config;
         if config.max_items == 0 || !self.quantize.load(Ordering::Relaxed) {
             return;
