@@ -23,6 +23,7 @@ pub enum PgIndex {
     Vector,
     Halfvec,
     Binary,
+    None,
 }
 
 /// `--store`.
@@ -99,9 +100,12 @@ pub struct StoreArgs {
     pub postgres_ef_search: u32,
 
     /// How new PostgreSQL collections are indexed: `vector` (HNSW over the vectors), `halfvec`
-    /// (HNSW over half-precision copies; the same as --postgres-halfvec) or `binary` (HNSW over
+    /// (HNSW over half-precision copies; the same as --postgres-halfvec), `binary` (HNSW over
     /// their sign bits, Hamming distance; a shortlist of top_k x --postgres-oversample re-ranked
-    /// by the exact cosine in the same query). Existing collections keep their index.
+    /// by the exact cosine in the same query) or `none` (no HNSW index: upserts skip its upkeep,
+    /// 50-150x faster on 2 cores (BENCHMARKS.md), and large collections are searched by the
+    /// replicas' mirrors; filtered searches, and all searches while a mirror builds, are exact
+    /// scans). Existing collections keep their index.
     #[arg(long, env = "CLIP_SERVE_POSTGRES_INDEX", value_enum, default_value_t = PgIndex::Vector, display_order = 611)]
     pub postgres_index: PgIndex,
 
@@ -242,6 +246,7 @@ impl StoreArgs {
             return Err("--postgres-change-retention must be at least 1m".into());
         }
         let index = match (self.postgres_index, self.postgres_halfvec) {
+            (PgIndex::None, _) => IndexKind::None,
             (PgIndex::Binary, _) => IndexKind::Binary,
             (PgIndex::Halfvec, _) | (PgIndex::Vector, true) => IndexKind::Halfvec,
             (PgIndex::Vector, false) => IndexKind::Vector,

@@ -106,6 +106,12 @@ fn postgres_index_flags_reach_the_config_and_bad_build_parameters_are_named() {
         pg(&["--postgres-halfvec"]).unwrap().index,
         IndexKind::Halfvec
     );
+    assert_eq!(
+        pg(&["--postgres-index", "none", "--postgres-halfvec"])
+            .unwrap()
+            .index,
+        IndexKind::None
+    );
     let err = pg(&["--postgres-hnsw-m", "48"]).unwrap_err();
     assert!(err.contains("--postgres-hnsw-ef-construction"), "{err}");
     let err = pg(&["--postgres-oversample", "0"]).unwrap_err();

@@ -195,6 +195,12 @@ impl RetrieveService {
         measured_recall: Option<prometheus::GaugeVec>,
         mirror_metrics: crate::telemetry::metrics::MirrorMetrics,
     ) -> Self {
+        if pg.index == crate::postgres::schema::IndexKind::None && pg.mirror.max_items == 0 {
+            tracing::warn!(
+                "--postgres-index none with --postgres-mirror-max-items 0: every search of a new \
+                 collection is an exact scan of its table"
+            );
+        }
         let store = postgres::PgStore::new(pool, pg.exact_below)
             .with_index(pg.index, pg.build)
             .with_halfvec(pg.halfvec)

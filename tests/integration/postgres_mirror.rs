@@ -9,7 +9,10 @@ use crate::common::*;
 use crate::postgres::{pg, pseudo, record, test_database};
 use clip_serve::{
     grpc::pb::{self, retrieve_client::RetrieveClient},
-    postgres::{MirrorConfig, StoreConfig, schema::items_table},
+    postgres::{
+        MirrorConfig, StoreConfig,
+        schema::{HnswBuild, IndexKind, items_table},
+    },
     retrieve::{
         backend::CollectionStore, index::Metadata, postgres::PgStore, store::CollectionMeta,
     },
@@ -460,4 +463,69 @@ async fn postgres_mirror_sees_a_write_of_a_transaction_running_when_it_was_built
     assert_eq!((found[0].as_str(), path), ("late", "mirror"));
     a.sync_mirrors().await;
     assert_eq!(a.mirrored_items(), 401);
+}
+
+/// `--postgres-index none`: a large collection gets no HNSW index (its writes skip the graph's
+/// upkeep). Until its mirror is built it is searched exactly; then by the mirror, finding what
+/// the exact scan finds; filtered searches stay exact.
+#[tokio::test]
+async fn postgres_index_none_makes_no_hnsw_and_the_mirror_serves_it() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let (raw, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let store = replica(&url, 300, 1_000_000)
+        .await
+        .with_index(IndexKind::None, HnswBuild::default());
+    let items = fill(&store, "unindexed", 1200).await;
+    let table = items_table(&store.collection("unindexed").await.unwrap().id);
+    let indexes: Vec<String> = raw
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !indexes.is_empty() && indexes.iter().all(|i| !i.ends_with("_hnsw")),
+        "{indexes:?}"
+    );
+    assert_eq!(store.info("unindexed").await.unwrap().index, "exact");
+    let q = unit(pseudo(4242, DIM));
+    let (exact, _) = ids(&store, "unindexed", &q, true).await;
+    let (before, path) = ids(&store, "unindexed", &q, false).await;
+    assert_eq!((&before, path), (&exact, "exact"));
+
+    store.sync_mirrors().await;
+    let info = store.info("unindexed").await.unwrap();
+    assert_eq!((info.index.as_str(), info.ready), ("mirror", true));
+    let (mut hit, mut total) = (0, 0);
+    for s in 0..10u64 {
+        let q = unit(
+            items[s as usize * 50]
+                .iter()
+                .zip(pseudo(7000 + s, DIM))
+                .map(|(x, n)| x + 0.3 * n)
+                .collect(),
+        );
+        let (exact, _) = ids(&store, "unindexed", &q, true).await;
+        let (found, path) = ids(&store, "unindexed", &q, false).await;
+        assert_eq!(path, "mirror");
+        total += exact.len();
+        hit += found.iter().filter(|f| exact.contains(f)).count();
+    }
+    assert!(hit as f64 / total as f64 >= 0.95, "recall {hit}/{total}");
+
+    let meta = store.collection("unindexed").await.unwrap();
+    let filter = Metadata::from([("absent".to_string(), "x".to_string())]);
+    let (hits, path) = store
+        .search_with(&meta, q, 10, filter, false)
+        .await
+        .unwrap();
+    assert!(hits.is_empty() && path == "exact", "{path}");
+    store.drop_collection("unindexed").await.unwrap();
 }

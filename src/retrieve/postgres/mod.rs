@@ -410,9 +410,9 @@ impl CollectionStore for PgStore {
                 ),
             ));
         }
-        // pgvector's HNSW takes `bit` up to 64,000 dimensions.
-        let index = if self.index == IndexKind::Binary {
-            IndexKind::Binary
+        // pgvector's HNSW takes `bit` up to 64,000 dimensions; `none` asks for no HNSW at all.
+        let index = if matches!(self.index, IndexKind::Binary | IndexKind::None) {
+            self.index
         } else if self.index == IndexKind::Halfvec && meta.dimension <= MAX_HALFVEC_HNSW_DIMENSION {
             IndexKind::Halfvec
         } else if meta.dimension <= MAX_HNSW_DIMENSION {
