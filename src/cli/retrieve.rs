@@ -82,6 +82,18 @@ pub struct RetrieveArgs {
     )]
     pub recall_max_oversample: u32,
 
+    /// PostgreSQL: the most of the time the recall check's exact scans may take (0.001-1; it
+    /// pauses after each sample in proportion). Each is a sequential scan of the collection's
+    /// table, about 2 s at 1M 512-d vectors on 2 cores: unpaced, the default 32 samples would
+    /// keep the database's cores busy for the whole minute between checks.
+    #[arg(
+        long,
+        env = "CLIP_SERVE_RECALL_CHECK_DUTY",
+        default_value_t = 0.1,
+        display_order = 467
+    )]
+    pub recall_check_duty: f64,
+
     /// Local store: bytes of redb's page cache for <data-dir>/collections.redb. Collections are
     /// searched from memory, so the cache serves writes and the start-up read only; redb's own
     /// default (1 GiB) would stay filled after loading a large collection.
@@ -191,6 +203,10 @@ impl RetrieveArgs {
                 max_oversample: match self.recall_max_oversample {
                     n @ 1..=1000 => n as usize,
                     n => return Err(format!("--recall-max-oversample {n} is outside 1-1000")),
+                },
+                duty_permille: match self.recall_check_duty {
+                    d if (0.001..=1.0).contains(&d) => (d * 1000.0).round() as u32,
+                    d => return Err(format!("--recall-check-duty {d} is outside 0.001-1")),
                 },
             },
             max_reply_bytes: to_usize("max-reply-bytes", self.max_reply_bytes)?,

@@ -336,3 +336,14 @@ fn the_batch_lease_parses_and_is_bounded_below() {
     let err = parse(&["--batch-lease", "10ms"]).unwrap_err();
     assert!(err.contains("--batch-lease"), "{err}");
 }
+
+#[test]
+fn the_recall_check_duty_is_a_bounded_share() {
+    assert_eq!(parse(&[]).unwrap().retrieve.recall.duty_permille, 100);
+    let set = parse(&["--recall-check-duty", "0.25"]).unwrap();
+    assert_eq!(set.retrieve.recall.duty_permille, 250);
+    for bad in ["0", "1.5", "NaN", "-0.1"] {
+        let err = parse(&[&format!("--recall-check-duty={bad}")]).unwrap_err();
+        assert!(err.contains("--recall-check-duty"), "{bad}: {err}");
+    }
+}

@@ -29,6 +29,9 @@ pub struct RecallConfig {
     pub samples: usize,
     /// The most the oversampling is raised to.
     pub max_oversample: usize,
+    /// PostgreSQL: the most of the time, in thousandths, the check's exact scans may take (it
+    /// pauses after each sample in proportion: each is a sequential scan of the table).
+    pub duty_permille: u32,
 }
 
 impl Default for RecallConfig {
@@ -38,6 +41,7 @@ impl Default for RecallConfig {
             interval: Duration::from_secs(60),
             samples: 32,
             max_oversample: 200,
+            duty_permille: 100,
         }
     }
 }
@@ -101,6 +105,13 @@ pub fn for_collection(config: &RecallConfig, options: &super::CollectionOptions)
             .unwrap_or(config.target_permille),
         ..*config
     }
+}
+
+/// How long a check pauses after a sample that took `took`, so that its scans take at most
+/// `duty_permille` thousandths of the time.
+pub fn pause_after(took: Duration, duty_permille: u32) -> Duration {
+    let duty = duty_permille.clamp(1, 1000);
+    took.mul_f64(f64::from(1000 - duty) / f64::from(duty))
 }
 
 /// The oversampling to use after measuring `recall`: raised by half (at least one) while under
@@ -178,6 +189,20 @@ mod tests {
         synth::{self, Kind},
     };
     use std::sync::Arc;
+
+    #[test]
+    fn the_check_pauses_in_proportion_to_its_share_of_the_time() {
+        let two = Duration::from_secs(2);
+        assert_eq!(pause_after(two, 100), Duration::from_secs(18));
+        assert_eq!(pause_after(two, 500), two);
+        assert_eq!(pause_after(two, 1000), Duration::ZERO);
+        // Out-of-range shares are clamped, never a division by zero.
+        assert_eq!(
+            pause_after(Duration::from_millis(1), 0),
+            Duration::from_millis(999)
+        );
+        assert_eq!(pause_after(two, 5000), Duration::ZERO);
+    }
 
     #[test]
     fn a_collection_under_its_target_gets_more_oversampling_until_it_meets_it() {

@@ -314,6 +314,8 @@ async fn postgres_recall_check_widens_a_starved_collection_until_it_meets_the_ta
     let (n, dim) = (3000, 512);
     let config = RecallConfig {
         samples: 16,
+        // Unpaced: the test calls the check itself.
+        duty_permille: 1000,
         ..RecallConfig::default()
     };
     // Starved on purpose: a shortlist of 1 x k.

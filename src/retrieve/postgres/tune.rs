@@ -4,7 +4,8 @@
 //! measured recall@10 is published, and while it is under the target the collection's own
 //! `hnsw.ef_search` floor (graph indexes) or oversampling (binary, and mirrored collections) is raised by half, up to
 //! pgvector's 1000 / `--recall-max-oversample`. Each sampled query costs one sequential scan of
-//! the collection's table, so `--recall-samples` bounds the check's cost.
+//! the collection's table: `--recall-samples` bounds the check's cost, and `--recall-check-duty`
+//! its share of the time (it pauses between samples).
 
 use std::{
     collections::HashMap,
@@ -105,6 +106,7 @@ impl PgStore {
             }
             let (mut hit, mut total) = (0usize, 0usize);
             for q in samples.snapshot() {
+                let started = std::time::Instant::now();
                 let none = Metadata::new();
                 let exact = self.search_plain(&meta, q.clone(), 10, none.clone(), true);
                 let Ok((exact, _)) = exact.await else { break };
@@ -116,6 +118,11 @@ impl PgStore {
                     .iter()
                     .filter(|a| exact.iter().any(|e| e.id == a.id))
                     .count();
+                // Each exact scan reads the whole table (about 2 s at 1M on 2 cores): the check
+                // keeps to its share of the time (`--recall-check-duty`), or it would take the
+                // database's cores from the searches it measures.
+                let duty = self.tuner.config.duty_permille;
+                tokio::time::sleep(recall::pause_after(started.elapsed(), duty)).await;
             }
             if total == 0 {
                 continue;
