@@ -223,14 +223,8 @@ impl Mirrors {
 
     /// Seconds since the least recently synced built mirror caught up (0 without one).
     pub fn lag_seconds(&self) -> f64 {
-        let all: Vec<Arc<Mirror>> = self
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        all.iter()
+        self.all()
+            .iter()
             .filter_map(|m| {
                 let table = m.table.read().unwrap_or_else(PoisonError::into_inner);
                 table.as_ref().map(|c| c.synced.elapsed().as_secs_f64())
@@ -253,14 +247,17 @@ impl Mirrors {
 
     /// `of` summed over the built mirrors.
     fn sum(&self, of: impl Fn(&Codes) -> usize) -> usize {
-        let all: Vec<Arc<Mirror>> = self
-            .map
+        self.all().iter().map(|m| m_sum(m, &of)).sum()
+    }
+
+    /// Every mirror now (taken out of the map's lock).
+    fn all(&self) -> Vec<Arc<Mirror>> {
+        self.map
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
-        all.iter().map(|m| m_sum(m, &of)).sum()
+            .collect()
     }
 }
 
