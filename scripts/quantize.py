@@ -343,7 +343,8 @@ def openvino_cpu_device(plugin: Optional[str]):
     """Registers the OpenVINO plugin (once) and returns its CPU EpDevice, or raises saying why there is none."""
     import onnxruntime as ort
 
-    plugin = plugin or DEFAULT_OPENVINO_PLUGIN
+    # Absolute: ONNX Runtime would look for a relative library path beside its own library.
+    plugin = os.path.realpath(plugin or DEFAULT_OPENVINO_PLUGIN)
     if not os.path.isfile(plugin):
         raise RuntimeError(f"no OpenVINO plugin at {plugin}: run scripts/setup.sh (PyPI onnxruntime-ep-openvino)")
     if not getattr(openvino_cpu_device, "registered", None):

@@ -223,3 +223,38 @@ class TokenIdCheck(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OpenvinoPluginPathTest(unittest.TestCase):
+    """ONNX Runtime resolves a relative library path beside its own library: the plugin path is made absolute
+    (from the working directory) before it is registered. A stand-in onnxruntime module records the call."""
+
+    def test_a_relative_plugin_path_is_registered_absolute(self):
+        import tempfile
+        import types
+
+        registered = []
+        fake = types.SimpleNamespace(
+            register_execution_provider_library=lambda name, path: registered.append((name, path)),
+            get_ep_devices=lambda: [],
+            OrtHardwareDeviceType=types.SimpleNamespace(CPU=1),
+        )
+        saved_module, saved_cwd = sys.modules.get("onnxruntime"), os.getcwd()
+        with tempfile.TemporaryDirectory() as d:
+            lib = os.path.join(d, "libonnxruntime_providers_openvino_plugin.so")
+            open(lib, "wb").close()
+            os.chdir(d)
+            sys.modules["onnxruntime"] = fake
+            q.openvino_cpu_device.registered = None
+            try:
+                with self.assertRaises(RuntimeError) as raised:
+                    q.openvino_cpu_device("libonnxruntime_providers_openvino_plugin.so")
+            finally:
+                os.chdir(saved_cwd)
+                q.openvino_cpu_device.registered = None
+                if saved_module is None:
+                    sys.modules.pop("onnxruntime", None)
+                else:
+                    sys.modules["onnxruntime"] = saved_module
+            self.assertEqual(registered, [(q.OPENVINO_EP_NAME, os.path.realpath(lib))])
+        self.assertIn("offers no CPU device", str(raised.exception))
