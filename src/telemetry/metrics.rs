@@ -150,15 +150,6 @@ impl MirrorMetrics {
         registry.register(Box::new(self.bytes.clone()))?;
         registry.register(Box::new(self.lag_seconds.clone()))
     }
-
-    /// Instruments registered nowhere, for tests.
-    #[allow(
-        clippy::expect_used,
-        reason = "constant, valid metric names (instruments for tests)"
-    )]
-    pub fn unregistered() -> Self {
-        MirrorMetrics::new().expect("valid metric names")
-    }
 }
 
 /// The `priority` label of the batcher's per-class instruments, in the batcher's class order.

@@ -105,6 +105,9 @@ struct Codes {
     ids: Vec<Option<Arc<str>>>,
     slots: HashMap<Arc<str>, u32>,
     free: Vec<u32>,
+    /// The ids' allocations (an `Arc<str>`: two counts and the text), kept as they come and go:
+    /// [`Self::bytes`] runs after every poll.
+    id_bytes: usize,
     /// The centre the codes are taken around, as PostgreSQL computes them.
     centre: Vector,
     /// The `pg_snapshot` the codes hold for.
@@ -121,6 +124,7 @@ impl Codes {
             ids: Vec::new(),
             slots: HashMap::new(),
             free: Vec::new(),
+            id_bytes: 0,
             centre,
             snapshot,
             synced: Instant::now(),
@@ -129,15 +133,13 @@ impl Codes {
     }
 
     /// An estimate of the allocations: the codes, the slot table, the id map (a hashbrown
-    /// table: key, value and a control byte per bucket) and each id (an `Arc<str>`: two counts
-    /// and the text).
+    /// table: key, value and a control byte per bucket) and each id.
     fn bytes(&self) -> usize {
-        let ids: usize = self.slots.keys().map(|id| 16 + id.len()).sum();
         self.codes.bytes()
             + self.ids.capacity() * std::mem::size_of::<Option<Arc<str>>>()
             + self.slots.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
             + self.free.capacity() * 4
-            + ids
+            + self.id_bytes
     }
 
     fn reserve(&mut self, n: usize) {
@@ -157,6 +159,7 @@ impl Codes {
                 } else {
                     self.ids[slot as usize] = Some(id.clone());
                 }
+                self.id_bytes += id_bytes(&id);
                 self.slots.insert(id, slot);
                 slot
             }
@@ -168,6 +171,7 @@ impl Codes {
 
     fn remove(&mut self, id: &str) {
         if let Some(slot) = self.slots.remove(id) {
+            self.id_bytes -= id_bytes(id);
             self.ids[slot as usize] = None;
             self.free.push(slot);
         }
@@ -186,6 +190,11 @@ impl Codes {
             .filter_map(|(_, slot)| ids[slot as usize].as_deref().map(String::from))
             .collect()
     }
+}
+
+/// What one id's `Arc<str>` allocates: two counts and the text.
+fn id_bytes(id: &str) -> usize {
+    16 + id.len()
 }
 
 /// The index name Info gives a mirrored collection, and the path its mirror searches count under.
